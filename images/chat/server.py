@@ -1,0 +1,112 @@
+"""The `chat` front-end: serves one page and relays its calls to the backend's
+OpenAI-compatible API (OPENAI_API_BASE_URL, OPENAI_API_KEY). The conversation
+is kept in $CHAT_DATA/history.jsonl, so it survives a restart of the sandbox."""
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BASE_URL = os.environ.get("OPENAI_API_BASE_URL", "http://backend:8000/v1").rstrip("/")
+API_KEY = os.environ.get("OPENAI_API_KEY", "")
+PORT = int(os.environ.get("CHAT_PORT", "8080"))
+HISTORY = os.path.join(os.environ.get("CHAT_DATA", "/data"), "history.jsonl")
+PAGE = open(os.path.join(os.path.dirname(__file__), "index.html"), "rb").read()
+MAX_BODY = 1024 * 1024
+history_lock = threading.Lock()
+
+
+def backend(method, path, body=None, timeout=300):
+    request = urllib.request.Request(
+        BASE_URL + path, method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def read_history():
+    try:
+        with open(HISTORY) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def append_history(*messages):
+    try:
+        with history_lock, open(HISTORY, "a") as f:
+            for m in messages:
+                f.write(json.dumps(m) + "\n")
+    except OSError:
+        pass  # no data volume: the conversation lives in the page only
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "chat"
+    sys_version = ""
+
+    def send_json(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(PAGE)))
+            self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+            self.end_headers()
+            self.wfile.write(PAGE)
+        elif self.path == "/health":
+            self.send_json(200, {"status": "ok"})
+        elif self.path == "/api/models":
+            try:
+                self.send_json(200, backend("GET", "/models", timeout=10))
+            except (OSError, ValueError) as e:
+                self.send_json(502, {"error": f"backend unavailable: {e}"})
+        elif self.path == "/api/history":
+            self.send_json(200, {"messages": read_history()})
+        else:
+            self.send_json(404, {"error": "not found"})
+
+    def do_POST(self):
+        if self.path != "/api/chat":
+            self.send_json(404, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+            if not 0 < length <= MAX_BODY:
+                raise ValueError("body size")
+            request = json.loads(self.rfile.read(length))
+            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in request["messages"]]
+            body = {"messages": messages, "max_tokens": int(request.get("max_tokens", 256))}
+            if request.get("model"):
+                body["model"] = str(request["model"])
+        except (ValueError, KeyError, TypeError):
+            self.send_json(400, {"error": "expected {model, messages: [{role, content}]}"})
+            return
+        try:
+            answer = backend("POST", "/chat/completions", body)
+            reply = answer["choices"][0]["message"]
+        except urllib.error.HTTPError as e:
+            self.send_json(502, {"error": f"backend answered {e.code}"})
+            return
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            self.send_json(502, {"error": f"backend unavailable: {e}"})
+            return
+        append_history(messages[-1], {"role": "assistant", "content": reply.get("content") or ""})
+        self.send_json(200, {"reply": reply, "model": answer.get("model"), "usage": answer.get("usage")})
+
+    def log_message(self, fmt, *args):
+        print(f"{self.address_string()} {fmt % args}", flush=True)
+
+
+if __name__ == "__main__":
+    print(f"chat: listening on :{PORT}, backend {BASE_URL}", flush=True)
+    ThreadingHTTPServer(("0.0.0.0", PORT), Handler).serve_forever()

@@ -1,0 +1,282 @@
+"""The command line: each command parses, calls one library function, and
+renders the result as text for people or, with --json, for programs.
+Errors a user can act on are printed as messages, never as tracebacks."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from launcher.errors import PolicyError, SandboxError
+
+app = typer.Typer(
+    help="Run a local llama.cpp backend and a chat front-end in a hardened Docker sandbox "
+         "with no route to the internet, the LAN or the host. The UI is served at 127.0.0.1 only.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON for programs.")
+CA_BUNDLE = typer.Option(
+    None, "--ca-bundle", envvar="SANDBOX_CA_BUNDLE", exists=True, dir_okay=False, resolve_path=True,
+    help="Extra CA certificates (PEM) that image builds must trust, for networks that intercept TLS.")
+
+
+def _gateway():
+    from launcher.docker_gateway import DockerGateway
+    return DockerGateway()
+
+
+def handled(fn):
+    """Turn a SandboxError into a message on stderr and its exit code."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PolicyError as e:
+            if kwargs.get("as_json"):
+                out.print_json(data={"ok": False, "problems": [p.to_dict() for p in e.problems]})
+            for problem in e.problems:
+                err.print(str(problem), markup=False)
+            raise typer.Exit(e.exit_code)
+        except SandboxError as e:
+            if kwargs.get("as_json"):
+                out.print_json(data={"ok": False, "error": str(e)})
+            err.print(f"error: {e}", markup=False)
+            raise typer.Exit(e.exit_code)
+    return wrapper
+
+
+class Progress:
+    """Shows long work on stderr: steps as lines; image builds as a spinner with
+    the build's last line on a terminal, or a line every 30 s elsewhere."""
+
+    def __init__(self):
+        self.status = None
+        self.build_started = 0.0
+        self.last_beat = 0.0
+
+    def say(self, message: str) -> None:
+        self._stop()
+        err.print(f"[bold]•[/bold] {message}", markup=True, highlight=False)
+        if message.startswith("building image") or message.startswith("waiting"):
+            self.build_started = self.last_beat = time.monotonic()
+            if err.is_terminal:
+                self.status = err.status(message)
+                self.status.start()
+
+    def build_line(self, line: str) -> None:
+        elapsed = time.monotonic() - self.build_started
+        if self.status is not None:
+            self.status.update(f"{int(elapsed)} s  {line[:100]}")
+        elif time.monotonic() - self.last_beat >= 30:
+            self.last_beat = time.monotonic()
+            err.print(f"  … {int(elapsed)} s: {line[:120]}", markup=False)
+
+    def hashing(self, done: int, total: int, name: str) -> None:
+        if total < 256 * 1024 * 1024:
+            return  # small files hash in a blink
+        if time.monotonic() - self.last_beat >= 2 or done == total:
+            self.last_beat = time.monotonic()
+            err.print(f"  checking sha256 of {name}: {done * 100 // total}%", markup=False)
+
+    def _stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def close(self) -> None:
+        self._stop()
+
+
+@app.command()
+@handled
+def validate(files: List[Path] = typer.Argument(..., help="Policy files to check."),
+             no_port_check: bool = typer.Option(False, "--no-port-check",
+                                                help="Do not check that the host port is free."),
+             as_json: bool = JSON):
+    """Check policy files: the schema, the model files and their sha256, and the host port.
+
+    Every problem is listed as FILE:LINE:COLUMN FIELD: MESSAGE. Exits 2 if any."""
+    from launcher.policy import check_policy_file
+    progress = Progress()
+    port_is_ours = _port_is_ours_if_engine()
+    results = []
+    for file in files:
+        policy, problems = check_policy_file(file, check_port=not no_port_check, port_is_ours=port_is_ours,
+                                             hash_progress=progress.hashing)
+        results.append({"file": str(file), "ok": not problems, "name": policy.name if policy else None,
+                        "problems": [p.to_dict() for p in problems]})
+        if not as_json:
+            for p in problems:
+                err.print(str(p), markup=False)
+            if not problems:
+                out.print(f"{file}: ok (sandbox {policy.name})", markup=False)
+    if as_json:
+        out.print_json(data={"ok": all(r["ok"] for r in results), "files": results})
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(PolicyError.exit_code)
+
+
+def _port_is_ours_if_engine():
+    """A busy port is fine when the sandbox's own ingress holds it; that needs
+    the engine, which `validate` does not otherwise require."""
+    def check(name: str, port: int) -> bool:
+        try:
+            from launcher.commands.prepare import port_is_ours
+            return port_is_ours(_gateway())(name, port)
+        except SandboxError:
+            return False
+    return check
+
+
+@app.command()
+@handled
+def plan(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
+         as_json: bool = JSON):
+    """Show what `up` would build, create, recreate, keep or remove, and why. Changes nothing."""
+    from launcher.commands.prepare import prepare
+    progress = Progress()
+    prepared = prepare(_gateway(), policy, ca_bundle, hash_progress=progress.hashing)
+    actions = prepared.plan.actions
+    if as_json:
+        out.print_json(data={"name": prepared.spec.name, "url": prepared.spec.url,
+                             "actions": [a.to_dict() for a in actions]})
+        return
+    _print_actions(actions)
+    changes = len(prepared.plan.changes)
+    out.print(f"\n{changes} change(s) for sandbox {prepared.spec.name}" if changes
+              else f"\nsandbox {prepared.spec.name} is up to date", markup=False)
+
+
+def _print_actions(actions) -> None:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for column in ("action", "kind", "name", "reason"):
+        table.add_column(column)
+    for a in actions:
+        table.add_row(a.verb, a.kind, a.name, a.reason)
+    out.print(table)
+
+
+@app.command()
+@handled
+def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
+       timeout: float = typer.Option(600, help="Seconds to wait for the backend and the UI to be ready."),
+       as_json: bool = JSON):
+    """Build and start the sandbox a policy describes, wait until it answers, and print its URL.
+
+    Running it again changes nothing unless the policy (or an image recipe) changed."""
+    from launcher.commands.up import up as run_up
+    progress = Progress()
+    try:
+        result = run_up(_gateway(), policy, ca_bundle=ca_bundle, timeout=timeout, say=progress.say,
+                        on_build_line=progress.build_line, hash_progress=progress.hashing)
+    finally:
+        progress.close()
+    if as_json:
+        out.print_json(data={"ok": True, **result.to_dict()})
+        return
+    changes = len(result.prepared.plan.changes)
+    out.print(f"sandbox {result.name} is up ({changes} change(s), {result.seconds['total']:.1f} s)", markup=False)
+    out.print(f"open {result.url}", markup=False)
+
+
+@app.command()
+@handled
+def down(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
+                                                           "may be left out when only one sandbox exists."),
+         volumes: bool = typer.Option(False, "--volumes", help="Also delete the front-end's data (chat history)."),
+         as_json: bool = JSON):
+    """Stop and remove a sandbox. Its data volume is kept unless --volumes is given."""
+    from launcher.commands.down import down as run_down
+    progress = Progress()
+    result = run_down(_gateway(), target, volumes=volumes, say=None if as_json else progress.say)
+    if as_json:
+        out.print_json(data={"ok": True, **result})
+    elif result["removed"]:
+        out.print(f"sandbox {result['name']} removed", markup=False)
+    else:
+        out.print(f"sandbox {result['name']}: nothing to remove", markup=False)
+
+
+@app.command()
+@handled
+def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; all when left out."),
+           memory: bool = typer.Option(False, "--memory", help="Also show each part's memory use."),
+           as_json: bool = JSON):
+    """Show each sandbox's parts, their state and health, and the URL of its UI."""
+    from launcher.commands.status import status as run_status
+    sandboxes = run_status(_gateway(), target, memory=memory)
+    if as_json:
+        out.print_json(data={"sandboxes": sandboxes})
+        return
+    if not sandboxes:
+        out.print("no sandboxes", markup=False)
+    for s in sandboxes:
+        out.print(f"sandbox {s['name']}: {'healthy' if s['healthy'] else 'NOT healthy'}  "
+                  f"{s['url'] or '(no URL)'}  policy {s['policy']}", markup=False)
+        table = Table(box=None, pad_edge=False, header_style="bold")
+        for column in ("part", "state", "health", "restarts") + (("memory",) if memory else ()):
+            table.add_column(column)
+        for p in s["parts"]:
+            row = [p["part"], p["state"], p.get("health") or "-", str(p.get("restarts", "-"))]
+            if memory:
+                mem = p.get("memory_bytes")
+                row.append(f"{mem / 2**20:.0f} MiB" if mem else "-")
+            table.add_row(*row)
+        out.print(table)
+    if not all(s["healthy"] for s in sandboxes):
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def logs(part: str = typer.Argument(..., help="backend, frontend or ingress."),
+         sandbox: Optional[str] = typer.Option(None, "--sandbox", "-s",
+                                               help="Sandbox name or policy file, when there are several."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+         tail: int = typer.Option(100, "--tail", "-n", help="Lines from the end to start with.")):
+    """Print the log of one part of a sandbox."""
+    from launcher.commands.logs import logs as run_logs
+    try:
+        for line in run_logs(_gateway(), part, sandbox, tail=tail, follow=follow):
+            out.print(line, markup=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+@handled
+def doctor(port: List[int] = typer.Option([8080], "--port", help="Host ports to check are free."),
+           as_json: bool = JSON):
+    """Check this machine: the Docker engine, the base image, GPU support, gVisor, free ports."""
+    from launcher.commands.doctor import FAIL, doctor as run_doctor
+    checks = run_doctor(_gateway, tuple(port))
+    if as_json:
+        out.print_json(data={"ok": all(c.result != FAIL for c in checks), "checks": [c.to_dict() for c in checks]})
+    else:
+        for c in checks:
+            out.print(f"{c.result.upper():5} {c.name}: {c.detail}", markup=False)
+            if c.fix and c.result != "ok":
+                out.print(f"      fix: {c.fix}", markup=False)
+    if any(c.result == FAIL for c in checks):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

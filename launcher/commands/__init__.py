@@ -1,0 +1,1 @@
+"""One module per command, each a library function the CLI calls."""

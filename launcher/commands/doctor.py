@@ -1,0 +1,80 @@
+"""`sandbox doctor`: is this machine ready to run sandboxes, and if not, how
+to fix it. Each check is ok, warn (works, with less) or fail (cannot run)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.errors import SandboxError
+from launcher.images import BASE_IMAGE
+from launcher.policy.validate import port_is_free
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    result: str
+    detail: str
+    fix: str = ""
+
+    def to_dict(self) -> dict:
+        return {"check": self.name, "result": self.result, "detail": self.detail, "fix": self.fix}
+
+
+def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
+    """`connect` makes the gateway; failing to is itself a finding."""
+    checks: list[Check] = []
+    try:
+        gateway = connect()
+    except SandboxError as e:
+        checks.append(Check("engine", FAIL, str(e),
+                            "start the Docker daemon (`sudo systemctl start docker`, or `dockerd &`)"))
+        return checks + _port_checks(ports)
+
+    engine = gateway.engine()
+    version = engine["version"]
+    try:
+        major, minor = (int(x) for x in version.split(".")[:2])
+        recent = (major, minor) >= (20, 10)
+    except ValueError:
+        recent = True
+    checks.append(Check("engine", OK if recent else FAIL, f"Docker Engine {version} (API {engine['api_version']})",
+                        "" if recent else "install Docker Engine 20.10 or newer"))
+
+    if gateway.image_present(BASE_IMAGE):
+        checks.append(Check("base image", OK, f"{BASE_IMAGE} is present"))
+    else:
+        checks.append(Check("base image", FAIL, f"{BASE_IMAGE} is missing; the images are built FROM it",
+                            f"`docker pull {BASE_IMAGE}`, or without a registry: `bash scripts/make-base-image.sh`"))
+
+    runtimes = engine["runtimes"]
+    if "nvidia" in runtimes:
+        checks.append(Check("gpu", OK, "the NVIDIA runtime is registered: `gpu: auto` uses the GPUs"))
+    elif engine["cdi_spec_dirs"]:
+        checks.append(Check("gpu", WARN, f"CDI is enabled ({', '.join(engine['cdi_spec_dirs'])}) but no "
+                            "nvidia runtime: the backend runs on the CPU",
+                            "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure`"))
+    else:
+        checks.append(Check("gpu", WARN, "no NVIDIA runtime: the backend runs on the CPU",
+                            "for a GPU, install the NVIDIA Container Toolkit and run "
+                            "`sudo nvidia-ctk runtime configure --runtime=docker`, then restart Docker"))
+
+    if "runsc" in runtimes:
+        checks.append(Check("gvisor", OK, "runsc (gVisor) is registered"))
+    else:
+        checks.append(Check("gvisor", WARN, "runsc (gVisor) is not registered: optional, for extra isolation",
+                            "install runsc and register it in /etc/docker/daemon.json under \"runtimes\""))
+
+    return checks + _port_checks(ports)
+
+
+def _port_checks(ports: tuple[int, ...]) -> list[Check]:
+    out = []
+    for port in ports:
+        if port_is_free(port):
+            out.append(Check(f"port {port}", OK, f"127.0.0.1:{port} is free"))
+        else:
+            out.append(Check(f"port {port}", WARN, f"127.0.0.1:{port} is in use (by a running sandbox?)",
+                             "set ingress.port in the policy to a free port"))
+    return out

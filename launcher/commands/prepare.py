@@ -1,0 +1,42 @@
+"""What `plan` and `up` share: read the policy and the engine, and work out
+the SandboxSpec and the Plan."""
+from __future__ import annotations
+
+import secrets as random
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.docker_gateway import DockerGateway
+from launcher.images import images_for
+from launcher.plan import Plan, make_plan
+from launcher.policy import Policy, load_policy
+from launcher.policy.files import HashProgress
+from launcher.spec import SandboxSpec, Secrets, build_spec, resolve_gpus, resource_name
+
+
+@dataclass(frozen=True)
+class Prepared:
+    policy: Policy
+    spec: SandboxSpec
+    plan: Plan
+
+
+def port_is_ours(gateway: DockerGateway):
+    """Whether a busy host port is held by the named sandbox's own ingress, in
+    which case `up` may run again without complaint."""
+    def check(name: str, port: int) -> bool:
+        state = gateway.container_state(resource_name(name, "ingress"))
+        return bool(state) and f"127.0.0.1:{port}" in state["ports"]
+    return check
+
+
+def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None,
+            hash_progress: HashProgress | None = None) -> Prepared:
+    policy = load_policy(policy_file, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress)
+    gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
+    images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
+    api_key = gateway.running_api_key(policy.name) or random.token_urlsafe(32)
+    spec = build_spec(policy, images, Secrets(api_key=api_key), gpus)
+    observed = gateway.observe(policy.name, tuple(i.tag for i in images.all()))
+    return Prepared(policy, spec, make_plan(spec, observed))
+

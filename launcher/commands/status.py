@@ -1,0 +1,37 @@
+"""`sandbox status`: each sandbox's parts, their state and health, and its URL."""
+from __future__ import annotations
+
+from launcher.commands.down import resolve_name
+from launcher.docker_gateway import DockerGateway
+from launcher.errors import NotFound
+from launcher.spec import PARTS, resource_name
+
+
+def status(gateway: DockerGateway, target: str | None = None, memory: bool = False) -> list[dict]:
+    known = gateway.sandboxes()
+    names = sorted(known)
+    if target:
+        name = resolve_name(gateway, target)
+        if name not in known:
+            raise NotFound(f"no sandbox named {name} on this engine")
+        names = [name]
+    out = []
+    for name in names:
+        parts = []
+        url = None
+        for part in PARTS:
+            state = gateway.container_state(resource_name(name, part))
+            if state is None:
+                parts.append({"part": part, "state": "missing", "health": None})
+                continue
+            entry = {"part": part, "container": state["name"], "state": state["state"],
+                     "health": state["health"], "restarts": state["restarts"], "image": state["image"]}
+            if memory and state["state"] == "running":
+                entry["memory_bytes"] = gateway.memory_usage(state["name"])
+            parts.append(entry)
+            if part == "ingress" and state["ports"]:
+                url = f"http://{state['ports'][0]}/"
+        healthy = all(p["state"] == "running" and p["health"] in (None, "healthy") for p in parts)
+        out.append({"name": name, "url": url, "healthy": healthy, "parts": parts,
+                    "policy": known[name]["policy"]})
+    return out

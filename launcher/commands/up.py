@@ -1,0 +1,99 @@
+"""`sandbox up`: build what is missing, apply the plan, and wait until the
+backend lists its models and the UI answers through the ingress."""
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from launcher.commands.prepare import Prepared, prepare
+from launcher.docker_gateway import DockerGateway
+from launcher.errors import NotReady
+from launcher.policy.files import HashProgress
+from launcher.spec import SandboxSpec
+
+Say = Callable[[str], None]
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class UpResult:
+    name: str
+    url: str
+    prepared: Prepared
+    seconds: dict = field(default_factory=dict)  # phase -> seconds
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "url": self.url,
+                "actions": [a.to_dict() for a in self.prepared.plan.actions],
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+
+
+def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | None = None,
+       timeout: float = 600, say: Say | None = None, on_build_line: Say | None = None,
+       hash_progress: HashProgress | None = None) -> UpResult:
+    say = say or (lambda _m: None)
+    started = time.monotonic()
+    prepared = prepare(gateway, policy_file, ca_bundle, hash_progress)
+    spec = prepared.spec
+    result = UpResult(spec.name, spec.url, prepared)
+    result.seconds["prepare"] = time.monotonic() - started
+
+    mark = time.monotonic()
+    gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line)
+    result.seconds["apply"] = time.monotonic() - mark
+
+    mark = time.monotonic()
+    wait_until_ready(gateway, spec, timeout=timeout, say=say)
+    result.seconds["ready"] = time.monotonic() - mark
+    result.seconds["total"] = time.monotonic() - started
+    return result
+
+
+def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, say: Say) -> None:
+    deadline = time.monotonic() + timeout
+    backend = spec.container("backend").name
+    say("waiting for the backend to load the model")
+    while True:
+        state = _alive(gateway, "backend", backend)
+        if state["health"] == "healthy":
+            break
+        _check_deadline(gateway, deadline, "backend", backend, "it did not list its models")
+        time.sleep(POLL_SECONDS)
+
+    frontend = spec.container("frontend").name
+    url = spec.url.rstrip("/") + spec.health_path
+    say(f"waiting for the UI to answer at {url}")
+    last_error = ""
+    while True:
+        _alive(gateway, "front-end", frontend)
+        _alive(gateway, "ingress", spec.container("ingress").name)
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+                last_error = f"it answered {response.status}"
+        except urllib.error.HTTPError as e:
+            last_error = f"it answered {e.code}"
+        except (OSError, ValueError) as e:
+            last_error = f"no answer ({getattr(e, 'reason', e)})"
+        _check_deadline(gateway, deadline, "front-end", frontend, f"{url}: {last_error}")
+        time.sleep(POLL_SECONDS)
+
+
+def _alive(gateway: DockerGateway, part: str, container: str) -> dict:
+    state = gateway.container_state(container)
+    if state is None:
+        raise NotReady(part, f"its container {container} is gone", [])
+    if state["state"] in ("exited", "dead") or state["restarts"] > 0:
+        raise NotReady(part, f"it stopped (exit code {state['exit_code']}, restarts {state['restarts']})",
+                       gateway.log_tail(container))
+    return state
+
+
+def _check_deadline(gateway: DockerGateway, deadline: float, part: str, container: str, why: str) -> None:
+    if time.monotonic() > deadline:
+        raise NotReady(part, f"timed out: {why}", gateway.log_tail(container))

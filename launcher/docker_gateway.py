@@ -1,0 +1,396 @@
+"""The only module that imports `docker`. It observes the engine, builds
+images, applies a Plan, and reads state and logs; Docker's exceptions are
+translated here into errors a user can act on."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest, Mount as DockerMount
+from docker.utils.build import exclude_paths
+
+from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound
+from launcher.images import EXTRA_CA_NAME, ImageBuild
+from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
+from launcher.spec import (BACKEND_API_KEY_ENV, LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
+                           ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, labels_for, resource_name)
+
+Say = Callable[[str], None]
+NANO = 1_000_000_000
+MIN_ENGINE = (20, 10)
+
+
+@contextmanager
+def _translated(what: str):
+    try:
+        yield
+    except docker.errors.NotFound as e:
+        raise NotFound(f"{what}: {e.explanation or e}") from None
+    except docker.errors.APIError as e:
+        raise DockerFailure(f"{what}: the Docker engine said: {e.explanation or e}") from None
+    except docker.errors.DockerException as e:
+        raise DockerUnavailable(str(e)) from None
+    except OSError as e:
+        raise DockerUnavailable(str(e)) from None
+
+
+def _quiet(say: Say | None) -> Say:
+    return say or (lambda _message: None)
+
+
+class DockerGateway:
+    def __init__(self, client: docker.DockerClient | None = None):
+        if client is None:
+            try:
+                client = docker.from_env(timeout=120)
+                client.ping()
+            except docker.errors.DockerException as e:
+                raise DockerUnavailable(_short(e)) from None
+        self.client = client
+        self.api = client.api
+
+    # ---- the engine -------------------------------------------------------
+    def engine(self) -> dict:
+        with _translated("reading the engine's information"):
+            info = self.client.info()
+            version = self.client.version()
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        return {
+            "version": version.get("Version", "?"),
+            "api_version": version.get("ApiVersion", "?"),
+            "os": info.get("OperatingSystem", "?"),
+            "runtimes": runtimes,
+            "default_runtime": info.get("DefaultRuntime"),
+            "cdi_spec_dirs": info.get("CDISpecDirs") or [],
+            "cgroup_version": info.get("CgroupVersion"),
+            "security_options": info.get("SecurityOptions") or [],
+        }
+
+    def engine_has_gpu(self) -> bool:
+        engine = self.engine()
+        return "nvidia" in engine["runtimes"] or bool(engine["cdi_spec_dirs"]) and _nvidia_cdi(engine)
+
+    def image_present(self, tag: str) -> bool:
+        try:
+            self.api.inspect_image(tag)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"inspecting image {tag}: {e.explanation or e}") from None
+
+    def image_size(self, tag: str) -> int | None:
+        try:
+            return self.api.inspect_image(tag).get("Size")
+        except docker.errors.APIError:
+            return None
+
+    # ---- observe ----------------------------------------------------------
+    def observe(self, name: str, images: tuple[str, ...] = ()) -> Observed:
+        label = f"{LABEL_SANDBOX}={name}"
+        with _translated(f"reading the state of sandbox {name}"):
+            networks = {n["Name"]: n["Labels"].get(LABEL_HASH, "")
+                        for n in self.api.networks(filters={"label": label})}
+            volumes = frozenset(v["Name"] for v in (self.api.volumes(filters={"label": label})["Volumes"] or []))
+            containers = {}
+            for c in self.api.containers(all=True, filters={"label": label}):
+                containers[c["Names"][0].lstrip("/")] = ObservedContainer(
+                    spec_hash=c["Labels"].get(LABEL_HASH, ""), state=c["State"],
+                    part=c["Labels"].get(LABEL_PART, ""))
+        present = frozenset(tag for tag in images if self.image_present(tag))
+        return Observed(networks=networks, volumes=volumes, containers=containers, images=present)
+
+    def running_api_key(self, name: str) -> str | None:
+        """The API key of a sandbox's running backend, so that recreating one
+        part never leaves the front-end with a key the backend does not take."""
+        try:
+            env = self.api.inspect_container(resource_name(name, "backend"))["Config"]["Env"] or []
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"reading sandbox {name}: {e.explanation or e}") from None
+        for item in env:
+            key, _, value = item.partition("=")
+            if key == BACKEND_API_KEY_ENV:
+                return value
+        return None
+
+    def sandboxes(self) -> dict[str, dict]:
+        """Every sandbox on this engine, by name: its policy file and containers."""
+        with _translated("listing sandboxes"):
+            found: dict[str, dict] = {}
+            for c in self.api.containers(all=True, filters={"label": LABEL_SANDBOX}):
+                name = c["Labels"][LABEL_SANDBOX]
+                entry = found.setdefault(name, {"policy": c["Labels"].get(LABEL_POLICY, ""), "containers": {}})
+                entry["containers"][c["Labels"].get(LABEL_PART, "?")] = c["Names"][0].lstrip("/")
+            for kind, listing in (("networks", self.api.networks(filters={"label": LABEL_SANDBOX})),
+                                  ("volumes", self.api.volumes(filters={"label": LABEL_SANDBOX})["Volumes"] or [])):
+                for item in listing:
+                    name = (item.get("Labels") or {}).get(LABEL_SANDBOX)
+                    if name:
+                        found.setdefault(name, {"policy": (item.get("Labels") or {}).get(LABEL_POLICY, ""),
+                                                "containers": {}})
+            return found
+
+    def container_state(self, name: str) -> dict | None:
+        try:
+            attrs = self.api.inspect_container(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"inspecting {name}: {e.explanation or e}") from None
+        state = attrs["State"]
+        ports = []
+        for bindings in (attrs["HostConfig"].get("PortBindings") or {}).values():
+            ports += [f"{b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}" for b in bindings or []]
+        return {
+            "name": name,
+            "state": state["Status"],
+            "health": (state.get("Health") or {}).get("Status"),
+            "exit_code": state.get("ExitCode"),
+            "restarts": attrs.get("RestartCount", 0),
+            "started_at": state.get("StartedAt"),
+            "image": attrs["Config"]["Image"],
+            "ports": ports,
+            "pid": state.get("Pid"),
+        }
+
+    def memory_usage(self, name: str) -> int | None:
+        try:
+            stats = self.api.stats(name, stream=False)
+            return (stats.get("memory_stats") or {}).get("usage")
+        except docker.errors.APIError:
+            return None
+
+    def logs(self, name: str, tail: int | str = 100, follow: bool = False) -> Iterator[str]:
+        with _translated(f"reading the log of {name}"):
+            self.api.inspect_container(name)
+        try:
+            if follow:
+                buffer = b""
+                for chunk in self.api.logs(name, stream=True, follow=True, tail=tail):
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        yield line.decode(errors="replace")
+                if buffer:
+                    yield buffer.decode(errors="replace")
+            else:
+                yield from self.api.logs(name, tail=tail).decode(errors="replace").splitlines()
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"reading the log of {name}: {e.explanation or e}") from None
+
+    def log_tail(self, name: str, lines: int = 20) -> list[str]:
+        try:
+            return list(self.logs(name, tail=lines))
+        except (NotFound, DockerFailure):
+            return []
+
+    # ---- build ------------------------------------------------------------
+    def build(self, image: ImageBuild, on_line: Say | None = None) -> None:
+        on_line = _quiet(on_line)
+        tail: list[str] = []
+        with tempfile.TemporaryFile() as context:
+            _write_context(image, context)
+            context.seek(0)
+            try:
+                stream = self.api.build(fileobj=context, custom_context=True, tag=image.tag,
+                                        dockerfile=image.dockerfile, rm=True, forcerm=True,
+                                        pull=False, decode=True, labels={LABEL_SANDBOX + ".image": "1"})
+                for chunk in stream:
+                    if "error" in chunk:
+                        raise BuildFailure(image.tag, chunk["error"].strip(), tail[-20:])
+                    text = chunk.get("stream") or chunk.get("status") or ""
+                    for line in text.splitlines():
+                        if line.strip():
+                            tail.append(line)
+                            del tail[:-50]
+                            on_line(line)
+            except docker.errors.APIError as e:
+                raise BuildFailure(image.tag, str(e.explanation or e), tail[-20:]) from None
+            except docker.errors.DockerException as e:
+                raise DockerUnavailable(_short(e)) from None
+
+    # ---- apply ------------------------------------------------------------
+    def apply(self, spec: SandboxSpec, plan: Plan, say: Say | None = None,
+              on_build_line: Say | None = None) -> None:
+        """Carry out a plan in an order that is always safe: builds first (a
+        failed build leaves the running sandbox as it was), then removals,
+        then creations in dependency order."""
+        say = _quiet(say)
+        verbs = {(a.kind, a.name): a.verb for a in plan.actions}
+
+        for image in spec.images.all():
+            if verbs.get(("image", image.tag)) == BUILD:
+                say(f"building image {image.tag}")
+                self.build(image, on_build_line)
+            elif not image.built_here and not self.image_present(image.tag):
+                raise NotFound(f"the front-end image {image.tag} is not on this machine; "
+                               f"`docker pull` or `docker load` it first")
+
+        for action in plan.actions:
+            if action.kind == "container" and action.verb in (RECREATE, REMOVE):
+                say(f"removing container {action.name} ({action.reason})")
+                self._remove_container(action.name)
+        for action in plan.actions:
+            if action.kind == "network" and action.verb in (RECREATE, REMOVE):
+                say(f"removing network {action.name} ({action.reason})")
+                self._remove_network(action.name)
+        for net in spec.networks:
+            if verbs.get(("network", net.name)) in (CREATE, RECREATE):
+                say(f"creating network {net.name}")
+                self._create_network(spec, net)
+        for volume in spec.volumes:
+            if verbs.get(("volume", volume.name)) == CREATE:
+                say(f"creating volume {volume.name}")
+                self._create_volume(spec, volume)
+        for container in sorted(spec.containers, key=lambda c: PARTS.index(c.part)):
+            if verbs.get(("container", container.name)) in (CREATE, RECREATE):
+                say(f"starting {container.part} ({container.name})")
+                self._create_and_start(spec, container)
+
+    def remove_sandbox(self, name: str, volumes: bool = False, say: Say | None = None) -> list[str]:
+        """Remove everything labelled with the sandbox's name; the data volume
+        only when asked. Returns what was removed."""
+        say = _quiet(say)
+        label = f"{LABEL_SANDBOX}={name}"
+        removed = []
+        with _translated(f"removing sandbox {name}"):
+            containers = self.api.containers(all=True, filters={"label": label})
+            # The ingress first, so the UI stops being reachable before it stops.
+            order = {"ingress": 0, "frontend": 1, "backend": 2}
+            for c in sorted(containers, key=lambda c: order.get(c["Labels"].get(LABEL_PART), 3)):
+                cname = c["Names"][0].lstrip("/")
+                say(f"removing container {cname}")
+                self._remove_container(cname)
+                removed.append(f"container {cname}")
+            for n in self.api.networks(filters={"label": label}):
+                say(f"removing network {n['Name']}")
+                self._remove_network(n["Name"])
+                removed.append(f"network {n['Name']}")
+            if volumes:
+                for v in self.api.volumes(filters={"label": label})["Volumes"] or []:
+                    say(f"removing volume {v['Name']}")
+                    self.api.remove_volume(v["Name"], force=True)
+                    removed.append(f"volume {v['Name']}")
+        return removed
+
+    def _remove_container(self, name: str) -> None:
+        try:
+            self.api.remove_container(name, force=True, v=False)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"removing container {name}: {e.explanation or e}") from None
+
+    def _remove_network(self, name: str) -> None:
+        with _translated(f"removing network {name}"):
+            try:
+                info = self.api.inspect_network(name)
+            except docker.errors.NotFound:
+                return
+            # Something else joined it (a debugging container, say): detach it.
+            for cid in (info.get("Containers") or {}):
+                self.api.disconnect_container_from_network(cid, name, force=True)
+            self.api.remove_network(info["Id"])
+
+    def _create_network(self, spec: SandboxSpec, net: NetworkSpec) -> None:
+        with _translated(f"creating network {net.name}"):
+            self.api.create_network(net.name, driver="bridge", internal=net.internal,
+                                    options=dict(net.options), labels=labels_for(spec, net),
+                                    enable_ipv6=False, check_duplicate=True)
+
+    def _create_volume(self, spec: SandboxSpec, volume: VolumeSpec) -> None:
+        with _translated(f"creating volume {volume.name}"):
+            self.api.create_volume(volume.name, labels=labels_for(spec, volume))
+
+    def _create_and_start(self, spec: SandboxSpec, c: ContainerSpec) -> None:
+        device_requests = None
+        if c.gpus:
+            device_requests = [DeviceRequest(
+                driver="nvidia", count=-1 if c.gpus == "all" else None,
+                device_ids=None if c.gpus == "all" else list(c.gpus),
+                capabilities=[["gpu", *c.gpu_capabilities]])]
+        host_config = self.api.create_host_config(
+            mounts=[DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
+                    for m in c.mounts],
+            tmpfs=dict(c.tmpfs),
+            port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
+            read_only=c.read_only,
+            cap_drop=list(c.cap_drop),
+            security_opt=list(c.security_opt),
+            privileged=c.privileged,
+            pids_limit=c.pids_limit,
+            mem_limit=c.memory,
+            memswap_limit=c.memory,  # no swap beyond the limit
+            nano_cpus=int(c.cpus * NANO),
+            restart_policy={"Name": c.restart[0], "MaximumRetryCount": c.restart[1]},
+            device_requests=device_requests,
+            init=True,
+        )
+        first, *rest = c.networks
+        networking = self.api.create_networking_config(
+            {first.network: self.api.create_endpoint_config(aliases=list(first.aliases) or None)})
+        healthcheck = None
+        if c.healthcheck:
+            healthcheck = {"test": list(c.healthcheck), "interval": 2 * NANO, "timeout": 5 * NANO,
+                           "retries": 3, "start_period": 600 * NANO}
+        with _translated(f"creating container {c.name}"):
+            created = self.api.create_container(
+                image=c.image, command=list(c.command) if c.command else None, name=c.name, user=c.user,
+                environment=[f"{k}={v}" for k, v in c.env], labels=labels_for(spec, c),
+                ports=[p.container_port for p in c.ports] or None,
+                host_config=host_config, networking_config=networking, healthcheck=healthcheck,
+            )
+            for attachment in rest:
+                self.api.connect_container_to_network(created["Id"], attachment.network,
+                                                      aliases=list(attachment.aliases) or None)
+            self.api.start(created["Id"])
+
+
+def _write_context(image: ImageBuild, out) -> None:
+    """The build context as a tar: the recipe's files (minus .dockerignore'd
+    ones) plus extra-ca.crt, the extra CA bundle or an empty file."""
+    context = image.context
+    ignore_file = context / ".dockerignore"
+    patterns = []
+    if ignore_file.is_file():
+        patterns = [p.strip() for p in ignore_file.read_text().splitlines() if p.strip() and not p.startswith("#")]
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for rel in sorted(exclude_paths(str(context), patterns, dockerfile=image.dockerfile)):
+            path = context / rel
+            info = tar.gettarinfo(str(path), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isfile():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+        ca = image.ca_bundle.read_bytes() if image.ca_bundle else b""
+        info = tarfile.TarInfo(EXTRA_CA_NAME)
+        info.size = len(ca)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(ca))
+
+
+def _nvidia_cdi(engine: dict) -> bool:
+    for directory in engine["cdi_spec_dirs"]:
+        try:
+            if any("nvidia" in name for name in os.listdir(directory)):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) < 300 else text[:300] + "..."

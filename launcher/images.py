@@ -1,0 +1,81 @@
+"""Images: which Dockerfile builds each part, and the tag that names its build
+inputs. A tag is a hash of every file in the build context, the Dockerfile,
+the build arguments and the extra CA bundle, so an unchanged image is never
+rebuilt and a changed recipe always is."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.policy.model import Policy
+from launcher.resources import IMAGES_DIR
+
+BASE_IMAGE = "debian:bookworm-slim"
+EXTRA_CA_NAME = "extra-ca.crt"  # the file each recipe's Dockerfile copies
+
+
+@dataclass(frozen=True)
+class ImageBuild:
+    """An image to build from a context directory, or (context None) one the
+    user already has on this machine."""
+
+    tag: str
+    context: Path | None = None
+    dockerfile: str = "Dockerfile"
+    ca_bundle: Path | None = None  # added to the context as extra-ca.crt
+
+    @property
+    def built_here(self) -> bool:
+        return self.context is not None
+
+
+@dataclass(frozen=True)
+class PartImages:
+    backend: ImageBuild
+    frontend: ImageBuild
+    ingress: ImageBuild
+
+    def all(self) -> tuple[ImageBuild, ...]:
+        return (self.backend, self.frontend, self.ingress)
+
+
+def recipe_image(recipe: str, dockerfile: str = "Dockerfile", ca_bundle: Path | None = None) -> ImageBuild:
+    context = IMAGES_DIR / recipe
+    name = recipe if dockerfile == "Dockerfile" else f"{recipe}-{dockerfile.rsplit('.', 1)[-1]}"
+    return _hashed(f"sandbox-{name}", context, dockerfile, ca_bundle)
+
+
+def images_for(policy: Policy, use_gpu: bool, ca_bundle: Path | None) -> PartImages:
+    f = policy.frontend
+    if f.recipe:
+        frontend = recipe_image(f.recipe, ca_bundle=ca_bundle)
+    elif f.build_context:
+        frontend = _hashed(f"sandbox-{policy.name}-frontend", f.build_context, f.build_dockerfile, None)
+    else:
+        frontend = ImageBuild(tag=f.image)
+    return PartImages(
+        backend=recipe_image("llama-cpp", "Dockerfile.cuda" if use_gpu else "Dockerfile", ca_bundle),
+        frontend=frontend,
+        ingress=recipe_image("ingress", ca_bundle=ca_bundle),
+    )
+
+
+def _hashed(repository: str, context: Path, dockerfile: str, ca_bundle: Path | None) -> ImageBuild:
+    digest = hashlib.sha256()
+    digest.update(f"dockerfile={dockerfile}\n".encode())
+    for path in sorted(_context_files(context)):
+        digest.update(f"file={path.relative_to(context)}\n".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    if ca_bundle is not None:
+        digest.update(b"ca=" + hashlib.sha256(ca_bundle.read_bytes()).digest())
+    return ImageBuild(tag=f"{repository}:{digest.hexdigest()[:16]}", context=context,
+                      dockerfile=dockerfile, ca_bundle=ca_bundle)
+
+
+def _context_files(context: Path):
+    for root, dirs, files in os.walk(context):
+        dirs[:] = [d for d in dirs if d not in (".git", "__pycache__")]
+        for name in files:
+            yield Path(root) / name

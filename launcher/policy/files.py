@@ -1,0 +1,87 @@
+"""Checks of the files a policy names: model weights (GGUF, sha256) and build
+contexts. Hashing a multi-GB model takes a while, so results are cached by
+path, size, inode and mtime: a file that changed is always hashed again."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+GGUF_MAGIC = b"GGUF"
+CHUNK = 4 * 1024 * 1024
+
+# progress(done_bytes, total_bytes, file_name)
+HashProgress = Callable[[int, int, str], None]
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sandbox" / "sha256.json"
+
+
+def sha256_of(path: Path, progress: HashProgress | None = None) -> str:
+    st = path.stat()
+    key = str(path)
+    stamp = [st.st_size, st.st_ino, st.st_mtime_ns]
+    cache = _read_cache()
+    entry = cache.get(key)
+    if entry and entry.get("stamp") == stamp:
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, st.st_size, path.name)
+    result = digest.hexdigest()
+    cache[key] = {"stamp": stamp, "sha256": result}
+    _write_cache(cache)
+    return result
+
+
+def _read_cache() -> dict:
+    try:
+        with open(cache_path()) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(cache: dict) -> None:
+    # A cache that cannot be written only costs time, never correctness.
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(cache, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def model_file_problem(written: str, path: Path, expected_sha256: str,
+                       progress: HashProgress | None = None) -> str | None:
+    """None when `path` (resolved from `written`, as the policy gives it) is a
+    readable GGUF file with the expected sha256; otherwise what is wrong."""
+    where = f"{written} (which is {path})" if Path(written) != path else written
+    if not path.exists():
+        return f"{where}: file not found"
+    if not path.is_file():
+        return f"{where}: not a regular file"
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        return f"{where}: cannot be read ({e.strerror})"
+    if magic != GGUF_MAGIC:
+        return f"{where}: not a GGUF model file (it does not start with 'GGUF')"
+    actual = sha256_of(path, progress)
+    if actual != expected_sha256:
+        return f"{where}: sha256 mismatch; the file's is {actual}"
+    return None

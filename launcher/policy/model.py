@@ -1,0 +1,50 @@
+"""The Policy: what the user asked for, frozen and typed, every default filled in."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Model:
+    alias: str
+    path: Path  # absolute, symlinks resolved
+    sha256: str
+    context_length: int
+    chat_format: str | None
+
+
+@dataclass(frozen=True)
+class Backend:
+    gpu: str | tuple[str, ...]  # "auto" | "all" | "none" | device ids
+    gpu_layers: int
+    memory: str
+    cpus: float
+
+
+@dataclass(frozen=True)
+class Frontend:
+    # Exactly one of these three says where the UI image comes from.
+    recipe: str | None
+    build_context: Path | None
+    build_dockerfile: str
+    image: str | None
+    port: int
+    backend_url_env: str
+    backend_key_env: str
+    env: tuple[tuple[str, str], ...]  # the policy's extra variables, sorted
+    data: str | None
+    user: int
+    health_path: str
+    memory: str
+    cpus: float
+
+
+@dataclass(frozen=True)
+class Policy:
+    file: Path
+    name: str
+    models: tuple[Model, ...]
+    backend: Backend
+    frontend: Frontend
+    ingress_port: int

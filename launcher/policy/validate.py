@@ -1,0 +1,179 @@
+"""Validate a policy: YAML, then the schema, then what the schema cannot say
+(files on disk, sha256, the host port, names that must not collide). Every
+problem is collected and reported at once; a Policy is made only from a file
+that has none."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+
+from launcher.errors import PolicyError, Problem
+from launcher.policy.files import HashProgress, model_file_problem
+from launcher.policy.loader import Document, load
+from launcher.policy.model import Backend, Frontend, Model, Policy
+from launcher.policy.schema import schema_problems
+from launcher.recipes import CUSTOM_FRONTEND, FRONTEND_RECIPES
+
+BACKEND_DEFAULTS = {"gpu": "auto", "gpu_layers": -1, "memory": "4g", "cpus": 2}
+DEFAULT_CONTEXT_LENGTH = 4096
+
+
+# port_is_ours(sandbox_name, port): the port is held by that sandbox's own
+# ingress (it is running), so finding it busy is no problem.
+PortIsOurs = Callable[[str, int], bool]
+
+
+def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours: PortIsOurs | None = None,
+                      hash_progress: HashProgress | None = None) -> tuple[Policy | None, list[Problem]]:
+    """All the problems of one policy file, and the Policy when there are none."""
+    path = Path(path)
+    doc, problems = load(path, display_name=str(path))
+    if doc is None:
+        return None, problems
+    if not isinstance(doc.data, dict):
+        return None, [doc.problem((), "must be a mapping of fields (version, name, models, ...)")]
+    problems = schema_problems(doc)
+    base = path.resolve().parent
+    problems += _semantic_problems(doc, base, check_port, port_is_ours, hash_progress)
+    problems.sort(key=lambda p: (p.line, p.column, p.field))
+    if problems:
+        return None, problems
+    return _to_policy(doc.data, path.resolve(), base), []
+
+
+def load_policy(path: str | Path, **kwargs) -> Policy:
+    policy, problems = check_policy_file(path, **kwargs)
+    if problems:
+        raise PolicyError(problems)
+    return policy
+
+
+def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours: PortIsOurs | None,
+                       hash_progress: HashProgress | None) -> list[Problem]:
+    data = doc.data
+    problems: list[Problem] = []
+
+    models = data.get("models")
+    if isinstance(models, list):
+        seen: dict[str, int] = {}
+        for i, m in enumerate(models):
+            if not isinstance(m, dict):
+                continue
+            alias = m.get("alias")
+            if isinstance(alias, str):
+                if alias in seen:
+                    problems.append(doc.problem(("models", i, "alias"),
+                                                f"'{alias}' is already the alias of models[{seen[alias]}]"))
+                seen.setdefault(alias, i)
+            mpath, sha = m.get("path"), m.get("sha256")
+            if isinstance(mpath, str) and mpath and isinstance(sha, str) and len(sha) == 64:
+                if "\x00" in mpath:
+                    problems.append(doc.problem(("models", i, "path"), "must not contain NUL"))
+                    continue
+                why = model_file_problem(mpath, _resolve(base, mpath), sha, hash_progress)
+                if why:
+                    problems.append(doc.problem(("models", i, "path"), why))
+
+    frontend = data.get("frontend")
+    if isinstance(frontend, dict):
+        sources = [k for k in ("recipe", "build", "image") if k in frontend]
+        if len(sources) != 1:
+            said = f"it gives {', '.join(sources)}" if sources else "it gives none"
+            problems.append(doc.problem(("frontend",), f"must give exactly one of recipe, build or image; {said}"))
+        build = frontend.get("build")
+        if isinstance(build, dict) and isinstance(build.get("context"), str) and build["context"]:
+            context = _resolve(base, build["context"])
+            dockerfile = build.get("dockerfile", "Dockerfile")
+            if not context.is_dir():
+                problems.append(doc.problem(("frontend", "build", "context"), f"not a directory: {context}"))
+            elif isinstance(dockerfile, str) and "/" not in dockerfile and not (context / dockerfile).is_file():
+                problems.append(doc.problem(("frontend", "build", "dockerfile"),
+                                            f"no file {dockerfile} in {context}"))
+        recipe = FRONTEND_RECIPES.get(frontend.get("recipe")) if isinstance(frontend.get("recipe"), str) else None
+        defaults = recipe or CUSTOM_FRONTEND
+        url_env = frontend.get("backend_url_env", defaults.backend_url_env)
+        key_env = frontend.get("backend_key_env", defaults.backend_key_env)
+        if url_env == key_env and isinstance(url_env, str):
+            problems.append(doc.problem(("frontend", "backend_key_env"),
+                                        "must differ from backend_url_env"))
+        env = frontend.get("env")
+        if isinstance(env, dict):
+            for name in env:
+                if name in (url_env, key_env):
+                    problems.append(doc.problem(("frontend", "env", name),
+                                                "is set by the launcher (the backend's URL and key); remove it",
+                                                prefer_key=True))
+                elif recipe and name in recipe.locked_env:
+                    problems.append(doc.problem(
+                        ("frontend", "env", name),
+                        f"is fixed by the {frontend['recipe']} recipe to keep it offline; remove it",
+                        prefer_key=True))
+                elif name.startswith("SANDBOX_"):
+                    problems.append(doc.problem(("frontend", "env", name),
+                                                "names starting with SANDBOX_ are the launcher's", prefer_key=True))
+
+    ingress = data.get("ingress")
+    if check_port and isinstance(ingress, dict) and _is_int(ingress.get("port")):
+        port = ingress["port"]
+        name = data.get("name") if isinstance(data.get("name"), str) else ""
+        if 1 <= port <= 65535 and not port_is_free(port) and not (port_is_ours and port_is_ours(name, port)):
+            problems.append(doc.problem(("ingress", "port"),
+                                        f"port {port} on 127.0.0.1 is in use; stop what holds it or pick another"))
+    return problems
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _resolve(base: Path, relative: str) -> Path:
+    # Symlinks are resolved so the file checked is the file that gets mounted.
+    return Path(os.path.realpath(base / os.path.expanduser(relative)))
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _to_policy(data: dict, file: Path, base: Path) -> Policy:
+    models = tuple(
+        Model(alias=m["alias"], path=_resolve(base, m["path"]), sha256=m["sha256"],
+              context_length=m.get("context_length", DEFAULT_CONTEXT_LENGTH),
+              chat_format=m.get("chat_format"))
+        for m in data["models"])
+    b = {**BACKEND_DEFAULTS, **data.get("backend", {})}
+    gpu = b["gpu"] if isinstance(b["gpu"], str) else tuple(str(d) for d in b["gpu"])
+    backend = Backend(gpu=gpu, gpu_layers=b["gpu_layers"], memory=b["memory"], cpus=float(b["cpus"]))
+    f = data["frontend"]
+    defaults = FRONTEND_RECIPES.get(f.get("recipe"), CUSTOM_FRONTEND)
+    build = f.get("build")
+    frontend = Frontend(
+        recipe=f.get("recipe"),
+        build_context=_resolve(base, build["context"]) if build else None,
+        build_dockerfile=build.get("dockerfile", "Dockerfile") if build else "Dockerfile",
+        image=f.get("image"),
+        port=f.get("port", defaults.port),
+        backend_url_env=f.get("backend_url_env", defaults.backend_url_env),
+        backend_key_env=f.get("backend_key_env", defaults.backend_key_env),
+        env=tuple(sorted((k, _text(v)) for k, v in f.get("env", {}).items())),
+        data=f.get("data", defaults.data),
+        user=f.get("user", defaults.user),
+        health_path=f.get("health_path", defaults.health_path),
+        memory=f.get("memory", defaults.memory),
+        cpus=float(f.get("cpus", defaults.cpus)),
+    )
+    return Policy(file=file, name=data["name"], models=models, backend=backend,
+                  frontend=frontend, ingress_port=data["ingress"]["port"])

@@ -1,0 +1,57 @@
+"""The front-ends whose Dockerfiles ship under images/, with what the launcher
+must know to run them. A policy names one by `frontend.recipe`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class FrontendRecipe:
+    port: int
+    backend_url_env: str
+    backend_key_env: str
+    data: str | None
+    user: int
+    health_path: str
+    memory: str
+    cpus: float
+    # Set by the launcher on every start and not overridable by a policy: the
+    # switches that keep the UI from trying to reach anything but the backend.
+    locked_env: dict = field(default_factory=dict)
+
+
+FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
+    "chat": FrontendRecipe(
+        port=8080, backend_url_env="OPENAI_API_BASE_URL", backend_key_env="OPENAI_API_KEY",
+        data="/data", user=65534, health_path="/health", memory="256m", cpus=1.0,
+    ),
+    "open-webui": FrontendRecipe(
+        port=8080, backend_url_env="OPENAI_API_BASE_URL", backend_key_env="OPENAI_API_KEY",
+        data="/data", user=1000, health_path="/health", memory="2g", cpus=2.0,
+        locked_env={
+            "OFFLINE_MODE": "true",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "ENABLE_VERSION_UPDATE_CHECK": "false",
+            "ENABLE_OLLAMA_API": "false",
+            # Set explicitly: left empty it probes Ollama's default address anyway.
+            "OLLAMA_BASE_URL": "http://127.0.0.1:11434",
+            "ENABLE_OPENAI_API": "true",
+            "ENABLE_COMMUNITY_SHARING": "false",
+            "ENABLE_PIP_INSTALL_FRONTMATTER_REQUIREMENTS": "false",
+            # Otherwise settings stored on first start override this environment later.
+            "ENABLE_PERSISTENT_CONFIG": "False",
+            "RAG_EMBEDDING_ENGINE": "openai",
+            "USE_SLIM_DOCKER": "true",
+            "DATA_DIR": "/data",
+            "STATIC_DIR": "/tmp/open-webui-static",
+        },
+    ),
+}
+
+# Defaults for a front-end the user brings (frontend.build or frontend.image).
+CUSTOM_FRONTEND = FrontendRecipe(
+    port=8080, backend_url_env="OPENAI_API_BASE_URL", backend_key_env="OPENAI_API_KEY",
+    data=None, user=65534, health_path="/", memory="1g", cpus=1.0,
+)

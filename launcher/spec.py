@@ -1,0 +1,232 @@
+"""Policy -> SandboxSpec: everything that must exist for a sandbox, with all
+hardening applied. This is the one place the sandbox's guarantees are written
+down; the Docker gateway applies the spec as it is, and tests read it.
+
+Pure: no Docker, no files. What needs the machine (image tags, whether a GPU
+is there, the secrets of a running sandbox) comes in as arguments."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from launcher.images import PartImages
+from launcher.policy.model import Policy
+from launcher.recipes import FRONTEND_RECIPES
+
+LABEL_SANDBOX = "io.sandbox.name"
+LABEL_PART = "io.sandbox.part"
+LABEL_HASH = "io.sandbox.spec-hash"
+LABEL_POLICY = "io.sandbox.policy"
+
+BACKEND_PORT = 8000
+INGRESS_PORT = 8080
+BACKEND_ALIAS = "backend"
+FRONTEND_ALIAS = "frontend"
+NOBODY = "65534:65534"
+BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
+
+# Parts in the order they start: each depends only on those before it.
+PARTS = ("backend", "frontend", "ingress")
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Made per sandbox and kept while it runs; never part of a spec hash."""
+
+    api_key: str  # the backend requires it; only the front-end is given it
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    part: str  # "internal" or "ingress"
+    internal: bool
+    options: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    name: str
+    part: str
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # host path (bind) or volume name
+    target: str
+    kind: str  # "bind" or "volume"
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Attachment:
+    network: str
+    aliases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    container_port: int
+    host_ip: str
+    host_port: int
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    part: str
+    name: str
+    image: str
+    user: str
+    networks: tuple[Attachment, ...]  # the first at creation, the rest before start
+    env: tuple[tuple[str, str], ...] = ()
+    secret_env: tuple[str, ...] = ()  # names in env whose values stay out of the hash
+    command: tuple[str, ...] | None = None
+    ports: tuple[PortBinding, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    tmpfs: tuple[tuple[str, str], ...] = ()
+    memory: str = "1g"
+    cpus: float = 1.0
+    pids_limit: int = 256
+    gpus: str | tuple[str, ...] | None = None  # None: no GPU; "all"; or device ids
+    gpu_capabilities: tuple[str, ...] = ()
+    healthcheck: tuple[str, ...] | None = None
+    # Hardening. Defaults are the only values a spec ever has: a policy cannot
+    # reach these fields (THREATS.md, "Hardening every container gets").
+    read_only: bool = True
+    cap_drop: tuple[str, ...] = ("ALL",)
+    security_opt: tuple[str, ...] = ("no-new-privileges:true",)
+    privileged: bool = False
+    restart: tuple[str, int] = ("on-failure", 5)
+
+    def env_value(self, name: str) -> str | None:
+        return dict(self.env).get(name)
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    name: str
+    policy_file: str
+    networks: tuple[NetworkSpec, ...]
+    volumes: tuple[VolumeSpec, ...]
+    images: PartImages
+    containers: tuple[ContainerSpec, ...]
+    url: str
+    health_path: str
+
+    def container(self, part: str) -> ContainerSpec:
+        return next(c for c in self.containers if c.part == part)
+
+
+def resource_name(sandbox: str, part: str) -> str:
+    return f"sandbox-{sandbox}-{part}"
+
+
+def spec_hash(resource) -> str:
+    """What a resource was made from, as a short hash. Secret values are left
+    out, so a kept secret never forces a recreate and never shows in a label."""
+    data = asdict(resource)
+    if isinstance(resource, ContainerSpec):
+        data["env"] = [[k, "<secret>" if k in resource.secret_env else v] for k, v in resource.env]
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def labels_for(spec: SandboxSpec, resource) -> dict[str, str]:
+    return {LABEL_SANDBOX: spec.name, LABEL_PART: resource.part,
+            LABEL_HASH: spec_hash(resource), LABEL_POLICY: spec.policy_file}
+
+
+def resolve_gpus(policy: Policy, engine_has_gpu: bool) -> str | tuple[str, ...] | None:
+    """What the backend gets: None (CPU), "all", or device ids. `auto` means all
+    GPUs when the engine can hand them out, else the CPU."""
+    gpu = policy.backend.gpu
+    if gpu == "none" or (gpu == "auto" and not engine_has_gpu):
+        return None
+    return "all" if gpu in ("auto", "all") else gpu
+
+
+def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
+               gpus: str | tuple[str, ...] | None) -> SandboxSpec:
+    name = policy.name
+    internal = NetworkSpec(
+        name=resource_name(name, "internal"), part="internal", internal=True,
+        # No address for the bridge on the host: containers get no path to the
+        # host, whose services an internal network otherwise still reaches.
+        options=(("com.docker.network.bridge.inhibit_ipv4", "true"),))
+    ingress_net = NetworkSpec(
+        name=resource_name(name, "ingress"), part="ingress", internal=False,
+        # No NAT: the ingress can be reached from the host but has no way out.
+        options=(("com.docker.network.bridge.enable_ip_masquerade", "false"),))
+
+    volumes: tuple[VolumeSpec, ...] = ()
+    frontend_mounts: tuple[Mount, ...] = ()
+    f = policy.frontend
+    if f.data:
+        data = VolumeSpec(name=resource_name(name, "data"), part="data")
+        volumes = (data,)
+        frontend_mounts = (Mount(source=data.name, target=f.data, kind="volume", read_only=False),)
+
+    backend = _backend(policy, images, secrets, gpus, internal)
+    frontend_env = dict(f.env)
+    if f.recipe:
+        frontend_env.update(FRONTEND_RECIPES[f.recipe].locked_env)
+    frontend_env.update({
+        "HOME": "/tmp",
+        f.backend_url_env: f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1",
+        f.backend_key_env: secrets.api_key,
+    })
+    frontend = ContainerSpec(
+        part="frontend", name=resource_name(name, "frontend"), image=images.frontend.tag,
+        user=f"{f.user}:{f.user}",
+        networks=(Attachment(internal.name, (FRONTEND_ALIAS,)),),
+        env=tuple(sorted(frontend_env.items())), secret_env=(f.backend_key_env,),
+        mounts=frontend_mounts, tmpfs=(("/tmp", "rw,nosuid,nodev,size=512m"),),
+        memory=f.memory, cpus=f.cpus, pids_limit=512,
+    )
+    ingress = ContainerSpec(
+        part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
+        networks=(Attachment(ingress_net.name, ()), Attachment(internal.name, ("ingress",))),
+        env=(("SANDBOX_UPSTREAM", f"{FRONTEND_ALIAS}:{f.port}"), ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT))),
+        ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
+        tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
+        memory="128m", cpus=0.5, pids_limit=64,
+    )
+    return SandboxSpec(
+        name=name, policy_file=str(policy.file), networks=(internal, ingress_net), volumes=volumes,
+        images=images, containers=(backend, frontend, ingress),
+        url=f"http://127.0.0.1:{policy.ingress_port}/", health_path=f.health_path,
+    )
+
+
+def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, internal: NetworkSpec) -> ContainerSpec:
+    b = policy.backend
+    threads = max(1, int(b.cpus))
+    config = {
+        "host": "0.0.0.0",
+        "port": BACKEND_PORT,
+        "models": [
+            {
+                "model": f"/models/{m.alias}.gguf",
+                "model_alias": m.alias,
+                "n_ctx": m.context_length,
+                "n_gpu_layers": b.gpu_layers if gpus else 0,
+                "n_threads": threads,
+                **({"chat_format": m.chat_format} if m.chat_format else {}),
+            }
+            for m in policy.models
+        ],
+    }
+    return ContainerSpec(
+        part="backend", name=resource_name(policy.name, "backend"), image=images.backend.tag, user=NOBODY,
+        networks=(Attachment(internal.name, (BACKEND_ALIAS,)),),
+        env=(("SANDBOX_BACKEND_CONFIG", json.dumps(config, sort_keys=True)),
+             (BACKEND_API_KEY_ENV, secrets.api_key)),
+        secret_env=(BACKEND_API_KEY_ENV,),
+        mounts=tuple(Mount(source=str(m.path), target=f"/models/{m.alias}.gguf", kind="bind", read_only=True)
+                     for m in policy.models),
+        tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=64m"),),
+        memory=b.memory, cpus=b.cpus, pids_limit=256,
+        gpus=gpus, gpu_capabilities=("compute", "utility") if gpus else (),
+        healthcheck=("CMD", "/opt/venv/bin/python", "/usr/local/bin/sandbox-backend", "health"),
+    )

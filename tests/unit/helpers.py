@@ -1,0 +1,30 @@
+"""Policies and specs for unit tests, made without Docker or model files."""
+from dataclasses import replace
+from pathlib import Path
+
+from launcher.images import ImageBuild, PartImages
+from launcher.policy.model import Backend, Frontend, Model, Policy
+from launcher.spec import Secrets, build_spec
+
+
+def make_policy(**changes) -> Policy:
+    policy = Policy(
+        file=Path("/policies/p.yaml"), name="demo",
+        models=(Model("tiny", Path("/models/tiny.gguf"), "0" * 64, 2048, None),
+                Model("other", Path("/models/other.gguf"), "1" * 64, 4096, "chatml")),
+        backend=Backend(gpu="none", gpu_layers=-1, memory="2g", cpus=2.0),
+        frontend=Frontend(recipe="chat", build_context=None, build_dockerfile="Dockerfile", image=None,
+                          port=8080, backend_url_env="OPENAI_API_BASE_URL", backend_key_env="OPENAI_API_KEY",
+                          env=(("THEME", "dark"),), data="/data", user=65534, health_path="/health",
+                          memory="256m", cpus=1.0),
+        ingress_port=18080)
+    return replace(policy, **changes)
+
+
+IMAGES = PartImages(backend=ImageBuild("sandbox-llama-cpp:aaa", Path("/images/llama-cpp")),
+                    frontend=ImageBuild("sandbox-chat:bbb", Path("/images/chat")),
+                    ingress=ImageBuild("sandbox-ingress:ccc", Path("/images/ingress")))
+
+
+def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES):
+    return build_spec(policy or make_policy(), images, Secrets(api_key=api_key), gpus)

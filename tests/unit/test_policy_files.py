@@ -1,0 +1,103 @@
+"""Golden files: every bad policy under tests/fixtures/bad is refused with
+exactly the messages in the .expected file beside it."""
+import os
+from pathlib import Path
+
+import pytest
+
+from launcher.policy import check_policy_file
+from launcher.policy.loader import MAX_POLICY_BYTES
+from tests.conftest import FIXTURES
+
+BAD = FIXTURES / "bad"
+GOOD = FIXTURES / "good"
+
+
+def problems_of(name: str, directory: Path) -> list[str]:
+    policy, problems = check_policy_file(name, check_port=False)
+    assert (policy is None) == bool(problems)
+    return [str(p).replace(str(FIXTURES), "<fixtures>") for p in problems]
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in BAD.glob("*.yaml")))
+def test_bad_policy_gives_expected_messages(case, monkeypatch):
+    monkeypatch.chdir(BAD)
+    expected = (BAD / f"{case}.expected").read_text().splitlines()
+    assert expected, f"{case}.expected is empty"
+    assert problems_of(f"{case}.yaml", BAD) == expected
+
+
+def test_there_are_enough_hostile_policies():
+    assert len(list(BAD.glob("*.yaml"))) >= 25
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in GOOD.glob("*.yaml")))
+def test_good_policy_has_no_problems(case, monkeypatch):
+    monkeypatch.chdir(GOOD)
+    assert problems_of(case, GOOD) == []
+
+
+def test_huge_policy_is_refused_without_reading_it_all(tmp_path):
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:
+        f.write(b"version: 1\n# " + b"x" * (50 * 1024 * 1024) + b"\n")
+    policy, problems = check_policy_file(huge, check_port=False)
+    assert policy is None
+    assert [p.message for p in problems] == [f"is larger than {MAX_POLICY_BYTES // 1024} KiB; a policy is a short file"]
+
+
+def test_missing_file_and_directory(tmp_path):
+    assert [p.message for p in check_policy_file(tmp_path / "nope.yaml")[1]] == ["no such file"]
+    assert [p.message for p in check_policy_file(tmp_path)[1]] == ["is a directory, not a policy file"]
+
+
+def test_full_policy_fills_every_field(monkeypatch):
+    monkeypatch.chdir(GOOD)
+    policy, problems = check_policy_file("full.yaml", check_port=False)
+    assert problems == []
+    assert policy.backend.gpu == ("0", "1")
+    assert [m.alias for m in policy.models] == ["tiny", "tiny-again"]
+    assert policy.models[0].path == (FIXTURES / "models" / "tiny.gguf").resolve()
+    f = policy.frontend
+    assert (f.image, f.port, f.backend_url_env, f.backend_key_env, f.user) == ("my-ui:1.0", 3000, "LLM_URL", "LLM_KEY", 1000)
+    # YAML numbers and booleans in env become the text a program expects.
+    assert f.env == (("MAX_TOKENS", "512"), ("TELEMETRY", "false"), ("THEME", "dark"))
+
+
+def test_minimal_policy_takes_recipe_defaults(monkeypatch):
+    monkeypatch.chdir(GOOD)
+    policy, _ = check_policy_file("minimal.yaml", check_port=False)
+    assert policy.backend.gpu == "auto"
+    assert policy.models[0].context_length == 4096
+    assert (policy.frontend.port, policy.frontend.data, policy.frontend.health_path) == (8080, "/data", "/health")
+
+
+def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(monkeypatch):
+    import socket
+    monkeypatch.chdir(GOOD)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        text = (GOOD / "minimal.yaml").read_text().replace("18080", str(port))
+        (GOOD / "busy.yaml.tmp").write_text(text)
+        try:
+            _, problems = check_policy_file("busy.yaml.tmp")
+            assert [str(p) for p in problems] == [
+                f"busy.yaml.tmp:10:9 ingress.port: port {port} on 127.0.0.1 is in use; stop what holds it or pick another"]
+            _, problems = check_policy_file("busy.yaml.tmp", port_is_ours=lambda name, p: (name, p) == ("minimal", port))
+            assert problems == []
+        finally:
+            os.remove(GOOD / "busy.yaml.tmp")
+
+
+def test_sha256_is_cached_and_rechecked_when_the_file_changes(tmp_path):
+    from launcher.policy.files import sha256_of
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + b"a" * 100)
+    calls = []
+    first = sha256_of(model, lambda done, total, name: calls.append(done))
+    assert calls and sha256_of(model, lambda *a: calls.append("again")) == first
+    assert "again" not in calls
+    model.write_bytes(b"GGUF" + b"b" * 100)
+    assert sha256_of(model) != first

@@ -1,0 +1,104 @@
+"""The SandboxSpec carries every guarantee of THREATS.md; these tests read it."""
+import json
+from dataclasses import replace
+
+import pytest
+
+from launcher.spec import resolve_gpus, spec_hash
+from tests.unit.helpers import make_policy, make_spec
+
+SPECS = {
+    "cpu": lambda: make_spec(),
+    "gpu": lambda: make_spec(make_policy(), gpus=("0",)),
+    "custom-frontend": lambda: make_spec(make_policy(frontend=replace(
+        make_policy().frontend, recipe=None, image="my-ui:1", data=None, user=1000))),
+}
+
+
+@pytest.mark.parametrize("variant", SPECS)
+def test_every_container_is_hardened(variant):
+    for c in SPECS[variant]().containers:
+        assert c.cap_drop == ("ALL",), c.name
+        assert "no-new-privileges:true" in c.security_opt, c.name
+        assert c.read_only and not c.privileged, c.name
+        assert not c.user.startswith("0") and c.user.split(":")[0] != "root", c.name
+        assert c.pids_limit <= 512 and c.memory and c.cpus > 0, c.name
+        assert c.restart[0] == "on-failure", c.name
+        assert any(target == "/tmp" for target, _ in c.tmpfs), c.name
+        assert not any("docker.sock" in m.source for m in c.mounts), c.name
+
+
+def test_networks_have_no_route_out():
+    spec = make_spec()
+    internal, ingress = spec.networks
+    assert internal.internal and ("com.docker.network.bridge.inhibit_ipv4", "true") in internal.options
+    assert not ingress.internal and ("com.docker.network.bridge.enable_ip_masquerade", "false") in ingress.options
+
+
+def test_only_the_ingress_touches_the_ingress_network_and_binds_loopback():
+    spec = make_spec()
+    for c in spec.containers:
+        networks = [a.network for a in c.networks]
+        if c.part == "ingress":
+            assert networks == ["sandbox-demo-ingress", "sandbox-demo-internal"]
+            assert [(p.host_ip, p.host_port) for p in c.ports] == [("127.0.0.1", 18080)]
+        else:
+            assert networks == ["sandbox-demo-internal"]
+            assert c.ports == ()
+    assert spec.url == "http://127.0.0.1:18080/"
+
+
+def test_weights_are_mounted_read_only_and_only_into_the_backend():
+    spec = make_spec()
+    backend = spec.container("backend")
+    assert [(m.source, m.target, m.read_only) for m in backend.mounts] == [
+        ("/models/tiny.gguf", "/models/tiny.gguf", True), ("/models/other.gguf", "/models/other.gguf", True)]
+    assert all(m.kind == "volume" for m in spec.container("frontend").mounts)
+    assert spec.container("ingress").mounts == ()
+
+
+def test_backend_config_serves_every_model():
+    config = json.loads(make_spec().container("backend").env_value("SANDBOX_BACKEND_CONFIG"))
+    assert [(m["model_alias"], m["n_ctx"], m["n_gpu_layers"]) for m in config["models"]] == [
+        ("tiny", 2048, 0), ("other", 4096, 0)]
+    assert config["models"][1]["chat_format"] == "chatml"
+    assert "api_key" not in config  # the key travels apart, so it stays out of hashes
+
+
+def test_frontend_gets_backend_url_and_key_and_nothing_overrides_them():
+    f = make_spec(api_key="secret").container("frontend")
+    assert f.env_value("OPENAI_API_BASE_URL") == "http://backend:8000/v1"
+    assert f.env_value("OPENAI_API_KEY") == "secret"
+    assert f.env_value("THEME") == "dark"
+
+
+def test_open_webui_recipe_locks_its_offline_switches():
+    policy = make_policy(frontend=replace(make_policy().frontend, recipe="open-webui",
+                                          env=(("OFFLINE_MODE", "false"),)))
+    f = make_spec(policy).container("frontend")
+    assert f.env_value("OFFLINE_MODE") == "true"
+    assert f.env_value("ENABLE_PERSISTENT_CONFIG") == "False"
+
+
+def test_gpus_go_to_the_backend_only():
+    spec = make_spec(gpus=("0", "2"))
+    backend = spec.container("backend")
+    assert backend.gpus == ("0", "2") and backend.gpu_capabilities == ("compute", "utility")
+    assert json.loads(backend.env_value("SANDBOX_BACKEND_CONFIG"))["models"][0]["n_gpu_layers"] == -1
+    assert all(c.gpus is None for c in spec.containers if c.part != "backend")
+
+
+@pytest.mark.parametrize("asked, engine_has_gpu, gets", [
+    ("auto", True, "all"), ("auto", False, None), ("none", True, None), ("all", False, "all"),
+    (("1",), True, ("1",))])
+def test_resolve_gpus(asked, engine_has_gpu, gets):
+    policy = make_policy(backend=replace(make_policy().backend, gpu=asked))
+    assert resolve_gpus(policy, engine_has_gpu) == gets
+
+
+def test_hash_ignores_secret_values_but_not_settings():
+    a, b = make_spec(api_key="one"), make_spec(api_key="two")
+    assert [spec_hash(c) for c in a.containers] == [spec_hash(c) for c in b.containers]
+    changed = make_spec(make_policy(backend=replace(make_policy().backend, cpus=3.0)))
+    assert spec_hash(changed.container("backend")) != spec_hash(a.container("backend"))
+    assert spec_hash(changed.container("frontend")) == spec_hash(a.container("frontend"))
