@@ -157,12 +157,11 @@ def plan(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle:
 
 
 def _print_actions(actions) -> None:
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for column in ("action", "kind", "name", "reason"):
-        table.add_column(column)
-    for a in actions:
-        table.add_row(a.verb, a.kind, a.name, a.reason)
-    out.print(table)
+    # Plain columns, never truncated: names and tags are what people copy.
+    rows = [("ACTION", "KIND", "NAME", "REASON")] + [(a.verb, a.kind, a.name, a.reason) for a in actions]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        out.print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}", markup=False)
 
 
 @app.command()

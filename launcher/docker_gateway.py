@@ -19,11 +19,13 @@ from docker.utils.build import exclude_paths
 from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound
 from launcher.images import EXTRA_CA_NAME, ImageBuild
 from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
-from launcher.spec import (BACKEND_API_KEY_ENV, LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
+from launcher.spec import (LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
                            ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, labels_for, resource_name)
 
 Say = Callable[[str], None]
 NANO = 1_000_000_000
+# Marks images the launcher built (not a sandbox's: images outlive sandboxes).
+LABEL_IMAGE = "io.sandbox.built-image"
 MIN_ENGINE = (20, 10)
 
 
@@ -107,18 +109,18 @@ class DockerGateway:
         present = frozenset(tag for tag in images if self.image_present(tag))
         return Observed(networks=networks, volumes=volumes, containers=containers, images=present)
 
-    def running_api_key(self, name: str) -> str | None:
-        """The API key of a sandbox's running backend, so that recreating one
-        part never leaves the front-end with a key the backend does not take."""
+    def running_env(self, name: str, part: str, variable: str) -> str | None:
+        """A variable of a part of a running sandbox: how its secrets are kept,
+        so that recreating one part never leaves another with a stale key."""
         try:
-            env = self.api.inspect_container(resource_name(name, "backend"))["Config"]["Env"] or []
+            env = self.api.inspect_container(resource_name(name, part))["Config"]["Env"] or []
         except docker.errors.NotFound:
             return None
         except docker.errors.APIError as e:
             raise DockerFailure(f"reading sandbox {name}: {e.explanation or e}") from None
         for item in env:
             key, _, value = item.partition("=")
-            if key == BACKEND_API_KEY_ENV:
+            if key == variable:
                 return value
         return None
 
@@ -203,7 +205,7 @@ class DockerGateway:
             try:
                 stream = self.api.build(fileobj=context, custom_context=True, tag=image.tag,
                                         dockerfile=image.dockerfile, rm=True, forcerm=True,
-                                        pull=False, decode=True, labels={LABEL_SANDBOX + ".image": "1"})
+                                        pull=False, decode=True, labels={LABEL_IMAGE: "1"})
                 for chunk in stream:
                     if "error" in chunk:
                         raise BuildFailure(image.tag, chunk["error"].strip(), tail[-20:])

@@ -18,6 +18,8 @@ class FrontendRecipe:
     # Set by the launcher on every start and not overridable by a policy: the
     # switches that keep the UI from trying to reach anything but the backend.
     locked_env: dict = field(default_factory=dict)
+    # The variable the UI signs its sessions with, given a key made per sandbox.
+    session_key_env: str | None = None
 
 
 FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
@@ -47,6 +49,7 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             "DATA_DIR": "/data",
             "STATIC_DIR": "/tmp/open-webui-static",
         },
+        session_key_env="WEBUI_SECRET_KEY",
     ),
 }
 

@@ -25,6 +25,7 @@ BACKEND_ALIAS = "backend"
 FRONTEND_ALIAS = "frontend"
 NOBODY = "65534:65534"
 BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
+FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
 
 # Parts in the order they start: each depends only on those before it.
 PARTS = ("backend", "frontend", "ingress")
@@ -35,6 +36,7 @@ class Secrets:
     """Made per sandbox and kept while it runs; never part of a spec hash."""
 
     api_key: str  # the backend requires it; only the front-end is given it
+    session_key: str  # for front-ends that sign sessions (recipe.session_key_env)
 
 
 @dataclass(frozen=True)
@@ -169,18 +171,25 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
 
     backend = _backend(policy, images, secrets, gpus, internal)
     frontend_env = dict(f.env)
+    secret_env = [f.backend_key_env, FRONTEND_SESSION_KEY_ENV]
     if f.recipe:
-        frontend_env.update(FRONTEND_RECIPES[f.recipe].locked_env)
+        recipe = FRONTEND_RECIPES[f.recipe]
+        frontend_env.update(recipe.locked_env)
+        if recipe.session_key_env:
+            frontend_env[recipe.session_key_env] = secrets.session_key
+            secret_env.append(recipe.session_key_env)
     frontend_env.update({
         "HOME": "/tmp",
         f.backend_url_env: f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1",
         f.backend_key_env: secrets.api_key,
+        # Kept here so that `up` can give a recreated front-end the same key.
+        FRONTEND_SESSION_KEY_ENV: secrets.session_key,
     })
     frontend = ContainerSpec(
         part="frontend", name=resource_name(name, "frontend"), image=images.frontend.tag,
         user=f"{f.user}:{f.user}",
         networks=(Attachment(internal.name, (FRONTEND_ALIAS,)),),
-        env=tuple(sorted(frontend_env.items())), secret_env=(f.backend_key_env,),
+        env=tuple(sorted(frontend_env.items())), secret_env=tuple(sorted(secret_env)),
         mounts=frontend_mounts, tmpfs=(("/tmp", "rw,nosuid,nodev,size=512m"),),
         memory=f.memory, cpus=f.cpus, pids_limit=512,
     )

@@ -11,7 +11,8 @@ from launcher.images import images_for
 from launcher.plan import Plan, make_plan
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
-from launcher.spec import SandboxSpec, Secrets, build_spec, resolve_gpus, resource_name
+from launcher.spec import (BACKEND_API_KEY_ENV, FRONTEND_SESSION_KEY_ENV, SandboxSpec, Secrets, build_spec,
+                           resolve_gpus, resource_name)
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,11 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
     policy = load_policy(policy_file, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
-    api_key = gateway.running_api_key(policy.name) or random.token_urlsafe(32)
-    spec = build_spec(policy, images, Secrets(api_key=api_key), gpus)
+    secrets = Secrets(
+        api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV) or random.token_urlsafe(32),
+        session_key=gateway.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
+        or random.token_urlsafe(32))
+    spec = build_spec(policy, images, secrets, gpus)
     observed = gateway.observe(policy.name, tuple(i.tag for i in images.all()))
     return Prepared(policy, spec, make_plan(spec, observed))
 

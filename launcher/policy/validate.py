@@ -135,6 +135,9 @@ def _resolve(base: Path, relative: str) -> Path:
 
 def port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As a server binds: closed connections lingering in TIME_WAIT (say,
+        # from a sandbox just taken down) do not make a port busy; a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

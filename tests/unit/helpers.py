@@ -27,4 +27,4 @@ IMAGES = PartImages(backend=ImageBuild("sandbox-llama-cpp:aaa", Path("/images/ll
 
 
 def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES):
-    return build_spec(policy or make_policy(), images, Secrets(api_key=api_key), gpus)
+    return build_spec(policy or make_policy(), images, Secrets(api_key=api_key, session_key="s-" + api_key), gpus)

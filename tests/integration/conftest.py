@@ -1,0 +1,86 @@
+"""Integration tests run against the real Docker engine, real images and the
+real quick-start model. They skip, saying why, when no engine answers; every
+sandbox they make has a unique name and is removed by label afterwards."""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "policies" / "quickstart.yaml"
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def quickstart_model() -> Path:
+    if not MODEL.is_file():
+        pytest.skip("the quick-start model is missing; run scripts/fetch-quickstart-model.sh")
+    return MODEL
+
+
+@pytest.fixture(scope="session")
+def docker_client(quickstart_model):
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except Exception as e:  # any failure to reach the engine means: skip, with the reason
+        pytest.skip(f"no Docker engine answers ({e.__class__.__name__}); .ci/run starts one")
+    return client
+
+
+@pytest.fixture(scope="session")
+def gateway(docker_client):
+    from launcher.docker_gateway import DockerGateway
+    return DockerGateway(docker_client)
+
+
+def ca_bundle() -> Path | None:
+    value = os.environ.get("SANDBOX_CA_BUNDLE")
+    return Path(value) if value else None
+
+
+def write_policy(directory: Path, **changes) -> Path:
+    """The quick-start policy under a unique name and a free port, in `directory`."""
+    policy = yaml.safe_load(QUICKSTART.read_text())
+    policy["name"] = changes.pop("name", f"it-{uuid.uuid4().hex[:8]}")
+    policy["ingress"]["port"] = free_port()
+    policy["models"][0]["path"] = str(MODEL)
+    for key, value in changes.items():
+        policy[key] = value
+    path = directory / f"{policy['name']}.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def labelled(client, name: str) -> dict[str, list[str]]:
+    label = {"label": f"io.sandbox.name={name}"}
+    return {
+        "containers": [c.name for c in client.containers.list(all=True, filters=label)],
+        "networks": [n.name for n in client.networks.list(filters=label)],
+        "volumes": [v.name for v in client.volumes.list(filters=label)],
+    }
+
+
+@pytest.fixture(scope="module")
+def sandbox(gateway, docker_client, tmp_path_factory):
+    """A running quick-start sandbox for the tests of one module."""
+    from launcher.commands.down import down
+    from launcher.commands.up import up
+    path = write_policy(tmp_path_factory.mktemp("policy"))
+    progress = []
+    result = up(gateway, path, ca_bundle=ca_bundle(), say=progress.append)
+    yield result, path
+    down(gateway, result.name, volumes=True)
+    assert labelled(docker_client, result.name) == {"containers": [], "networks": [], "volumes": []}

@@ -1,0 +1,66 @@
+"""down / up: nothing labelled stays behind but the front-end's data, the chat
+history survives, and a changed policy recreates only what changed."""
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import yaml
+
+from launcher.commands.down import down
+from launcher.commands.prepare import prepare
+from launcher.commands.up import up
+from tests.integration.conftest import ca_bundle, labelled, write_policy
+
+
+def chat(url: str, text: str) -> dict:
+    request = urllib.request.Request(url + "api/chat", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"messages": [{"role": "user", "content": text}],
+                                                      "max_tokens": 8}).encode())
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.load(response)
+
+
+def history(url: str) -> list[dict]:
+    with urllib.request.urlopen(url + "api/history", timeout=30) as response:
+        return json.load(response)["messages"]
+
+
+def test_down_keeps_only_the_data_and_up_brings_the_history_back(gateway, docker_client, tmp_path):
+    path = write_policy(tmp_path)
+    first = up(gateway, path, ca_bundle=ca_bundle())
+    name = first.name
+    try:
+        chat(first.url, "remember the word pelican")
+        assert history(first.url)[0] == {"role": "user", "content": "remember the word pelican"}
+
+        down(gateway, name)
+        assert labelled(docker_client, name) == {"containers": [], "networks": [],
+                                                 "volumes": [f"sandbox-{name}-data"]}
+
+        second = up(gateway, path, ca_bundle=ca_bundle())
+        assert history(second.url)[0]["content"] == "remember the word pelican"
+    finally:
+        down(gateway, name, volumes=True)
+    assert labelled(docker_client, name) == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_changed_policy_recreates_only_what_changed(gateway, docker_client, tmp_path):
+    path = write_policy(tmp_path)
+    result = up(gateway, path, ca_bundle=ca_bundle())
+    try:
+        ids = {c.name: c.id for c in docker_client.containers.list(filters={"label": f"io.sandbox.name={result.name}"})}
+        policy = yaml.safe_load(path.read_text())
+        policy["backend"]["cpus"] = 1
+        path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        changes = [(a.verb, a.name) for a in prepare(gateway, path, ca_bundle()).plan.changes]
+        assert changes == [("recreate", f"sandbox-{result.name}-backend")]
+        up(gateway, path, ca_bundle=ca_bundle())
+        after = {c.name: c.id for c in docker_client.containers.list(filters={"label": f"io.sandbox.name={result.name}"})}
+        assert after[f"sandbox-{result.name}-frontend"] == ids[f"sandbox-{result.name}-frontend"]
+        assert after[f"sandbox-{result.name}-ingress"] == ids[f"sandbox-{result.name}-ingress"]
+        assert after[f"sandbox-{result.name}-backend"] != ids[f"sandbox-{result.name}-backend"]
+        # The kept front-end still holds the key the new backend takes.
+        assert chat(result.url, "hello")["reply"]["content"] is not None
+    finally:
+        down(gateway, result.name, volumes=True)

@@ -1,0 +1,105 @@
+"""The quick-start sandbox, up for real: a chat answered by the real model
+through the ingress, the page in a real browser, and the promises of the spec
+checked on the running containers."""
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.request
+
+from launcher.commands.prepare import prepare
+from launcher.commands.status import status
+from tests.integration.conftest import MODEL, ca_bundle
+
+
+def post_json(url: str, payload: dict, timeout: float = 120) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def test_chat_through_the_ingress_is_answered_by_the_model(sandbox):
+    result, _ = sandbox
+    models = json.load(urllib.request.urlopen(result.url + "api/models", timeout=30))
+    assert [m["id"] for m in models["data"]] == ["smollm2"]
+    answer = post_json(result.url + "api/chat", {
+        "model": "smollm2", "max_tokens": 24,
+        "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+    assert answer["model"] == "smollm2"
+    assert answer["reply"]["role"] == "assistant"
+    assert answer["reply"]["content"].strip()
+    assert answer["usage"]["completion_tokens"] > 0
+
+
+def test_the_page_is_served_through_the_ingress(sandbox):
+    result, _ = sandbox
+    with urllib.request.urlopen(result.url, timeout=30) as response:
+        assert response.status == 200
+        assert b"<title>sandbox chat</title>" in response.read()
+
+
+def test_second_up_plans_no_change(sandbox, gateway):
+    _, path = sandbox
+    assert prepare(gateway, path, ca_bundle()).plan.changes == ()
+
+
+def test_status_reports_every_part_healthy_with_the_url(sandbox, gateway):
+    result, _ = sandbox
+    [report] = status(gateway, result.name)
+    assert report["healthy"] and report["url"] == result.url
+    assert [(p["part"], p["state"]) for p in report["parts"]] == [
+        ("backend", "running"), ("frontend", "running"), ("ingress", "running")]
+    assert report["parts"][0]["health"] == "healthy"
+
+
+def test_only_the_ingress_publishes_a_port_and_only_on_loopback(sandbox, docker_client):
+    result, _ = sandbox
+    for part in ("backend", "frontend", "ingress"):
+        attrs = docker_client.api.inspect_container(f"sandbox-{result.name}-{part}")
+        bindings = [b for bs in (attrs["NetworkSettings"]["Ports"] or {}).values() for b in bs or []]
+        if part == "ingress":
+            assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}
+        else:
+            assert bindings == []
+
+
+def test_running_containers_carry_the_hardening(sandbox, docker_client):
+    result, _ = sandbox
+    for part in ("backend", "frontend", "ingress"):
+        attrs = docker_client.api.inspect_container(f"sandbox-{result.name}-{part}")
+        host = attrs["HostConfig"]
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"], part
+        assert host["ReadonlyRootfs"] and not host["Privileged"], part
+        assert "no-new-privileges:true" in host["SecurityOpt"], part
+        assert host["PidsLimit"] and host["Memory"] and host["NanoCpus"], part
+        assert attrs["Config"]["User"] and not attrs["Config"]["User"].startswith("0"), part
+        assert not any("docker.sock" in (m.get("Source") or "") for m in attrs["Mounts"]), part
+
+
+def exec_python(docker_client, container: str, code: str) -> tuple[int, str]:
+    python = "/opt/venv/bin/python" if container.endswith("-backend") else "python3"
+    result = docker_client.containers.get(container).exec_run([python, "-c", code])
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+def test_the_weights_cannot_be_written_from_the_backend(sandbox, docker_client):
+    result, _ = sandbox
+    before = hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    code = """
+import errno, os
+path = "/models/smollm2.gguf"
+outcomes = []
+for attempt in (lambda: open(path, "ab").write(b"x"), lambda: os.truncate(path, 0), lambda: os.remove(path)):
+    try:
+        attempt()
+        outcomes.append("WROTE")
+    except OSError as e:
+        outcomes.append(errno.errorcode[e.errno])
+print(" ".join(outcomes))
+"""
+    code_, output = exec_python(docker_client, f"sandbox-{result.name}-backend", code)
+    assert code_ == 0, output
+    assert "WROTE" not in output
+    assert set(output.split()) <= {"EROFS", "EACCES", "EPERM", "EBUSY"}, output
+    assert hashlib.sha256(MODEL.read_bytes()).hexdigest() == before
