@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest, Mount as DockerMount
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool, Mount as DockerMount
 from docker.utils.build import exclude_paths
 
 from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound
@@ -108,6 +108,12 @@ class DockerGateway:
                     part=c["Labels"].get(LABEL_PART, ""))
         present = frozenset(tag for tag in images if self.image_present(tag))
         return Observed(networks=networks, volumes=volumes, containers=containers, images=present)
+
+    def subnets(self) -> dict[str, list[str]]:
+        """The IPv4 subnets of every network on the engine, by network name."""
+        with _translated("listing networks"):
+            return {n["Name"]: [c["Subnet"] for c in ((n.get("IPAM") or {}).get("Config") or []) if c.get("Subnet")]
+                    for n in self.api.networks()}
 
     def running_env(self, name: str, part: str, variable: str) -> str | None:
         """A variable of a part of a running sandbox: how its secrets are kept,
@@ -267,7 +273,7 @@ class DockerGateway:
         with _translated(f"removing sandbox {name}"):
             containers = self.api.containers(all=True, filters={"label": label})
             # The ingress first, so the UI stops being reachable before it stops.
-            order = {"ingress": 0, "frontend": 1, "backend": 2}
+            order = {"ingress": 0, "frontend": 1, "backend": 2, "dns": 3}
             for c in sorted(containers, key=lambda c: order.get(c["Labels"].get(LABEL_PART), 3)):
                 cname = c["Names"][0].lstrip("/")
                 say(f"removing container {cname}")
@@ -305,8 +311,9 @@ class DockerGateway:
 
     def _create_network(self, spec: SandboxSpec, net: NetworkSpec) -> None:
         with _translated(f"creating network {net.name}"):
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=net.subnet)]) if net.subnet else None
             self.api.create_network(net.name, driver="bridge", internal=net.internal,
-                                    options=dict(net.options), labels=labels_for(spec, net),
+                                    options=dict(net.options), labels=labels_for(spec, net), ipam=ipam,
                                     enable_ipv6=False, check_duplicate=True)
 
     def _create_volume(self, spec: SandboxSpec, volume: VolumeSpec) -> None:
@@ -335,11 +342,13 @@ class DockerGateway:
             nano_cpus=int(c.cpus * NANO),
             restart_policy={"Name": c.restart[0], "MaximumRetryCount": c.restart[1]},
             device_requests=device_requests,
+            dns=list(c.dns) or None,
+            sysctls=dict(c.sysctls) or None,
             init=True,
         )
         first, *rest = c.networks
-        networking = self.api.create_networking_config(
-            {first.network: self.api.create_endpoint_config(aliases=list(first.aliases) or None)})
+        networking = self.api.create_networking_config({first.network: self.api.create_endpoint_config(
+            aliases=list(first.aliases) or None, ipv4_address=first.ipv4_address)})
         healthcheck = None
         if c.healthcheck:
             healthcheck = {"test": list(c.healthcheck), "interval": 2 * NANO, "timeout": 5 * NANO,
@@ -353,7 +362,8 @@ class DockerGateway:
             )
             for attachment in rest:
                 self.api.connect_container_to_network(created["Id"], attachment.network,
-                                                      aliases=list(attachment.aliases) or None)
+                                                      aliases=list(attachment.aliases) or None,
+                                                      ipv4_address=attachment.ipv4_address)
             self.api.start(created["Id"])
 
 

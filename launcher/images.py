@@ -33,12 +33,13 @@ class ImageBuild:
 
 @dataclass(frozen=True)
 class PartImages:
+    dns: ImageBuild
     backend: ImageBuild
     frontend: ImageBuild
     ingress: ImageBuild
 
     def all(self) -> tuple[ImageBuild, ...]:
-        return (self.backend, self.frontend, self.ingress)
+        return (self.dns, self.backend, self.frontend, self.ingress)
 
 
 def recipe_image(recipe: str, dockerfile: str = "Dockerfile", ca_bundle: Path | None = None) -> ImageBuild:
@@ -56,6 +57,7 @@ def images_for(policy: Policy, use_gpu: bool, ca_bundle: Path | None) -> PartIma
     else:
         frontend = ImageBuild(tag=f.image)
     return PartImages(
+        dns=recipe_image("dns-sink", ca_bundle=ca_bundle),
         backend=recipe_image("llama-cpp", "Dockerfile.cuda" if use_gpu else "Dockerfile", ca_bundle),
         frontend=frontend,
         ingress=recipe_image("ingress", ca_bundle=ca_bundle),

@@ -7,6 +7,7 @@ is there, the secrets of a running sandbox) comes in as arguments."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from dataclasses import asdict, dataclass
 
@@ -28,7 +29,13 @@ BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
 FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
 
 # Parts in the order they start: each depends only on those before it.
-PARTS = ("backend", "frontend", "ingress")
+PARTS = ("dns", "backend", "frontend", "ingress")
+
+# Internal networks get a /24 from here, so the DNS sink can have a fixed
+# address. The bridge has no address on the host (inhibit_ipv4), so the host
+# gets no route for it and a LAN using the same range is not shadowed.
+SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
+DNS_SINK_HOST = 53  # the sink's address: .53 of the internal subnet
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class NetworkSpec:
     part: str  # "internal" or "ingress"
     internal: bool
     options: tuple[tuple[str, str], ...]
+    subnet: str | None = None  # None: the engine picks one
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class Mount:
 class Attachment:
     network: str
     aliases: tuple[str, ...]
+    ipv4_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,8 @@ class ContainerSpec:
     gpus: str | tuple[str, ...] | None = None  # None: no GPU; "all"; or device ids
     gpu_capabilities: tuple[str, ...] = ()
     healthcheck: tuple[str, ...] | None = None
+    dns: tuple[str, ...] = ()  # the sandbox's DNS sink: no name resolves outside
+    sysctls: tuple[tuple[str, str], ...] = ()
     # Hardening. Defaults are the only values a spec ever has: a policy cannot
     # reach these fields (THREATS.md, "Hardening every container gets").
     read_only: bool = True
@@ -148,14 +159,37 @@ def resolve_gpus(policy: Policy, engine_has_gpu: bool) -> str | tuple[str, ...] 
     return "all" if gpu in ("auto", "all") else gpu
 
 
+def choose_subnet(sandbox: str, taken: list[str], current: str | None) -> str:
+    """The internal network's subnet: the one it has, or the first /24 of the
+    pool, starting at a place given by the sandbox's name, that overlaps no
+    network the engine already has."""
+    if current:
+        return current
+    subnets = list(SUBNET_POOL.subnets(new_prefix=24))
+    start = int(hashlib.sha256(sandbox.encode()).hexdigest()[:8], 16) % len(subnets)
+    used = [ipaddress.ip_network(t, strict=False) for t in taken if ":" not in t]
+    for i in range(len(subnets)):
+        candidate = subnets[(start + i) % len(subnets)]
+        if not any(candidate.overlaps(u) for u in used):
+            return str(candidate)
+    raise ValueError(f"no free /24 left in {SUBNET_POOL} for the sandbox's network")
+
+
+def dns_sink_address(subnet: str) -> str:
+    return str(ipaddress.ip_network(subnet)[DNS_SINK_HOST])
+
+
 def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
-               gpus: str | tuple[str, ...] | None) -> SandboxSpec:
+               gpus: str | tuple[str, ...] | None, internal_subnet: str) -> SandboxSpec:
     name = policy.name
     internal = NetworkSpec(
         name=resource_name(name, "internal"), part="internal", internal=True,
         # No address for the bridge on the host: containers get no path to the
         # host, whose services an internal network otherwise still reaches.
-        options=(("com.docker.network.bridge.inhibit_ipv4", "true"),))
+        options=(("com.docker.network.bridge.inhibit_ipv4", "true"),),
+        subnet=internal_subnet)
+    sink_ip = dns_sink_address(internal_subnet)
+    dns = (sink_ip,)
     ingress_net = NetworkSpec(
         name=resource_name(name, "ingress"), part="ingress", internal=False,
         # No NAT: the ingress can be reached from the host but has no way out.
@@ -169,7 +203,15 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         volumes = (data,)
         frontend_mounts = (Mount(source=data.name, target=f.data, kind="volume", read_only=False),)
 
-    backend = _backend(policy, images, secrets, gpus, internal)
+    sink = ContainerSpec(
+        part="dns", name=resource_name(name, "dns"), image=images.dns.tag, user=NOBODY,
+        networks=(Attachment(internal.name, ("dns",), ipv4_address=sink_ip),),
+        # Port 53 without any capability: only this container's own namespace.
+        sysctls=(("net.ipv4.ip_unprivileged_port_start", "53"),),
+        tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=4m"),),
+        memory="64m", cpus=0.25, pids_limit=32,
+    )
+    backend = _backend(policy, images, secrets, gpus, internal, dns)
     frontend_env = dict(f.env)
     secret_env = [f.backend_key_env, FRONTEND_SESSION_KEY_ENV]
     if f.recipe:
@@ -191,7 +233,7 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         networks=(Attachment(internal.name, (FRONTEND_ALIAS,)),),
         env=tuple(sorted(frontend_env.items())), secret_env=tuple(sorted(secret_env)),
         mounts=frontend_mounts, tmpfs=(("/tmp", "rw,nosuid,nodev,size=512m"),),
-        memory=f.memory, cpus=f.cpus, pids_limit=512,
+        memory=f.memory, cpus=f.cpus, pids_limit=512, dns=dns,
     )
     ingress = ContainerSpec(
         part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
@@ -199,16 +241,17 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         env=(("SANDBOX_UPSTREAM", f"{FRONTEND_ALIAS}:{f.port}"), ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT))),
         ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
-        memory="128m", cpus=0.5, pids_limit=64,
+        memory="128m", cpus=0.5, pids_limit=64, dns=dns,
     )
     return SandboxSpec(
         name=name, policy_file=str(policy.file), networks=(internal, ingress_net), volumes=volumes,
-        images=images, containers=(backend, frontend, ingress),
+        images=images, containers=(sink, backend, frontend, ingress),
         url=f"http://127.0.0.1:{policy.ingress_port}/", health_path=f.health_path,
     )
 
 
-def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, internal: NetworkSpec) -> ContainerSpec:
+def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, internal: NetworkSpec,
+             dns: tuple[str, ...]) -> ContainerSpec:
     b = policy.backend
     threads = max(1, int(b.cpus))
     config = {
@@ -238,4 +281,5 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
         memory=b.memory, cpus=b.cpus, pids_limit=256,
         gpus=gpus, gpu_capabilities=("compute", "utility") if gpus else (),
         healthcheck=("CMD", "/opt/venv/bin/python", "/usr/local/bin/sandbox-backend", "health"),
+        dns=dns,
     )

@@ -12,7 +12,7 @@ from launcher.plan import Plan, make_plan
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
 from launcher.spec import (BACKEND_API_KEY_ENV, FRONTEND_SESSION_KEY_ENV, SandboxSpec, Secrets, build_spec,
-                           resolve_gpus, resource_name)
+                           choose_subnet, resolve_gpus, resource_name)
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,11 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
         api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV) or random.token_urlsafe(32),
         session_key=gateway.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
         or random.token_urlsafe(32))
-    spec = build_spec(policy, images, secrets, gpus)
+    subnets = gateway.subnets()
+    internal = resource_name(policy.name, "internal")
+    current = (subnets.pop(internal, None) or [None])[0]
+    subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
+    spec = build_spec(policy, images, secrets, gpus, subnet)
     observed = gateway.observe(policy.name, tuple(i.tag for i in images.all()))
     return Prepared(policy, spec, make_plan(spec, observed))
 

@@ -21,10 +21,12 @@ def make_policy(**changes) -> Policy:
     return replace(policy, **changes)
 
 
-IMAGES = PartImages(backend=ImageBuild("sandbox-llama-cpp:aaa", Path("/images/llama-cpp")),
+IMAGES = PartImages(dns=ImageBuild("sandbox-dns-sink:ddd", Path("/images/dns-sink")),
+                    backend=ImageBuild("sandbox-llama-cpp:aaa", Path("/images/llama-cpp")),
                     frontend=ImageBuild("sandbox-chat:bbb", Path("/images/chat")),
                     ingress=ImageBuild("sandbox-ingress:ccc", Path("/images/ingress")))
 
 
 def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES):
-    return build_spec(policy or make_policy(), images, Secrets(api_key=api_key, session_key="s-" + api_key), gpus)
+    return build_spec(policy or make_policy(), images, Secrets(api_key=api_key, session_key="s-" + api_key), gpus,
+                      "10.213.7.0/24")

@@ -28,12 +28,14 @@ def changed_rows(plan):
 def test_nothing_there_creates_everything_in_order():
     spec = make_spec()
     assert rows(make_plan(spec, Observed())) == [
+        ("build", "image", "sandbox-dns-sink:ddd"),
         ("build", "image", "sandbox-llama-cpp:aaa"),
         ("build", "image", "sandbox-chat:bbb"),
         ("build", "image", "sandbox-ingress:ccc"),
         ("create", "network", "sandbox-demo-internal"),
         ("create", "network", "sandbox-demo-ingress"),
         ("create", "volume", "sandbox-demo-data"),
+        ("create", "container", "sandbox-demo-dns"),
         ("create", "container", "sandbox-demo-backend"),
         ("create", "container", "sandbox-demo-frontend"),
         ("create", "container", "sandbox-demo-ingress"),
@@ -73,6 +75,7 @@ def test_changed_network_recreates_the_containers_on_it():
     observed = replace(observed, networks={**observed.networks, "sandbox-demo-internal": "stale"})
     assert changed_rows(make_plan(spec, observed)) == [
         ("recreate", "network", "sandbox-demo-internal"),
+        ("recreate", "container", "sandbox-demo-dns"),
         ("recreate", "container", "sandbox-demo-backend"),
         ("recreate", "container", "sandbox-demo-frontend"),
         ("recreate", "container", "sandbox-demo-ingress"),

@@ -35,6 +35,28 @@ def test_networks_have_no_route_out():
     assert not ingress.internal and ("com.docker.network.bridge.enable_ip_masquerade", "false") in ingress.options
 
 
+def test_every_container_resolves_through_the_sink_only():
+    spec = make_spec()
+    sink = spec.container("dns")
+    assert sink.networks[0].ipv4_address == "10.213.7.53"
+    assert spec.networks[0].subnet == "10.213.7.0/24"
+    assert sink.cap_drop == ("ALL",) and dict(sink.sysctls) == {"net.ipv4.ip_unprivileged_port_start": "53"}
+    for c in spec.containers:
+        if c.part != "dns":
+            assert c.dns == ("10.213.7.53",), c.name
+
+
+def test_subnet_choice_keeps_the_current_one_and_avoids_taken_ones():
+    from launcher.spec import choose_subnet
+    first = choose_subnet("demo", [], None)
+    assert first.startswith("10.213.") and first.endswith(".0/24")
+    assert choose_subnet("demo", [first], "10.213.99.0/24") == "10.213.99.0/24"
+    second = choose_subnet("demo", [first, "172.17.0.0/16", "fd00::/64"], None)
+    assert second != first
+    with pytest.raises(ValueError):
+        choose_subnet("demo", ["10.0.0.0/8"], None)
+
+
 def test_only_the_ingress_touches_the_ingress_network_and_binds_loopback():
     spec = make_spec()
     for c in spec.containers:
