@@ -168,6 +168,7 @@ def _print_actions(actions) -> None:
 @handled
 def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
        timeout: float = typer.Option(600, help="Seconds to wait for the backend and the UI to be ready."),
+       then_verify: bool = typer.Option(False, "--verify", help="Run `sandbox verify` once it is up."),
        as_json: bool = JSON):
     """Build and start the sandbox a policy describes, wait until it answers, and print its URL.
 
@@ -179,12 +180,80 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
                         on_build_line=progress.build_line, hash_progress=progress.hashing)
     finally:
         progress.close()
+    checked = None
+    if then_verify:
+        from launcher.commands.verify import verify as run_verify
+        checked = run_verify(_gateway(), result.name, ca_bundle=ca_bundle, say=progress.say)
+        progress.close()
     if as_json:
-        out.print_json(data={"ok": True, **result.to_dict()})
+        data = {"ok": checked is None or checked.ok, **result.to_dict()}
+        if checked:
+            data["verify"] = checked.to_dict()
+        out.print_json(data=data)
+    else:
+        changes = len(result.prepared.plan.changes)
+        out.print(f"sandbox {result.name} is up ({changes} change(s), {result.seconds['total']:.1f} s)",
+                  markup=False)
+        out.print(f"open {result.url}", markup=False)
+        if checked:
+            out.print("")
+            _render_verify(checked, as_json=False)
+    if checked and not checked.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def verify(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
+                                                             "may be left out when only one sandbox exists."),
+           ca_bundle: Optional[Path] = CA_BUNDLE, as_json: bool = JSON):
+    """Attack a running sandbox from inside its front-end and print one line per attack of the threat
+    model: PASS when it was stopped. Exits 1 if any attack got through."""
+    from launcher.commands.verify import verify as run_verify
+    progress = Progress()
+    try:
+        result = run_verify(_gateway(), target, ca_bundle=ca_bundle, say=progress.say)
+    finally:
+        progress.close()
+    _render_verify(result, as_json)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _render_verify(result, as_json: bool) -> None:
+    if as_json:
+        out.print_json(data=result.to_dict())
         return
-    changes = len(result.prepared.plan.changes)
-    out.print(f"sandbox {result.name} is up ({changes} change(s), {result.seconds['total']:.1f} s)", markup=False)
-    out.print(f"open {result.url}", markup=False)
+    width = max(len(r.attack) for r in result.rows)
+    for r in result.rows:
+        out.print(f"{r.verdict:4}  {r.attack:<{width}}  {r.result}", markup=False)
+    failed = [r.attack for r in result.rows if r.verdict == "FAIL"]
+    out.print(f"\nsandbox {result.name}: " + (f"{len(failed)} attack(s) got through: {', '.join(failed)}"
+                                               if failed else "every attack was stopped"), markup=False)
+
+
+@app.command()
+@handled
+def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
+                                                            "may be left out when only one sandbox exists."),
+          as_json: bool = JSON):
+    """Show what a sandbox's parts tried to reach: every outside name they looked up (none resolved)
+    and every request that tried to use the ingress as a proxy (all refused)."""
+    from launcher.commands.audit import audit as run_audit
+    result = run_audit(_gateway(), target)
+    if as_json:
+        out.print_json(data=result)
+        return
+    if not result["names"] and not result["ingress_refused"]:
+        out.print(f"sandbox {result['name']}: nothing tried to get out", markup=False)
+        return
+    out.print(f"sandbox {result['name']}: names looked up (none was resolved)", markup=False)
+    for n in result["names"]:
+        out.print(f"  {n['count']:5}x  {n['name']}  (by {', '.join(n['parts'])})", markup=False)
+    if result["ingress_refused"]:
+        out.print("requests the ingress refused:", markup=False)
+        for line in result["ingress_refused"]:
+            out.print(f"  {line}", markup=False)
 
 
 @app.command()

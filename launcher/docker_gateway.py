@@ -201,6 +201,49 @@ class DockerGateway:
         except (NotFound, DockerFailure):
             return []
 
+    def addresses(self, container: str) -> dict[str, str]:
+        """The container's IPv4 address on each of its networks."""
+        with _translated(f"inspecting {container}"):
+            networks = self.api.inspect_container(container)["NetworkSettings"]["Networks"] or {}
+        return {name: n["IPAddress"] for name, n in networks.items() if n.get("IPAddress")}
+
+    def limits(self, container: str) -> dict:
+        with _translated(f"inspecting {container}"):
+            host = self.api.inspect_container(container)["HostConfig"]
+        return {"pids": host.get("PidsLimit"), "memory": host.get("Memory")}
+
+    def exec_in(self, container: str, command: list[str]) -> tuple[int, str]:
+        with _translated(f"running a command in {container}"):
+            exec_id = self.api.exec_create(container, command)["Id"]
+            output = self.api.exec_start(exec_id)
+            code = self.api.exec_inspect(exec_id)["ExitCode"]
+        return code, output.decode(errors="replace")
+
+    def run_probe(self, sandbox: str, image: str, target: ContainerSpec, request: str,
+                  timeout: float = 180) -> str:
+        """Run the probe in `target`'s network and process namespaces, with
+        `target`'s own restrictions, and return what it printed."""
+        name = resource_name(sandbox, "probe")
+        self._remove_container(name)
+        host_config = self.api.create_host_config(
+            network_mode=f"container:{target.name}", pid_mode=f"container:{target.name}",
+            read_only=True, cap_drop=list(target.cap_drop), security_opt=list(target.security_opt),
+            tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
+        )
+        with _translated(f"running the probe in {target.name}"):
+            created = self.api.create_container(
+                image=image, command=[request], name=name, user=target.user, host_config=host_config,
+                labels={LABEL_SANDBOX: sandbox, LABEL_PART: "probe"})
+            try:
+                self.api.start(created["Id"])
+                status = self.api.wait(created["Id"], timeout=timeout)
+                output = self.api.logs(created["Id"], stdout=True, stderr=True).decode(errors="replace")
+            finally:
+                self._remove_container(name)
+        if status.get("StatusCode") != 0:
+            raise DockerFailure(f"the probe failed (exit {status.get('StatusCode')}): {output[-2000:]}")
+        return output
+
     # ---- build ------------------------------------------------------------
     def build(self, image: ImageBuild, on_line: Say | None = None) -> None:
         on_line = _quiet(on_line)

@@ -14,6 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "policies" / "quickstart.yaml"
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+FIXTURES_BAD = ROOT / "tests" / "fixtures" / "bad"
 
 
 def free_port() -> int:

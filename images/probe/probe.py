@@ -1,0 +1,202 @@
+"""The probe: run inside a sandbox's network (and process) namespace, it tries
+to get out and prints what happened as one JSON object. It judges nothing;
+`sandbox verify` does (launcher/verify.py).
+
+The request (argv[1], JSON) may ask for:
+  tcp:       [[host, port], ...]  addresses of this machine: connected or not
+  outside:   [[host, port, "tcp"|"udp"], ...]  addresses off this machine
+  dns:       [name, ...]          what the container's resolver answers
+  ipv6:      [[address, port], ...]
+  http:      [[host, port, request-line], ...]  the status line a server answers
+  self:      true                 raw sockets, writing /, the Docker socket
+  processes: true                 credentials of every process in view
+
+A target off this machine is tried only when no packet to it can leave: when
+the container has no route to it, or its route goes through a gateway that
+does not answer (no one holds that address: its ARP entry stays incomplete).
+A gateway that answers is itself reported, and the target is not tried.
+"""
+import ipaddress
+import json
+import os
+import socket
+import struct
+import sys
+
+
+def _address(hex_value):
+    return ipaddress.IPv4Address(struct.pack("<I", int(hex_value, 16)))
+
+
+def routes():
+    """(network, gateway or None) for each IPv4 route of the namespace."""
+    table = []
+    with open("/proc/net/route") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            gateway = _address(fields[2])
+            table.append((ipaddress.IPv4Network(f"{_address(fields[1])}/{_address(fields[7])}"),
+                          None if int(gateway) == 0 else str(gateway)))
+    return table
+
+
+def route_for(address):
+    matching = [r for r in routes() if ipaddress.IPv4Address(address) in r[0]]
+    return max(matching, key=lambda r: r[0].prefixlen) if matching else None
+
+
+def connect(host, port, timeout=3, family=socket.AF_INET):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((host, port))
+        return "connected"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return f"error:{os.strerror(e.errno) if e.errno else e}"
+    finally:
+        s.close()
+
+
+def udp_dns(host, port, timeout=3):
+    """Send a DNS query for example.com; 'answered' if anything comes back."""
+    query = struct.pack("!HHHHHH", 0x5a5a, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00\x00\x01\x00\x01"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        s.sendto(query, (host, port))
+        s.recvfrom(512)
+        return "answered"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return f"error:{os.strerror(e.errno) if e.errno else e}"
+    finally:
+        s.close()
+
+
+def neighbour_answers(address):
+    """Whether `address`, on a directly attached network, answers ARP."""
+    connect(address, 9, timeout=2)
+    with open("/proc/net/arp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[0] == address:
+                return int(fields[2], 16) & 0x2 != 0
+    return False
+
+
+def outside(host, port, protocol):
+    route = route_for(host)
+    if route is not None:
+        network, gateway = route
+        if gateway is None:
+            return f"on-link:{network}"  # the target would be on the sandbox's own network
+        if neighbour_answers(gateway):
+            return f"route-via-live-gateway:{gateway}"
+    return udp_dns(host, port) if protocol == "udp" else connect(host, port)
+
+
+def ipv6(address, port):
+    try:
+        with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
+            disabled = f.read().strip() == "1"
+    except OSError:
+        disabled = True  # no IPv6 in this kernel namespace at all
+    if not disabled:
+        try:
+            with open("/proc/net/ipv6_route") as f:
+                if any(line.split()[0] == "0" * 32 and line.split()[1] == "00" for line in f):
+                    return {"disabled": False, "result": "has-default-route"}
+        except OSError:
+            pass
+    return {"disabled": disabled, "result": connect(address, port, family=socket.AF_INET6)}
+
+
+def http(host, port, request_line):
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(request_line.encode() + b"\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+            data = b""
+            while b"\r\n" not in data and len(data) < 4096:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data.split(b"\r\n", 1)[0].decode(errors="replace")
+    except OSError as e:
+        return f"error:{os.strerror(e.errno) if e.errno else e}"
+
+
+def own_restrictions():
+    out = {}
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
+        out["raw_socket"] = "opened"
+    except OSError as e:
+        out["raw_socket"] = f"error:{os.strerror(e.errno)}"
+    try:
+        with open("/sandbox-probe-write-test", "w") as f:
+            f.write("x")
+        os.remove("/sandbox-probe-write-test")
+        out["write_root"] = "written"
+    except OSError as e:
+        out["write_root"] = f"error:{os.strerror(e.errno)}"
+    out["docker_socket"] = [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)]
+    return out
+
+
+def processes():
+    """Credentials of every process this namespace shows (the front-end's,
+    when the probe joins its process namespace), and the mounts of PID 1."""
+    found = {}
+    me = os.getpid()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+        except OSError:
+            continue
+        found[pid] = {"command": command, "uid": status.get("Uid", "").split(),
+                      "cap_eff": status.get("CapEff"), "no_new_privs": status.get("NoNewPrivs"),
+                      "seccomp": status.get("Seccomp")}
+    mounts = []
+    try:
+        with open("/proc/1/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                mounts.append({"target": fields[4], "options": fields[5], "source": fields[3]})
+    except OSError as e:
+        mounts = f"error:{e.strerror}"
+    return {"processes": found, "pid1_mounts": mounts}
+
+
+def main():
+    request = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    result = {"routes": [f"{net} via {gw}" if gw else str(net) for net, gw in routes()]}
+    result["tcp"] = {f"{h}:{p}": connect(h, p) for h, p in request.get("tcp", [])}
+    result["outside"] = {f"{proto} {h}:{p}": outside(h, p, proto) for h, p, proto in request.get("outside", [])}
+    result["dns"] = {}
+    for name in request.get("dns", []):
+        try:
+            result["dns"][name] = sorted({info[4][0] for info in socket.getaddrinfo(name, 80)})
+        except socket.gaierror as e:
+            result["dns"][name] = f"no-answer:{e.strerror}"
+    result["ipv6"] = {f"[{a}]:{p}": ipv6(a, p) for a, p in request.get("ipv6", [])}
+    result["http"] = {f"{h}:{p} {line}": http(h, p, line) for h, p, line in request.get("http", [])}
+    if request.get("self"):
+        result["self"] = own_restrictions()
+    if request.get("processes"):
+        result.update(processes())
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

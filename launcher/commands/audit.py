@@ -1,0 +1,43 @@
+"""`sandbox audit`: what the parts of a sandbox tried to reach. Every name
+they looked up outside the sandbox ended at its DNS sink, which logged it;
+every request that tried to use the ingress as a proxy was refused and
+logged by the relay."""
+from __future__ import annotations
+
+import json
+
+from launcher.commands.down import resolve_name
+from launcher.docker_gateway import DockerGateway
+from launcher.errors import NotFound
+from launcher.spec import PARTS, resource_name
+
+
+def audit(gateway: DockerGateway, target: str | None = None) -> dict:
+    name = resolve_name(gateway, target)
+    internal = resource_name(name, "internal")
+    part_of_address = {}
+    for part in PARTS:
+        try:
+            address = gateway.addresses(resource_name(name, part)).get(internal)
+        except NotFound:  # a part that is gone has no address to name
+            continue
+        if address:
+            part_of_address[address] = part
+    lookups = []
+    for line in gateway.logs(resource_name(name, "dns"), tail="all"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if "name" in entry:
+            lookups.append({"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
+                            "name": entry["name"], "type": entry["type"]})
+    refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail="all")
+               if "refused" in line]
+    names: dict[str, dict] = {}
+    for entry in lookups:
+        seen = names.setdefault(entry["name"], {"name": entry["name"], "parts": set(), "count": 0})
+        seen["parts"].add(entry["part"])
+        seen["count"] += 1
+    summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
+    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused}

@@ -1,0 +1,158 @@
+"""`sandbox verify`: run THREATS.md's attack matrix against a live sandbox.
+
+A probe container of ours joins the front-end's network and process
+namespaces with the front-end's own restrictions (so the UI image needs no
+tools) and tries every way out; the host runs a canary listener and tries
+the ingress itself. launcher/verify.py judges what was seen."""
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from launcher.commands.down import resolve_name
+from launcher.commands.prepare import prepare
+from launcher.docker_gateway import DockerGateway
+from launcher.errors import DockerFailure, NotFound
+from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, route_localnet
+from launcher.images import recipe_image
+from launcher.policy.files import sha256_of
+from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
+from launcher.verify import FAIL, Facts, Row, judge
+
+Say = Callable[[str], None]
+PUBLIC_TARGET = ("1.1.1.1", 443)
+METADATA_TARGET = ("169.254.169.254", 80)
+IPV6_TARGET = ("2606:4700:4700::1111", 443)
+PROXY_REQUESTS = ("CONNECT example.com:443 HTTP/1.1", "GET http://example.com/ HTTP/1.1")
+
+# Run inside the backend: every way to change the weights, and what each gave.
+WRITE_WEIGHTS = """
+import errno, os, sys
+outcomes = []
+for path in sys.argv[1:]:
+    for attempt in (lambda: open(path, "ab").write(b"x"), lambda: os.truncate(path, 0), lambda: os.remove(path)):
+        try:
+            attempt()
+            outcomes.append("WROTE")
+        except OSError as e:
+            outcomes.append(errno.errorcode.get(e.errno, str(e.errno)))
+print(" ".join(outcomes))
+"""
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    rows: list[Row]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.verdict != FAIL for r in self.rows)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "ok": self.ok, "rows": [r.to_dict() for r in self.rows]}
+
+
+def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | None = None,
+           say: Say | None = None) -> VerifyResult:
+    say = say or (lambda _m: None)
+    name = resolve_name(gateway, target)
+    sandboxes = gateway.sandboxes()
+    if name not in sandboxes:
+        raise NotFound(f"no sandbox named {name} on this engine")
+    prepared = prepare(gateway, sandboxes[name]["policy"], ca_bundle)
+    spec, policy = prepared.spec, prepared.policy
+    for part in PARTS:
+        state = gateway.container_state(resource_name(name, part))
+        if not state or state["state"] != "running":
+            raise NotFound(f"the {part} of sandbox {name} is not running; `sandbox up` it first")
+
+    probe_image = recipe_image("probe", ca_bundle=ca_bundle)
+    if not gateway.image_present(probe_image.tag):
+        say(f"building image {probe_image.tag}")
+        gateway.build(probe_image)
+
+    facts = Facts(unique_name=f"sandbox-verify-{uuid.uuid4().hex[:12]}.example.com")
+    facts.host_targets = host_ipv4_addresses()
+    facts.host_resolvers = host_resolvers()
+    facts.other_sandbox_targets = _other_sandbox_targets(gateway, name, sandboxes)
+    internal = resource_name(name, "internal")
+    ingress_ip = gateway.addresses(spec.container("ingress").name).get(internal)
+    facts.ingress_internal = f"{ingress_ip}:{INGRESS_PORT}"
+
+    with Canary() as canary:
+        facts.canary_port = canary.port
+        request = {
+            "tcp": [[h, canary.port] for h in facts.host_targets]
+                   + [t.rsplit(":", 1)[0:1] + [int(t.rsplit(":", 1)[1])] for t in facts.other_sandbox_targets],
+            "outside": [[*PUBLIC_TARGET, "tcp"], [*METADATA_TARGET, "tcp"]]
+                       + [[r, 53, proto] for r in facts.host_resolvers for proto in ("udp", "tcp")],
+            "dns": [facts.unique_name],
+            "ipv6": [list(IPV6_TARGET)],
+            "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
+            "self": True,
+            "processes": True,
+        }
+        say("probing from inside the front-end")
+        output = gateway.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
+        facts.canary_hits = list(canary.hits)
+    try:
+        facts.probe = json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise DockerFailure(f"the probe printed no result: {output[-2000:]}") from None
+
+    facts.sink_names = _sink_names(gateway, spec.container("dns").name)
+    facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
+
+    say("trying to write the weights from inside the backend")
+    model = policy.models[0]
+    facts.expected_sha = model.sha256
+    facts.weights_sha_before = sha256_of(model.path)
+    _, written = gateway.exec_in(spec.container("backend").name,
+                                 ["/opt/venv/bin/python", "-c", WRITE_WEIGHTS, f"/models/{model.alias}.gguf"])
+    facts.weights_write = written.strip()
+    facts.weights_sha_after = sha256_of(model.path)
+
+    facts.limits = {part: gateway.limits(resource_name(name, part)) for part in PARTS}
+    facts.ingress_bindings = gateway.container_state(spec.container("ingress").name)["ports"]
+    facts.route_localnet = route_localnet()
+    return VerifyResult(name, judge(facts))
+
+
+def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -> list[str]:
+    targets = []
+    for other in sorted(sandboxes):
+        if other == name:
+            continue
+        for part, port in (("backend", BACKEND_PORT), ("frontend", 8080), ("ingress", INGRESS_PORT), ("dns", 53)):
+            try:
+                addresses = gateway.addresses(resource_name(other, part))
+            except NotFound:
+                continue
+            targets += [f"{ip}:{port}" for ip in addresses.values()]
+    return targets
+
+
+def _sink_names(gateway: DockerGateway, container: str) -> list[str]:
+    names = []
+    for line in gateway.logs(container, tail=5000):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if "name" in entry:
+            names.append(entry["name"])
+    return names
+
+
+def _status_line(host: str, port: int, request_line: str) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            s.sendall(request_line.encode() + b"\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+            return s.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+    except OSError as e:
+        return f"error:{e}"

@@ -1,0 +1,217 @@
+"""The attack matrix of THREATS.md, judged. `commands/verify.py` gathers the
+facts (what the probe saw from inside the front-end, what the host saw); the
+functions here turn them into one row per attack. Pure, so that each row is
+unit-tested on facts where the attack succeeds: a check that cannot fail is a
+defect."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+@dataclass(frozen=True)
+class Row:
+    attack: str
+    how: str
+    verdict: str  # PASS | FAIL | SKIP
+    result: str
+
+    def to_dict(self) -> dict:
+        return {"attack": self.attack, "how": self.how, "verdict": self.verdict, "result": self.result}
+
+
+@dataclass
+class Facts:
+    """Everything `verify` observed; each field is filled by one step."""
+
+    probe: dict = field(default_factory=dict)  # images/probe/probe.py's JSON
+    canary_port: int = 0
+    canary_hits: list = field(default_factory=list)  # peers that reached the host canary
+    host_targets: list = field(default_factory=list)  # host addresses tried
+    other_sandbox_targets: list = field(default_factory=list)  # "ip:port" of other sandboxes
+    unique_name: str = ""  # the external name the probe tried to resolve
+    sink_names: list = field(default_factory=list)  # names the DNS sink logged
+    host_resolvers: list = field(default_factory=list)
+    ingress_from_host: dict = field(default_factory=dict)  # request line -> status line
+    ingress_internal: str = ""  # "ip:port" of the ingress on the internal network
+    weights_write: str = ""  # what writing the weights from inside the backend gave
+    weights_sha_before: str = ""
+    weights_sha_after: str = ""
+    expected_sha: str = ""
+    limits: dict = field(default_factory=dict)  # part -> {"pids": n, "memory": bytes}
+    ingress_bindings: list = field(default_factory=list)  # "ip:port" the ingress is published on
+    route_localnet: dict = field(default_factory=dict)  # interface -> value; None when unreadable
+
+
+def _failed_outcome(outcome: str) -> bool:
+    """A connection attempt's outcome that means the way was open."""
+    return outcome in ("connected", "answered") or outcome.startswith(("route-via-live-gateway", "on-link"))
+
+
+def _summary(outcomes: dict) -> str:
+    return "; ".join(f"{target} {outcome}" for target, outcome in outcomes.items()) or "nothing tried"
+
+
+def external_dns(f: Facts) -> Row:
+    answer = f.probe.get("dns", {}).get(f.unique_name)
+    resolved = isinstance(answer, list)
+    seen = f.unique_name in f.sink_names
+    ok = not resolved and seen
+    result = (f"{f.unique_name}: {'RESOLVED to ' + ', '.join(answer) if resolved else 'no answer'}; "
+              f"{'logged by the sandbox DNS sink' if seen else 'NOT seen by the sandbox DNS sink'}")
+    return Row("external DNS", "resolve a unique external name via the container's resolver",
+               PASS if ok else FAIL, result)
+
+
+def dns_leak(f: Facts) -> Row:
+    # The query must have ended at the sink, the only server the sandbox's
+    # resolver forwards to, and never at the host's resolvers.
+    direct = {k: v for k, v in f.probe.get("outside", {}).items() if k.startswith("udp ") and ":53" in k}
+    leaked = any(_failed_outcome(v) for v in direct.values())
+    seen = f.unique_name in f.sink_names
+    ok = seen and not leaked
+    return Row("DNS leak via host resolver", "the same lookup, and UDP 53 straight to the host's resolvers",
+               PASS if ok else FAIL,
+               f"lookup {'ended at the sink' if seen else 'did NOT reach the sink'}; {_summary(direct)}")
+
+
+def raw_egress(f: Facts) -> Row:
+    tried = {k: v for k, v in f.probe.get("outside", {}).items() if "169.254.169.254" not in k}
+    bad = {k: v for k, v in tried.items() if _failed_outcome(v)}
+    return Row("raw IP egress", "TCP to a public address and the host's resolver, UDP 53",
+               FAIL if bad or not tried else PASS, _summary(bad or tried))
+
+
+def metadata(f: Facts) -> Row:
+    tried = {k: v for k, v in f.probe.get("outside", {}).items() if "169.254.169.254" in k}
+    bad = any(_failed_outcome(v) for v in tried.values())
+    return Row("metadata", "TCP 169.254.169.254:80", FAIL if bad or not tried else PASS, _summary(tried))
+
+
+def host_services(f: Facts) -> Row:
+    tried = {k: v for k, v in f.probe.get("tcp", {}).items()
+             if k.rsplit(":", 1)[0] in f.host_targets and k.endswith(f":{f.canary_port}")}
+    bad = {k: v for k, v in tried.items() if _failed_outcome(v)}
+    hits = f", and the canary saw {f.canary_hits}" if f.canary_hits else ""
+    ok = tried and not bad and not f.canary_hits
+    return Row("host services", f"a canary on 0.0.0.0:{f.canary_port}; connect via every host address",
+               PASS if ok else FAIL, _summary(bad or tried) + hits)
+
+
+def other_sandboxes(f: Facts) -> Row:
+    if not f.other_sandbox_targets:
+        return Row("other sandboxes", "connect to the containers of another sandbox", SKIP,
+                   "no other sandbox is running")
+    tried = {k: v for k, v in f.probe.get("tcp", {}).items() if k in f.other_sandbox_targets}
+    bad = {k: v for k, v in tried.items() if _failed_outcome(v)}
+    return Row("other sandboxes", "connect to the containers of another sandbox",
+               FAIL if bad or not tried else PASS, _summary(bad or tried))
+
+
+def ipv6(f: Facts) -> Row:
+    tried = f.probe.get("ipv6", {})
+    bad = {k: v for k, v in tried.items()
+           if v["result"] == "connected" or v["result"] == "has-default-route" or not v["disabled"]}
+    text = "; ".join(f"{k} {v['result']} (disable_ipv6={'1' if v['disabled'] else '0'})" for k, v in tried.items())
+    return Row("IPv6", "connect to an IPv6 address; read disable_ipv6", FAIL if bad or not tried else PASS,
+               text or "nothing tried")
+
+
+def ingress_proxy(f: Facts) -> Row:
+    answers = {f"inside {k}": v for k, v in f.probe.get("http", {}).items()}
+    answers.update({f"host {k}": v for k, v in f.ingress_from_host.items()})
+    # A refusal is our relay's 400 or 405; anything else means it went somewhere.
+    bad = {k: v for k, v in answers.items() if v.split()[1:2] not in (["400"], ["405"])}
+    return Row("use the ingress as proxy", "CONNECT and absolute-URI requests, from inside and from the host",
+               FAIL if bad or not answers else PASS, _summary(bad or answers))
+
+
+def raw_sockets(f: Facts) -> Row:
+    outcome = f.probe.get("self", {}).get("raw_socket", "not tried")
+    ok = outcome.startswith("error:") and ("not permitted" in outcome or "denied" in outcome)
+    return Row("raw sockets", "open SOCK_RAW with the front-end's restrictions", PASS if ok else FAIL, outcome)
+
+
+def privileges(f: Facts) -> Row:
+    processes = f.probe.get("processes", {})
+    bad = []
+    for pid, p in processes.items():
+        problems = []
+        if p["cap_eff"] != "0000000000000000":
+            problems.append(f"CapEff {p['cap_eff']}")
+        if p["no_new_privs"] != "1":
+            problems.append(f"NoNewPrivs {p['no_new_privs']}")
+        if "0" in p["uid"]:
+            problems.append("uid 0")
+        if p["seccomp"] != "2":
+            problems.append(f"Seccomp {p['seccomp']}")
+        if problems:
+            bad.append(f"pid {pid} ({p['command']}): {', '.join(problems)}")
+    if not processes:
+        return Row("privileges", "CapEff, NoNewPrivs, uid, seccomp of the front-end's processes", FAIL,
+                   "no process of the front-end could be read")
+    text = "; ".join(bad) if bad else (f"{len(processes)} processes: CapEff 0, NoNewPrivs 1, "
+                                       f"uids {sorted({p['uid'][0] for p in processes.values()})}, Seccomp 2 (filter)")
+    return Row("privileges", "CapEff, NoNewPrivs, uid, seccomp of the front-end's processes",
+               FAIL if bad else PASS, text)
+
+
+def write_weights(f: Facts) -> Row:
+    outcomes = f.weights_write.split()
+    denied = bool(outcomes) and all(o in ("EROFS", "EACCES", "EPERM", "EBUSY") for o in outcomes)
+    same = f.weights_sha_before == f.weights_sha_after == f.expected_sha and bool(f.expected_sha)
+    return Row("write the weights", "write, truncate, delete the mounted model from inside the backend",
+               PASS if denied and same else FAIL,
+               f"{' '.join(outcomes) or 'not tried'}; sha256 {'unchanged' if same else 'CHANGED or unknown'}")
+
+
+def write_root(f: Facts) -> Row:
+    own = f.probe.get("self", {}).get("write_root", "not tried")
+    mounts = f.probe.get("pid1_mounts", [])
+    root = next((m for m in mounts if isinstance(m, dict) and m["target"] == "/"), None) if isinstance(mounts, list) else None
+    read_only = root is not None and "ro" in root["options"].split(",")
+    ok = "Read-only" in own and read_only
+    return Row("write the root fs", "touch a file in /; the front-end's root mount options",
+               PASS if ok else FAIL,
+               f"probe: {own}; front-end's / mounted {root['options'] if root else 'unknown'}")
+
+
+def docker_socket(f: Facts) -> Row:
+    own = f.probe.get("self", {}).get("docker_socket", None)
+    mounts = f.probe.get("pid1_mounts", [])
+    mounted = [m["target"] for m in mounts if isinstance(m, dict) and "docker.sock" in m["target"]] \
+        if isinstance(mounts, list) else ["unknown"]
+    ok = own == [] and not mounted
+    return Row("Docker socket", "look for /var/run/docker.sock", PASS if ok else FAIL,
+               "absent" if ok else f"found: {(own or []) + mounted}")
+
+
+def bombs(f: Facts) -> Row:
+    missing = [part for part, l in f.limits.items() if not l.get("pids") or not l.get("memory")]
+    text = ", ".join(f"{part}: pids {l.get('pids')}, memory {l.get('memory', 0) // 2**20} MiB"
+                     for part, l in f.limits.items())
+    return Row("fork bomb / memory bomb", "pids and memory limits on every part",
+               FAIL if missing or not f.limits else PASS, text or "no limits read")
+
+
+def lan_reach(f: Facts) -> Row:
+    wide = [b for b in f.ingress_bindings if not b.startswith("127.0.0.1:")]
+    localnet = {k: v for k, v in f.route_localnet.items() if v not in ("0", None)}
+    unknown = not f.route_localnet or all(v is None for v in f.route_localnet.values())
+    ok = f.ingress_bindings and not wide and not localnet
+    text = f"published on {', '.join(f.ingress_bindings) or 'nothing'}"
+    if localnet:
+        text += f"; route_localnet=1 on {', '.join(sorted(localnet))}: the LAN can reach 127.0.0.1 ports"
+    elif unknown:
+        text += "; route_localnet not readable here"
+    return Row("LAN reach of the UI", "the UI's host port bound to anything but 127.0.0.1",
+               PASS if ok else FAIL, text)
+
+
+MATRIX = (external_dns, dns_leak, raw_egress, metadata, host_services, other_sandboxes, ipv6, ingress_proxy,
+          raw_sockets, privileges, write_weights, write_root, docker_socket, bombs, lan_reach)
+
+
+def judge(facts: Facts) -> list[Row]:
+    return [row(facts) for row in MATRIX]

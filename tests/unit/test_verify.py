@@ -1,0 +1,95 @@
+"""Each row of the attack matrix judged on facts where the attack is stopped
+(PASS) and on facts where it got through (FAIL): no check that cannot fail."""
+from dataclasses import replace
+
+import pytest
+
+from launcher import verify as v
+
+NAME = "sandbox-verify-abc.example.com"
+PROC = {"command": "python3 server.py", "uid": ["65534"] * 4, "cap_eff": "0000000000000000",
+        "no_new_privs": "1", "seccomp": "2"}
+
+
+def safe() -> v.Facts:
+    return v.Facts(
+        probe={
+            "tcp": {"172.17.0.1:4000": "timeout", "192.0.2.2:4000": "error:No route to host",
+                    "10.213.9.2:8000": "timeout"},
+            "outside": {"tcp 1.1.1.1:443": "error:No route to host", "tcp 169.254.169.254:80": "timeout",
+                        "udp 10.0.0.53:53": "timeout"},
+            "dns": {NAME: "no-answer:Name or service not known"},
+            "ipv6": {"[2606:4700:4700::1111]:443": {"disabled": True, "result": "error:Cannot assign"}},
+            "http": {"10.213.7.4:8080 CONNECT example.com:443 HTTP/1.1": "HTTP/1.1 405 Method Not Allowed"},
+            "self": {"raw_socket": "error:Operation not permitted", "write_root": "error:Read-only file system",
+                     "docker_socket": []},
+            "processes": {"1": PROC, "7": PROC},
+            "pid1_mounts": [{"target": "/", "options": "ro,relatime", "source": "/"}],
+        },
+        canary_port=4000, host_targets=["172.17.0.1", "192.0.2.2"], other_sandbox_targets=["10.213.9.2:8000"],
+        unique_name=NAME, sink_names=[NAME],
+        ingress_from_host={"GET http://example.com/ HTTP/1.1": "HTTP/1.1 400 Bad Request"},
+        weights_write="EACCES EROFS EBUSY", weights_sha_before="a" * 64, weights_sha_after="a" * 64,
+        expected_sha="a" * 64, limits={"frontend": {"pids": 512, "memory": 2**28}},
+        ingress_bindings=["127.0.0.1:8080"], route_localnet={"all": "0", "eth0": "0"})
+
+
+def probe_with(**changes) -> v.Facts:
+    facts = safe()
+    return replace(facts, probe={**facts.probe, **changes})
+
+
+def test_all_rows_pass_on_a_safe_sandbox():
+    assert [(r.attack, r.verdict) for r in v.judge(safe()) if r.verdict != "PASS"] == []
+    assert len(v.judge(safe())) == 15
+
+
+BREACHES = {
+    "external DNS": [probe_with(dns={NAME: ["93.184.216.34"]}), replace(safe(), sink_names=[])],
+    "DNS leak via host resolver": [probe_with(outside={"udp 10.0.0.53:53": "answered"}),
+                                   replace(safe(), sink_names=["other.example"])],
+    "raw IP egress": [probe_with(outside={"tcp 1.1.1.1:443": "connected"}),
+                      probe_with(outside={"tcp 1.1.1.1:443": "route-via-live-gateway:172.18.0.1"}),
+                      probe_with(outside={})],
+    "metadata": [probe_with(outside={"tcp 169.254.169.254:80": "connected"})],
+    "host services": [probe_with(tcp={"172.17.0.1:4000": "connected"}),
+                      replace(safe(), canary_hits=["172.18.0.3:5555"]), probe_with(tcp={})],
+    "other sandboxes": [probe_with(tcp={"10.213.9.2:8000": "connected", "172.17.0.1:4000": "timeout"})],
+    "IPv6": [probe_with(ipv6={"[::1]:1": {"disabled": False, "result": "has-default-route"}}),
+             probe_with(ipv6={"[::1]:1": {"disabled": True, "result": "connected"}})],
+    "use the ingress as proxy": [probe_with(http={"x CONNECT": "HTTP/1.1 200 Connection established"}),
+                                 replace(safe(), ingress_from_host={"GET http://x/": "HTTP/1.0 200 OK"})],
+    "raw sockets": [probe_with(self={**safe().probe["self"], "raw_socket": "opened"})],
+    "privileges": [probe_with(processes={"1": {**PROC, "cap_eff": "00000000a80425fb"}}),
+                   probe_with(processes={"1": {**PROC, "no_new_privs": "0"}}),
+                   probe_with(processes={"1": {**PROC, "uid": ["0", "0", "0", "0"]}}),
+                   probe_with(processes={"1": {**PROC, "seccomp": "0"}}),
+                   probe_with(processes={})],
+    "write the weights": [replace(safe(), weights_write="WROTE EROFS EROFS"),
+                          replace(safe(), weights_sha_after="b" * 64), replace(safe(), weights_write="")],
+    "write the root fs": [probe_with(self={**safe().probe["self"], "write_root": "written"}),
+                          probe_with(pid1_mounts=[{"target": "/", "options": "rw,relatime", "source": "/"}])],
+    "Docker socket": [probe_with(self={**safe().probe["self"], "docker_socket": ["/var/run/docker.sock"]}),
+                      probe_with(pid1_mounts=[*safe().probe["pid1_mounts"],
+                                              {"target": "/run/docker.sock", "options": "rw", "source": "/"}])],
+    "fork bomb / memory bomb": [replace(safe(), limits={"frontend": {"pids": None, "memory": 2**28}}),
+                                replace(safe(), limits={"frontend": {"pids": 512, "memory": 0}})],
+    "LAN reach of the UI": [replace(safe(), ingress_bindings=["0.0.0.0:8080"]),
+                            replace(safe(), route_localnet={"all": "0", "eth0": "1"}),
+                            replace(safe(), ingress_bindings=[])],
+}
+
+
+@pytest.mark.parametrize("attack, index", [(a, i) for a, cases in BREACHES.items() for i in range(len(cases))])
+def test_row_fails_when_the_attack_gets_through(attack, index):
+    verdicts = {r.attack: r.verdict for r in v.judge(BREACHES[attack][index])}
+    assert verdicts[attack] == "FAIL"
+
+
+def test_other_sandboxes_is_skipped_when_there_is_none():
+    row = v.other_sandboxes(replace(safe(), other_sandbox_targets=[]))
+    assert (row.verdict, row.result) == ("SKIP", "no other sandbox is running")
+
+
+def test_every_row_of_the_matrix_has_a_breach_case():
+    assert set(BREACHES) == {r.attack for r in v.judge(safe())}
