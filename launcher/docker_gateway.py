@@ -387,6 +387,7 @@ class DockerGateway:
             device_requests=device_requests,
             dns=list(c.dns) or None,
             sysctls=dict(c.sysctls) or None,
+            runtime=c.runtime,
             init=True,
         )
         first, *rest = c.networks

@@ -25,6 +25,8 @@ INGRESS_PORT = 8080
 BACKEND_ALIAS = "backend"
 FRONTEND_ALIAS = "frontend"
 NOBODY = "65534:65534"
+# Policy runtime names -> the names the engine knows them by.
+RUNTIMES = {"runc": None, "gvisor": "runsc"}
 BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
 FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
 
@@ -104,6 +106,7 @@ class ContainerSpec:
     healthcheck: tuple[str, ...] | None = None
     dns: tuple[str, ...] = ()  # the sandbox's DNS sink: no name resolves outside
     sysctls: tuple[tuple[str, str], ...] = ()
+    runtime: str | None = None  # None: the engine's default (runc); "runsc": gVisor
     # Hardening. Defaults are the only values a spec ever has: a policy cannot
     # reach these fields (THREATS.md, "Hardening every container gets").
     read_only: bool = True
@@ -233,7 +236,7 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         networks=(Attachment(internal.name, (FRONTEND_ALIAS,)),),
         env=tuple(sorted(frontend_env.items())), secret_env=tuple(sorted(secret_env)),
         mounts=frontend_mounts, tmpfs=(("/tmp", "rw,nosuid,nodev,size=512m"),),
-        memory=f.memory, cpus=f.cpus, pids_limit=512, dns=dns,
+        memory=f.memory, cpus=f.cpus, pids_limit=512, dns=dns, runtime=RUNTIMES[f.runtime],
     )
     ingress = ContainerSpec(
         part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
@@ -281,5 +284,5 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
         memory=b.memory, cpus=b.cpus, pids_limit=256,
         gpus=gpus, gpu_capabilities=("compute", "utility") if gpus else (),
         healthcheck=("CMD", "/opt/venv/bin/python", "/usr/local/bin/sandbox-backend", "health"),
-        dns=dns,
+        dns=dns, runtime=RUNTIMES[b.runtime],
     )

@@ -64,7 +64,7 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
         checks.append(Check("gvisor", OK, "runsc (gVisor) is registered"))
     else:
         checks.append(Check("gvisor", WARN, "runsc (gVisor) is not registered: optional, for extra isolation",
-                            "install runsc and register it in /etc/docker/daemon.json under \"runtimes\""))
+                            "install runsc (Debian: apt-get install runsc), then `sudo bash scripts/register-gvisor.sh`"))
 
     return checks + _port_checks(ports)
 

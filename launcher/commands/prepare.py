@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.docker_gateway import DockerGateway
+from launcher.errors import NotFound
 from launcher.images import images_for
 from launcher.plan import Plan, make_plan
 from launcher.policy import Policy, load_policy
@@ -35,6 +36,9 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
             hash_progress: HashProgress | None = None) -> Prepared:
     policy = load_policy(policy_file, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
+    if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.engine()["runtimes"]:
+        raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
+                       "Docker engine; `sandbox doctor` says how")
     images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
     secrets = Secrets(
         api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV) or random.token_urlsafe(32),

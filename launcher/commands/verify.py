@@ -19,6 +19,7 @@ from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
 from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, route_localnet
 from launcher.images import recipe_image
+from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
 from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
 from launcher.verify import FAIL, Facts, Row, judge
@@ -84,6 +85,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     ingress_ip = gateway.addresses(spec.container("ingress").name).get(internal)
     facts.ingress_internal = f"{ingress_ip}:{INGRESS_PORT}"
 
+    in_gvisor = spec.container("frontend").runtime == "runsc"
     with Canary() as canary:
         facts.canary_port = canary.port
         request = {
@@ -95,7 +97,9 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
             "ipv6": [list(IPV6_TARGET)],
             "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
             "self": True,
-            "processes": True,
+            # A probe cannot join the process namespace of a gVisor sandbox:
+            # there the front-end's processes are read from inside, below.
+            "processes": not in_gvisor,
         }
         say("probing from inside the front-end")
         output = gateway.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
@@ -105,6 +109,8 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     except (ValueError, IndexError):
         raise DockerFailure(f"the probe printed no result: {output[-2000:]}") from None
 
+    if in_gvisor:
+        _read_processes_inside(gateway, spec.container("frontend").name, facts)
     facts.sink_names = _sink_names(gateway, spec.container("dns").name)
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
 
@@ -121,6 +127,20 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     facts.ingress_bindings = gateway.container_state(spec.container("ingress").name)["ports"]
     facts.route_localnet = route_localnet()
     return VerifyResult(name, judge(facts))
+
+
+def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts) -> None:
+    code, output = gateway.exec_in(container, ["python3", "-c", (IMAGES_DIR / "probe" / "probe.py").read_text(),
+                                               json.dumps({"processes": True})])
+    try:
+        seen = json.loads(output.strip().splitlines()[-1]) if code == 0 else None
+    except (ValueError, IndexError):
+        seen = None
+    if seen is None:
+        facts.processes_note = "gVisor: the front-end image has no python3 to read its own processes with"
+        return
+    facts.probe["processes"] = seen["processes"]
+    facts.probe["pid1_mounts"] = seen["pid1_mounts"]
 
 
 def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -> list[str]:

@@ -20,6 +20,7 @@ class Backend:
     gpu_layers: int
     memory: str
     cpus: float
+    runtime: str = "runc"  # "runc" | "gvisor"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Frontend:
     health_path: str
     memory: str
     cpus: float
+    runtime: str = "runc"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from launcher.policy.model import Backend, Frontend, Model, Policy
 from launcher.policy.schema import schema_problems
 from launcher.recipes import CUSTOM_FRONTEND, FRONTEND_RECIPES
 
-BACKEND_DEFAULTS = {"gpu": "auto", "gpu_layers": -1, "memory": "4g", "cpus": 2}
+BACKEND_DEFAULTS = {"gpu": "auto", "gpu_layers": -1, "memory": "4g", "cpus": 2, "runtime": "runc"}
 DEFAULT_CONTEXT_LENGTH = 4096
 
 
@@ -75,6 +75,11 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours
                 why = model_file_problem(mpath, _resolve(base, mpath), sha, hash_progress)
                 if why:
                     problems.append(doc.problem(("models", i, "path"), why))
+
+    backend = data.get("backend")
+    if isinstance(backend, dict) and backend.get("runtime") == "gvisor" and backend.get("gpu", "auto") != "none":
+        problems.append(doc.problem(("backend", "gpu"), "must be none with runtime: gvisor "
+                                                          "(gVisor runs the backend on the CPU only)"))
 
     frontend = data.get("frontend")
     if isinstance(frontend, dict):
@@ -159,7 +164,8 @@ def _to_policy(data: dict, file: Path, base: Path) -> Policy:
         for m in data["models"])
     b = {**BACKEND_DEFAULTS, **data.get("backend", {})}
     gpu = b["gpu"] if isinstance(b["gpu"], str) else tuple(str(d) for d in b["gpu"])
-    backend = Backend(gpu=gpu, gpu_layers=b["gpu_layers"], memory=b["memory"], cpus=float(b["cpus"]))
+    backend = Backend(gpu=gpu, gpu_layers=b["gpu_layers"], memory=b["memory"], cpus=float(b["cpus"]),
+                      runtime=b["runtime"])
     f = data["frontend"]
     defaults = FRONTEND_RECIPES.get(f.get("recipe"), CUSTOM_FRONTEND)
     build = f.get("build")
@@ -177,6 +183,7 @@ def _to_policy(data: dict, file: Path, base: Path) -> Policy:
         health_path=f.get("health_path", defaults.health_path),
         memory=f.get("memory", defaults.memory),
         cpus=float(f.get("cpus", defaults.cpus)),
+        runtime=f.get("runtime", "runc"),
     )
     return Policy(file=file, name=data["name"], models=models, backend=backend,
                   frontend=frontend, ingress_port=data["ingress"]["port"])
