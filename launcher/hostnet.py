@@ -61,6 +61,15 @@ def route_localnet() -> dict[str, str | None]:
     return values
 
 
+def process_status(pid: int) -> dict[str, str] | None:
+    """/proc/PID/status of a host process as a mapping, or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return None
+
+
 class Canary:
     """A TCP listener on 0.0.0.0 that records every peer that connects."""
 

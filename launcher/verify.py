@@ -43,6 +43,9 @@ class Facts:
     ingress_bindings: list = field(default_factory=list)  # "ip:port" the ingress is published on
     route_localnet: dict = field(default_factory=dict)  # interface -> value; None when unreadable
     processes_note: str = ""  # why the front-end's processes could not be read, if they could not
+    # Under gVisor: /proc/PID/status of its user-space kernel on the host; None when not under gVisor
+    # or unreadable. Inside gVisor, NoNewPrivs and Seccomp are not shown: the host's are the sentry's.
+    gvisor_sentry: dict | None = None
 
 
 def _failed_outcome(outcome: str) -> bool:
@@ -136,16 +139,20 @@ def raw_sockets(f: Facts) -> Row:
 
 def privileges(f: Facts) -> Row:
     processes = f.probe.get("processes", {})
+    sentry = f.gvisor_sentry
     bad = []
+    if sentry is not None and (sentry.get("NoNewPrivs") != "1" or sentry.get("Seccomp") != "2"):
+        bad.append(f"gVisor's kernel on the host: NoNewPrivs {sentry.get('NoNewPrivs')}, "
+                   f"Seccomp {sentry.get('Seccomp')}")
     for pid, p in processes.items():
         problems = []
         if p["cap_eff"] != "0000000000000000":
             problems.append(f"CapEff {p['cap_eff']}")
-        if p["no_new_privs"] != "1":
+        if sentry is None and p["no_new_privs"] != "1":
             problems.append(f"NoNewPrivs {p['no_new_privs']}")
         if "0" in p["uid"]:
             problems.append("uid 0")
-        if p["seccomp"] != "2":
+        if sentry is None and p["seccomp"] != "2":
             problems.append(f"Seccomp {p['seccomp']}")
         if problems:
             bad.append(f"pid {pid} ({p['command']}): {', '.join(problems)}")
@@ -155,8 +162,13 @@ def privileges(f: Facts) -> Row:
     if not processes:
         return Row("privileges", "CapEff, NoNewPrivs, uid, seccomp of the front-end's processes", FAIL,
                    "no process of the front-end could be read")
-    text = "; ".join(bad) if bad else (f"{len(processes)} processes: CapEff 0, NoNewPrivs 1, "
-                                       f"uids {sorted({p['uid'][0] for p in processes.values()})}, Seccomp 2 (filter)")
+    uids = sorted({p["uid"][0] for p in processes.values()})
+    if sentry is not None:
+        good = (f"{len(processes)} processes in gVisor: CapEff 0, uids {uids}; gVisor's kernel on the host: "
+                "NoNewPrivs 1, Seccomp 2 (filter)")
+    else:
+        good = f"{len(processes)} processes: CapEff 0, NoNewPrivs 1, uids {uids}, Seccomp 2 (filter)"
+    text = "; ".join(bad) or good
     return Row("privileges", "CapEff, NoNewPrivs, uid, seccomp of the front-end's processes",
                FAIL if bad else PASS, text)
 

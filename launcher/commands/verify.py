@@ -17,7 +17,7 @@ from launcher.commands.down import resolve_name
 from launcher.commands.prepare import prepare
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
-from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, route_localnet
+from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, process_status, route_localnet
 from launcher.images import recipe_image
 from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
@@ -111,6 +111,10 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
 
     if in_gvisor:
         _read_processes_inside(gateway, spec.container("frontend").name, facts)
+        # gVisor's kernel runs on the host as the sandbox process Docker knows
+        # as the container's: its own restrictions are read there.
+        pid = gateway.container_state(spec.container("frontend").name)["pid"]
+        facts.gvisor_sentry = process_status(pid) if pid else None
     facts.sink_names = _sink_names(gateway, spec.container("dns").name)
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
 

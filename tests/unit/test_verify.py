@@ -93,3 +93,14 @@ def test_other_sandboxes_is_skipped_when_there_is_none():
 
 def test_every_row_of_the_matrix_has_a_breach_case():
     assert set(BREACHES) == {r.attack for r in v.judge(safe())}
+
+
+def test_privileges_under_gvisor_are_read_inside_and_on_the_host():
+    inside = {**PROC, "no_new_privs": None, "seccomp": "0"}  # what gVisor's /proc shows
+    facts = probe_with(processes={"1": inside})
+    assert v.privileges(facts).verdict == "FAIL"  # not under gVisor: that is a breach
+    sentry = {"NoNewPrivs": "1", "Seccomp": "2"}
+    assert v.privileges(replace(facts, gvisor_sentry=sentry)).verdict == "PASS"
+    assert v.privileges(replace(facts, gvisor_sentry={**sentry, "Seccomp": "0"})).verdict == "FAIL"
+    root = probe_with(processes={"1": {**inside, "uid": ["0"] * 4}})
+    assert v.privileges(replace(root, gvisor_sentry=sentry)).verdict == "FAIL"
