@@ -306,7 +306,7 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
 
 @app.command()
 @handled
-def logs(part: str = typer.Argument(..., help="backend, frontend or ingress."),
+def logs(part: str = typer.Argument(..., help="dns, backend, frontend or ingress."),
          sandbox: Optional[str] = typer.Option(None, "--sandbox", "-s",
                                                help="Sandbox name or policy file, when there are several."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),

@@ -55,11 +55,18 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
 
 def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, say: Say) -> None:
     deadline = time.monotonic() + timeout
+    # A part that restarted before this `up` (and was kept) is not failing now;
+    # one that restarts while we wait is.
+    restarts = {c.name: (gateway.container_state(c.name) or {}).get("restarts", 0) for c in spec.containers}
+
+    def alive(part: str) -> dict:
+        return _alive(gateway, part, spec.container(part).name, restarts[spec.container(part).name])
+
     backend = spec.container("backend").name
     say("waiting for the backend to load the model")
     while True:
-        state = _alive(gateway, "backend", backend)
-        if state["health"] == "healthy":
+        alive("dns")
+        if alive("backend")["health"] == "healthy":
             break
         _check_deadline(gateway, deadline, "backend", backend, "it did not list its models")
         time.sleep(POLL_SECONDS)
@@ -69,8 +76,8 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
     say(f"waiting for the UI to answer at {url}")
     last_error = ""
     while True:
-        _alive(gateway, "front-end", frontend)
-        _alive(gateway, "ingress", spec.container("ingress").name)
+        alive("frontend")
+        alive("ingress")
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
@@ -84,11 +91,11 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
         time.sleep(POLL_SECONDS)
 
 
-def _alive(gateway: DockerGateway, part: str, container: str) -> dict:
+def _alive(gateway: DockerGateway, part: str, container: str, restarts_before: int) -> dict:
     state = gateway.container_state(container)
     if state is None:
         raise NotReady(part, f"its container {container} is gone", [])
-    if state["state"] in ("exited", "dead") or state["restarts"] > 0:
+    if state["state"] in ("exited", "dead") or state["restarts"] > restarts_before:
         raise NotReady(part, f"it stopped (exit code {state['exit_code']}, restarts {state['restarts']})",
                        gateway.log_tail(container))
     return state

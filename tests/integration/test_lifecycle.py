@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import pytest
 import yaml
 
 from launcher.commands.down import down
@@ -64,3 +65,22 @@ def test_changed_policy_recreates_only_what_changed(gateway, docker_client, tmp_
         assert chat(result.url, "hello")["reply"]["content"] is not None
     finally:
         down(gateway, result.name, volumes=True)
+
+
+def test_a_backend_that_cannot_start_is_named_with_its_last_log_lines(gateway, tmp_path):
+    from launcher.errors import NotReady
+    from tests.conftest import FIXTURES
+    # A GGUF header and nothing else: it passes the checks, and llama.cpp cannot load it.
+    path = write_policy(tmp_path)
+    policy = yaml.safe_load(path.read_text())
+    policy["models"][0].update(path=str(FIXTURES / "models" / "tiny.gguf"),
+                               sha256="6557bfe90bc69cc8e556ef3f823215ef596d6c54d7c0999dac422ed0327461b9")
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    try:
+        with pytest.raises(NotReady) as failure:
+            up(gateway, path, ca_bundle=ca_bundle(), timeout=120)
+        assert failure.value.part == "backend"
+        assert failure.value.log_tail, "the error carries the backend's last log lines"
+        assert "did not become ready" in str(failure.value)
+    finally:
+        down(gateway, policy["name"], volumes=True)
