@@ -4,7 +4,6 @@ Errors a user can act on are printed as messages, never as tracebacks."""
 from __future__ import annotations
 
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from launcher.errors import PolicyError, SandboxError
@@ -45,12 +45,12 @@ def handled(fn):
                 out.print_json(data={"ok": False, "problems": [p.to_dict() for p in e.problems]})
             for problem in e.problems:
                 err.print(str(problem), markup=False)
-            raise typer.Exit(e.exit_code)
+            raise typer.Exit(e.exit_code) from None
         except SandboxError as e:
             if kwargs.get("as_json"):
                 out.print_json(data={"ok": False, "error": str(e)})
             err.print(f"error: {e}", markup=False)
-            raise typer.Exit(e.exit_code)
+            raise typer.Exit(e.exit_code) from None
     return wrapper
 
 
@@ -65,7 +65,7 @@ class Progress:
 
     def say(self, message: str) -> None:
         self._stop()
-        err.print(f"[bold]•[/bold] {message}", markup=True, highlight=False)
+        err.print(f"[bold]•[/bold] {escape(message)}", markup=True, highlight=False)
         if message.startswith("building image") or message.startswith("waiting"):
             self.build_started = self.last_beat = time.monotonic()
             if err.is_terminal:

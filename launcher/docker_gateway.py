@@ -4,11 +4,9 @@ translated here into errors a user can act on."""
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 import docker
@@ -67,17 +65,14 @@ class DockerGateway:
         return {
             "version": version.get("Version", "?"),
             "api_version": version.get("ApiVersion", "?"),
-            "os": info.get("OperatingSystem", "?"),
             "runtimes": runtimes,
-            "default_runtime": info.get("DefaultRuntime"),
             "cdi_spec_dirs": info.get("CDISpecDirs") or [],
-            "cgroup_version": info.get("CgroupVersion"),
-            "security_options": info.get("SecurityOptions") or [],
         }
 
     def engine_has_gpu(self) -> bool:
-        engine = self.engine()
-        return "nvidia" in engine["runtimes"] or bool(engine["cdi_spec_dirs"]) and _nvidia_cdi(engine)
+        # GPUs are requested from the "nvidia" device driver, which the NVIDIA
+        # Container Toolkit provides together with its runtime.
+        return "nvidia" in self.engine()["runtimes"]
 
     def image_present(self, tag: str) -> bool:
         try:
@@ -138,8 +133,9 @@ class DockerGateway:
                 name = c["Labels"][LABEL_SANDBOX]
                 entry = found.setdefault(name, {"policy": c["Labels"].get(LABEL_POLICY, ""), "containers": {}})
                 entry["containers"][c["Labels"].get(LABEL_PART, "?")] = c["Names"][0].lstrip("/")
-            for kind, listing in (("networks", self.api.networks(filters={"label": LABEL_SANDBOX})),
-                                  ("volumes", self.api.volumes(filters={"label": LABEL_SANDBOX})["Volumes"] or [])):
+            # A sandbox whose containers are gone still has its networks or its data.
+            for listing in (self.api.networks(filters={"label": LABEL_SANDBOX}),
+                            self.api.volumes(filters={"label": LABEL_SANDBOX})["Volumes"] or []):
                 for item in listing:
                     name = (item.get("Labels") or {}).get(LABEL_SANDBOX)
                     if name:
@@ -435,16 +431,6 @@ def _write_context(image: ImageBuild, out) -> None:
         info.size = len(ca)
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(ca))
-
-
-def _nvidia_cdi(engine: dict) -> bool:
-    for directory in engine["cdi_spec_dirs"]:
-        try:
-            if any("nvidia" in name for name in os.listdir(directory)):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _short(e: Exception) -> str:

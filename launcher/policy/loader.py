@@ -149,6 +149,6 @@ def _scalar(node, path: FieldPath, doc: Document):
         raise _Invalid(Problem(doc.file, *_at(node), dotted(path), "keys must be text"))
     try:
         return _constructor.construct_object(node, deep=True)
-    except ConstructorError as e:
+    except ConstructorError:
         raise _Invalid(Problem(doc.file, *_at(node), dotted(path),
                                f"unsupported YAML tag {node.tag}")) from None

@@ -65,7 +65,7 @@ def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):
             hits = list(canary.hits)
         facts = Facts(probe=json.loads(output.strip().splitlines()[-1]), canary_port=canary.port,
                       canary_hits=hits, host_targets=hosts)
-        for check in (host_services, raw_egress, raw_sockets, privileges):
+        for check in (host_services, raw_egress, raw_sockets, privileges, write_root):
             assert check(facts).verdict == "FAIL", (check.__name__, check(facts).result)
         # The probe never sent a packet out: it found the live gateway and stopped.
         assert facts.probe["outside"]["tcp 1.1.1.1:443"].startswith("route-via-live-gateway")
