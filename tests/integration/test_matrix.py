@@ -118,3 +118,12 @@ def test_hostile_policy_starts_nothing(case, gateway, docker_client, monkeypatch
     with pytest.raises(PolicyError):
         up(gateway, Path(f"{case}.yaml"), ca_bundle=ca_bundle(), timeout=5)
     assert labelled(docker_client, "bad") == before == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_huge_policy_starts_nothing(gateway, docker_client, tmp_path):
+    huge = tmp_path / "huge.yaml"
+    with open(huge, "wb") as f:
+        f.write(b"version: 1\nname: bad\n# " + b"x" * (50 * 1024 * 1024) + b"\n")
+    with pytest.raises(PolicyError):
+        up(gateway, huge, ca_bundle=ca_bundle(), timeout=5)
+    assert labelled(docker_client, "bad") == {"containers": [], "networks": [], "volumes": []}
