@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from launcher.commands.down import resolve_name
+from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.spec import PARTS, resource_name

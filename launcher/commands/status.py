@@ -1,7 +1,7 @@
 """`sandbox status`: each sandbox's parts, their state and health, and its URL."""
 from __future__ import annotations
 
-from launcher.commands.down import resolve_name
+from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.spec import PARTS, resource_name

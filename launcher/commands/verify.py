@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from launcher.commands.down import resolve_name
+from launcher.commands.target import resolve_name
 from launcher.commands.prepare import prepare
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
