@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.errors import SandboxError
+from launcher.hostnet import route_localnet
 from launcher.images import BASE_IMAGE
 from launcher.policy.validate import port_is_free
 
@@ -66,6 +67,15 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
         checks.append(Check("gvisor", WARN, "runsc (gVisor) is not registered: optional, for extra isolation",
                             "install runsc (Debian: apt-get install runsc), then `sudo bash scripts/register-gvisor.sh`"))
 
+    localnet = sorted(name for name, value in route_localnet().items() if value == "1")
+    if localnet:
+        checks.append(Check("loopback ports", FAIL,
+                            f"route_localnet=1 on {', '.join(localnet)}: hosts on your LAN can reach ports "
+                            "published on 127.0.0.1 (moby/moby#45610), the UI's included",
+                            "set `\"userland-proxy\": true` in /etc/docker/daemon.json (the default) and "
+                            "`sysctl -w net.ipv4.conf.all.route_localnet=0`"))
+    else:
+        checks.append(Check("loopback ports", OK, "route_localnet is 0: ports on 127.0.0.1 stay on this machine"))
     return checks + _port_checks(ports)
 
 
