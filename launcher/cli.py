@@ -224,6 +224,9 @@ def _render_verify(result, as_json: bool) -> None:
     if as_json:
         out.print_json(data=result.to_dict())
         return
+    if result.drift:
+        out.print(f"note: sandbox {result.name} differs from its policy; `sandbox up` would "
+                  + "; ".join(result.drift), markup=False)
     width = max(len(r.attack) for r in result.rows)
     for r in result.rows:
         out.print(f"{r.verdict:4}  {r.attack:<{width}}  {r.result}", markup=False)

@@ -32,9 +32,7 @@ class Facts:
     other_sandbox_targets: list = field(default_factory=list)  # "ip:port" of other sandboxes
     unique_name: str = ""  # the external name the probe tried to resolve
     sink_names: list = field(default_factory=list)  # names the DNS sink logged
-    host_resolvers: list = field(default_factory=list)
     ingress_from_host: dict = field(default_factory=dict)  # request line -> status line
-    ingress_internal: str = ""  # "ip:port" of the ingress on the internal network
     weights_write: str = ""  # what writing the weights from inside the backend gave
     weights_sha_before: str = ""
     weights_sha_after: str = ""

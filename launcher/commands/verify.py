@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -49,13 +49,15 @@ print(" ".join(outcomes))
 class VerifyResult:
     name: str
     rows: list[Row]
+    # What `up` would change: the running sandbox is not quite what its policy says.
+    drift: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return all(r.verdict != FAIL for r in self.rows)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "ok": self.ok, "rows": [r.to_dict() for r in self.rows]}
+        return {"name": self.name, "ok": self.ok, "rows": [r.to_dict() for r in self.rows], "drift": self.drift}
 
 
 def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | None = None,
@@ -79,20 +81,19 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
 
     facts = Facts(unique_name=f"sandbox-verify-{uuid.uuid4().hex[:12]}.example.com")
     facts.host_targets = host_ipv4_addresses()
-    facts.host_resolvers = host_resolvers()
-    facts.other_sandbox_targets = _other_sandbox_targets(gateway, name, sandboxes)
+    resolvers = host_resolvers()
+    others = _other_sandbox_targets(gateway, name, sandboxes)
+    facts.other_sandbox_targets = [f"{ip}:{port}" for ip, port in others]
     internal = resource_name(name, "internal")
     ingress_ip = gateway.addresses(spec.container("ingress").name).get(internal)
-    facts.ingress_internal = f"{ingress_ip}:{INGRESS_PORT}"
 
     in_gvisor = spec.container("frontend").runtime == "runsc"
     with Canary() as canary:
         facts.canary_port = canary.port
         request = {
-            "tcp": [[h, canary.port] for h in facts.host_targets]
-                   + [t.rsplit(":", 1)[0:1] + [int(t.rsplit(":", 1)[1])] for t in facts.other_sandbox_targets],
+            "tcp": [[h, canary.port] for h in facts.host_targets] + [[ip, port] for ip, port in others],
             "outside": [[*PUBLIC_TARGET, "tcp"], [*METADATA_TARGET, "tcp"]]
-                       + [[r, 53, proto] for r in facts.host_resolvers for proto in ("udp", "tcp")],
+                       + [[r, 53, proto] for r in resolvers for proto in ("udp", "tcp")],
             "dns": [facts.unique_name],
             "ipv6": [list(IPV6_TARGET)],
             "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
@@ -130,7 +131,8 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     facts.limits = {part: gateway.limits(resource_name(name, part)) for part in PARTS}
     facts.ingress_bindings = gateway.container_state(spec.container("ingress").name)["ports"]
     facts.route_localnet = route_localnet()
-    return VerifyResult(name, judge(facts))
+    drift = [f"{a.verb} {a.kind} {a.name}: {a.reason}" for a in prepared.plan.changes]
+    return VerifyResult(name, judge(facts), drift)
 
 
 def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts) -> None:
@@ -147,7 +149,7 @@ def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts)
     facts.probe["pid1_mounts"] = seen["pid1_mounts"]
 
 
-def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -> list[str]:
+def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -> list[tuple[str, int]]:
     targets = []
     for other in sorted(sandboxes):
         if other == name:
@@ -157,7 +159,7 @@ def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -
                 addresses = gateway.addresses(resource_name(other, part))
             except NotFound:
                 continue
-            targets += [f"{ip}:{port}" for ip in addresses.values()]
+            targets += [(ip, port) for ip in addresses.values()]
     return targets
 
 
