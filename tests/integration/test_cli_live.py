@@ -52,3 +52,21 @@ def test_unknown_sandbox_is_a_message_not_a_traceback(docker_client):
     run = invoke("status", "no-such-sandbox")
     assert run.exit_code == 1
     assert run.stderr.strip() == "error: no sandbox named no-such-sandbox on this engine"
+
+
+def test_up_again_reports_no_change_as_json(sandbox):
+    result, path = sandbox
+    run = invoke("up", str(path), "--json")
+    assert run.exit_code == 0, run.output
+    data = json.loads(run.stdout)
+    assert data["ok"] and data["url"] == result.url
+    assert {a["action"] for a in data["actions"]} == {"keep"}
+
+
+def test_verify_prints_a_line_per_attack(sandbox):
+    result, _ = sandbox
+    run = invoke("verify", result.name)
+    assert run.exit_code == 0, run.output
+    lines = run.stdout.splitlines()
+    assert sum(line.startswith(("PASS", "SKIP")) for line in lines) == 15
+    assert lines[-1] == f"sandbox {result.name}: every attack was stopped"
