@@ -46,6 +46,11 @@ def route_for(address):
     return max(matching, key=lambda r: r[0].prefixlen) if matching else None
 
 
+def failure(e):
+    """An OSError as the probe reports it: 'error:' and the system's words."""
+    return f"error:{os.strerror(e.errno) if e.errno else e}"
+
+
 def connect(host, port, timeout=3, family=socket.AF_INET):
     s = socket.socket(family, socket.SOCK_STREAM)
     s.settimeout(timeout)
@@ -55,7 +60,7 @@ def connect(host, port, timeout=3, family=socket.AF_INET):
     except socket.timeout:
         return "timeout"
     except OSError as e:
-        return f"error:{os.strerror(e.errno) if e.errno else e}"
+        return failure(e)
     finally:
         s.close()
 
@@ -72,7 +77,7 @@ def udp_dns(host, port, timeout=3):
     except socket.timeout:
         return "timeout"
     except OSError as e:
-        return f"error:{os.strerror(e.errno) if e.errno else e}"
+        return failure(e)
     finally:
         s.close()
 
@@ -128,7 +133,7 @@ def http(host, port, request_line):
                 data += chunk
             return data.split(b"\r\n", 1)[0].decode(errors="replace")
     except OSError as e:
-        return f"error:{os.strerror(e.errno) if e.errno else e}"
+        return failure(e)
 
 
 def own_restrictions():
@@ -137,14 +142,14 @@ def own_restrictions():
         socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP).close()
         out["raw_socket"] = "opened"
     except OSError as e:
-        out["raw_socket"] = f"error:{os.strerror(e.errno)}"
+        out["raw_socket"] = failure(e)
     try:
         with open("/sandbox-probe-write-test", "w") as f:
             f.write("x")
         os.remove("/sandbox-probe-write-test")
         out["write_root"] = "written"
     except OSError as e:
-        out["write_root"] = f"error:{os.strerror(e.errno)}"
+        out["write_root"] = failure(e)
     out["docker_socket"] = [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)]
     return out
 

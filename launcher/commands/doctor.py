@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from launcher.docker_gateway import MIN_ENGINE
 from launcher.errors import SandboxError
 from launcher.hostnet import route_localnet
 from launcher.images import BASE_IMAGE
@@ -37,11 +38,11 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
     version = engine["version"]
     try:
         major, minor = (int(x) for x in version.split(".")[:2])
-        recent = (major, minor) >= (20, 10)
+        recent = (major, minor) >= MIN_ENGINE
     except ValueError:
         recent = True
     checks.append(Check("engine", OK if recent else FAIL, f"Docker Engine {version} (API {engine['api_version']})",
-                        "" if recent else "install Docker Engine 20.10 or newer"))
+                        "" if recent else f"install Docker Engine {MIN_ENGINE[0]}.{MIN_ENGINE[1]} or newer"))
 
     if gateway.image_present(BASE_IMAGE):
         checks.append(Check("base image", OK, f"{BASE_IMAGE} is present"))
