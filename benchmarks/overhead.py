@@ -109,7 +109,7 @@ def sandboxed(client, gateway: DockerGateway, args) -> dict:
         ready = time.monotonic() - started
         try:
             body = {"model": "smollm2", "messages": PROMPT, "max_tokens": args.max_tokens}
-            rate = tokens_per_second(lambda: post(result.url + "api/chat", body)["usage"]["completion_tokens"],
+            rate = tokens_per_second(lambda: post(result.url + "api/chat", body, {"Authorization": f"Bearer {result.token}"})["usage"]["completion_tokens"],
                                      args.requests)
             parts = {p: memory_mib(client, f"sandbox-{result.name}-{p}") for p in ("dns", "backend", "frontend", "ingress")}
             return {"ready_s": ready, "tokens_per_s": rate, "backend_mib": parts["backend"],

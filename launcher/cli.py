@@ -169,6 +169,8 @@ def _print_actions(actions) -> None:
 def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
        timeout: float = typer.Option(600, help="Seconds to wait for the backend and the UI to be ready."),
        then_verify: bool = typer.Option(False, "--verify", help="Run `sandbox verify` once it is up."),
+       new_token: bool = typer.Option(False, "--new-token",
+                                      help="Make a new access token; links and cookies given out before stop working."),
        as_json: bool = JSON):
     """Build and start the sandbox a policy describes, wait until it answers, and print its URL.
 
@@ -177,7 +179,7 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
     progress = Progress()
     try:
         result = run_up(_gateway(), policy, ca_bundle=ca_bundle, timeout=timeout, say=progress.say,
-                        on_build_line=progress.build_line, hash_progress=progress.hashing)
+                        on_build_line=progress.build_line, hash_progress=progress.hashing, new_token=new_token)
     finally:
         progress.close()
     checked = None
@@ -194,12 +196,29 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
         changes = len(result.prepared.plan.changes)
         out.print(f"sandbox {result.name} is up ({changes} change(s), {result.seconds['total']:.1f} s)",
                   markup=False)
-        out.print(f"open {result.url}", markup=False)
+        out.print(f"open {result.access_link}", markup=False)
+        out.print("(the link is your key to this sandbox: `sandbox open` opens it in your browser)", markup=False)
         if checked:
             out.print("")
             _render_verify(checked, as_json=False)
     if checked and not checked.ok:
         raise typer.Exit(1)
+
+
+@app.command("open")
+@handled
+def open_ui(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
+                                                              "may be left out when only one sandbox exists."),
+            print_only: bool = typer.Option(False, "--print", help="Print the access link; open no browser.")):
+    """Open a sandbox's UI in your browser, with its access link (which logs the browser in)."""
+    import webbrowser
+
+    from launcher.commands.open import access_link
+    name, link = access_link(_gateway(), target)
+    if print_only or not webbrowser.open(link):
+        out.print(link, markup=False)
+    else:
+        err.print(f"opened sandbox {name} in your browser", markup=False)
 
 
 @app.command()
@@ -241,7 +260,7 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
                                                             "may be left out when only one sandbox exists."),
           as_json: bool = JSON):
     """Show what a sandbox's parts tried to reach: every outside name they looked up (none resolved)
-    and every request that tried to use the ingress as a proxy (all refused)."""
+    and every request the ingress refused (proxy requests, foreign Host or Origin, no access token)."""
     from launcher.commands.audit import audit as run_audit
     result = run_audit(_gateway(), target)
     if as_json:
@@ -263,7 +282,7 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
 @handled
 def down(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
                                                            "may be left out when only one sandbox exists."),
-         volumes: bool = typer.Option(False, "--volumes", help="Also delete the front-end's data (chat history)."),
+         volumes: bool = typer.Option(False, "--volumes", help="Also delete the front-end's data (chat history) and the access token."),
          as_json: bool = JSON):
     """Stop and remove a sandbox. Its data volume is kept unless --volumes is given."""
     from launcher.commands.down import down as run_down
@@ -282,7 +301,9 @@ def down(target: Optional[str] = typer.Argument(None, help="Sandbox name or poli
 def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; all when left out."),
            memory: bool = typer.Option(False, "--memory", help="Also show each part's memory use."),
            as_json: bool = JSON):
-    """Show each sandbox's parts, their state and health, and the URL of its UI."""
+    """Show each sandbox's parts, their state and health, and the URL of its UI.
+
+    With --json, also its access token and link (for the user who started it)."""
     from launcher.commands.status import status as run_status
     sandboxes = run_status(_gateway(), target, memory=memory)
     if as_json:

@@ -11,6 +11,7 @@ import ipaddress
 import json
 from dataclasses import asdict, dataclass
 
+from launcher.access import TOKEN_ENV, token_id
 from launcher.images import PartImages
 from launcher.policy.model import Policy
 from launcher.recipes import FRONTEND_RECIPES
@@ -46,6 +47,7 @@ class Secrets:
 
     api_key: str  # the backend requires it; only the front-end is given it
     session_key: str  # for front-ends that sign sessions (recipe.session_key_env)
+    access_token: str  # the ingress lets only its holder in (launcher/access.py)
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class ContainerSpec:
     sysctls: tuple[tuple[str, str], ...] = ()
     runtime: str | None = None  # None: the engine's default (runc); "runsc": gVisor
     # Hardening. Defaults are the only values a spec ever has: a policy cannot
-    # reach these fields (THREATS.md, "Hardening every container gets").
+    # reach these fields (docs/threats.md, "Hardening every container gets").
     read_only: bool = True
     cap_drop: tuple[str, ...] = ("ALL",)
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
@@ -241,7 +243,15 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
     ingress = ContainerSpec(
         part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
         networks=(Attachment(ingress_net.name, ()), Attachment(internal.name, ("ingress",))),
-        env=(("SANDBOX_UPSTREAM", f"{FRONTEND_ALIAS}:{f.port}"), ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT))),
+        env=(("SANDBOX_NAME", name),
+             ("SANDBOX_UPSTREAM", f"{FRONTEND_ALIAS}:{f.port}"),
+             ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),
+             # The Host and Origin it answers to: the sandbox's own, on the host.
+             ("SANDBOX_PUBLIC_PORT", str(policy.ingress_port)),
+             (TOKEN_ENV, secrets.access_token),
+             # In the spec hash where the token is not: a new token recreates the ingress.
+             ("SANDBOX_ACCESS_TOKEN_ID", token_id(secrets.access_token))),
+        secret_env=(TOKEN_ENV,),
         ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
         memory="128m", cpus=0.5, pids_limit=64, dns=dns,

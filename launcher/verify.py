@@ -1,4 +1,4 @@
-"""The attack matrix of THREATS.md, judged. `commands/verify.py` gathers the
+"""The attack matrix of docs/threats.md, judged. `commands/verify.py` gathers the
 facts (what the probe saw from inside the front-end, what the host saw); the
 functions here turn them into one row per attack. Pure, so that each row is
 unit-tested on facts where the attack succeeds: a check that cannot fail is a
@@ -44,6 +44,9 @@ class Facts:
     # Under gVisor: /proc/PID/status of its user-space kernel on the host; None when not under gVisor
     # or unreadable. Inside gVisor, NoNewPrivs and Seccomp are not shown: the host's are the sentry's.
     gvisor_sentry: dict | None = None
+    # What the front door (the ingress, from the host) answered to each try of
+    # launcher/front_door.py; empty when not tried.
+    front_door: dict = field(default_factory=dict)
 
 
 def _failed_outcome(outcome: str) -> bool:
@@ -123,7 +126,7 @@ def ipv6(f: Facts) -> Row:
 def ingress_proxy(f: Facts) -> Row:
     answers = {f"inside {k}": v for k, v in f.probe.get("http", {}).items()}
     answers.update({f"host {k}": v for k, v in f.ingress_from_host.items()})
-    # A refusal is our relay's 400 or 405; anything else means it went somewhere.
+    # A refusal is the ingress's 400 or 405; anything else means it went somewhere.
     bad = {k: v for k, v in answers.items() if v.split()[1:2] not in (["400"], ["405"])}
     return Row("use the ingress as proxy", "CONNECT and absolute-URI requests, from inside and from the host",
                FAIL if bad or not answers else PASS, _summary(bad or answers))
@@ -225,8 +228,94 @@ def lan_reach(f: Facts) -> Row:
                PASS if ok else FAIL, text)
 
 
+def _forwarded(answer: dict | None) -> bool:
+    """The ingress passed the request on and the UI answered it."""
+    return bool(answer) and answer.get("status") is not None and answer["status"] < 500 \
+        and not answer.get("refused")
+
+
+def _shown(answer: dict | None) -> str:
+    if not answer:
+        return "not tried"
+    if answer.get("status") is None:
+        return f"no answer ({answer.get('error', '')})"
+    return f"{answer['status']}" + (f" {answer['refused']}" if answer.get("refused") else "")
+
+
+def _front_door_row(f: Facts, attack: str, how: str, tries: dict[str, tuple[int, ...]],
+                    controls: tuple[str, ...]) -> Row:
+    """PASS when every try got one of its refusal statuses and every control
+    (the owner's own request) got through."""
+    door = f.front_door
+    if not door:
+        return Row(attack, how, FAIL, "the front door was not tried")
+    bad = [k for k, statuses in tries.items() if (door.get(k) or {}).get("status") not in statuses]
+    shut = [k for k in controls if not _forwarded(door.get(k))]
+    text = "; ".join(f"{k.replace('_', ' ')} {_shown(door.get(k))}" for k in tries)
+    text += "; control: " + ", ".join(f"{k.replace('_', ' ')} {_shown(door.get(k))}" for k in controls)
+    if shut:
+        text += " (the owner was refused too: the check proves nothing)"
+    return Row(attack, how, FAIL if bad or shut else PASS, text)
+
+
+def dns_rebinding(f: Facts) -> Row:
+    return _front_door_row(f, "DNS rebinding", "a foreign Host, with the owner's token and with the cookie",
+                           {"foreign_host": (421,), "rebound_host_with_cookie": (421,)}, ("owner",))
+
+
+def no_credential(f: Facts) -> Row:
+    return _front_door_row(f, "no credential", "a request without the token, and one with a wrong token",
+                           {"no_token": (401,), "wrong_token": (401,)}, ("owner", "owner_cookie"))
+
+
+def cross_site_request(f: Facts) -> Row:
+    return _front_door_row(f, "cross-site request",
+                           "POST with the cookie, text/plain, from another site, another port, no Origin",
+                           {"cross_site_post": (403,), "same_site_post": (403,), "no_origin_post": (403,)},
+                           ("own_post",))
+
+
+def cross_site_websocket(f: Facts) -> Row:
+    return _front_door_row(f, "cross-site WebSocket", "a WebSocket upgrade with the cookie from another origin",
+                           {"cross_site_websocket": (403,)}, ("own_websocket",))
+
+
+def smuggled_proxy_request(f: Facts) -> Row:
+    how = "CONNECT and an absolute URI pipelined after a good request on one connection"
+    answers = f.front_door.get("pipelined")
+    if not answers:
+        return Row("smuggled proxy request", how, FAIL, "no answer on the connection")
+    first, later = answers[0], answers[1:]
+    refused = [a for a in later if a.get("status") in (400, 405)]
+    ok = _forwarded(first) and refused and len(refused) == len(later)
+    text = ", ".join(_shown(a) for a in answers)
+    if not _forwarded(first):
+        text += " (the good request was not answered: the check proves nothing)"
+    return Row("smuggled proxy request", how, PASS if ok else FAIL, text)
+
+
+def slow_clients(f: Facts) -> Row:
+    flood = f.front_door.get("flood")
+    how = "hundreds of connections sending half a request while the owner uses the UI"
+    if not flood:
+        return Row("slow clients", how, FAIL, "not tried")
+    answered = [a for a in flood["owner"] if _forwarded(a)]
+    held = flood["still_open"] >= 0.9 * max(flood["opened"], 1) and flood["opened"] > 0
+    slowest = max((a.get("seconds", 0) for a in flood["owner"]), default=0)
+    text = (f"{flood['opened']} slow connections ({flood['still_open']} still open after), "
+            f"owner answered {len(answered)}/{len(flood['owner'])}, slowest {slowest:.2f} s")
+    if flood.get("error"):
+        text += f"; opening the flood: {flood['error']}"
+    if not held:
+        text += " (the flood did not hold its connections: the check proves nothing)"
+    ok = held and flood["owner"] and len(answered) == len(flood["owner"])
+    return Row("slow clients", how, PASS if ok else FAIL, text)
+
+
 MATRIX = (external_dns, dns_leak, raw_egress, metadata, host_services, other_sandboxes, ipv6, ingress_proxy,
-          raw_sockets, privileges, write_weights, write_root, docker_socket, bombs, lan_reach)
+          raw_sockets, privileges, write_weights, write_root, docker_socket, bombs, lan_reach,
+          dns_rebinding, no_credential, cross_site_request, cross_site_websocket, smuggled_proxy_request,
+          slow_clients)
 
 
 def judge(facts: Facts) -> list[Row]:

@@ -14,6 +14,9 @@ PORT = int(os.environ.get("CHAT_PORT", "8080"))
 HISTORY = os.path.join(os.environ.get("CHAT_DATA", "/data"), "history.jsonl")
 PAGE = open(os.path.join(os.path.dirname(__file__), "index.html"), "rb").read()
 MAX_BODY = 1024 * 1024
+# One answer may not hold the backend for long: a page (or a script) asking
+# for more gets this many tokens.
+MAX_TOKENS = 2048
 history_lock = threading.Lock()
 
 
@@ -79,13 +82,24 @@ class Handler(BaseHTTPRequestHandler):
         if self.path != "/api/chat":
             self.send_json(404, {"error": "not found"})
             return
+        # Only JSON: a cross-site form can send text/plain or form bodies
+        # without asking first, but never application/json.
+        if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+            self.send_json(415, {"error": "send application/json"})
+            return
         try:
             length = int(self.headers.get("Content-Length", "0"))
-            if not 0 < length <= MAX_BODY:
-                raise ValueError("body size")
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY:
+            self.send_json(413, {"error": f"the body must be 1 to {MAX_BODY} bytes"})
+            self.close_connection = True
+            return
+        try:
             request = json.loads(self.rfile.read(length))
             messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in request["messages"]]
-            body = {"messages": messages, "max_tokens": int(request.get("max_tokens", 256))}
+            max_tokens = min(max(1, int(request.get("max_tokens", 256))), MAX_TOKENS)
+            body = {"messages": messages, "max_tokens": max_tokens}
             if request.get("model"):
                 body["model"] = str(request["model"])
         except (ValueError, KeyError, TypeError):

@@ -1,7 +1,7 @@
 """`sandbox audit`: what the parts of a sandbox tried to reach. Every name
 they looked up outside the sandbox ended at its DNS sink, which logged it;
-every request that tried to use the ingress as a proxy was refused and
-logged by the relay."""
+every request the ingress refused (a proxy request, a foreign Host or
+Origin, no access token) was logged by it."""
 from __future__ import annotations
 
 import json
@@ -33,7 +33,7 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
             lookups.append({"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
                             "name": entry["name"], "type": entry["type"]})
     refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail="all")
-               if "refused" in line]
+               if line.startswith("ingress: refused ")]
     names: dict[str, dict] = {}
     for entry in lookups:
         seen = names.setdefault(entry["name"], {"name": entry["name"], "parts": set(), "count": 0})

@@ -1,9 +1,10 @@
 """`sandbox down`: remove every resource labelled with the sandbox's name.
-The front-end's data volume stays unless `volumes` is set."""
+The front-end's data volume and the access token stay unless `volumes` is set."""
 from __future__ import annotations
 
 from typing import Callable
 
+from launcher import access
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 
@@ -12,4 +13,7 @@ def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
          say: Callable[[str], None] | None = None) -> dict:
     name = resolve_name(gateway, target)
     removed = gateway.remove_sandbox(name, volumes=volumes, say=say)
+    if volumes and access.saved_token(name):
+        access.forget_token(name)
+        removed.append(f"access token {access.token_file(name)}")
     return {"name": name, "removed": removed}

@@ -6,6 +6,7 @@ import secrets as random
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import access
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import images_for
@@ -33,7 +34,7 @@ def port_is_ours(gateway: DockerGateway):
 
 
 def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None,
-            hash_progress: HashProgress | None = None) -> Prepared:
+            hash_progress: HashProgress | None = None, new_token: bool = False) -> Prepared:
     policy = load_policy(policy_file, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.engine()["runtimes"]:
@@ -43,7 +44,8 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
     secrets = Secrets(
         api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV) or random.token_urlsafe(32),
         session_key=gateway.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
-        or random.token_urlsafe(32))
+        or random.token_urlsafe(32),
+        access_token=(None if new_token else current_token(gateway, policy.name)) or access.new_token())
     subnets = gateway.subnets()
     internal = resource_name(policy.name, "internal")
     current = (subnets.pop(internal, None) or [None])[0]
@@ -51,4 +53,10 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
     spec = build_spec(policy, images, secrets, gpus, subnet)
     observed = gateway.observe(policy.name, tuple(i.tag for i in images.all()))
     return Prepared(policy, spec, make_plan(spec, observed))
+
+
+def current_token(gateway: DockerGateway, name: str) -> str | None:
+    """The sandbox's access token: the one its ingress runs with, else the one
+    its owner kept from before (after a `down`)."""
+    return gateway.running_env(name, "ingress", access.TOKEN_ENV) or access.saved_token(name)
 

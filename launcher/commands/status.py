@@ -1,6 +1,8 @@
 """`sandbox status`: each sandbox's parts, their state and health, and its URL."""
 from __future__ import annotations
 
+from launcher import access
+from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
@@ -32,6 +34,8 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
             if part == "ingress" and state["ports"]:
                 url = f"http://{state['ports'][0]}/"
         healthy = all(p["state"] == "running" and p["health"] in (None, "healthy") for p in parts)
+        token = current_token(gateway, name)
         out.append({"name": name, "url": url, "healthy": healthy, "parts": parts,
-                    "policy": known[name]["policy"]})
+                    "policy": known[name]["policy"], "token": token,
+                    "access_link": access.access_link(url, token) if url and token else None})
     return out

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from launcher import access
 from launcher.commands.prepare import Prepared, prepare
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotReady
@@ -26,21 +26,31 @@ class UpResult:
     prepared: Prepared
     seconds: dict = field(default_factory=dict)  # phase -> seconds
 
+    @property
+    def token(self) -> str:
+        return self.prepared.spec.container("ingress").env_value(access.TOKEN_ENV)
+
+    @property
+    def access_link(self) -> str:
+        return access.access_link(self.url, self.token)
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "url": self.url,
+        return {"name": self.name, "url": self.url, "access_link": self.access_link, "token": self.token,
                 "actions": [a.to_dict() for a in self.prepared.plan.actions],
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
 
 def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | None = None,
        timeout: float = 600, say: Say | None = None, on_build_line: Say | None = None,
-       hash_progress: HashProgress | None = None) -> UpResult:
+       hash_progress: HashProgress | None = None, new_token: bool = False) -> UpResult:
     say = say or (lambda _m: None)
     started = time.monotonic()
-    prepared = prepare(gateway, policy_file, ca_bundle, hash_progress)
+    prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token)
     spec = prepared.spec
     result = UpResult(spec.name, spec.url, prepared)
     result.seconds["prepare"] = time.monotonic() - started
+    # Kept before anything starts, so that the owner can always get in.
+    access.save_token(spec.name, result.token)
 
     mark = time.monotonic()
     gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line)
@@ -73,13 +83,14 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
 
     frontend = spec.container("frontend").name
     url = spec.url.rstrip("/") + spec.health_path
+    token = spec.container("ingress").env_value(access.TOKEN_ENV)
     say(f"waiting for the UI to answer at {url}")
     last_error = ""
     while True:
         alive("frontend")
         alive("ingress")
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with access.open_ui(url, token, timeout=5) as response:
                 if response.status == 200:
                     return
                 last_error = f"it answered {response.status}"

@@ -1,4 +1,4 @@
-"""`sandbox verify`: run THREATS.md's attack matrix against a live sandbox.
+"""`sandbox verify`: run docs/threats.md's attack matrix against a live sandbox.
 
 A probe container of ours joins the front-end's network and process
 namespaces with the front-end's own restrictions (so the UI image needs no
@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from launcher.commands.target import resolve_name
+from launcher import access
 from launcher.commands.prepare import prepare
+from launcher.front_door import try_front_door
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
 from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, process_status, route_localnet
@@ -118,6 +120,9 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         facts.gvisor_sentry = process_status(pid) if pid else None
     facts.sink_names = _sink_names(gateway, spec.container("dns").name)
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
+    say("trying the front door from this machine: foreign Host, no token, cross-site, pipelined, slow clients")
+    facts.front_door = try_front_door(policy.ingress_port, name,
+                                      spec.container("ingress").env_value(access.TOKEN_ENV))
 
     say("trying to write the weights from inside the backend")
     model = policy.models[0]

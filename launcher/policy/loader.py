@@ -1,6 +1,6 @@
 """Read a policy file into plain data, keeping where each value sits in it.
 
-A policy is input, not trusted code (THREATS.md): the file is size-limited,
+A policy is input, not trusted code (docs/threats.md): the file is size-limited,
 must be UTF-8, and may not use anchors, aliases, custom tags, duplicate keys
 or non-string keys. Each of those is a Problem with a line and a column.
 """

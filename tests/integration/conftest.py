@@ -3,6 +3,7 @@ real quick-start model. They skip, saying why, when no engine answers; every
 sandbox they make has a unique name and is removed by label afterwards."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -21,6 +22,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory):
+    """Access tokens of the tests' sandboxes go to a directory of their own."""
+    path = tmp_path_factory.mktemp("state")
+    os.environ["SANDBOX_STATE_DIR"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +72,20 @@ def write_policy(directory: Path, **changes) -> Path:
     path = directory / f"{policy['name']}.yaml"
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
+
+
+def ui(result, path: str = "", payload: dict | None = None, timeout: float = 120):
+    """A request to a running sandbox's UI as its owner (with its token);
+    JSON in and out when `payload` is given."""
+    from launcher.access import open_ui
+    data = None if payload is None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"} if payload is not None else {}
+    return open_ui(result.url + path, result.token, data=data, headers=headers, timeout=timeout)
+
+
+def ui_json(result, path: str, payload: dict | None = None, timeout: float = 120) -> dict:
+    with ui(result, path, payload, timeout) as response:
+        return json.load(response)
 
 
 def labelled(client, name: str) -> dict[str, list[str]]:

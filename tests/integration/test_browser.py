@@ -1,12 +1,21 @@
-"""The UI's own page, in a real headless Chromium, through the ingress: a
-message typed there is answered by the local model."""
+"""The UI's own page, in a real headless Chromium, through the ingress: the
+access link logs the browser in and a message typed there is answered by
+the local model. Then the browser is turned against the sandbox as a web page
+would: a page on another port of this machine, and a rebound name."""
 from __future__ import annotations
 
+import http.server
 import shutil
+import threading
 
 import pytest
 
+from tests.integration.conftest import ui_json
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium resolves this name to 127.0.0.1, as a DNS-rebinding page's name would
+# once it has been rebound.
+REBOUND = "rebound.example"
 
 
 @pytest.fixture(scope="module")
@@ -17,17 +26,34 @@ def browser():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            f"--host-resolver-rules=MAP {REBOUND} 127.0.0.1"])
         yield browser
         browser.close()
 
 
+@pytest.fixture
+def owner_page(sandbox, browser):
+    """A browser the owner logged in with the access link."""
+    result, _ = sandbox
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(result.access_link)
+    yield page
+    context.close()
+
+
 def test_a_message_typed_in_the_page_is_answered(sandbox, browser, tmp_path):
     result, _ = sandbox
-    page = browser.new_page()
+    context = browser.new_context()
+    page = context.new_page()
     requests = []
     page.on("request", lambda r: requests.append(r.url))
-    page.goto(result.url)
+    page.goto(result.access_link)
+    # The link was traded for a cookie and left the address bar.
+    assert page.url == result.url
+    cookies = {c["name"]: c for c in context.cookies()}
+    assert cookies[f"sandbox-{result.name}"]["httpOnly"] and cookies[f"sandbox-{result.name}"]["sameSite"] == "Strict"
     page.wait_for_selector("#model option[value='smollm2']", state="attached", timeout=30_000)
     page.fill("#input", "Say hello in one word.")
     page.click("#send")
@@ -40,3 +66,76 @@ def test_a_message_typed_in_the_page_is_answered(sandbox, browser, tmp_path):
     assert answer.text_content().strip()
     # The page talked to its own origin only.
     assert requests and all(url.startswith(result.url) for url in requests), requests
+    context.close()
+
+
+def test_without_the_link_the_page_says_how_to_get_in(sandbox, browser):
+    result, _ = sandbox
+    context = browser.new_context()
+    page = context.new_page()
+    response = page.goto(result.url + "api/history")
+    assert response.status == 401
+    assert f"sandbox open {result.name}" in page.content()
+    assert "messages" not in page.content()
+    context.close()
+
+
+def test_a_rebound_name_gets_nothing_even_from_the_logged_in_browser(sandbox, owner_page):
+    result, _ = sandbox
+    port = result.url.rsplit(":", 1)[1].strip("/")
+    response = owner_page.goto(f"http://{REBOUND}:{port}/api/history")
+    assert response.status == 421
+    assert "messages" not in owner_page.content()
+
+
+HOSTILE_PAGE = """<!doctype html><title>a page on another port</title>
+<iframe name="sink" style="display:none"></iframe>
+<form id="form" method="POST" action="SANDBOX/api/chat" enctype="text/plain" target="sink">
+<input name='{"messages":[{"role":"user","content":"FORM"}],"x":"' value='"}'></form>
+<script>
+window.results = {};
+fetch("SANDBOX/api/history", {credentials: "include"})
+  .then(r => r.text()).then(t => results.read = t).catch(e => results.read = "blocked: " + e);
+fetch("SANDBOX/api/chat", {method: "POST", mode: "no-cors", credentials: "include",
+  headers: {"Content-Type": "text/plain"}, body: '{"messages":[{"role":"user","content":"FETCH"}]}'})
+  .then(r => results.post = "sent").catch(e => results.post = "blocked: " + e);
+const ws = new WebSocket("SANDBOX_WS/");
+ws.onopen = () => results.ws = "open";
+ws.onerror = () => results.ws = "refused";
+document.getElementById("form").submit();
+</script>"""
+
+
+def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, owner_page, gateway):
+    """Another port of 127.0.0.1 is the same *site*: the SameSite cookie goes
+    along, so the ingress itself must refuse."""
+    result, _ = sandbox
+    before = ui_json(result, "api/history", timeout=30)["messages"]
+    sandbox_origin = result.url.rstrip("/")
+    page_html = (HOSTILE_PAGE.replace("SANDBOX_WS", sandbox_origin.replace("http://", "ws://"))
+                 .replace("SANDBOX", sandbox_origin)).encode()
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page_html)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        owner_page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        owner_page.wait_for_function("() => results.read && results.post && results.ws", timeout=30_000)
+        results = owner_page.evaluate("() => results")
+    finally:
+        server.shutdown()
+    assert results["read"].startswith("blocked"), results
+    assert results["ws"] == "refused", results
+    owner_page.wait_for_timeout(1000)
+    assert ui_json(result, "api/history", timeout=30)["messages"] == before
+    log = "\n".join(gateway.logs(f"sandbox-{result.name}-ingress", tail=200))
+    assert "reason=cross-site" in log

@@ -20,6 +20,21 @@ def test_status_json(sandbox):
     assert run.exit_code == 0, run.output
     [report] = json.loads(run.stdout)["sandboxes"]
     assert report["healthy"] and report["url"] == result.url
+    assert report["token"] == result.token and report["access_link"] == result.access_link
+
+
+def test_open_prints_the_access_link(sandbox):
+    result, _ = sandbox
+    run = invoke("open", result.name, "--print")
+    assert run.exit_code == 0, run.output
+    assert run.stdout.strip() == result.access_link
+
+
+def test_up_prints_the_access_link(sandbox):
+    result, path = sandbox
+    run = invoke("up", str(path))
+    assert run.exit_code == 0, run.output
+    assert f"open {result.access_link}" in run.stdout.splitlines()
 
 
 def test_plan_of_a_running_sandbox_is_up_to_date(sandbox):
@@ -59,7 +74,7 @@ def test_up_again_reports_no_change_as_json(sandbox):
     run = invoke("up", str(path), "--json")
     assert run.exit_code == 0, run.output
     data = json.loads(run.stdout)
-    assert data["ok"] and data["url"] == result.url
+    assert data["ok"] and data["url"] == result.url and data["access_link"] == result.access_link
     assert {a["action"] for a in data["actions"]} == {"keep"}
 
 
@@ -68,5 +83,5 @@ def test_verify_prints_a_line_per_attack(sandbox):
     run = invoke("verify", result.name)
     assert run.exit_code == 0, run.output
     lines = run.stdout.splitlines()
-    assert sum(line.startswith(("PASS", "SKIP")) for line in lines) == 15
+    assert sum(line.startswith(("PASS", "SKIP")) for line in lines) == 21
     assert lines[-1] == f"sandbox {result.name}: every attack was stopped"

@@ -3,15 +3,12 @@ kernel. The sandbox answers as under runc, and every attack of the matrix is
 stopped there too. Skipped when runsc is not registered with the engine."""
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import pytest
 
 from launcher.commands.down import down
 from launcher.commands.up import up
 from launcher.commands.verify import verify
-from tests.integration.conftest import ca_bundle, write_policy
+from tests.integration.conftest import ca_bundle, ui_json, write_policy
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +30,9 @@ def test_parts_run_on_gvisor(gvisor_sandbox, docker_client):
 
 
 def test_chat_is_answered_under_gvisor(gvisor_sandbox):
-    request = urllib.request.Request(
-        gvisor_sandbox.url + "api/chat", headers={"Content-Type": "application/json"},
-        data=json.dumps({"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}).encode())
-    with urllib.request.urlopen(request, timeout=120) as response:
-        assert json.load(response)["reply"]["content"].strip()
+    answer = ui_json(gvisor_sandbox, "api/chat",
+                     {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8})
+    assert answer["reply"]["content"].strip()
 
 
 def test_every_attack_is_stopped_under_gvisor(gvisor_sandbox, gateway):

@@ -2,29 +2,21 @@
 history survives, and a changed policy recreates only what changed."""
 from __future__ import annotations
 
-import json
-import urllib.request
-
 import pytest
 import yaml
 
 from launcher.commands.down import down
 from launcher.commands.prepare import prepare
 from launcher.commands.up import up
-from tests.integration.conftest import ca_bundle, labelled, write_policy
+from tests.integration.conftest import ca_bundle, labelled, ui_json, write_policy
 
 
-def chat(url: str, text: str) -> dict:
-    request = urllib.request.Request(url + "api/chat", headers={"Content-Type": "application/json"},
-                                     data=json.dumps({"messages": [{"role": "user", "content": text}],
-                                                      "max_tokens": 8}).encode())
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.load(response)
+def chat(result, text: str) -> dict:
+    return ui_json(result, "api/chat", {"messages": [{"role": "user", "content": text}], "max_tokens": 8})
 
 
-def history(url: str) -> list[dict]:
-    with urllib.request.urlopen(url + "api/history", timeout=30) as response:
-        return json.load(response)["messages"]
+def history(result) -> list[dict]:
+    return ui_json(result, "api/history", timeout=30)["messages"]
 
 
 def test_down_keeps_only_the_data_and_up_brings_the_history_back(gateway, docker_client, tmp_path):
@@ -32,15 +24,15 @@ def test_down_keeps_only_the_data_and_up_brings_the_history_back(gateway, docker
     first = up(gateway, path, ca_bundle=ca_bundle())
     name = first.name
     try:
-        chat(first.url, "remember the word pelican")
-        assert history(first.url)[0] == {"role": "user", "content": "remember the word pelican"}
+        chat(first, "remember the word pelican")
+        assert history(first)[0] == {"role": "user", "content": "remember the word pelican"}
 
         down(gateway, name)
         assert labelled(docker_client, name) == {"containers": [], "networks": [],
                                                  "volumes": [f"sandbox-{name}-data"]}
 
         second = up(gateway, path, ca_bundle=ca_bundle())
-        assert history(second.url)[0]["content"] == "remember the word pelican"
+        assert history(second)[0]["content"] == "remember the word pelican"
     finally:
         down(gateway, name, volumes=True)
     assert labelled(docker_client, name) == {"containers": [], "networks": [], "volumes": []}
@@ -62,7 +54,7 @@ def test_changed_policy_recreates_only_what_changed(gateway, docker_client, tmp_
         assert after[f"sandbox-{result.name}-ingress"] == ids[f"sandbox-{result.name}-ingress"]
         assert after[f"sandbox-{result.name}-backend"] != ids[f"sandbox-{result.name}-backend"]
         # The kept front-end still holds the key the new backend takes.
-        assert chat(result.url, "hello")["reply"]["content"] is not None
+        assert chat(result, "hello")["reply"]["content"] is not None
     finally:
         down(gateway, result.name, volumes=True)
 

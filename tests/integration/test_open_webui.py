@@ -2,14 +2,12 @@
 (about 2.5 GB, long to build), so this test is marked slow: `pytest -m slow`."""
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
 import yaml
 
 from launcher.commands.down import down
 from launcher.commands.up import up
-from tests.integration.conftest import ca_bundle, write_policy
+from tests.integration.conftest import ca_bundle, ui, write_policy
 
 
 @pytest.mark.slow
@@ -18,9 +16,9 @@ def test_open_webui_comes_up_offline_and_lists_the_local_model(gateway, tmp_path
     policy = yaml.safe_load(path.read_text())
     result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
     try:
-        with urllib.request.urlopen(result.url + "health", timeout=30) as response:
+        with ui(result, "health", timeout=30) as response:
             assert response.status == 200
-        with urllib.request.urlopen(result.url, timeout=30) as response:
+        with ui(result, timeout=30) as response:
             assert b"<html" in response.read().lower()
         backend_log = "\n".join(gateway.logs(f"sandbox-{policy['name']}-backend", tail=200))
         assert "GET /v1/models" in backend_log

@@ -4,27 +4,18 @@ checked on the running containers."""
 from __future__ import annotations
 
 import hashlib
-import json
-import urllib.request
 
 from launcher.commands.prepare import prepare
 from launcher.commands.verify import WRITE_WEIGHTS
 from launcher.commands.status import status
-from tests.integration.conftest import MODEL, ca_bundle
-
-
-def post_json(url: str, payload: dict, timeout: float = 120) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.load(response)
+from tests.integration.conftest import MODEL, ca_bundle, ui, ui_json
 
 
 def test_chat_through_the_ingress_is_answered_by_the_model(sandbox):
     result, _ = sandbox
-    models = json.load(urllib.request.urlopen(result.url + "api/models", timeout=30))
+    models = ui_json(result, "api/models", timeout=30)
     assert [m["id"] for m in models["data"]] == ["smollm2"]
-    answer = post_json(result.url + "api/chat", {
+    answer = ui_json(result, "api/chat", {
         "model": "smollm2", "max_tokens": 24,
         "messages": [{"role": "user", "content": "What is the capital of France?"}]})
     assert answer["model"] == "smollm2"
@@ -35,7 +26,7 @@ def test_chat_through_the_ingress_is_answered_by_the_model(sandbox):
 
 def test_the_page_is_served_through_the_ingress(sandbox):
     result, _ = sandbox
-    with urllib.request.urlopen(result.url, timeout=30) as response:
+    with ui(result, timeout=30) as response:
         assert response.status == 200
         assert b"<title>sandbox chat</title>" in response.read()
 

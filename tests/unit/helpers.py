@@ -27,6 +27,10 @@ IMAGES = PartImages(dns=ImageBuild("sandbox-dns-sink:ddd", Path("/images/dns-sin
                     ingress=ImageBuild("sandbox-ingress:ccc", Path("/images/ingress")))
 
 
-def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES):
-    return build_spec(policy or make_policy(), images, Secrets(api_key=api_key, session_key="s-" + api_key), gpus,
+TOKEN = "t" * 43
+
+
+def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES, token=TOKEN):
+    return build_spec(policy or make_policy(), images,
+                      Secrets(api_key=api_key, session_key="s-" + api_key, access_token=token), gpus,
                       "10.213.7.0/24")

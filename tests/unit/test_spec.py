@@ -1,4 +1,4 @@
-"""The SandboxSpec carries every guarantee of THREATS.md; these tests read it."""
+"""The SandboxSpec carries every guarantee of docs/threats.md; these tests read it."""
 import json
 from dataclasses import replace
 
@@ -124,3 +124,19 @@ def test_hash_ignores_secret_values_but_not_settings():
     changed = make_spec(make_policy(backend=replace(make_policy().backend, cpus=3.0)))
     assert spec_hash(changed.container("backend")) != spec_hash(a.container("backend"))
     assert spec_hash(changed.container("frontend")) == spec_hash(a.container("frontend"))
+
+
+def test_the_ingress_knows_the_sandbox_origin_and_token_but_the_hash_does_not_hold_the_token():
+    spec = make_spec(token="a" * 43)
+    ingress = spec.container("ingress")
+    assert ingress.env_value("SANDBOX_NAME") == "demo"
+    assert ingress.env_value("SANDBOX_PUBLIC_PORT") == "18080"
+    assert ingress.env_value("SANDBOX_ACCESS_TOKEN") == "a" * 43
+    assert "SANDBOX_ACCESS_TOKEN" in ingress.secret_env
+    assert "a" * 43 not in json.dumps([spec_hash(c) for c in spec.containers])
+    # Only the front door's token: no other part is given it.
+    assert all("a" * 43 not in dict(c.env).values() for c in spec.containers if c.part != "ingress")
+    # A new token recreates the ingress (and nothing else).
+    other = make_spec(token="b" * 43)
+    changed = [c.part for c, o in zip(spec.containers, other.containers) if spec_hash(c) != spec_hash(o)]
+    assert changed == ["ingress"]

@@ -11,6 +11,30 @@ PROC = {"command": "python3 server.py", "uid": ["65534"] * 4, "cap_eff": "000000
         "no_new_privs": "1", "seccomp": "2"}
 
 
+FORWARDED = {"status": 200, "refused": None}
+
+
+def refused(status: int, reason: str) -> dict:
+    return {"status": status, "refused": reason}
+
+
+FRONT_DOOR = {
+    "owner": FORWARDED, "owner_cookie": FORWARDED, "own_post": {"status": 404, "refused": None},
+    "own_websocket": FORWARDED,
+    "foreign_host": refused(421, "foreign-host"), "rebound_host_with_cookie": refused(421, "foreign-host"),
+    "no_token": refused(401, "no-token"), "wrong_token": refused(401, "no-token"),
+    "cross_site_post": refused(403, "cross-site"), "same_site_post": refused(403, "cross-site"),
+    "no_origin_post": refused(403, "no-origin"), "cross_site_websocket": refused(403, "foreign-origin"),
+    "pipelined": [FORWARDED, {"status": 400, "refused": None}],
+    "flood": {"opened": 300, "still_open": 300, "error": "",
+              "owner": [{**FORWARDED, "seconds": 0.01}] * 5},
+}
+
+
+def door_with(**changes) -> v.Facts:
+    return replace(safe(), front_door={**FRONT_DOOR, **changes})
+
+
 def safe() -> v.Facts:
     return v.Facts(
         probe={
@@ -31,7 +55,7 @@ def safe() -> v.Facts:
         ingress_from_host={"GET http://example.com/ HTTP/1.1": "HTTP/1.1 400 Bad Request"},
         weights_write="EACCES EROFS EBUSY", weights_sha_before="a" * 64, weights_sha_after="a" * 64,
         expected_sha="a" * 64, limits={"frontend": {"pids": 512, "memory": 2**28}},
-        ingress_bindings=["127.0.0.1:8080"], route_localnet={"all": "0", "eth0": "0"})
+        ingress_bindings=["127.0.0.1:8080"], route_localnet={"all": "0", "eth0": "0"}, front_door=FRONT_DOOR)
 
 
 def probe_with(**changes) -> v.Facts:
@@ -41,7 +65,7 @@ def probe_with(**changes) -> v.Facts:
 
 def test_all_rows_pass_on_a_safe_sandbox():
     assert [(r.attack, r.verdict) for r in v.judge(safe()) if r.verdict != "PASS"] == []
-    assert len(v.judge(safe())) == 15
+    assert len(v.judge(safe())) == 21
 
 
 BREACHES = {
@@ -77,6 +101,25 @@ BREACHES = {
     "LAN reach of the UI": [replace(safe(), ingress_bindings=["0.0.0.0:8080"]),
                             replace(safe(), route_localnet={"all": "0", "eth0": "1"}),
                             replace(safe(), ingress_bindings=[])],
+    # Each front-door row fails when the attack is answered, and when the
+    # owner is refused too (a door that is simply shut proves nothing).
+    "DNS rebinding": [door_with(foreign_host=FORWARDED), door_with(rebound_host_with_cookie=FORWARDED),
+                      door_with(owner=refused(421, "foreign-host")), replace(safe(), front_door={})],
+    "no credential": [door_with(no_token=FORWARDED), door_with(wrong_token={"status": 200, "refused": None}),
+                      door_with(owner_cookie=refused(401, "no-token")),
+                      door_with(no_token={"status": None, "refused": None, "error": "refused"})],
+    "cross-site request": [door_with(cross_site_post={"status": 404, "refused": None}),
+                           door_with(same_site_post=FORWARDED), door_with(no_origin_post=FORWARDED),
+                           door_with(own_post=refused(403, "cross-site"))],
+    "cross-site WebSocket": [door_with(cross_site_websocket={"status": 101, "refused": None}),
+                             door_with(own_websocket={"status": 502, "refused": None})],
+    "smuggled proxy request": [door_with(pipelined=[FORWARDED, FORWARDED]),
+                               door_with(pipelined=[FORWARDED, {"status": 400, "refused": None}, FORWARDED]),
+                               door_with(pipelined=[refused(401, "no-token"), {"status": 400, "refused": None}]),
+                               door_with(pipelined=[FORWARDED]), door_with(pipelined=[])],
+    "slow clients": [door_with(flood={**FRONT_DOOR["flood"], "owner": [{"status": None, "refused": None}] * 5}),
+                     door_with(flood={**FRONT_DOOR["flood"], "still_open": 3}),
+                     door_with(flood={**FRONT_DOOR["flood"], "owner": []})],
 }
 
 

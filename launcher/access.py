@@ -1,0 +1,89 @@
+"""Who may use a sandbox's UI: the holder of its access token.
+
+The ingress answers only requests that carry the token, as the cookie it sets
+when the access link (`URL?sandbox_token=TOKEN`) is opened, or as
+`Authorization: Bearer TOKEN` from scripts (docs/threats.md, "The front door").
+The token is kept in a file only its owner can read, so it outlives `down`
+and `up`; `down --volumes` forgets it and `up --new-token` replaces it."""
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import urllib.request
+from pathlib import Path
+
+TOKEN_ENV = "SANDBOX_ACCESS_TOKEN"
+LINK_PARAMETER = "sandbox_token"
+
+
+def cookie_name(sandbox: str) -> str:
+    # Cookies are not kept apart by port: each sandbox needs a name of its own.
+    return f"sandbox-{sandbox}"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_id(token: str) -> str:
+    """A short fingerprint of the token: it changes when the token does (so a
+    new token recreates the ingress) and says nothing about the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def access_link(url: str, token: str) -> str:
+    return f"{url}?{LINK_PARAMETER}={token}"
+
+
+def state_dir() -> Path:
+    """Per-user state: $SANDBOX_STATE_DIR, else $XDG_STATE_HOME/sandbox, else
+    ~/.local/state/sandbox."""
+    if os.environ.get("SANDBOX_STATE_DIR"):
+        return Path(os.environ["SANDBOX_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sandbox"
+
+
+def token_file(sandbox: str) -> Path:
+    return state_dir() / sandbox / "access-token"
+
+
+def saved_token(sandbox: str) -> str | None:
+    try:
+        token = token_file(sandbox).read_text().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def save_token(sandbox: str, token: str) -> None:
+    """Write the token readable by its owner only, replacing any old one whole."""
+    path = token_file(sandbox)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    os.replace(temporary, path)
+
+
+def forget_token(sandbox: str) -> None:
+    path = token_file(sandbox)
+    path.unlink(missing_ok=True)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def open_ui(url: str, token: str | None = None, data: bytes | None = None,
+            headers: dict | None = None, timeout: float = 30):
+    """A request to a sandbox's UI as its owner: with the bearer token and
+    never through a proxy from the environment (127.0.0.1 is this machine)."""
+    headers = dict(headers or {})
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return opener.open(request, timeout=timeout)

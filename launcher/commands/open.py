@@ -1,0 +1,22 @@
+"""`sandbox open`: the access link of a running sandbox, for its owner's browser."""
+from __future__ import annotations
+
+from launcher import access
+from launcher.commands.prepare import current_token
+from launcher.commands.target import resolve_name
+from launcher.docker_gateway import DockerGateway
+from launcher.errors import NotFound
+from launcher.spec import resource_name
+
+
+def access_link(gateway: DockerGateway, target: str | None) -> tuple[str, str]:
+    """The sandbox's name and its access link."""
+    name = resolve_name(gateway, target)
+    state = gateway.container_state(resource_name(name, "ingress"))
+    if not state or state["state"] != "running" or not state["ports"]:
+        raise NotFound(f"sandbox {name} is not running; `sandbox up` it first")
+    token = current_token(gateway, name)
+    if not token:
+        raise NotFound(f"no access token of sandbox {name} is readable here: it is kept in "
+                       f"{access.token_file(name)} of the user who started it")
+    return name, access.access_link(f"http://{state['ports'][0]}/", token)

@@ -1,0 +1,115 @@
+"""The front door of a live sandbox: only the person who started it gets in.
+The requests of the issue that opened this door, another local user, and the
+access token's life across down, up and --new-token."""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+
+from launcher import access
+from launcher.commands.down import down
+from launcher.commands.status import status
+from launcher.commands.up import up
+from tests.integration.conftest import ca_bundle, ui_json, write_policy
+
+OTHER_USER = "sandbox-other-user"
+
+
+def test_a_foreign_host_gets_no_history(sandbox):
+    """curl -H 'Host: evil.example:8080' http://127.0.0.1:8080/api/history"""
+    result, _ = sandbox
+    ui_json(result, "api/chat", {"messages": [{"role": "user", "content": "a secret"}], "max_tokens": 4})
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    answer = subprocess.run([curl, "-s", "-i", "-H", "Host: evil.example:8080", result.url + "api/history"],
+                            capture_output=True, text=True, timeout=30).stdout
+    assert answer.startswith("HTTP/1.1 421") and "a secret" not in answer, answer
+    # The negative control: the same request with the token and the right Host.
+    answer = subprocess.run([curl, "-s", "-H", f"Authorization: Bearer {result.token}", result.url + "api/history"],
+                            capture_output=True, text=True, timeout=30).stdout
+    assert "a secret" in answer
+
+
+def test_status_gives_the_owner_the_link_and_token(sandbox, gateway):
+    result, _ = sandbox
+    [report] = status(gateway, result.name)
+    assert report["token"] == result.token and report["access_link"] == result.access_link
+    assert report["access_link"] == f"{result.url}?sandbox_token={result.token}"
+
+
+@pytest.fixture(scope="module")
+def other_user():
+    if os.geteuid() != 0:
+        pytest.skip("making a second local user needs root")
+    try:
+        pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
+                       check=True)
+    return pwd.getpwnam(OTHER_USER)
+
+
+AS_OTHER_USER = """
+import json, sys, urllib.error, urllib.request
+url, token_file = sys.argv[1], sys.argv[2]
+seen = {}
+try:
+    open(token_file).read()
+    seen["token_file"] = "read"
+except OSError as e:
+    seen["token_file"] = type(e).__name__
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(url + "api/history", timeout=30) as r:
+        seen["status"], seen["body"] = r.status, r.read().decode()
+except urllib.error.HTTPError as e:
+    seen["status"], seen["body"] = e.code, e.read().decode()
+print(json.dumps(seen))
+"""
+
+
+def test_another_local_user_gets_401_and_cannot_read_the_token(sandbox, other_user):
+    result, _ = sandbox
+    ui_json(result, "api/chat", {"messages": [{"role": "user", "content": "mine only"}], "max_tokens": 4})
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable  # one the other user may run
+    run = subprocess.run([python, "-c", AS_OTHER_USER, result.url, str(access.token_file(result.name))],
+                         user=other_user.pw_uid, group=other_user.pw_gid, extra_groups=[],
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    seen = json.loads(run.stdout)
+    assert seen["status"] == 401 and "mine only" not in seen["body"], seen
+    assert seen["token_file"] == "PermissionError", seen
+    # The negative control: the owner, with the token, reads it.
+    assert "mine only" in json.dumps(ui_json(result, "api/history", timeout=30))
+
+
+def test_the_token_outlives_down_and_up_and_can_be_replaced(gateway, tmp_path):
+    path = write_policy(tmp_path)
+    first = up(gateway, path, ca_bundle=ca_bundle())
+    name = first.name
+    try:
+        assert access.saved_token(name) == first.token
+        down(gateway, name)
+        assert access.saved_token(name) == first.token  # kept for the owner
+        second = up(gateway, path, ca_bundle=ca_bundle())
+        assert second.token == first.token
+        ui_json(second, "api/history", timeout=30)
+
+        third = up(gateway, path, ca_bundle=ca_bundle(), new_token=True)
+        assert third.token != first.token and access.saved_token(name) == third.token
+        recreated = [a.name for a in third.prepared.plan.changes]
+        assert recreated == [f"sandbox-{name}-ingress"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            ui_json(first, "api/history", timeout=30)
+        assert refused.value.code == 401
+        ui_json(third, "api/history", timeout=30)
+    finally:
+        down(gateway, name, volumes=True)
+    assert access.saved_token(name) is None
