@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from launcher.errors import PolicyError, SandboxError
+from launcher.text import printable
 
 app = typer.Typer(
     help="Run a local llama.cpp backend and a chat front-end in a hardened Docker sandbox "
@@ -49,7 +50,7 @@ def handled(fn):
         except SandboxError as e:
             if kwargs.get("as_json"):
                 out.print_json(data={"ok": False, "error": str(e)})
-            err.print(f"error: {e}", markup=False)
+            err.print(printable(f"error: {e}", keep_newlines=True), markup=False)
             raise typer.Exit(e.exit_code) from None
     return wrapper
 
@@ -248,7 +249,7 @@ def _render_verify(result, as_json: bool) -> None:
                   + "; ".join(result.drift), markup=False)
     width = max(len(r.attack) for r in result.rows)
     for r in result.rows:
-        out.print(f"{r.verdict:4}  {r.attack:<{width}}  {r.result}", markup=False)
+        out.print(printable(f"{r.verdict:4}  {r.attack:<{width}}  {r.result}"), markup=False)
     failed = [r.attack for r in result.rows if r.verdict == "FAIL"]
     out.print(f"\nsandbox {result.name}: " + (f"{len(failed)} attack(s) got through: {', '.join(failed)}"
                                                if failed else "every attack was stopped"), markup=False)
@@ -271,11 +272,11 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
         return
     out.print(f"sandbox {result['name']}: names looked up (none was resolved)", markup=False)
     for n in result["names"]:
-        out.print(f"  {n['count']:5}x  {n['name']}  (by {', '.join(n['parts'])})", markup=False)
+        out.print(printable(f"  {n['count']:5}x  {n['name']}  (by {', '.join(n['parts'])})"), markup=False)
     if result["ingress_refused"]:
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:
-            out.print(f"  {line}", markup=False)
+            out.print(printable(f"  {line}"), markup=False)
 
 
 @app.command()
@@ -339,7 +340,7 @@ def logs(part: str = typer.Argument(..., help="dns, backend, frontend or ingress
     from launcher.commands.logs import logs as run_logs
     try:
         for line in run_logs(_gateway(), part, sandbox, tail=tail, follow=follow):
-            out.print(line, markup=False)
+            out.print(printable(line), markup=False)
     except KeyboardInterrupt:
         pass
 

@@ -11,9 +11,9 @@ from typing import Callable, Iterator
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest, IPAMConfig, IPAMPool, Mount as DockerMount
-from docker.utils.build import exclude_paths
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig, Mount as DockerMount
 
+from launcher.build_context import context_files
 from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound
 from launcher.images import EXTRA_CA_NAME, ImageBuild
 from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
@@ -225,6 +225,7 @@ class DockerGateway:
             network_mode=f"container:{target.name}", pid_mode=f"container:{target.name}",
             read_only=True, cap_drop=list(target.cap_drop), security_opt=list(target.security_opt),
             tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
+            log_config=_bounded_log(target.log_max_size, target.log_max_files),
         )
         with _translated(f"running the probe in {target.name}"):
             created = self.api.create_container(
@@ -267,10 +268,12 @@ class DockerGateway:
 
     # ---- apply ------------------------------------------------------------
     def apply(self, spec: SandboxSpec, plan: Plan, say: Say | None = None,
-              on_build_line: Say | None = None) -> None:
+              on_build_line: Say | None = None,
+              before_create: Callable[[ContainerSpec], None] | None = None) -> None:
         """Carry out a plan in an order that is always safe: builds first (a
         failed build leaves the running sandbox as it was), then removals,
-        then creations in dependency order."""
+        then creations in dependency order. `before_create` is called right
+        before each container is created, and may refuse it by raising."""
         say = _quiet(say)
         verbs = {(a.kind, a.name): a.verb for a in plan.actions}
 
@@ -301,6 +304,8 @@ class DockerGateway:
         for container in sorted(spec.containers, key=lambda c: PARTS.index(c.part)):
             if verbs.get(("container", container.name)) in (CREATE, RECREATE):
                 say(f"starting {container.part} ({container.name})")
+                if before_create:
+                    before_create(container)
                 self._create_and_start(spec, container)
 
     def remove_sandbox(self, name: str, volumes: bool = False, say: Say | None = None) -> list[str]:
@@ -385,6 +390,7 @@ class DockerGateway:
             sysctls=dict(c.sysctls) or None,
             runtime=c.runtime,
             init=True,
+            log_config=_bounded_log(c.log_max_size, c.log_max_files),
         )
         first, *rest = c.networks
         networking = self.api.create_networking_config({first.network: self.api.create_endpoint_config(
@@ -411,12 +417,9 @@ def _write_context(image: ImageBuild, out) -> None:
     """The build context as a tar: the recipe's files (minus .dockerignore'd
     ones) plus extra-ca.crt, the extra CA bundle or an empty file."""
     context = image.context
-    ignore_file = context / ".dockerignore"
-    patterns = []
-    if ignore_file.is_file():
-        patterns = [p.strip() for p in ignore_file.read_text().splitlines() if p.strip() and not p.startswith("#")]
     with tarfile.open(fileobj=out, mode="w") as tar:
-        for rel in sorted(exclude_paths(str(context), patterns, dockerfile=image.dockerfile)):
+        # The same list the image's tag was hashed from (launcher/build_context.py).
+        for rel in context_files(context, image.dockerfile):
             path = context / rel
             info = tar.gettarinfo(str(path), arcname=rel)
             info.uid = info.gid = 0
@@ -431,6 +434,10 @@ def _write_context(image: ImageBuild, out) -> None:
         info.size = len(ca)
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(ca))
+
+
+def _bounded_log(max_size: str, max_files: int) -> LogConfig:
+    return LogConfig(type=LogConfig.types.JSON, config={"max-size": max_size, "max-file": str(max_files)})
 
 
 def _short(e: Exception) -> str:

@@ -70,3 +70,9 @@ class NotReady(SandboxError):
 
 class NotFound(SandboxError):
     pass
+
+
+class ModelChanged(SandboxError):
+    """A model file no longer has the sha256 it was checked with."""
+
+    exit_code = 2

@@ -5,10 +5,10 @@ rebuilt and a changed recipe always is."""
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.build_context import context_digest
 from launcher.policy.model import Policy
 from launcher.resources import IMAGES_DIR
 
@@ -67,17 +67,8 @@ def images_for(policy: Policy, use_gpu: bool, ca_bundle: Path | None) -> PartIma
 def _hashed(repository: str, context: Path, dockerfile: str, ca_bundle: Path | None) -> ImageBuild:
     digest = hashlib.sha256()
     digest.update(f"dockerfile={dockerfile}\n".encode())
-    for path in sorted(_context_files(context)):
-        digest.update(f"file={path.relative_to(context)}\n".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    context_digest(context, dockerfile, digest)
     if ca_bundle is not None:
         digest.update(b"ca=" + hashlib.sha256(ca_bundle.read_bytes()).digest())
     return ImageBuild(tag=f"{repository}:{digest.hexdigest()[:16]}", context=context,
                       dockerfile=dockerfile, ca_bundle=ca_bundle)
-
-
-def _context_files(context: Path):
-    for root, dirs, files in os.walk(context):
-        dirs[:] = [d for d in dirs if d not in (".git", "__pycache__")]
-        for name in files:
-            yield Path(root) / name

@@ -71,6 +71,9 @@ class Mount:
     target: str
     kind: str  # "bind" or "volume"
     read_only: bool
+    # For model weights: the sha256 the file must still have when the
+    # container that mounts it is created (checked again right then).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ class ContainerSpec:
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
     privileged: bool = False
     restart: tuple[str, int] = ("on-failure", 5)
+    # A chatty or hostile part cannot fill the disk with its log.
+    log_max_size: str = "10m"
+    log_max_files: int = 3
 
     def env_value(self, name: str) -> str | None:
         return dict(self.env).get(name)
@@ -288,7 +294,8 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
         env=(("SANDBOX_BACKEND_CONFIG", json.dumps(config, sort_keys=True)),
              (BACKEND_API_KEY_ENV, secrets.api_key)),
         secret_env=(BACKEND_API_KEY_ENV,),
-        mounts=tuple(Mount(source=str(m.path), target=f"/models/{m.alias}.gguf", kind="bind", read_only=True)
+        mounts=tuple(Mount(source=str(m.path), target=f"/models/{m.alias}.gguf", kind="bind", read_only=True,
+                           sha256=m.sha256)
                      for m in policy.models),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=64m"),),
         memory=b.memory, cpus=b.cpus, pids_limit=256,

@@ -11,6 +11,10 @@ from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.spec import PARTS, resource_name
 
+# Logs are rotated (ContainerSpec.log_max_size); the audit reads at most this
+# many of their last lines.
+AUDIT_LINES = 100_000
+
 
 def audit(gateway: DockerGateway, target: str | None = None) -> dict:
     name = resolve_name(gateway, target)
@@ -24,7 +28,7 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
         if address:
             part_of_address[address] = part
     lookups = []
-    for line in gateway.logs(resource_name(name, "dns"), tail="all"):
+    for line in gateway.logs(resource_name(name, "dns"), tail=AUDIT_LINES):
         try:
             entry = json.loads(line)
         except ValueError:
@@ -32,7 +36,7 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
         if "name" in entry:
             lookups.append({"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
                             "name": entry["name"], "type": entry["type"]})
-    refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail="all")
+    refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail=AUDIT_LINES)
                if line.startswith("ingress: refused ")]
     names: dict[str, dict] = {}
     for entry in lookups:

@@ -11,9 +11,9 @@ from typing import Callable
 from launcher import access
 from launcher.commands.prepare import Prepared, prepare
 from launcher.docker_gateway import DockerGateway
-from launcher.errors import NotReady
-from launcher.policy.files import HashProgress
-from launcher.spec import SandboxSpec
+from launcher.errors import ModelChanged, NotReady
+from launcher.policy.files import HashProgress, model_file_problem
+from launcher.spec import ContainerSpec, SandboxSpec
 
 Say = Callable[[str], None]
 POLL_SECONDS = 0.5
@@ -53,7 +53,7 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     access.save_token(spec.name, result.token)
 
     mark = time.monotonic()
-    gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line)
+    gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged)
     result.seconds["apply"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -61,6 +61,18 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     result.seconds["ready"] = time.monotonic() - mark
     result.seconds["total"] = time.monotonic() - started
     return result
+
+
+def weights_unchanged(container: ContainerSpec) -> None:
+    """The bytes that were checked are the bytes that get mounted: minutes of
+    image builds may pass between the policy's check and this moment, so each
+    model is checked again (from the hash cache, unless the file changed)."""
+    for mount in container.mounts:
+        if mount.sha256:
+            problem = model_file_problem(mount.source, Path(mount.source), mount.sha256)
+            if problem:
+                raise ModelChanged(f"refusing to start the {container.part}: the model changed since it was "
+                                   f"checked: {problem}")
 
 
 def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, say: Say) -> None:

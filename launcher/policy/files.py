@@ -1,6 +1,7 @@
 """Checks of the files a policy names: model weights (GGUF, sha256) and build
 contexts. Hashing a multi-GB model takes a while, so results are cached by
-path, size, inode and mtime: a file that changed is always hashed again."""
+path, device, inode, size, mtime and ctime. A file changed in any way is hashed
+again: even with its mtime set back, its ctime moved (only the kernel sets it)."""
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ def cache_path() -> Path:
 def sha256_of(path: Path, progress: HashProgress | None = None) -> str:
     st = path.stat()
     key = str(path)
-    stamp = [st.st_size, st.st_ino, st.st_mtime_ns]
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     cache = _read_cache()
     entry = cache.get(key)
     if entry and entry.get("stamp") == stamp:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher.errors import PolicyError, Problem
+from launcher.build_context import context_problems, inside
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.policy.loader import Document, load
 from launcher.policy.model import Backend, Frontend, Model, Policy
@@ -89,13 +90,23 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours
             problems.append(doc.problem(("frontend",), f"must give exactly one of recipe, build or image; {said}"))
         build = frontend.get("build")
         if isinstance(build, dict) and isinstance(build.get("context"), str) and build["context"]:
-            context = _resolve(base, build["context"])
+            written = build["context"]
+            context = _resolve(base, written)
             dockerfile = build.get("dockerfile", "Dockerfile")
-            if not context.is_dir():
-                problems.append(doc.problem(("frontend", "build", "context"), f"not a directory: {context}"))
+            where = ("frontend", "build", "context")
+            # A shared policy's build sees only what sits beside it: never the
+            # user's home, /etc, or a device behind a symlink.
+            if os.path.isabs(written) or written.startswith("~"):
+                problems.append(doc.problem(where, "must be a path relative to the policy's directory"))
+            elif not inside(context, base):
+                problems.append(doc.problem(where, f"leads out of the policy's directory (to {context})"))
+            elif not context.is_dir():
+                problems.append(doc.problem(where, f"not a directory: {context}"))
             elif isinstance(dockerfile, str) and "/" not in dockerfile and not (context / dockerfile).is_file():
                 problems.append(doc.problem(("frontend", "build", "dockerfile"),
                                             f"no file {dockerfile} in {context}"))
+            elif isinstance(dockerfile, str) and "/" not in dockerfile:
+                problems += [doc.problem(where, why) for why in context_problems(context, dockerfile)]
         recipe = FRONTEND_RECIPES.get(frontend.get("recipe")) if isinstance(frontend.get("recipe"), str) else None
         defaults = recipe or CUSTOM_FRONTEND
         url_env = frontend.get("backend_url_env", defaults.backend_url_env)

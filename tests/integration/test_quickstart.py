@@ -67,6 +67,7 @@ def test_running_containers_carry_the_hardening(sandbox, docker_client):
         assert host["PidsLimit"] and host["Memory"] and host["NanoCpus"], part
         assert attrs["Config"]["User"] and not attrs["Config"]["User"].startswith("0"), part
         assert not any("docker.sock" in (m.get("Source") or "") for m in attrs["Mounts"]), part
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}, part
 
 
 def test_the_weights_cannot_be_written_from_the_backend(sandbox, docker_client):

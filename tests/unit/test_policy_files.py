@@ -101,3 +101,18 @@ def test_sha256_is_cached_and_rechecked_when_the_file_changes(tmp_path):
     assert "again" not in calls
     model.write_bytes(b"GGUF" + b"b" * 100)
     assert sha256_of(model) != first
+
+
+def test_a_model_edited_in_place_with_its_mtime_set_back_is_hashed_again(tmp_path):
+    from launcher.policy.files import sha256_of
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + b"a" * 100)
+    first = sha256_of(model)
+    before = model.stat()
+    with open(model, "r+b") as f:  # same size, same inode
+        f.seek(50)
+        f.write(b"b")
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = model.stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
+    assert sha256_of(model) != first

@@ -26,6 +26,7 @@ def test_every_container_is_hardened(variant):
         assert c.restart[0] == "on-failure", c.name
         assert any(target == "/tmp" for target, _ in c.tmpfs), c.name
         assert not any("docker.sock" in m.source for m in c.mounts), c.name
+        assert c.log_max_size == "10m" and c.log_max_files == 3, c.name
 
 
 def test_networks_have_no_route_out():

@@ -1,0 +1,47 @@
+"""A front-end's build context: what is hashed into the image's tag is what is
+sent to the engine, `.dockerignore` decides for both, and symlinks count as
+links, never as what they point at."""
+import hashlib
+import os
+
+from launcher.build_context import context_digest, context_files, context_problems
+
+
+def digest(context) -> str:
+    d = hashlib.sha256()
+    context_digest(context, "Dockerfile", d)
+    return d.hexdigest()
+
+
+def test_dockerignore_decides_what_is_hashed_and_sent(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / ".dockerignore").write_text("secrets\n*.log\n")
+    (tmp_path / "app.py").write_text("print(1)\n")
+    (tmp_path / "secrets").write_text("token\n")
+    (tmp_path / "debug.log").write_text("x\n")
+    files = context_files(tmp_path)
+    assert "app.py" in files and "Dockerfile" in files
+    assert "secrets" not in files and "debug.log" not in files
+    before = digest(tmp_path)
+    (tmp_path / "secrets").write_text("another token\n")
+    assert digest(tmp_path) == before  # not sent, so not part of the image
+    (tmp_path / "app.py").write_text("print(2)\n")
+    assert digest(tmp_path) != before
+
+
+def test_symlinks_inside_are_hashed_as_links_and_those_leading_out_are_problems(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    os.symlink("Dockerfile", tmp_path / "inside")
+    assert context_problems(tmp_path) == []
+    before = digest(tmp_path)
+    os.symlink("/dev/zero", tmp_path / "zero")  # never read: hashing it would never end
+    os.symlink("missing", tmp_path / "gone")
+    assert context_problems(tmp_path) == ["gone is a symlink to missing, which does not exist",
+                                          "zero is a symlink to /dev/zero, outside the build context"]
+    assert digest(tmp_path) != before
+
+
+def test_a_fifo_is_a_problem_not_a_hang(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    os.mkfifo(tmp_path / "pipe")
+    assert context_problems(tmp_path) == ["pipe is not a regular file"]
