@@ -267,8 +267,20 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
     if as_json:
         out.print_json(data=result)
         return
+    if result["builds"]:
+        out.print(f"sandbox {result['name']}: what its image builds contacted (through the build proxy)",
+                  markup=False)
+        for build in result["builds"]:
+            out.print(f"  {build['image']} ({', '.join(build['parts'])})", markup=False)
+            if not build["contacts"]:
+                out.print("    nothing", markup=False)
+            for c in _contacts_by_destination(build["contacts"]):
+                detail = (f"{c['bytes_sent']} B sent, {c['bytes_received']} B received" if c["verdict"] == "allowed"
+                          else c["reason"])
+                out.print(printable(f"    {c['count']:4}x {c['verdict']:8} {c['host']}:{c['port']}  {detail}"),
+                          markup=False)
     if not result["names"] and not result["ingress_refused"]:
-        out.print(f"sandbox {result['name']}: nothing tried to get out", markup=False)
+        out.print(f"sandbox {result['name']}: nothing tried to get out while running", markup=False)
         return
     out.print(f"sandbox {result['name']}: names looked up (none was resolved)", markup=False)
     for n in result["names"]:
@@ -277,6 +289,19 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:
             out.print(printable(f"  {line}"), markup=False)
+
+
+def _contacts_by_destination(contacts: list[dict]) -> list[dict]:
+    """One line per verdict, host and port, with counts and bytes added up."""
+    grouped: dict[tuple, dict] = {}
+    for c in contacts:
+        key = (c.get("verdict"), c.get("host"), c.get("port"), "" if c.get("verdict") == "allowed" else c.get("reason"))
+        entry = grouped.setdefault(key, {"verdict": key[0], "host": key[1], "port": key[2], "reason": key[3] or "",
+                                         "count": 0, "bytes_sent": 0, "bytes_received": 0})
+        entry["count"] += 1
+        entry["bytes_sent"] += c.get("bytes_sent") or 0
+        entry["bytes_received"] += c.get("bytes_received") or 0
+    return list(grouped.values())
 
 
 @app.command()

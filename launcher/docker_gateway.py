@@ -4,9 +4,13 @@ translated here into errors a user can act on."""
 from __future__ import annotations
 
 import io
+import json
+import secrets
 import tarfile
 import tempfile
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import docker
@@ -24,6 +28,9 @@ Say = Callable[[str], None]
 NANO = 1_000_000_000
 # Marks images the launcher built (not a sandbox's: images outlive sandboxes).
 LABEL_IMAGE = "io.sandbox.built-image"
+# Marks the network and proxy of one image build, removed when it ends.
+LABEL_BUILD = "io.sandbox.build"
+BUILD_PROXY_PORT = 3128
 MIN_ENGINE = (20, 10)
 
 
@@ -242,16 +249,88 @@ class DockerGateway:
         return output
 
     # ---- build ------------------------------------------------------------
-    def build(self, image: ImageBuild, on_line: Say | None = None) -> None:
+    def build(self, image: ImageBuild, on_line: Say | None = None, egress: BuildEgress | None = None,
+              say: Say | None = None) -> list[dict]:
+        """Build an image. With `egress`, its RUN steps run on a network of
+        their own whose only way out is the build proxy, and what they
+        contacted through it is returned (docs/threats.md, "The build step")."""
+        if egress is None:
+            self._build(image, on_line)
+            return []
+        with self._build_proxy(egress, image.allow_hosts, say) as (proxy_url, network, proxy):
+            try:
+                self._build(image, on_line, network=network, proxy_url=proxy_url)
+            except BuildFailure as e:
+                contacts = self._proxy_record(proxy)
+                raise BuildFailure(image.tag, e.reason + _egress_hint(e, contacts, proxy_url), e.log_tail) from None
+            return self._proxy_record(proxy)
+
+    @contextmanager
+    def _build_proxy(self, egress: BuildEgress, allow_hosts: tuple[str, ...], say: Say | None):
+        """An internal network with no route to the host (like a sandbox's)
+        and the build proxy on it, with the engine's NAT network as its own
+        way out. Both are removed when the build ends."""
+        if not self.image_present(egress.proxy_image.tag):
+            _quiet(say)(f"building image {egress.proxy_image.tag} (the build proxy; the one build not behind it)")
+            self._build(egress.proxy_image, None)
+        run = secrets.token_hex(4)
+        network, proxy = f"sandbox-build-{run}", f"sandbox-build-{run}-proxy"
+        labels = {LABEL_BUILD: run}
+        with _translated("preparing the build network"):
+            self.api.create_network(network, driver="bridge", internal=True, labels=labels, enable_ipv6=False,
+                                    options={"com.docker.network.bridge.inhibit_ipv4": "true"})
+        try:
+            host_config = self.api.create_host_config(
+                read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+                tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
+                network_mode="bridge", log_config=_bounded_log("10m", 3), init=True)
+            with _translated("starting the build proxy"):
+                created = self.api.create_container(
+                    egress.proxy_image.tag, name=proxy, labels=labels, host_config=host_config,
+                    environment={"SANDBOX_ALLOW_HOSTS": ",".join(allow_hosts),
+                                 "SANDBOX_HOST_ADDRESSES": ",".join(egress.host_addresses),
+                                 "SANDBOX_ALLOW_NETWORKS": ",".join(egress.allow_networks),
+                                 "SANDBOX_PROXY_PORT": str(BUILD_PROXY_PORT)})
+                self.api.connect_container_to_network(created["Id"], network)
+                self.api.start(created["Id"])
+                address = self.addresses(proxy).get(network)
+            deadline = time.monotonic() + 30
+            while '"listening"' not in self.api.logs(proxy).decode(errors="replace"):
+                if time.monotonic() > deadline or not address:
+                    raise DockerFailure(f"the build proxy did not start: {self.api.logs(proxy).decode()[-500:]}")
+                time.sleep(0.1)
+            yield f"http://{address}:{BUILD_PROXY_PORT}", network, proxy
+        finally:
+            self._remove_container(proxy)
+            self._remove_network(network)
+
+    def _proxy_record(self, proxy: str) -> list[dict]:
+        contacts = []
+        for line in self.log_tail(proxy, lines=10_000):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if "verdict" in entry:
+                contacts.append(entry)
+        return contacts
+
+    def _build(self, image: ImageBuild, on_line: Say | None, network: str | None = None,
+               proxy_url: str | None = None) -> None:
         on_line = _quiet(on_line)
         tail: list[str] = []
+        # Docker's predefined proxy arguments: no Dockerfile needs to declare
+        # them, and they stay out of the image's history and cache key.
+        proxy_args = {name: proxy_url for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")} \
+            if proxy_url else {}
         with tempfile.TemporaryFile() as context:
             _write_context(image, context)
             context.seek(0)
             try:
                 stream = self.api.build(fileobj=context, custom_context=True, tag=image.tag,
                                         dockerfile=image.dockerfile, rm=True, forcerm=True,
-                                        pull=False, decode=True, labels={LABEL_IMAGE: "1"})
+                                        pull=False, decode=True, labels={LABEL_IMAGE: "1"},
+                                        network_mode=network, buildargs=proxy_args or None)
                 for chunk in stream:
                     if "error" in chunk:
                         raise BuildFailure(image.tag, chunk["error"].strip(), tail[-20:])
@@ -269,18 +348,23 @@ class DockerGateway:
     # ---- apply ------------------------------------------------------------
     def apply(self, spec: SandboxSpec, plan: Plan, say: Say | None = None,
               on_build_line: Say | None = None,
-              before_create: Callable[[ContainerSpec], None] | None = None) -> None:
+              before_create: Callable[[ContainerSpec], None] | None = None,
+              egress: BuildEgress | None = None,
+              on_built: Callable[[ImageBuild, list[dict]], None] | None = None) -> None:
         """Carry out a plan in an order that is always safe: builds first (a
         failed build leaves the running sandbox as it was), then removals,
-        then creations in dependency order. `before_create` is called right
-        before each container is created, and may refuse it by raising."""
+        then creations in dependency order. Builds go out through `egress`
+        and `on_built` gets what each contacted; `before_create` is called
+        right before each container is created, and may refuse it by raising."""
         say = _quiet(say)
         verbs = {(a.kind, a.name): a.verb for a in plan.actions}
 
         for image in spec.images.all():
             if verbs.get(("image", image.tag)) == BUILD:
                 say(f"building image {image.tag}")
-                self.build(image, on_build_line)
+                contacts = self.build(image, on_build_line, egress=egress, say=say)
+                if on_built:
+                    on_built(image, contacts)
             elif not image.built_here and not self.image_present(image.tag):
                 raise NotFound(f"the front-end image {image.tag} is not on this machine; "
                                f"`docker pull` or `docker load` it first")
@@ -434,6 +518,38 @@ def _write_context(image: ImageBuild, out) -> None:
         info.size = len(ca)
         info.mode = 0o644
         tar.addfile(info, io.BytesIO(ca))
+
+
+@dataclass(frozen=True)
+class BuildEgress:
+    """How builds get out: through a proxy run from this image, which refuses
+    these addresses of the host besides every non-public one."""
+
+    proxy_image: ImageBuild
+    host_addresses: tuple[str, ...]
+    # Non-public networks the machine's owner trusts for package mirrors.
+    allow_networks: tuple[str, ...] = ()
+
+
+# What a build's own failure says when it tried to get out some other way.
+_NETWORK_TROUBLE = ("temporary failure", "could not resolve", "name resolution", "name or service not known",
+                    "network is unreachable", "no route to host", "connection refused",
+                    "failed to establish a new connection", "could not connect", "403 forbidden", "timed out")
+
+
+def _egress_hint(failure: BuildFailure, contacts: list[dict], proxy_url: str) -> str:
+    refused = [c for c in contacts if c.get("verdict") != "allowed"]
+    text = "\n".join([failure.reason, *failure.log_tail]).lower()
+    if not refused and not any(t in text for t in _NETWORK_TROUBLE):
+        return ""
+    hint = ("\nthe build can reach the network only through the sandbox's build proxy, which it is given as "
+            f"http_proxy and https_proxy ({proxy_url}); a step that ignores those variables reaches nothing")
+    for c in refused[:10]:
+        hint += f"\n  the proxy refused {c.get('host')}:{c.get('port')}: {c.get('reason')}"
+    if any("private address" in str(c.get("reason")) or "not a public" in str(c.get("reason")) for c in refused):
+        hint += ("\nif that is your package mirror, name its network for builds: "
+                 "SANDBOX_BUILD_ALLOW_NETWORKS=ADDRESS/32 (scripts/mirror-networks.sh prints your apt mirrors' networks)")
+    return hint
 
 
 def _bounded_log(max_size: str, max_files: int) -> LogConfig:

@@ -53,6 +53,7 @@ class DockerFailure(SandboxError):
 
 class BuildFailure(SandboxError):
     def __init__(self, image: str, reason: str, log_tail: list[str]):
+        self.reason = reason
         self.log_tail = log_tail
         tail = "\n".join("  " + line for line in log_tail)
         super().__init__(f"building image {image} failed: {reason}\nlast lines of the build:\n{tail}")

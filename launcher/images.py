@@ -5,7 +5,7 @@ rebuilt and a changed recipe always is."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher.build_context import context_digest
@@ -25,6 +25,9 @@ class ImageBuild:
     context: Path | None = None
     dockerfile: str = "Dockerfile"
     ca_bundle: Path | None = None  # added to the context as extra-ca.crt
+    # The only hosts its build may reach through the build proxy; empty: any
+    # public host. Not part of the tag: it limits the build, not its inputs.
+    allow_hosts: tuple[str, ...] = ()
 
     @property
     def built_here(self) -> bool:
@@ -53,7 +56,8 @@ def images_for(policy: Policy, use_gpu: bool, ca_bundle: Path | None) -> PartIma
     if f.recipe:
         frontend = recipe_image(f.recipe, ca_bundle=ca_bundle)
     elif f.build_context:
-        frontend = _hashed(f"sandbox-{policy.name}-frontend", f.build_context, f.build_dockerfile, None)
+        frontend = replace(_hashed(f"sandbox-{policy.name}-frontend", f.build_context, f.build_dockerfile, None),
+                           allow_hosts=f.build_allow_hosts)
     else:
         frontend = ImageBuild(tag=f.image)
     return PartImages(

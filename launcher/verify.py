@@ -228,7 +228,7 @@ def lan_reach(f: Facts) -> Row:
                PASS if ok else FAIL, text)
 
 
-def _forwarded(answer: dict | None) -> bool:
+def forwarded(answer: dict | None) -> bool:
     """The ingress passed the request on and the UI answered it."""
     return bool(answer) and answer.get("status") is not None and answer["status"] < 500 \
         and not answer.get("refused")
@@ -250,7 +250,7 @@ def _front_door_row(f: Facts, attack: str, how: str, tries: dict[str, tuple[int,
     if not door:
         return Row(attack, how, FAIL, "the front door was not tried")
     bad = [k for k, statuses in tries.items() if (door.get(k) or {}).get("status") not in statuses]
-    shut = [k for k in controls if not _forwarded(door.get(k))]
+    shut = [k for k in controls if not forwarded(door.get(k))]
     text = "; ".join(f"{k.replace('_', ' ')} {_shown(door.get(k))}" for k in tries)
     text += "; control: " + ", ".join(f"{k.replace('_', ' ')} {_shown(door.get(k))}" for k in controls)
     if shut:
@@ -287,9 +287,9 @@ def smuggled_proxy_request(f: Facts) -> Row:
         return Row("smuggled proxy request", how, FAIL, "no answer on the connection")
     first, later = answers[0], answers[1:]
     refused = [a for a in later if a.get("status") in (400, 405)]
-    ok = _forwarded(first) and refused and len(refused) == len(later)
+    ok = forwarded(first) and refused and len(refused) == len(later)
     text = ", ".join(_shown(a) for a in answers)
-    if not _forwarded(first):
+    if not forwarded(first):
         text += " (the good request was not answered: the check proves nothing)"
     return Row("smuggled proxy request", how, PASS if ok else FAIL, text)
 
@@ -299,7 +299,7 @@ def slow_clients(f: Facts) -> Row:
     how = "hundreds of connections sending half a request while the owner uses the UI"
     if not flood:
         return Row("slow clients", how, FAIL, "not tried")
-    answered = [a for a in flood["owner"] if _forwarded(a)]
+    answered = [a for a in flood["owner"] if forwarded(a)]
     held = flood["still_open"] >= 0.9 * max(flood["opened"], 1) and flood["opened"] > 0
     slowest = max((a.get("seconds", 0) for a in flood["owner"]), default=0)
     text = (f"{flood['opened']} slow connections ({flood['still_open']} still open after), "

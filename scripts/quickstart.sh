@@ -33,4 +33,10 @@ bash scripts/fetch-quickstart-model.sh
 
 # Networks that intercept TLS need their CA trusted inside image builds:
 # set SANDBOX_CA_BUNDLE=/path/to/bundle.pem before running this.
+# Builds go out only through the build proxy, which reaches public addresses
+# only; where this machine's apt mirrors sit on private ones, let it reach them.
+if [ -z "${SANDBOX_BUILD_ALLOW_NETWORKS:-}" ]; then
+  SANDBOX_BUILD_ALLOW_NETWORKS=$(bash scripts/mirror-networks.sh)
+  export SANDBOX_BUILD_ALLOW_NETWORKS
+fi
 exec .venv/bin/sandbox up policies/quickstart.yaml "$@"

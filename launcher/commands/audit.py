@@ -1,11 +1,13 @@
 """`sandbox audit`: what the parts of a sandbox tried to reach. Every name
 they looked up outside the sandbox ended at its DNS sink, which logged it;
 every request the ingress refused (a proxy request, a foreign Host or
-Origin, no access token) was logged by it."""
+Origin, no access token) was logged by it; and what each of its images'
+builds contacted was recorded by the build proxy."""
 from __future__ import annotations
 
 import json
 
+from launcher import build_records
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
@@ -20,7 +22,14 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
     name = resolve_name(gateway, target)
     internal = resource_name(name, "internal")
     part_of_address = {}
+    builds = []
     for part in PARTS:
+        state = gateway.container_state(resource_name(name, part))
+        record = build_records.load(state["image"]) if state else None
+        if record and record["image"] not in [b["image"] for b in builds]:
+            builds.append({**record, "parts": [part]})
+        elif record:
+            next(b for b in builds if b["image"] == record["image"])["parts"].append(part)
         try:
             address = gateway.addresses(resource_name(name, part)).get(internal)
         except NotFound:  # a part that is gone has no address to name
@@ -44,4 +53,4 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
         seen["parts"].add(entry["part"])
         seen["count"] += 1
     summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
-    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused}
+    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused, "builds": builds}

@@ -2,16 +2,20 @@
 backend lists its models and the UI answers through the ingress."""
 from __future__ import annotations
 
+import ipaddress
+import os
 import time
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from launcher import access
+from launcher import access, build_records
 from launcher.commands.prepare import Prepared, prepare
-from launcher.docker_gateway import DockerGateway
-from launcher.errors import ModelChanged, NotReady
+from launcher.docker_gateway import BuildEgress, DockerGateway
+from launcher.hostnet import host_ipv4_addresses
+from launcher.images import recipe_image
+from launcher.errors import ModelChanged, NotReady, PolicyError, Problem
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.spec import ContainerSpec, SandboxSpec
 
@@ -53,7 +57,8 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     access.save_token(spec.name, result.token)
 
     mark = time.monotonic()
-    gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged)
+    gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
+                  egress=build_egress(ca_bundle), on_built=lambda image, contacts: build_records.save(image.tag, contacts))
     result.seconds["apply"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -61,6 +66,22 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     result.seconds["ready"] = time.monotonic() - mark
     result.seconds["total"] = time.monotonic() - started
     return result
+
+
+def build_egress(ca_bundle: Path | None) -> BuildEgress:
+    """Every image build goes out through the build proxy, which also refuses
+    the host's own addresses (besides every non-public one). The machine's
+    owner, never a policy, may name networks of package mirrors it may reach
+    ($SANDBOX_BUILD_ALLOW_NETWORKS, CIDRs separated by commas)."""
+    networks = []
+    for text in filter(None, (n.strip() for n in os.environ.get("SANDBOX_BUILD_ALLOW_NETWORKS", "").split(","))):
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise PolicyError([Problem("SANDBOX_BUILD_ALLOW_NETWORKS", 0, 0, "",
+                                       f"{text!r} is not a network such as 10.1.2.0/24")]) from None
+    return BuildEgress(recipe_image("build-proxy", ca_bundle=ca_bundle), tuple(host_ipv4_addresses()),
+                       tuple(networks))
 
 
 def weights_unchanged(container: ContainerSpec) -> None:

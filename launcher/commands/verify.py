@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from launcher.commands.target import resolve_name
-from launcher import access
+from launcher import access, build_records
 from launcher.commands.prepare import prepare
+from launcher.commands.up import build_egress
 from launcher.front_door import try_front_door
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
@@ -79,7 +80,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     probe_image = recipe_image("probe", ca_bundle=ca_bundle)
     if not gateway.image_present(probe_image.tag):
         say(f"building image {probe_image.tag}")
-        gateway.build(probe_image)
+        build_records.save(probe_image.tag, gateway.build(probe_image, egress=build_egress(ca_bundle), say=say))
 
     facts = Facts(unique_name=f"sandbox-verify-{uuid.uuid4().hex[:12]}.example.com")
     facts.host_targets = host_ipv4_addresses()

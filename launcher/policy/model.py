@@ -40,6 +40,8 @@ class Frontend:
     memory: str
     cpus: float
     runtime: str = "runc"
+    # The hosts a `build` may reach through the build proxy; empty: any public host.
+    build_allow_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,7 @@ def _to_policy(data: dict, file: Path, base: Path) -> Policy:
         memory=f.get("memory", defaults.memory),
         cpus=float(f.get("cpus", defaults.cpus)),
         runtime=f.get("runtime", "runc"),
+        build_allow_hosts=tuple(build.get("allow_hosts", ())) if build else (),
     )
     return Policy(file=file, name=data["name"], models=models, backend=backend,
                   frontend=frontend, ingress_port=data["ingress"]["port"])

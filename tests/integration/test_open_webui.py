@@ -7,6 +7,8 @@ import yaml
 
 from launcher.commands.down import down
 from launcher.commands.up import up
+from launcher.front_door import try_front_door
+from launcher.verify import forwarded
 from tests.integration.conftest import ca_bundle, ui, write_policy
 
 
@@ -18,6 +20,12 @@ def test_open_webui_comes_up_offline_and_lists_the_local_model(gateway, tmp_path
     try:
         with ui(result, "health", timeout=30) as response:
             assert response.status == 200
+        # The front door holds for Open WebUI too, whose own login is off here.
+        port = result.url.rsplit(":", 1)[1].strip("/")
+        door = try_front_door(int(port), result.name, result.token)
+        assert door["foreign_host"]["status"] == 421 and door["no_token"]["status"] == 401, door
+        assert door["cross_site_post"]["status"] == 403 and door["cross_site_websocket"]["status"] == 403, door
+        assert forwarded(door["owner"]) and forwarded(door["own_websocket"]), door
         with ui(result, timeout=30) as response:
             assert b"<html" in response.read().lower()
         backend_log = "\n".join(gateway.logs(f"sandbox-{policy['name']}-backend", tail=200))
