@@ -7,7 +7,7 @@ set -euo pipefail
 hosts=$(grep -rhoE '^(URIs:|deb(-src)?) +(\[[^]]*\] +)?https?://[^/ ]+' /etc/apt/sources.list /etc/apt/sources.list.d 2>/dev/null \
         | grep -oE 'https?://[^/ ]+' | sed -E 's#^https?://##; s#:[0-9]+$##' | sort -u || true)
 for host in $hosts; do
-  getent ahostsv4 "$host" 2>/dev/null | awk '{print $1}'
+  getent ahostsv4 "$host" 2>/dev/null | awk '{print $1}' || true
 done | sort -u | python3 -c '
 import ipaddress, sys
 found = [a for a in sys.stdin.read().split() if not ipaddress.ip_address(a).is_global
