@@ -216,9 +216,8 @@ def open_ui(target: Optional[str] = typer.Argument(None, help="Sandbox name or p
 
     from launcher.commands.open import access_link
     name, link = access_link(_gateway(), target)
-    if print_only or not webbrowser.open(link):
-        out.print(link, markup=False)
-    else:
+    out.print(link, markup=False)
+    if not print_only and webbrowser.open(link):
         err.print(f"opened sandbox {name} in your browser", markup=False)
 
 
