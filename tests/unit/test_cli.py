@@ -46,3 +46,21 @@ def test_help_explains_each_command():
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0, command
         assert "Usage" in result.stdout
+
+
+def test_build_contacts_are_shown_one_line_per_destination():
+    from launcher.cli import _contacts_by_destination
+    contacts = [
+        {"verdict": "allowed", "host": "mirror.example", "port": 80, "bytes_sent": 100, "bytes_received": 5000},
+        {"verdict": "allowed", "host": "mirror.example", "port": 80, "bytes_sent": 50, "bytes_received": 1000},
+        {"verdict": "refused", "host": "169.254.169.254", "port": 80, "reason": "a link-local address"},
+        {"verdict": "refused", "host": "10.0.0.1", "port": 443, "reason": "a private address"},
+    ]
+    assert _contacts_by_destination(contacts) == [
+        {"verdict": "allowed", "host": "mirror.example", "port": 80, "reason": "", "count": 2, "bytes_sent": 150,
+         "bytes_received": 6000},
+        {"verdict": "refused", "host": "169.254.169.254", "port": 80, "reason": "a link-local address", "count": 1,
+         "bytes_sent": 0, "bytes_received": 0},
+        {"verdict": "refused", "host": "10.0.0.1", "port": 443, "reason": "a private address", "count": 1,
+         "bytes_sent": 0, "bytes_received": 0},
+    ]
