@@ -4,6 +4,7 @@ Errors a user can act on are printed as messages, never as tracebacks."""
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 import time
 from pathlib import Path
@@ -387,7 +388,14 @@ def doctor(port: List[int] = typer.Option([8080], "--port", help="Host ports to 
         raise typer.Exit(1)
 
 
+def _terminated(signum, frame):
+    # As for Ctrl-C: clean-ups in `finally` blocks run (a build's proxy and
+    # network are removed) instead of the process vanishing mid-step.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except KeyboardInterrupt:
