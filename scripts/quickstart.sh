@@ -6,12 +6,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v docker >/dev/null && ! command -v dockerd >/dev/null; then
+# What runs containers is the engine (dockerd): a `docker` command alone is
+# only its client. Install the engine where nothing answers and it is missing.
+if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing Docker Engine (Debian's docker.io) and debootstrap"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
   else
-    echo "Docker is not installed: see https://docs.docker.com/engine/install/ and run this again" >&2
+    echo "the Docker Engine (dockerd) is not installed$(command -v docker >/dev/null && echo ", only its docker client"):" \
+         "install it (https://docs.docker.com/engine/install/, or Debian's docker.io) and run this again" >&2
     exit 1
   fi
 fi

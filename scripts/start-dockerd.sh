@@ -5,6 +5,10 @@ set -euo pipefail
 if docker info >/dev/null 2>&1; then
   exit 0
 fi
+if ! command -v dockerd >/dev/null; then
+  echo "the Docker Engine (dockerd) is not installed: on Debian, apt-get install docker.io" >&2
+  exit 1
+fi
 log=${DOCKERD_LOG:-/var/log/dockerd.log}
 echo "starting dockerd (log: $log)"
 nohup dockerd >"$log" 2>&1 &
