@@ -1,6 +1,7 @@
 """The `chat` front-end: serves one page and relays its calls to the backend's
 OpenAI-compatible API (OPENAI_API_BASE_URL, OPENAI_API_KEY). The conversation
-is kept in $CHAT_DATA/history.jsonl, so it survives a restart of the sandbox."""
+is kept in $CHAT_DATA/history.jsonl, so it survives a restart of the sandbox.
+With "stream": true an answer comes as server-sent events as it is written."""
 import json
 import os
 import threading
@@ -102,8 +103,12 @@ class Handler(BaseHTTPRequestHandler):
             body = {"messages": messages, "max_tokens": max_tokens}
             if request.get("model"):
                 body["model"] = str(request["model"])
+            stream = bool(request.get("stream"))
         except (ValueError, KeyError, TypeError):
             self.send_json(400, {"error": "expected {model, messages: [{role, content}]}"})
+            return
+        if stream:
+            self.stream_answer(body, messages[-1])
             return
         try:
             answer = backend("POST", "/chat/completions", body)
@@ -116,6 +121,50 @@ class Handler(BaseHTTPRequestHandler):
             return
         append_history(messages[-1], {"role": "assistant", "content": reply.get("content") or ""})
         self.send_json(200, {"reply": reply, "model": answer.get("model"), "usage": answer.get("usage")})
+
+    def stream_answer(self, body: dict, question: dict) -> None:
+        """The answer as server-sent events, a `delta` per piece as the model
+        writes it, then `done` with the usage; the history gets the whole."""
+        request = urllib.request.Request(
+            BASE_URL + "/chat/completions", method="POST", data=json.dumps({**body, "stream": True}).encode(),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"})
+        try:
+            upstream = urllib.request.urlopen(request, timeout=300)
+        except urllib.error.HTTPError as e:
+            self.send_json(502, {"error": f"backend answered {e.code}"})
+            return
+        except OSError as e:
+            self.send_json(502, {"error": f"backend unavailable: {e}"})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.close_connection = True  # the stream ends with the connection
+        pieces, model = [], None
+        try:
+            with upstream:
+                for line in upstream:
+                    line = line.strip()
+                    if not line.startswith(b"data:") or line == b"data: [DONE]":
+                        continue
+                    chunk = json.loads(line[5:])
+                    model = chunk.get("model", model)
+                    delta = ((chunk.get("choices") or [{}])[0].get("delta") or {}).get("content")
+                    if delta:
+                        pieces.append(delta)
+                        self.send_event({"delta": delta})
+            self.send_event({"done": True, "model": model, "completion_tokens": len(pieces)})
+        except (OSError, ValueError) as e:
+            try:
+                self.send_event({"error": f"the backend stopped answering: {e}"})
+            except OSError:
+                pass  # the page is gone too
+        append_history(question, {"role": "assistant", "content": "".join(pieces)})
+
+    def send_event(self, payload: dict) -> None:
+        self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        self.wfile.flush()
 
     def log_message(self, fmt, *args):
         print(f"{self.address_string()} {fmt % args}", flush=True)

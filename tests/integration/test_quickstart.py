@@ -4,6 +4,7 @@ checked on the running containers."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 from launcher.commands.prepare import prepare
 from launcher.commands.verify import WRITE_WEIGHTS
@@ -79,3 +80,19 @@ def test_the_weights_cannot_be_written_from_the_backend(sandbox, docker_client):
     assert run.exit_code == 0, output
     assert len(output.split()) == 3 and set(output.split()) <= {"EROFS", "EACCES", "EPERM", "EBUSY"}, output
     assert hashlib.sha256(MODEL.read_bytes()).hexdigest() == before
+
+
+def test_an_answer_streams_through_the_ingress_as_it_is_written(sandbox):
+    result, _ = sandbox
+    chunks = []
+    with ui(result, "api/chat", {"messages": [{"role": "user", "content": "Count from one to ten."}],
+                                 "max_tokens": 32, "stream": True}) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        while chunk := response.read1(65536):
+            chunks.append(chunk)
+    events = [json.loads(part[6:]) for part in b"".join(chunks).decode().split("\n\n") if part.startswith("data: ")]
+    deltas = [e["delta"] for e in events if "delta" in e]
+    assert len(deltas) > 1 and events[-1].get("done")
+    # Passed on piece by piece, not gathered by the ingress into one answer.
+    assert len(chunks) > 1
+    assert ui_json(result, "api/history", timeout=30)["messages"][-1]["content"] == "".join(deltas)

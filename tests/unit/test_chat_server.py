@@ -23,6 +23,16 @@ class FakeBackend(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeBackend.seen.append(body)
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in ("hi", " there"):
+                chunk = {"model": "m", "choices": [{"delta": {"content": piece}}]}
+                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
         answer = json.dumps({"model": "m", "usage": {"completion_tokens": 1},
                              "choices": [{"message": {"role": "assistant", "content": "hi"}}]}).encode()
         self.send_response(200)
@@ -88,6 +98,17 @@ def test_max_tokens_is_capped_and_the_answer_kept(chat):
     with urllib.request.urlopen(chat + "/api/history", timeout=10) as response:
         assert json.load(response)["messages"][-2:] == [{"role": "user", "content": "hello"},
                                                         {"role": "assistant", "content": "hi"}]
+
+
+def test_an_answer_streams_as_server_sent_events_and_is_kept_whole(chat):
+    body = json.dumps({"messages": [{"role": "user", "content": "stream please"}], "stream": True}).encode()
+    request = urllib.request.Request(chat + "/api/chat", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        events = [json.loads(line[6:]) for line in response.read().decode().split("\n\n") if line]
+    assert [e.get("delta") for e in events[:-1]] == ["hi", " there"] and events[-1]["done"]
+    with urllib.request.urlopen(chat + "/api/history", timeout=10) as response:
+        assert json.load(response)["messages"][-1] == {"role": "assistant", "content": "hi there"}
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(chat):
