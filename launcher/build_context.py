@@ -18,13 +18,16 @@ CHUNK = 1024 * 1024
 
 
 def context_files(context: Path, dockerfile: str = "Dockerfile") -> list[str]:
-    """The relative paths that make up the context, sorted."""
+    """The relative paths that make up the context, sorted. Python's bytecode
+    caches are never part of it: an installed launcher's recipes get them
+    (pip compiles what it installs), and they must not change an image's tag."""
     ignore = context / ".dockerignore"
     patterns = []
     if ignore.is_file() and not ignore.is_symlink():
         patterns = [p.strip() for p in ignore.read_text(errors="replace").splitlines()
                     if p.strip() and not p.startswith("#")]
-    return sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile))
+    return sorted(rel for rel in exclude_paths(str(context), patterns, dockerfile=dockerfile)
+                  if "__pycache__" not in Path(rel).parts)
 
 
 def context_problems(context: Path, dockerfile: str = "Dockerfile") -> list[str]:

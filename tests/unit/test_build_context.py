@@ -45,3 +45,13 @@ def test_a_fifo_is_a_problem_not_a_hang(tmp_path):
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     os.mkfifo(tmp_path / "pipe")
     assert context_problems(tmp_path) == ["pipe is not a regular file"]
+
+
+def test_bytecode_caches_are_never_part_of_a_context(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    (tmp_path / "app.py").write_text("print(1)\n")
+    before = digest(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\x00bytecode")
+    assert context_files(tmp_path) == ["Dockerfile", "app.py"]
+    assert digest(tmp_path) == before
