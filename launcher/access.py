@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import urllib.request
 from pathlib import Path
+
+from launcher.errors import NotFound
 
 TOKEN_ENV = "SANDBOX_ACCESS_TOKEN"
 LINK_PARAMETER = "sandbox_token"
@@ -45,14 +48,21 @@ def state_dir() -> Path:
     return Path(base) / "sandbox"
 
 
+def is_sandbox_name(name: str) -> bool:
+    """The schema's pattern for names: safe as a file name, too."""
+    return re.fullmatch(r"[a-z][a-z0-9-]{0,29}", name) is not None
+
+
 def token_file(sandbox: str) -> Path:
+    if not is_sandbox_name(sandbox):
+        raise NotFound(f"{sandbox!r} is not a sandbox name")
     return state_dir() / sandbox / "access-token"
 
 
 def saved_token(sandbox: str) -> str | None:
     try:
         token = token_file(sandbox).read_text().strip()
-    except OSError:
+    except (OSError, NotFound):
         return None
     return token or None
 

@@ -127,6 +127,13 @@ def validate(files: List[Path] = typer.Argument(..., help="Policy files to check
         raise typer.Exit(PolicyError.exit_code)
 
 
+def _name_in(policy: Path) -> str:
+    from launcher.policy.loader import load
+    doc, _ = load(policy)
+    name = doc.data.get("name") if doc is not None and isinstance(doc.data, dict) else None
+    return name if isinstance(name, str) else "(unnamed)"
+
+
 def _port_is_ours_if_engine():
     """A busy port is fine when the sandbox's own ingress holds it; that needs
     the engine, which `validate` does not otherwise require."""
@@ -182,6 +189,14 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
     try:
         result = run_up(_gateway(), policy, ca_bundle=ca_bundle, timeout=timeout, say=progress.say,
                         on_build_line=progress.build_line, hash_progress=progress.hashing, new_token=new_token)
+    except KeyboardInterrupt:
+        progress.close()
+        # Whatever had started keeps running: say so, and how to go on.
+        name = _name_in(policy)
+        err.print(printable(f"interrupted: sandbox {name} may be partly up. `sandbox up {policy}` finishes the "
+                            f"job; `sandbox down {name}` removes what was started; `sandbox status {name}` shows it."),
+                  markup=False)
+        raise typer.Exit(130) from None
     finally:
         progress.close()
     checked = None

@@ -29,6 +29,7 @@ NOBODY = "65534:65534"
 # Policy runtime names -> the names the engine knows them by.
 RUNTIMES = {"runc": None, "gvisor": "runsc"}
 BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
+API_KEY_ID_ENV = "SANDBOX_API_KEY_ID"
 FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
 
 # Parts in the order they start: each depends only on those before it.
@@ -235,6 +236,9 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         "HOME": "/tmp",
         f.backend_url_env: f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1",
         f.backend_key_env: secrets.api_key,
+        # In the spec hash where the key is not: the backend and the front-end
+        # are recreated whenever their key is not the one they share.
+        API_KEY_ID_ENV: token_id(secrets.api_key),
         # Kept here so that `up` can give a recreated front-end the same key.
         FRONTEND_SESSION_KEY_ENV: secrets.session_key,
     })
@@ -292,7 +296,8 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
         part="backend", name=resource_name(policy.name, "backend"), image=images.backend.tag, user=NOBODY,
         networks=(Attachment(internal.name, (BACKEND_ALIAS,)),),
         env=(("SANDBOX_BACKEND_CONFIG", json.dumps(config, sort_keys=True)),
-             (BACKEND_API_KEY_ENV, secrets.api_key)),
+             (BACKEND_API_KEY_ENV, secrets.api_key),
+             (API_KEY_ID_ENV, token_id(secrets.api_key))),
         secret_env=(BACKEND_API_KEY_ENV,),
         mounts=tuple(Mount(source=str(m.path), target=f"/models/{m.alias}.gguf", kind="bind", read_only=True,
                            sha256=m.sha256)

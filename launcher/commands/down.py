@@ -7,13 +7,15 @@ from typing import Callable
 from launcher import access
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
+from launcher.locks import sandbox_lock
 
 
 def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
          say: Callable[[str], None] | None = None) -> dict:
     name = resolve_name(gateway, target)
-    removed = gateway.remove_sandbox(name, volumes=volumes, say=say)
-    if volumes and access.saved_token(name):
-        access.forget_token(name)
-        removed.append(f"access token {access.token_file(name)}")
+    with sandbox_lock(name, say):
+        removed = gateway.remove_sandbox(name, volumes=volumes, say=say)
+        if volumes and access.saved_token(name):
+            access.forget_token(name)
+            removed.append(f"access token {access.token_file(name)}")
     return {"name": name, "removed": removed}

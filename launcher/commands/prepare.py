@@ -42,7 +42,10 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
                        "Docker engine; `sandbox doctor` says how")
     images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
     secrets = Secrets(
-        api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV) or random.token_urlsafe(32),
+        # The key the parts already share; if one part is gone, the other's.
+        api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV)
+        or gateway.running_env(policy.name, "frontend", policy.frontend.backend_key_env)
+        or random.token_urlsafe(32),
         session_key=gateway.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
         or random.token_urlsafe(32),
         access_token=(None if new_token else current_token(gateway, policy.name)) or access.new_token())

@@ -6,21 +6,34 @@ import ipaddress
 import os
 import time
 import urllib.error
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from launcher import access, build_records
 from launcher.commands.prepare import Prepared, prepare
+from launcher.commands.target import resolve_name
 from launcher.docker_gateway import BuildEgress, DockerGateway
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import recipe_image
-from launcher.errors import ModelChanged, NotReady, PolicyError, Problem
+from launcher.locks import sandbox_lock
+from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem
 from launcher.policy.files import HashProgress, model_file_problem
-from launcher.spec import ContainerSpec, SandboxSpec
+from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, ContainerSpec, SandboxSpec
 
 Say = Callable[[str], None]
 POLL_SECONDS = 0.5
+# Run inside the sandbox (by the DNS sink's python3): what the UI asks first.
+KEY_CHECK = f"""
+import sys, urllib.request
+request = urllib.request.Request("http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1/models",
+                                 headers={{"Authorization": "Bearer " + sys.argv[1]}})
+try:
+    urllib.request.urlopen(request, timeout=10).read()
+except Exception as e:
+    sys.exit(str(e))
+"""
 
 
 @dataclass
@@ -49,6 +62,16 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
        hash_progress: HashProgress | None = None, new_token: bool = False) -> UpResult:
     say = say or (lambda _m: None)
     started = time.monotonic()
+    try:
+        name = resolve_name(gateway, str(policy_file))
+    except NotFound:  # no name to read: loading the policy below says what is wrong
+        name = None
+    with sandbox_lock(name, say) if name else nullcontext():
+        return _up(gateway, policy_file, ca_bundle, timeout, say, on_build_line, hash_progress, new_token, started)
+
+
+def _up(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None, timeout: float, say: Say,
+        on_build_line: Say | None, hash_progress: HashProgress | None, new_token: bool, started: float) -> UpResult:
     prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token)
     spec = prepared.spec
     result = UpResult(spec.name, spec.url, prepared)
@@ -58,7 +81,7 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
 
     mark = time.monotonic()
     gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
-                  egress=build_egress(ca_bundle), on_built=lambda image, contacts: build_records.save(image.tag, contacts))
+                  egress=build_egress(ca_bundle), on_built=lambda image, found: build_records.save(image.tag, found))
     result.seconds["apply"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -113,6 +136,14 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
             break
         _check_deadline(gateway, deadline, "backend", backend, "it did not list its models")
         time.sleep(POLL_SECONDS)
+
+    # One real request with the front-end's key, over the sandbox's network:
+    # a backend that answers its healthcheck may still refuse the UI.
+    key = spec.container("backend").env_value(BACKEND_API_KEY_ENV)
+    code, output = gateway.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key])
+    if code != 0:
+        raise NotReady("backend", f"it refused the front-end's API key: {output.strip()[-300:]}",
+                       gateway.log_tail(backend))
 
     frontend = spec.container("frontend").name
     url = spec.url.rstrip("/") + spec.health_path

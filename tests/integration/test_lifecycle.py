@@ -2,6 +2,8 @@
 history survives, and a changed policy recreates only what changed."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -76,3 +78,73 @@ def test_a_backend_that_cannot_start_is_named_with_its_last_log_lines(gateway, t
         assert "did not become ready" in str(failure.value)
     finally:
         down(gateway, policy["name"], volumes=True)
+
+
+def test_two_ups_of_one_policy_at_once_wait_for_each_other(gateway, tmp_path):
+    """Tried as a new user would: two `up` of one policy at once, and one failed
+    with the engine's "Pool overlaps with other one on this address space"."""
+    import threading
+    path = write_policy(tmp_path)
+    name = yaml.safe_load(path.read_text())["name"]
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(up(gateway, path, ca_bundle=ca_bundle()))
+        except Exception as e:  # noqa: BLE001 - the test reports whatever went wrong
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert errors == [] and len(results) == 2
+        assert sorted(len(r.prepared.plan.changes) == 0 for r in results) == [False, True]
+    finally:
+        down(gateway, name, volumes=True)
+
+
+def test_an_interrupted_up_says_what_it_left_and_up_finishes_the_job(gateway, tmp_path):
+    """Tried as a new user would: Ctrl-C during `up` left parts running, exit
+    130, and no word of the sandbox's state."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    path = write_policy(tmp_path)
+    name = yaml.safe_load(path.read_text())["name"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "launcher", "up", str(path)], env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 120
+        while "waiting for the backend" not in seen and time.monotonic() < deadline:
+            seen += process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=60)
+        assert process.returncode == 130
+        assert f"interrupted: sandbox {name} may be partly up" in rest
+        assert f"`sandbox up {path}` finishes the job" in rest and f"`sandbox down {name}`" in rest
+        finished = up(gateway, path, ca_bundle=ca_bundle())
+        assert history(finished) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+        down(gateway, name, volumes=True)
+
+
+def test_a_lost_backend_comes_back_with_the_key_the_front_end_holds(gateway, docker_client, tmp_path):
+    """Tried as a new user would: with the backend container gone and the
+    front-end kept, `up` made the backend a new key, left the front-end with
+    the old one, and still reported ready."""
+    path = write_policy(tmp_path)
+    first = up(gateway, path, ca_bundle=ca_bundle())
+    try:
+        docker_client.containers.get(f"sandbox-{first.name}-backend").remove(force=True)
+        second = up(gateway, path, ca_bundle=ca_bundle())
+        assert chat(second, "hello")["reply"]["content"] is not None
+    finally:
+        down(gateway, first.name, volumes=True)

@@ -34,3 +34,65 @@ def test_tokens_are_long_url_safe_and_fingerprinted_without_being_shown():
     assert token not in access.token_id(token) and len(access.token_id(token)) == 12
     assert access.access_link("http://127.0.0.1:8080/", token) == f"http://127.0.0.1:8080/?sandbox_token={token}"
     assert access.cookie_name("demo") == "sandbox-demo"
+
+
+def test_requests_to_the_ui_never_go_through_a_proxy_from_the_environment(monkeypatch):
+    """Tried as a new user would: with http_proxy set, up waited for its timeout."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(self.headers.get("Authorization", "")[:2].encode() or b"--")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        with access.open_ui(f"http://127.0.0.1:{server.server_address[1]}/health", "tok", timeout=5) as r:
+            assert r.status == 200 and r.read() == b"Be"
+    finally:
+        server.shutdown()
+
+
+def test_names_that_are_not_sandbox_names_never_become_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    for name in ("../../etc/x", "/abs", "UPPER", ""):
+        assert not access.is_sandbox_name(name)
+        assert access.saved_token(name) is None
+    from launcher.locks import sandbox_lock
+    with sandbox_lock("../../escape"):
+        pass
+    assert not (tmp_path / "escape.lock").exists() and not (tmp_path / "state").exists()
+
+
+def test_one_command_at_a_time_per_sandbox(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from launcher.locks import sandbox_lock
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path))
+    order, said = [], []
+
+    def second():
+        with sandbox_lock("demo", said.append):
+            order.append("second")
+
+    with sandbox_lock("demo"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.3)
+        order.append("first done")
+        with sandbox_lock("other"):  # another sandbox is not held up
+            order.append("other")
+    thread.join(5)
+    assert order == ["first done", "other", "second"]
+    assert said == ["waiting for another sandbox command on demo to finish"]

@@ -49,9 +49,13 @@ def test_applied_spec_plans_no_change():
     assert {a.verb for a in plan.actions} == {"keep"}
 
 
-def test_a_new_key_alone_changes_nothing():
+def test_a_new_key_recreates_both_parts_that_share_it():
+    """Tried as a new user would: with the backend gone and the front-end kept,
+    up gave the backend a new key and left the front-end with the old one."""
     spec = make_spec(api_key="old")
-    assert make_plan(make_spec(api_key="new"), observed_from(spec)).changes == ()
+    assert [(a.verb, a.name) for a in make_plan(make_spec(api_key="new"), observed_from(spec)).changes] == [
+        ("recreate", "sandbox-demo-backend"), ("recreate", "sandbox-demo-frontend")]
+    assert make_plan(make_spec(api_key="old"), observed_from(spec)).changes == ()
 
 
 def test_changed_backend_recreates_only_the_backend():

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from launcher.spec import resolve_gpus, spec_hash
+from launcher.spec import labels_for, resolve_gpus, spec_hash
 from tests.unit.helpers import make_policy, make_spec
 
 SPECS = {
@@ -119,10 +119,14 @@ def test_resolve_gpus(asked, engine_has_gpu, gets):
     assert resolve_gpus(policy, engine_has_gpu) == gets
 
 
-def test_hash_ignores_secret_values_but_not_settings():
-    a, b = make_spec(api_key="one"), make_spec(api_key="two")
-    assert [spec_hash(c) for c in a.containers] == [spec_hash(c) for c in b.containers]
-    changed = make_spec(make_policy(backend=replace(make_policy().backend, cpus=3.0)))
+def test_hash_holds_no_secret_value_but_tells_when_the_shared_key_changed():
+    a, b = make_spec(api_key="one" * 11), make_spec(api_key="two" * 11)
+    assert "one" * 11 not in json.dumps([labels_for(a, c) for c in a.containers])
+    changed = [c.part for c, d in zip(a.containers, b.containers) if spec_hash(c) != spec_hash(d)]
+    assert changed == ["backend", "frontend"]
+    assert a.container("backend").env_value("SANDBOX_API_KEY_ID") == a.container("frontend").env_value(
+        "SANDBOX_API_KEY_ID")
+    changed = make_spec(make_policy(backend=replace(make_policy().backend, cpus=3.0)), api_key="one" * 11)
     assert spec_hash(changed.container("backend")) != spec_hash(a.container("backend"))
     assert spec_hash(changed.container("frontend")) == spec_hash(a.container("frontend"))
 
