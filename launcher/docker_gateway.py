@@ -333,7 +333,7 @@ class DockerGateway:
                                         network_mode=network, buildargs=proxy_args or None)
                 for chunk in stream:
                     if "error" in chunk:
-                        raise BuildFailure(image.tag, chunk["error"].strip(), tail[-20:])
+                        raise BuildFailure(image.tag, chunk["error"].strip() + _tls_hint(tail), tail[-20:])
                     text = chunk.get("stream") or chunk.get("status") or ""
                     for line in text.splitlines():
                         if line.strip():
@@ -550,6 +550,18 @@ def _egress_hint(failure: BuildFailure, contacts: list[dict], proxy_url: str) ->
         hint += ("\nif that is your package mirror, name its network for builds: "
                  "SANDBOX_BUILD_ALLOW_NETWORKS=ADDRESS/32 (scripts/mirror-networks.sh prints your apt mirrors' networks)")
     return hint
+
+
+_TLS_TROUBLE = ("certificate verify failed", "certificate_verify_failed", "self-signed certificate",
+                "unable to get local issuer certificate", "x509: certificate")
+
+
+def _tls_hint(tail: list[str]) -> str:
+    text = "\n".join(tail).lower()
+    if not any(t in text for t in _TLS_TROUBLE):
+        return ""
+    return ("\nthe build could not verify a TLS certificate: this network may intercept TLS. Point --ca-bundle "
+            "(or SANDBOX_CA_BUNDLE) at the CA bundle it uses; the host's own CAs are trusted unless SANDBOX_HOST_CA=0")
 
 
 def _bounded_log(max_size: str, max_files: int) -> LogConfig:

@@ -1,10 +1,11 @@
 """Images: which Dockerfile builds each part, and the tag that names its build
 inputs. A tag is a hash of every file in the build context, the Dockerfile,
-the build arguments and the extra CA bundle, so an unchanged image is never
-rebuilt and a changed recipe always is."""
+and the build arguments (not the extra CA bundle), so an unchanged image is
+never rebuilt and a changed recipe always is."""
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,10 +46,23 @@ class PartImages:
         return (self.dns, self.backend, self.frontend, self.ingress)
 
 
+# Where Linux distributions keep the host's trusted CAs (Debian, Fedora).
+HOST_CA_BUNDLES = (Path("/etc/ssl/certs/ca-certificates.crt"), Path("/etc/pki/tls/certs/ca-bundle.crt"))
+
+
+def host_ca_bundle() -> Path | None:
+    """The CAs this machine trusts, which our recipes' builds trust too, so a
+    network that intercepts TLS works without a setting. SANDBOX_HOST_CA=0
+    turns that off."""
+    if os.environ.get("SANDBOX_HOST_CA", "1") == "0":
+        return None
+    return next((p for p in HOST_CA_BUNDLES if p.is_file()), None)
+
+
 def recipe_image(recipe: str, dockerfile: str = "Dockerfile", ca_bundle: Path | None = None) -> ImageBuild:
     context = IMAGES_DIR / recipe
     name = recipe if dockerfile == "Dockerfile" else f"{recipe}-{dockerfile.rsplit('.', 1)[-1]}"
-    return _hashed(f"sandbox-{name}", context, dockerfile, ca_bundle)
+    return _hashed(f"sandbox-{name}", context, dockerfile, ca_bundle or host_ca_bundle())
 
 
 def images_for(policy: Policy, use_gpu: bool, ca_bundle: Path | None) -> PartImages:
@@ -72,7 +86,8 @@ def _hashed(repository: str, context: Path, dockerfile: str, ca_bundle: Path | N
     digest = hashlib.sha256()
     digest.update(f"dockerfile={dockerfile}\n".encode())
     context_digest(context, dockerfile, digest)
-    if ca_bundle is not None:
-        digest.update(b"ca=" + hashlib.sha256(ca_bundle.read_bytes()).digest())
+    # The CA bundle is left out: it only lets a build reach its sources through
+    # a network that intercepts TLS, and says nothing of what the image is.
+    # With it in the tag, an `up` without the setting would rebuild everything.
     return ImageBuild(tag=f"{repository}:{digest.hexdigest()[:16]}", context=context,
                       dockerfile=dockerfile, ca_bundle=ca_bundle)

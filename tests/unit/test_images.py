@@ -1,0 +1,32 @@
+"""Image tags name build inputs: a CA bundle is not one."""
+from launcher import images
+from launcher.docker_gateway import _tls_hint
+
+
+def test_the_ca_bundle_is_not_part_of_an_images_identity(tmp_path, monkeypatch):
+    """Tried as a new user would: after an `up` with SANDBOX_CA_BUNDLE set,
+    verify without it said every image differed from its policy."""
+    bundle = tmp_path / "corporate.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    with_bundle = images.recipe_image("chat", ca_bundle=bundle)
+    monkeypatch.setenv("SANDBOX_HOST_CA", "0")
+    without = images.recipe_image("chat")
+    assert with_bundle.tag == without.tag
+    assert with_bundle.ca_bundle == bundle and without.ca_bundle is None
+
+
+def test_builds_trust_the_hosts_cas_unless_told_not_to(monkeypatch):
+    monkeypatch.delenv("SANDBOX_HOST_CA", raising=False)
+    found = images.host_ca_bundle()
+    assert found is None or found in images.HOST_CA_BUNDLES
+    if found:
+        assert images.recipe_image("chat").ca_bundle == found
+    monkeypatch.setenv("SANDBOX_HOST_CA", "0")
+    assert images.host_ca_bundle() is None
+
+
+def test_a_tls_failure_in_a_build_says_what_to_do():
+    tail = ["Collecting llama-cpp-python", "SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] "
+            "certificate verify failed: unable to get local issuer certificate"]
+    assert "--ca-bundle" in _tls_hint(tail) and "intercept TLS" in _tls_hint(tail)
+    assert _tls_hint(["E: Unable to locate package nope"]) == ""
