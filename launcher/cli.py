@@ -355,6 +355,8 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
     for s in sandboxes:
         out.print(f"sandbox {s['name']}: {'healthy' if s['healthy'] else 'NOT healthy'}  "
                   f"{s['url'] or '(no URL)'}  policy {s['policy']}", markup=False)
+        for problem in s["problems"]:
+            out.print(printable(f"  {problem}"), markup=False)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("part", "state", "health", "restarts") + (("memory",) if memory else ()):
             table.add_column(column)

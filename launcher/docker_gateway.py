@@ -173,6 +173,16 @@ class DockerGateway:
             "pid": state.get("Pid"),
         }
 
+    def bind_sources(self, name: str) -> list[str]:
+        """The host paths bind-mounted into a container (a backend's models)."""
+        try:
+            mounts = self.api.inspect_container(name).get("Mounts") or []
+        except docker.errors.NotFound:
+            return []
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"inspecting {name}: {e.explanation or e}") from None
+        return [m["Source"] for m in mounts if m.get("Type") == "bind"]
+
     def memory_usage(self, name: str) -> int | None:
         try:
             stats = self.api.stats(name, stream=False)

@@ -1,6 +1,8 @@
 """`sandbox status`: each sandbox's parts, their state and health, and its URL."""
 from __future__ import annotations
 
+import os
+
 from launcher import access
 from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
@@ -33,9 +35,13 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
             parts.append(entry)
             if part == "ingress" and state["ports"]:
                 url = f"http://{state['ports'][0]}/"
-        healthy = all(p["state"] == "running" and p["health"] in (None, "healthy") for p in parts)
+        # A model deleted or moved while the sandbox runs: the backend still
+        # reads the file it opened, but the next start cannot.
+        problems = [f"model file missing: {path}" for path in gateway.bind_sources(resource_name(name, "backend"))
+                    if not os.path.exists(path)]
+        healthy = not problems and all(p["state"] == "running" and p["health"] in (None, "healthy") for p in parts)
         token = current_token(gateway, name)
         out.append({"name": name, "url": url, "healthy": healthy, "parts": parts,
-                    "policy": known[name]["policy"], "token": token,
+                    "policy": known[name]["policy"], "token": token, "problems": problems,
                     "access_link": access.access_link(url, token) if url and token else None})
     return out

@@ -66,12 +66,21 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
         name = resolve_name(gateway, str(policy_file))
     except NotFound:  # no name to read: loading the policy below says what is wrong
         name = None
+    # Changing the sandbox is one command at a time; waiting for it is not, so
+    # that a `down` in another shell is not held up by an `up` that waits.
     with sandbox_lock(name, say) if name else nullcontext():
-        return _up(gateway, policy_file, ca_bundle, timeout, say, on_build_line, hash_progress, new_token, started)
+        result = _apply(gateway, policy_file, ca_bundle, say, on_build_line, hash_progress, new_token, started)
+
+    mark = time.monotonic()
+    wait_until_ready(gateway, result.prepared.spec, timeout=timeout, say=say)
+    result.seconds["ready"] = time.monotonic() - mark
+    result.seconds["total"] = time.monotonic() - started
+    return result
 
 
-def _up(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None, timeout: float, say: Say,
-        on_build_line: Say | None, hash_progress: HashProgress | None, new_token: bool, started: float) -> UpResult:
+def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None, say: Say,
+           on_build_line: Say | None, hash_progress: HashProgress | None, new_token: bool,
+           started: float) -> UpResult:
     prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token)
     spec = prepared.spec
     result = UpResult(spec.name, spec.url, prepared)
@@ -83,11 +92,6 @@ def _up(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None,
     gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
                   egress=build_egress(ca_bundle), on_built=lambda image, found: build_records.save(image.tag, found))
     result.seconds["apply"] = time.monotonic() - mark
-
-    mark = time.monotonic()
-    wait_until_ready(gateway, spec, timeout=timeout, say=say)
-    result.seconds["ready"] = time.monotonic() - mark
-    result.seconds["total"] = time.monotonic() - started
     return result
 
 
