@@ -24,15 +24,20 @@ from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, Cont
 
 Say = Callable[[str], None]
 POLL_SECONDS = 0.5
-# Run inside the sandbox (by the DNS sink's python3): what the UI asks first.
+# Run inside the sandbox (by the DNS sink's python3): what the UI asks first,
+# with the UI's key. Exit 0: answered; 3: the key was refused; 4: not yet.
 KEY_CHECK = f"""
-import sys, urllib.request
+import sys, urllib.error, urllib.request
 request = urllib.request.Request("http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1/models",
                                  headers={{"Authorization": "Bearer " + sys.argv[1]}})
 try:
-    urllib.request.urlopen(request, timeout=10).read()
+    urllib.request.urlopen(request, timeout=5).read()
+except urllib.error.HTTPError as e:
+    print(e)
+    sys.exit(3 if e.code in (401, 403) else 4)
 except Exception as e:
-    sys.exit(str(e))
+    print(e)
+    sys.exit(4)
 """
 
 
@@ -134,20 +139,21 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
 
     backend = spec.container("backend").name
     say("waiting for the backend to load the model")
+    # Ready is a real request over the sandbox's network with the front-end's
+    # key, asked as soon as the model may be loaded (Docker's healthcheck,
+    # which `status` shows, first runs only after its interval).
+    key = spec.container("backend").env_value(BACKEND_API_KEY_ENV)
     while True:
         alive("dns")
-        if alive("backend")["health"] == "healthy":
+        alive("backend")
+        code, output = gateway.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key])
+        if code == 0:
             break
-        _check_deadline(gateway, deadline, "backend", backend, "it did not list its models")
+        if code == 3:
+            raise NotReady("backend", f"it refused the front-end's API key: {output.strip()[-300:]}",
+                           gateway.log_tail(backend))
+        _check_deadline(gateway, deadline, "backend", backend, f"it did not list its models ({output.strip()})")
         time.sleep(POLL_SECONDS)
-
-    # One real request with the front-end's key, over the sandbox's network:
-    # a backend that answers its healthcheck may still refuse the UI.
-    key = spec.container("backend").env_value(BACKEND_API_KEY_ENV)
-    code, output = gateway.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key])
-    if code != 0:
-        raise NotReady("backend", f"it refused the front-end's API key: {output.strip()[-300:]}",
-                       gateway.log_tail(backend))
 
     frontend = spec.container("frontend").name
     url = spec.url.rstrip("/") + spec.health_path
@@ -160,7 +166,7 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
         try:
             with access.open_ui(url, token, timeout=5) as response:
                 if response.status == 200:
-                    return
+                    break
                 last_error = f"it answered {response.status}"
         except urllib.error.HTTPError as e:
             last_error = f"it answered {e.code}"
@@ -168,6 +174,12 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
             last_error = f"no answer ({getattr(e, 'reason', e)})"
         _check_deadline(gateway, deadline, "front-end", frontend, f"{url}: {last_error}")
         time.sleep(POLL_SECONDS)
+
+    # Docker's own healthcheck, which `status` reports, runs on its interval:
+    # wait for it too, so that `status` right after `up` agrees.
+    while alive("backend")["health"] not in (None, "healthy"):
+        _check_deadline(gateway, deadline, "backend", backend, "its healthcheck did not pass")
+        time.sleep(POLL_SECONDS / 5)
 
 
 def _alive(gateway: DockerGateway, part: str, container: str, restarts_before: int) -> dict:
