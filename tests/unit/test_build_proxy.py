@@ -30,7 +30,7 @@ def test_addresses_that_are_not_public_or_are_the_hosts_are_refused(address, why
 
 def test_a_public_address_is_allowed_and_pinned():
     assert proxy.address_refusal(PUBLIC, HOST) is None
-    assert proxy.decide("pypi.example", 443, [PUBLIC], [], HOST) == (PUBLIC, "allowed")
+    assert proxy.decide("packages.example", 443, [PUBLIC], [], HOST) == (PUBLIC, "allowed")
 
 
 def test_a_name_with_one_bad_address_among_good_ones_is_refused():
@@ -40,16 +40,16 @@ def test_a_name_with_one_bad_address_among_good_ones_is_refused():
 
 
 def test_only_web_ports_and_resolvable_names():
-    assert proxy.decide("pypi.example", 22, [PUBLIC], [], HOST) == (None, "port 22 is not 80 or 443")
+    assert proxy.decide("packages.example", 22, [PUBLIC], [], HOST) == (None, "port 22 is not 80 or 443")
     assert proxy.decide("gone.example", 443, [], [], HOST) == (None, "the name does not resolve")
 
 
 def test_the_policys_allow_list_narrows_it():
-    allow = ["pypi.example", "*.pythonhosted.example"]
-    assert proxy.decide("pypi.example", 443, [PUBLIC], allow, HOST)[0] == PUBLIC
-    assert proxy.decide("files.pythonhosted.example", 443, [PUBLIC], allow, HOST)[0] == PUBLIC
+    allow = ["packages.example", "*.files.example"]
+    assert proxy.decide("packages.example", 443, [PUBLIC], allow, HOST)[0] == PUBLIC
+    assert proxy.decide("cdn.files.example", 443, [PUBLIC], allow, HOST)[0] == PUBLIC
     assert proxy.decide("evil.example", 443, [PUBLIC], allow, HOST) == (None, "not in the policy's build.allow_hosts")
-    assert proxy.decide("pythonhosted.example.evil", 443, [PUBLIC], allow, HOST)[0] is None
+    assert proxy.decide("files.example.evil", 443, [PUBLIC], allow, HOST)[0] is None
 
 
 def test_the_owners_mirror_networks_open_private_ranges_but_never_loopback_metadata_or_the_host():
