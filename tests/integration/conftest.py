@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -72,6 +73,19 @@ def write_policy(directory: Path, **changes) -> Path:
     path = directory / f"{policy['name']}.yaml"
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def own_model(tmp_path, quickstart_model):
+    """A policy whose model is a copy of the quick-start model, free to be
+    changed or deleted: (policy path, model path, sandbox name)."""
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(quickstart_model, model)
+    path = write_policy(tmp_path)
+    policy = yaml.safe_load(path.read_text())
+    policy["models"][0]["path"] = str(model)
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path, model, policy["name"]
 
 
 def ui(result, path: str = "", payload: dict | None = None, timeout: float = 120):

@@ -2,7 +2,6 @@
 lost (the chat history survives) and that `status` tells the truth."""
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 import time
@@ -15,7 +14,7 @@ from launcher.commands.prepare import prepare
 from launcher.commands.status import status
 from launcher.commands.up import up
 from launcher.errors import NotReady, PolicyError
-from tests.integration.conftest import MODEL, ca_bundle, labelled, ui_json, write_policy
+from tests.integration.conftest import ca_bundle, labelled, ui_json, write_policy
 
 
 def remember(result, text: str) -> None:
@@ -70,13 +69,8 @@ def test_down_while_up_is_waiting_ends_the_wait_with_the_reason(gateway, docker_
         down(gateway, name, volumes=True)
 
 
-def test_a_model_deleted_while_the_sandbox_runs(gateway, tmp_path):
-    model = tmp_path / "model.gguf"
-    shutil.copyfile(MODEL, model)
-    path = write_policy(tmp_path)
-    policy = yaml.safe_load(path.read_text())
-    policy["models"][0]["path"] = str(model)
-    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+def test_a_model_deleted_while_the_sandbox_runs(gateway, own_model):
+    path, model, _ = own_model
     result = up(gateway, path, ca_bundle=ca_bundle())
     try:
         remember(result, "keep this")

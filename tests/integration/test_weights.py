@@ -4,17 +4,15 @@ policy was checked but before the backend that mounts it was created."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from launcher.commands.down import down
 from launcher.commands.up import up
 from launcher.errors import ModelChanged, PolicyError
 from launcher.policy import check_policy_file
-from tests.integration.conftest import MODEL, ca_bundle, labelled, write_policy
+from tests.integration.conftest import ca_bundle, labelled
 
 
 def tamper(model: Path) -> None:
@@ -27,17 +25,6 @@ def tamper(model: Path) -> None:
         f.seek(4096)
         f.write(bytes([byte[0] ^ 0xFF]))
     os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
-
-
-@pytest.fixture
-def own_model(tmp_path, quickstart_model):
-    model = tmp_path / "model.gguf"
-    shutil.copyfile(MODEL, model)
-    path = write_policy(tmp_path)
-    policy = yaml.safe_load(path.read_text())
-    policy["models"][0]["path"] = str(model)
-    path.write_text(yaml.safe_dump(policy, sort_keys=False))
-    return path, model, policy["name"]
 
 
 def test_a_model_edited_in_place_with_its_mtime_restored_is_refused(gateway, docker_client, own_model):
