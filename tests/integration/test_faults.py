@@ -14,7 +14,7 @@ from launcher.commands.prepare import prepare
 from launcher.commands.status import status
 from launcher.commands.up import up
 from launcher.errors import NotReady, PolicyError
-from tests.integration.conftest import ca_bundle, labelled, ui_json, write_policy
+from tests.integration.conftest import ca_bundle, labelled, ui, ui_json, write_policy
 
 
 def remember(result, text: str) -> None:
@@ -81,5 +81,50 @@ def test_a_model_deleted_while_the_sandbox_runs(gateway, own_model):
         with pytest.raises(PolicyError) as refused:
             up(gateway, path, ca_bundle=ca_bundle())
         assert str(model) in str(refused.value) and "file not found" in str(refused.value)
+    finally:
+        down(gateway, result.name, volumes=True)
+
+
+KILL_THE_SERVER = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():  # this script's own command line names the server too
+        continue
+    try:
+        if b"llama_cpp.server" in open(f"/proc/{pid}/cmdline", "rb").read() or b"sandbox-backend" in open(
+                f"/proc/{pid}/cmdline", "rb").read():
+            os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def test_the_backend_killed_mid_answer(gateway, docker_client, tmp_path):
+    path = write_policy(tmp_path)
+    result = up(gateway, path, ca_bundle=ca_bundle())
+    backend = docker_client.containers.get(f"sandbox-{result.name}-backend")
+    try:
+        remember(result, "before the fault")
+        with ui(result, "api/chat", {"messages": [{"role": "user", "content": "Tell a long story about the sea."}],
+                                     "max_tokens": 1024, "stream": True}, timeout=120) as response:
+            first = response.readline()  # the answer has begun
+            assert first.startswith(b"data: ")
+            backend.exec_run(["/opt/venv/bin/python", "-c", KILL_THE_SERVER])
+            rest = response.read().decode()
+        # The page is told, rather than left waiting.
+        assert '"error"' in rest or '"done"' in rest, rest[-500:]
+        # The backend comes back by itself (restart on failure) and status says so.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            [report] = status(gateway, result.name)
+            backend_part = next(p for p in report["parts"] if p["part"] == "backend")
+            if report["healthy"] and backend_part["restarts"] >= 1:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"the backend did not come back: {report}")
+        assert history(result)[0] == "before the fault"
+        remember(result, "after the fault")
+        assert "after the fault" in history(result)
     finally:
         down(gateway, result.name, volumes=True)
