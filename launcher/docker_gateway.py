@@ -4,7 +4,6 @@ translated here into errors a user can act on."""
 from __future__ import annotations
 
 import io
-import json
 import secrets
 import tarfile
 import tempfile
@@ -21,6 +20,7 @@ from launcher.build_context import context_files
 from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound
 from launcher.images import EXTRA_CA_NAME, ImageBuild
 from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
+from launcher.text import json_records
 from launcher.spec import (LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
                            ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, labels_for, resource_name)
 
@@ -315,15 +315,7 @@ class DockerGateway:
             self._remove_network(network)
 
     def _proxy_record(self, proxy: str) -> list[dict]:
-        contacts = []
-        for line in self.log_tail(proxy, lines=10_000):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if "verdict" in entry:
-                contacts.append(entry)
-        return contacts
+        return list(json_records(self.log_tail(proxy, lines=10_000), "verdict"))
 
     def _build(self, image: ImageBuild, on_line: Say | None, network: str | None = None,
                proxy_url: str | None = None) -> None:

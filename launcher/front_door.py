@@ -10,6 +10,8 @@ from __future__ import annotations
 import socket
 import time
 
+from launcher.access import cookie_name
+
 FOREIGN_ORIGIN = "http://evil.example"
 FLOOD_CONNECTIONS = 300
 OWNER_TRIES = 5
@@ -60,7 +62,7 @@ def _one(port: int, raw: bytes) -> dict:
 def try_front_door(port: int, sandbox: str, token: str) -> dict:
     own = f"127.0.0.1:{port}"
     own_origin = f"http://{own}"
-    cookie = f"sandbox-{sandbox}={token}"
+    cookie = f"{cookie_name(sandbox)}={token}"
     bearer = {"Authorization": f"Bearer {token}", "Connection": "close"}
     with_cookie = {"Cookie": cookie, "Connection": "close"}
     websocket = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",

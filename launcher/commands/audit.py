@@ -5,13 +5,12 @@ Origin, no access token) was logged by it; and what each of its images'
 builds contacted was recorded by the build proxy."""
 from __future__ import annotations
 
-import json
-
 from launcher import build_records
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.spec import PARTS, resource_name
+from launcher.text import json_records
 
 # Logs are rotated (ContainerSpec.log_max_size); the audit reads at most this
 # many of their last lines.
@@ -37,14 +36,9 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
         if address:
             part_of_address[address] = part
     lookups = []
-    for line in gateway.logs(resource_name(name, "dns"), tail=AUDIT_LINES):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if "name" in entry:
-            lookups.append({"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
-                            "name": entry["name"], "type": entry["type"]})
+    for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=AUDIT_LINES), "name"):
+        lookups.append({"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
+                        "name": entry["name"], "type": entry["type"]})
     refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail=AUDIT_LINES)
                if line.startswith("ingress: refused ")]
     names: dict[str, dict] = {}

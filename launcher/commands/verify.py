@@ -25,6 +25,7 @@ from launcher.images import recipe_image
 from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
 from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
+from launcher.text import json_records
 from launcher.verify import FAIL, Facts, Row, judge
 
 Say = Callable[[str], None]
@@ -170,15 +171,7 @@ def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -
 
 
 def _sink_names(gateway: DockerGateway, container: str) -> list[str]:
-    names = []
-    for line in gateway.logs(container, tail=5000):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if "name" in entry:
-            names.append(entry["name"])
-    return names
+    return [entry["name"] for entry in json_records(gateway.logs(container, tail=5000), "name")]
 
 
 def _status_line(host: str, port: int, request_line: str) -> str:

@@ -13,3 +13,10 @@ def test_control_characters_and_escape_sequences_are_escaped():
 def test_bidirectional_overrides_are_escaped_and_ordinary_text_kept():
     assert printable("admin\u202etxt.exe") == "admin\\u202etxt.exe"
     assert printable("café 日本 example.com:443") == "café 日本 example.com:443"
+
+
+def test_json_records_keep_the_objects_that_carry_the_key():
+    from launcher.text import json_records
+    lines = ['{"name": "a.example", "time": 1}', "ingress: listening", '{"event": "listening"}', '"name"',
+             '{"name": "b.example"}', "{broken"]
+    assert [r["name"] for r in json_records(lines, "name")] == ["a.example", "b.example"]
