@@ -4,7 +4,9 @@ translated here into errors a user can act on."""
 from __future__ import annotations
 
 import io
+import os
 import secrets
+import shutil
 import tarfile
 import tempfile
 import time
@@ -335,7 +337,9 @@ class DockerGateway:
                                         network_mode=network, buildargs=proxy_args or None)
                 for chunk in stream:
                     if "error" in chunk:
-                        raise BuildFailure(image.tag, chunk["error"].strip() + _tls_hint(tail), tail[-20:])
+                        reason = chunk["error"].strip()
+                        raise BuildFailure(image.tag, reason + _tls_hint(tail) + self._disk_hint(reason, tail),
+                                           tail[-20:])
                     text = chunk.get("stream") or chunk.get("status") or ""
                     for line in text.splitlines():
                         if line.strip():
@@ -343,9 +347,25 @@ class DockerGateway:
                             del tail[:-50]
                             on_line(line)
             except docker.errors.APIError as e:
-                raise BuildFailure(image.tag, str(e.explanation or e), tail[-20:]) from None
+                reason = str(e.explanation or e)
+                raise BuildFailure(image.tag, reason + self._disk_hint(reason, tail), tail[-20:]) from None
             except docker.errors.DockerException as e:
                 raise DockerUnavailable(_short(e)) from None
+
+    def _disk_hint(self, reason: str, tail: list[str]) -> str:
+        """A build that ran out of disk says which disk, and what to do. The
+        engine tags an image only when its build succeeds, so nothing is
+        left half-built under the tag (tests/integration/test_faults.py)."""
+        if "no space left on device" not in "\n".join([reason, *tail]).lower():
+            return ""
+        try:
+            root = self.api.info().get("DockerRootDir") or "Docker's data root"
+        except docker.errors.DockerException:
+            root = "Docker's data root"
+        free = f", {shutil.disk_usage(root).free // 2**20} MiB free now" if os.path.isdir(root) else ""
+        return (f"\nthe disk that holds Docker's images ({root}{free}) filled up during the build; "
+                f"the image was not tagged. Free space (`docker image prune`, `docker builder prune`) "
+                f"or give Docker a bigger data-root, then run the command again")
 
     # ---- apply ------------------------------------------------------------
     def apply(self, spec: SandboxSpec, plan: Plan, say: Say | None = None,

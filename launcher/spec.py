@@ -119,7 +119,10 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ("ALL",)
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
     privileged: bool = False
-    restart: tuple[str, int] = ("on-failure", 5)
+    # A part that crashes comes back (Docker backs off up to a minute between
+    # tries), and a sandbox that was up when the engine stopped (a reboot, an
+    # engine upgrade) is up again when it starts; `down` is how one stops.
+    restart: tuple[str, int] = ("unless-stopped", 0)
     # A chatty or hostile part cannot fill the disk with its log.
     log_max_size: str = "10m"
     log_max_files: int = 3

@@ -2,10 +2,16 @@
 lost (the chat history survives) and that `status` tells the truth."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 
+import docker
 import pytest
 import yaml
 
@@ -13,7 +19,9 @@ from launcher.commands.down import down
 from launcher.commands.prepare import prepare
 from launcher.commands.status import status
 from launcher.commands.up import up
-from launcher.errors import NotReady, PolicyError
+from launcher.docker_gateway import DockerGateway
+from launcher.errors import BuildFailure, DockerUnavailable, NotReady, PolicyError
+from launcher.images import ImageBuild
 from tests.integration.conftest import ca_bundle, labelled, ui, ui_json, write_policy
 
 
@@ -128,3 +136,140 @@ def test_the_backend_killed_mid_answer(gateway, docker_client, tmp_path):
         assert "after the fault" in history(result)
     finally:
         down(gateway, result.name, volumes=True)
+
+
+def _dockerd() -> tuple[int, list[str], dict[str, str], str] | None:
+    """The running engine's pid, command line, environment and log file, when
+    this process may stop and start it again (root, no systemd unit)."""
+    if os.geteuid() != 0:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "dockerd":
+                continue
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+            env = dict(e.split("=", 1) for e in environ if "=" in e)
+            log = os.readlink(f"/proc/{pid}/fd/1")
+            return int(pid), argv, env, log if log.startswith("/") and "(deleted)" not in log else os.devnull
+        except OSError:
+            continue
+    return None
+
+
+def _wait(check, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {seconds} s")
+        time.sleep(0.2)
+
+
+def _answers(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:  # noqa: BLE001 - not answering yet, whatever the reason
+        return False
+
+
+def test_the_docker_engine_restarted_under_a_running_sandbox(gateway, docker_client, tmp_path):
+    engine = _dockerd()
+    systemd = shutil.which("systemctl") and subprocess.run(
+        ["systemctl", "is-active", "--quiet", "docker"], check=False).returncode == 0
+    if engine is None and not systemd:
+        pytest.skip("this test cannot restart the Docker engine here (needs root, or systemd's docker unit)")
+    path = write_policy(tmp_path)
+    result = up(gateway, path, ca_bundle=ca_bundle())
+    try:
+        remember(result, "before the restart")
+        if systemd:
+            subprocess.run(["systemctl", "restart", "docker"], check=True)
+        else:
+            pid, argv, env, log = engine
+            os.kill(pid, signal.SIGTERM)
+            _wait(lambda: not Path(f"/proc/{pid}").exists(), 60, "the engine did not stop")
+            with pytest.raises(DockerUnavailable):  # the truth while it is away
+                status(gateway, result.name)
+            with open(log, "ab") as out:
+                subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+        _wait(lambda: _answers(docker_client), 60, "the engine did not come back")
+
+        # Every part comes back by itself (restart unless stopped), whatever
+        # exit code the engine's stop gave it, and status says when it is whole.
+        def whole() -> bool:
+            [report] = status(gateway, result.name)
+            return report["healthy"] and all(p["state"] == "running" for p in report["parts"])
+        _wait(whole, 120, "the sandbox did not come back whole")
+        _wait(lambda: _chat_answers(result), 60, "the UI did not answer again")
+        assert history(result)[0] == "before the restart"
+        remember(result, "after the restart")
+        assert "after the restart" in history(result)
+    finally:
+        down(gateway, result.name, volumes=True)
+
+
+def _chat_answers(result) -> bool:
+    try:
+        history(result)
+        return True
+    except Exception:  # noqa: BLE001 - not answering yet
+        return False
+
+
+BASE = "debian:bookworm-slim"
+
+
+@pytest.fixture
+def small_engine(docker_client, tmp_path):
+    """A second Docker engine whose data root is a 300 MiB tmpfs, holding
+    only the base image: a disk that a build can fill."""
+    if os.geteuid() != 0 or not shutil.which("dockerd"):
+        pytest.skip("a second Docker engine needs root and dockerd")
+    root = Path(f"/tmp/sandbox-small-engine-{os.getpid()}")  # short: a socket path has a length limit
+    root.mkdir(exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(root)],
+                      check=False, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    log = open(tmp_path / "small-engine.log", "wb")
+    engine = subprocess.Popen(
+        ["dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/exec", "--pidfile", f"{root}/pid",
+         "-H", f"unix://{root}/docker.sock", "--bridge=none", "--iptables=false", "--ip6tables=false",
+         "--ip-masq=false"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        _wait(lambda: (root / "docker.sock").exists(), 60, "the second engine did not start")
+        client = docker.DockerClient(base_url=f"unix://{root}/docker.sock", timeout=120)
+        _wait(lambda: _answers(client), 60, "the second engine did not answer")
+        client.images.load(docker_client.images.get(BASE).save(named=True))
+        yield client, root / "data"
+    finally:
+        engine.terminate()
+        engine.wait(60)
+        log.close()
+        subprocess.run(["umount", "-l", str(root)], check=False)
+        root.rmdir()
+
+
+def test_the_disk_filling_during_an_image_build(small_engine, tmp_path):
+    client, data_root = small_engine
+    context = tmp_path / "filler"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo kept > /kept\nRUN head -c 1G /dev/zero > /filler\n")
+    gateway = DockerGateway(client)
+    image = ImageBuild("sandbox-filler:1", context)
+    lines: list[str] = []
+    with pytest.raises(BuildFailure) as failed:
+        gateway.build(image, on_line=lines.append)
+    message = str(failed.value)
+    # A clear error: which disk, that nothing was tagged, what to do.
+    assert "No space left on device" in message or "no space left on device" in message
+    assert f"the disk that holds Docker's images ({data_root}" in message
+    assert "the image was not tagged" in message and "docker image prune" in message
+    # No half-tagged image, no build container left holding the space.
+    assert not gateway.image_present(image.tag)
+    assert client.containers.list(all=True) == []
+    assert shutil.disk_usage(data_root).free > 100 * 2**20
+    # The engine is fine afterwards: a build that fits succeeds and is tagged.
+    (context / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo kept > /kept\n")
+    gateway.build(image)
+    assert gateway.image_present(image.tag)

@@ -23,7 +23,7 @@ def test_every_container_is_hardened(variant):
         assert c.read_only and not c.privileged, c.name
         assert not c.user.startswith("0") and c.user.split(":")[0] != "root", c.name
         assert c.pids_limit <= 512 and c.memory and c.cpus > 0, c.name
-        assert c.restart[0] == "on-failure", c.name
+        assert c.restart[0] == "unless-stopped", c.name
         assert any(target == "/tmp" for target, _ in c.tmpfs), c.name
         assert not any("docker.sock" in m.source for m in c.mounts), c.name
         assert c.log_max_size == "10m" and c.log_max_files == 3, c.name
