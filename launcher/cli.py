@@ -26,6 +26,11 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON for programs.")
+ALLOWED_SIGNERS = typer.Option(
+    None, "--allowed-signers", envvar="SANDBOX_ALLOWED_SIGNERS", dir_okay=False, resolve_path=True,
+    help="Who may sign policies: an allowed-signers file in git's format. When set (here, in the "
+         "environment, or as allowed_signers: in ~/.config/sandbox/config.yaml) only policies whose lock "
+         "one of them signed run.")
 CA_BUNDLE = typer.Option(
     None, "--ca-bundle", envvar="SANDBOX_CA_BUNDLE", exists=True, dir_okay=False, resolve_path=True,
     help="Extra CA certificates (PEM) that image builds must trust, for networks that intercept TLS.")
@@ -103,17 +108,29 @@ class Progress:
 def validate(files: List[Path] = typer.Argument(..., help="Policy files to check."),
              no_port_check: bool = typer.Option(False, "--no-port-check",
                                                 help="Do not check that the host port is free."),
+             no_model_files: bool = typer.Option(False, "--no-model-files",
+                                                 help="Do not look at the model files (a repository of "
+                                                      "policies holds no weights)."),
+             strict: bool = typer.Option(False, "--strict",
+                                         help="Also require a lock that pins this very policy, and a good "
+                                              "signature of it (by an allowed signer, when they are set)."),
+             allowed_signers: Optional[Path] = ALLOWED_SIGNERS,
              as_json: bool = JSON):
     """Check policy files: the schema, the model files and their sha256, and the host port.
 
     Every problem is listed as FILE:LINE:COLUMN FIELD: MESSAGE. Exits 2 if any."""
+    from launcher.commands.lock import strict_problems
     from launcher.policy import check_policy_file
+    from launcher.signing import allowed_signers_setting
     progress = Progress()
     port_is_ours = _port_is_ours_if_engine()
+    trusted = allowed_signers_setting(allowed_signers) if strict else None
     results = []
     for file in files:
         policy, problems = check_policy_file(file, check_port=not no_port_check, port_is_ours=port_is_ours,
-                                             hash_progress=progress.hashing)
+                                             hash_progress=progress.hashing, check_model_files=not no_model_files)
+        if strict and not problems:
+            problems = strict_problems(file, trusted)
         results.append({"file": str(file), "ok": not problems, "name": policy.name if policy else None,
                         "problems": [p.to_dict() for p in problems]})
         if not as_json:
@@ -180,15 +197,20 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
        then_verify: bool = typer.Option(False, "--verify", help="Run `sandbox verify` once it is up."),
        new_token: bool = typer.Option(False, "--new-token",
                                       help="Make a new access token; links and cookies given out before stop working."),
+       relock: bool = typer.Option(False, "--relock",
+                                   help="The policy changed on purpose: write its lock anew instead of refusing."),
+       allowed_signers: Optional[Path] = ALLOWED_SIGNERS,
        as_json: bool = JSON):
-    """Build and start the sandbox a policy describes, wait until it answers, and print its URL.
+    """Build and start the sandbox a policy (or a bundle) describes, wait until it answers, and print its URL.
 
-    Running it again changes nothing unless the policy (or an image recipe) changed."""
+    Running it again changes nothing unless the policy (or an image recipe) changed. A policy with a lock
+    (POLICY.lock) must still resolve to what the lock pins. A bundle's images are loaded, never built."""
     from launcher.commands.up import up as run_up
     progress = Progress()
     try:
         result = run_up(_gateway(), policy, ca_bundle=ca_bundle, timeout=timeout, say=progress.say,
-                        on_build_line=progress.build_line, hash_progress=progress.hashing, new_token=new_token)
+                        on_build_line=progress.build_line, hash_progress=progress.hashing, new_token=new_token,
+                        relock=relock, allowed_signers=allowed_signers)
     except KeyboardInterrupt:
         progress.close()
         # Whatever had started keeps running: say so, and how to go on.
@@ -355,6 +377,10 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
     for s in sandboxes:
         out.print(f"sandbox {s['name']}: {'healthy' if s['healthy'] else 'NOT healthy'}  "
                   f"{s['url'] or '(no URL)'}  policy {s['policy']}", markup=False)
+        signer = s.get("signed_by")
+        if signer:
+            who = signer.get("principal") or "a key not checked against allowed signers"
+            out.print(printable(f"  signed by {who} ({signer.get('key')})"), markup=False)
         for problem in s["problems"]:
             out.print(printable(f"  {problem}"), markup=False)
         table = Table(box=None, pad_edge=False, header_style="bold")
@@ -369,6 +395,89 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
         out.print(table)
     if not all(s["healthy"] for s in sandboxes):
         raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def lock(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
+         as_json: bool = JSON):
+    """Pin what a policy resolves to in POLICY.lock: the policy's sha256, each image's build inputs and ID,
+    each model's sha256 and size, the schema and the launcher version. Builds missing images first.
+
+    `up` then refuses any drift from it. Review the lock's diff like the policy's."""
+    from launcher.commands.lock import lock as run_lock
+    progress = Progress()
+    try:
+        path, locked, unsigned = run_lock(_gateway(), policy, ca_bundle, say=progress.say,
+                                          on_build_line=progress.build_line, hash_progress=progress.hashing)
+    finally:
+        progress.close()
+    if as_json:
+        out.print_json(data={"ok": True, "lock_file": str(path), "lock": locked, "signature_removed": unsigned})
+        return
+    out.print(f"wrote {path}", markup=False)
+    for part, image in locked["images"].items():
+        out.print(f"  {part:<9} {image['tag']}  {image['id']}", markup=False)
+    for model in locked["models"]:
+        out.print(f"  model     {model['alias']}  sha256 {model['sha256']}  {model['size']} bytes", markup=False)
+    if unsigned:
+        err.print("its old signature no longer matched and was removed: `sandbox sign` it again", markup=False)
+
+
+@app.command()
+@handled
+def sign(policy: Path = typer.Argument(..., help="The policy file (its lock must be current)."),
+         key: Path = typer.Option(..., "--key", exists=True, dir_okay=False, resolve_path=True,
+                                  help="Your SSH private key (or its .pub, with the key in ssh-agent)."),
+         as_json: bool = JSON):
+    """Sign a policy's lock, and with it the policy, with an SSH key (OpenSSH's format, as git uses).
+
+    Writes POLICY.lock.sig. Commit it beside the policy and its lock."""
+    from launcher.commands.lock import sign_policy
+    signature, signer = sign_policy(policy, key)
+    if as_json:
+        out.print_json(data={"ok": True, "signature": str(signature), "key": signer.key})
+        return
+    out.print(f"wrote {signature} (signed with {signer.key})", markup=False)
+
+
+@app.command("verify-signature")
+@handled
+def verify_signature(policy: Path = typer.Argument(..., help="The policy file."),
+                     allowed_signers: Optional[Path] = ALLOWED_SIGNERS, as_json: bool = JSON):
+    """Check that an allowed signer signed the policy's lock and that neither changed since.
+
+    Exits 0 and names the signer, or exits 2 saying what is wrong. (`sandbox verify` attacks a running sandbox.)"""
+    from launcher.commands.lock import verify_signature as run_verify_signature
+    signer = run_verify_signature(policy, allowed_signers)
+    if as_json:
+        out.print_json(data={"ok": True, "signed_by": signer.to_dict()})
+        return
+    out.print(f"{policy}: signed by {signer.principal} ({signer.key})", markup=False)
+
+
+@app.command()
+@handled
+def bundle(policy: Path = typer.Argument(..., help="The policy file (it must be locked)."),
+           output: Path = typer.Option(..., "-o", "--output", dir_okay=False, help="The bundle file to write."),
+           models: bool = typer.Option(False, "--models", help="Carry the model files too."),
+           as_json: bool = JSON):
+    """Write one file with a locked policy's images, the policy, its lock and signature (and, with --models,
+    the weights), for a machine with no network: `sandbox up FILE` there loads it and starts the sandbox
+    without building or pulling anything, checking every hash first."""
+    from launcher.commands.bundle import make_bundle
+    progress = Progress()
+    started = time.monotonic()
+    try:
+        manifest = make_bundle(_gateway(), policy, output, models=models, say=None if as_json else progress.say)
+    finally:
+        progress.close()
+    size = output.stat().st_size
+    if as_json:
+        out.print_json(data={"ok": True, "bundle": str(output), "bytes": size, "manifest": manifest})
+        return
+    out.print(f"wrote {output} ({size / 2**20:.0f} MiB, {time.monotonic() - started:.1f} s): "
+              f"{len(manifest['files'])} files, sandbox {manifest['name']}", markup=False)
 
 
 @app.command()

@@ -92,6 +92,30 @@ class DockerGateway:
         except docker.errors.APIError as e:
             raise DockerFailure(f"inspecting image {tag}: {e.explanation or e}") from None
 
+    def image_id(self, tag: str) -> str | None:
+        try:
+            return self.api.inspect_image(tag)["Id"]
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"inspecting image {tag}: {e.explanation or e}") from None
+
+    def save_images(self, tags: list[str]) -> Iterator[bytes]:
+        """`docker save` of the tags, as a stream of tar bytes (layers shared
+        between them come once)."""
+        with _translated("saving images"):
+            # The SDK saves one image at a time; the engine's API takes several.
+            response = self.api._get(self.api._url("/images/get"), params={"names": tags}, stream=True)
+            self.api._raise_for_status(response)
+            yield from response.iter_content(4 * 2**20)
+
+    def load_images(self, source) -> None:
+        """`docker load` from an open file."""
+        with _translated("loading images"):
+            for item in self.api.load_image(_chunks(source)):
+                if isinstance(item, dict) and item.get("error"):
+                    raise DockerFailure(f"loading images: the Docker engine said: {item['error']}")
+
     def image_size(self, tag: str) -> int | None:
         try:
             return self.api.inspect_image(tag).get("Size")
@@ -584,6 +608,11 @@ def _tls_hint(tail: list[str]) -> str:
         return ""
     return ("\nthe build could not verify a TLS certificate: this network may intercept TLS. Point --ca-bundle "
             "(or SANDBOX_CA_BUNDLE) at the CA bundle it uses; the host's own CAs are trusted unless SANDBOX_HOST_CA=0")
+
+
+def _chunks(source, size: int = 4 * 2**20) -> Iterator[bytes]:
+    while chunk := source.read(size):
+        yield chunk
 
 
 def _bounded_log(max_size: str, max_files: int) -> LogConfig:

@@ -29,6 +29,9 @@ class ImageBuild:
     # The only hosts its build may reach through the build proxy; empty: any
     # public host. Not part of the tag: it limits the build, not its inputs.
     allow_hosts: tuple[str, ...] = ()
+    # The whole sha256 of the build inputs (the tag carries its first 16
+    # digits); a lock pins it. None for an image not built here.
+    inputs: str | None = None
 
     @property
     def built_here(self) -> bool:
@@ -90,4 +93,4 @@ def _hashed(repository: str, context: Path, dockerfile: str, ca_bundle: Path | N
     # a network that intercepts TLS, and says nothing of what the image is.
     # With it in the tag, an `up` without the setting would rebuild everything.
     return ImageBuild(tag=f"{repository}:{digest.hexdigest()[:16]}", context=context,
-                      dockerfile=dockerfile, ca_bundle=ca_bundle)
+                      dockerfile=dockerfile, ca_bundle=ca_bundle, inputs=digest.hexdigest())

@@ -8,6 +8,7 @@ from launcher import access
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.locks import sandbox_lock
+from launcher.signing import forget_signer
 
 
 def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
@@ -15,6 +16,7 @@ def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
     name = resolve_name(gateway, target)
     with sandbox_lock(name, say):
         removed = gateway.remove_sandbox(name, volumes=volumes, say=say)
+        forget_signer(name)  # nothing runs that anyone signed
         if volumes and access.saved_token(name):
             access.forget_token(name)
             removed.append(f"access token {access.token_file(name)}")

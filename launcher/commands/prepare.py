@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import access
+from launcher.commands.lock import Bundle, check_lock, check_signature
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import images_for
+from launcher.lock import LockError
 from launcher.plan import Plan, make_plan
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
+from launcher.signing import Signer, allowed_signers_setting
 from launcher.spec import (BACKEND_API_KEY_ENV, FRONTEND_SESSION_KEY_ENV, SandboxSpec, Secrets, build_spec,
                            choose_subnet, resolve_gpus, resource_name)
 
@@ -22,6 +25,7 @@ class Prepared:
     policy: Policy
     spec: SandboxSpec
     plan: Plan
+    signer: Signer | None = None  # who signed the policy's lock, when it is signed
 
 
 def port_is_ours(gateway: DockerGateway):
@@ -34,13 +38,29 @@ def port_is_ours(gateway: DockerGateway):
 
 
 def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None,
-            hash_progress: HashProgress | None = None, new_token: bool = False) -> Prepared:
-    policy = load_policy(policy_file, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress)
+            hash_progress: HashProgress | None = None, new_token: bool = False, *,
+            relock: bool = False, allowed_signers: Path | None = None,
+            bundle: Bundle | None = None) -> Prepared:
+    """`allowed_signers` (else the user's setting) requires a signed lock;
+    `relock` skips the lock's check (`up` then writes a new lock); a `bundle`
+    gives the images (never built) and may give the models."""
+    trusted = allowed_signers_setting(allowed_signers)
+    if trusted and relock:
+        raise LockError("--relock writes a new lock, which no allowed signer has signed: relock with "
+                        "`sandbox lock`, have it signed, and run `up` again")
+    signer = check_signature(Path(policy_file), trusted)
+    policy = load_policy(policy_file, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress,
+                         model_paths=bundle.model_paths if bundle else None)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.engine()["runtimes"]:
         raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
                        "Docker engine; `sandbox doctor` says how")
-    images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
+    if bundle and "-cuda:" not in bundle.images.backend.tag:
+        gpus = None  # the bundle carries the CPU backend
+    images = bundle.images if bundle else images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
+    if not relock:
+        check_lock(gateway, policy, images, required=trusted is not None or bundle is not None,
+                   same_image_ids=bundle is not None)
     secrets = Secrets(
         # The key the parts already share; if one part is gone, the other's.
         api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV)
@@ -55,7 +75,7 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
     subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
     spec = build_spec(policy, images, secrets, gpus, subnet)
     observed = gateway.observe(policy.name, tuple(i.tag for i in images.all()))
-    return Prepared(policy, spec, make_plan(spec, observed))
+    return Prepared(policy, spec, make_plan(spec, observed), signer)
 
 
 def current_token(gateway: DockerGateway, name: str) -> str | None:

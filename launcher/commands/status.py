@@ -8,6 +8,7 @@ from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
+from launcher.signing import remembered_signer
 from launcher.spec import PARTS, resource_name
 
 
@@ -43,5 +44,6 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
         token = current_token(gateway, name)
         out.append({"name": name, "url": url, "healthy": healthy, "parts": parts,
                     "policy": known[name]["policy"], "token": token, "problems": problems,
+                    "signed_by": remembered_signer(name),
                     "access_link": access.access_link(url, token) if url and token else None})
     return out

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable
 
 from launcher import access, build_records
+from launcher.commands.bundle import is_bundle, open_bundle
+from launcher.commands.lock import Bundle, current_lock, write_lock
 from launcher.commands.prepare import Prepared, prepare
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import BuildEgress, DockerGateway
@@ -19,7 +21,9 @@ from launcher.hostnet import host_ipv4_addresses
 from launcher.images import recipe_image
 from launcher.locks import sandbox_lock
 from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem
+from launcher.lock import LockError
 from launcher.policy.files import HashProgress, model_file_problem
+from launcher.signing import remember_signer
 from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, ContainerSpec, SandboxSpec
 
 Say = Callable[[str], None]
@@ -64,9 +68,20 @@ class UpResult:
 
 def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | None = None,
        timeout: float = 600, say: Say | None = None, on_build_line: Say | None = None,
-       hash_progress: HashProgress | None = None, new_token: bool = False) -> UpResult:
+       hash_progress: HashProgress | None = None, new_token: bool = False, relock: bool = False,
+       allowed_signers: Path | None = None) -> UpResult:
+    """`policy_file` may be a bundle (`sandbox bundle`): its images are loaded,
+    never built. `relock` writes the policy's lock anew instead of checking it;
+    `allowed_signers` (else the user's setting) runs only signed policies."""
     say = say or (lambda _m: None)
     started = time.monotonic()
+    bundle = None
+    if is_bundle(policy_file):
+        if relock:
+            raise LockError("a bundle carries the lock it was made with; --relock is for policy files")
+        policy_file, bundle = open_bundle(gateway, Path(policy_file), say)
+        started_after_load = time.monotonic()
+    trust = TrustOptions(relock, allowed_signers, bundle)
     try:
         name = resolve_name(gateway, str(policy_file))
     except NotFound:  # no name to read: loading the policy below says what is wrong
@@ -74,7 +89,10 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     # Changing the sandbox is one command at a time; waiting for it is not, so
     # that a `down` in another shell is not held up by an `up` that waits.
     with sandbox_lock(name, say) if name else nullcontext():
-        result = _apply(gateway, policy_file, ca_bundle, say, on_build_line, hash_progress, new_token, started)
+        result = _apply(gateway, policy_file, ca_bundle, say, on_build_line, hash_progress, new_token, started,
+                        trust)
+    if bundle:
+        result.seconds["bundle"] = started_after_load - started
 
     mark = time.monotonic()
     wait_until_ready(gateway, result.prepared.spec, timeout=timeout, say=say)
@@ -83,10 +101,18 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     return result
 
 
+@dataclass(frozen=True)
+class TrustOptions:
+    relock: bool = False
+    allowed_signers: Path | None = None
+    bundle: Bundle | None = None
+
+
 def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None, say: Say,
            on_build_line: Say | None, hash_progress: HashProgress | None, new_token: bool,
-           started: float) -> UpResult:
-    prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token)
+           started: float, trust: TrustOptions) -> UpResult:
+    prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token, relock=trust.relock,
+                       allowed_signers=trust.allowed_signers, bundle=trust.bundle)
     spec = prepared.spec
     result = UpResult(spec.name, spec.url, prepared)
     result.seconds["prepare"] = time.monotonic() - started
@@ -97,6 +123,12 @@ def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | No
     gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
                   egress=build_egress(ca_bundle), on_built=lambda image, found: build_records.save(image.tag, found))
     result.seconds["apply"] = time.monotonic() - mark
+    if trust.relock:
+        path, _, unsigned = write_lock(prepared.policy.file, current_lock(gateway, prepared.policy, spec.images))
+        say(f"wrote {path}" + ("; its old signature no longer matches and was removed: sign it again"
+                               if unsigned else ""))
+    # Who vouched for what runs, for `status`.
+    remember_signer(spec.name, prepared.signer)
     return result
 
 

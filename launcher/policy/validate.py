@@ -27,8 +27,12 @@ PortIsOurs = Callable[[str, int], bool]
 
 
 def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours: PortIsOurs | None = None,
-                      hash_progress: HashProgress | None = None) -> tuple[Policy | None, list[Problem]]:
-    """All the problems of one policy file, and the Policy when there are none."""
+                      hash_progress: HashProgress | None = None, check_model_files: bool = True,
+                      model_paths: dict[str, Path] | None = None) -> tuple[Policy | None, list[Problem]]:
+    """All the problems of one policy file, and the Policy when there are none.
+    `model_paths` puts a model, by the path the policy writes, at another
+    file (a bundle's copy); `check_model_files` off skips the model files
+    (a repository of policies holds no weights)."""
     path = Path(path)
     doc, problems = load(path, display_name=str(path))
     if doc is None:
@@ -37,11 +41,12 @@ def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours
         return None, [doc.problem((), "must be a mapping of fields (version, name, models, ...)")]
     problems = schema_problems(doc)
     base = path.resolve().parent
-    problems += _semantic_problems(doc, base, check_port, port_is_ours, hash_progress)
+    problems += _semantic_problems(doc, base, check_port, port_is_ours, hash_progress,
+                                   (model_paths or {}) if check_model_files else None)
     problems.sort(key=lambda p: (p.line, p.column, p.field))
     if problems:
         return None, problems
-    return _to_policy(doc.data, path.resolve(), base), []
+    return _to_policy(doc.data, path.resolve(), base, model_paths or {}), []
 
 
 def load_policy(path: str | Path, **kwargs) -> Policy:
@@ -52,7 +57,8 @@ def load_policy(path: str | Path, **kwargs) -> Policy:
 
 
 def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours: PortIsOurs | None,
-                       hash_progress: HashProgress | None) -> list[Problem]:
+                       hash_progress: HashProgress | None, model_paths: dict[str, Path] | None) -> list[Problem]:
+    """`model_paths` None: the model files are not looked at."""
     data = doc.data
     problems: list[Problem] = []
 
@@ -73,7 +79,9 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours
                 if "\x00" in mpath:
                     problems.append(doc.problem(("models", i, "path"), "must not contain NUL"))
                     continue
-                why = model_file_problem(mpath, _resolve(base, mpath), sha, hash_progress)
+                if model_paths is None:
+                    continue
+                why = model_file_problem(mpath, model_paths.get(mpath) or _resolve(base, mpath), sha, hash_progress)
                 if why:
                     problems.append(doc.problem(("models", i, "path"), why))
 
@@ -167,9 +175,9 @@ def _text(value) -> str:
     return str(value)
 
 
-def _to_policy(data: dict, file: Path, base: Path) -> Policy:
+def _to_policy(data: dict, file: Path, base: Path, model_paths: dict[str, Path]) -> Policy:
     models = tuple(
-        Model(alias=m["alias"], path=_resolve(base, m["path"]), sha256=m["sha256"],
+        Model(alias=m["alias"], path=model_paths.get(m["path"]) or _resolve(base, m["path"]), sha256=m["sha256"],
               context_length=m.get("context_length", DEFAULT_CONTEXT_LENGTH),
               chat_format=m.get("chat_format"))
         for m in data["models"])

@@ -224,18 +224,20 @@ BASE = "debian:bookworm-slim"
 def small_engine(docker_client, tmp_path):
     """A second Docker engine whose data root is a 300 MiB tmpfs, holding
     only the base image: a disk that a build can fill."""
-    if os.geteuid() != 0 or not shutil.which("dockerd"):
-        pytest.skip("a second Docker engine needs root and dockerd")
+    if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("unshare"):
+        pytest.skip("a second Docker engine needs root, dockerd and unshare")
     root = Path(f"/tmp/sandbox-small-engine-{os.getpid()}")  # short: a socket path has a length limit
     root.mkdir(exist_ok=True)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300m", "tmpfs", str(root)],
                       check=False, capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     log = open(tmp_path / "small-engine.log", "wb")
+    # In a network namespace of its own: its bridge, routes and firewall rules
+    # never touch the host's engine (which owns docker0 out here).
     engine = subprocess.Popen(
-        ["dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/exec", "--pidfile", f"{root}/pid",
-         "-H", f"unix://{root}/docker.sock", "--bridge=none", "--iptables=false", "--ip6tables=false",
-         "--ip-masq=false"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        ["unshare", "--net", "dockerd", "--data-root", f"{root}/data", "--exec-root", f"{root}/exec",
+         "--pidfile", f"{root}/pid", "-H", f"unix://{root}/docker.sock"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         _wait(lambda: (root / "docker.sock").exists(), 60, "the second engine did not start")
         client = docker.DockerClient(base_url=f"unix://{root}/docker.sock", timeout=120)

@@ -52,9 +52,10 @@ def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):
     if not gateway.image_present(image.tag):
         gateway.build(image)
     chat = recipe_image("chat", ca_bundle=ca_bundle()).tag
-    unsafe = docker_client.containers.run(chat, name=f"sandbox-control-{int(time.time())}", detach=True,
-                                          labels={"io.sandbox.name": "control"})
+    unsafe = docker_client.containers.create(chat, name=f"sandbox-control-{int(time.time())}",
+                                             labels={"io.sandbox.name": "control"})
     try:
+        unsafe.start()  # inside the try: a container that fails to start is removed too
         target = ContainerSpec(part="frontend", name=unsafe.name, image=chat, user="0:0", networks=(),
                                cap_drop=(), security_opt=())
         with Canary() as canary:

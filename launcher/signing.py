@@ -1,0 +1,168 @@
+"""Signatures of locks in OpenSSH's format (`ssh-keygen -Y sign`, the one git
+uses for signed commits), checked against an allowed-signers file in git's
+format (`PRINCIPALS KEYTYPE KEY`, one signer a line). OpenSSH's own
+ssh-keygen does the cryptography: we only call it.
+
+Who to trust is the user's setting, never the policy's: `--allowed-signers
+FILE`, else $SANDBOX_ALLOWED_SIGNERS, else `allowed_signers:` in
+$XDG_CONFIG_HOME/sandbox/config.yaml. With one set, `up` runs only policies
+whose lock a listed signer signed (docs/teams.md)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from launcher.access import token_file
+from launcher.errors import NotFound, SandboxError
+
+NAMESPACE = "sandbox-policy"  # a signature for something else (a commit, a file) is not one for a policy
+ALLOWED_SIGNERS_ENV = "SANDBOX_ALLOWED_SIGNERS"
+
+
+class SignatureError(SandboxError):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Signer:
+    key: str  # "ED25519 key SHA256:..."
+    principal: str | None  # who the allowed-signers file says it is; None: not checked against one
+
+    def to_dict(self) -> dict:
+        return {"principal": self.principal, "key": self.key}
+
+
+def signer_file(sandbox: str) -> Path:
+    return token_file(sandbox).with_name("signer.json")
+
+
+def remember_signer(sandbox: str, signer: Signer | None) -> None:
+    """Kept beside the access token: who signed the policy the sandbox was last started from."""
+    path = signer_file(sandbox)
+    if signer is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps(signer.to_dict()) + "\n")
+
+
+def remembered_signer(sandbox: str) -> dict | None:
+    try:
+        data = json.loads(signer_file(sandbox).read_text())
+    except (OSError, ValueError, NotFound):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def forget_signer(sandbox: str) -> None:
+    try:
+        signer_file(sandbox).unlink(missing_ok=True)
+    except NotFound:
+        pass
+
+
+def signature_path(lock_file: Path) -> Path:
+    return lock_file.with_name(lock_file.name + ".sig")
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "sandbox" / "config.yaml"
+
+
+def allowed_signers_setting(flag: Path | None = None) -> Path | None:
+    """The user's trust setting: the flag, else the environment, else the config file."""
+    if flag:
+        return flag
+    if os.environ.get(ALLOWED_SIGNERS_ENV):
+        return Path(os.environ[ALLOWED_SIGNERS_ENV]).expanduser()
+    path = config_path()
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as e:
+        raise SignatureError(f"{path}: cannot be read ({e})") from None
+    value = config.get("allowed_signers") if isinstance(config, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise SignatureError(f"{path}: allowed_signers must be the path of an allowed-signers file")
+    found = Path(value).expanduser()
+    return found if found.is_absolute() else path.parent / found
+
+
+def _ssh_keygen() -> str:
+    found = shutil.which("ssh-keygen")
+    if not found:
+        raise SignatureError("ssh-keygen (OpenSSH) is needed for signatures: on Debian, apt-get install openssh-client")
+    return found
+
+
+def sign(lock_file: Path, key: Path) -> Path:
+    """Sign the lock with the SSH private key `key` (or a public key whose
+    private half is in ssh-agent). Returns the signature's path."""
+    if not key.is_file():
+        raise SignatureError(f"{key}: no such key file")
+    target = signature_path(lock_file)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / lock_file.name
+        copy.write_bytes(lock_file.read_bytes())
+        run = subprocess.run([_ssh_keygen(), "-Y", "sign", "-f", str(key), "-n", NAMESPACE, str(copy)],
+                             capture_output=True, text=True, check=False, stdin=None)
+        if run.returncode != 0:
+            raise SignatureError(f"signing with {key} failed: {_last_line(run)}")
+        shutil.copyfile(signature_path(copy), target)
+    return target
+
+
+def verify(message: bytes, signature: Path, allowed_signers: Path | None) -> Signer:
+    """The signer of `message`, checked against `allowed_signers` (when None,
+    only that the signature is sound and whose key made it). Raises
+    SignatureError saying what is wrong."""
+    if not signature.is_file():
+        raise SignatureError(f"{signature}: no signature (`sandbox sign` makes one)")
+    if allowed_signers is None:
+        run = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(signature)], message)
+        if run.returncode != 0:
+            raise SignatureError(f"{signature}: not a good signature of the lock ({_last_line(run)})")
+        return Signer(_key_of(run.stdout), None)
+    if not allowed_signers.is_file():
+        raise SignatureError(f"{allowed_signers}: no such allowed-signers file")
+    found = _run(["-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)], b"")
+    principals = [line.strip() for line in found.stdout.splitlines() if line.strip()]
+    if found.returncode != 0 or not principals:
+        key = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(signature)], message)
+        made_by = _key_of(key.stdout) if key.returncode == 0 else "an unreadable key"
+        raise SignatureError(f"{signature}: signed by {made_by}, who is not in {allowed_signers}")
+    principal = principals[0]
+    run = _run(["-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE,
+                "-s", str(signature)], message)
+    if run.returncode != 0:
+        raise SignatureError(f"{signature}: the signature by {principal} does not match the lock: "
+                             f"the lock changed after it was signed")
+    return Signer(_key_of(run.stdout), principal)
+
+
+def _run(args: list[str], stdin: bytes) -> subprocess.CompletedProcess:
+    done = subprocess.run([_ssh_keygen(), *args], input=stdin, capture_output=True, check=False)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(errors="replace"),
+                                       done.stderr.decode(errors="replace"))
+
+
+def _key_of(output: str) -> str:
+    match = re.search(r"with (\S+ key \S+)", output)
+    return match.group(1) if match else "an unknown key"
+
+
+def _last_line(run: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (run.stderr or run.stdout or "").splitlines() if line.strip()]
+    return lines[-1] if lines else f"exit {run.returncode}"
