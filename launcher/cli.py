@@ -168,7 +168,10 @@ def _port_is_ours_if_engine():
 def plan(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
          as_json: bool = JSON):
     """Show what `up` would build, create, recreate, keep or remove, and why. Changes nothing."""
+    from launcher.commands.bundle import is_bundle
     from launcher.commands.prepare import prepare
+    if is_bundle(policy):
+        raise SandboxError(f"{policy} is a bundle: `sandbox up {policy}` checks and starts it")
     progress = Progress()
     prepared = prepare(_gateway(), policy, ca_bundle, hash_progress=progress.hashing)
     actions = prepared.plan.actions
@@ -401,10 +404,10 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
 @handled
 def lock(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
          as_json: bool = JSON):
-    """Pin what a policy resolves to in POLICY.lock: the policy's sha256, each image's build inputs and ID,
-    each model's sha256 and size, the schema and the launcher version. Builds missing images first.
+    """Pin what a policy resolves to in POLICY.lock; `up` then refuses any drift from it.
 
-    `up` then refuses any drift from it. Review the lock's diff like the policy's."""
+    The lock holds the policy's sha256, each image's build inputs and ID, each model's sha256 and size,
+    the schema and the launcher version. Missing images are built first. Review its diff like the policy's."""
     from launcher.commands.lock import lock as run_lock
     progress = Progress()
     try:
@@ -462,9 +465,10 @@ def bundle(policy: Path = typer.Argument(..., help="The policy file (it must be 
            output: Path = typer.Option(..., "-o", "--output", dir_okay=False, help="The bundle file to write."),
            models: bool = typer.Option(False, "--models", help="Carry the model files too."),
            as_json: bool = JSON):
-    """Write one file with a locked policy's images, the policy, its lock and signature (and, with --models,
-    the weights), for a machine with no network: `sandbox up FILE` there loads it and starts the sandbox
-    without building or pulling anything, checking every hash first."""
+    """Write one file that carries a locked policy to a machine with no network.
+
+    It holds the images, the policy, its lock and signature (and, with --models, the weights).
+    `sandbox up FILE` there checks every hash, loads it and starts the sandbox without building or pulling."""
     from launcher.commands.bundle import make_bundle
     progress = Progress()
     started = time.monotonic()
