@@ -93,6 +93,15 @@ def make_bundle(gateway: DockerGateway, policy_file: str | Path, output: Path, *
         files += [(f"models/{m.sha256}.gguf", m.path) for m in policy.models]
 
     output = output.resolve()
+    try:
+        return _write_bundle(gateway, policy, locked, files, output, say)
+    except OSError as e:
+        Path(str(output) + ".partial").unlink(missing_ok=True)
+        raise BundleError(f"cannot write {output}: {e.strerror or e}") from None
+
+
+def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tuple[str, Path]], output: Path,
+                  say: Say) -> dict:
     with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".images-", suffix=".tar") as images_tar:
         tags = [locked["images"][part]["tag"] for part in PART_ORDER]
         say(f"saving {len(tags)} images")
@@ -125,8 +134,15 @@ def open_bundle(gateway: DockerGateway, path: Path, say: Say | None = None) -> t
     """Check a bundle whole, unpack its policy and weights, and load its images
     (unless the engine has them already). Returns the policy's path and what
     `up` takes from the bundle. Nothing is loaded unless every hash matched."""
-    say = say or (lambda _m: None)
-    path = path.resolve()
+    try:
+        return _open_bundle(gateway, path.resolve(), say or (lambda _m: None))
+    except (tarfile.TarError, EOFError) as e:
+        raise BundleError(f"{path}: damaged or cut short ({e}); copy it again") from None
+    except OSError as e:
+        raise BundleError(f"{path}: cannot be read or unpacked ({e.strerror or e})") from None
+
+
+def _open_bundle(gateway: DockerGateway, path: Path, say: Say) -> tuple[Path, Bundle]:
     with tarfile.open(path, "r:") as tar:
         first = tar.next()
         if first is None or first.name != MANIFEST:

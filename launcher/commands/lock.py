@@ -61,6 +61,8 @@ def check_signature(policy_file: Path, allowed_signers: Path | None) -> Signer |
     """Who signed the policy's lock. With allowed signers set, an unsigned
     policy, an unknown signer or a changed byte is refused; without, a
     signature that is there must still be sound."""
+    if not resolved(policy_file).is_file():
+        return None  # loading the policy says what is wrong with the path
     lock_file = lock_path(resolved(policy_file))
     signature = signature_path(lock_file)
     if allowed_signers is None and not signature.exists():
