@@ -120,6 +120,7 @@ def validate(files: List[Path] = typer.Argument(..., help="Policy files to check
 
     Every problem is listed as FILE:LINE:COLUMN FIELD: MESSAGE. Exits 2 if any."""
     from launcher.commands.lock import strict_problems
+    from launcher.commands.model import policy_warnings
     from launcher.policy import check_policy_file
     from launcher.signing import allowed_signers_setting
     progress = Progress()
@@ -131,10 +132,13 @@ def validate(files: List[Path] = typer.Argument(..., help="Policy files to check
                                              hash_progress=progress.hashing, check_model_files=not no_model_files)
         if strict and not problems:
             problems = strict_problems(file, trusted)
+        # Warnings do not fail a policy: the model may run, but not as written.
+        warnings = policy_warnings(policy, policy.backend.gpu not in ("none", "auto"), display=str(file)) \
+            if policy and not no_model_files else []
         results.append({"file": str(file), "ok": not problems, "name": policy.name if policy else None,
-                        "problems": [p.to_dict() for p in problems]})
+                        "problems": [p.to_dict() for p in problems], "warnings": [w.to_dict() for w in warnings]})
         if not as_json:
-            for p in problems:
+            for p in problems + warnings:
                 err.print(str(p), markup=False)
             if not problems:
                 out.print(f"{file}: ok (sandbox {policy.name})", markup=False)
@@ -482,6 +486,127 @@ def bundle(policy: Path = typer.Argument(..., help="The policy file (it must be 
         return
     out.print(f"wrote {output} ({size / 2**20:.0f} MiB, {time.monotonic() - started:.1f} s): "
               f"{len(manifest['files'])} files, sandbox {manifest['name']}", markup=False)
+
+
+model_app = typer.Typer(help="Get models once, from a source you can name, and check them: pull, list, "
+                             "verify, inspect.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("pull")
+@handled
+def model_pull(source: str = typer.Argument(..., help="hf://OWNER/REPO@REVISION/FILE.gguf, an https:// URL, "
+                                                      "or a file on this machine."),
+               sha256: Optional[str] = typer.Option(None, "--sha256", help="The sha256 the file must have."),
+               policy: Optional[Path] = typer.Option(None, "--policy", exists=True, dir_okay=False,
+                                                     help="Fill in this policy's model path and sha256 (keeping its "
+                                                          "comments); its sha256, if any, is the one expected."),
+               alias: Optional[str] = typer.Option(None, "--alias", help="Which of the policy's models."),
+               name: Optional[str] = typer.Option(None, "--name", help="The file's name in the store."),
+               as_json: bool = JSON):
+    """Download (or import) a GGUF model into the model store, check its sha256, and record where it came from.
+
+    Prints every host it contacted. An interrupted download resumes; a file with the wrong sha256 is not kept."""
+    from launcher.commands.model import pull
+    from launcher.models.facts import gib
+    last = [0.0]
+
+    def progress(done: int, total: int | None) -> None:
+        if as_json or (time.monotonic() - last[0] < 2 and done != total):
+            return
+        last[0] = time.monotonic()
+        share = f"{done * 100 // total}% of {gib(total)}" if total else gib(done)
+        err.print(f"  {share}", markup=False)
+
+    result = pull(source, sha256=sha256, policy=policy, alias=alias, name=name,
+                  say=None if as_json else Progress().say, progress=progress)
+    if as_json:
+        out.print_json(data={"ok": True, **result.to_dict()})
+        return
+    verb = "already in the store" if result.reused else f"pulled in {result.seconds:.1f} s"
+    out.print(f"{result.path}: {verb}", markup=False)
+    out.print(f"  sha256 {result.sha256}  {result.size} bytes", markup=False)
+    out.print(f"  source {result.source}", markup=False)
+    if result.provenance.get("commit"):
+        out.print(f"  commit {result.provenance['commit']}", markup=False)
+    contacted = result.contacts.requests
+    out.print(f"  contacted: {'nothing' if not contacted else ''}", markup=False)
+    for r in contacted:
+        out.print(f"    {r['method']} {r['scheme']}://{r['host']}:{r['port']}{r['path']} -> {r['status']}", markup=False)
+    if result.policy_updated:
+        out.print(f"  updated {result.policy_updated}", markup=False)
+
+
+@model_app.command("list")
+@handled
+def model_list(as_json: bool = JSON):
+    """The models in the store, with where each came from."""
+    from launcher.commands.model import list_models
+    from launcher.models.store import store_dir
+    models = list_models()
+    if as_json:
+        out.print_json(data={"store": str(store_dir()), "models": models})
+        return
+    out.print(f"model store {store_dir()}", markup=False)
+    if not models:
+        out.print("  (empty: `sandbox model pull SOURCE`)", markup=False)
+    for m in models:
+        out.print(f"  {Path(m['path']).name}  {m['size']} bytes  sha256 {m['sha256'] or '(unknown)'}", markup=False)
+        out.print(f"    from {m['source'] or '(no provenance)'}" + (f" at {m['commit']}" if m["commit"] else "")
+                  + (f", {m['fetched_at']}" if m["fetched_at"] else ""), markup=False)
+
+
+@model_app.command("verify")
+@handled
+def model_verify(files: Optional[List[Path]] = typer.Argument(None, help="Model files; all in the store if none."),
+                 as_json: bool = JSON):
+    """Hash models again, byte by byte, and compare with their recorded sha256. Exits 1 if any differs."""
+    from launcher.commands.model import verify_models
+    progress = Progress()
+    results = verify_models([f.resolve() for f in files] if files else None,
+                            progress=None if as_json else lambda n, d, t: progress.hashing(d, t, n))
+    if as_json:
+        out.print_json(data={"ok": all(r["ok"] for r in results), "models": results})
+    else:
+        for r in results:
+            out.print(f"{r['path']}: {'ok' if r['ok'] else 'FAILED: ' + r['why']}", markup=False)
+        if not results:
+            out.print("no models to verify", markup=False)
+    if not all(r["ok"] for r in results):
+        raise typer.Exit(1)
+
+
+@model_app.command("inspect")
+@handled
+def model_inspect(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A GGUF file."),
+                  context: Optional[int] = typer.Option(None, "--context", min=1,
+                                                        help="Context length to size the KV cache for "
+                                                             "(default: the model's own)."),
+                  memory: Optional[str] = typer.Option(None, "--memory", help="A memory limit to check, as 4g."),
+                  as_json: bool = JSON):
+    """What a GGUF file says of itself (without loading the weights), and the memory it needs."""
+    from launcher.commands.model import inspect_model
+    from launcher.models.facts import gib
+    found = inspect_model(file, context, memory)
+    if as_json:
+        out.print_json(data=found)
+        return
+    f = found["facts"]
+    rows = [("architecture", f["architecture"]), ("name", f["name"] or "-"),
+            ("parameters", f"{f['parameters'] / 1e9:.2f} B" if f["parameters"] >= 1e9 else
+             f"{f['parameters'] / 1e6:.0f} M"),
+            ("quantization", f["quantization"]), ("trained context", str(f["context_length"] or "-")),
+            ("layers", str(f["layers"] or "-")), ("chat template", "yes" if f["chat_template"] else "no"),
+            ("file", f"{gib(f['size_bytes'])}"), ("needs", found["describe"])]
+    for key, value in rows:
+        out.print(f"{key:<16} {value}", markup=False)
+    machine = found["machine"]
+    if machine["available_ram"]:
+        out.print(f"{'free memory':<16} {gib(machine['available_ram'])}", markup=False)
+    for gpu in machine["gpus"]:
+        out.print(f"{'GPU':<16} {gpu['name']}: {gib(gpu['free'])} free of {gib(gpu['total'])}", markup=False)
+    for warning in found["warnings"]:
+        err.print(f"warning: {warning}", markup=False)
 
 
 @app.command()

@@ -212,9 +212,16 @@ class DockerGateway:
     def memory_usage(self, name: str) -> int | None:
         try:
             stats = self.api.stats(name, stream=False)
-            return (stats.get("memory_stats") or {}).get("usage")
         except docker.errors.APIError:
             return None
+        # As `docker stats` shows it: without the page cache the kernel may
+        # drop (inactive file pages), which a memory limit never kills for.
+        memory = stats.get("memory_stats") or {}
+        usage = memory.get("usage")
+        if usage is None:
+            return None
+        detail = memory.get("stats") or {}
+        return usage - detail.get("inactive_file", detail.get("total_inactive_file", 0))
 
     def logs(self, name: str, tail: int | str = 100, follow: bool = False) -> Iterator[str]:
         with _translated(f"reading the log of {name}"):

@@ -18,9 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from launcher.access import token_file
+from launcher.config import config_file_path
 from launcher.errors import NotFound, SandboxError
 
 NAMESPACE = "sandbox-policy"  # a signature for something else (a commit, a file) is not one for a policy
@@ -73,31 +72,13 @@ def signature_path(lock_file: Path) -> Path:
     return lock_file.with_name(lock_file.name + ".sig")
 
 
-def config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "sandbox" / "config.yaml"
-
-
 def allowed_signers_setting(flag: Path | None = None) -> Path | None:
     """The user's trust setting: the flag, else the environment, else the config file."""
     if flag:
         return flag
     if os.environ.get(ALLOWED_SIGNERS_ENV):
         return Path(os.environ[ALLOWED_SIGNERS_ENV]).expanduser()
-    path = config_path()
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        return None
-    except (OSError, yaml.YAMLError) as e:
-        raise SignatureError(f"{path}: cannot be read ({e})") from None
-    value = config.get("allowed_signers") if isinstance(config, dict) else None
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise SignatureError(f"{path}: allowed_signers must be the path of an allowed-signers file")
-    found = Path(value).expanduser()
-    return found if found.is_absolute() else path.parent / found
+    return config_file_path("allowed_signers")
 
 
 def _ssh_keygen() -> str:

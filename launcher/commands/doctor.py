@@ -77,7 +77,33 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
                             "`sysctl -w net.ipv4.conf.all.route_localnet=0`"))
     else:
         checks.append(Check("loopback ports", OK, "route_localnet is 0: ports on 127.0.0.1 stay on this machine"))
-    return checks + _port_checks(ports)
+    return checks + _port_checks(ports) + model_checks()
+
+
+def model_checks() -> list[Check]:
+    """What this machine can run: each model in the store, at its trained
+    context (capped at 8192 tokens), against the free memory and the GPUs."""
+    from launcher.models import store
+    from launcher.models.facts import GgufError, estimate, fit_warnings, gib, read_facts, this_machine
+    machine = this_machine()
+    out = []
+    for model in store.models_in(store.store_dir()):
+        try:
+            facts = read_facts(model)
+        except GgufError as e:
+            out.append(Check(f"model {model.name}", WARN, str(e), "`sandbox model verify` it, or pull it again"))
+            continue
+        need = estimate(facts, min(facts.context_length or 4096, 8192))
+        problems = fit_warnings(need, None, machine, on_gpu=False)
+        gpus = [name for name, _, free in machine.gpus if need.weights + need.kv_cache <= free]
+        where = "fits in free memory" if not problems else problems[0]
+        if machine.gpus:
+            where += f"; on the GPU: {', '.join(gpus) if gpus else 'fits none (keep some layers on the CPU)'}"
+        out.append(Check(f"model {model.name}", OK if not problems else WARN,
+                         f"{facts.architecture}, {facts.parameters / 1e6:.0f} M parameters, {facts.quantization}: "
+                         f"needs {gib(need.total)} at context {need.context}: {where}",
+                         "" if not problems else "pick a smaller quantization, or a shorter context_length"))
+    return out
 
 
 def _port_checks(ports: tuple[int, ...]) -> list[Check]:

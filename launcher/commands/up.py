@@ -14,6 +14,7 @@ from typing import Callable
 from launcher import access, build_records
 from launcher.commands.bundle import is_bundle, open_bundle
 from launcher.commands.lock import Bundle, current_lock, write_lock
+from launcher.commands.model import policy_warnings
 from launcher.commands.prepare import Prepared, prepare
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import BuildEgress, DockerGateway
@@ -114,6 +115,8 @@ def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | No
     prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token, relock=trust.relock,
                        allowed_signers=trust.allowed_signers, bundle=trust.bundle)
     spec = prepared.spec
+    for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None):
+        say(str(warning))
     result = UpResult(spec.name, spec.url, prepared)
     result.seconds["prepare"] = time.monotonic() - started
     # Kept before anything starts, so that the owner can always get in.

@@ -194,6 +194,9 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
 
     # Another machine: none of the images, no policy, no model beside it.
     tags = [image["tag"] for image in manifest["images"].values()]
+    users = [c.name for c in docker_client.containers.list(all=True)
+             if c.attrs["Image"] in {image["id"] for image in manifest["images"].values()}]
+    assert not users, f"containers {users} use the quick-start images, which this test removes and loads again"
     for tag in tags:
         image = docker_client.images.get(tag)
         for other in image.tags:

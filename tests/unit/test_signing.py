@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher.commands.lock import check_signature, sign_policy, strict_problems, verify_signature
+from launcher.commands.lock import (
+    check_signature,
+    sign_policy,
+    strict_problems,
+    verify_signature,
+)
+from launcher.config import ConfigError
 from launcher.lock import LockError, lock_path
 from launcher.signing import SignatureError, allowed_signers_setting, signature_path
 
@@ -109,7 +115,7 @@ def test_the_trust_setting_comes_from_the_flag_the_environment_or_the_config_fil
     assert allowed_signers_setting(Path("/flag")) == Path("/flag")
     monkeypatch.delenv("SANDBOX_ALLOWED_SIGNERS")
     config.write_text("allowed_signers: [1]\n")
-    with pytest.raises(SignatureError, match="allowed_signers must be the path"):
+    with pytest.raises(ConfigError, match="allowed_signers must be a path"):
         allowed_signers_setting(None)
 
 

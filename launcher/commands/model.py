@@ -1,0 +1,297 @@
+"""`sandbox model pull|list|verify|inspect`: get a model once, from a source
+one can name, into the model store (launcher/models/store.py), and prove
+afterwards that it is the same bytes. The pull is the one step that touches
+the network, outside any sandbox; it reports every host it contacted."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from launcher.errors import Problem, SandboxError
+from launcher.models import store as model_store
+from launcher.models.download import CHUNK, Contacts, Progress, fetch
+from launcher.models.facts import (
+    GgufError,
+    context_warning,
+    estimate,
+    fit_warnings,
+    read_facts,
+    this_machine,
+)
+from launcher.models.policy_edit import ModelEntry, model_entry, set_model_file
+from launcher.models.sources import (
+    FileSource,
+    HubSource,
+    UrlSource,
+    file_name,
+    parse_source,
+)
+from launcher.policy.files import GGUF_MAGIC, sha256_of
+from launcher.policy.model import Policy
+
+Say = Callable[[str], None]
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+class PullError(SandboxError):
+    exit_code = 2
+
+
+@dataclass
+class Pulled:
+    path: Path
+    sha256: str
+    size: int
+    source: str
+    reused: bool  # already in the store: nothing was downloaded
+    contacts: Contacts = field(default_factory=Contacts)
+    seconds: float = 0.0
+    provenance: dict = field(default_factory=dict)
+    policy_updated: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256, "size": self.size, "source": self.source,
+                "reused": self.reused, "contacted": self.contacts.requests, "seconds": round(self.seconds, 2),
+                "provenance": self.provenance, "policy_updated": self.policy_updated}
+
+
+def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = None, alias: str | None = None,
+         name: str | None = None, say: Say | None = None, progress: Progress | None = None) -> Pulled:
+    say = say or (lambda _m: None)
+    started = time.monotonic()
+    source = parse_source(source_text)
+    expected = _expected(sha256, "--sha256")
+    entry: ModelEntry | None = None
+    if policy is not None:
+        entry = model_entry(policy, alias)
+        from_policy = _expected(entry.sha256, f"{policy} models[{entry.index}].sha256") if entry.sha256 else None
+        if expected and from_policy and expected != from_policy:
+            raise PullError(f"--sha256 {expected} differs from the policy's {from_policy}")
+        expected = expected or from_policy
+
+    store = model_store.store_dir()
+    store.mkdir(parents=True, exist_ok=True)
+    contacts = Contacts()
+    provenance: dict = {"source": str(source)}
+    download_url, auth = None, {}
+    if isinstance(source, HubSource):
+        download_url, auth, hub = _resolve_hub(source, contacts, say)
+        provenance.update(hub)
+        if expected and hub.get("lfs_sha256") and hub["lfs_sha256"] != expected:
+            raise PullError(f"{source}: the hub says its sha256 is {hub['lfs_sha256']}, not the expected {expected}")
+        expected = expected or hub.get("lfs_sha256")
+    elif isinstance(source, UrlSource):
+        download_url = source.url
+        if source.url.startswith("http://") and not expected:
+            raise PullError(f"{source.url} is not encrypted: give the sha256 to expect (--sha256, or a policy "
+                            f"with one) so that the bytes can be checked")
+
+    name = name or file_name(source)
+    if not _NAME.fullmatch(name) or not name.endswith(".gguf"):
+        raise PullError(f"{name!r}: a model's name in the store is letters, digits and ._+- ending in .gguf "
+                        f"(--name NAME.gguf)")
+    final = store / name
+
+    # Pulling what the store has costs nothing.
+    have = (model_store.find_by_sha256(store, expected) if expected
+            else model_store.find_by_source(store, str(source)))
+    prov = model_store.read_provenance(have) or {} if have is not None else {}
+    if have is not None and have.exists() and sha256_of(have) == prov.get("sha256"):
+        say(f"{have.name} is in the store already ({prov.get('source')}): nothing to download")
+        result = Pulled(have, prov["sha256"], have.stat().st_size, str(source), True, contacts,
+                        time.monotonic() - started, prov)
+        return _into_policy(result, policy, entry, say)
+    if final.exists():
+        other = (model_store.read_provenance(final) or {}).get("source")
+        raise PullError(f"{final} holds another model (from {other}); pull this one under another name: "
+                        f"--name NAME.gguf")
+
+    partial = model_store.partial_dir(store)
+    partial.mkdir(exist_ok=True)
+    part = partial / (name + ".part")
+    _forget_other_partial(part, str(source))
+    if isinstance(source, FileSource):
+        say(f"copying {source.path}")
+        got, size = _copy(source.path, part, progress)
+    else:
+        say(f"downloading {download_url.split('?')[0]}" + (" (resuming)" if part.exists() else ""))
+        got, size = fetch(download_url, part, contacts, auth=auth, progress=progress)
+    problem = _not_gguf(part)
+    if problem or (expected and got != expected):
+        part.unlink(missing_ok=True)
+        model_store.provenance_path(part).unlink(missing_ok=True)
+        if problem:
+            raise PullError(f"{source}: {problem}; nothing was kept")
+        raise PullError(f"{source}: sha256 mismatch: expected {expected}, got {got}; nothing was kept")
+    os.replace(part, final)
+    model_store.provenance_path(part).unlink(missing_ok=True)
+    provenance.update({"sha256": got, "size": size, "file": name,
+                       "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "contacted": contacts.hosts(), "checked_against": "expected sha256" if expected else
+                       "nothing: no sha256 was given; pin this one in the policy"})
+    if download_url:
+        provenance["url"] = download_url.split("?")[0]
+    model_store.write_provenance(final, provenance)
+    sha256_of(final)  # remembered by stat, so `up` does not hash it again
+    result = Pulled(final, got, size, str(source), False, contacts, time.monotonic() - started, provenance)
+    return _into_policy(result, policy, entry, say)
+
+
+def _into_policy(result: Pulled, policy: Path | None, entry: ModelEntry | None, say: Say) -> Pulled:
+    if policy is not None and entry is not None:
+        text = model_store.policy_path_text(result.path)
+        if entry.path != text or entry.sha256 != result.sha256:
+            set_model_file(policy, entry, text, result.sha256)
+            result.policy_updated = str(policy)
+            say(f"{policy}: models[{entry.index}] path {text}, sha256 {result.sha256}")
+    return result
+
+
+def _expected(value: str | None, where: str) -> str | None:
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if not _SHA256.fullmatch(value):
+        raise PullError(f"{where}: {value!r} is not a sha256 (64 hex digits)")
+    return value
+
+
+def _resolve_hub(source: HubSource, contacts: Contacts, say: Say) -> tuple[str, dict[str, str], dict]:
+    """The hub's answer for the file, through huggingface_hub: where to
+    download it from, the commit the revision is, and its LFS sha256."""
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE:
+        raise PullError(f"{source}: HF_HUB_OFFLINE is set, so the hub is not asked; import the file instead: "
+                        f"sandbox model pull /path/to/{source.filename.rsplit('/', 1)[-1]}")
+    # The hub client sends telemetry and, unless told not to, asks the hub for
+    # a registry of AI agents before the first request: a contact nobody
+    # asked for (docs/models.md). Off, before and after it is imported.
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    from huggingface_hub import constants, get_hf_file_metadata, get_token, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    url = hf_hub_url(source.repo, source.filename, revision=source.revision, endpoint=endpoint)
+    token = get_token()
+    say(f"asking {endpoint} for {source}")
+    try:
+        meta = get_hf_file_metadata(url, token=token or False, endpoint=endpoint)
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", "error")
+        contacts.add("HEAD", url, status)
+        raise PullError(f"{source}: the hub answered {status}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - network errors of whichever HTTP library the hub client uses
+        contacts.add("HEAD", url, "no answer")
+        raise PullError(f"{source}: cannot reach {endpoint} ({e.__class__.__name__}: {e})") from None
+    contacts.add("HEAD", url, 200)
+    etag = (meta.etag or "").strip('"').lower()
+    location = meta.location or url
+    from urllib.parse import urlsplit
+    hub_host = urlsplit(endpoint).hostname or ""
+    auth = {hub_host: f"Bearer {token}"} if token else {}
+    return location, auth, {
+        "repo": source.repo, "revision": source.revision, "commit": meta.commit_hash,
+        "filename": source.filename, "endpoint": endpoint,
+        "lfs_sha256": etag if _SHA256.fullmatch(etag) else None}
+
+
+def _forget_other_partial(part: Path, source: str) -> None:
+    """A partial file is resumed only by a pull of the same source."""
+    if part.exists() and (model_store.read_provenance(part) or {}).get("source") != source:
+        part.unlink()
+    model_store.write_provenance(part, {"source": source})
+
+
+def _copy(path: Path, part: Path, progress: Progress | None) -> tuple[str, int]:
+    digest, done, total = hashlib.sha256(), 0, path.stat().st_size
+    with open(path, "rb") as src, open(part, "wb") as out:
+        while chunk := src.read(CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    return digest.hexdigest(), done
+
+
+def _not_gguf(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            return "not a GGUF file (it does not start with the GGUF magic bytes)"
+    return None
+
+
+def list_models() -> list[dict]:
+    out = []
+    for model in model_store.models_in(model_store.store_dir()):
+        prov = model_store.read_provenance(model) or {}
+        out.append({"path": str(model), "size": model.stat().st_size, "sha256": prov.get("sha256"),
+                    "source": prov.get("source"), "commit": prov.get("commit"),
+                    "fetched_at": prov.get("fetched_at"), "provenance": bool(prov)})
+    return out
+
+
+def verify_models(files: list[Path] | None = None, progress: Callable[[str, int, int], None] | None = None
+                  ) -> list[dict]:
+    """Hash each model again, from its bytes (no cache), against its sidecar."""
+    models = files or model_store.models_in(model_store.store_dir())
+    out = []
+    for model in models:
+        prov = model_store.read_provenance(model) or {}
+        if not model.is_file():
+            out.append({"path": str(model), "ok": False, "why": "no such file"})
+            continue
+        digest, done, total = hashlib.sha256(), 0, model.stat().st_size
+        with open(model, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(model.name, done, total)
+        got = digest.hexdigest()
+        recorded = prov.get("sha256")
+        ok = recorded == got
+        why = None if ok else ("no provenance sidecar to check against" if not recorded else
+                               f"sha256 is {got}, its provenance says {recorded}: the file changed")
+        out.append({"path": str(model), "ok": ok, "sha256": got, "why": why})
+    return out
+
+
+def inspect_model(path: Path, context: int | None = None, memory: str | None = None) -> dict:
+    facts = read_facts(path)
+    need = estimate(facts, context or facts.context_length or 4096)
+    machine = this_machine()
+    return {"facts": facts.to_dict(), "estimate": need.to_dict(), "describe": need.describe(),
+            "warnings": fit_warnings(need, memory, machine, on_gpu=False),
+            "machine": {"available_ram": machine.available_ram,
+                        "gpus": [{"name": n, "total": t, "free": f} for n, t, f in machine.gpus]}}
+
+
+def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None) -> list[Problem]:
+    """What `validate` and `up` warn of: a context longer than the model was
+    trained for, and a model that will not fit the memory it is given."""
+    from launcher.policy.loader import load
+    doc, _ = load(policy.file)
+    name = display or str(policy.file)
+    machine = this_machine()
+    warnings = []
+    for i, model in enumerate(policy.models):
+        try:
+            facts = read_facts(model.path)
+        except GgufError:
+            continue  # the loader already checked the magic; a file the gguf package cannot read gets no estimate
+        where = doc.mark(("models", i, "context_length")) if doc else (0, 0)
+        said = context_warning(facts, model.context_length)
+        if said:
+            warnings.append(Problem(name, *where, f"models[{i}].context_length", f"warning: {said}"))
+        for said in fit_warnings(estimate(facts, model.context_length), policy.backend.memory, machine, on_gpu):
+            place = doc.mark(("backend", "memory")) if doc else (0, 0)
+            warnings.append(Problem(name, *place, f"models[{i}]", f"warning: {said}"))
+    return warnings

@@ -1,0 +1,1 @@
+"""Models: the store, where they come from, and what a GGUF file says of itself."""
