@@ -32,7 +32,7 @@ from launcher.models.sources import (
     file_name,
     parse_source,
 )
-from launcher.policy.files import GGUF_MAGIC, sha256_of
+from launcher.policy.files import GGUF_MAGIC, remember_sha256, sha256_of
 from launcher.policy.model import Policy
 
 Say = Callable[[str], None]
@@ -140,7 +140,7 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
     if download_url:
         provenance["url"] = download_url.split("?")[0]
     model_store.write_provenance(final, provenance)
-    sha256_of(final)  # remembered by stat, so `up` does not hash it again
+    remember_sha256(final, got)  # hashed as it was written: `up` need not hash it again
     result = Pulled(final, got, size, str(source), False, contacts, time.monotonic() - started, provenance)
     return _into_policy(result, policy, entry, say)
 

@@ -44,6 +44,16 @@ def sha256_of(path: Path, progress: HashProgress | None = None) -> str:
     return result
 
 
+def remember_sha256(path: Path, sha256: str) -> None:
+    """Record a sha256 computed elsewhere (while the file was written), so
+    the next check of the same, unchanged file does not hash it again."""
+    st = path.stat()
+    cache = _read_cache()
+    cache[str(path)] = {"stamp": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns],
+                        "sha256": sha256}
+    _write_cache(cache)
+
+
 def _read_cache() -> dict:
     try:
         with open(cache_path()) as f:
