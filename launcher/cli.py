@@ -488,6 +488,47 @@ def bundle(policy: Path = typer.Argument(..., help="The policy file (it must be 
               f"{len(manifest['files'])} files, sandbox {manifest['name']}", markup=False)
 
 
+@app.command()
+@handled
+def render(policy: Path = typer.Argument(..., help="The policy file."),
+           target: str = typer.Option(..., "--target", help="kubernetes or compose."),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", dir_okay=False,
+                                                 help="Write here (readable by you only: it holds the "
+                                                      "sandbox's secrets) instead of to standard output."),
+           model_volume: str = typer.Option("models", "--model-volume",
+                                            help="kubernetes: the PersistentVolumeClaim holding the model files."),
+           image_prefix: str = typer.Option("", "--image-prefix",
+                                            help="kubernetes: the registry path the cluster pulls the images "
+                                                 "from, as registry.example.org/sandbox/."),
+           gpus: int = typer.Option(0, "--gpus", min=0, help="GPUs for the backend (for gpu: auto or all)."),
+           data_size: str = typer.Option("1Gi", "--data-size", help="kubernetes: the front-end's data volume.")):
+    """Write the sandbox a policy describes for another engine: Kubernetes manifests or a compose file.
+
+    The same spec as `sandbox up`, with the same isolation (docs/kubernetes.md). Fresh secrets each time."""
+    import os
+
+    from launcher.render import TARGETS
+    from launcher.render import render as run_render
+    if target not in TARGETS:
+        raise SandboxError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
+    text, spec = run_render(policy, target, model_volume=model_volume, image_prefix=image_prefix, gpus=gpus,
+                            data_size=data_size)
+    if output is None:
+        out.print(text, markup=False, end="")
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    token = spec.container("ingress").env_value("SANDBOX_ACCESS_TOKEN")
+    port = spec.url.rsplit(":", 1)[1].strip("/")
+    if target == "kubernetes":
+        err.print(f"wrote {output}: `kubectl apply -f {output}`, then `kubectl -n sandbox-{spec.name} "
+                  f"port-forward svc/ingress {port}:8080` and open {spec.url}?sandbox_token={token}", markup=False)
+    else:
+        err.print(f"wrote {output}: `docker-compose -p sandbox-{spec.name} -f {output} up -d`, then open "
+                  f"{spec.url}?sandbox_token={token}", markup=False)
+
+
 model_app = typer.Typer(help="Get models once, from a source you can name, and check them: pull, list, "
                              "verify, inspect.", no_args_is_help=True)
 app.add_typer(model_app, name="model")

@@ -1,0 +1,77 @@
+"""SandboxSpec -> a compose file with what the Docker gateway creates: the
+same images, networks (the internal one with no route out and no address
+on the host; the ingress one without NAT), read-only mounts and hardening.
+For people who run compose by hand; `sandbox up` stays the way that also
+checks the weights just before the backend starts (docs/kubernetes.md)."""
+from __future__ import annotations
+
+from launcher.spec import LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, ContainerSpec, SandboxSpec, spec_hash
+
+
+def render(spec: SandboxSpec) -> dict:
+    networks = {}
+    for net in spec.networks:
+        entry: dict = {"name": net.name, "driver": "bridge", "internal": net.internal,
+                       "driver_opts": dict(net.options),
+                       "labels": {LABEL_SANDBOX: spec.name, LABEL_PART: net.part, LABEL_HASH: spec_hash(net)}}
+        if net.subnet:
+            entry["ipam"] = {"config": [{"subnet": net.subnet}]}
+        networks[net.part] = entry
+    by_name = {net.name: net.part for net in spec.networks}
+    volumes = {v.part: {"name": v.name, "labels": {LABEL_SANDBOX: spec.name, LABEL_PART: v.part}}
+               for v in spec.volumes}
+    volume_keys = {v.name: v.part for v in spec.volumes}
+    services = {c.part: _service(spec, c, by_name, volume_keys) for c in spec.containers}
+    return {"services": services, "networks": networks, "volumes": volumes}
+
+
+def _service(spec: SandboxSpec, c: ContainerSpec, networks: dict[str, str], volumes: dict[str, str]) -> dict:
+    service: dict = {
+        "image": c.image,
+        "container_name": c.name,
+        "user": c.user,
+        "read_only": c.read_only,
+        "cap_drop": list(c.cap_drop),
+        "security_opt": list(c.security_opt),
+        "privileged": c.privileged,
+        "init": True,
+        "restart": c.restart[0],
+        "mem_limit": c.memory,
+        "memswap_limit": c.memory,  # no swap beyond the limit
+        "cpus": c.cpus,
+        "pids_limit": c.pids_limit,
+        "tmpfs": [f"{target}:{options}" for target, options in c.tmpfs],
+        "environment": dict(c.env),
+        "labels": {LABEL_SANDBOX: spec.name, LABEL_PART: c.part, LABEL_HASH: spec_hash(c),
+                   LABEL_POLICY: spec.policy_file},
+        "logging": {"driver": "json-file", "options": {"max-size": c.log_max_size,
+                                                       "max-file": str(c.log_max_files)}},
+        "networks": {networks[a.network]: {k: v for k, v in (("aliases", list(a.aliases)),
+                                                               ("ipv4_address", a.ipv4_address)) if v}
+                     for a in c.networks},
+    }
+    if c.dns:
+        service["dns"] = list(c.dns)
+    if c.sysctls:
+        service["sysctls"] = dict(c.sysctls)
+    if c.runtime:
+        service["runtime"] = c.runtime
+    if c.command:
+        service["command"] = list(c.command)
+    if c.ports:
+        service["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in c.ports]
+    if c.mounts:
+        service["volumes"] = [
+            {"type": m.kind, "source": volumes.get(m.source, m.source), "target": m.target,
+             "read_only": m.read_only} for m in c.mounts]
+    if c.healthcheck:
+        service["healthcheck"] = {"test": list(c.healthcheck), "interval": "2s", "timeout": "5s", "retries": 3,
+                                  "start_period": "600s"}
+    if c.gpus:
+        device = {"driver": "nvidia", "capabilities": ["gpu", *c.gpu_capabilities]}
+        if c.gpus == "all":
+            device["count"] = "all"
+        else:
+            device["device_ids"] = list(c.gpus)
+        service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+    return service
