@@ -37,7 +37,9 @@ def _bytes(text: str) -> int:
 
 
 def _kept(dropped: list[str], added: list[str] | None = None) -> frozenset[str]:
-    return frozenset(added or ()) if "ALL" in [d.upper() for d in dropped] else frozenset({"DEFAULT"} | set(added or ()))
+    if "ALL" in [d.upper() for d in dropped]:
+        return frozenset(added or ())
+    return frozenset({"DEFAULT"} | set(added or ()))
 
 
 def _peers_by_networks(memberships: dict[str, set[str]]) -> dict[str, frozenset[str]]:
