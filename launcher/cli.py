@@ -4,6 +4,7 @@ Errors a user can act on are printed as messages, never as tracebacks."""
 from __future__ import annotations
 
 import functools
+import json
 import signal
 import sys
 import time
@@ -303,14 +304,50 @@ def _render_verify(result, as_json: bool) -> None:
 @handled
 def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
                                                             "may be left out when only one sandbox exists."),
+          since: Optional[str] = typer.Option(None, "--since", help="Only what happened since: 10m, 2h, 1d, or "
+                                                                    "a time such as 2026-11-29T17:00."),
+          follow: bool = typer.Option(False, "--follow", "-f", help="Then keep printing each new attempt."),
           as_json: bool = JSON):
     """Show what a sandbox's parts tried to reach: every outside name they looked up (none resolved)
-    and every request the ingress refused (proxy requests, foreign Host or Origin, no access token)."""
+    and every request the ingress refused (proxy requests, foreign Host or Origin, no access token).
+
+    The records outlive the sandbox's containers until `sandbox down --volumes`."""
     from launcher.commands.audit import audit as run_audit
-    result = run_audit(_gateway(), target)
-    if as_json:
+    from launcher.commands.audit import follow as follow_audit
+    result = run_audit(_gateway(), target, since=_since(since) if since else None)
+    if as_json and not follow:
         out.print_json(data=result)
         return
+    if not as_json:
+        _render_audit(result)
+    if follow:
+        if not as_json:
+            err.print("following new attempts (Ctrl-C ends)", markup=False)
+        try:
+            for entry in follow_audit(_gateway(), result["name"]):
+                if as_json:
+                    out.print(json.dumps(entry), markup=False, highlight=False)
+                else:
+                    when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+                    out.print(printable(f"  {when}  {entry['part']} looked up {entry['name']} ({entry['type']})"),
+                              markup=False)
+        except KeyboardInterrupt:
+            pass
+
+
+def _since(text: str) -> float:
+    import datetime
+    import re
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if match:
+        return time.time() - int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SandboxError(f"--since {text!r}: give a duration (10m, 2h, 1d) or a time (2026-11-29T17:00)") from None
+
+
+def _render_audit(result: dict) -> None:
     if result["builds"]:
         out.print(f"sandbox {result['name']}: what its image builds contacted (through the build proxy)",
                   markup=False)
@@ -390,6 +427,9 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
             out.print(printable(f"  signed by {who} ({signer.get('key')})"), markup=False)
         for problem in s["problems"]:
             out.print(printable(f"  {problem}"), markup=False)
+        if s.get("attempts"):
+            out.print(f"  {s['attempts']} attempt(s) to reach outside, all stopped: `sandbox audit {s['name']}`",
+                      markup=False)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("part", "state", "health", "restarts") + (("memory",) if memory else ()):
             table.add_column(column)

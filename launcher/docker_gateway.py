@@ -209,6 +209,20 @@ class DockerGateway:
             raise DockerFailure(f"inspecting {name}: {e.explanation or e}") from None
         return [m["Source"] for m in mounts if m.get("Type") == "bind"]
 
+    def read_file(self, container: str, path: str) -> bytes | None:
+        """A file from a container (running or stopped, from its volumes too),
+        or None when the container or the file is not there."""
+        try:
+            stream, _ = self.api.get_archive(container, path)
+            data = b"".join(stream)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as e:
+            raise DockerFailure(f"reading {path} from {container}: {e.explanation or e}") from None
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = next((m for m in tar if m.isfile()), None)
+            return tar.extractfile(member).read() if member else None
+
     def memory_usage(self, name: str) -> int | None:
         try:
             stats = self.api.stats(name, stream=False)

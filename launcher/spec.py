@@ -40,6 +40,7 @@ PARTS = ("dns", "backend", "frontend", "ingress")
 # gets no route for it and a LAN using the same range is not shadowed.
 SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 DNS_SINK_HOST = 53  # the sink's address: .53 of the internal subnet
+AUDIT_DIR = "/audit"  # in the DNS sink: its records, on the sandbox's audit volume
 
 
 @dataclass(frozen=True)
@@ -210,17 +211,22 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         # No NAT: the ingress can be reached from the host but has no way out.
         options=(("com.docker.network.bridge.enable_ip_masquerade", "false"),))
 
-    volumes: tuple[VolumeSpec, ...] = ()
+    # What the parts tried to reach outlives their containers, like the chat
+    # history: until `down --volumes`.
+    audit = VolumeSpec(name=resource_name(name, "audit"), part="audit")
+    volumes: tuple[VolumeSpec, ...] = (audit,)
     frontend_mounts: tuple[Mount, ...] = ()
     f = policy.frontend
     if f.data:
         data = VolumeSpec(name=resource_name(name, "data"), part="data")
-        volumes = (data,)
+        volumes = (audit, data)
         frontend_mounts = (Mount(source=data.name, target=f.data, kind="volume", read_only=False),)
 
     sink = ContainerSpec(
         part="dns", name=resource_name(name, "dns"), image=images.dns.tag, user=NOBODY,
         networks=(Attachment(internal.name, ("dns",), ipv4_address=sink_ip),),
+        env=(("SANDBOX_AUDIT_DIR", AUDIT_DIR),),
+        mounts=(Mount(source=audit.name, target=AUDIT_DIR, kind="volume", read_only=False),),
         # Port 53 without any capability: only this container's own namespace.
         sysctls=(("net.ipv4.ip_unprivileged_port_start", "53"),),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=4m"),),

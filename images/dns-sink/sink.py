@@ -1,8 +1,13 @@
 """A DNS server that resolves nothing. Docker's embedded resolver answers the
 sandbox's own names (backend, frontend, ...) itself and forwards every other
 query here; each gets NXDOMAIN at once (no 10-second timeouts for a UI that
-tries to phone home) and is logged as one JSON line for `sandbox audit`."""
+tries to phone home) and is logged as one JSON line for `sandbox audit`.
+
+The lines also go to the sandbox's audit volume ($SANDBOX_AUDIT_DIR), which
+outlives the container until `sandbox down --volumes`: lookups.jsonl (and
+lookups.1.jsonl, the previous 8 MiB), and counts.json, the number so far."""
 import json
+import os
 import socket
 import struct
 import sys
@@ -12,7 +17,10 @@ import time
 PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 53
 QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
           65: "HTTPS", 255: "ANY"}
+AUDIT_DIR = os.environ.get("SANDBOX_AUDIT_DIR")
+AUDIT_FILE_BYTES = 8 * 1024 * 1024
 log_lock = threading.Lock()
+counts = {"lookups": 0}
 
 
 def parse_question(query: bytes):
@@ -47,6 +55,35 @@ def log(client, question):
     line = json.dumps({"time": round(time.time(), 3), "client": client, "name": name, "type": qtype})
     with log_lock:
         print(line, flush=True)
+        keep(line)
+
+
+def keep(line):
+    """Append to the audit volume; a full or missing volume costs the record
+    there, never the answer."""
+    if not AUDIT_DIR:
+        return
+    path = os.path.join(AUDIT_DIR, "lookups.jsonl")
+    try:
+        if os.path.exists(path) and os.path.getsize(path) > AUDIT_FILE_BYTES:
+            os.replace(path, os.path.join(AUDIT_DIR, "lookups.1.jsonl"))
+        with open(path, "a") as f:
+            f.write(line + "\n")
+        counts["lookups"] += 1
+        temporary = os.path.join(AUDIT_DIR, "counts.json.tmp")
+        with open(temporary, "w") as f:
+            json.dump(counts, f)
+        os.replace(temporary, os.path.join(AUDIT_DIR, "counts.json"))
+    except OSError:
+        pass
+
+
+def load_counts():
+    try:
+        with open(os.path.join(AUDIT_DIR, "counts.json")) as f:
+            counts.update(json.load(f))
+    except (OSError, ValueError, TypeError):
+        pass
 
 
 def serve_udp(sock):
@@ -86,6 +123,8 @@ def serve_tcp(sock):
 
 
 if __name__ == "__main__":
+    if AUDIT_DIR:
+        load_counts()
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("0.0.0.0", PORT))
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -5,11 +5,14 @@ Origin, no access token) was logged by it; and what each of its images'
 builds contacted was recorded by the build proxy."""
 from __future__ import annotations
 
+import json
+from typing import Iterator
+
 from launcher import build_records
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
-from launcher.spec import PARTS, resource_name
+from launcher.spec import AUDIT_DIR, PARTS, resource_name
 from launcher.text import json_records
 
 # Logs are rotated (ContainerSpec.log_max_size); the audit reads at most this
@@ -17,7 +20,28 @@ from launcher.text import json_records
 AUDIT_LINES = 100_000
 
 
-def audit(gateway: DockerGateway, target: str | None = None) -> dict:
+def lookups_kept(gateway: DockerGateway, name: str) -> list[dict]:
+    """The DNS sink's records on the audit volume, oldest first: they outlive
+    its container until `down --volumes`."""
+    sink = resource_name(name, "dns")
+    out = []
+    for file in ("lookups.1.jsonl", "lookups.jsonl"):
+        data = gateway.read_file(sink, f"{AUDIT_DIR}/{file}")
+        if data:
+            out += json_records(data.decode(errors="replace").splitlines(), "name")
+    return out
+
+
+def attempts(gateway: DockerGateway, name: str) -> int:
+    """How many times a part tried to reach outside, as the sink counted."""
+    data = gateway.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/counts.json")
+    try:
+        return int(json.loads(data)["lookups"]) if data else 0
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def audit(gateway: DockerGateway, target: str | None = None, since: float | None = None) -> dict:
     name = resolve_name(gateway, target)
     internal = resource_name(name, "internal")
     part_of_address = {}
@@ -35,10 +59,8 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
             continue
         if address:
             part_of_address[address] = part
-    lookups = []
-    for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=AUDIT_LINES), "name"):
-        lookups.append({"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
-                        "name": entry["name"], "type": entry["type"]})
+    lookups = [_lookup(entry, part_of_address) for entry in lookups_kept(gateway, name)
+               if since is None or entry.get("time", 0) >= since]
     refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail=AUDIT_LINES)
                if line.startswith("ingress: refused ")]
     names: dict[str, dict] = {}
@@ -48,3 +70,24 @@ def audit(gateway: DockerGateway, target: str | None = None) -> dict:
         seen["count"] += 1
     summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
     return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused, "builds": builds}
+
+
+def _lookup(entry: dict, part_of_address: dict[str, str]) -> dict:
+    return {"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
+            "name": entry["name"], "type": entry["type"]}
+
+
+def follow(gateway: DockerGateway, target: str | None = None) -> Iterator[dict]:
+    """Each new lookup as the sink answers it, until interrupted."""
+    name = resolve_name(gateway, target)
+    internal = resource_name(name, "internal")
+    part_of_address = {}
+    for part in PARTS:
+        try:
+            address = gateway.addresses(resource_name(name, part)).get(internal)
+        except NotFound:
+            continue
+        if address:
+            part_of_address[address] = part
+    for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=0, follow=True), "name"):
+        yield _lookup(entry, part_of_address)

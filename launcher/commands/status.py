@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from launcher import access
+from launcher.commands.audit import attempts
 from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
@@ -45,5 +46,7 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
         out.append({"name": name, "url": url, "healthy": healthy, "parts": parts,
                     "policy": known[name]["policy"], "token": token, "problems": problems,
                     "signed_by": remembered_signer(name),
+                    # Names looked up outside the sandbox (none resolved), as its DNS sink counted them.
+                    "attempts": attempts(gateway, name),
                     "access_link": access.access_link(url, token) if url and token else None})
     return out

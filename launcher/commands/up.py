@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher import access, build_records
+from launcher.commands.audit import audit
 from launcher.commands.bundle import is_bundle, open_bundle
 from launcher.commands.lock import Bundle, current_lock, write_lock
 from launcher.commands.model import policy_warnings
@@ -75,7 +76,7 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     never built. `relock` writes the policy's lock anew instead of checking it;
     `allowed_signers` (else the user's setting) runs only signed policies."""
     say = say or (lambda _m: None)
-    started = time.monotonic()
+    started, began = time.monotonic(), time.time()
     bundle = None
     if is_bundle(policy_file):
         if relock:
@@ -99,6 +100,11 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     wait_until_ready(gateway, result.prepared.spec, timeout=timeout, say=say)
     result.seconds["ready"] = time.monotonic() - mark
     result.seconds["total"] = time.monotonic() - started
+    tried = audit(gateway, result.name, since=began)["names"]
+    if tried:
+        names = ", ".join(f"{n['name']} ({'/'.join(n['parts'])})" for n in tried[:3])
+        say(f"while starting, parts tried to reach {len(tried)} outside name(s), none resolved: {names}"
+            + (", ..." if len(tried) > 3 else "") + f"; `sandbox audit {result.name}` shows all")
     return result
 
 

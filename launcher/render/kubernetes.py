@@ -164,6 +164,9 @@ def _deployment(spec: SandboxSpec, c: ContainerSpec, ns: str, labels: dict, opti
     if options.gpus and c.gpus:
         main["resources"]["limits"]["nvidia.com/gpu"] = str(options.gpus)
     sink = _container(spec.container("dns"), "dns", options, volumes, {})
+    for m in spec.container("dns").mounts:  # its records: for the pod's life (`kubectl logs -c dns` has them too)
+        volumes.append({"name": "audit", "emptyDir": {"sizeLimit": "64Mi"}})
+        sink["volumeMounts"].append({"name": "audit", "mountPath": m.target})
     pod = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": True,  # the peers' addresses, in place of DNS

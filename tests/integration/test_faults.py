@@ -70,7 +70,7 @@ def test_down_while_up_is_waiting_ends_the_wait_with_the_reason(gateway, docker_
         if "error" in outcome:  # usually: the wait notices the parts are gone
             assert isinstance(outcome["error"], NotReady) and "is gone" in str(outcome["error"])
         assert labelled(docker_client, name) == {"containers": [], "networks": [],
-                                                 "volumes": [f"sandbox-{name}-data"]}
+                                                 "volumes": [f"sandbox-{name}-audit", f"sandbox-{name}-data"]}
         [report] = status(gateway, name)  # the truth: its data is kept, nothing runs
         assert not report["healthy"] and {p["state"] for p in report["parts"]} == {"missing"}
     finally:

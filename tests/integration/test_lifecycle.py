@@ -31,7 +31,7 @@ def test_down_keeps_only_the_data_and_up_brings_the_history_back(gateway, docker
 
         down(gateway, name)
         assert labelled(docker_client, name) == {"containers": [], "networks": [],
-                                                 "volumes": [f"sandbox-{name}-data"]}
+                                                 "volumes": [f"sandbox-{name}-audit", f"sandbox-{name}-data"]}
 
         second = up(gateway, path, ca_bundle=ca_bundle())
         assert history(second)[0]["content"] == "remember the word pelican"

@@ -34,6 +34,7 @@ def test_nothing_there_creates_everything_in_order():
         ("build", "image", "sandbox-ingress:ccc"),
         ("create", "network", "sandbox-demo-internal"),
         ("create", "network", "sandbox-demo-ingress"),
+        ("create", "volume", "sandbox-demo-audit"),
         ("create", "volume", "sandbox-demo-data"),
         ("create", "container", "sandbox-demo-dns"),
         ("create", "container", "sandbox-demo-backend"),
@@ -104,7 +105,7 @@ def test_leftovers_are_removed_but_data_is_kept():
     assert ("remove", "container", "sandbox-demo-old") in changes
     assert ("recreate", "container", "sandbox-demo-frontend") in changes
     volume = [a for a in make_plan(spec, observed).actions if a.kind == "volume"]
-    assert [(a.verb, a.name) for a in volume] == [("keep", "sandbox-demo-data")]
+    assert [(a.verb, a.name) for a in volume] == [("keep", "sandbox-demo-audit"), ("keep", "sandbox-demo-data")]
 
 
 def test_users_own_image_is_never_built():

@@ -1,0 +1,100 @@
+"""The audit as people use it, with a noisy front-end of our own that tries
+the ways out real UIs do: `up` says what was tried while starting, `status`
+counts it, `audit --since` and `--follow` narrow and follow it, and the
+records outlive the containers until `down --volumes`."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from launcher.cli import app
+from launcher.commands.audit import audit, follow
+from launcher.commands.down import down
+from launcher.commands.status import status
+from launcher.commands.up import up
+from tests.integration.conftest import FIXTURES_BAD, ca_bundle, ui, write_policy
+
+NOISY = FIXTURES_BAD.parent / "noisy-ui"
+NAMES = {"telemetry.noisy-ui.example", "updates.noisy-ui.example", "api.noisy-ui.example",
+         "collector.noisy-ui.example"}
+runner = CliRunner()
+
+
+def looked_up(report: dict) -> set[str]:
+    return {n["name"] for n in report["names"]}
+
+
+def wait_for(check, seconds: float = 60):
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+    return found
+
+
+@pytest.fixture
+def noisy(gateway, tmp_path):
+    shutil.copytree(NOISY, tmp_path / "noisy-ui")
+    path = write_policy(tmp_path, frontend={"build": {"context": "noisy-ui"}, "health_path": "/health"})
+    said: list[str] = []
+    result = up(gateway, path, ca_bundle=ca_bundle(), say=said.append)
+    yield result, path, said
+    down(gateway, result.name, volumes=True)
+
+
+def test_up_says_what_was_tried_while_starting_and_status_counts_it(gateway, noisy):
+    result, path, said = noisy
+    # The UI tries on start, in a thread of its own: `up` sees what it had tried by the time it was ready.
+    report = wait_for(lambda: NAMES <= looked_up(r := audit(gateway, result.name)) and r)
+    assert {n["parts"][0] for n in report["names"] if n["name"] in NAMES} == {"frontend"}
+    # Its first lookups come before it answers, so `up` has seen them.
+    [summary] = [m for m in said if m.startswith("while starting, parts tried to reach")]
+    assert "telemetry.noisy-ui.example (frontend)" in summary and "none resolved" in summary
+    assert f"`sandbox audit {result.name}` shows all" in summary
+    [state] = status(gateway, result.name)
+    assert state["attempts"] >= len(NAMES)
+    text = runner.invoke(app, ["status", result.name]).stdout
+    assert f"{state['attempts']} attempt(s) to reach outside, all stopped" in text
+
+
+def test_since_and_follow(gateway, noisy):
+    result, _, _ = noisy
+    wait_for(lambda: NAMES <= looked_up(audit(gateway, result.name)))
+    later = time.time()
+    assert looked_up(audit(gateway, result.name, since=later)) == set()
+    seen: list[dict] = []
+
+    def watch():
+        for entry in follow(gateway, result.name):
+            seen.append(entry)
+            if entry["name"] == "updates.noisy-ui.example":
+                return
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(1)
+    with ui(result, "phone-home", {}, timeout=60):
+        pass
+    watcher.join(60)
+    assert {e["name"] for e in seen} >= {"telemetry.noisy-ui.example", "updates.noisy-ui.example"}
+    assert all(e["part"] == "frontend" for e in seen)
+    assert NAMES <= looked_up(audit(gateway, result.name, since=later))
+    run = runner.invoke(app, ["audit", result.name, "--since", "1d", "--json"])
+    assert NAMES <= {n["name"] for n in json.loads(run.stdout)["names"]}
+
+
+def test_the_records_outlive_the_containers_until_down_volumes(gateway, noisy):
+    result, path, _ = noisy
+    wait_for(lambda: NAMES <= looked_up(audit(gateway, result.name)))
+    before = len(audit(gateway, result.name)["lookups"])
+    down(gateway, result.name)  # the containers go; the audit volume stays
+    up(gateway, path, ca_bundle=ca_bundle())
+    wait_for(lambda: len(audit(gateway, result.name)["lookups"]) >= 2 * before)
+    down(gateway, result.name, volumes=True)
+    up(gateway, path, ca_bundle=ca_bundle())
+    after = wait_for(lambda: NAMES <= looked_up(r := audit(gateway, result.name)) and r)
+    assert len(after["lookups"]) < 2 * before  # a new record: only this start's
