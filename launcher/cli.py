@@ -613,7 +613,8 @@ def model_pull(source: str = typer.Argument(..., help="hf://OWNER/REPO@REVISION/
     contacted = result.contacts.requests
     out.print(f"  contacted: {'nothing' if not contacted else ''}", markup=False)
     for r in contacted:
-        out.print(f"    {r['method']} {r['scheme']}://{r['host']}:{r['port']}{r['path']} -> {r['status']}", markup=False)
+        out.print(f"    {r['method']} {r['scheme']}://{r['host']}:{r['port']}{r['path']} -> {r['status']}",
+                  markup=False)
     if result.policy_updated:
         out.print(f"  updated {result.policy_updated}", markup=False)
 
