@@ -7,6 +7,7 @@ import io
 import os
 import secrets
 import shutil
+import socket
 import tarfile
 import tempfile
 import time
@@ -32,6 +33,7 @@ NANO = 1_000_000_000
 LABEL_IMAGE = "io.sandbox.built-image"
 # Marks the network and proxy of one image build, removed when it ends.
 LABEL_BUILD = "io.sandbox.build"
+LABEL_BUILD_OWNER = "io.sandbox.build-owner"  # HOST/PID of the launcher running the build
 BUILD_PROXY_PORT = 3128
 MIN_ENGINE = (20, 10)
 
@@ -330,9 +332,10 @@ class DockerGateway:
         if not self.image_present(egress.proxy_image.tag):
             _quiet(say)(f"building image {egress.proxy_image.tag} (the build proxy; the one build not behind it)")
             self._build(egress.proxy_image, None)
+        self.sweep_stale_builds()
         run = secrets.token_hex(4)
         network, proxy = f"sandbox-build-{run}", f"sandbox-build-{run}-proxy"
-        labels = {LABEL_BUILD: run}
+        labels = {LABEL_BUILD: run, LABEL_BUILD_OWNER: _owner()}
         with _translated("preparing the build network"):
             self.api.create_network(network, driver="bridge", internal=True, labels=labels, enable_ipv6=False,
                                     options={"com.docker.network.bridge.inhibit_ipv4": "true"})
@@ -360,6 +363,26 @@ class DockerGateway:
         finally:
             self._remove_container(proxy)
             self._remove_network(network)
+
+    def sweep_stale_builds(self) -> list[str]:
+        """Remove the build proxies and networks of builds whose launcher is
+        gone (killed mid-build, so its cleanup never ran). Only those started
+        on this machine: a live build's owner is a running process here."""
+        removed = []
+        label = {"label": LABEL_BUILD}
+        with _translated("looking for stale builds"):
+            containers = self.api.containers(all=True, filters=label)
+            networks = self.api.networks(filters=label)
+        for item in containers:
+            if _stale((item.get("Labels") or {}).get(LABEL_BUILD_OWNER)):
+                name = item["Names"][0].lstrip("/")
+                self._remove_container(name)
+                removed.append(name)
+        for item in networks:
+            if _stale((item.get("Labels") or {}).get(LABEL_BUILD_OWNER)):
+                self._remove_network(item["Name"])
+                removed.append(item["Name"])
+        return removed
 
     def _proxy_record(self, proxy: str) -> list[dict]:
         return list(json_records(self.log_tail(proxy, lines=10_000), "verdict"))
@@ -629,6 +652,24 @@ def _tls_hint(tail: list[str]) -> str:
         return ""
     return ("\nthe build could not verify a TLS certificate: this network may intercept TLS. Point --ca-bundle "
             "(or SANDBOX_CA_BUNDLE) at the CA bundle it uses; the host's own CAs are trusted unless SANDBOX_HOST_CA=0")
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+def _stale(owner: str | None) -> bool:
+    """A build's owner that is a process of this machine that is gone."""
+    host, _, pid = (owner or "").rpartition("/")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _chunks(source, size: int = 4 * 2**20) -> Iterator[bytes]:

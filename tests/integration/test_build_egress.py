@@ -118,3 +118,34 @@ def test_a_build_step_that_ignores_the_proxy_fails_saying_so(gateway, tmp_path):
     with pytest.raises(BuildFailure) as failed:
         gateway.build(image, egress=build_egress(ca_bundle()))
     assert "only through the sandbox's build proxy" in str(failed.value)
+
+
+def test_a_killed_builds_proxy_and_network_are_swept(gateway, docker_client):
+    """A launcher killed mid-build never ran its cleanup: the next build
+    removes what it left, and leaves a live build's alone."""
+    import os
+    import socket
+    import subprocess
+
+    from launcher.docker_gateway import LABEL_BUILD, LABEL_BUILD_OWNER
+    from launcher.images import BASE_IMAGE
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    stale = {LABEL_BUILD: "stale", LABEL_BUILD_OWNER: f"{host}/{gone.pid}"}
+    live = {LABEL_BUILD: "live", LABEL_BUILD_OWNER: f"{host}/{os.getpid()}"}
+    made = [docker_client.networks.create("sandbox-build-stale", internal=True, labels=stale),
+            docker_client.networks.create("sandbox-build-live", internal=True, labels=live)]
+    proxy = docker_client.containers.create(BASE_IMAGE, ["true"], name="sandbox-build-stale-proxy", labels=stale)
+    try:
+        removed = gateway.sweep_stale_builds()
+        assert {"sandbox-build-stale-proxy", "sandbox-build-stale"} <= set(removed)
+        assert "sandbox-build-live" not in removed
+        left = {n.name for n in docker_client.networks.list(filters={"label": LABEL_BUILD})}
+        assert "sandbox-build-live" in left and "sandbox-build-stale" not in left
+    finally:
+        for thing in [proxy, *made]:
+            try:
+                thing.remove()
+            except Exception:  # noqa: BLE001 - already gone is fine
+                pass
