@@ -360,12 +360,19 @@ def _render_audit(result: dict) -> None:
                           else c["reason"])
                 out.print(printable(f"    {c['count']:4}x {c['verdict']:8} {c['host']}:{c['port']}  {detail}"),
                           markup=False)
-    if not result["names"] and not result["ingress_refused"]:
+    if not result["names"] and not result["ingress_refused"] and not result["destinations"]:
         out.print(f"sandbox {result['name']}: nothing tried to get out while running", markup=False)
         return
-    out.print(f"sandbox {result['name']}: names looked up (none was resolved)", markup=False)
+    if result["names"]:
+        out.print(f"sandbox {result['name']}: names looked up (none was resolved)", markup=False)
     for n in result["names"]:
         out.print(printable(f"  {n['count']:5}x  {n['name']}  (by {', '.join(n['parts'])})"), markup=False)
+    if result["destinations"]:
+        out.print(f"sandbox {result['name']}: connections to outside addresses (each ended at the sink)",
+                  markup=False)
+    for d in result["destinations"]:
+        out.print(printable(f"  {d['count']:5}x  {d['protocol']} {d['address']}:{d['port']}  "
+                            f"{'; '.join(d['said'])}  (by {', '.join(d['parts'])})"), markup=False)
     if result["ingress_refused"]:
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:

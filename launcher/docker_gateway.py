@@ -274,9 +274,9 @@ class DockerGateway:
             host = self.api.inspect_container(container)["HostConfig"]
         return {"pids": host.get("PidsLimit"), "memory": host.get("Memory")}
 
-    def exec_in(self, container: str, command: list[str]) -> tuple[int, str]:
+    def exec_in(self, container: str, command: list[str], user: str = "") -> tuple[int, str]:
         with _translated(f"running a command in {container}"):
-            exec_id = self.api.exec_create(container, command)["Id"]
+            exec_id = self.api.exec_create(container, command, user=user)["Id"]
             output = self.api.exec_start(exec_id)
             code = self.api.exec_inspect(exec_id)["ExitCode"]
         return code, output.decode(errors="replace")
@@ -529,7 +529,7 @@ class DockerGateway:
 
     def _create_network(self, spec: SandboxSpec, net: NetworkSpec) -> None:
         with _translated(f"creating network {net.name}"):
-            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=net.subnet)]) if net.subnet else None
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=net.subnet, gateway=net.gateway)]) if net.subnet else None
             self.api.create_network(net.name, driver="bridge", internal=net.internal,
                                     options=dict(net.options), labels=labels_for(spec, net), ipam=ipam,
                                     enable_ipv6=False, check_duplicate=True)
@@ -552,6 +552,7 @@ class DockerGateway:
             port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
             read_only=c.read_only,
             cap_drop=list(c.cap_drop),
+            cap_add=list(c.cap_add) or None,
             security_opt=list(c.security_opt),
             privileged=c.privileged,
             pids_limit=c.pids_limit,
@@ -563,7 +564,7 @@ class DockerGateway:
             dns=list(c.dns) or None,
             sysctls=dict(c.sysctls) or None,
             runtime=c.runtime,
-            init=True,
+            init=c.init,
             log_config=_bounded_log(c.log_max_size, c.log_max_files),
         )
         first, *rest = c.networks

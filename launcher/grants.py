@@ -11,7 +11,7 @@ it can open connections to."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from launcher.spec import LABEL_PART, SandboxSpec
 
@@ -51,11 +51,18 @@ def _peers_by_networks(memberships: dict[str, set[str]]) -> dict[str, frozenset[
 def from_spec(spec: SandboxSpec) -> dict[str, Grants]:
     peers = _peers_by_networks({c.part: {a.network for a in c.networks} for c in spec.containers})
     return {c.part: Grants(
-        user=c.user, writable_root=not c.read_only, capabilities=_kept(list(c.cap_drop)),
+        user=c.user, writable_root=not c.read_only, capabilities=_kept(list(c.cap_drop), list(c.cap_add)),
         can_escalate="no-new-privileges:true" not in c.security_opt or c.privileged,
         mounts=frozenset({(m.target, not m.read_only) for m in c.mounts} | {(t, True) for t, _ in c.tmpfs}),
         gpus=bool(c.gpus), runtime=c.runtime or "runc", memory=_bytes(c.memory), millicpus=int(c.cpus * 1000),
         peers=peers[c.part]) for c in spec.containers}
+
+
+def on_kubernetes(intended: dict[str, Grants]) -> dict[str, Grants]:
+    """The one difference a cluster makes, and the only one allowed: Pod
+    Security `restricted` lets no container add a capability, so the sink
+    runs as 65534 with none, answering DNS only (launcher/render/kubernetes.py)."""
+    return {**intended, "dns": replace(intended["dns"], user="65534:65534", capabilities=frozenset())}
 
 
 def from_docker(containers: list[dict]) -> dict[str, Grants]:

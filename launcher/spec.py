@@ -40,6 +40,7 @@ PARTS = ("dns", "backend", "frontend", "ingress")
 # gets no route for it and a LAN using the same range is not shadowed.
 SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 DNS_SINK_HOST = 53  # the sink's address: .53 of the internal subnet
+SINK_GATEWAY_HOST = 1  # the internal network's gateway, .1: an address the sink answers for
 AUDIT_DIR = "/audit"  # in the DNS sink: its records, on the sandbox's audit volume
 
 
@@ -59,6 +60,7 @@ class NetworkSpec:
     internal: bool
     options: tuple[tuple[str, str], ...]
     subnet: str | None = None  # None: the engine picks one
+    gateway: str | None = None  # the address parts route through; None: the engine's choice
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class ContainerSpec:
     # reach these fields (docs/threats.md, "Hardening every container gets").
     read_only: bool = True
     cap_drop: tuple[str, ...] = ("ALL",)
+    cap_add: tuple[str, ...] = ()  # the sink only, to set up its own network namespace (build_spec says why)
+    init: bool = True  # a small init as PID 1 that reaps zombies
     security_opt: tuple[str, ...] = ("no-new-privileges:true",)
     privileged: bool = False
     # A part that crashes comes back (Docker backs off up to a minute between
@@ -195,16 +199,26 @@ def dns_sink_address(subnet: str) -> str:
     return str(ipaddress.ip_network(subnet)[DNS_SINK_HOST])
 
 
+def sink_gateway_address(subnet: str) -> str:
+    return str(ipaddress.ip_network(subnet)[SINK_GATEWAY_HOST])
+
+
 def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
                gpus: str | tuple[str, ...] | None, internal_subnet: str) -> SandboxSpec:
     name = policy.name
+    sink_ip, sink_gateway = dns_sink_address(internal_subnet), sink_gateway_address(internal_subnet)
     internal = NetworkSpec(
-        name=resource_name(name, "internal"), part="internal", internal=True,
-        # No address for the bridge on the host: containers get no path to the
-        # host, whose services an internal network otherwise still reaches.
-        options=(("com.docker.network.bridge.inhibit_ipv4", "true"),),
-        subnet=internal_subnet)
-    sink_ip = dns_sink_address(internal_subnet)
+        name=resource_name(name, "internal"), part="internal",
+        # Not "internal" to Docker, so that each part gets a default route; its
+        # gateway is an address the host does not have (no address for the
+        # bridge on the host: no path to the host or its services) and no NAT:
+        # the sink answers for the gateway, so every attempt to reach an
+        # address outside the sandbox ends at the sink, which records it and
+        # forwards nothing (docs/threats.md, "The wall").
+        internal=False,
+        options=(("com.docker.network.bridge.inhibit_ipv4", "true"),
+                 ("com.docker.network.bridge.enable_ip_masquerade", "false")),
+        subnet=internal_subnet, gateway=sink_gateway)
     dns = (sink_ip,)
     ingress_net = NetworkSpec(
         name=resource_name(name, "ingress"), part="ingress", internal=False,
@@ -223,9 +237,19 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         frontend_mounts = (Mount(source=data.name, target=f.data, kind="volume", read_only=False),)
 
     sink = ContainerSpec(
-        part="dns", name=resource_name(name, "dns"), image=images.dns.tag, user=NOBODY,
+        # The one part that starts as root: with NET_ADMIN in its own network
+        # namespace only, it takes the gateway's address and sends every
+        # connection there to itself; it then becomes 65534 with no
+        # capability left before it reads a byte from the sandbox
+        # (images/dns-sink/sink.py; `verify` checks).
+        part="dns", name=resource_name(name, "dns"), image=images.dns.tag, user="0:0",
+        cap_add=("NET_ADMIN", "SETUID", "SETGID"),
+        # No init: an init would stay root, with those capabilities, for the
+        # container's life. The sink is PID 1 and starts no lasting children.
+        init=False,
         networks=(Attachment(internal.name, ("dns",), ipv4_address=sink_ip),),
-        env=(("SANDBOX_AUDIT_DIR", AUDIT_DIR),),
+        env=(("SANDBOX_AUDIT_DIR", AUDIT_DIR), ("SANDBOX_SINK_ADDRESS", sink_ip),
+             ("SANDBOX_SINK_GATEWAY", sink_gateway)),
         mounts=(Mount(source=audit.name, target=AUDIT_DIR, kind="volume", read_only=False),),
         # Port 53 without any capability: only this container's own namespace.
         sysctls=(("net.ipv4.ip_unprivileged_port_start", "53"),),

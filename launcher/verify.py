@@ -47,11 +47,27 @@ class Facts:
     # What the front door (the ingress, from the host) answered to each try of
     # launcher/front_door.py; empty when not tried.
     front_door: dict = field(default_factory=dict)
+    # [protocol, address, port] of every attempt the sandbox's sink recorded while the probe ran.
+    caught: list = field(default_factory=list)
 
 
-def _failed_outcome(outcome: str) -> bool:
-    """A connection attempt's outcome that means the way was open."""
-    return outcome in ("connected", "answered") or outcome.startswith(("route-via-live-gateway", "on-link"))
+ADDRESS_TARGET = "203.0.113.77"  # an address off every network here; only the sink can take it
+
+
+def _key(target: str) -> tuple[str, str, int]:
+    """("tcp", "1.1.1.1", 443) from "tcp 1.1.1.1:443" (or "1.1.1.1:443", TCP)."""
+    protocol, _, address = target.rpartition(" ")
+    host, _, port = address.rpartition(":")
+    return protocol or "tcp", host, int(port)
+
+
+def _escaped(f: Facts, target: str, outcome: str) -> bool:
+    """Whether an attempt's outcome means the way was open. A connection that
+    was taken (or a datagram answered) escaped unless the sandbox's sink
+    recorded it: then it was the sink that took it, and nothing went on."""
+    if outcome.removeprefix("via-sink:") in ("connected", "answered"):
+        return _key(target) not in {tuple(c) for c in f.caught}
+    return outcome.startswith(("route-via-live-gateway", "on-link"))
 
 
 def _summary(outcomes: dict) -> str:
@@ -73,7 +89,7 @@ def dns_leak(f: Facts) -> Row:
     # The query must have ended at the sink, the only server the sandbox's
     # resolver forwards to, and never at the host's resolvers.
     direct = {k: v for k, v in f.probe.get("outside", {}).items() if k.startswith("udp ") and ":53" in k}
-    leaked = any(_failed_outcome(v) for v in direct.values())
+    leaked = any(_escaped(f, k, v) for k, v in direct.items())
     seen = f.unique_name in f.sink_names
     ok = seen and not leaked
     return Row("DNS leak via host resolver", "the same lookup, and UDP 53 straight to the host's resolvers",
@@ -82,22 +98,34 @@ def dns_leak(f: Facts) -> Row:
 
 
 def raw_egress(f: Facts) -> Row:
-    tried = {k: v for k, v in f.probe.get("outside", {}).items() if "169.254.169.254" not in k}
-    bad = {k: v for k, v in tried.items() if _failed_outcome(v)}
+    tried = {k: v for k, v in f.probe.get("outside", {}).items()
+             if "169.254.169.254" not in k and ADDRESS_TARGET not in k}
+    bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
     return Row("raw IP egress", "TCP to a public address and the host's resolver, UDP 53",
                FAIL if bad or not tried else PASS, _summary(bad or tried))
 
 
+def attempt_by_address(f: Facts) -> Row:
+    tried = {k: v for k, v in f.probe.get("outside", {}).items() if f" {ADDRESS_TARGET}:" in k}
+    caught = {tuple(c) for c in f.caught}
+    recorded = [k for k in tried if _key(k) in caught]
+    escaped = {k: v for k, v in tried.items() if _escaped(f, k, v)}
+    ok = bool(tried) and len(recorded) == len(tried) and not escaped
+    return Row("attempt by address", f"TCP and UDP to {ADDRESS_TARGET}, by address, no name looked up",
+               PASS if ok else FAIL,
+               f"{_summary(tried)}; recorded by the sink: {', '.join(recorded) or 'NOTHING'}")
+
+
 def metadata(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items() if "169.254.169.254" in k}
-    bad = any(_failed_outcome(v) for v in tried.values())
+    bad = any(_escaped(f, k, v) for k, v in tried.items())
     return Row("metadata", "TCP 169.254.169.254:80", FAIL if bad or not tried else PASS, _summary(tried))
 
 
 def host_services(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("tcp", {}).items()
              if k.rsplit(":", 1)[0] in f.host_targets and k.endswith(f":{f.canary_port}")}
-    bad = {k: v for k, v in tried.items() if _failed_outcome(v)}
+    bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
     hits = f", and the canary saw {f.canary_hits}" if f.canary_hits else ""
     ok = tried and not bad and not f.canary_hits
     return Row("host services", f"a canary on 0.0.0.0:{f.canary_port}; connect via every host address",
@@ -109,7 +137,7 @@ def other_sandboxes(f: Facts) -> Row:
         return Row("other sandboxes", "connect to the containers of another sandbox", SKIP,
                    "no other sandbox is running")
     tried = {k: v for k, v in f.probe.get("tcp", {}).items() if k in f.other_sandbox_targets}
-    bad = {k: v for k, v in tried.items() if _failed_outcome(v)}
+    bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
     return Row("other sandboxes", "connect to the containers of another sandbox",
                FAIL if bad or not tried else PASS, _summary(bad or tried))
 
@@ -312,8 +340,8 @@ def slow_clients(f: Facts) -> Row:
     return Row("slow clients", how, PASS if ok else FAIL, text)
 
 
-MATRIX = (external_dns, dns_leak, raw_egress, metadata, host_services, other_sandboxes, ipv6, ingress_proxy,
-          raw_sockets, privileges, write_weights, write_root, docker_socket, bombs, lan_reach,
+MATRIX = (external_dns, dns_leak, raw_egress, attempt_by_address, metadata, host_services, other_sandboxes, ipv6,
+          ingress_proxy, raw_sockets, privileges, write_weights, write_root, docker_socket, bombs, lan_reach,
           dns_rebinding, no_credential, cross_site_request, cross_site_websocket, smuggled_proxy_request,
           slow_clients)
 

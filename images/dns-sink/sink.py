@@ -1,15 +1,30 @@
-"""A DNS server that resolves nothing. Docker's embedded resolver answers the
+"""The sandbox's sink: where every way out of it ends.
+
+DNS: a server that resolves nothing. Docker's embedded resolver answers the
 sandbox's own names (backend, frontend, ...) itself and forwards every other
 query here; each gets NXDOMAIN at once (no 10-second timeouts for a UI that
 tries to phone home) and is logged as one JSON line for `sandbox audit`.
 
-The lines also go to the sandbox's audit volume ($SANDBOX_AUDIT_DIR), which
-outlives the container until `sandbox down --volumes`: lookups.jsonl (and
-lookups.1.jsonl, the previous 8 MiB), and counts.json, the number so far."""
+Connections: the sandbox's network routes everything that is not inside it
+to a gateway address that only this container answers for
+(launcher/spec.py). Given $SANDBOX_SINK_GATEWAY and started as root with
+NET_ADMIN in its own network namespace, it takes that address and has the
+kernel deliver every TCP connection and UDP datagram sent through it to
+itself (TPROXY), then becomes uid 65534 with no capability left before it
+reads a byte. Each connection is accepted, read for a moment (the TLS
+server name from the ClientHello; or the HTTP method, Host, path, headers
+and body size), recorded and closed; each datagram recorded. Nothing is
+ever forwarded.
+
+Records go to stdout and to the sandbox's audit volume ($SANDBOX_AUDIT_DIR),
+which outlives the container until `sandbox down --volumes`: lookups.jsonl,
+connections.jsonl (each with a .1 file, the previous 8 MiB), and counts.json."""
 import json
 import os
+import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -19,8 +34,14 @@ QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT",
           65: "HTTPS", 255: "ANY"}
 AUDIT_DIR = os.environ.get("SANDBOX_AUDIT_DIR")
 AUDIT_FILE_BYTES = 8 * 1024 * 1024
+CONNECTION_PORT = 9999  # where the kernel delivers every caught connection and datagram (at or above 53:
+# the port the sysctl lets it bind without a capability)
+READ_SECONDS = 2  # how long a caught connection may talk before it is closed
+READ_BYTES = 64 * 1024
+NOBODY = 65534
+IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20  # linux/in.h
 log_lock = threading.Lock()
-counts = {"lookups": 0}
+counts = {"lookups": 0, "connections": 0}
 
 
 def parse_question(query: bytes):
@@ -52,24 +73,28 @@ def answer(query: bytes):
 
 def log(client, question):
     name, qtype = question if question else ("(malformed)", "-")
-    line = json.dumps({"time": round(time.time(), 3), "client": client, "name": name, "type": qtype})
+    record("lookups", {"time": round(time.time(), 3), "client": client, "name": name, "type": qtype})
+
+
+def record(kind, entry):
+    line = json.dumps(entry)
     with log_lock:
         print(line, flush=True)
-        keep(line)
+        keep(kind, line)
 
 
-def keep(line):
+def keep(kind, line):
     """Append to the audit volume; a full or missing volume costs the record
     there, never the answer."""
     if not AUDIT_DIR:
         return
-    path = os.path.join(AUDIT_DIR, "lookups.jsonl")
+    path = os.path.join(AUDIT_DIR, f"{kind}.jsonl")
     try:
         if os.path.exists(path) and os.path.getsize(path) > AUDIT_FILE_BYTES:
-            os.replace(path, os.path.join(AUDIT_DIR, "lookups.1.jsonl"))
+            os.replace(path, os.path.join(AUDIT_DIR, f"{kind}.1.jsonl"))
         with open(path, "a") as f:
             f.write(line + "\n")
-        counts["lookups"] += 1
+        counts[kind] = counts.get(kind, 0) + 1
         temporary = os.path.join(AUDIT_DIR, "counts.json.tmp")
         with open(temporary, "w") as f:
             json.dump(counts, f)
@@ -122,15 +147,173 @@ def serve_tcp(sock):
         threading.Thread(target=serve_tcp_client, args=(conn, peer), daemon=True).start()
 
 
+# ---- connections ---------------------------------------------------------
+
+def server_name(data):
+    """The server name (SNI) of a TLS ClientHello, or None."""
+    try:
+        if len(data) < 43 or data[0] != 0x16 or data[5] != 0x01:
+            return None
+        i = 43  # record header 5, handshake header 4, version 2, random 32
+        i += 1 + data[i]  # session id
+        i += 2 + struct.unpack("!H", data[i:i + 2])[0]  # cipher suites
+        i += 1 + data[i]  # compression methods
+        end = i + 2 + struct.unpack("!H", data[i:i + 2])[0]
+        i += 2
+        while i + 4 <= end:
+            kind, length = struct.unpack("!HH", data[i:i + 4])
+            if kind == 0:  # server_name: list length 2, type 1, name length 2, name
+                size = struct.unpack("!H", data[i + 7:i + 9])[0]
+                return data[i + 9:i + 9 + size].decode("ascii", "replace")
+            i += 4 + length
+    except (IndexError, struct.error):
+        return None
+    return None
+
+
+def http_request(data):
+    """Method, Host, path, headers and body size of a plain HTTP request, or None."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[0].isalpha():
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length = headers.get("content-length", "")
+    return {"method": parts[0], "host": headers.get("host"), "path": parts[1][:2048],
+            "headers": {k: v[:256] for k, v in list(headers.items())[:64]},
+            "body_bytes": int(length) if length.isdigit() else len(body)}
+
+
+def describe(data):
+    """What a caught connection said before it was closed."""
+    out = {"bytes": len(data)}
+    name = server_name(data)
+    if name is not None:
+        out["tls_server_name"] = name
+        return out
+    request = http_request(data) if data else None
+    if request:
+        out["http"] = request
+    elif data:
+        out["first_bytes"] = data[:32].hex()
+    return out
+
+
+def read_for_a_moment(conn):
+    data = b""
+    deadline = time.monotonic() + READ_SECONDS
+    while len(data) < READ_BYTES and time.monotonic() < deadline:
+        conn.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = conn.recv(READ_BYTES - len(data))
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+        request = http_request(data) if b"\r\n\r\n" in data else None
+        if server_name(data) or (request and len(data.partition(b"\r\n\r\n")[2]) >= request["body_bytes"]):
+            break  # it said what it wanted
+    return data
+
+
+def caught_tcp(conn, peer):
+    with conn:
+        address, port = conn.getsockname()[:2]  # where it meant to go
+        entry = {"time": round(time.time(), 3), "client": peer[0], "protocol": "tcp", "address": address,
+                 "port": port}
+        entry.update(describe(read_for_a_moment(conn)))
+        record("connections", entry)
+
+
+def serve_caught_tcp(sock):
+    while True:
+        conn, peer = sock.accept()
+        threading.Thread(target=caught_tcp, args=(conn, peer), daemon=True).start()
+
+
+def serve_caught_udp(sock):
+    while True:
+        data, ancillary, _, peer = sock.recvmsg(65535, 1024)
+        address, port = None, None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
+                port = struct.unpack("!H", value[2:4])[0]
+                address = socket.inet_ntoa(value[4:8])
+        record("connections", {"time": round(time.time(), 3), "client": peer[0], "protocol": "udp",
+                               "address": address, "port": port, "bytes": len(data),
+                               "first_bytes": data[:32].hex()})
+
+
+def take_the_gateway(gateway, own_address):
+    """Answer for the gateway address and have the kernel hand every TCP
+    connection and UDP datagram routed through it to CONNECTION_PORT here.
+    Packets for the sink's own address (DNS queries, the answers to its own
+    connections) are left alone. Idempotent: a restarted container may find
+    its namespace as it left it."""
+    def run(*args, check=True):
+        return subprocess.run(args, check=check, capture_output=True)
+    device = next(line.split()[1] for line in run("ip", "-o", "-4", "addr", "show").stdout.decode().splitlines()
+                  if f" {own_address}/" in line)
+    run("ip", "addr", "replace", f"{gateway}/32", "dev", device)
+    if run("iptables", "-t", "mangle", "-N", "SINK", check=False).returncode != 0:
+        run("iptables", "-t", "mangle", "-F", "SINK")
+    run("iptables", "-t", "mangle", "-A", "SINK", "-d", own_address, "-j", "RETURN")
+    for protocol in ("tcp", "udp"):
+        run("iptables", "-t", "mangle", "-A", "SINK", "-p", protocol, "-j", "TPROXY", "--on-port",
+            str(CONNECTION_PORT), "--on-ip", "0.0.0.0", "--tproxy-mark", "0x1/0x1")
+    if run("iptables", "-t", "mangle", "-C", "PREROUTING", "-i", device, "-j", "SINK", check=False).returncode:
+        run("iptables", "-t", "mangle", "-A", "PREROUTING", "-i", device, "-j", "SINK")
+    if b"lookup 100" not in run("ip", "rule", "show").stdout:
+        run("ip", "rule", "add", "fwmark", "1", "lookup", "100")
+    run("ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    tcp.bind(("0.0.0.0", CONNECTION_PORT))
+    tcp.listen(256)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+    udp.bind(("0.0.0.0", CONNECTION_PORT))
+    return tcp, udp
+
+
+def become_nobody():
+    """Give up root and every capability, for good (no-new-privileges holds)."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    with open("/proc/self/status") as f:
+        effective = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+    if int(effective, 16) != 0 or os.getuid() != NOBODY:
+        sys.exit("the sink could not give up its privileges")
+
+
 if __name__ == "__main__":
+    # PID 1 in its container (no init, which would stay root): stop on SIGTERM.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     if AUDIT_DIR:
         load_counts()
+    caught = None
+    if os.environ.get("SANDBOX_SINK_GATEWAY") and os.geteuid() == 0:
+        caught = take_the_gateway(os.environ["SANDBOX_SINK_GATEWAY"], os.environ["SANDBOX_SINK_ADDRESS"])
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("0.0.0.0", PORT))
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     tcp.bind(("0.0.0.0", PORT))
     tcp.listen(16)
+    if os.geteuid() == 0:
+        become_nobody()
     threading.Thread(target=serve_tcp, args=(tcp,), daemon=True).start()
-    print(json.dumps({"time": round(time.time(), 3), "event": "listening", "port": PORT}), flush=True)
+    if caught:
+        threading.Thread(target=serve_caught_tcp, args=(caught[0],), daemon=True).start()
+        threading.Thread(target=serve_caught_udp, args=(caught[1],), daemon=True).start()
+    print(json.dumps({"time": round(time.time(), 3), "event": "listening", "port": PORT,
+                      "connections": bool(caught), "uid": os.getuid()}), flush=True)
     serve_udp(udp)

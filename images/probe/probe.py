@@ -12,9 +12,12 @@ The request (argv[1], JSON) may ask for:
   processes: true                 credentials of every process in view
 
 A target off this machine is tried only when no packet to it can leave: when
-the container has no route to it, or its route goes through a gateway that
-does not answer (no one holds that address: its ARP entry stays incomplete).
-A gateway that answers is itself reported, and the target is not tried.
+the container has no route to it, its route goes through a gateway that
+does not answer (no one holds that address: its ARP entry stays incomplete),
+or through the sandbox's sink (`sink_gateway` in the request: the sink
+records the attempt and forwards nothing; the outcome is then prefixed
+"via-sink:"). Any other gateway that answers is itself reported, and the
+target is not tried.
 """
 import ipaddress
 import json
@@ -94,15 +97,18 @@ def neighbour_answers(address):
     return False
 
 
-def outside(host, port, protocol):
+def outside(host, port, protocol, sink_gateway=None):
     route = route_for(host)
+    try_it = udp_dns if protocol == "udp" else connect
     if route is not None:
         network, gateway = route
         if gateway is None:
             return f"on-link:{network}"  # the target would be on the sandbox's own network
+        if gateway == sink_gateway:
+            return f"via-sink:{try_it(host, port)}"
         if neighbour_answers(gateway):
             return f"route-via-live-gateway:{gateway}"
-    return udp_dns(host, port) if protocol == "udp" else connect(host, port)
+    return try_it(host, port)
 
 
 def ipv6(address, port):
@@ -187,7 +193,8 @@ def main():
     request = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
     result = {"routes": [f"{net} via {gw}" if gw else str(net) for net, gw in routes()]}
     result["tcp"] = {f"{h}:{p}": connect(h, p) for h, p in request.get("tcp", [])}
-    result["outside"] = {f"{proto} {h}:{p}": outside(h, p, proto) for h, p, proto in request.get("outside", [])}
+    sink = request.get("sink_gateway")
+    result["outside"] = {f"{proto} {h}:{p}": outside(h, p, proto, sink) for h, p, proto in request.get("outside", [])}
     result["dns"] = {}
     for name in request.get("dns", []):
         try:

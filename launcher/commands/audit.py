@@ -20,24 +20,35 @@ from launcher.text import json_records
 AUDIT_LINES = 100_000
 
 
-def lookups_kept(gateway: DockerGateway, name: str) -> list[dict]:
-    """The DNS sink's records on the audit volume, oldest first: they outlive
-    its container until `down --volumes`."""
+def _kept(gateway: DockerGateway, name: str, kind: str, key: str) -> list[dict]:
+    """The sink's records of one kind on the audit volume, oldest first: they
+    outlive its container until `down --volumes`."""
     sink = resource_name(name, "dns")
     out = []
-    for file in ("lookups.1.jsonl", "lookups.jsonl"):
+    for file in (f"{kind}.1.jsonl", f"{kind}.jsonl"):
         data = gateway.read_file(sink, f"{AUDIT_DIR}/{file}")
         if data:
-            out += json_records(data.decode(errors="replace").splitlines(), "name")
+            out += json_records(data.decode(errors="replace").splitlines(), key)
     return out
 
 
+def lookups_kept(gateway: DockerGateway, name: str) -> list[dict]:
+    return _kept(gateway, name, "lookups", "name")
+
+
+def connections_kept(gateway: DockerGateway, name: str) -> list[dict]:
+    """Every connection and datagram to an outside address, as the sink took them."""
+    return _kept(gateway, name, "connections", "protocol")
+
+
 def attempts(gateway: DockerGateway, name: str) -> int:
-    """How many times a part tried to reach outside, as the sink counted."""
+    """How many times a part tried to reach outside (names looked up,
+    connections and datagrams), as the sink counted."""
     data = gateway.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/counts.json")
     try:
-        return int(json.loads(data)["lookups"]) if data else 0
-    except (ValueError, KeyError, TypeError):
+        counts = json.loads(data) if data else {}
+        return int(counts.get("lookups", 0)) + int(counts.get("connections", 0))
+    except (ValueError, TypeError, AttributeError):
         return 0
 
 
@@ -69,7 +80,34 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
         seen["parts"].add(entry["part"])
         seen["count"] += 1
     summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
-    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused, "builds": builds}
+    caught = [_connection(entry, part_of_address) for entry in connections_kept(gateway, name)
+              if since is None or entry.get("time", 0) >= since]
+    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused, "builds": builds,
+            "destinations": destinations(caught), "connections": caught}
+
+
+def _connection(entry: dict, part_of_address: dict[str, str]) -> dict:
+    said = (f"TLS to {entry['tls_server_name']}" if entry.get("tls_server_name") else
+            f"{entry['http']['method']} http://{entry['http'].get('host') or entry.get('address')}"
+            f"{entry['http']['path']} ({entry['http']['body_bytes']} B body)" if entry.get("http") else
+            f"{entry.get('bytes', 0)} B" if entry.get("bytes") else "nothing")
+    return {"time": entry.get("time"), "part": part_of_address.get(entry.get("client"), entry.get("client")),
+            "protocol": entry.get("protocol"), "address": entry.get("address"), "port": entry.get("port"),
+            "said": said, **{k: entry[k] for k in ("tls_server_name", "http") if k in entry}}
+
+
+def destinations(connections: list[dict]) -> list[dict]:
+    """One entry per protocol, address and port, with what was said there and counts."""
+    grouped: dict[tuple, dict] = {}
+    for c in connections:
+        key = (c["protocol"], c["address"], c["port"])
+        entry = grouped.setdefault(key, {"protocol": key[0], "address": key[1], "port": key[2], "count": 0,
+                                         "parts": set(), "said": set()})
+        entry["count"] += 1
+        entry["parts"].add(c["part"])
+        entry["said"].add(c["said"])
+    return [{**e, "parts": sorted(e["parts"]), "said": sorted(e["said"])}
+            for e in sorted(grouped.values(), key=lambda e: -e["count"])]
 
 
 def _lookup(entry: dict, part_of_address: dict[str, str]) -> dict:

@@ -26,7 +26,7 @@ from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Probl
 from launcher.lock import LockError
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.signing import remember_signer
-from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, ContainerSpec, SandboxSpec
+from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec
 
 Say = Callable[[str], None]
 POLL_SECONDS = 0.5
@@ -187,7 +187,8 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
     while True:
         alive("dns")
         alive("backend")
-        code, output = gateway.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key])
+        # As the sink itself runs once it has given up root.
+        code, output = gateway.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key], user=NOBODY)
         if code == 0:
             break
         if code == 3:

@@ -7,12 +7,15 @@ the ingress itself. launcher/verify.py judges what was seen."""
 from __future__ import annotations
 
 import json
+import random
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from launcher.commands.audit import connections_kept
 from launcher.commands.target import resolve_name
 from launcher import access, build_records
 from launcher.commands.prepare import prepare
@@ -26,7 +29,7 @@ from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
 from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
 from launcher.text import json_records
-from launcher.verify import FAIL, Facts, Row, judge
+from launcher.verify import ADDRESS_TARGET, FAIL, Facts, Row, judge
 
 Say = Callable[[str], None]
 PUBLIC_TARGET = ("1.1.1.1", 443)
@@ -92,12 +95,17 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     ingress_ip = gateway.addresses(spec.container("ingress").name).get(internal)
 
     in_gvisor = spec.container("frontend").runtime == "runsc"
+    # Ports of our own choosing, so that the sink's records of this run are told apart.
+    by_address = [[ADDRESS_TARGET, random.randint(20000, 60000), "tcp"],
+                  [ADDRESS_TARGET, random.randint(20000, 60000), "udp"]]
+    started = time.time()
     with Canary() as canary:
         facts.canary_port = canary.port
         request = {
             "tcp": [[h, canary.port] for h in facts.host_targets] + [[ip, port] for ip, port in others],
             "outside": [[*PUBLIC_TARGET, "tcp"], [*METADATA_TARGET, "tcp"]]
-                       + [[r, 53, proto] for r in resolvers for proto in ("udp", "tcp")],
+                       + [[r, 53, proto] for r in resolvers for proto in ("udp", "tcp")] + by_address,
+            "sink_gateway": spec.container("dns").env_value("SANDBOX_SINK_GATEWAY"),
             "dns": [facts.unique_name],
             "ipv6": [list(IPV6_TARGET)],
             "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
@@ -121,6 +129,8 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         pid = gateway.container_state(spec.container("frontend").name)["pid"]
         facts.gvisor_sentry = process_status(pid) if pid else None
     facts.sink_names = _sink_names(gateway, spec.container("dns").name)
+    facts.caught = [[c.get("protocol"), c.get("address"), c.get("port")]
+                    for c in connections_kept(gateway, name) if c.get("time", 0) >= started - 1]
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
     say("trying the front door from this machine: foreign Host, no token, cross-site, pipelined, slow clients")
     facts.front_door = try_front_door(policy.ingress_port, name,

@@ -15,7 +15,7 @@ def render(spec: SandboxSpec) -> dict:
                        "driver_opts": dict(net.options),
                        "labels": {LABEL_SANDBOX: spec.name, LABEL_PART: net.part, LABEL_HASH: spec_hash(net)}}
         if net.subnet:
-            entry["ipam"] = {"config": [{"subnet": net.subnet}]}
+            entry["ipam"] = {"config": [{"subnet": net.subnet, **({"gateway": net.gateway} if net.gateway else {})}]}
         networks[net.part] = entry
     by_name = {net.name: net.part for net in spec.networks}
     volumes = {v.part: {"name": v.name, "labels": {LABEL_SANDBOX: spec.name, LABEL_PART: v.part}}
@@ -34,7 +34,7 @@ def _service(spec: SandboxSpec, c: ContainerSpec, networks: dict[str, str], volu
         "cap_drop": list(c.cap_drop),
         "security_opt": list(c.security_opt),
         "privileged": c.privileged,
-        "init": True,
+        "init": c.init,
         "restart": c.restart[0],
         "mem_limit": c.memory,
         "memswap_limit": c.memory,  # no swap beyond the limit
@@ -50,6 +50,8 @@ def _service(spec: SandboxSpec, c: ContainerSpec, networks: dict[str, str], volu
                                                                ("ipv4_address", a.ipv4_address)) if v}
                      for a in c.networks},
     }
+    if c.cap_add:
+        service["cap_add"] = list(c.cap_add)
     if c.dns:
         service["dns"] = list(c.dns)
     if c.sysctls:

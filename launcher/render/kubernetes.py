@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from launcher.access import TOKEN_ENV
-from launcher.spec import (BACKEND_ALIAS, FRONTEND_ALIAS, LABEL_HASH, LABEL_PART, LABEL_SANDBOX, ContainerSpec,
-                           SandboxSpec, spec_hash)
+from launcher.spec import (BACKEND_ALIAS, FRONTEND_ALIAS, LABEL_HASH, LABEL_PART, LABEL_SANDBOX, NOBODY,
+                           ContainerSpec, SandboxSpec, spec_hash)
 
 NAMESPACE_PREFIX = "sandbox-"
 LABEL_INTERNAL = "io.sandbox.internal"
@@ -163,7 +163,10 @@ def _deployment(spec: SandboxSpec, c: ContainerSpec, ns: str, labels: dict, opti
             main["volumeMounts"].append({"name": "data", "mountPath": m.target})
     if options.gpus and c.gpus:
         main["resources"]["limits"]["nvidia.com/gpu"] = str(options.gpus)
-    sink = _container(spec.container("dns"), "dns", options, volumes, {})
+    # Pod Security `restricted` allows no added capability: on a cluster the
+    # sink is the DNS sink only, unprivileged, and the NetworkPolicies are
+    # what stops connections (docs/kubernetes.md, "What is not covered").
+    sink = _container(replace(spec.container("dns"), user=NOBODY, cap_add=()), "dns", options, volumes, {})
     for m in spec.container("dns").mounts:  # its records: for the pod's life (`kubectl logs -c dns` has them too)
         volumes.append({"name": "audit", "emptyDir": {"sizeLimit": "64Mi"}})
         sink["volumeMounts"].append({"name": "audit", "mountPath": m.target})

@@ -1,7 +1,8 @@
 """The audit as people use it, with a noisy front-end of our own that tries
-the ways out real UIs do: `up` says what was tried while starting, `status`
-counts it, `audit --since` and `--follow` narrow and follow it, and the
-records outlive the containers until `down --volumes`."""
+the ways out real UIs do: every attempt, by name or by address, ends at the
+sink and shows up with its detail; `up` says what was tried while starting,
+`status` counts it, `audit --since` and `--follow` narrow and follow it, and
+the records outlive the containers until `down --volumes`."""
 from __future__ import annotations
 
 import json
@@ -60,6 +61,20 @@ def test_up_says_what_was_tried_while_starting_and_status_counts_it(gateway, noi
     assert state["attempts"] >= len(NAMES)
     text = runner.invoke(app, ["status", result.name]).stdout
     assert f"{state['attempts']} attempt(s) to reach outside, all stopped" in text
+
+
+def test_attempts_by_address_end_at_the_sink_and_are_recorded(gateway, noisy):
+    result, _, _ = noisy
+    report = wait_for(lambda: len((r := audit(gateway, result.name))["destinations"]) >= 2 and r)
+    by_destination = {(d["protocol"], d["address"], d["port"]): d for d in report["destinations"]}
+    tcp = by_destination[("tcp", "203.0.113.7", 443)]
+    udp = by_destination[("udp", "203.0.113.7", 9999)]
+    assert tcp["parts"] == ["frontend"] and udp["parts"] == ["frontend"] and udp["said"] == ["14 B"]
+    # What the UI printed it got: a connection (to the sink), a datagram sent; nothing came back.
+    logs = "\n".join(gateway.logs(f"sandbox-{result.name}-frontend", tail=200))
+    assert '"attempt": "tcp 203.0.113.7:443", "result": "reached"' in logs
+    [state] = status(gateway, result.name)
+    assert state["attempts"] >= len(NAMES) + 2
 
 
 def test_since_and_follow(gateway, noisy):

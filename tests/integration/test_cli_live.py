@@ -83,5 +83,5 @@ def test_verify_prints_a_line_per_attack(sandbox):
     run = invoke("verify", result.name)
     assert run.exit_code == 0, run.output
     lines = run.stdout.splitlines()
-    assert sum(line.startswith(("PASS", "SKIP")) for line in lines) == 21
+    assert sum(line.startswith(("PASS", "SKIP")) for line in lines) == 22
     assert lines[-1] == f"sandbox {result.name}: every attack was stopped"

@@ -18,9 +18,9 @@ from launcher.spec import ContainerSpec
 from launcher.verify import Facts, host_services, privileges, raw_egress, raw_sockets, write_root
 from tests.integration.conftest import FIXTURES_BAD, ca_bundle, labelled, ui, write_policy
 
-ROWS = ["external DNS", "DNS leak via host resolver", "raw IP egress", "metadata", "host services",
-        "other sandboxes", "IPv6", "use the ingress as proxy", "raw sockets", "privileges", "write the weights",
-        "write the root fs", "Docker socket", "fork bomb / memory bomb", "LAN reach of the UI",
+ROWS = ["external DNS", "DNS leak via host resolver", "raw IP egress", "attempt by address", "metadata",
+        "host services", "other sandboxes", "IPv6", "use the ingress as proxy", "raw sockets", "privileges",
+        "write the weights", "write the root fs", "Docker socket", "fork bomb / memory bomb", "LAN reach of the UI",
         "DNS rebinding", "no credential", "cross-site request", "cross-site WebSocket", "smuggled proxy request",
         "slow clients"]
 

@@ -28,7 +28,8 @@ def test_docker_grants_what_the_spec_and_the_rendered_manifests_grant(docker_cli
     assert running == grants.from_spec(spec)
     policy = load_policy(path, check_port=False, check_model_files=False)
     files = {f"/models/{m.alias}.gguf": m.path.name for m in policy.models}
-    assert grants.from_kubernetes(kubernetes.render(spec, kubernetes.KubeOptions("models"), files)) == running
+    assert grants.from_kubernetes(kubernetes.render(spec, kubernetes.KubeOptions("models"), files)) == \
+        grants.on_kubernetes(running)
     assert grants.from_compose(compose.render(spec)) == running
 
 

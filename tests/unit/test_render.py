@@ -160,7 +160,7 @@ def test_secrets_are_in_the_secret_only(rendered):
 def test_the_outputs_grant_what_the_spec_grants(rendered):
     for name, spec, objects, compose_file in rendered:
         intended = grants.from_spec(spec)
-        assert grants.from_kubernetes(objects) == intended, name
+        assert grants.from_kubernetes(objects) == grants.on_kubernetes(intended), name
         assert grants.from_compose(compose_file) == intended, name
     # Control: a manifest that grants more is told apart.
     _, spec, objects, compose_file = rendered[0]

@@ -38,10 +38,12 @@ def door_with(**changes) -> v.Facts:
 def safe() -> v.Facts:
     return v.Facts(
         probe={
-            "tcp": {"172.17.0.1:4000": "timeout", "192.0.2.2:4000": "error:No route to host",
-                    "10.213.9.2:8000": "timeout"},
-            "outside": {"tcp 1.1.1.1:443": "error:No route to host", "tcp 169.254.169.254:80": "timeout",
-                        "udp 10.0.0.53:53": "timeout"},
+            # Every way out leads to the sink, which takes it and records it.
+            "tcp": {"172.17.0.1:4000": "connected", "192.0.2.2:4000": "connected",
+                    "10.213.9.2:8000": "connected"},
+            "outside": {"tcp 1.1.1.1:443": "via-sink:connected", "tcp 169.254.169.254:80": "via-sink:connected",
+                        "udp 10.0.0.53:53": "via-sink:timeout", f"tcp {v.ADDRESS_TARGET}:40001": "via-sink:connected",
+                        f"udp {v.ADDRESS_TARGET}:40002": "via-sink:timeout"},
             "dns": {NAME: "no-answer:Name or service not known"},
             "ipv6": {"[2606:4700:4700::1111]:443": {"disabled": True, "result": "error:Cannot assign"}},
             "http": {"10.213.7.4:8080 CONNECT example.com:443 HTTP/1.1": "HTTP/1.1 405 Method Not Allowed"},
@@ -55,7 +57,15 @@ def safe() -> v.Facts:
         ingress_from_host={"GET http://example.com/ HTTP/1.1": "HTTP/1.1 400 Bad Request"},
         weights_write="EACCES EROFS EBUSY", weights_sha_before="a" * 64, weights_sha_after="a" * 64,
         expected_sha="a" * 64, limits={"frontend": {"pids": 512, "memory": 2**28}},
-        ingress_bindings=["127.0.0.1:8080"], route_localnet={"all": "0", "eth0": "0"}, front_door=FRONT_DOOR)
+        ingress_bindings=["127.0.0.1:8080"], route_localnet={"all": "0", "eth0": "0"}, front_door=FRONT_DOOR,
+        caught=[["tcp", "172.17.0.1", 4000], ["tcp", "192.0.2.2", 4000], ["tcp", "10.213.9.2", 8000],
+                ["tcp", "1.1.1.1", 443], ["tcp", "169.254.169.254", 80], ["udp", "10.0.0.53", 53],
+                ["tcp", v.ADDRESS_TARGET, 40001], ["udp", v.ADDRESS_TARGET, 40002]])
+
+
+def not_caught(facts: v.Facts, *keys) -> v.Facts:
+    """The same facts, but the sink did not record these attempts."""
+    return replace(facts, caught=[c for c in facts.caught if tuple(c) not in keys])
 
 
 def probe_with(**changes) -> v.Facts:
@@ -65,20 +75,24 @@ def probe_with(**changes) -> v.Facts:
 
 def test_all_rows_pass_on_a_safe_sandbox():
     assert [(r.attack, r.verdict) for r in v.judge(safe()) if r.verdict != "PASS"] == []
-    assert len(v.judge(safe())) == 21
+    assert len(v.judge(safe())) == 22
 
 
 BREACHES = {
     "external DNS": [probe_with(dns={NAME: ["93.184.216.34"]}), replace(safe(), sink_names=[])],
-    "DNS leak via host resolver": [probe_with(outside={"udp 10.0.0.53:53": "answered"}),
+    "DNS leak via host resolver": [not_caught(probe_with(outside={"udp 10.0.0.53:53": "answered"}),
+                                              ("udp", "10.0.0.53", 53)),
                                    replace(safe(), sink_names=["other.example"])],
-    "raw IP egress": [probe_with(outside={"tcp 1.1.1.1:443": "connected"}),
+    "raw IP egress": [not_caught(safe(), ("tcp", "1.1.1.1", 443)),
                       probe_with(outside={"tcp 1.1.1.1:443": "route-via-live-gateway:172.18.0.1"}),
                       probe_with(outside={})],
-    "metadata": [probe_with(outside={"tcp 169.254.169.254:80": "connected"})],
-    "host services": [probe_with(tcp={"172.17.0.1:4000": "connected"}),
+    "attempt by address": [not_caught(safe(), ("tcp", v.ADDRESS_TARGET, 40001)),
+                           not_caught(safe(), ("udp", v.ADDRESS_TARGET, 40002)),
+                           probe_with(outside={"tcp 1.1.1.1:443": "via-sink:connected"})],
+    "metadata": [not_caught(safe(), ("tcp", "169.254.169.254", 80))],
+    "host services": [not_caught(safe(), ("tcp", "172.17.0.1", 4000)),
                       replace(safe(), canary_hits=["172.18.0.3:5555"]), probe_with(tcp={})],
-    "other sandboxes": [probe_with(tcp={"10.213.9.2:8000": "connected", "172.17.0.1:4000": "timeout"})],
+    "other sandboxes": [not_caught(safe(), ("tcp", "10.213.9.2", 8000))],
     "IPv6": [probe_with(ipv6={"[::1]:1": {"disabled": False, "result": "has-default-route"}}),
              probe_with(ipv6={"[::1]:1": {"disabled": True, "result": "connected"}})],
     "use the ingress as proxy": [probe_with(http={"x CONNECT": "HTTP/1.1 200 Connection established"}),
