@@ -1,0 +1,44 @@
+"""What the sink reads from a connection it took: the TLS server name from a
+real ClientHello (made by Python's ssl), and an HTTP request's method, Host,
+path, headers and body size. Pure functions of images/dns-sink/sink.py."""
+import importlib.util
+import ssl
+from pathlib import Path
+
+SINK = Path(__file__).resolve().parents[2] / "images" / "dns-sink" / "sink.py"
+spec = importlib.util.spec_from_file_location("sink", SINK)
+sink = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sink)
+
+
+def client_hello(name: str) -> bytes:
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def test_the_tls_server_name_is_read_from_the_client_hello():
+    hello = client_hello("telemetry.ui.example")
+    assert sink.server_name(hello) == "telemetry.ui.example"
+    assert sink.describe(hello) == {"bytes": len(hello), "tls_server_name": "telemetry.ui.example"}
+    assert sink.server_name(hello[:40]) is None and sink.server_name(b"GET / HTTP/1.1\r\n\r\n") is None
+
+
+def test_an_http_request_is_read_as_a_user_would_want_it():
+    request = (b"POST /v1/collect?id=7 HTTP/1.1\r\nHost: collector.ui.example\r\nContent-Type: application/json\r\n"
+               b"Content-Length: 31\r\n\r\n{\"chat\": \"what the user typed\"}")
+    said = sink.describe(request)
+    assert said["http"]["method"] == "POST" and said["http"]["host"] == "collector.ui.example"
+    assert said["http"]["path"] == "/v1/collect?id=7" and said["http"]["body_bytes"] == 31
+    assert said["http"]["headers"]["content-type"] == "application/json"
+
+
+def test_anything_else_is_counted_and_its_first_bytes_kept():
+    assert sink.describe(b"\x00\x01binary") == {"bytes": 8, "first_bytes": "000162696e617279"}
+    assert sink.describe(b"") == {"bytes": 0}
+    assert sink.http_request(b"NOT A REQUEST\r\n\r\n") is None
