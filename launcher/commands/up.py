@@ -22,7 +22,7 @@ from launcher.docker_gateway import BuildEgress, DockerGateway
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import recipe_image
 from launcher.locks import sandbox_lock
-from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem
+from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem, SandboxError
 from launcher.lock import LockError
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.signing import remember_signer
@@ -100,7 +100,10 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     wait_until_ready(gateway, result.prepared.spec, timeout=timeout, say=say)
     result.seconds["ready"] = time.monotonic() - mark
     result.seconds["total"] = time.monotonic() - started
-    tried = audit(gateway, result.name, since=began)["names"]
+    try:
+        tried = audit(gateway, result.name, since=began)["names"]
+    except SandboxError:  # gone again already (a `down` in another shell): nothing to say of it
+        tried = []
     if tried:
         names = ", ".join(f"{n['name']} ({'/'.join(n['parts'])})" for n in tried[:3])
         say(f"while starting, parts tried to reach {len(tried)} outside name(s), none resolved: {names}"

@@ -104,10 +104,10 @@ def ui_json(result, path: str, payload: dict | None = None, timeout: float = 120
 
 def labelled(client, name: str) -> dict[str, list[str]]:
     label = {"label": f"io.sandbox.name={name}"}
-    return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=label)],
-        "networks": [n.name for n in client.networks.list(filters=label)],
-        "volumes": [v.name for v in client.volumes.list(filters=label)],
+    return {  # sorted: the engine lists them in no set order
+        "containers": sorted(c.name for c in client.containers.list(all=True, filters=label)),
+        "networks": sorted(n.name for n in client.networks.list(filters=label)),
+        "volumes": sorted(v.name for v in client.volumes.list(filters=label)),
     }
 
 
