@@ -52,10 +52,39 @@ def attempts(gateway: DockerGateway, name: str) -> int:
         return 0
 
 
+def parts_by_address(gateway: DockerGateway, name: str) -> dict[str, str]:
+    """Each part's address on the sandbox's internal network, to name the
+    client of a record."""
+    internal = resource_name(name, "internal")
+    out = {}
+    for part in PARTS:
+        try:
+            address = gateway.addresses(resource_name(name, part)).get(internal)
+        except NotFound:  # a part that is gone has no address to name
+            continue
+        if address:
+            out[address] = part
+    return out
+
+
+def names_tried(gateway: DockerGateway, name: str, since: float | None = None,
+                part_of_address: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
+    """The lookups since `since`, and one entry per name with its parts and
+    count, most asked first."""
+    part_of_address = parts_by_address(gateway, name) if part_of_address is None else part_of_address
+    lookups = [_lookup(entry, part_of_address) for entry in lookups_kept(gateway, name)
+               if since is None or entry.get("time", 0) >= since]
+    names: dict[str, dict] = {}
+    for entry in lookups:
+        seen = names.setdefault(entry["name"], {"name": entry["name"], "parts": set(), "count": 0})
+        seen["parts"].add(entry["part"])
+        seen["count"] += 1
+    summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
+    return lookups, summary
+
+
 def audit(gateway: DockerGateway, target: str | None = None, since: float | None = None) -> dict:
     name = resolve_name(gateway, target)
-    internal = resource_name(name, "internal")
-    part_of_address = {}
     builds = []
     for part in PARTS:
         state = gateway.container_state(resource_name(name, part))
@@ -64,22 +93,10 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
             builds.append({**record, "parts": [part]})
         elif record:
             next(b for b in builds if b["image"] == record["image"])["parts"].append(part)
-        try:
-            address = gateway.addresses(resource_name(name, part)).get(internal)
-        except NotFound:  # a part that is gone has no address to name
-            continue
-        if address:
-            part_of_address[address] = part
-    lookups = [_lookup(entry, part_of_address) for entry in lookups_kept(gateway, name)
-               if since is None or entry.get("time", 0) >= since]
+    part_of_address = parts_by_address(gateway, name)
+    lookups, summary = names_tried(gateway, name, since, part_of_address)
     refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail=AUDIT_LINES)
                if line.startswith("ingress: refused ")]
-    names: dict[str, dict] = {}
-    for entry in lookups:
-        seen = names.setdefault(entry["name"], {"name": entry["name"], "parts": set(), "count": 0})
-        seen["parts"].add(entry["part"])
-        seen["count"] += 1
-    summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
     caught = [_connection(entry, part_of_address) for entry in connections_kept(gateway, name)
               if since is None or entry.get("time", 0) >= since]
     return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused, "builds": builds,
@@ -118,14 +135,6 @@ def _lookup(entry: dict, part_of_address: dict[str, str]) -> dict:
 def follow(gateway: DockerGateway, target: str | None = None) -> Iterator[dict]:
     """Each new lookup as the sink answers it, until interrupted."""
     name = resolve_name(gateway, target)
-    internal = resource_name(name, "internal")
-    part_of_address = {}
-    for part in PARTS:
-        try:
-            address = gateway.addresses(resource_name(name, part)).get(internal)
-        except NotFound:
-            continue
-        if address:
-            part_of_address[address] = part
+    part_of_address = parts_by_address(gateway, name)
     for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=0, follow=True), "name"):
         yield _lookup(entry, part_of_address)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher import access, build_records
-from launcher.commands.audit import audit
+from launcher.commands.audit import names_tried
 from launcher.commands.bundle import is_bundle, open_bundle
 from launcher.commands.lock import Bundle, current_lock, write_lock
 from launcher.commands.model import policy_warnings
@@ -101,7 +101,7 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     result.seconds["ready"] = time.monotonic() - mark
     result.seconds["total"] = time.monotonic() - started
     try:
-        tried = audit(gateway, result.name, since=began)["names"]
+        _, tried = names_tried(gateway, result.name, since=began)
     except SandboxError:  # gone again already (a `down` in another shell): nothing to say of it
         tried = []
     if tried:
