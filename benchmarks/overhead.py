@@ -73,15 +73,21 @@ def memory_mib(client, name: str) -> float:
     return client.api.stats(name, stream=False)["memory_stats"]["usage"] / 2**20
 
 
-def baseline(client, image: str, args) -> dict:
-    port = free_port()
+def run_plain_backend(client, image: str, name: str, port: int):
+    """The backend image run plainly: published on 127.0.0.1:port, key "bench",
+    the quick-start model, two CPUs; none of the sandbox around it."""
     config = {"host": "0.0.0.0", "port": 8000, "api_key": "bench",
               "models": [{"model": "/models/m.gguf", "model_alias": "smollm2", "n_ctx": 2048, "n_threads": 2}]}
-    started = time.monotonic()
-    container = client.containers.run(
-        image, detach=True, name=f"sandbox-bench-baseline-{port}", ports={"8000/tcp": ("127.0.0.1", port)},
+    return client.containers.run(
+        image, detach=True, name=name, ports={"8000/tcp": ("127.0.0.1", port)},
         environment={"SANDBOX_BACKEND_CONFIG": json.dumps(config), "SANDBOX_API_KEY": "bench"},
         volumes={str(MODEL): {"bind": "/models/m.gguf", "mode": "ro"}}, nano_cpus=2 * 10**9)
+
+
+def baseline(client, image: str, args) -> dict:
+    port = free_port()
+    started = time.monotonic()
+    container = run_plain_backend(client, image, f"sandbox-bench-baseline-{port}", port)
     try:
         auth = {"Authorization": "Bearer bench"}
         wait_for(f"http://127.0.0.1:{port}/v1/models", auth)

@@ -34,10 +34,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.overhead import MODEL, free_port, wait_for  # noqa: E402
+from benchmarks.overhead import MODEL, free_port, run_plain_backend, wait_for  # noqa: E402
 from launcher.access import open_ui  # noqa: E402
 from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
+from launcher.render.compose import render as compose_file  # noqa: E402
 from launcher.docker_gateway import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
 
@@ -72,12 +73,7 @@ def measure(call, requests: int) -> dict:
 def bare_backend(client, args) -> dict:
     image = recipe_image("llama-cpp").tag
     port = free_port()
-    config = {"host": "0.0.0.0", "port": 8000, "api_key": "bench",
-              "models": [{"model": "/models/m.gguf", "model_alias": "smollm2", "n_ctx": 2048, "n_threads": 2}]}
-    container = client.containers.run(
-        image, detach=True, name=f"sandbox-bench-bare-{port}", ports={"8000/tcp": ("127.0.0.1", port)},
-        environment={"SANDBOX_BACKEND_CONFIG": json.dumps(config), "SANDBOX_API_KEY": "bench"},
-        volumes={str(MODEL): {"bind": "/models/m.gguf", "mode": "ro"}}, nano_cpus=2 * 10**9)
+    container = run_plain_backend(client, image, f"sandbox-bench-bare-{port}", port)
     try:
         auth = {"Authorization": "Bearer bench"}
         wait_for(f"http://127.0.0.1:{port}/v1/models", auth)
@@ -101,44 +97,6 @@ def through_sandbox(result, args) -> dict:
                      headers={"Content-Type": "application/json"}, timeout=300) as r:
             return stream_events(r)
     return measure(call, args.requests)
-
-
-def compose_file(spec) -> dict:
-    """The same containers, networks and settings as a compose file (v2.4)."""
-    networks = {}
-    for net in spec.networks:
-        entry = {"driver": "bridge", "internal": net.internal, "driver_opts": dict(net.options)}
-        if net.subnet:
-            entry["ipam"] = {"config": [{"subnet": net.subnet}]}
-        networks[net.part] = entry
-    part_of = {net.name: net.part for net in spec.networks}
-    services = {}
-    for c in spec.containers:
-        service = {
-            "image": c.image, "user": c.user, "environment": dict(c.env), "read_only": c.read_only,
-            "cap_drop": list(c.cap_drop), "security_opt": list(c.security_opt), "mem_limit": c.memory,
-            "cpus": c.cpus, "pids_limit": c.pids_limit, "tmpfs": [f"{t}:{o}" for t, o in c.tmpfs],
-            "networks": {part_of[a.network]: {k: v for k, v in (("aliases", list(a.aliases)),
-                                                                ("ipv4_address", a.ipv4_address)) if v}
-                         for a in c.networks},
-            "volumes": [{"type": m.kind, "source": m.source, "target": m.target, "read_only": m.read_only}
-                        for m in c.mounts],
-            "ports": [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in c.ports],
-            "init": True,
-        }
-        if c.dns:
-            service["dns"] = list(c.dns)
-        if c.sysctls:
-            service["sysctls"] = dict(c.sysctls)
-        if c.healthcheck:
-            service["healthcheck"] = {"test": list(c.healthcheck), "interval": "2s", "retries": 3}
-        services[c.part] = {k: v for k, v in service.items() if v not in ([], {})}
-    volumes = {v.part: {} for v in spec.volumes}
-    for service in services.values():
-        for mount in service.get("volumes", []):
-            if mount["type"] == "volume":
-                mount["source"] = "data"
-    return {"version": "2.4", "services": services, "networks": networks, "volumes": volumes}
 
 
 def lifecycle(gateway, args) -> dict:
