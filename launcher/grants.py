@@ -10,10 +10,9 @@ it is writable, GPUs, the runtime, its memory and CPU, and which other parts
 it can open connections to."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
-from launcher.spec import LABEL_PART, SandboxSpec
+from launcher.spec import LABEL_PART, SandboxSpec, memory_bytes
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,6 @@ class Grants:
     memory: int  # bytes
     millicpus: int
     peers: frozenset[str]  # parts it can connect to
-
-
-def _bytes(text: str) -> int:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(b|k|m|g|ki|mi|gi)?", str(text).strip().lower())
-    factor = {None: 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "ki": 2**10, "mi": 2**20, "gi": 2**30}
-    return int(float(match[1]) * factor[match[2]])
 
 
 def _kept(dropped: list[str], added: list[str] | None = None) -> frozenset[str]:
@@ -54,7 +47,7 @@ def from_spec(spec: SandboxSpec) -> dict[str, Grants]:
         user=c.user, writable_root=not c.read_only, capabilities=_kept(list(c.cap_drop), list(c.cap_add)),
         can_escalate="no-new-privileges:true" not in c.security_opt or c.privileged,
         mounts=frozenset({(m.target, not m.read_only) for m in c.mounts} | {(t, True) for t, _ in c.tmpfs}),
-        gpus=bool(c.gpus), runtime=c.runtime or "runc", memory=_bytes(c.memory), millicpus=int(c.cpus * 1000),
+        gpus=bool(c.gpus), runtime=c.runtime or "runc", memory=memory_bytes(c.memory), millicpus=int(c.cpus * 1000),
         peers=peers[c.part]) for c in spec.containers}
 
 
@@ -95,7 +88,7 @@ def from_compose(document: dict) -> dict[str, Grants]:
             can_escalate="no-new-privileges:true" not in (s.get("security_opt") or []) or s.get("privileged", False),
             mounts=frozenset({(v["target"], not v.get("read_only", False)) for v in s.get("volumes") or []} |
                              {(t.split(":", 1)[0], True) for t in s.get("tmpfs") or []}),
-            gpus=bool(devices), runtime=s.get("runtime", "runc"), memory=_bytes(s["mem_limit"]),
+            gpus=bool(devices), runtime=s.get("runtime", "runc"), memory=memory_bytes(s["mem_limit"]),
             millicpus=int(float(s["cpus"]) * 1000), peers=peers[part])
     return out
 
@@ -146,4 +139,4 @@ def _container_grants(c: dict, pod: dict, peers: frozenset[str]) -> Grants:
         mounts=frozenset((m["mountPath"], not m.get("readOnly", False)) for m in c.get("volumeMounts", [])
                          if m["name"] in volumes),
         gpus="nvidia.com/gpu" in limits, runtime="runsc" if pod.get("runtimeClassName") == "gvisor" else "runc",
-        memory=_bytes(limits["memory"]), millicpus=int(limits["cpu"].rstrip("m")), peers=peers)
+        memory=memory_bytes(limits["memory"]), millicpus=int(limits["cpu"].rstrip("m")), peers=peers)

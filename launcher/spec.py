@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import re
 from dataclasses import asdict, dataclass
 
 from launcher.access import TOKEN_ENV, token_id
@@ -193,6 +194,16 @@ def choose_subnet(sandbox: str, taken: list[str], current: str | None) -> str:
         if not any(candidate.overlaps(u) for u in used):
             return str(candidate)
     raise ValueError(f"no free /24 left in {SUBNET_POOL} for the sandbox's network")
+
+
+def memory_bytes(text: str) -> int:
+    """A memory size in bytes: Docker's (512m, 8g, 1.5g) or a Kubernetes
+    quantity (512Mi, 8Gi)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(b|k|m|g|ki|mi|gi)?", str(text).strip().lower())
+    if not match:
+        raise ValueError(text)
+    factor = {None: 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+    return int(float(match[1]) * factor[match[2]])
 
 
 def dns_sink_address(subnet: str) -> str:

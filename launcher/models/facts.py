@@ -8,13 +8,13 @@ quick-start model (tests/integration/test_models.py, docs/models.md)."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launcher.errors import SandboxError
+from launcher.spec import memory_bytes
 
 # llama-cpp-python's server defaults: a batch of 512 tokens, an f16 KV cache.
 BATCH = 512
@@ -134,14 +134,6 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
-def parse_size(text: str) -> int:
-    """A Docker memory size (512m, 8g, 1.5g) in bytes."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([bkmg]?)", text.strip().lower())
-    if not match:
-        raise ValueError(text)
-    return int(float(match[1]) * {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match[2]])
-
-
 @dataclass(frozen=True)
 class Machine:
     available_ram: int | None  # MemAvailable
@@ -172,7 +164,7 @@ def fit_warnings(need: Estimate, memory_limit: str | None, machine: Machine, on_
     """Why the backend may be killed for lack of memory, if it may."""
     warnings = []
     if memory_limit:
-        limit = parse_size(memory_limit)
+        limit = memory_bytes(memory_limit)
         if need.working > limit:
             warnings.append(f"needs {need.describe()}; its KV cache, buffers and server alone are more than "
                             f"backend.memory {memory_limit}: the backend would be killed for lack of memory")

@@ -10,9 +10,9 @@ from launcher.models.facts import (
     context_warning,
     estimate,
     fit_warnings,
-    parse_size,
     read_facts,
 )
+from launcher.spec import memory_bytes
 from tests.support.gguf_files import make_gguf
 
 runner = CliRunner()
@@ -53,7 +53,7 @@ def test_will_it_fit(tmp_path):
     assert "more than this machine's free memory" in ram
     [gpu] = fit_warnings(need, None, Machine(None, (("H200", 2**30, 2**20),)), on_gpu=True)
     assert "fit no GPU's free memory" in gpu and "gpu_layers" in gpu
-    assert parse_size("1.5g") == 1.5 * 2**30 and parse_size("512m") == 512 * 2**20
+    assert memory_bytes("1.5g") == 1.5 * 2**30 and memory_bytes("512m") == 512 * 2**20
 
 
 def test_a_context_longer_than_the_training_is_named(tmp_path):
