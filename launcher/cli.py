@@ -308,8 +308,11 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
                                                                     "a time such as 2026-11-29T17:00."),
           follow: bool = typer.Option(False, "--follow", "-f", help="Then keep printing each new attempt."),
           as_json: bool = JSON):
-    """Show what a sandbox's parts tried to reach: every outside name they looked up (none resolved)
+    """Show what a sandbox's parts tried to reach: every outside name they looked up, every
+    connection or datagram to an outside address with what it said (TLS server name, HTTP request),
     and every request the ingress refused (proxy requests, foreign Host or Origin, no access token).
+    Nothing ever got out: the sink took each attempt. With `audit: connections` in the policy, names
+    resolve to the sink, so the connections show what a part wanted to send.
 
     The records outlive the sandbox's containers until `sandbox down --volumes`."""
     from launcher.commands.audit import audit as run_audit
@@ -329,8 +332,9 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
                     out.print(json.dumps(entry), markup=False, highlight=False)
                 else:
                     when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
-                    out.print(printable(f"  {when}  {entry['part']} looked up {entry['name']} ({entry['type']})"),
-                              markup=False)
+                    did = (f"{entry['protocol']} to {_destination(entry)}: {entry['said']}" if "protocol" in entry
+                           else f"looked up {entry['name']} ({entry['type']})")
+                    out.print(printable(f"  {when}  {entry['part']} {did}"), markup=False)
         except KeyboardInterrupt:
             pass
 
@@ -364,19 +368,30 @@ def _render_audit(result: dict) -> None:
         out.print(f"sandbox {result['name']}: nothing tried to get out while running", markup=False)
         return
     if result["names"]:
-        out.print(f"sandbox {result['name']}: names looked up (none was resolved)", markup=False)
+        out.print(f"sandbox {result['name']}: names looked up (the sink answered each; none resolved outside)",
+                  markup=False)
     for n in result["names"]:
-        out.print(printable(f"  {n['count']:5}x  {n['name']}  (by {', '.join(n['parts'])})"), markup=False)
+        answered = f" -> the sink ({n['answer']})" if n.get("answer") else ": no such name"
+        out.print(printable(f"  {n['count']:5}x  {n['name']}{answered}  (by {', '.join(n['parts'])})"), markup=False)
     if result["destinations"]:
-        out.print(f"sandbox {result['name']}: connections to outside addresses (each ended at the sink)",
+        out.print(f"sandbox {result['name']}: connections to outside (each ended at the sink; nothing was forwarded)",
                   markup=False)
     for d in result["destinations"]:
-        out.print(printable(f"  {d['count']:5}x  {d['protocol']} {d['address']}:{d['port']}  "
+        out.print(printable(f"  {d['count']:5}x  {d['protocol']} {_destination(d)}  "
                             f"{'; '.join(d['said'])}  (by {', '.join(d['parts'])})"), markup=False)
+        for body in d["bodies"][:3]:
+            shown = body if len(body) <= 300 else body[:300] + f"... ({len(body)} characters kept; --json has them)"
+            out.print(printable(f"           body: {shown}"), markup=False)
     if result["ingress_refused"]:
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:
             out.print(printable(f"  {line}"), markup=False)
+
+
+def _destination(connection: dict) -> str:
+    """api.ui.example:443 (198.18.3.4), or 203.0.113.7:443 for an attempt by address."""
+    where = f"{connection.get('name') or connection['address']}:{connection['port']}"
+    return f"{where} ({connection['address']})" if connection.get("name") else where
 
 
 def _contacts_by_destination(contacts: list[dict]) -> list[dict]:

@@ -43,6 +43,10 @@ SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 DNS_SINK_HOST = 53  # the sink's address: .53 of the internal subnet
 SINK_GATEWAY_HOST = 1  # the internal network's gateway, .1: an address the sink answers for
 AUDIT_DIR = "/audit"  # in the DNS sink: its records, on the sandbox's audit volume
+# With `audit: connections`, the sink answers each outside name with an
+# address of its own from here: the range set aside for benchmarking
+# (RFC 2544), which no network here or on the internet uses.
+SINK_ANSWER_RANGE = "198.18.0.0/15"
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,7 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         init=False,
         networks=(Attachment(internal.name, ("dns",), ipv4_address=sink_ip),),
         env=(("SANDBOX_AUDIT_DIR", AUDIT_DIR), ("SANDBOX_SINK_ADDRESS", sink_ip),
+             ("SANDBOX_SINK_ANSWERS", policy.audit), ("SANDBOX_SINK_ANSWER_RANGE", SINK_ANSWER_RANGE),
              ("SANDBOX_SINK_GATEWAY", sink_gateway)),
         mounts=(Mount(source=audit.name, target=AUDIT_DIR, kind="volume", read_only=False),),
         # Port 53 without any capability: only this container's own namespace.

@@ -5,6 +5,7 @@ unit-tested on facts where the attack succeeds: a check that cannot fail is a
 defect."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
@@ -47,8 +48,13 @@ class Facts:
     # What the front door (the ingress, from the host) answered to each try of
     # launcher/front_door.py; empty when not tried.
     front_door: dict = field(default_factory=dict)
-    # [protocol, address, port] of every attempt the sandbox's sink recorded while the probe ran.
+    # [protocol, address, port, name] of every attempt the sandbox's sink recorded while the probe
+    # ran; name: the one the sink had given that address for, or None.
     caught: list = field(default_factory=list)
+    # The policy's `audit` setting: "lookups" (outside names do not resolve) or "connections"
+    # (they resolve to addresses of answer_range, which only the sink takes).
+    answers: str = "lookups"
+    answer_range: str = "198.18.0.0/15"
 
 
 ADDRESS_TARGET = "203.0.113.77"  # an address off every network here; only the sink can take it
@@ -66,7 +72,7 @@ def _escaped(f: Facts, target: str, outcome: str) -> bool:
     was taken (or a datagram answered) escaped unless the sandbox's sink
     recorded it: then it was the sink that took it, and nothing went on."""
     if outcome.removeprefix("via-sink:") in ("connected", "answered"):
-        return _key(target) not in {tuple(c) for c in f.caught}
+        return _key(target) not in {tuple(c[:3]) for c in f.caught}
     return outcome.startswith(("route-via-live-gateway", "on-link"))
 
 
@@ -78,11 +84,30 @@ def external_dns(f: Facts) -> Row:
     answer = f.probe.get("dns", {}).get(f.unique_name)
     resolved = isinstance(answer, list)
     seen = f.unique_name in f.sink_names
+    logged = 'logged by the sandbox DNS sink' if seen else 'NOT seen by the sandbox DNS sink'
+    if f.answers == "connections":
+        return _answered_dns(f, answer if resolved else [], logged)
     ok = not resolved and seen
-    result = (f"{f.unique_name}: {'RESOLVED to ' + ', '.join(answer) if resolved else 'no answer'}; "
-              f"{'logged by the sandbox DNS sink' if seen else 'NOT seen by the sandbox DNS sink'}")
+    result = f"{f.unique_name}: {'RESOLVED to ' + ', '.join(answer) if resolved else 'no answer'}; {logged}"
     return Row("external DNS", "resolve a unique external name via the container's resolver",
                PASS if ok else FAIL, result)
+
+
+def _answered_dns(f: Facts, answer: list, logged: str) -> Row:
+    """With `audit: connections` the name must resolve, to an address only
+    the sink takes, and the connection to it must end at the sink, which
+    records it under that name."""
+    sink_range = ipaddress.ip_network(f.answer_range)
+    ours = bool(answer) and all(ipaddress.ip_address(a) in sink_range for a in answer)
+    tried = f.probe.get("by_name", {})
+    recorded = any(len(c) > 3 and c[3] == f.unique_name for c in f.caught)
+    ok = ours and f.unique_name in f.sink_names and recorded
+    said = (f"answered with {', '.join(answer)} ({'the sink' if ours else 'NOT the sink'}'s range {sink_range})"
+            if answer else "no answer")
+    return Row("external DNS", "resolve a unique external name and connect to it (audit: connections)",
+               PASS if ok else FAIL,
+               f"{f.unique_name}: {said}; {logged}; connection {_summary(tried)}: "
+               f"{'recorded by the sink under that name' if recorded else 'NOT recorded under that name'}")
 
 
 def dns_leak(f: Facts) -> Row:
@@ -107,7 +132,7 @@ def raw_egress(f: Facts) -> Row:
 
 def attempt_by_address(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items() if f" {ADDRESS_TARGET}:" in k}
-    caught = {tuple(c) for c in f.caught}
+    caught = {tuple(c[:3]) for c in f.caught}
     recorded = [k for k in tried if _key(k) in caught]
     escaped = {k: v for k, v in tried.items() if _escaped(f, k, v)}
     ok = bool(tried) and len(recorded) == len(tried) and not escaped

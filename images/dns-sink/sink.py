@@ -1,9 +1,14 @@
 """The sandbox's sink: where every way out of it ends.
 
-DNS: a server that resolves nothing. Docker's embedded resolver answers the
-sandbox's own names (backend, frontend, ...) itself and forwards every other
-query here; each gets NXDOMAIN at once (no 10-second timeouts for a UI that
-tries to phone home) and is logged as one JSON line for `sandbox audit`.
+DNS: Docker's embedded resolver answers the sandbox's own names (backend,
+frontend, ...) itself and forwards every other query here. Each is answered
+at once (no 10-second timeouts for a UI that tries to phone home) and logged
+as one JSON line for `sandbox audit`. What the answer is depends on the
+policy's `audit` setting ($SANDBOX_SINK_ANSWERS): "lookups", the default,
+NXDOMAIN for every name; "connections", every name resolves to an address
+of $SANDBOX_SINK_ANSWER_RANGE, one per name, which no network here has: the
+part's connection to it goes the way of every outside address, to the sink,
+which then knows the name it was meant for.
 
 Connections: the sandbox's network routes everything that is not inside it
 to a gateway address that only this container answers for
@@ -13,12 +18,14 @@ kernel deliver every TCP connection and UDP datagram sent through it to
 itself (TPROXY), then becomes uid 65534 with no capability left before it
 reads a byte. Each connection is accepted, read for a moment (the TLS
 server name from the ClientHello; or the HTTP method, Host, path, headers
-and body size), recorded and closed; each datagram recorded. Nothing is
-ever forwarded.
+and body size, and in "connections" mode the body itself, size-capped),
+recorded and closed; each datagram recorded. Nothing is ever forwarded.
 
 Records go to stdout and to the sandbox's audit volume ($SANDBOX_AUDIT_DIR),
 which outlives the container until `sandbox down --volumes`: lookups.jsonl,
 connections.jsonl (each with a .1 file, the previous 8 MiB), and counts.json."""
+import hashlib
+import ipaddress
 import json
 import os
 import signal
@@ -38,6 +45,10 @@ CONNECTION_PORT = 9999  # where the kernel delivers every caught connection and 
 # the port the sysctl lets it bind without a capability)
 READ_SECONDS = 2  # how long a caught connection may talk before it is closed
 READ_BYTES = 64 * 1024
+BODY_KEPT_BYTES = 16 * 1024  # of a plain-HTTP body, in "connections" mode
+ANSWERS = os.environ.get("SANDBOX_SINK_ANSWERS", "lookups")
+ANSWER_RANGE = ipaddress.IPv4Network(os.environ.get("SANDBOX_SINK_ANSWER_RANGE", "198.18.0.0/15"))
+ANSWER_TTL = 60
 NOBODY = 65534
 IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20  # linux/in.h
 log_lock = threading.Lock()
@@ -59,21 +70,64 @@ def parse_question(query: bytes):
     return None
 
 
+class Answers:
+    """In "connections" mode, the address each outside name resolves to: one
+    per name, chosen by the name's hash (so a restarted sink gives the same
+    one) from ANSWER_RANGE, and the name each address stands for."""
+
+    def __init__(self, network):
+        self.network = network
+        self.by_name, self.by_address = {}, {}
+        self.lock = threading.Lock()
+
+    def address_for(self, name):
+        name = name.lower().rstrip(".")
+        with self.lock:
+            if name not in self.by_name:
+                size = self.network.num_addresses - 2  # neither the first nor the last address
+                index = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % size
+                while str(self.network[1 + index]) in self.by_address:  # taken by another name
+                    index = (index + 1) % size
+                self.remember(name, str(self.network[1 + index]))
+            return self.by_name[name]
+
+    def remember(self, name, address):
+        self.by_name[name], self.by_address[address] = address, name
+
+    def name_of(self, address):
+        return self.by_address.get(address)
+
+
+answers = Answers(ANSWER_RANGE)
+
+
 def answer(query: bytes):
+    """The reply to a query, and its question (name, type) and the address
+    given, if any."""
     if len(query) < 12:
         return None
     question = parse_question(query)
     flags = struct.unpack("!H", query[2:4])[0]
     opcode = (flags >> 11) & 0xF
     rcode = 3 if question and opcode == 0 else 5  # NXDOMAIN; REFUSED for anything odd
+    records, given = b"", None
+    if question and opcode == 0 and ANSWERS == "connections" and question[0] != ".":
+        rcode = 0  # the name exists; for anything but an A query of class IN, with no record (NODATA)
+        qclass = struct.unpack("!H", query[question[2] - 2:question[2]])[0]
+        if question[1] == "A" and qclass == 1:
+            given = answers.address_for(question[0])
+            records = struct.pack("!HHHIH", 0xC00C, 1, 1, ANSWER_TTL, 4) + socket.inet_aton(given)
     header = query[:2] + struct.pack("!HHHHH", 0x8180 | (flags & 0x0100) | rcode,
-                                     1 if question else 0, 0, 0, 0)
-    return header + (query[12:question[2]] if question else b""), question
+                                     1 if question else 0, 1 if records else 0, 0, 0)
+    return header + (query[12:question[2]] if question else b"") + records, question, given
 
 
-def log(client, question):
-    name, qtype = question if question else ("(malformed)", "-")
-    record("lookups", {"time": round(time.time(), 3), "client": client, "name": name, "type": qtype})
+def log(client, question, given=None):
+    name, qtype = question[:2] if question else ("(malformed)", "-")
+    entry = {"time": round(time.time(), 3), "client": client, "name": name, "type": qtype}
+    if given:
+        entry["answer"] = given
+    record("lookups", entry)
 
 
 def record(kind, entry):
@@ -111,14 +165,30 @@ def load_counts():
         pass
 
 
+def load_answers():
+    """The names given addresses before a restart, so that a part that kept
+    an answer is still known by its name when it connects."""
+    for file in ("lookups.1.jsonl", "lookups.jsonl"):
+        try:
+            with open(os.path.join(AUDIT_DIR, file)) as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                        if entry.get("answer"):
+                            answers.remember(entry["name"].lower().rstrip("."), entry["answer"])
+                    except (ValueError, AttributeError, KeyError):
+                        continue
+        except OSError:
+            continue
+
+
 def serve_udp(sock):
     while True:
         query, peer = sock.recvfrom(4096)
         reply = answer(query)
         if reply:
             sock.sendto(reply[0], peer)
-            q = reply[1]
-            log(peer[0], q[:2] if q else None)
+            log(peer[0], *reply[1:])
 
 
 def serve_tcp_client(conn, peer):
@@ -137,8 +207,7 @@ def serve_tcp_client(conn, peer):
         reply = answer(query)
         if reply:
             conn.sendall(struct.pack("!H", len(reply[0])) + reply[0])
-            q = reply[1]
-            log(peer[0], q[:2] if q else None)
+            log(peer[0], *reply[1:])
 
 
 def serve_tcp(sock):
@@ -171,8 +240,9 @@ def server_name(data):
     return None
 
 
-def http_request(data):
-    """Method, Host, path, headers and body size of a plain HTTP request, or None."""
+def http_request(data, keep_body=False):
+    """Method, Host, path, headers and body size of a plain HTTP request (and
+    the start of its body, if asked), or None."""
     head, sep, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
@@ -183,9 +253,13 @@ def http_request(data):
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     length = headers.get("content-length", "")
-    return {"method": parts[0], "host": headers.get("host"), "path": parts[1][:2048],
-            "headers": {k: v[:256] for k, v in list(headers.items())[:64]},
-            "body_bytes": int(length) if length.isdigit() else len(body)}
+    out = {"method": parts[0], "host": headers.get("host"), "path": parts[1][:2048],
+           "headers": {k: v[:256] for k, v in list(headers.items())[:64]},
+           "body_bytes": int(length) if length.isdigit() else len(body)}
+    if keep_body and body:
+        out["body"] = body[:BODY_KEPT_BYTES].decode("utf-8", "backslashreplace")
+        out["body_kept_bytes"] = min(len(body), BODY_KEPT_BYTES)
+    return out
 
 
 def describe(data):
@@ -195,7 +269,7 @@ def describe(data):
     if name is not None:
         out["tls_server_name"] = name
         return out
-    request = http_request(data) if data else None
+    request = http_request(data, keep_body=ANSWERS == "connections") if data else None
     if request:
         out["http"] = request
     elif data:
@@ -226,6 +300,8 @@ def caught_tcp(conn, peer):
         address, port = conn.getsockname()[:2]  # where it meant to go
         entry = {"time": round(time.time(), 3), "client": peer[0], "protocol": "tcp", "address": address,
                  "port": port}
+        if answers.name_of(address):
+            entry["name"] = answers.name_of(address)
         entry.update(describe(read_for_a_moment(conn)))
         record("connections", entry)
 
@@ -244,9 +320,11 @@ def serve_caught_udp(sock):
             if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
                 port = struct.unpack("!H", value[2:4])[0]
                 address = socket.inet_ntoa(value[4:8])
-        record("connections", {"time": round(time.time(), 3), "client": peer[0], "protocol": "udp",
-                               "address": address, "port": port, "bytes": len(data),
-                               "first_bytes": data[:32].hex()})
+        entry = {"time": round(time.time(), 3), "client": peer[0], "protocol": "udp", "address": address,
+                 "port": port, "bytes": len(data), "first_bytes": data[:32].hex()}
+        if answers.name_of(address):
+            entry["name"] = answers.name_of(address)
+        record("connections", entry)
 
 
 def take_the_gateway(gateway, own_address):
@@ -301,6 +379,7 @@ if __name__ == "__main__":
         PORT = int(sys.argv[1])
     if AUDIT_DIR:
         load_counts()
+        load_answers()
     caught = None
     if os.environ.get("SANDBOX_SINK_GATEWAY") and os.geteuid() == 0:
         caught = take_the_gateway(os.environ["SANDBOX_SINK_GATEWAY"], os.environ["SANDBOX_SINK_ADDRESS"])
@@ -316,6 +395,6 @@ if __name__ == "__main__":
     if caught:
         threading.Thread(target=serve_caught_tcp, args=(caught[0],), daemon=True).start()
         threading.Thread(target=serve_caught_udp, args=(caught[1],), daemon=True).start()
-    print(json.dumps({"time": round(time.time(), 3), "event": "listening", "port": PORT,
+    print(json.dumps({"time": round(time.time(), 3), "event": "listening", "port": PORT, "answers": ANSWERS,
                       "connections": bool(caught), "uid": os.getuid()}), flush=True)
     serve_udp(udp)

@@ -6,6 +6,7 @@ The request (argv[1], JSON) may ask for:
   tcp:       [[host, port], ...]  addresses of this machine: connected or not
   outside:   [[host, port, "tcp"|"udp"], ...]  addresses off this machine
   dns:       [name, ...]          what the container's resolver answers
+  by_name:   [[name, port], ...]  resolve, then TCP to each address as for `outside`
   ipv6:      [[address, port], ...]
   http:      [[host, port, request-line], ...]  the status line a server answers
   self:      true                 raw sockets, writing /, the Docker socket
@@ -201,6 +202,15 @@ def main():
             result["dns"][name] = sorted({info[4][0] for info in socket.getaddrinfo(name, 80)})
         except socket.gaierror as e:
             result["dns"][name] = f"no-answer:{e.strerror}"
+    result["by_name"] = {}
+    for name, port in request.get("by_name", []):
+        try:
+            addresses = sorted({info[4][0] for info in socket.getaddrinfo(name, port, socket.AF_INET)})
+        except socket.gaierror as e:
+            result["by_name"][f"{name}:{port}"] = f"no-answer:{e.strerror}"
+            continue
+        result["by_name"][f"{name}:{port}"] = "; ".join(
+            f"{a} {outside(a, port, 'tcp', sink)}" for a in addresses)
     result["ipv6"] = {f"[{a}]:{p}": ipv6(a, p) for a, p in request.get("ipv6", [])}
     result["http"] = {f"{h}:{p} {line}": http(h, p, line) for h, p, line in request.get("http", [])}
     if request.get("self"):

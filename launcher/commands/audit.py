@@ -1,5 +1,8 @@
 """`sandbox audit`: what the parts of a sandbox tried to reach. Every name
-they looked up outside the sandbox ended at its DNS sink, which logged it;
+they looked up outside the sandbox ended at its sink, which recorded it
+(and, with the policy's `audit: connections`, answered with an address of
+its own); every connection or datagram to an outside address ended there
+too, recorded with what it said (the TLS server name, the HTTP request);
 every request the ingress refused (a proxy request, a foreign Host or
 Origin, no access token) was logged by it; and what each of its images'
 builds contacted was recorded by the build proxy."""
@@ -76,9 +79,10 @@ def names_tried(gateway: DockerGateway, name: str, since: float | None = None,
                if since is None or entry.get("time", 0) >= since]
     names: dict[str, dict] = {}
     for entry in lookups:
-        seen = names.setdefault(entry["name"], {"name": entry["name"], "parts": set(), "count": 0})
+        seen = names.setdefault(entry["name"], {"name": entry["name"], "parts": set(), "count": 0, "answer": None})
         seen["parts"].add(entry["part"])
         seen["count"] += 1
+        seen["answer"] = entry.get("answer") or seen["answer"]
     summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
     return lookups, summary
 
@@ -104,37 +108,49 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
 
 
 def _connection(entry: dict, part_of_address: dict[str, str]) -> dict:
+    """A connection the sink took, with its name when the sink had given
+    that address for one (`audit: connections`), and what it said, in a line."""
     said = (f"TLS to {entry['tls_server_name']}" if entry.get("tls_server_name") else
             f"{entry['http']['method']} http://{entry['http'].get('host') or entry.get('address')}"
             f"{entry['http']['path']} ({entry['http']['body_bytes']} B body)" if entry.get("http") else
             f"{entry.get('bytes', 0)} B" if entry.get("bytes") else "nothing")
     return {"time": entry.get("time"), "part": part_of_address.get(entry.get("client"), entry.get("client")),
-            "protocol": entry.get("protocol"), "address": entry.get("address"), "port": entry.get("port"),
-            "said": said, **{k: entry[k] for k in ("tls_server_name", "http") if k in entry}}
+            "protocol": entry.get("protocol"), "name": entry.get("name"), "address": entry.get("address"),
+            "port": entry.get("port"), "said": said, **{k: entry[k] for k in ("tls_server_name", "http") if k in entry}}
 
 
 def destinations(connections: list[dict]) -> list[dict]:
-    """One entry per protocol, address and port, with what was said there and counts."""
+    """One entry per protocol, destination (the name when there is one, else
+    the address) and port, with what was said there, counts, and the bodies
+    of plain-HTTP requests the sink kept."""
     grouped: dict[tuple, dict] = {}
     for c in connections:
-        key = (c["protocol"], c["address"], c["port"])
-        entry = grouped.setdefault(key, {"protocol": key[0], "address": key[1], "port": key[2], "count": 0,
-                                         "parts": set(), "said": set()})
+        key = (c["protocol"], c.get("name") or c["address"], c["port"])
+        entry = grouped.setdefault(key, {"protocol": c["protocol"], "name": c.get("name"), "address": c["address"],
+                                         "port": c["port"], "count": 0, "parts": set(), "said": set(),
+                                         "bodies": []})
         entry["count"] += 1
         entry["parts"].add(c["part"])
         entry["said"].add(c["said"])
+        body = (c.get("http") or {}).get("body")
+        if body and body not in entry["bodies"]:
+            entry["bodies"].append(body)
     return [{**e, "parts": sorted(e["parts"]), "said": sorted(e["said"])}
             for e in sorted(grouped.values(), key=lambda e: -e["count"])]
 
 
 def _lookup(entry: dict, part_of_address: dict[str, str]) -> dict:
     return {"time": entry["time"], "part": part_of_address.get(entry["client"], entry["client"]),
-            "name": entry["name"], "type": entry["type"]}
+            "name": entry["name"], "type": entry["type"], "answer": entry.get("answer")}
 
 
 def follow(gateway: DockerGateway, target: str | None = None) -> Iterator[dict]:
-    """Each new lookup as the sink answers it, until interrupted."""
+    """Each new lookup and connection as the sink takes it, until
+    interrupted: a lookup has "name" and "type", a connection "protocol"."""
     name = resolve_name(gateway, target)
     part_of_address = parts_by_address(gateway, name)
-    for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=0, follow=True), "name"):
-        yield _lookup(entry, part_of_address)
+    for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=0, follow=True), "time"):
+        if "protocol" in entry:
+            yield _connection(entry, part_of_address)
+        elif "type" in entry:
+            yield _lookup(entry, part_of_address)

@@ -46,7 +46,7 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
         out.append({"name": name, "url": url, "healthy": healthy, "parts": parts,
                     "policy": known[name]["policy"], "token": token, "problems": problems,
                     "signed_by": remembered_signer(name),
-                    # Names looked up outside the sandbox (none resolved), as its DNS sink counted them.
+                    # Names looked up outside the sandbox, as its DNS sink counted them.
                     "attempts": attempts(gateway, name),
                     "access_link": access.access_link(url, token) if url and token else None})
     return out

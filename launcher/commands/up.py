@@ -106,7 +106,7 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
         tried = []
     if tried:
         names = ", ".join(f"{n['name']} ({'/'.join(n['parts'])})" for n in tried[:3])
-        say(f"while starting, parts tried to reach {len(tried)} outside name(s), none resolved: {names}"
+        say(f"while starting, parts tried to reach {len(tried)} outside name(s), each ended at the sink: {names}"
             + (", ..." if len(tried) > 3 else "") + f"; `sandbox audit {result.name}` shows all")
     return result
 

@@ -98,6 +98,9 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     # Ports of our own choosing, so that the sink's records of this run are told apart.
     by_address = [[ADDRESS_TARGET, random.randint(20000, 60000), "tcp"],
                   [ADDRESS_TARGET, random.randint(20000, 60000), "udp"]]
+    sink = spec.container("dns")
+    facts.answers = sink.env_value("SANDBOX_SINK_ANSWERS") or "lookups"
+    facts.answer_range = sink.env_value("SANDBOX_SINK_ANSWER_RANGE") or facts.answer_range
     started = time.time()
     with Canary() as canary:
         facts.canary_port = canary.port
@@ -105,8 +108,10 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
             "tcp": [[h, canary.port] for h in facts.host_targets] + [[ip, port] for ip, port in others],
             "outside": [[*PUBLIC_TARGET, "tcp"], [*METADATA_TARGET, "tcp"]]
                        + [[r, 53, proto] for r in resolvers for proto in ("udp", "tcp")] + by_address,
-            "sink_gateway": spec.container("dns").env_value("SANDBOX_SINK_GATEWAY"),
+            "sink_gateway": sink.env_value("SANDBOX_SINK_GATEWAY"),
             "dns": [facts.unique_name],
+            # With `audit: connections` the name resolves to the sink: the next step must end there too.
+            "by_name": [[facts.unique_name, random.randint(20000, 60000)]] if facts.answers == "connections" else [],
             "ipv6": [list(IPV6_TARGET)],
             "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
             "self": True,
@@ -129,7 +134,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         pid = gateway.container_state(spec.container("frontend").name)["pid"]
         facts.gvisor_sentry = process_status(pid) if pid else None
     facts.sink_names = _sink_names(gateway, spec.container("dns").name)
-    facts.caught = [[c.get("protocol"), c.get("address"), c.get("port")]
+    facts.caught = [[c.get("protocol"), c.get("address"), c.get("port"), c.get("name")]
                     for c in connections_kept(gateway, name) if c.get("time", 0) >= started - 1]
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
     say("trying the front door from this machine: foreign Host, no token, cross-site, pipelined, slow clients")
@@ -181,7 +186,8 @@ def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -
 
 
 def _sink_names(gateway: DockerGateway, container: str) -> list[str]:
-    return [entry["name"] for entry in json_records(gateway.logs(container, tail=5000), "name")]
+    """The names the sink was asked for (its connection records carry a name too, and no "type")."""
+    return [entry["name"] for entry in json_records(gateway.logs(container, tail=5000), "type")]
 
 
 def _status_line(host: str, port: int, request_line: str) -> str:

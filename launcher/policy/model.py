@@ -52,3 +52,6 @@ class Policy:
     backend: Backend
     frontend: Frontend
     ingress_port: int
+    # What outside names resolve to (schemas/policy.schema.json, "audit"):
+    # "lookups", no such name; "connections", an address only the sink answers.
+    audit: str = "lookups"

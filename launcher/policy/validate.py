@@ -206,4 +206,4 @@ def _to_policy(data: dict, file: Path, base: Path, model_paths: dict[str, Path])
         build_allow_hosts=tuple(build.get("allow_hosts", ())) if build else (),
     )
     return Policy(file=file, name=data["name"], models=models, backend=backend,
-                  frontend=frontend, ingress_port=data["ingress"]["port"])
+                  frontend=frontend, ingress_port=data["ingress"]["port"], audit=data.get("audit", "lookups"))

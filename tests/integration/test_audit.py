@@ -40,8 +40,18 @@ def wait_for(check, seconds: float = 60):
 
 @pytest.fixture
 def noisy(gateway, tmp_path):
+    yield from _noisy(gateway, tmp_path)
+
+
+@pytest.fixture
+def noisy_answered(gateway, tmp_path):
+    """The noisy UI with `audit: connections`: its names resolve to the sink."""
+    yield from _noisy(gateway, tmp_path, audit="connections")
+
+
+def _noisy(gateway, tmp_path, **policy):
     shutil.copytree(NOISY, tmp_path / "noisy-ui")
-    path = write_policy(tmp_path, frontend={"build": {"context": "noisy-ui"}, "health_path": "/health"})
+    path = write_policy(tmp_path, frontend={"build": {"context": "noisy-ui"}, "health_path": "/health"}, **policy)
     said: list[str] = []
     result = up(gateway, path, ca_bundle=ca_bundle(), say=said.append)
     yield result, path, said
@@ -55,7 +65,7 @@ def test_up_says_what_was_tried_while_starting_and_status_counts_it(gateway, noi
     assert {n["parts"][0] for n in report["names"] if n["name"] in NAMES} == {"frontend"}
     # Its first lookups come before it answers, so `up` has seen them.
     [summary] = [m for m in said if m.startswith("while starting, parts tried to reach")]
-    assert "telemetry.noisy-ui.example (frontend)" in summary and "none resolved" in summary
+    assert "telemetry.noisy-ui.example (frontend)" in summary and "each ended at the sink" in summary
     assert f"`sandbox audit {result.name}` shows all" in summary
     [state] = status(gateway, result.name)
     assert state["attempts"] >= len(NAMES)
@@ -113,3 +123,35 @@ def test_the_records_outlive_the_containers_until_down_volumes(gateway, noisy):
     up(gateway, path, ca_bundle=ca_bundle())
     after = wait_for(lambda: NAMES <= looked_up(r := audit(gateway, result.name)) and r)
     assert len(after["lookups"]) < 2 * before  # a new record: only this start's
+
+
+def test_in_connections_mode_each_destination_shows_its_name_port_and_what_was_said(gateway, noisy_answered):
+    result, _, _ = noisy_answered
+    wanted = {("tcp", "api.noisy-ui.example", 443), ("tcp", "collector.noisy-ui.example", 80),
+              ("tcp", "203.0.113.7", 443), ("udp", "203.0.113.7", 9999)}
+
+    def by_destination(report: dict) -> dict:
+        return {(d["protocol"], d["name"] or d["address"], d["port"]): d for d in report["destinations"]}
+    report = wait_for(lambda: wanted <= set(by_destination(r := audit(gateway, result.name))) and r)
+    by_destination = by_destination(report)
+    https = by_destination[("tcp", "api.noisy-ui.example", 443)]
+    assert https["said"] == ["TLS to api.noisy-ui.example"] and https["parts"] == ["frontend"]
+    assert https["address"].startswith("198.1")  # an address of the sink's own range
+    upload = by_destination[("tcp", "collector.noisy-ui.example", 80)]
+    assert upload["said"] == ["POST http://collector.noisy-ui.example/upload (31 B body)"]
+    assert upload["bodies"] == ['{"chat": "what the user typed"}']  # what the UI tried to upload, kept
+    # Attempts by address are recorded as before, with no name.
+    assert by_destination[("tcp", "203.0.113.7", 443)]["name"] is None
+    # Every name resolved, to the sink.
+    answered = {n["name"]: n["answer"] for n in report["names"]}
+    assert NAMES <= set(answered) and all(answered[n].startswith("198.1") for n in NAMES)
+    # What the UI got: an answer, a connection, then nothing (closed): never the outside.
+    logs = "\n".join(gateway.logs(f"sandbox-{result.name}-frontend", tail=200))
+    assert '"attempt": "lookup telemetry.noisy-ui.example", "result": "reached"' in logs
+    for attempt in ("https api.noisy-ui.example", "http post collector.noisy-ui.example"):
+        assert f'"attempt": "{attempt}", "result": "' in logs  # it tried, and got no answer
+        assert f'"attempt": "{attempt}", "result": "reached"' not in logs
+    text = runner.invoke(app, ["audit", result.name]).stdout
+    assert "telemetry.noisy-ui.example -> the sink (198.1" in text
+    assert "tcp api.noisy-ui.example:443 (198.1" in text and "TLS to api.noisy-ui.example" in text
+    assert 'body: {"chat": "what the user typed"}' in text

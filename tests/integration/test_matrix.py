@@ -38,10 +38,30 @@ def verdicts(sandbox, other_sandbox, gateway):
     return {row.attack: row for row in verify(gateway, result.name, ca_bundle=ca_bundle()).rows}
 
 
+@pytest.fixture(scope="module")
+def answering_verdicts(other_sandbox, gateway, tmp_path_factory):
+    """The same matrix against a sandbox with `audit: connections`, whose
+    sink answers every outside name with an address of its own."""
+    result = up(gateway, write_policy(tmp_path_factory.mktemp("answering"), audit="connections"),
+                ca_bundle=ca_bundle())
+    try:
+        return {row.attack: row for row in verify(gateway, result.name, ca_bundle=ca_bundle()).rows}
+    finally:
+        down(gateway, result.name, volumes=True)
+
+
 @pytest.mark.parametrize("attack", ROWS)
 def test_attack_is_stopped(attack, verdicts):
     row = verdicts[attack]
     assert row.verdict == "PASS", f"{attack}: {row.result}"
+
+
+@pytest.mark.parametrize("attack", ROWS)
+def test_attack_is_stopped_when_names_resolve_to_the_sink(attack, answering_verdicts):
+    row = answering_verdicts[attack]
+    assert row.verdict == "PASS", f"{attack}: {row.result}"
+    if attack == "external DNS":  # this row is judged the connections mode's way
+        assert "recorded by the sink under that name" in row.result
 
 
 def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):

@@ -1,10 +1,13 @@
 """The DNS sink (images/dns-sink/sink.py) on loopback: every name gets
 NXDOMAIN at once, and each query is logged with the name and type."""
+import ipaddress
 import json
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,3 +64,61 @@ def test_garbage_gets_no_crash(sink):
         assert reply[3] & 0xF == 5  # REFUSED
         s.sendto(query("still-alive.example"), ("127.0.0.1", port))
         assert s.recvfrom(512)[0][3] & 0xF == 3
+
+
+@pytest.fixture(scope="module")
+def answering_sink():
+    """The sink in "connections" mode (policy `audit: connections`), keeping
+    its records in a directory as it does on the audit volume."""
+    # Started as root, the sink goes on as 65534, as it does on the volume:
+    # a directory that user can reach and write.
+    audit = Path(tempfile.mkdtemp(prefix="sink-audit-"))
+    audit.chmod(0o777)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"SANDBOX_SINK_ANSWERS": "connections", "SANDBOX_SINK_ANSWER_RANGE": "198.18.0.0/15",
+           "SANDBOX_AUDIT_DIR": str(audit), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, str(SINK), str(port)], stdout=subprocess.PIPE, text=True, env=env)
+    assert json.loads(proc.stdout.readline())["answers"] == "connections"
+    yield port, proc, audit
+    proc.terminate()
+    proc.wait(5)
+    shutil.rmtree(audit)
+
+
+def ask(port: int, name: str, qtype: int = 1) -> tuple[int, int, bytes]:
+    """rcode, answer count and the answer's data of one UDP query."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        q = query(name, qtype)
+        s.sendto(q, ("127.0.0.1", port))
+        reply, _ = s.recvfrom(512)
+    flags, qd, an = struct.unpack("!HHH", reply[2:8])
+    assert reply[12:len(q)] == q[12:]  # the question, echoed
+    return flags & 0xF, an, reply[len(q):]
+
+
+def test_in_connections_mode_every_name_resolves_to_an_address_of_its_own(answering_sink):
+    port, proc, audit = answering_sink
+    rcode, count, record = ask(port, "telemetry.ui.example")
+    assert (rcode, count) == (0, 1)
+    pointer, qtype, qclass, ttl, size = struct.unpack("!HHHIH", record[:12])
+    assert (pointer, qtype, qclass, size) == (0xC00C, 1, 1, 4) and ttl > 0
+    address = socket.inet_ntoa(record[12:16])
+    assert ipaddress.IPv4Address(address) in ipaddress.IPv4Network("198.18.0.0/15")
+    logged = json.loads(proc.stdout.readline())
+    assert (logged["name"], logged["answer"]) == ("telemetry.ui.example", address)
+    # The same name (in any case) gets the same address; another name another one.
+    assert socket.inet_ntoa(ask(port, "Telemetry.UI.example")[2][12:16]) == address
+    assert socket.inet_ntoa(ask(port, "updates.ui.example")[2][12:16]) != address
+    # AAAA and the rest: the name exists, with no record of that type (NODATA), so clients use the A record.
+    assert ask(port, "telemetry.ui.example", 28)[:2] == (0, 0)
+    assert ask(port, "telemetry.ui.example", 65)[:2] == (0, 0)
+    kept = [json.loads(line) for line in (audit / "lookups.jsonl").read_text().splitlines()]
+    assert kept[0]["answer"] == address and "answer" not in kept[-1]
+
+
+def test_the_default_mode_still_resolves_nothing(sink):
+    port, _ = sink
+    assert ask(port, "telemetry.ui.example")[:2] == (3, 0)

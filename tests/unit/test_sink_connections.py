@@ -2,6 +2,8 @@
 real ClientHello (made by Python's ssl), and an HTTP request's method, Host,
 path, headers and body size. Pure functions of images/dns-sink/sink.py."""
 import importlib.util
+import ipaddress
+import json
 import ssl
 from pathlib import Path
 
@@ -42,3 +44,35 @@ def test_anything_else_is_counted_and_its_first_bytes_kept():
     assert sink.describe(b"\x00\x01binary") == {"bytes": 8, "first_bytes": "000162696e617279"}
     assert sink.describe(b"") == {"bytes": 0}
     assert sink.http_request(b"NOT A REQUEST\r\n\r\n") is None
+
+
+def test_bodies_are_kept_only_in_connections_mode_and_only_up_to_the_cap(monkeypatch):
+    body = b'{"chat": "what the user typed"}' + b"x" * (sink.BODY_KEPT_BYTES * 2)
+    request = (b"POST /upload HTTP/1.1\r\nHost: collector.ui.example\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    assert "body" not in sink.describe(request)["http"]
+    monkeypatch.setattr(sink, "ANSWERS", "connections")
+    said = sink.describe(request)["http"]
+    assert said["body"].startswith('{"chat": "what the user typed"}')
+    assert said["body_kept_bytes"] == len(said["body"]) == sink.BODY_KEPT_BYTES
+    assert said["body_bytes"] == len(body)
+    binary = sink.describe(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n\xff\x00a")["http"]["body"]
+    assert binary == "\\xff\x00a"
+
+
+def test_each_name_gets_its_own_address_even_when_their_hashes_meet():
+    answers = sink.Answers(ipaddress.IPv4Network("198.18.0.0/30"))  # room for two names only
+    first, second = answers.address_for("a.example"), answers.address_for("b.example")
+    assert first != second and {first, second} == {"198.18.0.1", "198.18.0.2"}
+    assert answers.address_for("A.example.") == first
+    assert (answers.name_of(first), answers.name_of(second)) == ("a.example", "b.example")
+
+
+def test_a_restarted_sink_knows_the_names_it_gave_addresses(tmp_path, monkeypatch):
+    (tmp_path / "lookups.jsonl").write_text(
+        json.dumps({"name": "api.ui.example", "answer": "198.18.7.7", "type": "A"}) + "\n"
+        + json.dumps({"name": "other.example", "type": "AAAA"}) + "\nnot json\n")
+    monkeypatch.setattr(sink, "AUDIT_DIR", str(tmp_path))
+    monkeypatch.setattr(sink, "answers", sink.Answers(sink.ANSWER_RANGE))
+    sink.load_answers()
+    assert sink.answers.name_of("198.18.7.7") == "api.ui.example"
+    assert sink.answers.address_for("api.ui.example") == "198.18.7.7"

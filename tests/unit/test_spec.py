@@ -56,6 +56,18 @@ def test_every_container_resolves_through_the_sink_only():
             assert c.dns == ("10.213.7.53",), c.name
 
 
+def test_the_audit_setting_reaches_the_sink_and_changes_only_the_sink():
+    default, answering = make_spec(), make_spec(make_policy(audit="connections"))
+    assert default.container("dns").env_value("SANDBOX_SINK_ANSWERS") == "lookups"
+    assert answering.container("dns").env_value("SANDBOX_SINK_ANSWERS") == "connections"
+    assert answering.container("dns").env_value("SANDBOX_SINK_ANSWER_RANGE") == "198.18.0.0/15"
+    # Its own answers must not shadow the sandbox's network: the range lies outside it.
+    import ipaddress
+    assert not ipaddress.ip_network("198.18.0.0/15").overlaps(ipaddress.ip_network(default.networks[0].subnet))
+    changed = [c.part for c, d in zip(answering.containers, default.containers) if spec_hash(c) != spec_hash(d)]
+    assert changed == ["dns"]
+
+
 def test_subnet_choice_keeps_the_current_one_and_avoids_taken_ones():
     from launcher.spec import choose_subnet
     first = choose_subnet("demo", [], None)

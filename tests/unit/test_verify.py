@@ -137,6 +137,32 @@ BREACHES = {
 }
 
 
+def answering() -> v.Facts:
+    """A safe sandbox with `audit: connections`: the name resolved to the
+    sink, and the connection to it was recorded under that name."""
+    facts = probe_with(dns={NAME: ["198.18.40.2"]}, by_name={f"{NAME}:41000": "via-sink:connected"})
+    return replace(facts, answers="connections", caught=[*facts.caught, ["tcp", "198.18.40.2", 41000, NAME]])
+
+
+def test_all_rows_pass_in_connections_mode_too():
+    assert [(r.attack, r.verdict) for r in v.judge(answering()) if r.verdict != "PASS"] == []
+
+
+@pytest.mark.parametrize("breach", [
+    # A real resolver answered: the name got out.
+    lambda f: replace(f, probe={**f.probe, "dns": {NAME: ["93.184.216.34"]}}),
+    lambda f: replace(f, probe={**f.probe, "dns": {NAME: ["198.18.40.2", "93.184.216.34"]}}),
+    lambda f: replace(f, probe={**f.probe, "dns": {NAME: "no-answer:Name or service not known"}}),
+    lambda f: replace(f, sink_names=[]),
+    # The connection to the answer did not end at the sink.
+    lambda f: replace(f, caught=[c for c in f.caught if len(c) < 4]),
+    lambda f: replace(f, caught=[*[c for c in f.caught if len(c) < 4], ["tcp", "198.18.40.2", 41000, None]]),
+])
+def test_connections_mode_fails_when_the_name_or_its_connection_got_out(breach):
+    row = next(r for r in v.judge(breach(answering())) if r.attack == "external DNS")
+    assert row.verdict == "FAIL", row.result
+
+
 @pytest.mark.parametrize("attack, index", [(a, i) for a, cases in BREACHES.items() for i in range(len(cases))])
 def test_row_fails_when_the_attack_gets_through(attack, index):
     verdicts = {r.attack: r.verdict for r in v.judge(BREACHES[attack][index])}
