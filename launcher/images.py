@@ -73,7 +73,11 @@ def images_for(policy: Policy, use_gpu: bool, ca_bundle: Path | None) -> PartIma
     if f.recipe:
         frontend = recipe_image(f.recipe, ca_bundle=ca_bundle)
     elif f.build_context:
-        frontend = replace(_hashed(f"sandbox-{policy.name}-frontend", f.build_context, f.build_dockerfile, None),
+        # Its build gets the same CAs as ours (as extra-ca.crt in its context):
+        # a UI installed from a package index must get through a network that
+        # intercepts TLS too. CA certificates are public; they are no secret to keep from it.
+        frontend = replace(_hashed(f"sandbox-{policy.name}-frontend", f.build_context, f.build_dockerfile,
+                                   ca_bundle or host_ca_bundle()),
                            allow_hosts=f.build_allow_hosts)
     else:
         frontend = ImageBuild(tag=f.image)

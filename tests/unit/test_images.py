@@ -30,3 +30,22 @@ def test_a_tls_failure_in_a_build_says_what_to_do():
             "certificate verify failed: unable to get local issuer certificate"]
     assert "--ca-bundle" in _tls_hint(tail) and "intercept TLS" in _tls_hint(tail)
     assert _tls_hint(["E: Unable to locate package nope"]) == ""
+
+
+def test_a_front_end_the_user_builds_gets_the_ca_bundle_too(tmp_path, monkeypatch):
+    """Tried as a new user would: a front-end whose Dockerfile pip-installs
+    a UI failed on a network that intercepts TLS, and the hint's
+    --ca-bundle changed nothing: its context got an empty extra-ca.crt."""
+    from dataclasses import replace
+
+    from tests.unit.helpers import make_policy
+    bundle = tmp_path / "corporate.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    (tmp_path / "ui").mkdir()
+    (tmp_path / "ui" / "Dockerfile").write_text("FROM debian:bookworm-slim\n")
+    policy = make_policy(frontend=replace(make_policy().frontend, recipe=None, build_context=tmp_path / "ui"))
+    built = images.images_for(policy, use_gpu=False, ca_bundle=bundle).frontend
+    assert built.ca_bundle == bundle
+    monkeypatch.setenv("SANDBOX_HOST_CA", "0")
+    assert images.images_for(policy, use_gpu=False, ca_bundle=None).frontend.ca_bundle is None
+    assert images.images_for(policy, use_gpu=False, ca_bundle=None).frontend.tag == built.tag
