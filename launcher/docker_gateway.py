@@ -20,7 +20,7 @@ import docker.errors
 from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig, Mount as DockerMount
 
 from launcher.build_context import context_files
-from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound
+from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound, SubnetTaken
 from launcher.images import EXTRA_CA_NAME, ImageBuild
 from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
 from launcher.text import json_records
@@ -530,9 +530,15 @@ class DockerGateway:
     def _create_network(self, spec: SandboxSpec, net: NetworkSpec) -> None:
         with _translated(f"creating network {net.name}"):
             ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=net.subnet, gateway=net.gateway)]) if net.subnet else None
-            self.api.create_network(net.name, driver="bridge", internal=net.internal,
-                                    options=dict(net.options), labels=labels_for(spec, net), ipam=ipam,
-                                    enable_ipv6=False, check_duplicate=True)
+            try:
+                self.api.create_network(net.name, driver="bridge", internal=net.internal,
+                                        options=dict(net.options), labels=labels_for(spec, net), ipam=ipam,
+                                        enable_ipv6=False, check_duplicate=True)
+            except docker.errors.APIError as e:
+                if net.subnet and "overlaps" in str(e.explanation or e).lower():
+                    raise SubnetTaken(f"creating network {net.name}: its subnet {net.subnet} was taken "
+                                      f"meanwhile by another network") from None
+                raise
 
     def _create_volume(self, spec: SandboxSpec, volume: VolumeSpec) -> None:
         with _translated(f"creating volume {volume.name}"):

@@ -51,6 +51,11 @@ class DockerFailure(SandboxError):
     """The engine refused or failed an operation; the message says which and why."""
 
 
+class SubnetTaken(DockerFailure):
+    """The subnet chosen for a sandbox's network was taken by another network
+    between the plan and its creation (another sandbox started meanwhile)."""
+
+
 class BuildFailure(SandboxError):
     def __init__(self, image: str, reason: str, log_tail: list[str]):
         self.reason = reason

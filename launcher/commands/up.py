@@ -22,7 +22,7 @@ from launcher.docker_gateway import BuildEgress, DockerGateway
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import recipe_image
 from launcher.locks import sandbox_lock
-from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem, SandboxError
+from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem, SandboxError, SubnetTaken
 from launcher.lock import LockError
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.signing import remember_signer
@@ -30,6 +30,8 @@ from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBO
 
 Say = Callable[[str], None]
 POLL_SECONDS = 0.5
+# How many times `up` plans again when the subnet it chose is taken before it is made.
+SUBNET_TRIES = 3
 # Run inside the sandbox (by the DNS sink's python3): what the UI asks first,
 # with the UI's key. Exit 0: answered; 3: the key was refused; 4: not yet.
 KEY_CHECK = f"""
@@ -132,8 +134,23 @@ def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | No
     access.save_token(spec.name, result.token)
 
     mark = time.monotonic()
-    gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
-                  egress=build_egress(ca_bundle), on_built=lambda image, found: build_records.save(image.tag, found))
+    for attempt in range(SUBNET_TRIES):
+        try:
+            gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
+                          egress=build_egress(ca_bundle),
+                          on_built=lambda image, found: build_records.save(image.tag, found))
+            break
+        except SubnetTaken as e:
+            # Another sandbox started while this one's images were built:
+            # plan again (the images are there now) with a subnet still free.
+            if attempt == SUBNET_TRIES - 1:
+                raise
+            say(f"{e}; choosing another")
+            prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token,
+                               relock=trust.relock, allowed_signers=trust.allowed_signers, bundle=trust.bundle)
+            spec = prepared.spec
+            result = UpResult(spec.name, spec.url, prepared)
+            result.seconds["prepare"] = time.monotonic() - started
     result.seconds["apply"] = time.monotonic() - mark
     if trust.relock:
         path, _, unsigned = write_lock(prepared.policy.file, current_lock(gateway, prepared.policy, spec.images))

@@ -148,3 +148,36 @@ def test_a_lost_backend_comes_back_with_the_key_the_front_end_holds(gateway, doc
         assert chat(second, "hello")["reply"]["content"] is not None
     finally:
         down(gateway, first.name, volumes=True)
+
+
+def test_a_subnet_taken_between_plan_and_apply_is_chosen_again(gateway, docker_client, tmp_path, monkeypatch):
+    """Tried as a new user would: two different sandboxes started at once,
+    one with a UI to build; the other took the subnet chosen for the first
+    while it built, and the first failed with the engine's "Pool overlaps
+    with other one on this address space"."""
+    import docker.types
+
+    from launcher.commands import up as up_module
+    path = write_policy(tmp_path)
+    name = yaml.safe_load(path.read_text())["name"]
+    taken = []
+
+    def prepare_then_take(*args, **kwargs):
+        prepared = prepare(*args, **kwargs)
+        if not taken:  # the other sandbox, made right after this plan
+            subnet = prepared.spec.networks[0].subnet
+            taken.append(docker_client.networks.create(
+                f"sandbox-it-taker-{name}", driver="bridge", labels={"io.sandbox.name": "taker"},
+                ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])))
+        return prepared
+    monkeypatch.setattr(up_module, "prepare", prepare_then_take)
+    said: list[str] = []
+    try:
+        result = up(gateway, path, ca_bundle=ca_bundle(), say=said.append)
+        assert any("was taken meanwhile by another network; choosing another" in m for m in said), said
+        assert result.prepared.spec.networks[0].subnet != taken[0].attrs["IPAM"]["Config"][0]["Subnet"]
+        assert chat(result, "hi")["reply"]["content"] is not None
+    finally:
+        down(gateway, name, volumes=True)
+        for network in taken:
+            network.remove()

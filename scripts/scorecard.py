@@ -1,0 +1,272 @@
+"""The front-end scorecard of docs/frontends.md, measured again.
+
+Each UI runs in a sandbox with `audit: connections` (every outside name
+resolves to the sandbox's sink, so each attempt shows what it wanted to
+send) over one scripted session: start, one chat typed into its own page in
+a real headless Chromium, then a minute idle with the page open. The sink's
+records (`sandbox audit`) say what the UI's server tried to reach; the
+browser says what the page asked it to fetch from anywhere but the sandbox
+(each such request is recorded and stopped in the browser, so none leaves).
+Every UI runs with its defaults and, where one exists, with the preset of
+its vetted policy.
+
+    python scripts/scorecard.py [--ui gradio --ui streamlit ...] [--idle 60]
+                                [--json results.json] [--write docs/frontends.md]
+
+Needs the engine, chromium and playwright (the `browser` extra), the
+quick-start model, and the package index for the first builds. `--write`
+replaces the table between the scorecard markers of that file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from launcher.commands.audit import audit  # noqa: E402
+from launcher.commands.down import down  # noqa: E402
+from launcher.commands.up import up  # noqa: E402
+from launcher.docker_gateway import DockerGateway  # noqa: E402
+from launcher.images import recipe_image  # noqa: E402
+from launcher.recipes import FRONTEND_RECIPES  # noqa: E402
+
+MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+MESSAGE = "Say hello in one word."
+CHATS = '"POST /v1/chat/completions'  # the backend's access log line of one chat
+BEGIN, END = "<!-- scorecard:begin -->", "<!-- scorecard:end -->"
+
+
+@dataclass(frozen=True)
+class UI:
+    name: str
+    policy: str  # the vetted policy, under policies/
+    input: str  # where a person types in its page (a CSS selector)
+    preset: tuple[str, ...] = ()  # the policy's env names that are its privacy preset
+    send: str | None = None  # a button to click; None: press Enter
+    recipe_is_preset: bool = False  # defaults: the recipe's image without the settings it locks
+    about: str = ""
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        return ("defaults", "preset") if self.preset or self.recipe_is_preset else ("defaults",)
+
+
+UIS = (
+    UI("chat", "quickstart.yaml", "#input", send="#send", about="our recipe (images/chat)"),
+    UI("open-webui", "open-webui.yaml", "#chat-input", recipe_is_preset=True,
+       about="open-webui 0.12.4, our recipe; defaults: the same image without the recipe's settings"),
+    UI("gradio", "gradio.yaml", "textarea", ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"),
+       about="gradio 6.31.0, ChatInterface (policies/ui/gradio)"),
+    UI("streamlit", "streamlit.yaml", "textarea", ("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "STREAMLIT_SERVER_HEADLESS"),
+       about="streamlit 1.67.0, st.chat_input (policies/ui/streamlit)"),
+    UI("chainlit", "chainlit.yaml", "#chat-input, textarea", about="chainlit 2.12.0 (policies/ui/chainlit)"),
+)
+
+
+@dataclass
+class Run:
+    ui: str
+    settings: str  # "defaults" or "preset"
+    started_s: float | None = None
+    chat_answered: bool = False
+    names: list = field(default_factory=list)  # [{"name", "count", "parts"}]
+    destinations: list = field(default_factory=list)  # as `sandbox audit` gives them
+    page_requests: list = field(default_factory=list)  # [{"host", "kind", "count"}]
+    error: str = ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def policy_for(ui: UI, settings: str, directory: Path) -> Path:
+    """The vetted policy, made runnable from `directory`: its own name and a
+    free port, `audit: connections`, and for "defaults" without its preset."""
+    source = ROOT / "policies" / ui.policy
+    policy = yaml.safe_load(source.read_text())
+    policy["name"] = f"score-{ui.name}-{settings}"[:30]
+    policy["ingress"]["port"] = free_port()
+    policy["audit"] = "connections"
+    policy["models"][0]["path"] = str(MODEL)
+    frontend = policy["frontend"]
+    if "build" in frontend:  # a context must lie beside its policy: a copy (the layers come from the cache)
+        copy = directory / f"{policy['name']}-context"
+        if not copy.exists():
+            shutil.copytree(source.parent / frontend["build"]["context"], copy)
+        frontend["build"]["context"] = copy.name
+    if settings == "defaults":
+        for key in ui.preset:
+            frontend.get("env", {}).pop(key, None)
+        if ui.recipe_is_preset:
+            policy["frontend"] = recipe_as_image(frontend)
+    path = directory / f"{policy['name']}.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def recipe_as_image(frontend: dict) -> dict:
+    """A recipe's image run as a front-end of one's own: none of the settings
+    the recipe locks, only what it needs to start on a read-only root."""
+    recipe = FRONTEND_RECIPES[frontend["recipe"]]
+    needed = {k: v for k, v in recipe.locked_env.items() if k in ("DATA_DIR", "STATIC_DIR")}
+    return {"image": recipe_image(frontend["recipe"]).tag, "port": recipe.port, "user": recipe.user,
+            "data": recipe.data, "health_path": recipe.health_path, "memory": recipe.memory, "cpus": recipe.cpus,
+            "env": {**frontend.get("env", {}), **needed}}
+
+
+def chats(gateway: DockerGateway, name: str) -> int:
+    return sum(CHATS in line for line in gateway.logs(f"sandbox-{name}-backend", tail=5000))
+
+
+def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, directory: Path, idle: float,
+                say) -> Run:
+    run = Run(ui.name, settings)
+    path = policy_for(ui, settings, directory)
+    name = yaml.safe_load(path.read_text())["name"]
+    began = time.monotonic()
+    try:
+        result = up(gateway, path, say=lambda m: say(f"  {m}"), timeout=900)
+        run.started_s = round(time.monotonic() - began, 1)
+        origin = urlsplit(result.url).netloc
+        asked: dict[tuple[str, str], int] = {}
+
+        def route(request_route):
+            url = urlsplit(request_route.request.url)
+            if url.netloc == origin or url.scheme in ("data", "blob"):
+                request_route.continue_()
+                return
+            key = (url.netloc or url.scheme, request_route.request.resource_type)
+            asked[key] = asked.get(key, 0) + 1
+            request_route.abort()
+
+        context = browser.new_context()
+        context.route("**/*", route)
+        page = context.new_page()
+        page.on("websocket", lambda ws: urlsplit(ws.url).netloc != origin and asked.update(
+            {(urlsplit(ws.url).netloc, "websocket"): asked.get((urlsplit(ws.url).netloc, "websocket"), 0) + 1}))
+        before = chats(gateway, name)
+        page.goto(result.access_link, wait_until="load", timeout=120_000)
+        # A page may show its input before its scripts listen to it: type
+        # again, as a person would, when nothing reached the backend.
+        for _ in range(3):
+            box = page.locator(ui.input).first
+            box.wait_for(state="visible", timeout=180_000)
+            time.sleep(2)
+            box.click()
+            page.keyboard.type(MESSAGE)
+            if ui.send:
+                page.click(ui.send)
+            else:
+                page.keyboard.press("Enter")
+            deadline = time.monotonic() + 60
+            while chats(gateway, name) == before and time.monotonic() < deadline:
+                time.sleep(1)
+            if chats(gateway, name) > before:
+                break
+        run.chat_answered = chats(gateway, name) > before
+        say(f"  chat {'answered' if run.chat_answered else 'NOT answered'}; idle for {idle:.0f} s")
+        time.sleep(idle)
+        context.close()
+        report = audit(gateway, name)
+        run.names = [{k: n[k] for k in ("name", "count", "parts")} for n in report["names"]]
+        run.destinations = report["destinations"]
+        run.page_requests = [{"host": h, "kind": k, "count": c} for (h, k), c in sorted(asked.items())]
+    except Exception as e:  # noqa: BLE001 - a UI that fails is a row of the table, not the end of it
+        run.error = f"{e.__class__.__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        say(f"  failed: {run.error}")
+    finally:
+        try:
+            down(gateway, name, volumes=True)
+        except Exception:  # noqa: BLE001
+            pass
+    return run
+
+
+def reached(run: Run) -> str:
+    """What the UI's server tried, one destination per item."""
+    if run.error:
+        return f"(failed: {run.error})"
+    items = []
+    for d in run.destinations:
+        where = f"{d['name'] or d['address']}:{d['port']}"
+        items.append(f"{where} ({'; '.join(d['said'])}) x{d['count']}")
+    connected = {d["name"] for d in run.destinations if d["name"]}
+    items += [f"{n['name']} (looked up only) x{n['count']}" for n in run.names if n["name"] not in connected]
+    return "<br>".join(f"`{i}`" for i in items) or "nothing"
+
+
+def page_asked(run: Run) -> str:
+    if run.error:
+        return ""
+    return "<br>".join(f"`{p['host']}` ({p['kind']}) x{p['count']}" for p in run.page_requests) or "nothing"
+
+
+def table(runs: list[Run]) -> str:
+    lines = ["| UI | settings | ready in | chat | its server tried to reach (all ended at the sink) "
+             "| its page asked the browser for (stopped) |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r.ui} | {r.settings} | {'' if r.started_s is None else f'{r.started_s} s'} "
+                     f"| {'answered' if r.chat_answered else 'no answer'} | {reached(r)} | {page_asked(r)} |")
+    return "\n".join(lines)
+
+
+def write_into(document: Path, text: str) -> None:
+    content = document.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{document}: no {BEGIN} ... {END} markers to write between")
+    document.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", content))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ui", action="append", choices=[u.name for u in UIS], help="only these (repeatable)")
+    parser.add_argument("--idle", type=float, default=60, help="seconds idle after the chat (default 60)")
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--write", type=Path, help="put the table into this file, between its markers")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        raise SystemExit("needs chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    gateway = DockerGateway()
+    chosen = [u for u in UIS if not args.ui or u.name in args.ui]
+    runs: list[Run] = []
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory() as directory, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        for ui in chosen:
+            for settings in ui.settings:
+                say(f"{ui.name}, {settings}")
+                runs.append(one_session(gateway, browser, ui, settings, Path(directory), args.idle, say))
+        browser.close()
+    text = table(runs)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps([r.__dict__ for r in runs], indent=2, default=str))
+    if args.write:
+        write_into(args.write, text)
+    return 0 if all(r.chat_answered and not r.error for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
