@@ -12,16 +12,19 @@ its vetted policy.
 
     python scripts/scorecard.py [--ui gradio --ui streamlit ...] [--idle 60]
                                 [--json results.json] [--write docs/frontends.md]
+    python scripts/scorecard.py --from-json a.json b.json --write docs/frontends.md
 
 Needs the engine, chromium and playwright (the `browser` extra), the
 quick-start model, and the package index for the first builds. `--write`
-replaces the table between the scorecard markers of that file.
+replaces the table between the scorecard markers of that file;
+`--from-json` makes the table from earlier runs' measurements instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import secrets
 import shutil
 import socket
 import sys
@@ -47,6 +50,9 @@ MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MESSAGE = "Say hello in one word."
 CHATS = '"POST /v1/chat/completions'  # the backend's access log line of one chat
 BEGIN, END = "<!-- scorecard:begin -->", "<!-- scorecard:end -->"
+# Of a recipe's settings, those its image needs to start on a read-only root:
+# a recipe's "defaults" run keeps these and drops the rest.
+RUN_READ_ONLY = ("DATA_DIR", "STATIC_DIR")
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class UI:
     input: str  # where a person types in its page (a CSS selector)
     preset: tuple[str, ...] = ()  # the policy's env names that are its privacy preset
     send: str | None = None  # a button to click; None: press Enter
+    dismiss: str | None = None  # what a person clicks away first (a "what's new" dialog), if it shows
     recipe_is_preset: bool = False  # defaults: the recipe's image without the settings it locks
     about: str = ""
 
@@ -66,11 +73,12 @@ class UI:
 
 UIS = (
     UI("chat", "quickstart.yaml", "#input", send="#send", about="our recipe (images/chat)"),
-    UI("open-webui", "open-webui.yaml", "#chat-input", recipe_is_preset=True,
+    UI("open-webui", "open-webui.yaml", "#chat-input", recipe_is_preset=True, dismiss="text=Okay, Let's Go!",
        about="open-webui 0.12.4, our recipe; defaults: the same image without the recipe's settings"),
     UI("gradio", "gradio.yaml", "textarea", ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"),
        about="gradio 6.31.0, ChatInterface (policies/ui/gradio)"),
-    UI("streamlit", "streamlit.yaml", "textarea", ("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "STREAMLIT_SERVER_HEADLESS"),
+    UI("streamlit", "streamlit.yaml", "textarea",
+       ("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "STREAMLIT_BROWSER_SERVER_ADDRESS"),
        about="streamlit 1.67.0, st.chat_input (policies/ui/streamlit)"),
     UI("chainlit", "chainlit.yaml", "#chat-input, textarea", about="chainlit 2.12.0 (policies/ui/chainlit)"),
 )
@@ -123,7 +131,9 @@ def recipe_as_image(frontend: dict) -> dict:
     """A recipe's image run as a front-end of one's own: none of the settings
     the recipe locks, only what it needs to start on a read-only root."""
     recipe = FRONTEND_RECIPES[frontend["recipe"]]
-    needed = {k: v for k, v in recipe.locked_env.items() if k in ("DATA_DIR", "STATIC_DIR")}
+    needed = {k: v for k, v in recipe.locked_env.items() if k in RUN_READ_ONLY}
+    if recipe.session_key_env:  # the recipe hands it one (else it writes one next to itself: read-only)
+        needed[recipe.session_key_env] = secrets.token_urlsafe(32)  # this run's, thrown away with it
     return {"image": recipe_image(frontend["recipe"]).tag, "port": recipe.port, "user": recipe.user,
             "data": recipe.data, "health_path": recipe.health_path, "memory": recipe.memory, "cpus": recipe.cpus,
             "env": {**frontend.get("env", {}), **needed}}
@@ -135,6 +145,7 @@ def chats(gateway: DockerGateway, name: str) -> int:
 
 def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, directory: Path, idle: float,
                 say) -> Run:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     run = Run(ui.name, settings)
     path = policy_for(ui, settings, directory)
     name = yaml.safe_load(path.read_text())["name"]
@@ -164,6 +175,11 @@ def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, director
         # A page may show its input before its scripts listen to it: type
         # again, as a person would, when nothing reached the backend.
         for _ in range(3):
+            if ui.dismiss:
+                try:
+                    page.locator(ui.dismiss).first.click(timeout=15_000)
+                except PlaywrightTimeout:
+                    pass  # it did not show
             box = page.locator(ui.input).first
             box.wait_for(state="visible", timeout=180_000)
             time.sleep(2)
@@ -223,6 +239,12 @@ def table(runs: list[Run]) -> str:
     for r in runs:
         lines.append(f"| {r.ui} | {r.settings} | {'' if r.started_s is None else f'{r.started_s} s'} "
                      f"| {'answered' if r.chat_answered else 'no answer'} | {reached(r)} | {page_asked(r)} |")
+    lines.append("")
+    shown = {r.ui for r in runs}
+    for u in UIS:
+        if u.name in shown:
+            preset = ", ".join(u.preset) or ("the recipe" if u.recipe_is_preset else "none")
+            lines.append(f"- {u.name}: {u.about}; preset: {preset}")
     return "\n".join(lines)
 
 
@@ -240,7 +262,16 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=60, help="seconds idle after the chat (default 60)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--write", type=Path, help="put the table into this file, between its markers")
+    parser.add_argument("--from-json", type=Path, nargs="+", help="no runs: the table of these measurements")
     args = parser.parse_args()
+    if args.from_json:
+        order = [u.name for u in UIS]
+        runs = [Run(**r) for f in args.from_json for r in json.loads(f.read_text())]
+        runs.sort(key=lambda r: (order.index(r.ui), r.settings))
+        print(table(runs))
+        if args.write:
+            write_into(args.write, table(runs))
+        return 0
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         raise SystemExit("needs chromium (apt-get install chromium)")
