@@ -23,9 +23,9 @@ POLICIES = sorted((ROOT / "policies").glob("*.yaml"))
 
 
 def variants(tmp_path: Path) -> list[tuple[Path, int]]:
-    """Each vetted policy, and the first one with a GPU, gVisor, and a UI image."""
+    """Each vetted policy, and the quick start with a GPU, gVisor, and a UI image."""
     out = [(p, 0) for p in POLICIES]
-    base = yaml.safe_load(POLICIES[0].read_text())
+    base = yaml.safe_load((ROOT / "policies" / "quickstart.yaml").read_text())
     for name, change, gpus in (("gpu", {"backend": {"gpu": "all", "memory": "8g"}}, 1),
                                ("gvisor", {"frontend": {"recipe": "chat", "runtime": "gvisor"}}, 0),
                                ("image", {"frontend": {"image": "my-ui:1.0", "port": 3000, "data": "/data"}}, 0)):
