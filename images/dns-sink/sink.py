@@ -51,6 +51,11 @@ ANSWER_RANGE = ipaddress.IPv4Network(os.environ.get("SANDBOX_SINK_ANSWER_RANGE",
 ANSWER_TTL = 60
 NOBODY = 65534
 IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20  # linux/in.h
+# Threads that read connections at once: the container has 32 pids (launcher/
+# spec.py), and a part that opens more connections than that must not stop
+# the sink recording. Past these, a connection is recorded unread and closed.
+READERS = threading.BoundedSemaphore(16)
+DNS_TCP_READERS = threading.BoundedSemaphore(4)  # past these a TCP query is dropped; UDP still answers
 log_lock = threading.Lock()
 counts = {"lookups": 0, "connections": 0}
 
@@ -213,7 +218,27 @@ def serve_tcp_client(conn, peer):
 def serve_tcp(sock):
     while True:
         conn, peer = sock.accept()
-        threading.Thread(target=serve_tcp_client, args=(conn, peer), daemon=True).start()
+        if not in_a_thread(DNS_TCP_READERS, serve_tcp_client, conn, peer):
+            conn.close()
+
+
+def in_a_thread(readers, target, conn, peer):
+    """Run target(conn, peer) in a thread of its own if one of `readers` is
+    free (and a thread can be had); False if not."""
+    if not readers.acquire(blocking=False):
+        return False
+
+    def run():
+        try:
+            target(conn, peer)
+        finally:
+            readers.release()
+    try:
+        threading.Thread(target=run, daemon=True).start()
+        return True
+    except RuntimeError:  # can't start new thread
+        readers.release()
+        return False
 
 
 # ---- connections ---------------------------------------------------------
@@ -295,21 +320,25 @@ def read_for_a_moment(conn):
     return data
 
 
-def caught_tcp(conn, peer):
+def caught_tcp(conn, peer, read=True):
     with conn:
         address, port = conn.getsockname()[:2]  # where it meant to go
         entry = {"time": round(time.time(), 3), "client": peer[0], "protocol": "tcp", "address": address,
                  "port": port}
         if answers.name_of(address):
             entry["name"] = answers.name_of(address)
-        entry.update(describe(read_for_a_moment(conn)))
+        if read:
+            entry.update(describe(read_for_a_moment(conn)))
+        else:
+            entry["unread"] = "the sink was busy"
         record("connections", entry)
 
 
 def serve_caught_tcp(sock):
     while True:
         conn, peer = sock.accept()
-        threading.Thread(target=caught_tcp, args=(conn, peer), daemon=True).start()
+        if not in_a_thread(READERS, caught_tcp, conn, peer):
+            caught_tcp(conn, peer, read=False)  # recorded all the same, where it was going
 
 
 def serve_caught_udp(sock):

@@ -113,6 +113,7 @@ def _connection(entry: dict, part_of_address: dict[str, str]) -> dict:
     said = (f"TLS to {entry['tls_server_name']}" if entry.get("tls_server_name") else
             f"{entry['http']['method']} http://{entry['http'].get('host') or entry.get('address')}"
             f"{entry['http']['path']} ({entry['http']['body_bytes']} B body)" if entry.get("http") else
+            f"not read: {entry['unread']}" if entry.get("unread") else
             f"{entry.get('bytes', 0)} B" if entry.get("bytes") else "nothing")
     return {"time": entry.get("time"), "part": part_of_address.get(entry.get("client"), entry.get("client")),
             "protocol": entry.get("protocol"), "name": entry.get("name"), "address": entry.get("address"),

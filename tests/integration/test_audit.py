@@ -155,3 +155,45 @@ def test_in_connections_mode_each_destination_shows_its_name_port_and_what_was_s
     assert "telemetry.noisy-ui.example -> the sink (198.1" in text
     assert "tcp api.noisy-ui.example:443 (198.1" in text and "TLS to api.noisy-ui.example" in text
     assert 'body: {"chat": "what the user typed"}' in text
+
+
+FLOOD = """
+import socket, sys, time
+first, count, last = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+held = []
+for port in range(first, first + count):  # opened and held, saying nothing
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect(("203.0.113.9", port))
+        held.append(s)
+    except OSError:
+        pass
+s = socket.socket()  # and, while they are held, one that says something
+s.settimeout(3)
+s.connect(("203.0.113.9", last))
+s.sendall(b"POST /after-the-flood HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n\\r\\n")
+time.sleep(3)
+print(len(held))
+"""
+
+
+def test_a_flood_of_connections_cannot_blind_the_sink(gateway, docker_client, tmp_path):
+    """A front-end that opens more connections at once than the sink has
+    threads for must not stop it recording: before, the sink's accept loop
+    died of "can't start new thread" and every later attempt went unrecorded."""
+    result = up(gateway, write_policy(tmp_path), ca_bundle=ca_bundle())
+    try:
+        first, count, last = 30000, 120, 31000
+        frontend = docker_client.containers.get(f"sandbox-{result.name}-frontend")
+        run = frontend.exec_run(["python3", "-c", FLOOD, str(first), str(count), str(last)])
+        assert run.exit_code == 0, run.output.decode()[-2000:]
+
+        def recorded() -> set[int]:
+            return {c["port"] for c in audit(gateway, result.name)["connections"] if c["address"] == "203.0.113.9"}
+        seen = wait_for(lambda: {last, *range(first, first + count)} <= (r := recorded()) and r, seconds=60)
+        assert last in seen
+        after = next(c for c in audit(gateway, result.name)["connections"] if c["port"] == last)
+        assert after["said"] in ("POST http://x/after-the-flood (0 B body)", "not read: the sink was busy")
+    finally:
+        down(gateway, result.name, volumes=True)
