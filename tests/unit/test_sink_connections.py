@@ -76,3 +76,17 @@ def test_a_restarted_sink_knows_the_names_it_gave_addresses(tmp_path, monkeypatc
     sink.load_answers()
     assert sink.answers.name_of("198.18.7.7") == "api.ui.example"
     assert sink.answers.address_for("api.ui.example") == "198.18.7.7"
+
+
+def test_the_records_cannot_fill_the_disk(tmp_path, monkeypatch):
+    """Each kind of record rotates past its size, one old file kept: a part
+    that tries endlessly costs at most twice the limit on the audit volume."""
+    monkeypatch.setattr(sink, "AUDIT_DIR", str(tmp_path))
+    monkeypatch.setattr(sink, "AUDIT_FILE_BYTES", 10_000)
+    line = json.dumps({"protocol": "tcp", "http": {"body": "x" * 1000}})
+    for _ in range(500):
+        sink.keep("connections", line)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["connections.1.jsonl", "connections.jsonl", "counts.json"]
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) < 2 * (10_000 + len(line) + 1)
+    assert json.loads((tmp_path / "counts.json").read_text())["connections"] >= 500
