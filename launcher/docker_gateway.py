@@ -225,6 +225,17 @@ class DockerGateway:
             member = next((m for m in tar if m.isfile()), None)
             return tar.extractfile(member).read() if member else None
 
+    def write_file(self, container: str, path: str, data: bytes, uid: int = 65534) -> None:
+        """Write a file into a container (running or stopped; into its volumes too)."""
+        directory, _, filename = path.rpartition("/")
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            info = tarfile.TarInfo(filename)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o644, uid, uid, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        with _translated(f"writing {path} in {container}"):
+            self.api.put_archive(container, directory or "/", out.getvalue())
+
     def memory_usage(self, name: str) -> int | None:
         try:
             stats = self.api.stats(name, stream=False)
@@ -239,7 +250,10 @@ class DockerGateway:
         detail = memory.get("stats") or {}
         return usage - detail.get("inactive_file", detail.get("total_inactive_file", 0))
 
-    def logs(self, name: str, tail: int | str = 100, follow: bool = False) -> Iterator[str]:
+    def logs(self, name: str, tail: int | str = 100, follow: bool = False,
+             timestamps: bool = False) -> Iterator[str]:
+        """A container's log lines; with `timestamps`, each begins with the
+        time the engine took it (RFC 3339, nanoseconds, fixed width) and a space."""
         with _translated(f"reading the log of {name}"):
             self.api.inspect_container(name)
         try:
@@ -253,7 +267,7 @@ class DockerGateway:
                 if buffer:
                     yield buffer.decode(errors="replace")
             else:
-                yield from self.api.logs(name, tail=tail).decode(errors="replace").splitlines()
+                yield from self.api.logs(name, tail=tail, timestamps=timestamps).decode(errors="replace").splitlines()
         except docker.errors.APIError as e:
             raise DockerFailure(f"reading the log of {name}: {e.explanation or e}") from None
 

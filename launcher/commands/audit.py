@@ -8,6 +8,7 @@ Origin, no access token) was logged by it; and what each of its images'
 builds contacted was recorded by the build proxy."""
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Iterator
 
@@ -21,6 +22,9 @@ from launcher.text import json_records
 # Logs are rotated (ContainerSpec.log_max_size); the audit reads at most this
 # many of their last lines.
 AUDIT_LINES = 100_000
+# The ingress's refusals, kept on the audit volume when its container goes.
+INGRESS_KEPT = "ingress-refused.log"
+KEPT_BYTES = 8 * 1024 * 1024
 
 
 def _kept(gateway: DockerGateway, name: str, kind: str, key: str) -> list[dict]:
@@ -99,12 +103,60 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
             next(b for b in builds if b["image"] == record["image"])["parts"].append(part)
     part_of_address = parts_by_address(gateway, name)
     lookups, summary = names_tried(gateway, name, since, part_of_address)
-    refused = [line.removeprefix("ingress: ") for line in gateway.logs(resource_name(name, "ingress"), tail=AUDIT_LINES)
-               if line.startswith("ingress: refused ")]
+    refused = [line.partition(" ")[2].removeprefix("ingress: ") for line in ingress_refusals(gateway, name)
+               if since is None or _when(line.partition(" ")[0]) >= since]
     caught = [_connection(entry, part_of_address) for entry in connections_kept(gateway, name)
               if since is None or entry.get("time", 0) >= since]
     return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused, "builds": builds,
             "destinations": destinations(caught), "connections": caught}
+
+
+def _logged_refusals(gateway: DockerGateway, name: str) -> list[str]:
+    """The refusals in the ingress container's log, each line beginning with
+    the engine's timestamp."""
+    try:
+        lines = gateway.logs(resource_name(name, "ingress"), tail=AUDIT_LINES, timestamps=True)
+        return [line for line in lines if line.partition(" ")[2].startswith("ingress: refused ")]
+    except NotFound:
+        return []
+
+
+def _kept_refusals(gateway: DockerGateway, name: str) -> list[str]:
+    data = gateway.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/{INGRESS_KEPT}")
+    return data.decode(errors="replace").splitlines() if data else []
+
+
+def _when(timestamp: str) -> float:
+    """Seconds since the epoch of the engine's log timestamp
+    (2026-11-29T20:55:01.123456789Z); 0 for anything else."""
+    try:
+        return datetime.datetime.fromisoformat(timestamp[:26].rstrip("Z") + "+00:00").timestamp()
+    except ValueError:
+        return 0.0
+
+
+def ingress_refusals(gateway: DockerGateway, name: str) -> list[str]:
+    """Every request the ingress refused, oldest first, timestamped: those
+    kept on the audit volume from its earlier containers, then its log's."""
+    kept = _kept_refusals(gateway, name)
+    last = kept[-1].partition(" ")[0] if kept else ""
+    return kept + [line for line in _logged_refusals(gateway, name) if line.partition(" ")[0] > last]
+
+
+def keep_ingress_refusals(gateway: DockerGateway, name: str) -> None:
+    """Before the ingress container goes (`down`, or `up` recreating it),
+    its refusals go onto the audit volume, which outlives it like the sink's
+    own records, until `down --volumes`; the oldest go past KEPT_BYTES."""
+    if gateway.container_state(resource_name(name, "dns")) is None:
+        return  # no sink, no volume to keep them on
+    kept = _kept_refusals(gateway, name)
+    every = ingress_refusals(gateway, name)
+    if len(every) == len(kept):
+        return
+    data = "".join(line + "\n" for line in every).encode()
+    if len(data) > KEPT_BYTES:
+        data = data[-KEPT_BYTES:].partition(b"\n")[2]
+    gateway.write_file(resource_name(name, "dns"), f"{AUDIT_DIR}/{INGRESS_KEPT}", data)
 
 
 def _connection(entry: dict, part_of_address: dict[str, str]) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from launcher import access
+from launcher.commands.audit import keep_ingress_refusals
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.locks import sandbox_lock
@@ -15,6 +16,8 @@ def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
          say: Callable[[str], None] | None = None) -> dict:
     name = resolve_name(gateway, target)
     with sandbox_lock(name, say):
+        if not volumes:  # the audit volume stays, and with it what the ingress refused
+            keep_ingress_refusals(gateway, name)
         removed = gateway.remove_sandbox(name, volumes=volumes, say=say)
         forget_signer(name)  # nothing runs that anyone signed
         if volumes and access.saved_token(name):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher import access, build_records
-from launcher.commands.audit import names_tried
+from launcher.commands.audit import keep_ingress_refusals, names_tried
 from launcher.commands.bundle import is_bundle, open_bundle
 from launcher.commands.lock import Bundle, current_lock, write_lock
 from launcher.commands.model import policy_warnings
@@ -24,6 +24,7 @@ from launcher.images import recipe_image
 from launcher.locks import sandbox_lock
 from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem, SandboxError, SubnetTaken
 from launcher.lock import LockError
+from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.signing import remember_signer
 from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec
@@ -134,6 +135,10 @@ def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | No
     access.save_token(spec.name, result.token)
 
     mark = time.monotonic()
+    ingress = spec.container("ingress").name
+    if any(a.kind == "container" and a.name == ingress and a.verb in (RECREATE, REMOVE)
+           for a in prepared.plan.actions):
+        keep_ingress_refusals(gateway, spec.name)  # before its container, and its log, go
     for attempt in range(SUBNET_TRIES):
         try:
             gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,

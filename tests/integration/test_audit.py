@@ -197,3 +197,39 @@ def test_a_flood_of_connections_cannot_blind_the_sink(gateway, docker_client, tm
         assert after["said"] in ("POST http://x/after-the-flood (0 B body)", "not read: the sink was busy")
     finally:
         down(gateway, result.name, volumes=True)
+
+
+def test_what_the_ingress_refused_outlives_its_container_until_down_volumes(gateway, tmp_path):
+    """Tried as a new user would: `sandbox audit` after a `down` and an
+    `up` no longer showed the requests the ingress had refused before (they
+    were read from its container's log, gone with the container)."""
+    import urllib.error
+    import urllib.request
+    path = write_policy(tmp_path)
+    result = up(gateway, path, ca_bundle=ca_bundle())
+
+    def knock(path: str) -> None:  # no token: refused
+        try:
+            urllib.request.urlopen(f"{result.url}{path}", timeout=10)
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+    try:
+        knock("first-knock")
+        refused = wait_for(lambda: [r for r in audit(gateway, result.name)["ingress_refused"] if "first-knock" in r])
+        assert len(refused) == 1 and "reason=no-token" in refused[0]
+        down(gateway, result.name)  # the containers go; the audit volume stays
+        result = up(gateway, path, ca_bundle=ca_bundle())
+        assert [r for r in audit(gateway, result.name)["ingress_refused"] if "first-knock" in r] == refused
+        result = up(gateway, path, ca_bundle=ca_bundle(), new_token=True)  # a new ingress container
+        later = time.time()
+        knock("second-knock")
+        wait_for(lambda: any("second-knock" in r for r in audit(gateway, result.name)["ingress_refused"]))
+        kept = audit(gateway, result.name)["ingress_refused"]
+        assert [r for r in kept if "first-knock" in r] == refused  # once, not again with each keeping
+        recent = audit(gateway, result.name, since=later)["ingress_refused"]
+        assert any("second-knock" in r for r in recent) and not any("first-knock" in r for r in recent)
+        down(gateway, result.name, volumes=True)
+        result = up(gateway, path, ca_bundle=ca_bundle())
+        assert not any("knock" in r for r in audit(gateway, result.name)["ingress_refused"])
+    finally:
+        down(gateway, result.name, volumes=True)
