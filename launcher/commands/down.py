@@ -8,6 +8,7 @@ from launcher import access
 from launcher.commands.audit import keep_ingress_refusals
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
+from launcher.errors import SandboxError
 from launcher.locks import sandbox_lock
 from launcher.signing import forget_signer
 
@@ -17,7 +18,11 @@ def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
     name = resolve_name(gateway, target)
     with sandbox_lock(name, say):
         if not volumes:  # the audit volume stays, and with it what the ingress refused
-            keep_ingress_refusals(gateway, name)
+            try:
+                keep_ingress_refusals(gateway, name)
+            except SandboxError as e:  # a sandbox half gone must still go
+                if say:
+                    say(f"the ingress's refusals could not be kept: {e}")
         removed = gateway.remove_sandbox(name, volumes=volumes, say=say)
         forget_signer(name)  # nothing runs that anyone signed
         if volumes and access.saved_token(name):
