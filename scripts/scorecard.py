@@ -165,8 +165,16 @@ def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, director
             asked[key] = asked.get(key, 0) + 1
             request_route.abort()
 
+        def refused(_source, uri: str, directive: str):
+            key = (urlsplit(uri).netloc or uri.split(":")[0], directive)
+            asked[key] = asked.get(key, 0) + 1
+
         context = browser.new_context()
         context.route("**/*", route)
+        # What the ingress's Content-Security-Policy stopped before it became a request.
+        context.expose_binding("sandboxRefused", refused)
+        context.add_init_script("document.addEventListener('securitypolicyviolation', "
+                                "e => window.sandboxRefused(e.blockedURI, e.effectiveDirective))")
         page = context.new_page()
         page.on("websocket", lambda ws: urlsplit(ws.url).netloc != origin and asked.update(
             {(urlsplit(ws.url).netloc, "websocket"): asked.get((urlsplit(ws.url).netloc, "websocket"), 0) + 1}))
@@ -234,7 +242,7 @@ def page_asked(run: Run) -> str:
 
 def table(runs: list[Run]) -> str:
     lines = ["| UI | settings | ready in | chat | its server tried to reach (all ended at the sink) "
-             "| its page asked the browser for (stopped) |",
+             "| its page tried to have the browser fetch (stopped) |",
              "|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r.ui} | {r.settings} | {'' if r.started_s is None else f'{r.started_s} s'} "

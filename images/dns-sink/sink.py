@@ -49,6 +49,10 @@ BODY_KEPT_BYTES = 16 * 1024  # of a plain-HTTP body, in "connections" mode
 ANSWERS = os.environ.get("SANDBOX_SINK_ANSWERS", "lookups")
 ANSWER_RANGE = ipaddress.IPv4Network(os.environ.get("SANDBOX_SINK_ANSWER_RANGE", "198.18.0.0/15"))
 ANSWER_TTL = 60
+# Names remembered with their address (each about 0.2 KiB); past this the
+# oldest is forgotten: a later connection to its address is recorded all the
+# same, without the name.
+MAX_NAMES = 20_000
 NOBODY = 65534
 IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20  # linux/in.h
 # Threads that read connections at once: the container has 32 pids (launcher/
@@ -97,6 +101,10 @@ class Answers:
             return self.by_name[name]
 
     def remember(self, name, address):
+        if name in self.by_name:
+            self.by_address.pop(self.by_name.pop(name), None)
+        while len(self.by_name) >= MAX_NAMES:  # a part that asks for names without end costs bounded memory
+            self.by_address.pop(self.by_name.pop(next(iter(self.by_name))), None)  # the oldest goes
         self.by_name[name], self.by_address[address] = address, name
 
     def name_of(self, address):

@@ -143,3 +143,82 @@ def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, ow
     assert after[:len(before)] == before
     log = "\n".join(gateway.logs(f"sandbox-{result.name}-ingress", tail=200))
     assert "reason=cross-site" in log
+
+
+class Canary(http.server.BaseHTTPRequestHandler):
+    """A server on another port of this machine: what a page's requests to
+    elsewhere would reach. `hits` holds the paths asked for."""
+    hits: list[str] = []
+
+    def do_GET(self):
+        Canary.hits.append(self.path)
+        self.send_response(204)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(handler) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def leaky_sandbox(gateway, tmp_path):
+    """The noisy test UI, whose page /leaky tries to reach another origin."""
+    from launcher.commands.down import down
+    from launcher.commands.up import up
+    from tests.integration.conftest import FIXTURES_BAD, ca_bundle, write_policy
+    shutil.copytree(FIXTURES_BAD.parent / "noisy-ui", tmp_path / "noisy-ui")
+    result = up(gateway, write_policy(tmp_path, frontend={"build": {"context": "noisy-ui"}, "health_path": "/health"}),
+                ca_bundle=ca_bundle())
+    yield result
+    down(gateway, result.name, volumes=True)
+
+
+def test_the_page_cannot_make_the_browser_reach_elsewhere(leaky_sandbox, browser):
+    """The UI's page runs in the user's browser, outside the sandbox: what it
+    asks the browser to fetch from elsewhere (analytics, fonts, a CDN, a
+    beacon with what the user typed) the browser would fetch. The ingress's
+    Content-Security-Policy keeps the page to its own origin. Control: the
+    same page, served without it, reaches the canary every way it tries."""
+    from tests.integration.conftest import ui
+    result = leaky_sandbox
+    with ui(result, "leaky") as response:
+        page_html = response.read()
+
+    class Plain(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page_html)
+
+        def log_message(self, *args):
+            pass
+
+    canary, plain = serve(Canary), serve(Plain)
+    to = f"http://127.0.0.1:{canary.server_address[1]}"
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{plain.server_address[1]}/leaky?to={to}")
+        page.wait_for_function("() => window.own !== undefined", timeout=30_000)
+        page.wait_for_timeout(2000)
+        reached = {path.split("?")[0] for path in Canary.hits}
+        assert {"/image", "/stylesheet", "/script", "/fetch", "/beacon"} <= reached, reached  # the control
+        Canary.hits.clear()
+        page.goto(result.access_link)
+        page.goto(f"{result.url}leaky?to={to}")
+        page.wait_for_function("() => window.own !== undefined", timeout=30_000)
+        page.wait_for_timeout(2000)
+        assert page.evaluate("() => window.own") == 200  # its own origin still works
+        assert Canary.hits == []
+        context.close()
+    finally:
+        canary.shutdown()
+        plain.shutdown()

@@ -90,3 +90,13 @@ def test_the_records_cannot_fill_the_disk(tmp_path, monkeypatch):
     assert files == ["connections.1.jsonl", "connections.jsonl", "counts.json"]
     assert sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) < 2 * (10_000 + len(line) + 1)
     assert json.loads((tmp_path / "counts.json").read_text())["connections"] >= 500
+
+
+def test_a_part_asking_for_names_without_end_costs_bounded_memory(monkeypatch):
+    monkeypatch.setattr(sink, "MAX_NAMES", 100)
+    answers = sink.Answers(ipaddress.IPv4Network("198.18.0.0/15"))
+    given = [answers.address_for(f"n{i}.example") for i in range(1000)]
+    assert len(answers.by_name) == len(answers.by_address) == 100
+    assert answers.name_of(given[-1]) == "n999.example" and answers.name_of(given[0]) is None
+    answers.remember("n999.example", "198.18.9.9")  # a name remembered again moves, leaving no stale address
+    assert answers.name_of(given[-1]) is None and answers.name_of("198.18.9.9") == "n999.example"
