@@ -124,22 +124,22 @@ class TrustOptions:
 def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None, say: Say,
            on_build_line: Say | None, hash_progress: HashProgress | None, new_token: bool,
            started: float, trust: TrustOptions) -> UpResult:
-    prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token, relock=trust.relock,
-                       allowed_signers=trust.allowed_signers, bundle=trust.bundle)
-    spec = prepared.spec
-    for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None):
-        say(str(warning))
-    result = UpResult(spec.name, spec.url, prepared)
-    result.seconds["prepare"] = time.monotonic() - started
-    # Kept before anything starts, so that the owner can always get in.
-    access.save_token(spec.name, result.token)
-
-    mark = time.monotonic()
-    ingress = spec.container("ingress").name
-    if any(a.kind == "container" and a.name == ingress and a.verb in (RECREATE, REMOVE)
-           for a in prepared.plan.actions):
-        keep_ingress_refusals(gateway, spec.name)  # before its container, and its log, go
     for attempt in range(SUBNET_TRIES):
+        prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token,
+                           relock=trust.relock, allowed_signers=trust.allowed_signers, bundle=trust.bundle)
+        spec = prepared.spec
+        result = UpResult(spec.name, spec.url, prepared)
+        result.seconds["prepare"] = time.monotonic() - started
+        # Kept before anything starts, so that the owner can always get in.
+        access.save_token(spec.name, result.token)
+        if attempt == 0:
+            for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None):
+                say(str(warning))
+            mark = time.monotonic()
+        ingress = spec.container("ingress").name
+        if any(a.kind == "container" and a.name == ingress and a.verb in (RECREATE, REMOVE)
+               for a in prepared.plan.actions):
+            keep_ingress_refusals(gateway, spec.name)  # before its container, and its log, go
         try:
             gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
                           egress=build_egress(ca_bundle),
@@ -151,11 +151,6 @@ def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | No
             if attempt == SUBNET_TRIES - 1:
                 raise
             say(f"{e}; choosing another")
-            prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token,
-                               relock=trust.relock, allowed_signers=trust.allowed_signers, bundle=trust.bundle)
-            spec = prepared.spec
-            result = UpResult(spec.name, spec.url, prepared)
-            result.seconds["prepare"] = time.monotonic() - started
     result.seconds["apply"] = time.monotonic() - mark
     if trust.relock:
         path, _, unsigned = write_lock(prepared.policy.file, current_lock(gateway, prepared.policy, spec.images))
