@@ -139,8 +139,13 @@ def ingress_refusals(gateway: DockerGateway, name: str) -> list[str]:
     """Every request the ingress refused, oldest first, timestamped: those
     kept on the audit volume from its earlier containers, then its log's."""
     kept = _kept_refusals(gateway, name)
+    return kept + _not_kept_yet(gateway, name, kept)
+
+
+def _not_kept_yet(gateway: DockerGateway, name: str, kept: list[str]) -> list[str]:
+    """The refusals in the ingress's log after the last one kept."""
     last = kept[-1].partition(" ")[0] if kept else ""
-    return kept + [line for line in _logged_refusals(gateway, name) if line.partition(" ")[0] > last]
+    return [line for line in _logged_refusals(gateway, name) if line.partition(" ")[0] > last]
 
 
 def keep_ingress_refusals(gateway: DockerGateway, name: str) -> None:
@@ -150,10 +155,10 @@ def keep_ingress_refusals(gateway: DockerGateway, name: str) -> None:
     if gateway.container_state(resource_name(name, "dns")) is None:
         return  # no sink, no volume to keep them on
     kept = _kept_refusals(gateway, name)
-    every = ingress_refusals(gateway, name)
-    if len(every) == len(kept):
+    new = _not_kept_yet(gateway, name, kept)
+    if not new:
         return
-    data = "".join(line + "\n" for line in every).encode()
+    data = "".join(line + "\n" for line in kept + new).encode()
     if len(data) > KEPT_BYTES:
         data = data[-KEPT_BYTES:].partition(b"\n")[2]
     gateway.write_file(resource_name(name, "dns"), f"{AUDIT_DIR}/{INGRESS_KEPT}", data)
