@@ -8,6 +8,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from launcher.spec import SINK_ANSWER_RANGE
+
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 
@@ -54,7 +56,7 @@ class Facts:
     # The policy's `audit` setting: "lookups" (outside names do not resolve) or "connections"
     # (they resolve to addresses of answer_range, which only the sink takes).
     answers: str = "lookups"
-    answer_range: str = "198.18.0.0/15"
+    answer_range: str = SINK_ANSWER_RANGE
 
 
 ADDRESS_TARGET = "203.0.113.77"  # an address off every network here; only the sink can take it
@@ -67,12 +69,17 @@ def _key(target: str) -> tuple[str, str, int]:
     return protocol or "tcp", host, int(port)
 
 
+def _recorded(f: Facts) -> set[tuple[str, str, int]]:
+    """(protocol, address, port) of every attempt the sink recorded."""
+    return {tuple(c[:3]) for c in f.caught}
+
+
 def _escaped(f: Facts, target: str, outcome: str) -> bool:
     """Whether an attempt's outcome means the way was open. A connection that
     was taken (or a datagram answered) escaped unless the sandbox's sink
     recorded it: then it was the sink that took it, and nothing went on."""
     if outcome.removeprefix("via-sink:") in ("connected", "answered"):
-        return _key(target) not in {tuple(c[:3]) for c in f.caught}
+        return _key(target) not in _recorded(f)
     return outcome.startswith(("route-via-live-gateway", "on-link"))
 
 
@@ -132,8 +139,7 @@ def raw_egress(f: Facts) -> Row:
 
 def attempt_by_address(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items() if f" {ADDRESS_TARGET}:" in k}
-    caught = {tuple(c[:3]) for c in f.caught}
-    recorded = [k for k in tried if _key(k) in caught]
+    recorded = [k for k in tried if _key(k) in _recorded(f)]
     escaped = {k: v for k, v in tried.items() if _escaped(f, k, v)}
     ok = bool(tried) and len(recorded) == len(tried) and not escaped
     return Row("attempt by address", f"TCP and UDP to {ADDRESS_TARGET}, by address, no name looked up",

@@ -328,13 +328,20 @@ def read_for_a_moment(conn):
     return data
 
 
+def attempt(peer, protocol, address, port):
+    """The record of one connection or datagram: who, where to, and the name
+    the sink gave that address for, if it did."""
+    entry = {"time": round(time.time(), 3), "client": peer[0], "protocol": protocol, "address": address,
+             "port": port}
+    name = answers.name_of(address)
+    if name:
+        entry["name"] = name
+    return entry
+
+
 def caught_tcp(conn, peer, read=True):
     with conn:
-        address, port = conn.getsockname()[:2]  # where it meant to go
-        entry = {"time": round(time.time(), 3), "client": peer[0], "protocol": "tcp", "address": address,
-                 "port": port}
-        if answers.name_of(address):
-            entry["name"] = answers.name_of(address)
+        entry = attempt(peer, "tcp", *conn.getsockname()[:2])  # where it meant to go
         if read:
             entry.update(describe(read_for_a_moment(conn)))
         else:
@@ -357,11 +364,8 @@ def serve_caught_udp(sock):
             if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR:
                 port = struct.unpack("!H", value[2:4])[0]
                 address = socket.inet_ntoa(value[4:8])
-        entry = {"time": round(time.time(), 3), "client": peer[0], "protocol": "udp", "address": address,
-                 "port": port, "bytes": len(data), "first_bytes": data[:32].hex()}
-        if answers.name_of(address):
-            entry["name"] = answers.name_of(address)
-        record("connections", entry)
+        record("connections", {**attempt(peer, "udp", address, port), "bytes": len(data),
+                               "first_bytes": data[:32].hex()})
 
 
 def take_the_gateway(gateway, own_address):
