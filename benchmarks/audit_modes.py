@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import docker
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +45,11 @@ print(statistics.median(took))
 """
 
 
-def memory_mib(client: docker.DockerClient, container: str) -> float:
-    """What the container uses, page cache left out (as `docker stats` shows it)."""
-    stats = client.containers.get(container).stats(stream=False)["memory_stats"]
-    cache = stats.get("stats", {}).get("total_inactive_file", stats.get("stats", {}).get("inactive_file", 0))
-    return (stats["usage"] - cache) / 2**20
+def memory_mib(gateway: DockerGateway, container: str) -> float:
+    return gateway.memory_usage(container) / 2**20
 
 
-def one_round(gateway: DockerGateway, client: docker.DockerClient, mode: str, names: int, directory: Path) -> dict:
+def one_round(gateway: DockerGateway, mode: str, names: int, directory: Path) -> dict:
     policy = yaml.safe_load((ROOT / "policies" / "quickstart.yaml").read_text())
     policy.update(name=f"bench-audit-{mode}", audit=mode)
     policy["ingress"]["port"] = free_port()
@@ -66,10 +62,10 @@ def one_round(gateway: DockerGateway, client: docker.DockerClient, mode: str, na
     up(gateway, path)
     out = {"up_s": time.monotonic() - started}
     time.sleep(2)
-    out["sink_mib"] = memory_mib(client, sink)
-    result = client.containers.get(frontend).exec_run(["python3", "-c", LOOKUPS, str(names)])
-    out["lookup_ms"] = float(result.output.decode().strip().splitlines()[-1]) * 1000
-    out["sink_after_mib"] = memory_mib(client, sink)
+    out["sink_mib"] = memory_mib(gateway, sink)
+    _, output = gateway.exec_in(frontend, ["python3", "-c", LOOKUPS, str(names)])
+    out["lookup_ms"] = float(output.strip().splitlines()[-1]) * 1000
+    out["sink_after_mib"] = memory_mib(gateway, sink)
     down(gateway, policy["name"], volumes=True)
     return out
 
@@ -79,13 +75,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--names", type=int, default=2000)
     args = parser.parse_args()
-    client = docker.from_env()
-    gateway = DockerGateway(client)
+    gateway = DockerGateway()
     found: dict[str, list[dict]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as directory:
         for i in range(args.rounds):
             for mode in (MODES if i % 2 == 0 else MODES[::-1]):  # alternate, so neither always goes first
-                found[mode].append(one_round(gateway, client, mode, args.names, Path(directory)))
+                found[mode].append(one_round(gateway, mode, args.names, Path(directory)))
                 print(f"round {i + 1} {mode}: " + ", ".join(f"{k} {v:.2f}" for k, v in found[mode][-1].items()),
                       file=sys.stderr, flush=True)
     rows = [("`up` until the UI answers (s)", "up_s"), ("sink memory once up (MiB)", "sink_mib"),

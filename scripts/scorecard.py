@@ -26,7 +26,6 @@ import json
 import re
 import secrets
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.overhead import MODEL, free_port  # noqa: E402
 from launcher.commands.audit import audit  # noqa: E402
 from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
@@ -46,7 +46,6 @@ from launcher.docker_gateway import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
 from launcher.recipes import FRONTEND_RECIPES  # noqa: E402
 
-MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MESSAGE = "Say hello in one word."
 CHATS = '"POST /v1/chat/completions'  # the backend's access log line of one chat
 BEGIN, END = "<!-- scorecard:begin -->", "<!-- scorecard:end -->"
@@ -94,12 +93,6 @@ class Run:
     destinations: list = field(default_factory=list)  # as `sandbox audit` gives them
     page_requests: list = field(default_factory=list)  # [{"host", "kind", "count"}]
     error: str = ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def policy_for(ui: UI, settings: str, directory: Path) -> Path:
