@@ -90,6 +90,27 @@ def test_a_rebound_name_gets_nothing_even_from_the_logged_in_browser(sandbox, ow
     assert "messages" not in owner_page.content()
 
 
+def serve(handler) -> http.server.ThreadingHTTPServer:
+    """A server on a free port of 127.0.0.1, running until shut down."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def serve_page(html: bytes) -> http.server.ThreadingHTTPServer:
+    """A page on another port of this machine, served plainly (no headers of ours)."""
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+    return serve(Page)
+
+
 HOSTILE_PAGE = """<!doctype html><title>a page on another port</title>
 <iframe name="sink" style="display:none"></iframe>
 <form id="form" method="POST" action="SANDBOX/api/chat" enctype="text/plain" target="sink">
@@ -117,18 +138,7 @@ def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, ow
     page_html = (HOSTILE_PAGE.replace("SANDBOX_WS", sandbox_origin.replace("http://", "ws://"))
                  .replace("SANDBOX", sandbox_origin)).encode()
 
-    class Hostile(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(page_html)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = serve_page(page_html)
     try:
         owner_page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
         owner_page.wait_for_function("() => results.read && results.post && results.ws", timeout=30_000)
@@ -161,12 +171,6 @@ class Canary(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(handler) -> http.server.ThreadingHTTPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture
 def leaky_sandbox(gateway, tmp_path):
     """The noisy test UI, whose page /leaky tries to reach another origin."""
@@ -191,17 +195,7 @@ def test_the_page_cannot_make_the_browser_reach_elsewhere(leaky_sandbox, browser
     with ui(result, "leaky") as response:
         page_html = response.read()
 
-    class Plain(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(page_html)
-
-        def log_message(self, *args):
-            pass
-
-    canary, plain = serve(Canary), serve(Plain)
+    canary, plain = serve(Canary), serve_page(page_html)
     to = f"http://127.0.0.1:{canary.server_address[1]}"
     try:
         context = browser.new_context()
