@@ -32,16 +32,18 @@ def context_files(context: Path, dockerfile: str = "Dockerfile") -> list[str]:
 
 def context_problems(context: Path, dockerfile: str = "Dockerfile") -> list[str]:
     """What makes a context unsafe to hash or send: a symlink that leads out of
-    it or nowhere, or a file that is not a plain file (a device, a pipe)."""
+    it or nowhere, a file that is not a plain file (a device, a pipe), or a
+    file with more than one name (a hard link)."""
     problems = []
     root = os.path.realpath(context)
     for rel in context_files(context, dockerfile):
         path = context / rel
         try:
-            mode = os.lstat(path).st_mode
+            st = os.lstat(path)
         except OSError as e:
             problems.append(f"{rel}: cannot be read ({e.strerror})")
             continue
+        mode = st.st_mode
         if stat.S_ISLNK(mode):
             target = os.path.realpath(path)
             if not _inside(target, root):
@@ -50,6 +52,12 @@ def context_problems(context: Path, dockerfile: str = "Dockerfile") -> list[str]
                 problems.append(f"{rel} is a symlink to {os.readlink(path)}, which does not exist")
         elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             problems.append(f"{rel} is not a regular file")
+        elif stat.S_ISREG(mode) and st.st_nlink > 1:
+            # Its other names may be anywhere on the disk (/etc/shadow, another
+            # user's file), and nothing says where: the bytes it would send are
+            # not the context's to send.
+            problems.append(f"{rel} is a hard link: the same file has {st.st_nlink} names, which may be "
+                            f"outside the build context; put a copy in instead")
     return problems
 
 

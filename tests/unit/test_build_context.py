@@ -55,3 +55,17 @@ def test_bytecode_caches_are_never_part_of_a_context(tmp_path):
     (tmp_path / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"\x00bytecode")
     assert context_files(tmp_path) == ["Dockerfile", "app.py"]
     assert digest(tmp_path) == before
+
+
+def test_a_hard_link_is_a_problem_wherever_its_other_name_is(tmp_path):
+    context = tmp_path / "ui"
+    context.mkdir()
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY . /ui\n")
+    (context / "app.py").write_text("print(1)\n")
+    assert context_problems(context) == []  # control: plain files are fine
+    secret = tmp_path / "secret"  # stands for /etc/shadow or another user's file
+    secret.write_text("root:$6$...\n")
+    os.link(secret, context / "shadow")
+    assert context_problems(context) == [
+        "shadow is a hard link: the same file has 2 names, which may be outside the build context; "
+        "put a copy in instead"]

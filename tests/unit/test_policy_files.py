@@ -116,3 +116,22 @@ def test_a_model_edited_in_place_with_its_mtime_set_back_is_hashed_again(tmp_pat
     after = model.stat()
     assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
     assert sha256_of(model) != first
+
+
+def test_a_hard_link_in_a_build_context_is_refused_where_the_policy_names_the_context(tmp_path):
+    """Git keeps no hard links, so this bad policy is made here rather than
+    kept under tests/fixtures/bad."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((BAD / "build-context-escaping-symlinks.yaml").read_text()
+                      .replace("../models/tiny.gguf", str(FIXTURES / "models" / "tiny.gguf"))
+                      .replace("contexts/links", "ui"))
+    (tmp_path / "ui").mkdir()
+    (tmp_path / "ui" / "Dockerfile").write_text("FROM scratch\nCOPY . /ui\n")
+    assert check_policy_file(policy, check_port=False)[1] == []  # control: the same policy, no link
+    outside = tmp_path / "elsewhere"
+    outside.write_text("not the context's to send\n")
+    os.link(outside, tmp_path / "ui" / "notes")
+    _, problems = check_policy_file(policy, check_port=False)
+    assert [str(p) for p in problems] == [
+        f"{policy}:9:14 frontend.build.context: notes is a hard link: the same file has 2 names, which may be "
+        "outside the build context; put a copy in instead"]
