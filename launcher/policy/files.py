@@ -1,7 +1,9 @@
 """Checks of the files a policy names: model weights (GGUF, sha256) and build
 contexts. Hashing a multi-GB model takes a while, so results are cached by
 path, device, inode, size, mtime and ctime. A file changed in any way is hashed
-again: even with its mtime set back, its ctime moved (only the kernel sets it)."""
+again: even with its mtime set back, its ctime moved. That holds where only the
+kernel sets ctime, on local filesystems; a file server (NFS, SMB, FUSE) reports
+whatever metadata it likes, so there SANDBOX_HASH_ALWAYS=1 turns the cache off."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +14,7 @@ from typing import Callable
 
 GGUF_MAGIC = b"GGUF"
 CHUNK = 4 * 1024 * 1024
+HASH_ALWAYS_ENV = "SANDBOX_HASH_ALWAYS"
 
 # progress(done_bytes, total_bytes, file_name)
 HashProgress = Callable[[int, int, str], None]
@@ -22,13 +25,19 @@ def cache_path() -> Path:
     return Path(base) / "sandbox" / "sha256.json"
 
 
+def hash_always() -> bool:
+    """The machine owner's choice to trust no file metadata (any value but 0):
+    a switch that is misspelt on must not leave the cache on."""
+    return os.environ.get(HASH_ALWAYS_ENV, "0") not in ("", "0")
+
+
 def sha256_of(path: Path, progress: HashProgress | None = None) -> str:
     st = path.stat()
     key = str(path)
     stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     cache = _read_cache()
     entry = cache.get(key)
-    if entry and entry.get("stamp") == stamp:
+    if entry and entry.get("stamp") == stamp and not hash_always():
         return entry["sha256"]
     digest = hashlib.sha256()
     done = 0
@@ -59,7 +68,7 @@ def _read_cache() -> dict:
         with open(cache_path()) as f:
             data = json.load(f)
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 

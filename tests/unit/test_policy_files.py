@@ -1,5 +1,6 @@
 """Golden files: every bad policy under tests/fixtures/bad is refused with
 exactly the messages in the .expected file beside it."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -116,6 +117,30 @@ def test_a_model_edited_in_place_with_its_mtime_set_back_is_hashed_again(tmp_pat
     after = model.stat()
     assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
     assert sha256_of(model) != first
+
+
+def test_hash_always_hashes_a_file_whose_metadata_a_file_server_kept_the_same(tmp_path, monkeypatch):
+    """A file server may report the metadata of before for changed bytes:
+    here the cache's stamp is made to match the changed file, as such a
+    server would have it."""
+    import json
+
+    from launcher.policy.files import cache_path, sha256_of
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + b"a" * 100)
+    first = sha256_of(model)
+    model.write_bytes(b"GGUF" + b"b" * 100)
+    st = model.stat()
+    cache = json.loads(cache_path().read_text())
+    cache[str(model)]["stamp"] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    cache_path().write_text(json.dumps(cache))
+    assert sha256_of(model) == first  # the cache believed the metadata: the weakness, reproduced
+    monkeypatch.setenv("SANDBOX_HASH_ALWAYS", "1")
+    assert sha256_of(model) == hashlib.sha256(model.read_bytes()).hexdigest()
+    monkeypatch.setenv("SANDBOX_HASH_ALWAYS", "yes")  # any value but 0 turns it on
+    calls = []
+    sha256_of(model, lambda *a: calls.append(a))
+    assert calls
 
 
 def test_a_hard_link_in_a_build_context_is_refused_where_the_policy_names_the_context(tmp_path):
