@@ -1,6 +1,11 @@
-"""What each image build contacted through the build proxy, kept beside the
-image (by its tag, which names its build inputs) in the owner's state
-directory, for `sandbox audit`."""
+"""What the launcher knows of each image it runs, kept by its tag (which
+names its build inputs) in the owner's state directory: what its build
+contacted through the build proxy, for `sandbox audit`, and the image IDs
+this launcher put under that tag: built here from the tag's inputs, or
+loaded from a bundle that passed its checks. `up` runs an image only if it
+built that ID here or the policy's lock pins it; an image a bundle loaded is
+built again for any other policy; a tag that now points anywhere else (a
+`docker load` or `docker tag` by something else) is refused."""
 from __future__ import annotations
 
 import json
@@ -10,22 +15,62 @@ from pathlib import Path
 
 from launcher.access import state_dir
 
+MAX_IDS = 16  # IDs kept per tag (a tag is rebuilt from the same inputs now and then)
+
 
 def record_path(tag: str) -> Path:
     return state_dir() / "builds" / (tag.replace("/", "_").replace(":", "_") + ".json")
 
 
-def save(tag: str, contacts: list[dict]) -> None:
+def save(tag: str, contacts: list[dict], image_id: str | None = None) -> None:
+    """After a build of `tag`: what it contacted, and the ID it gave."""
+    old = load(tag) or {}
+    _write(tag, {**old, "image": tag, "built": round(time.time()), "contacts": contacts,
+                 "ids": _with(old, image_id, "built here")})
+
+
+def save_sources(tag: str, sources: list[dict]) -> None:
+    """During a build of `tag`: the images it used (its base images, by name
+    and ID, and whether they were pulled for it), kept by `save` after."""
+    old = load(tag) or {"image": tag}
+    _write(tag, {**old, "sources": sources})
+
+
+def loaded(tag: str, image_id: str, bundle: str) -> None:
+    """`image_id` came under `tag` from `bundle`, which passed its checks."""
+    old = load(tag) or {"image": tag}
+    _write(tag, {**old, "ids": _with(old, image_id, f"loaded from the bundle {bundle}")})
+
+
+def known_ids(tag: str) -> dict[str, str] | None:
+    """The IDs the launcher put under `tag`, each with how ("built here", or
+    "loaded from the bundle NAME"); None when it has no record of the tag at
+    all (an image from before records were kept, or another state directory)."""
+    record = load(tag)
+    if record is None or not isinstance(record.get("ids"), list):
+        return None
+    return {entry["id"]: str(entry.get("how")) for entry in record["ids"]
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str)}
+
+
+def _with(old: dict, image_id: str | None, how: str) -> list[dict]:
+    ids = [e for e in old.get("ids", []) if isinstance(e, dict) and e.get("id") != image_id]
+    if image_id:
+        ids.append({"id": image_id, "how": how, "at": round(time.time())})
+    return ids[-MAX_IDS:]
+
+
+def _write(tag: str, record: dict) -> None:
     path = record_path(tag)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"image": tag, "built": round(time.time()), "contacts": contacts}))
+    temporary.write_text(json.dumps(record))
     os.replace(temporary, path)
 
 
 def load(tag: str) -> dict | None:
     try:
         data = json.loads(record_path(tag).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None

@@ -16,7 +16,9 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        # A column of 0: a place known by its line only (a Dockerfile's instruction).
+        where = (f"{self.file}:{self.line}:{self.column}" if self.column else f"{self.file}:{self.line}:") \
+            if self.line else self.file
         return f"{where} {self.field}: {self.message}" if self.field else f"{where} {self.message}"
 
     def to_dict(self) -> dict:
@@ -80,5 +82,12 @@ class NotFound(SandboxError):
 
 class ModelChanged(SandboxError):
     """A model file no longer has the sha256 it was checked with."""
+
+    exit_code = 2
+
+
+class ImageSwapped(SandboxError):
+    """An image tag points to an image this launcher neither built nor finds
+    pinned by the policy's lock."""
 
     exit_code = 2

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from launcher import __version__
-from launcher.errors import SandboxError
+from launcher.errors import PolicyError, SandboxError
 from launcher.images import PartImages
+from launcher.policy import loader
 from launcher.policy.model import Policy
 from launcher.policy.schema import schema
+from launcher.signing import SignatureError, signature_path
 
 LOCK_FORMAT = 1
+MAX_LOCK_BYTES = 2**20  # a lock is a few KiB
+MAX_SIGNATURE_BYTES = 64 * 2**10  # an SSH signature, a few hundred bytes
 POLICY_VERSION = 1  # the only policy language version (schemas/policy.schema.json)
 PART_ORDER = ("dns", "backend", "frontend", "ingress")  # as PartImages.all() gives them
 
@@ -37,11 +43,59 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def current_policy_sha(policy_file: Path) -> str | None:
+@dataclass(frozen=True)
+class PolicySource:
+    """A policy with the lock and the signature that vouch for it, each read
+    once. Every check (the signature, the lock, drift) and the run itself use
+    these bytes: a file swapped after it was read changes nothing."""
+
+    file: Path  # the policy file, symlinks resolved: its lock and build context sit beside it
+    display: str  # the policy's path as the user wrote it, for messages
+    policy: bytes
+    lock: bytes | None
+    signature: bytes | None
+
+    @property
+    def lock_file(self) -> Path:
+        return lock_path(self.file)
+
+    @property
+    def signature_file(self) -> Path:
+        return signature_path(self.lock_file)
+
+    @property
+    def policy_sha256(self) -> str:
+        return sha256_bytes(self.policy)
+
+    def locked(self) -> dict | None:
+        """The lock, parsed from the bytes read (None: there is no lock)."""
+        return None if self.lock is None else parse_lock(self.lock, self.lock_file)
+
+
+def read_source(policy_file: str | Path) -> PolicySource:
+    """Read a policy, its lock and its signature, once each. A policy that
+    cannot be read is a PolicyError, as when it is loaded."""
+    display = str(policy_file)
+    file = Path(os.path.realpath(policy_file))
+    raw, problems = loader.read(file, display)
+    if raw is None:
+        raise PolicyError(problems)
+    lock = _read_small(lock_path(file), MAX_LOCK_BYTES, LockError)
+    signature = _read_small(signature_path(lock_path(file)), MAX_SIGNATURE_BYTES, SignatureError)
+    return PolicySource(file, display, raw, lock, signature)
+
+
+def _read_small(path: Path, limit: int, error: type[SandboxError]) -> bytes | None:
     try:
-        return sha256_bytes(policy_file.read_bytes())
-    except OSError:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(data) > limit:
+        raise error(f"{path}: larger than {limit // 1024} KiB, which no such file is")
+    return data
 
 
 def make_lock(policy: Policy, policy_bytes: bytes, images: PartImages, image_ids: dict[str, str | None]) -> dict:
@@ -63,12 +117,17 @@ def dump(lock: dict) -> bytes:
 
 
 def read_lock(path: Path) -> dict:
+    data = _read_small(path, MAX_LOCK_BYTES, LockError)
+    if data is None:
+        raise LockError(f"{path}: no such lock; `sandbox lock` writes it")
+    return parse_lock(data, path)
+
+
+def parse_lock(raw: bytes, path: Path) -> dict:
     try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise LockError(f"{path}: no such lock; `sandbox lock` writes it") from None
-    except (OSError, ValueError) as e:
-        raise LockError(f"{path}: not a readable lock ({e})") from None
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise LockError(f"{path}: not a readable lock ({str(e)[:200]})") from None
     if not isinstance(data, dict) or data.get("lock") != LOCK_FORMAT:
         raise LockError(f"{path}: not a lock this launcher reads (format {data.get('lock')!r}, "
                         f"expected {LOCK_FORMAT})" if isinstance(data, dict) else f"{path}: not a lock")

@@ -38,6 +38,10 @@ class Observed:
     volumes: frozenset = frozenset()  # names
     containers: dict = field(default_factory=dict)  # name -> ObservedContainer
     images: frozenset = frozenset()  # tags present on the engine
+    # Of those, the tags built here whose image the launcher did not build
+    # here (a bundle loaded it, or it predates the launcher's records): built
+    # again from their inputs rather than run.
+    build_again: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,10 @@ def make_plan(spec: SandboxSpec, observed: Observed) -> Plan:
     actions: list[Action] = []
 
     for image in spec.images.all():
-        if image.tag in observed.images:
+        if image.built_here and image.tag in observed.build_again:
+            actions.append(Action(BUILD, "image", image.tag, "present, but not built here from its inputs: "
+                                                             "built again"))
+        elif image.tag in observed.images:
             actions.append(Action(KEEP, "image", image.tag, "present"))
         elif image.built_here:
             actions.append(Action(BUILD, "image", image.tag, "not built yet"))

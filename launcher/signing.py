@@ -88,47 +88,56 @@ def _ssh_keygen() -> str:
     return found
 
 
-def sign(lock_file: Path, key: Path) -> Path:
-    """Sign the lock with the SSH private key `key` (or a public key whose
-    private half is in ssh-agent). Returns the signature's path."""
+def sign(lock: bytes, lock_file: Path, key: Path) -> bytes:
+    """Sign `lock` (the bytes of `lock_file`) with the SSH private key `key`
+    (or a public key whose private half is in ssh-agent). Returns the
+    signature."""
     if not key.is_file():
         raise SignatureError(f"{key}: no such key file")
-    target = signature_path(lock_file)
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(prefix="sandbox-signature-") as scratch:
         copy = Path(scratch) / lock_file.name
-        copy.write_bytes(lock_file.read_bytes())
+        copy.write_bytes(lock)
         run = subprocess.run([_ssh_keygen(), "-Y", "sign", "-f", str(key), "-n", NAMESPACE, str(copy)],
                              capture_output=True, text=True, check=False, stdin=None)
         if run.returncode != 0:
             raise SignatureError(f"signing with {key} failed: {_last_line(run)}")
-        shutil.copyfile(signature_path(copy), target)
-    return target
+        return signature_path(copy).read_bytes()
 
 
-def verify(message: bytes, signature: Path, allowed_signers: Path | None) -> Signer:
-    """The signer of `message`, checked against `allowed_signers` (when None,
+def verify(message: bytes, signature: bytes | None, signature_file: Path, allowed_signers: Path | None) -> Signer:
+    """The signer of `message`, from `signature` (the bytes of `signature_file`,
+    read once by the caller), checked against `allowed_signers` (when None,
     only that the signature is sound and whose key made it). Raises
     SignatureError saying what is wrong."""
-    if not signature.is_file():
-        raise SignatureError(f"{signature}: no signature (`sandbox sign` makes one)")
+    if signature is None:
+        raise SignatureError(f"{signature_file}: no signature (`sandbox sign` makes one)")
+    # ssh-keygen reads a signature from a file: a private copy of the bytes
+    # that were read, never the file beside the policy again.
+    with tempfile.TemporaryDirectory(prefix="sandbox-signature-") as scratch:
+        copy = Path(scratch) / "signature"
+        copy.write_bytes(signature)
+        return _verify(message, copy, signature_file, allowed_signers)
+
+
+def _verify(message: bytes, copy: Path, signature_file: Path, allowed_signers: Path | None) -> Signer:
     if allowed_signers is None:
-        run = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(signature)], message)
+        run = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(copy)], message)
         if run.returncode != 0:
-            raise SignatureError(f"{signature}: not a good signature of the lock ({_last_line(run)})")
+            raise SignatureError(f"{signature_file}: not a good signature of the lock ({_last_line(run)})")
         return Signer(_key_of(run.stdout), None)
     if not allowed_signers.is_file():
         raise SignatureError(f"{allowed_signers}: no such allowed-signers file")
-    found = _run(["-Y", "find-principals", "-s", str(signature), "-f", str(allowed_signers)], b"")
+    found = _run(["-Y", "find-principals", "-s", str(copy), "-f", str(allowed_signers)], b"")
     principals = [line.strip() for line in found.stdout.splitlines() if line.strip()]
     if found.returncode != 0 or not principals:
-        key = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(signature)], message)
+        key = _run(["-Y", "check-novalidate", "-n", NAMESPACE, "-s", str(copy)], message)
         made_by = _key_of(key.stdout) if key.returncode == 0 else "an unreadable key"
-        raise SignatureError(f"{signature}: signed by {made_by}, who is not in {allowed_signers}")
+        raise SignatureError(f"{signature_file}: signed by {made_by}, who is not in {allowed_signers}")
     principal = principals[0]
     run = _run(["-Y", "verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE,
-                "-s", str(signature)], message)
+                "-s", str(copy)], message)
     if run.returncode != 0:
-        raise SignatureError(f"{signature}: the signature by {principal} does not match the lock: "
+        raise SignatureError(f"{signature_file}: the signature by {principal} does not match the lock: "
                              f"the lock changed after it was signed")
     return Signer(_key_of(run.stdout), principal)
 

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import re
 import shutil
 import tarfile
@@ -28,21 +29,23 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from launcher import __version__
+from launcher import __version__, build_records
 from launcher.build_context import context_files
-from launcher.commands.lock import Bundle, check_lock
+from launcher.commands.lock import Bundle, check_lock, check_signature
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import SandboxError
 from launcher.images import ImageBuild, PartImages, images_for
-from launcher.lock import PART_ORDER, lock_path, read_lock
+from launcher.lock import MAX_LOCK_BYTES, MAX_SIGNATURE_BYTES, PART_ORDER, PolicySource, read_source
 from launcher.policy import load_policy
 from launcher.policy.files import sha256_of
-from launcher.signing import signature_path
+from launcher.policy.loader import MAX_POLICY_BYTES
 
 Say = Callable[[str], None]
 MANIFEST = "sandbox-bundle.json"
 BUNDLE_FORMAT = 1
 CHUNK = 4 * 2**20
+MAX_MANIFEST_BYTES = 2**20
+SPARE_BYTES = 256 * 2**20  # left free on the disk after unpacking
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
 
 
@@ -72,18 +75,21 @@ def make_bundle(gateway: DockerGateway, policy_file: str | Path, output: Path, *
                 say: Say | None = None) -> dict:
     """Write the bundle of a locked policy. Returns its manifest."""
     say = say or (lambda _m: None)
-    policy = load_policy(policy_file, check_port=False)
-    lock_file = lock_path(policy.file)
-    locked = read_lock(lock_file)
+    source = read_source(policy_file)
+    policy = load_policy(source.file, display=source.display, check_port=False, raw=source.policy)
+    locked = source.locked()
+    if locked is None:
+        raise BundleError(f"{source.lock_file}: no lock; `sandbox lock {policy_file}` writes it")
     # The images the lock pins, which must be the very ones on this machine.
-    use_gpu = "-cuda:" in locked["images"]["backend"]["tag"]
-    check_lock(gateway, policy, images_for(policy, use_gpu=use_gpu, ca_bundle=None), required=True,
+    use_gpu = "-cuda:" in str(locked.get("images", {}).get("backend", {}).get("tag"))
+    check_lock(gateway, policy, source, images_for(policy, use_gpu=use_gpu, ca_bundle=None), required=True,
                same_image_ids=True)
 
-    files: list[tuple[str, Path]] = [(f"policy/{policy.file.name}", policy.file),
-                                     (f"policy/{lock_file.name}", lock_file)]
-    if signature_path(lock_file).exists():
-        files.append((f"policy/{signature_path(lock_file).name}", signature_path(lock_file)))
+    # The policy, its lock and signature go in as read (and checked) above.
+    files: list[tuple[str, Path | bytes]] = [(f"policy/{policy.file.name}", source.policy),
+                                             (f"policy/{source.lock_file.name}", source.lock)]
+    if source.signature is not None:
+        files.append((f"policy/{source.signature_file.name}", source.signature))
     context = policy.frontend.build_context
     if context is not None:
         relative = context.relative_to(policy.file.parent)
@@ -100,7 +106,7 @@ def make_bundle(gateway: DockerGateway, policy_file: str | Path, output: Path, *
         raise BundleError(f"cannot write {output}: {e.strerror or e}") from None
 
 
-def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tuple[str, Path]], output: Path,
+def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tuple[str, Path | bytes]], output: Path,
                   say: Say) -> dict:
     with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".images-", suffix=".tar") as images_tar:
         tags = [locked["images"][part]["tag"] for part in PART_ORDER]
@@ -111,7 +117,9 @@ def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tupl
             digest.update(chunk)
         images_tar.flush()
         # Weights are hashed once and remembered (launcher/policy/files.py).
-        entries = {name: {"sha256": sha256_of(path), "size": path.stat().st_size} for name, path in files}
+        entries = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                   if isinstance(data, bytes) else {"sha256": sha256_of(data), "size": data.stat().st_size}
+                   for name, data in files}
         entries["images.tar"] = {"sha256": digest.hexdigest(), "size": os.path.getsize(images_tar.name)}
         manifest = {"bundle": BUNDLE_FORMAT, "launcher": __version__, "name": policy.name,
                     "policy": f"policy/{policy.file.name}",
@@ -123,100 +131,128 @@ def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tupl
         with tarfile.open(partial, "w:", format=tarfile.PAX_FORMAT) as tar:
             data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
             tar.addfile(_info(MANIFEST, len(data)), io.BytesIO(data))
-            for name, path in [*files, ("images.tar", Path(images_tar.name))]:
-                with open(path, "rb") as f:
+            for name, data in [*files, ("images.tar", Path(images_tar.name))]:
+                if isinstance(data, bytes):
+                    tar.addfile(_info(name, len(data)), io.BytesIO(data))
+                    continue
+                with open(data, "rb") as f:
                     tar.addfile(_info(name, entries[name]["size"]), f)
         os.replace(partial, output)
     return manifest
 
 
-def open_bundle(gateway: DockerGateway, path: Path, say: Say | None = None) -> tuple[Path, Bundle]:
-    """Check a bundle whole, unpack its policy and weights, and load its images
-    (unless the engine has them already). Returns the policy's path and what
-    `up` takes from the bundle. Nothing is loaded unless every hash matched."""
+def open_bundle(gateway: DockerGateway, path: Path, allowed_signers: Path | None,
+                say: Say | None = None) -> tuple[PolicySource, Bundle]:
+    """Check a bundle, unpack its policy and weights, and load its images
+    (unless the engine has them already). Returns the policy as read from the
+    bundle, and what `up` takes from the bundle.
+
+    In this order, so that a refused bundle changes nothing: the manifest and
+    the size of every member (extraction is bounded by the bundle's own size);
+    the policy, its lock and signature, read into memory and checked against
+    the manifest and `allowed_signers`; the lock's images against the
+    manifest's; every other file, unpacked to a private scratch directory and
+    hashed as it is written; images.tar, read as the engine reads it, each
+    image's configuration against the lock's IDs. Only then does the engine
+    see anything: the very images.tar that was checked."""
+    say = say or (lambda _m: None)
     try:
-        return _open_bundle(gateway, path.resolve(), say or (lambda _m: None))
+        with open(path, "rb") as f:
+            return _open_bundle(gateway, path.resolve(), f, allowed_signers, say)
     except (tarfile.TarError, EOFError) as e:
         raise BundleError(f"{path}: damaged or cut short ({e}); copy it again") from None
     except OSError as e:
         raise BundleError(f"{path}: cannot be read or unpacked ({e.strerror or e})") from None
 
 
-def _open_bundle(gateway: DockerGateway, path: Path, say: Say) -> tuple[Path, Bundle]:
-    with tarfile.open(path, "r:") as tar:
+def _open_bundle(gateway: DockerGateway, path: Path, file, allowed_signers: Path | None,
+                 say: Say) -> tuple[PolicySource, Bundle]:
+    bundle_size = os.fstat(file.fileno()).st_size
+    with tarfile.open(fileobj=file, mode="r:") as tar:
         first = tar.next()
-        if first is None or first.name != MANIFEST:
+        if first is None or first.name != MANIFEST or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{path}: not a sandbox bundle")
-        raw = tar.extractfile(first).read(1024 * 1024)
+        raw = tar.extractfile(first).read(MAX_MANIFEST_BYTES)
         manifest = _manifest(path, raw)
-        target = unpack_root() / f"{manifest['name']}-{hashlib.sha256(raw).hexdigest()[:16]}"
-        members = {}
-        for member in tar:
-            if member is first:
-                continue
-            if member.name not in manifest["files"] or not member.isfile() or member.name in members:
-                raise BundleError(f"{path}: holds {member.name!r}, which its manifest does not list")
-            members[member.name] = member
-        missing = set(manifest["files"]) - set(members)
-        if missing:
-            raise BundleError(f"{path}: lacks {sorted(missing)[0]}, which its manifest lists")
+        members = _members(tar, first, manifest, bundle_size, path)
 
         say(f"checking the bundle {path.name}")
-        unpacked = target.with_name(target.name + ".partial")
-        shutil.rmtree(unpacked, ignore_errors=True)
+        # What vouches for the rest is read into memory and checked first.
+        policy_name = manifest["policy"]
+        trust_files = {policy_name: MAX_POLICY_BYTES, policy_name + ".lock": MAX_LOCK_BYTES,
+                       policy_name + ".lock.sig": MAX_SIGNATURE_BYTES}
+        read = {name: _read_member(tar, members[name], manifest, limit, path)
+                for name, limit in trust_files.items() if name in members}
+        if policy_name + ".lock" not in read:
+            raise BundleError(f"{path}: carries no lock for {policy_name}; `sandbox bundle` puts one in")
+        target = unpack_root() / f"{manifest['name']}-{hashlib.sha256(raw).hexdigest()[:16]}"
+        source = PolicySource(file=target / policy_name, display=f"{path.name}:{policy_name}",
+                              policy=read[policy_name], lock=read[policy_name + ".lock"],
+                              signature=read.get(policy_name + ".lock.sig"))
+        check_signature(source, allowed_signers)
+        locked = source.locked()
+        if locked.get("policy", {}).get("sha256") != source.policy_sha256:
+            raise BundleError(f"{path}: its policy is not the one its lock pins")
+        if not isinstance(locked.get("images"), dict) or any(
+                not isinstance(locked["images"].get(part), dict)
+                or {k: locked["images"][part].get(k) for k in ("tag", "id")} != manifest["images"][part]
+                for part in PART_ORDER):
+            raise BundleError(f"{path}: its images are not the ones its lock pins")
+        ids = {locked["images"][p]["tag"]: locked["images"][p]["id"] for p in PART_ORDER}
+
+        needed = sum(m.size for m in members.values())
+        root = unpack_root()
+        private_directory(root)
+        if shutil.disk_usage(root).free < needed + SPARE_BYTES:
+            raise BundleError(f"{path}: unpacking it needs {needed // 2**20} MiB; {root} has "
+                              f"{shutil.disk_usage(root).free // 2**20} MiB free")
+        unpacked = Path(tempfile.mkdtemp(prefix=f".{manifest['name']}-", dir=root))
         try:
             for name, member in members.items():
-                if name == "images.tar":
-                    _check_member(tar, member, manifest, path)
+                if name in read:
+                    _write_private(unpacked / name, read[name])
                 else:
                     _unpack(tar, member, manifest, unpacked / name, path)
-            locked = read_lock(lock_path(unpacked / manifest["policy"]))
-            if locked["images"] != {part: {**locked["images"][part], **manifest["images"][part]}
-                                    for part in PART_ORDER}:
-                raise BundleError(f"{path}: its images are not the ones its lock pins")
-        except BaseException:
-            shutil.rmtree(unpacked, ignore_errors=True)
-            raise
-        policy_file = target / manifest["policy"]
-        if target.exists():
-            shutil.rmtree(unpacked)  # the same bytes were unpacked before (the name is their hash)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.replace(unpacked, target)
-
-        ids = {locked["images"][p]["tag"]: locked["images"][p]["id"] for p in PART_ORDER}
-        if all(gateway.image_id(tag) == image_id for tag, image_id in ids.items()):
-            say("the bundle's images are on this engine already")
-        else:
-            inner = tar.extractfile(members["images.tar"])
-            _check_saved_images(inner, ids, path)
-            inner.seek(0)
-            say(f"loading {len(ids)} images")
-            started = time.monotonic()
-            gateway.load_images(inner)
-            say(f"loaded in {time.monotonic() - started:.1f} s")
+            images_tar = unpacked / "images.tar"
+            with open(images_tar, "rb") as saved:
+                _check_saved_images(saved, ids, path)
+                if all(gateway.image_id(tag) == image_id for tag, image_id in ids.items()):
+                    say("the bundle's images are on this engine already")
+                else:
+                    saved.seek(0)
+                    say(f"loading {len(ids)} images")
+                    started = time.monotonic()
+                    gateway.load_images(saved)
+                    say(f"loaded in {time.monotonic() - started:.1f} s")
+            images_tar.unlink()
             wrong = [tag for tag, image_id in ids.items() if gateway.image_id(tag) != image_id]
             if wrong:
                 raise BundleError(f"{path}: after loading, {wrong[0]} is not the image its lock pins")
+            for tag, image_id in ids.items():
+                build_records.loaded(tag, image_id, path.name)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(unpacked, target)
+        except BaseException:
+            shutil.rmtree(unpacked, ignore_errors=True)
+            raise
 
     images = PartImages(*(ImageBuild(tag=locked["images"][p]["tag"], inputs=locked["images"][p]["inputs"])
                           for p in PART_ORDER))
     model_paths = {}
-    policy_text = load_policy_models(policy_file)
-    for written, sha in policy_text:
+    for written, sha in policy_models(source):
         carried = target / "models" / f"{sha}.gguf"
         if carried.is_file():
             model_paths[written] = carried
         elif not os.path.isabs(os.path.expanduser(written)):
             # Weights not in the bundle are looked for beside it, as beside the policy.
             model_paths[written] = Path(os.path.realpath(path.parent / written))
-    return policy_file, Bundle(images, model_paths)
+    return source, Bundle(images, model_paths)
 
 
-def load_policy_models(policy_file: Path) -> list[tuple[str, str]]:
+def policy_models(source: PolicySource) -> list[tuple[str, str]]:
     """(path as written, sha256) of each model the policy names."""
     from launcher.policy.loader import load
-    doc, _ = load(policy_file)
+    doc, _ = load(source.file, raw=source.policy)
     data = doc.data if doc is not None and isinstance(doc.data, dict) else {}
     return [(m.get("path"), m.get("sha256")) for m in data.get("models", []) if isinstance(m, dict)
             and isinstance(m.get("path"), str) and isinstance(m.get("sha256"), str)]
@@ -225,7 +261,7 @@ def load_policy_models(policy_file: Path) -> list[tuple[str, str]]:
 def _manifest(path: Path, raw: bytes) -> dict:
     try:
         manifest = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BundleError(f"{path}: its manifest is not JSON") from None
     if not isinstance(manifest, dict) or manifest.get("bundle") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: not a bundle this launcher reads (format {manifest.get('bundle')!r})"
@@ -234,32 +270,83 @@ def _manifest(path: Path, raw: bytes) -> dict:
     if not isinstance(files, dict) or "images.tar" not in files or manifest.get("policy") not in files:
         raise BundleError(f"{path}: its manifest lacks the policy or the images")
     for name, entry in files.items():
-        if not _SAFE_NAME.fullmatch(name) or ".." in name.split("/") or not isinstance(entry, dict):
+        if not _SAFE_NAME.fullmatch(name) or ".." in name.split("/") or not isinstance(entry, dict) \
+                or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
             raise BundleError(f"{path}: its manifest names an unsafe file {name!r}")
     if not isinstance(manifest.get("name"), str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,29}", manifest["name"]):
         raise BundleError(f"{path}: its manifest has no valid sandbox name")
-    if not isinstance(manifest.get("images"), dict) or set(manifest["images"]) != set(PART_ORDER):
+    images = manifest.get("images")
+    if not isinstance(images, dict) or set(images) != set(PART_ORDER) or any(
+            not isinstance(i, dict) or set(i) != {"tag", "id"} for i in images.values()):
         raise BundleError(f"{path}: its manifest does not name the four images")
     return manifest
 
 
-def _check_member(tar: tarfile.TarFile, member: tarfile.TarInfo, manifest: dict, bundle: Path) -> None:
-    digest = hashlib.sha256()
-    source = tar.extractfile(member)
-    while chunk := source.read(CHUNK):
-        digest.update(chunk)
-    _compare(member, digest.hexdigest(), manifest, bundle)
+def _members(tar: tarfile.TarFile, first: tarfile.TarInfo, manifest: dict, bundle_size: int,
+             path: Path) -> dict[str, tarfile.TarInfo]:
+    """Every member of the bundle, each a plain file its manifest lists, once,
+    with the size the manifest gives. A plain member's bytes are in the
+    bundle, so unpacking writes no more than the bundle's own size (a sparse
+    member could make a small file unpack to gigabytes)."""
+    members = {}
+    for member in tar:
+        if member is first:
+            continue
+        if member.name not in manifest["files"] or member.name in members:
+            raise BundleError(f"{path}: holds {member.name!r}, which its manifest does not list"
+                              + (" (twice)" if member.name in members else ""))
+        if not member.isreg() or member.issparse():
+            raise BundleError(f"{path}: holds {member.name!r} as something other than a plain file")
+        if member.size != manifest["files"][member.name]["size"]:
+            raise BundleError(f"{path}: {member.name} is not the file its manifest names (size {member.size}, "
+                              f"expected {manifest['files'][member.name]['size']}): the bundle was changed or "
+                              f"damaged")
+        members[member.name] = member
+    missing = set(manifest["files"]) - set(members)
+    if missing:
+        raise BundleError(f"{path}: lacks {sorted(missing)[0]}, which its manifest lists")
+    if sum(m.size for m in members.values()) > bundle_size:
+        raise BundleError(f"{path}: its members add up to more than the bundle itself: damaged")
+    return members
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, manifest: dict, limit: int, bundle: Path) -> bytes:
+    if member.size > limit:
+        raise BundleError(f"{bundle}: {member.name} is larger than {limit // 1024} KiB, which no such file is")
+    data = tar.extractfile(member).read()
+    _compare(member, hashlib.sha256(data).hexdigest(), manifest, bundle)
+    return data
 
 
 def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, manifest: dict, out: Path, bundle: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_directory(out.parent)
     digest = hashlib.sha256()
     source = tar.extractfile(member)
-    with open(out, "wb") as f:
+    with _create_private(out) as f:
         while chunk := source.read(CHUNK):
             digest.update(chunk)
             f.write(chunk)
     _compare(member, digest.hexdigest(), manifest, bundle)
+
+
+def _write_private(out: Path, data: bytes) -> None:
+    private_directory(out.parent)
+    with _create_private(out) as f:
+        f.write(data)
+
+
+def _create_private(path: Path):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
+
+
+def private_directory(path: Path) -> None:
+    """`path` and every directory made for it, owner-only."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700)
 
 
 def _compare(member: tarfile.TarInfo, sha256: str, manifest: dict, bundle: Path) -> None:
@@ -271,18 +358,46 @@ def _compare(member: tarfile.TarInfo, sha256: str, manifest: dict, bundle: Path)
 
 def _check_saved_images(source, ids: dict[str, str], bundle: Path) -> None:
     """Before the engine sees them: each image in `docker save`'s output has the
-    ID (the sha256 of its configuration) the lock pins, and it names no other
-    tag, so that loading cannot put a stranger under one of ours."""
+    ID (the sha256 of its configuration, which names each layer's sha256, and
+    the engine checks those as it loads) the lock pins, and it names no other
+    tag, so that loading cannot put a stranger under one of ours.
+
+    Read as the engine reads it: it unpacks the whole tar, so a later member
+    of the same (cleaned) name wins; any name given twice, or a member that
+    is not a file, a directory or a link inside the tar, is refused outright."""
     with tarfile.open(fileobj=source, mode="r:") as saved:
+        members = {}
+        for member in saved:
+            name = posixpath.normpath(member.name.lstrip("/"))
+            if name in members:
+                raise BundleError(f"{bundle}: images.tar names {name!r} twice (the engine would use the last, "
+                                  f"{member.name!r}); `docker save` never does")
+            if name.startswith("../") or name == "..":
+                raise BundleError(f"{bundle}: images.tar names {member.name!r}, outside itself")
+            if not (member.isreg() or member.isdir() or member.issym()) or member.issparse() or (
+                    member.issym() and (member.linkname.startswith("/") or posixpath.normpath(
+                        posixpath.join(posixpath.dirname(name), member.linkname)).startswith("../"))):
+                raise BundleError(f"{bundle}: images.tar holds {member.name!r}, which is not a plain file, "
+                                  f"directory or link inside it")
+            members[name] = member
         try:
-            index = json.load(saved.extractfile("manifest.json"))
-        except (KeyError, ValueError, AttributeError):
+            index = json.load(saved.extractfile(members["manifest.json"]))
+        except (KeyError, ValueError, RecursionError, AttributeError, tarfile.TarError):
             raise BundleError(f"{bundle}: images.tar is not `docker save` output") from None
+        if not isinstance(index, list):
+            raise BundleError(f"{bundle}: images.tar is not `docker save` output")
         seen = set()
         for entry in index:
-            config = saved.extractfile(entry["Config"]).read()
+            if not isinstance(entry, dict) or entry.get("LayerSources") or not isinstance(entry.get("Config"), str):
+                raise BundleError(f"{bundle}: images.tar names an image this launcher does not load")
+            config_member = members.get(posixpath.normpath(entry["Config"]))
+            config = saved.extractfile(config_member).read() if config_member is not None else b""
             image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-            for tag in entry.get("RepoTags") or []:
+            tags = entry.get("RepoTags") or []
+            if not tags:
+                raise BundleError(f"{bundle}: images.tar holds {image_id[:19]} under no tag; `sandbox bundle` "
+                                  f"saves each image under its tag")
+            for tag in tags:
                 if ids.get(tag) != image_id:
                     raise BundleError(f"{bundle}: images.tar holds {tag} as {image_id[:19]}, which its lock "
                                       f"does not pin")

@@ -11,9 +11,9 @@ from typing import Callable
 
 from launcher import build_records
 from launcher.docker_gateway import DockerGateway
-from launcher.errors import NotFound, Problem
+from launcher.errors import ImageSwapped, NotFound, Problem
 from launcher.images import PartImages, images_for
-from launcher.lock import LockError, current_policy_sha, drift, dump, lock_path, make_lock, read_lock
+from launcher.lock import LockError, PolicySource, drift, dump, lock_path, make_lock, read_source
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
 from launcher.signing import SignatureError, Signer, allowed_signers_setting, sign, signature_path, verify
@@ -31,55 +31,75 @@ class Bundle:
     model_paths: dict[str, Path]
 
 
-def resolved(policy_file: str | Path) -> Path:
-    # The lock sits beside the file the policy really is (as Policy.file).
-    return Path(os.path.realpath(policy_file))
+def current_lock(gateway: DockerGateway, policy: Policy, policy_bytes: bytes, images: PartImages) -> dict:
+    return make_lock(policy, policy_bytes, images, {i.tag: gateway.image_id(i.tag) for i in images.all()})
 
 
-def current_lock(gateway: DockerGateway, policy: Policy, images: PartImages) -> dict:
-    return make_lock(policy, policy.file.read_bytes(), images, {i.tag: gateway.image_id(i.tag) for i in images.all()})
-
-
-def check_lock(gateway: DockerGateway, policy: Policy, images: PartImages, *, required: bool,
-               same_image_ids: bool = False) -> None:
+def check_lock(gateway: DockerGateway, policy: Policy, source: PolicySource, images: PartImages, *,
+               required: bool, same_image_ids: bool = False) -> None:
     """Refuse a policy that no longer resolves to what its lock pins."""
-    path = lock_path(policy.file)
-    if not path.exists():
+    path = source.lock_file
+    locked = source.locked()
+    if locked is None:
         if required:
             raise LockError(f"{path}: no lock; a policy run under allowed signers (or from a bundle) needs "
-                            f"one: `sandbox lock {policy.file}`, then `sandbox sign`")
+                            f"one: `sandbox lock {source.display}`, then `sandbox sign`")
         return
-    changes = drift(read_lock(path), current_lock(gateway, policy, images), same_image_ids=same_image_ids)
+    changes = drift(locked, current_lock(gateway, policy, source.policy, images), same_image_ids=same_image_ids)
     if changes:
         listed = "\n".join(f"  - {c}" for c in changes)
-        raise LockError(f"{policy.file} no longer resolves to what {path.name} pins:\n{listed}\n"
-                        f"Review the change; then `sandbox lock {policy.file}` (or `sandbox up --relock`) pins "
+        raise LockError(f"{source.display} no longer resolves to what {path.name} pins:\n{listed}\n"
+                        f"Review the change; then `sandbox lock {source.display}` (or `sandbox up --relock`) pins "
                         f"the new state, and a signed lock must be signed again.")
 
 
-def check_signature(policy_file: Path, allowed_signers: Path | None) -> Signer | None:
+def check_signature(source: PolicySource, allowed_signers: Path | None) -> Signer | None:
     """Who signed the policy's lock. With allowed signers set, an unsigned
     policy, an unknown signer or a changed byte is refused; without, a
-    signature that is there must still be sound."""
-    if not resolved(policy_file).is_file():
-        return None  # loading the policy says what is wrong with the path
-    lock_file = lock_path(resolved(policy_file))
-    signature = signature_path(lock_file)
-    if allowed_signers is None and not signature.exists():
+    signature that is there must still be sound. Every check is on the bytes
+    `source` holds, which are the bytes that run."""
+    if allowed_signers is None and source.signature is None:
         return None
-    if not lock_file.exists():
-        raise SignatureError(f"{policy_file}: not signed (no lock {lock_file.name}); allowed signers are set "
-                             f"({allowed_signers}), so only signed policies run")
-    if allowed_signers is not None and not signature.exists():
-        raise SignatureError(f"{policy_file}: not signed (no {signature.name}); allowed signers are set "
-                             f"({allowed_signers}), so only signed policies run")
-    signer = verify(lock_file.read_bytes(), signature, allowed_signers)
+    if source.lock is None:
+        raise SignatureError(f"{source.display}: not signed (no lock {source.lock_file.name}); allowed signers "
+                             f"are set ({allowed_signers}), so only signed policies run")
+    if allowed_signers is not None and source.signature is None:
+        raise SignatureError(f"{source.display}: not signed (no {source.signature_file.name}); allowed signers "
+                             f"are set ({allowed_signers}), so only signed policies run")
+    signer = verify(source.lock, source.signature, source.signature_file, allowed_signers)
     # The lock is what is signed; it holds the policy's sha256.
-    locked = read_lock(lock_file).get("policy", {}).get("sha256")
-    if locked != current_policy_sha(resolved(policy_file)):
-        raise SignatureError(f"{policy_file}: the policy changed after its lock was signed by "
+    if source.locked().get("policy", {}).get("sha256") != source.policy_sha256:
+        raise SignatureError(f"{source.display}: the policy changed after its lock was signed by "
                              f"{signer.principal or signer.key}; it is not the file that was reviewed")
     return signer
+
+
+def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | None) -> frozenset[str]:
+    """Refuse an image whose tag now points somewhere the launcher did not
+    put it. Each image built here runs only if the launcher built that very
+    ID here, or the lock pins it (a bundle's images, loaded after its
+    checks). Returned, to be built again from their inputs rather than run:
+    the tags whose image a bundle loaded (another policy's), and those the
+    launcher has no record of at all (built before records were kept)."""
+    pinned = {part["tag"]: part.get("id") for part in (locked or {}).get("images", {}).values()
+              if isinstance(part, dict) and isinstance(part.get("tag"), str)}
+    again = set()
+    for image in images.all():
+        if not image.built_here:
+            continue  # the user's own image: the lock, when there is one, pins its ID
+        image_id = gateway.image_id(image.tag)
+        if image_id is None or image_id == pinned.get(image.tag):
+            continue
+        known = build_records.known_ids(image.tag)
+        if known is None or known.get(image_id, "").startswith("loaded"):
+            again.add(image.tag)
+        elif image_id not in known:
+            raise ImageSwapped(
+                f"the image {image.tag} is now {image_id[:19]}, which this launcher neither built nor loaded, "
+                f"and no lock pins it: something retagged it (a `docker load` or `docker tag`). Nothing was "
+                f"started. If that was not you, look at it (`docker image inspect {image.tag}`); "
+                f"`docker rmi {image.tag}` and `sandbox up` build it again from its inputs.")
+    return frozenset(again)
 
 
 def lock(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None, say: Say | None = None,
@@ -87,11 +107,14 @@ def lock(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None
     """Build what is missing and write POLICY.lock. Returns its path, the lock,
     and whether an old signature was removed (it no longer matched)."""
     say = say or (lambda _m: None)
-    policy = load_policy(policy_file, check_port=False, hash_progress=hash_progress)
+    source = read_source(policy_file)
+    policy = load_policy(source.file, display=source.display, check_port=False, hash_progress=hash_progress,
+                         raw=source.policy)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
-    build_missing(gateway, images, ca_bundle, say, on_build_line)
-    new = current_lock(gateway, policy, images)
+    # What the lock pins must be what the launcher built (or loaded checked).
+    build_missing(gateway, images, ca_bundle, say, on_build_line, images_not_ours(gateway, images, None))
+    new = current_lock(gateway, policy, source.policy, images)
     missing = [part for part, image in new["images"].items() if image["id"] is None]
     if missing:
         raise NotFound(f"the front-end image {new['images'][missing[0]]['tag']} is not on this machine; "
@@ -103,7 +126,11 @@ def write_lock(policy_file: Path, new: dict) -> tuple[Path, dict, bool]:
     path = lock_path(policy_file)
     data = dump(new)
     unsigned = False
-    if not (path.exists() and path.read_bytes() == data):
+    try:
+        same = path.read_bytes() == data
+    except FileNotFoundError:
+        same = False
+    if not same:
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_bytes(data)
         os.replace(temporary, path)
@@ -115,45 +142,52 @@ def write_lock(policy_file: Path, new: dict) -> tuple[Path, dict, bool]:
 
 
 def build_missing(gateway: DockerGateway, images: PartImages, ca_bundle: Path | None, say: Say,
-                  on_build_line: Say | None) -> None:
+                  on_build_line: Say | None, build_again: frozenset[str] = frozenset()) -> None:
     from launcher.commands.up import build_egress  # up imports this module
     for image in images.all():
-        if image.built_here and not gateway.image_present(image.tag):
+        if image.built_here and (image.tag in build_again or not gateway.image_present(image.tag)):
             say(f"building image {image.tag}")
             contacts = gateway.build(image, on_build_line, egress=build_egress(ca_bundle), say=say)
-            build_records.save(image.tag, contacts)
+            build_records.save(image.tag, contacts, gateway.image_id(image.tag))
 
 
 def sign_policy(policy_file: str | Path, key: Path) -> tuple[Path, Signer]:
     """Sign the policy's lock (and with it the policy). The lock must be the
-    policy's: signing a stale lock would vouch for another file."""
-    file = resolved(policy_file)
-    lock_file = lock_path(file)
-    if not lock_file.exists():
-        raise LockError(f"{lock_file}: no lock to sign; `sandbox lock {policy_file}` writes it")
-    if read_lock(lock_file).get("policy", {}).get("sha256") != current_policy_sha(file):
+    policy's: signing a stale lock would vouch for another file. The bytes
+    signed are the bytes checked."""
+    source = read_source(policy_file)
+    locked = source.locked()
+    if locked is None:
+        raise LockError(f"{source.lock_file}: no lock to sign; `sandbox lock {policy_file}` writes it")
+    if locked.get("policy", {}).get("sha256") != source.policy_sha256:
         raise LockError(f"{policy_file} changed since it was locked; `sandbox lock {policy_file}` first")
-    signature = sign(lock_file, key)
-    return signature, verify(lock_file.read_bytes(), signature, None)
+    signature = sign(source.lock, source.lock_file, key)
+    signer = verify(source.lock, signature, source.signature_file, None)
+    temporary = source.signature_file.with_name(source.signature_file.name + ".tmp")
+    temporary.write_bytes(signature)
+    os.replace(temporary, source.signature_file)
+    return source.signature_file, signer
 
 
 def strict_problems(policy_file: str | Path, allowed_signers: Path | None) -> list[Problem]:
     """What `validate --strict` adds: a lock that pins this very policy, and a
     good signature of it (by an allowed signer, when they are set)."""
     name = str(policy_file)
-    lock_file = lock_path(resolved(policy_file))
     try:
-        locked = read_lock(lock_file)
-    except LockError as e:
+        source = read_source(policy_file)
+        locked = source.locked()
+        if locked is None:
+            raise LockError(f"{source.lock_file}: no such lock; `sandbox lock` writes it")
+    except (LockError, SignatureError) as e:
         return [Problem(name, 0, 0, "", f"--strict needs a lock: {e}")]
-    if locked.get("policy", {}).get("sha256") != current_policy_sha(resolved(policy_file)):
-        return [Problem(name, 0, 0, "", f"changed since {lock_file.name} was written; `sandbox lock` it again")]
+    if locked.get("policy", {}).get("sha256") != source.policy_sha256:
+        return [Problem(name, 0, 0, "", f"changed since {source.lock_file.name} was written; `sandbox lock` it again")]
     try:
-        check_signature(Path(policy_file), allowed_signers)
+        check_signature(source, allowed_signers)
     except SignatureError as e:
         return [Problem(name, 0, 0, "", str(e))]
-    if not signature_path(lock_file).exists():
-        return [Problem(name, 0, 0, "", f"--strict needs a signature: no {signature_path(lock_file).name}; "
+    if source.signature is None:
+        return [Problem(name, 0, 0, "", f"--strict needs a signature: no {source.signature_file.name}; "
                                         f"`sandbox sign {policy_file} --key KEY`")]
     return []
 
@@ -163,6 +197,6 @@ def verify_signature(policy_file: str | Path, allowed_signers: Path | None) -> S
     if trusted is None:
         raise SignatureError("name who may sign: --allowed-signers FILE (or $SANDBOX_ALLOWED_SIGNERS, or "
                              "allowed_signers: in the config file); see docs/teams.md")
-    signer = check_signature(Path(policy_file), trusted)
+    signer = check_signature(read_source(policy_file), trusted)
     assert signer is not None  # with allowed signers set, an unsigned policy raised
     return signer

@@ -3,15 +3,15 @@ the SandboxSpec and the Plan."""
 from __future__ import annotations
 
 import secrets as random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher import access
-from launcher.commands.lock import Bundle, check_lock, check_signature
+from launcher.commands.lock import Bundle, check_lock, check_signature, images_not_ours
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import images_for
-from launcher.lock import LockError
+from launcher.lock import LockError, PolicySource, read_source
 from launcher.plan import Plan, make_plan
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
@@ -26,6 +26,7 @@ class Prepared:
     spec: SandboxSpec
     plan: Plan
     signer: Signer | None = None  # who signed the policy's lock, when it is signed
+    source: PolicySource | None = None  # the bytes that were checked and run
 
 
 def port_is_ours(gateway: DockerGateway):
@@ -37,20 +38,23 @@ def port_is_ours(gateway: DockerGateway):
     return check
 
 
-def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None,
+def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle: Path | None = None,
             hash_progress: HashProgress | None = None, new_token: bool = False, *,
             relock: bool = False, allowed_signers: Path | None = None,
             bundle: Bundle | None = None) -> Prepared:
-    """`allowed_signers` (else the user's setting) requires a signed lock;
-    `relock` skips the lock's check (`up` then writes a new lock); a `bundle`
-    gives the images (never built) and may give the models."""
+    """`policy` is a policy file, or one read before (with its lock and
+    signature): those bytes are checked and run. `allowed_signers` (else the
+    user's setting) requires a signed lock; `relock` skips the lock's check
+    (`up` then writes a new lock); a `bundle` gives the images (never built)
+    and may give the models."""
+    source = policy if isinstance(policy, PolicySource) else read_source(policy)
     trusted = allowed_signers_setting(allowed_signers)
     if trusted and relock:
         raise LockError("--relock writes a new lock, which no allowed signer has signed: relock with "
                         "`sandbox lock`, have it signed, and run `up` again")
-    signer = check_signature(Path(policy_file), trusted)
-    policy = load_policy(policy_file, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress,
-                         model_paths=bundle.model_paths if bundle else None)
+    signer = check_signature(source, trusted)
+    policy = load_policy(source.file, display=source.display, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress,
+                         model_paths=bundle.model_paths if bundle else None, raw=source.policy)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.engine()["runtimes"]:
         raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
@@ -59,7 +63,7 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
         gpus = None  # the bundle carries the CPU backend
     images = bundle.images if bundle else images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
     if not relock:
-        check_lock(gateway, policy, images, required=trusted is not None or bundle is not None,
+        check_lock(gateway, policy, source, images, required=trusted is not None or bundle is not None,
                    same_image_ids=bundle is not None)
     secrets = Secrets(
         # The key the parts already share; if one part is gone, the other's.
@@ -74,8 +78,9 @@ def prepare(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | N
     current = (subnets.pop(internal, None) or [None])[0]
     subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
     spec = build_spec(policy, images, secrets, gpus, subnet)
-    observed = gateway.observe(policy.name, tuple(i.tag for i in images.all()))
-    return Prepared(policy, spec, make_plan(spec, observed), signer)
+    again = images_not_ours(gateway, images, None if relock else source.locked())
+    observed = replace(gateway.observe(policy.name, tuple(i.tag for i in images.all())), build_again=again)
+    return Prepared(policy, spec, make_plan(spec, observed), signer, source)
 
 
 def current_token(gateway: DockerGateway, name: str) -> str | None:

@@ -9,14 +9,21 @@ from launcher.errors import NotFound
 from launcher.policy.loader import load
 
 
+def name_in(raw: bytes | None, file: Path) -> str | None:
+    """The sandbox name a policy gives (its bytes `raw`, else the file's), if any."""
+    doc, _ = load(file, raw=raw)
+    name = doc.data.get("name") if doc is not None and isinstance(doc.data, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def resolve_name(gateway: DockerGateway, target: str | None) -> str:
     """A sandbox named by its name, by its policy file, or (with only one on
     this engine) not at all."""
     if target and (target.endswith((".yaml", ".yml")) or Path(target).is_file()):
-        doc, problems = load(Path(target))
-        if doc is None or not isinstance(doc.data, dict) or not isinstance(doc.data.get("name"), str):
+        name = name_in(None, Path(target))
+        if name is None:
             raise NotFound(f"cannot read a sandbox name from {target}")
-        return doc.data["name"]
+        return name
     if target:
         return target
     found = sorted(gateway.sandboxes())

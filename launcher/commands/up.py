@@ -17,16 +17,16 @@ from launcher.commands.bundle import is_bundle, open_bundle
 from launcher.commands.lock import Bundle, current_lock, write_lock
 from launcher.commands.model import policy_warnings
 from launcher.commands.prepare import Prepared, prepare
-from launcher.commands.target import resolve_name
+from launcher.commands.target import name_in
 from launcher.docker_gateway import BuildEgress, DockerGateway
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import recipe_image
 from launcher.locks import sandbox_lock
 from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem, SandboxError, SubnetTaken
-from launcher.lock import LockError
+from launcher.lock import LockError, PolicySource, read_source
 from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
-from launcher.signing import remember_signer
+from launcher.signing import allowed_signers_setting, remember_signer
 from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec
 
 Say = Callable[[str], None]
@@ -84,18 +84,17 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     if is_bundle(policy_file):
         if relock:
             raise LockError("a bundle carries the lock it was made with; --relock is for policy files")
-        policy_file, bundle = open_bundle(gateway, Path(policy_file), say)
+        source, bundle = open_bundle(gateway, Path(policy_file), allowed_signers_setting(allowed_signers), say)
         started_after_load = time.monotonic()
+    else:
+        # Read once: the signature, the lock and the run all use these bytes.
+        source = read_source(policy_file)
     trust = TrustOptions(relock, allowed_signers, bundle)
-    try:
-        name = resolve_name(gateway, str(policy_file))
-    except NotFound:  # no name to read: loading the policy below says what is wrong
-        name = None
+    name = name_in(source.policy, source.file)  # None: loading the policy below says what is wrong
     # Changing the sandbox is one command at a time; waiting for it is not, so
     # that a `down` in another shell is not held up by an `up` that waits.
     with sandbox_lock(name, say) if name else nullcontext():
-        result = _apply(gateway, policy_file, ca_bundle, say, on_build_line, hash_progress, new_token, started,
-                        trust)
+        result = _apply(gateway, source, ca_bundle, say, on_build_line, hash_progress, new_token, started, trust)
     if bundle:
         result.seconds["bundle"] = started_after_load - started
 
@@ -121,11 +120,11 @@ class TrustOptions:
     bundle: Bundle | None = None
 
 
-def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None, say: Say,
+def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None, say: Say,
            on_build_line: Say | None, hash_progress: HashProgress | None, new_token: bool,
            started: float, trust: TrustOptions) -> UpResult:
     for attempt in range(SUBNET_TRIES):
-        prepared = prepare(gateway, policy_file, ca_bundle, hash_progress, new_token=new_token,
+        prepared = prepare(gateway, source, ca_bundle, hash_progress, new_token=new_token,
                            relock=trust.relock, allowed_signers=trust.allowed_signers, bundle=trust.bundle)
         spec = prepared.spec
         result = UpResult(spec.name, spec.url, prepared)
@@ -143,7 +142,8 @@ def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | No
         try:
             gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
                           egress=build_egress(ca_bundle),
-                          on_built=lambda image, found: build_records.save(image.tag, found))
+                          on_built=lambda image, found: build_records.save(image.tag, found,
+                                                                         gateway.image_id(image.tag)))
             break
         except SubnetTaken as e:
             # Another sandbox started while this one's images were built:
@@ -153,7 +153,8 @@ def _apply(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | No
             say(f"{e}; choosing another")
     result.seconds["apply"] = time.monotonic() - mark
     if trust.relock:
-        path, _, unsigned = write_lock(prepared.policy.file, current_lock(gateway, prepared.policy, spec.images))
+        path, _, unsigned = write_lock(prepared.policy.file,
+                                       current_lock(gateway, prepared.policy, source.policy, spec.images))
         say(f"wrote {path}" + ("; its old signature no longer matches and was removed: sign it again"
                                if unsigned else ""))
     # Who vouched for what runs, for `status`.

@@ -1,8 +1,8 @@
 """Read a policy file into plain data, keeping where each value sits in it.
 
 A policy is input, not trusted code (docs/threats.md): the file is size-limited,
-must be UTF-8, and may not use anchors, aliases, custom tags, duplicate keys
-or non-string keys. Each of those is a Problem with a line and a column.
+must be UTF-8, and may not use anchors, aliases, custom tags, duplicate keys,
+non-string keys or nesting deeper than MAX_DEPTH. Each of those is a Problem with a line and a column.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from launcher.errors import Problem
 
 MAX_POLICY_BYTES = 256 * 1024
+# Lists and mappings within each other; a policy's deepest value is 4 levels in.
+MAX_DEPTH = 32
 
 # Path of a value inside the document: ("backend", "gpu") or ("models", 0, "path").
 FieldPath = tuple
@@ -63,18 +65,29 @@ def _at(node_or_mark) -> tuple[int, int]:
     return (mark.line + 1, mark.column + 1)
 
 
-def load(path: Path, display_name: str | None = None) -> tuple[Document | None, list[Problem]]:
-    """Parse one policy file. Returns the document, or None and its problems."""
-    name = display_name or str(path)
+def read(path: Path, name: str) -> tuple[bytes | None, list[Problem]]:
+    """A policy file's bytes, read once and no further than the size limit
+    (so that the limit is checked), or None and why not."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_POLICY_BYTES + 1)
+            return f.read(MAX_POLICY_BYTES + 1), []
     except FileNotFoundError:
         return None, [Problem(name, 0, 0, "", "no such file")]
     except IsADirectoryError:
         return None, [Problem(name, 0, 0, "", "is a directory, not a policy file")]
     except OSError as e:
         return None, [Problem(name, 0, 0, "", f"cannot be read: {e.strerror}")]
+
+
+def load(path: Path, display_name: str | None = None, raw: bytes | None = None) -> tuple[Document | None, list[Problem]]:
+    """Parse one policy file, or `raw`, its bytes as read before (the bytes a
+    signature was checked on are the bytes parsed). Returns the document, or
+    None and its problems."""
+    name = display_name or str(path)
+    if raw is None:
+        raw, problems = read(path, name)
+        if raw is None:
+            return None, problems
     if len(raw) > MAX_POLICY_BYTES:
         return None, [Problem(name, 0, 0, "", f"is larger than {MAX_POLICY_BYTES // 1024} KiB; "
                               "a policy is a short file")]
@@ -89,15 +102,9 @@ def load(path: Path, display_name: str | None = None) -> tuple[Document | None, 
 
 def parse(text: str, name: str) -> tuple[Document | None, list[Problem]]:
     try:
-        # Anchors and aliases are refused before anything is built, so an alias
-        # bomb ("billion laughs") never gets a chance to expand.
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                line, col = _at(event)
-                return None, [Problem(name, line, col, "", "YAML aliases (*name) are not allowed in a policy")]
-            if getattr(event, "anchor", None):
-                line, col = _at(event)
-                return None, [Problem(name, line, col, "", "YAML anchors (&name) are not allowed in a policy")]
+        problem = event_problem(text, name)
+        if problem:
+            return None, [problem]
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -116,6 +123,29 @@ def parse(text: str, name: str) -> tuple[Document | None, list[Problem]]:
     return doc, []
 
 
+def event_problem(text: str, name: str) -> Problem | None:
+    """What the parser's events alone show is wrong, found before any node is
+    built: an alias bomb ("billion laughs") never gets a chance to expand, and
+    nesting deep enough to exhaust Python's stack (composing recurses once
+    per level) is refused at the level that goes too deep."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            return Problem(name, *_at(event), "", "YAML aliases (*name) are not allowed in a policy")
+        if getattr(event, "anchor", None):
+            return Problem(name, *_at(event), "", "YAML anchors (&name) are not allowed in a policy")
+        if isinstance(event, _OPENS):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return Problem(name, *_at(event), "", f"is nested more than {MAX_DEPTH} levels deep; "
+                                                      "a policy is a few levels deep")
+        elif isinstance(event, _CLOSES):
+            depth -= 1
+    return None
+
+
+_OPENS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 _constructor = SafeConstructor()
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 from launcher.errors import PolicyError, Problem
 from launcher.build_context import context_problems, inside
+from launcher.build_sources import dockerfile_problems
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.policy.loader import Document, load
 from launcher.policy.model import Backend, Frontend, Model, Policy
@@ -28,13 +29,17 @@ PortIsOurs = Callable[[str, int], bool]
 
 def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours: PortIsOurs | None = None,
                       hash_progress: HashProgress | None = None, check_model_files: bool = True,
-                      model_paths: dict[str, Path] | None = None) -> tuple[Policy | None, list[Problem]]:
+                      model_paths: dict[str, Path] | None = None,
+                      raw: bytes | None = None, display: str | None = None) -> tuple[Policy | None, list[Problem]]:
     """All the problems of one policy file, and the Policy when there are none.
+    `raw` is the file's bytes when they were read before (to check a signature
+    of them): those bytes, not the file read again, become the Policy;
+    `display` is then the path as the user wrote it, for messages.
     `model_paths` puts a model, by the path the policy writes, at another
     file (a bundle's copy); `check_model_files` off skips the model files
     (a repository of policies holds no weights)."""
     path = Path(path)
-    doc, problems = load(path, display_name=str(path))
+    doc, problems = load(path, display_name=display or str(path), raw=raw)
     if doc is None:
         return None, problems
     if not isinstance(doc.data, dict):
@@ -114,7 +119,10 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours
                 problems.append(doc.problem(("frontend", "build", "dockerfile"),
                                             f"no file {dockerfile} in {context}"))
             elif isinstance(dockerfile, str) and "/" not in dockerfile:
-                problems += [doc.problem(where, why) for why in context_problems(context, dockerfile)]
+                unsafe = [doc.problem(where, why) for why in context_problems(context, dockerfile)]
+                # What the engine itself would fetch for the build, outside the
+                # build proxy: at the Dockerfile's line (relative to the context).
+                problems += unsafe or dockerfile_problems(context, dockerfile)
         recipe = FRONTEND_RECIPES.get(frontend.get("recipe")) if isinstance(frontend.get("recipe"), str) else None
         defaults = recipe or CUSTOM_FRONTEND
         url_env = frontend.get("backend_url_env", defaults.backend_url_env)

@@ -4,9 +4,13 @@ bundle that carries a sandbox to a machine that builds and pulls nothing."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import shutil
 import subprocess
+import tarfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,13 +18,13 @@ import yaml
 
 from launcher import images as image_recipes
 from launcher import lock as locks
-from launcher.commands.bundle import make_bundle
+from launcher.commands.bundle import make_bundle, open_bundle
 from launcher.commands.down import down
 from launcher.commands.lock import lock, sign_policy
 from launcher.commands.prepare import prepare
 from launcher.commands.status import status
 from launcher.commands.up import up
-from launcher.errors import PolicyError
+from launcher.errors import ImageSwapped, PolicyError
 from launcher.lock import LockError
 from launcher.resources import IMAGES_DIR
 from launcher.signing import SignatureError
@@ -226,3 +230,105 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
     tampered.write_bytes(bytes(data))
     with pytest.raises(Exception, match="is not the file its manifest names"):
         up(gateway, tampered, ca_bundle=ca_bundle())
+
+
+def crafted_images_tar(gateway, saved_tag: str, as_tag: str) -> bytes:
+    """`docker save` of `saved_tag`, rewritten to name it `as_tag`: what an
+    attacker puts in a bundle to load a stranger under one of our tags."""
+    source = io.BytesIO(b"".join(gateway.save_images([saved_tag])))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=source, mode="r:") as saved, tarfile.open(fileobj=out, mode="w:") as crafted:
+        for member in saved:
+            data = saved.extractfile(member).read() if member.isreg() else None
+            if member.name in ("manifest.json", "repositories"):
+                data = data.replace(saved_tag.encode(), as_tag.encode()).replace(
+                    saved_tag.split(":")[0].encode(), as_tag.split(":")[0].encode()).replace(
+                    saved_tag.split(":")[1].encode(), as_tag.split(":")[1].encode())
+                member.size = len(data)
+            crafted.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def trojan(docker_client, name: str) -> str:
+    """A tiny image of no use, made here: its ID."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w:") as tar:
+        data = name.encode()
+        info = tarfile.TarInfo("trojan")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    repository, tag = name.split(":")
+    docker_client.api.import_image_from_data(layer.getvalue(), repository=repository, tag=tag)
+    return docker_client.images.get(name).id
+
+
+def unsigned_bundle(path: Path, out: Path, images_tar: bytes, tag: str, image_id: str) -> None:
+    """A bundle that is whole and consistent (every hash matches, its lock pins
+    its images), but that no one signed."""
+    policy = path.read_bytes()
+    lock_bytes = json.dumps({"lock": 1, "policy": {"file": path.name, "sha256": hashlib.sha256(policy).hexdigest()},
+                             "images": {part: {"tag": tag, "id": image_id, "inputs": "x"} for part in locks.PART_ORDER}
+                             }).encode()
+    files = {f"policy/{path.name}": policy, f"policy/{path.name}.lock": lock_bytes, "images.tar": images_tar}
+    manifest = {"bundle": 1, "name": "trojan", "policy": f"policy/{path.name}",
+                "images": {part: {"tag": tag, "id": image_id} for part in locks.PART_ORDER},
+                "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for n, d in files.items()}}
+    with tarfile.open(out, "w:") as tar:
+        for name, data in {"sandbox-bundle.json": json.dumps(manifest).encode(), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_refused_bundle_changes_nothing_and_a_retagged_image_never_runs(gateway, docker_client, tmp_path, keys,
+                                                                          monkeypatch):
+    """Tried as an attacker would: an unsigned bundle whose images.tar tags a
+    trojan as an existing tag of ours, run with allowed signers set, was
+    refused ("not signed") only after the engine had loaded it: the tag
+    pointed at the trojan, and the next `up` of a signed, locked policy
+    started it. Now the signature is checked before the engine sees anything,
+    and `up` runs an image built here only if the launcher built or loaded that
+    very ID, or the lock pins it."""
+    _, _, allowed = keys
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    path = write_policy(tmp_path)
+    lock(gateway, path, ca_bundle())  # builds here (and records) what the lock pins
+    target = json.loads(locks.lock_path(path).read_bytes())["images"]["ingress"]["tag"]
+    original = gateway.image_id(target)
+    name = f"sandbox-test-trojan:{uuid.uuid4().hex[:8]}"
+    trojan_id = trojan(docker_client, name)
+    bundle = tmp_path / "trojan.bundle"
+    unsigned_bundle(path, bundle, crafted_images_tar(gateway, name, target), target, trojan_id)
+    second = f"sandbox-test-trojan:{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(SignatureError, match="not signed"):
+            up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed)
+        assert gateway.image_id(target) == original  # the engine is as it was
+
+        # Control: the same bundle, with no signers set, is one the user chose
+        # to trust; it loads the trojan under our tag (so the attack above would
+        # have worked had the load come first).
+        open_bundle(gateway, bundle, None)
+        assert gateway.image_id(target) == trojan_id
+        # A plain policy then builds its own image again instead of running the bundle's.
+        said: list[str] = []
+        prepared = prepare(gateway, path, ca_bundle())
+        assert ("build", "present, but not built here from its inputs: built again") in {
+            (a.verb, a.reason) for a in prepared.plan.actions if a.name == target}
+        lock(gateway, path, ca_bundle(), say=said.append)
+        assert f"building image {target}" in said and gateway.image_id(target) not in (trojan_id, None)
+
+        # A tag moved by hand (`docker tag`) to an image the launcher never made is refused, named.
+        docker_client.images.get(trojan(docker_client, second)).tag(target)
+        with pytest.raises(ImageSwapped, match=f"the image {target} is now sha256:"):
+            prepare(gateway, path, ca_bundle())
+        with pytest.raises(ImageSwapped):
+            lock(gateway, path, ca_bundle())
+    finally:
+        docker_client.images.get(original).tag(target)
+        for image in (name, second):
+            try:
+                docker_client.images.remove(image, force=True)
+            except Exception:
+                pass
+    prepare(gateway, path, ca_bundle())  # control: our own image runs
