@@ -353,13 +353,18 @@ def _since(text: str) -> float:
 
 def _render_audit(result: dict) -> None:
     if result["builds"]:
-        out.print(f"sandbox {result['name']}: what its image builds contacted (through the build proxy)",
+        out.print(f"sandbox {result['name']}: the images its image builds used, and what they contacted "
+                  f"(through the build proxy)",
                   markup=False)
         for build in result["builds"]:
             out.print(f"  {build['image']} ({', '.join(build['parts'])})", markup=False)
-            if not build["contacts"]:
+            for source in build.get("sources") or []:
+                how = "pulled for it" if source.get("pulled") else "already on this machine"
+                out.print(printable(f"    uses {source['image']} ({source['instruction']}, line {source['line']}): "
+                                    f"{source['id']}, {how}"), markup=False)
+            if not build.get("contacts"):
                 out.print("    nothing", markup=False)
-            for c in _contacts_by_destination(build["contacts"]):
+            for c in _contacts_by_destination(build.get("contacts") or []):
                 detail = (f"{c['bytes_sent']} B sent, {c['bytes_received']} B received" if c["verdict"] == "allowed"
                           else c["reason"])
                 out.print(printable(f"    {c['count']:4}x {c['verdict']:8} {c['host']}:{c['port']}  {detail}"),

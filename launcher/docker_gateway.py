@@ -19,8 +19,10 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig, Mount as DockerMount
 
+from launcher import build_records, build_sources
 from launcher.build_context import context_files
-from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound, SubnetTaken
+from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound, PolicyError, Problem, SubnetTaken
+from launcher.hostnet import host_ipv4_addresses
 from launcher.images import EXTRA_CA_NAME, ImageBuild
 from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
 from launcher.text import json_records
@@ -326,16 +328,21 @@ class DockerGateway:
               say: Say | None = None) -> list[dict]:
         """Build an image. With `egress`, its RUN steps run on a network of
         their own whose only way out is the build proxy, and what they
-        contacted through it is returned (docs/threats.md, "The build step")."""
+        contacted through it is returned (docs/threats.md, "The build step").
+        What the engine itself would fetch for it is checked first
+        (launcher/build_sources.py), and the images it uses are recorded."""
+        dockerfile, used = self._checked(image, egress, on_line)
         if egress is None:
-            self._build(image, on_line)
+            self._build(image, dockerfile, on_line)
+            build_records.save_sources(image.tag, used)
             return []
         with self._build_proxy(egress, image.allow_hosts, say) as (proxy_url, network, proxy):
             try:
-                self._build(image, on_line, network=network, proxy_url=proxy_url)
+                self._build(image, dockerfile, on_line, network=network, proxy_url=proxy_url)
             except BuildFailure as e:
                 contacts = self._proxy_record(proxy)
                 raise BuildFailure(image.tag, e.reason + _egress_hint(e, contacts, proxy_url), e.log_tail) from None
+            build_records.save_sources(image.tag, used)
             return self._proxy_record(proxy)
 
     @contextmanager
@@ -345,7 +352,7 @@ class DockerGateway:
         way out. Both are removed when the build ends."""
         if not self.image_present(egress.proxy_image.tag):
             _quiet(say)(f"building image {egress.proxy_image.tag} (the build proxy; the one build not behind it)")
-            self._build(egress.proxy_image, None)
+            self._build(egress.proxy_image, self._checked(egress.proxy_image, None, None)[0], None)
         self.sweep_stale_builds()
         run = secrets.token_hex(4)
         network, proxy = f"sandbox-build-{run}", f"sandbox-build-{run}-proxy"
@@ -401,7 +408,17 @@ class DockerGateway:
     def _proxy_record(self, proxy: str) -> list[dict]:
         return list(json_records(self.log_tail(proxy, lines=10_000), "verdict"))
 
-    def _build(self, image: ImageBuild, on_line: Say | None, network: str | None = None,
+    def _checked(self, image: ImageBuild, egress: BuildEgress | None,
+                 on_line: Say | None) -> tuple[bytes, list[dict]]:
+        """The image's Dockerfile, read once (the bytes checked are the bytes
+        the engine gets), and the images its build uses, once what the
+        engine itself would fetch for it is checked."""
+        dockerfile, problems = build_sources.read_dockerfile(image.context, image.dockerfile)
+        if dockerfile is None:
+            raise PolicyError(problems)
+        return dockerfile, self._images_for_build(image, dockerfile, egress, _quiet(on_line))
+
+    def _build(self, image: ImageBuild, dockerfile: bytes, on_line: Say | None, network: str | None = None,
                proxy_url: str | None = None) -> None:
         on_line = _quiet(on_line)
         tail: list[str] = []
@@ -410,7 +427,7 @@ class DockerGateway:
         proxy_args = {name: proxy_url for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")} \
             if proxy_url else {}
         with tempfile.TemporaryFile() as context:
-            _write_context(image, context)
+            _write_context(image, context, dockerfile)
             context.seek(0)
             try:
                 stream = self.api.build(fileobj=context, custom_context=True, tag=image.tag,
@@ -433,6 +450,57 @@ class DockerGateway:
                 raise BuildFailure(image.tag, reason + self._disk_hint(reason, tail), tail[-20:]) from None
             except docker.errors.DockerException as e:
                 raise DockerUnavailable(_short(e)) from None
+
+    def _images_for_build(self, image: ImageBuild, dockerfile: bytes, egress: BuildEgress | None,
+                          on_line: Say) -> list[dict]:
+        """Refuse what the engine itself would fetch for the build from where
+        it must not (launcher/build_sources.py); pull each image the build
+        uses that is missing here, once its registry is checked, so that the
+        ONBUILD triggers of each base image are checked before they run; and
+        return those images, by name and ID."""
+        name = image.dockerfile
+        host_addresses = egress.host_addresses if egress else tuple(host_ipv4_addresses())
+        allow_networks = egress.allow_networks if egress else ()
+        held: dict[str, build_sources.BaseImage] = {}
+
+        def hold(uses: list[build_sources.ImageUse]) -> None:
+            for use in uses:
+                if use.pulled and use.image not in held:
+                    held[use.image] = self._base_image(use, name, host_addresses, allow_networks, on_line)
+
+        found = build_sources.examine(dockerfile, name)
+        if found.problems:
+            raise PolicyError(found.problems)
+        hold(found.images)
+        # Again, with what the base images hold: their environment, which
+        # variables may come from, and their ONBUILD triggers.
+        found = build_sources.examine(dockerfile, name, held.get)
+        if found.problems:
+            raise PolicyError(found.problems)
+        hold(found.images)
+        return [{"line": use.line, "instruction": use.instruction, "image": use.image,
+                 "id": held[use.image].id, "pulled": held[use.image].pulled}
+                for use in found.images if use.pulled]
+
+    def _base_image(self, use: build_sources.ImageUse, name: str, host_addresses: tuple[str, ...],
+                    allow_networks: tuple[str, ...], on_line: Say) -> build_sources.BaseImage:
+        pulled = False
+        if not self.image_present(use.image):
+            why = build_sources.registry_refusal(use.image, host_addresses, allow_networks)
+            if why:
+                raise PolicyError([Problem(name, use.line, 0, "", f"{use}: {why}")])
+            on_line(f"pulling {use.image} ({use} at line {use.line} of {name})")
+            with _translated(f"pulling {use.image}"):
+                for item in self.api.pull(use.image, stream=True, decode=True):
+                    if isinstance(item, dict) and item.get("error"):
+                        raise DockerFailure(f"pulling {use.image} ({name}, line {use.line}): the Docker engine "
+                                            f"said: {item['error']}")
+            pulled = True
+        with _translated(f"inspecting image {use.image}"):
+            info = self.api.inspect_image(use.image)
+        config = info.get("Config") or {}
+        return build_sources.BaseImage(id=info["Id"], env=tuple(config.get("Env") or ()),
+                                       onbuild=tuple(config.get("OnBuild") or ()), pulled=pulled)
 
     def _disk_hint(self, reason: str, tail: list[str]) -> str:
         """A build that ran out of disk says which disk, and what to do. The
@@ -608,9 +676,10 @@ class DockerGateway:
             self.api.start(created["Id"])
 
 
-def _write_context(image: ImageBuild, out) -> None:
+def _write_context(image: ImageBuild, out, dockerfile: bytes) -> None:
     """The build context as a tar: the recipe's files (minus .dockerignore'd
-    ones) plus extra-ca.crt, the extra CA bundle or an empty file."""
+    ones), its Dockerfile as `dockerfile` (the bytes that were checked),
+    plus extra-ca.crt, the extra CA bundle or an empty file."""
     context = image.context
     with tarfile.open(fileobj=out, mode="w") as tar:
         # The same list the image's tag was hashed from (launcher/build_context.py).
@@ -619,7 +688,12 @@ def _write_context(image: ImageBuild, out) -> None:
             info = tar.gettarinfo(str(path), arcname=rel)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            if info.isfile():
+            if rel == image.dockerfile:
+                if info.issym():  # the engine would read the link's target; it gets the bytes checked
+                    info.type, info.linkname, info.mode = tarfile.REGTYPE, "", 0o644
+                info.size = len(dockerfile)
+                tar.addfile(info, io.BytesIO(dockerfile))
+            elif info.isfile():
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
             else:

@@ -3,20 +3,28 @@ host (a canary on every host address), directly and through the build proxy
 they are given, and try cloud metadata and loopback through the proxy. None
 of it arrives, every attempt is in the audit, and a `pip install` of a real
 package through the proxy works (the control: the way out that is meant to
-be open is open)."""
+be open is open). What the engine itself would fetch for a build (ADD of a
+URL, a base image from a registry on the host) is refused before anything
+is built, and a request through the proxy reaches the host it asked for."""
 from __future__ import annotations
 
+import http.server
 import json
+import re
+import threading
+from dataclasses import replace
 
+import docker.errors
 import pytest
 import yaml
 
 from launcher.commands.audit import audit
 from launcher.commands.down import down
-from launcher.commands.up import up
+from launcher.commands.up import build_egress, up
+from launcher.errors import PolicyError
 from launcher.hostnet import Canary, host_ipv4_addresses
-from launcher.images import host_ca_bundle, recipe_image
-from tests.integration.conftest import ca_bundle, write_policy
+from launcher.images import _hashed, host_ca_bundle, recipe_image
+from tests.integration.conftest import ca_bundle, labelled, write_policy
 
 TRY_THE_HOST = r"""
 import json, os, socket, sys
@@ -149,3 +157,209 @@ def test_a_killed_builds_proxy_and_network_are_swept(gateway, docker_client):
                 thing.remove()
             except Exception:  # noqa: BLE001 - already gone is fine
                 pass
+
+
+# ---- what the engine fetches itself, outside the proxy ------------------
+
+class HttpCanary:
+    """An HTTP server on every address of the host: each path asked for is
+    in `hits` (an ADD's download, a registry's /v2/ check)."""
+
+    def __init__(self):
+        hits = self.hits = []
+
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hits.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "7")
+                self.end_headers()
+                self.wfile.write(b"canary\n")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Answer)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Each line the engine would fetch for itself, from the host's network: a
+# service on the host's loopback, one on its own address, and a "registry"
+# on loopback (the engine treats 127.0.0.0/8 as an insecure registry).
+FETCHES = """FROM debian:bookworm-slim AS fetched
+ADD http://127.0.0.1:{port}/loopback /loopback
+ADD http://{host}:{port}/host-address /host-address
+FROM 127.0.0.1:{port}/canary/base
+COPY --from=fetched /loopback /host-address /
+"""
+
+
+def build_unchecked(docker_client, context) -> list[str]:
+    """The Dockerfile built straight with the Docker SDK, as nothing of the
+    launcher checks it; the layers it made are removed after."""
+    before = {image.id for image in docker_client.images.list(all=True)}
+    lines, made = [], set()
+    try:
+        for chunk in docker_client.api.build(path=str(context), rm=True, forcerm=True, decode=True):
+            text = chunk.get("stream") or chunk.get("error") or ""
+            lines.append(text)
+            made |= set(re.findall(r"---> ([0-9a-f]{12})\b", text))
+    finally:
+        for image in docker_client.images.list(all=True):
+            if image.id not in before and image.id.removeprefix("sha256:")[:12] in made:
+                try:
+                    docker_client.images.remove(image.id, force=True)
+                except docker.errors.ImageNotFound:
+                    pass  # gone with the layer above it
+    return lines
+
+
+def test_what_the_engine_would_fetch_itself_is_refused_at_its_line_and_nothing_is_built(gateway, docker_client,
+                                                                                       tmp_path):
+    host = host_ipv4_addresses()[0]
+    context = tmp_path / "ui"
+    context.mkdir()
+    with HttpCanary() as canary:
+        (context / "Dockerfile").write_text(FETCHES.format(port=canary.port, host=host))
+        path = write_policy(tmp_path, frontend={"build": {"context": "ui"}, "port": 8080, "health_path": "/health",
+                                                "data": "/data"})
+        name = yaml.safe_load(path.read_text())["name"]
+        with pytest.raises(PolicyError) as refused:
+            up(gateway, path, ca_bundle=ca_bundle(), timeout=60)
+        # The build checks on its own too: `lock` and `verify` build without `up`'s reading of the policy.
+        image = _hashed(f"sandbox-{name}-frontend", context, "Dockerfile", None)
+        with pytest.raises(PolicyError) as refused_by_the_build:
+            gateway.build(image, egress=build_egress(ca_bundle()))
+        seen_while_refused = list(canary.hits)
+        made = labelled(docker_client, name)
+        images = docker_client.images.list(name=f"sandbox-{name}-frontend")
+        # The control: the same Dockerfile, built with nothing of ours in between, does reach the canaries.
+        unchecked = build_unchecked(docker_client, context)
+    for said in (str(refused.value), str(refused_by_the_build.value)):
+        assert f"Dockerfile:2: ADD http://127.0.0.1:{canary.port}/loopback: a remote source" in said, said
+        assert f"Dockerfile:3: ADD http://{host}:{canary.port}/host-address: a remote source" in said, said
+        assert (f"Dockerfile:4: FROM 127.0.0.1:{canary.port}/canary/base: its registry 127.0.0.1 is an IP "
+                f"address") in said, said
+    assert seen_while_refused == []
+    assert made == {"containers": [], "networks": [], "volumes": []} and images == []
+    assert "/loopback" in canary.hits and "/host-address" in canary.hits, (canary.hits, unchecked)
+    assert any(hit.startswith("/v2/") for hit in canary.hits), (canary.hits, unchecked)
+
+
+def test_a_base_images_onbuild_trigger_is_checked_before_it_runs(gateway, docker_client, tmp_path):
+    """A base image on this machine whose ONBUILD trigger would have the
+    engine fetch from the host: the policy's Dockerfile alone cannot say so
+    (`validate` passes it), the build refuses it before the trigger runs."""
+    base, child = tmp_path / "base", tmp_path / "child"
+    base.mkdir()
+    child.mkdir()
+    (child / "Dockerfile").write_text("FROM sandbox-test-onbuild-base:1\n")
+    with HttpCanary() as canary:
+        (base / "Dockerfile").write_text(f"FROM debian:bookworm-slim\n"
+                                         f"ONBUILD ADD http://127.0.0.1:{canary.port}/onbuild /onbuild\n")
+        docker_client.images.build(path=str(base), tag="sandbox-test-onbuild-base:1", rm=True)
+        try:
+            image = _hashed("sandbox-test-onbuild-child", child, "Dockerfile", None)
+            with pytest.raises(PolicyError) as refused:
+                gateway.build(image, egress=build_egress(ca_bundle()))
+            seen_while_refused = list(canary.hits)
+            unchecked = build_unchecked(docker_client, child)  # the control: the trigger does fetch
+        finally:
+            for made in docker_client.images.list(name="sandbox-test-onbuild-child"):
+                docker_client.images.remove(made.id, force=True)  # only if it was built, which it must not be
+            docker_client.images.remove("sandbox-test-onbuild-base:1", force=True)
+    assert str(refused.value).startswith(
+        f"Dockerfile:1: FROM sandbox-test-onbuild-base:1: its trigger ONBUILD ADD "
+        f"http://127.0.0.1:{canary.port}/onbuild: a remote source"), str(refused.value)
+    assert seen_while_refused == []
+    assert canary.hits == ["/onbuild"], unchecked
+
+
+LEGITIMATE = """FROM debian:bookworm-slim AS fetched
+RUN apt-get update -qq && ls /var/lib/apt/lists > /lists
+FROM {chat}
+COPY --from=fetched /lists /opt/apt-lists
+"""
+
+
+def test_a_legitimate_build_runs_and_its_base_images_are_in_the_audit(gateway, docker_client, chat_image, tmp_path):
+    context = tmp_path / "ui"
+    context.mkdir()
+    (context / "Dockerfile").write_text(LEGITIMATE.format(chat=chat_image))
+    path = write_policy(tmp_path, frontend={"build": {"context": "ui"}, "port": 8080, "health_path": "/health",
+                                            "data": "/data"})
+    name = yaml.safe_load(path.read_text())["name"]
+    try:
+        up(gateway, path, ca_bundle=ca_bundle() or host_ca_bundle(), timeout=300)
+        report = audit(gateway, name)
+    finally:
+        down(gateway, name, volumes=True)
+        for image in docker_client.images.list(name=f"sandbox-{name}-frontend"):
+            docker_client.images.remove(image.id, force=True)
+    [build] = [b for b in report["builds"] if "frontend" in b["parts"]]
+    assert build["sources"] == [
+        {"line": 1, "instruction": "FROM", "image": "debian:bookworm-slim",
+         "id": docker_client.images.get("debian:bookworm-slim").id, "pulled": False},
+        {"line": 3, "instruction": "FROM", "image": chat_image, "id": docker_client.images.get(chat_image).id,
+         "pulled": False}]
+    assert any(c["verdict"] == "allowed" and c["bytes_received"] > 0 for c in build["contacts"]), build
+
+
+FRONTING = r"""
+import os, socket, ssl
+proxy = os.environ["https_proxy"].removeprefix("http://").rstrip("/").rsplit(":", 1)
+
+def tunnel(host, server_name):
+    with socket.create_connection((proxy[0], int(proxy[1])), timeout=20) as s:
+        s.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+        assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=server_name)
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        s.sendall(outgoing.read())
+        print("tunnel", host, server_name, "ANSWERED" if s.recv(100) else "CLOSED", flush=True)
+
+def plain(host, named):
+    with socket.create_connection((proxy[0], int(proxy[1])), timeout=20) as s:
+        s.sendall(f"GET http://{host}/ HTTP/1.1\r\nHost: {named}\r\n\r\n".encode())
+        answer = s.recv(300)
+        print("plain", host, named, "PROXY-REFUSED" if b"build proxy refused" in answer else "ANSWERED", flush=True)
+
+tunnel("pypi.org", "example.org")
+tunnel("pypi.org", "pypi.org")
+plain("pypi.org", "example.org")
+plain("pypi.org", "pypi.org")
+"""
+
+
+def test_a_build_cannot_front_another_host_through_an_allowed_one(gateway, docker_client, chat_image, tmp_path):
+    """build.allow_hosts names pypi.org: a tunnel to it whose TLS asks for
+    another server, and a plain request to it for another Host, are refused;
+    the same requests for pypi.org itself go through (the control)."""
+    (tmp_path / "front.py").write_text(FRONTING)
+    (tmp_path / "Dockerfile").write_text(f"FROM {chat_image}\nCOPY front.py /front.py\nRUN python3 /front.py\n")
+    image = replace(_hashed("sandbox-test-fronting", tmp_path, "Dockerfile", None), allow_hosts=("pypi.org",))
+    lines = []
+    try:
+        contacts = gateway.build(image, on_line=lines.append, egress=build_egress(ca_bundle()))
+    finally:
+        for built in docker_client.images.list(name="sandbox-test-fronting"):
+            docker_client.images.remove(built.id, force=True)
+    said = [line for line in lines if line.startswith(("tunnel ", "plain "))]
+    assert said == ["tunnel pypi.org example.org CLOSED", "tunnel pypi.org pypi.org ANSWERED",
+                    "plain pypi.org example.org PROXY-REFUSED", "plain pypi.org pypi.org ANSWERED"], lines[-20:]
+    refused = [c for c in contacts if c["verdict"] == "refused"]
+    assert [c.get("server_name") for c in refused if c["method"] == "CONNECT"] == ["example.org"], refused
+    assert all("domain fronting" in c["reason"] for c in refused), refused
+    assert any(c["verdict"] == "allowed" and c.get("server_name") == "pypi.org" for c in contacts), contacts
