@@ -30,6 +30,8 @@ def config_file_path(key: str) -> Path | None:
         return None
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot be read ({e})") from None
+    except RecursionError:  # composing YAML recurses once per level of nesting
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
     value = config.get(key) if isinstance(config, dict) else None
     if value is None:
         return None

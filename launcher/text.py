@@ -27,7 +27,7 @@ def json_records(lines: Iterable[str], key: str) -> Iterator[dict]:
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # json.loads recurses once per level of nesting
             continue
         if isinstance(entry, dict) and key in entry:
             yield entry

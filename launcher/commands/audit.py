@@ -55,7 +55,7 @@ def attempts(gateway: DockerGateway, name: str) -> int:
     try:
         counts = json.loads(data) if data else {}
         return int(counts.get("lookups", 0)) + int(counts.get("connections", 0))
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return 0
 
 

@@ -124,7 +124,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         facts.canary_hits = list(canary.hits)
     try:
         facts.probe = json.loads(output.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         raise DockerFailure(f"the probe printed no result: {output[-2000:]}") from None
 
     if in_gvisor:
@@ -161,8 +161,9 @@ def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts)
     code, output = gateway.exec_in(container, ["python3", "-c", (IMAGES_DIR / "probe" / "probe.py").read_text(),
                                                json.dumps({"processes": True})])
     try:
+        # The front-end image's own python3 printed this: anything at all.
         seen = json.loads(output.strip().splitlines()[-1]) if code == 0 else None
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         seen = None
     if seen is None:
         facts.processes_note = "gVisor: the front-end image has no python3 to read its own processes with"

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from launcher.errors import SandboxError
+from launcher.policy.loader import event_problem
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./~+-][A-Za-z0-9_./~+ -]*")
 
@@ -75,6 +76,9 @@ def set_model_file(policy_file: Path, entry: ModelEntry, path_text: str, sha256:
 
 def _entries(text: str, policy_file: Path) -> list[yaml.MappingNode]:
     try:
+        problem = event_problem(text, str(policy_file))
+        if problem:
+            raise PolicyEditError(str(problem))
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise PolicyEditError(f"{policy_file}: not valid YAML ({e})") from None

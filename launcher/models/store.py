@@ -39,7 +39,7 @@ def provenance_path(model: Path) -> Path:
 def read_provenance(model: Path) -> dict | None:
     try:
         data = json.loads(provenance_path(model).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -25,3 +25,29 @@ def test_non_text_keys_are_refused():
     assert str(problems[0]) == "p.yaml:1:1 keys must be text; 1 is not"
     _, problems = parse("? [a]\n: b\n", "p.yaml")
     assert str(problems[0]) == "p.yaml:1:3 keys must be text"
+
+
+def parsed(text: str):
+    try:
+        return parse(text, "p.yaml")
+    except RecursionError:  # asserted outside: pytest takes minutes to show a traceback this deep
+        return "RecursionError"
+
+
+def test_nesting_deep_enough_to_exhaust_the_stack_is_refused_at_its_place():
+    # Composing recurses a few frames per level: a thousand levels exhaust Python's stack.
+    flow = "a: " + "[" * 1000 + "]" * 1000 + "\n"
+    block = "".join("  " * level + "- \n" for level in range(2000))
+    for text, place in ((flow, "1:35"), (block, "33:65")):
+        found = parsed(text)
+        assert found != "RecursionError"
+        doc, problems = found
+        assert doc is None
+        assert [str(p) for p in problems] == [f"p.yaml:{place} is nested more than 32 levels deep; "
+                                              "a policy is a few levels deep"]
+
+
+def test_nesting_up_to_the_limit_is_read():
+    doc, problems = parsed("a: " + "[" * 31 + "1" + "]" * 31 + "\n")
+    assert problems == []
+    assert doc.mark(("a",) + (0,) * 31) == (1, 35)

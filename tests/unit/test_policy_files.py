@@ -15,7 +15,10 @@ GOOD = FIXTURES / "good"
 
 
 def problems_of(name: str, directory: Path) -> list[str]:
-    policy, problems = check_policy_file(name, check_port=False)
+    try:
+        policy, problems = check_policy_file(name, check_port=False)
+    except RecursionError:  # compared outside: pytest takes minutes to show a traceback this deep
+        return ["RecursionError"]
     assert (policy is None) == bool(problems)
     return [str(p).replace(str(FIXTURES), "<fixtures>") for p in problems]
 
