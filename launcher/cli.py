@@ -4,7 +4,6 @@ Errors a user can act on are printed as messages, never as tracebacks."""
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import sys
 import time
@@ -17,14 +16,31 @@ from rich.markup import escape
 from rich.table import Table
 
 from launcher.errors import PolicyError, SandboxError
-from launcher.text import printable
+from launcher.text import json_text, printable
 
 app = typer.Typer(
     help="Run a local llama.cpp backend and a chat front-end in a hardened Docker sandbox "
          "with no route to the internet, the LAN or the host. The UI is served at 127.0.0.1 only.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class EscapingConsole(Console):
+    """Text from a sandbox's parts and its image builds reaches every output
+    (progress, errors, audit, logs, status, verify, as text or JSON), so it is
+    escaped here, where all of them pass, rather than at each call: every
+    string printed goes through `printable` (newlines kept; a caller whose
+    line must not break escapes them itself), and JSON is `json_text`."""
+
+    def print(self, *objects, **kwargs) -> None:
+        super().print(*(printable(o, keep_newlines=True) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    def print_json(self, *, data: object) -> None:
+        super().print(json_text(data), markup=False, highlight=False, emoji=False)
+
+
+# No :name: emoji codes either: a part's text is shown as it was sent.
+out = EscapingConsole(highlight=False, soft_wrap=True, emoji=False)
+err = EscapingConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON for programs.")
 ALLOWED_SIGNERS = typer.Option(
@@ -77,16 +93,18 @@ class Progress:
         if message.startswith("building image") or message.startswith("waiting"):
             self.build_started = self.last_beat = time.monotonic()
             if err.is_terminal:
-                self.status = err.status(message)
+                # The spinner's text is drawn outside print: escaped here.
+                self.status = err.status(escape(printable(message)))
                 self.status.start()
 
     def build_line(self, line: str) -> None:
+        """A line a build printed: its RUN steps' output, a stranger's to choose."""
         elapsed = time.monotonic() - self.build_started
         if self.status is not None:
-            self.status.update(f"{int(elapsed)} s  {line[:100]}")
+            self.status.update(f"{int(elapsed)} s  {escape(printable(line[:100]))}")
         elif time.monotonic() - self.last_beat >= 30:
             self.last_beat = time.monotonic()
-            err.print(f"  … {int(elapsed)} s: {line[:120]}", markup=False)
+            err.print(printable(f"  … {int(elapsed)} s: {line[:120]}"), markup=False)
 
     def hashing(self, done: int, total: int, name: str) -> None:
         if total < 256 * 1024 * 1024:
@@ -329,7 +347,7 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
         try:
             for entry in follow_audit(_gateway(), result["name"]):
                 if as_json:
-                    out.print(json.dumps(entry), markup=False, highlight=False)
+                    out.print(json_text(entry, indent=None), markup=False)
                 else:
                     when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
                     did = (f"{entry['protocol']} to {_destination(entry)}: {entry['said']}" if "protocol" in entry

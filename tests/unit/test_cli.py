@@ -64,3 +64,143 @@ def test_build_contacts_are_shown_one_line_per_destination():
         {"verdict": "refused", "host": "10.0.0.1", "port": 443, "reason": "a private address", "count": 1,
          "bytes_sent": 0, "bytes_received": 0},
     ]
+
+
+# What a hostile part or build might print: an OSC 52 clipboard write, a CSI
+# that clears the screen, a C1 CSI, a right-to-left override and an isolate.
+HOSTILE = "\x1b]52;c;cHduZWQ=\x07 \x1b[2J \x9b31m \u202etxt.exe \u2066x\u2069"
+RAW = "\x1b\x07\x9b\u202e\u2066\u2069"
+
+
+def shown_escaped(text: str) -> bool:
+    """Nothing raw that a terminal would obey, and the hostile text there, escaped."""
+    return (not [c for c in text if c in RAW]
+            and ("\\x1b]52;c;cHduZWQ=\\x07 \\x1b[2J \\x9b31m \\u202etxt.exe \\u2066x\\u2069" in text
+                 or "\\u001b]52;c;cHduZWQ=\\u0007 \\u001b[2J \\u009b31m \\u202etxt.exe \\u2066x\\u2069" in text))
+
+
+def hostile_audit() -> dict:
+    return {"name": "demo", "builds": [{"image": "sandbox-ui:1", "parts": ["frontend"], "contacts": [
+                {"verdict": "refused", "host": HOSTILE, "port": 80, "reason": HOSTILE}]}],
+            "names": [{"name": HOSTILE, "parts": ["frontend"], "count": 1, "answer": None}],
+            "lookups": [{"time": 1.0, "part": "frontend", "name": HOSTILE, "type": "A", "answer": None}],
+            "destinations": [{"protocol": "tcp", "name": HOSTILE, "address": "198.18.0.5", "port": 80, "count": 1,
+                              "parts": ["frontend"], "said": [HOSTILE], "bodies": [HOSTILE]}],
+            "connections": [{"time": 1.0, "part": "frontend", "protocol": "tcp", "name": HOSTILE,
+                             "address": "198.18.0.5", "port": 80, "said": HOSTILE,
+                             "http": {"method": "POST", "host": HOSTILE, "path": "/", "body": HOSTILE}}],
+            "ingress_refused": [f"refused no-token GET /{HOSTILE}"]}
+
+
+def test_audit_escapes_what_parts_sent_in_text_and_json(monkeypatch):
+    import launcher.commands.audit
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.audit, "audit", lambda gateway, target, since=None: hostile_audit())
+    text = runner.invoke(app, ["audit"])
+    assert text.exit_code == 0, text.output
+    assert shown_escaped(text.stdout), text.stdout
+    # Each record stays on its line: a newline in a name cannot forge another.
+    assert "x\\u2069  (by frontend)" in text.stdout
+    as_json = runner.invoke(app, ["audit", "--json"])
+    assert as_json.exit_code == 0
+    assert shown_escaped(as_json.stdout), as_json.stdout
+    assert json.loads(as_json.stdout) == hostile_audit()  # programs get exactly what was recorded
+
+    monkeypatch.setattr(launcher.commands.audit, "follow", lambda gateway, name: iter(hostile_audit()["connections"]))
+    followed = runner.invoke(app, ["audit", "--follow", "--json"])
+    assert shown_escaped(followed.stdout), followed.stdout
+    assert [json.loads(line) for line in followed.stdout.splitlines()[-1:]] == hostile_audit()["connections"]
+
+
+def test_a_builds_lines_and_its_failure_are_escaped(monkeypatch):
+    import launcher.commands.up
+    from launcher.errors import BuildFailure
+
+    def hostile_build(gateway, policy, *, on_build_line, say, **options):
+        on_build_line(HOSTILE)
+        say(f"the build said {HOSTILE}")
+        raise BuildFailure("sandbox-ui:1", "The command '/bin/sh -c printf' returned a non-zero code: 1", [HOSTILE])
+
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.up, "up", hostile_build)
+    for command in (["up", "policy.yaml"], ["up", "policy.yaml", "--json"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1
+        assert shown_escaped(result.stderr), result.stderr
+        assert "last lines of the build:\n  \\x1b]52" in result.stderr
+        assert "Traceback" not in result.output
+    assert shown_escaped(result.stdout) and json.loads(result.stdout)["ok"] is False
+
+
+def test_build_lines_on_a_terminal_are_escaped_in_the_spinner_too(monkeypatch):
+    """On a terminal the build's last line is drawn by the spinner, outside print."""
+    import io
+
+    import launcher.cli
+    screen = io.StringIO()
+    monkeypatch.setattr(launcher.cli, "err", launcher.cli.EscapingConsole(file=screen, force_terminal=True,
+                                                                          emoji=False))
+    progress = launcher.cli.Progress()
+    progress.say(f"building image sandbox-ui:1 {HOSTILE}")
+    progress.build_line(f"[link=https://evil.example]{HOSTILE}")
+    progress.close()  # stopping the spinner draws its last text, whatever the refresh timer did
+    drawn = screen.getvalue()
+    assert "\x1b]52" not in drawn and not [c for c in drawn if c in "\x07\x9b\u202e\u2066\u2069"], repr(drawn)
+    assert "\\x1b]52;c;cHduZWQ=\\x07" in drawn and "[link=https://evil.example]" in drawn
+    assert "\x1b]8;" not in drawn  # no hyperlink made of the line's markup
+
+
+def test_logs_status_and_verify_escape_what_parts_wrote(monkeypatch):
+    import launcher.commands.logs
+    import launcher.commands.status
+    import launcher.commands.verify
+    from launcher.commands.verify import VerifyResult
+    from launcher.verify import Row
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.logs, "logs", lambda *a, **k: iter([HOSTILE, "ready"]))
+    sandboxes = [{"name": "demo", "url": "http://127.0.0.1:8080/", "healthy": False, "policy": "p.yaml",
+                  "token": "t", "problems": [f"the front-end did not become ready: {HOSTILE}"],
+                  "signed_by": {"principal": HOSTILE, "key": HOSTILE}, "attempts": 0,
+                  "parts": [{"part": "frontend", "state": "running", "health": None, "restarts": 0}]}]
+    monkeypatch.setattr(launcher.commands.status, "status", lambda *a, **k: sandboxes)
+    verified = VerifyResult("demo", [Row("external DNS", "resolve", "PASS", f"the sink logged {HOSTILE}")],
+                            drift=[f"recreate container x: {HOSTILE}"])
+    monkeypatch.setattr(launcher.commands.verify, "verify", lambda *a, **k: verified)
+    for command in (["logs", "frontend"], ["status"], ["status", "--json"], ["verify"], ["verify", "--json"]):
+        result = runner.invoke(app, command)
+        assert "Traceback" not in result.output, command
+        assert shown_escaped(result.stdout), (command, result.stdout)
+    assert json.loads(runner.invoke(app, ["status", "--json"]).stdout)["sandboxes"] == sandboxes
+
+
+def test_a_part_that_never_became_ready_has_its_log_tail_escaped(monkeypatch):
+    import launcher.commands.up
+    from launcher.errors import NotReady
+
+    def never_ready(gateway, policy, **options):
+        raise NotReady("front-end", "timed out", [HOSTILE, "listening"])
+
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.up, "up", never_ready)
+    result = runner.invoke(app, ["up", "policy.yaml"])
+    assert result.exit_code == 1 and shown_escaped(result.stderr), result.stderr
+    assert "last lines of its log:\n  \\x1b]52" in result.stderr and "\n  listening" in result.stderr
+
+
+def test_a_policys_own_text_in_its_problems_is_escaped(tmp_path):
+    """A policy is someone else's file too: its keys come back in the problems."""
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nname: demo\n\u202eprivileged\u2066: true\n")
+    result = runner.invoke(app, ["validate", "--no-port-check", str(policy)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "\\u202eprivileged\\u2066" in result.stderr
+    assert not [c for c in result.stderr if c in RAW]
+
+
+def test_a_policy_nested_a_thousand_levels_deep_is_a_message_not_a_traceback(monkeypatch):
+    monkeypatch.chdir(FIXTURES / "bad")
+    result = runner.invoke(app, ["validate", "--no-port-check", "nested-too-deep.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == ("nested-too-deep.yaml:10:41 is nested more than 32 levels deep; "
+                             "a policy is a few levels deep\n")
+    assert not isinstance(result.exception, RecursionError)
