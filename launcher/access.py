@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from launcher.errors import NotFound
+from launcher.private import private_directory, write_private
 
 TOKEN_ENV = "SANDBOX_ACCESS_TOKEN"
 LINK_PARAMETER = "sandbox_token"
@@ -70,12 +71,7 @@ def saved_token(sandbox: str) -> str | None:
 def save_token(sandbox: str, token: str) -> None:
     """Write the token readable by its owner only, replacing any old one whole."""
     path = token_file(sandbox)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(temporary, path)
+    write_private(private_directory(path.parent) / path.name, token + "\n")
 
 
 def forget_token(sandbox: str) -> None:

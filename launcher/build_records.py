@@ -9,11 +9,11 @@ built again for any other policy; a tag that now points anywhere else (a
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 from launcher.access import state_dir
+from launcher.private import private_directory, write_private
 
 MAX_IDS = 16  # IDs kept per tag (a tag is rebuilt from the same inputs now and then)
 
@@ -62,10 +62,7 @@ def _with(old: dict, image_id: str | None, how: str) -> list[dict]:
 
 def _write(tag: str, record: dict) -> None:
     path = record_path(tag)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record))
-    os.replace(temporary, path)
+    write_private(private_directory(path.parent) / path.name, json.dumps(record))
 
 
 def load(tag: str) -> dict | None:

@@ -590,8 +590,7 @@ def render(policy: Path = typer.Argument(..., help="The policy file."),
     """Write the sandbox a policy describes for another engine: Kubernetes manifests or a compose file.
 
     The same spec as `sandbox up`, with the same isolation (docs/kubernetes.md). Fresh secrets each time."""
-    import os
-
+    from launcher.private import write_private
     from launcher.render import TARGETS
     from launcher.render import render as run_render
     if target not in TARGETS:
@@ -601,9 +600,7 @@ def render(policy: Path = typer.Argument(..., help="The policy file."),
     if output is None:
         out.print(text, markup=False, end="")
         return
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    write_private(output, text)
     token = spec.container("ingress").env_value("SANDBOX_ACCESS_TOKEN")
     port = spec.url.rsplit(":", 1)[1].strip("/")
     if target == "kubernetes":

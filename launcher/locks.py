@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from launcher.access import is_sandbox_name, state_dir
+from launcher.private import private_directory
 
 
 @contextmanager
@@ -18,8 +19,7 @@ def sandbox_lock(name: str, say: Callable[[str], None] | None = None) -> Iterato
     if not is_sandbox_name(name):  # no such sandbox can exist: nothing to guard
         yield
         return
-    directory = state_dir() / "locks"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory = private_directory(state_dir() / "locks")
     fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

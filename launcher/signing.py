@@ -21,6 +21,7 @@ from pathlib import Path
 from launcher.access import token_file
 from launcher.config import config_file_path
 from launcher.errors import NotFound, SandboxError
+from launcher.private import private_directory, write_private
 
 NAMESPACE = "sandbox-policy"  # a signature for something else (a commit, a file) is not one for a policy
 ALLOWED_SIGNERS_ENV = "SANDBOX_ALLOWED_SIGNERS"
@@ -49,8 +50,7 @@ def remember_signer(sandbox: str, signer: Signer | None) -> None:
     if signer is None:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_text(json.dumps(signer.to_dict()) + "\n")
+    write_private(private_directory(path.parent) / path.name, json.dumps(signer.to_dict()) + "\n")
 
 
 def remembered_signer(sandbox: str) -> dict | None:

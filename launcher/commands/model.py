@@ -34,6 +34,7 @@ from launcher.models.sources import (
 )
 from launcher.policy.files import GGUF_MAGIC, remember_sha256, sha256_of
 from launcher.policy.model import Policy
+from launcher.private import private_directory
 
 Say = Callable[[str], None]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -78,7 +79,7 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
         expected = expected or from_policy
 
     store = model_store.store_dir()
-    store.mkdir(parents=True, exist_ok=True)
+    private_directory(store)
     contacts = Contacts()
     provenance: dict = {"source": str(source)}
     download_url, auth = None, {}
@@ -115,7 +116,7 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
                         f"--name NAME.gguf")
 
     partial = model_store.partial_dir(store)
-    partial.mkdir(exist_ok=True)
+    private_directory(partial)
     part = partial / (name + ".part")
     _forget_other_partial(part, str(source))
     if isinstance(source, FileSource):

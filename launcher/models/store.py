@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from launcher.config import config_file_path
+from launcher.private import write_private
 
 MODEL_DIR_ENV = "SANDBOX_MODEL_DIR"
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -45,10 +46,7 @@ def read_provenance(model: Path) -> dict | None:
 
 
 def write_provenance(model: Path, provenance: dict) -> None:
-    path = provenance_path(model)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    write_private(provenance_path(model), json.dumps(provenance, indent=2, sort_keys=True) + "\n")
 
 
 def models_in(store: Path) -> list[Path]:

@@ -12,6 +12,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from launcher.errors import SandboxError
+from launcher.private import private_directory, write_private
+
 GGUF_MAGIC = b"GGUF"
 CHUNK = 4 * 1024 * 1024
 HASH_ALWAYS_ENV = "SANDBOX_HASH_ALWAYS"
@@ -76,12 +79,8 @@ def _write_cache(cache: dict) -> None:
     # A cache that cannot be written only costs time, never correctness.
     path = cache_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(cache, f)
-        os.replace(tmp, path)
-    except OSError:
+        write_private(private_directory(path.parent) / path.name, json.dumps(cache))
+    except (OSError, SandboxError):
         pass
 
 

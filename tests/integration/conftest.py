@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -122,3 +124,18 @@ def sandbox(gateway, docker_client, tmp_path_factory):
     yield result, path
     down(gateway, result.name, volumes=True)
     assert labelled(docker_client, result.name) == {"containers": [], "networks": [], "volumes": []}
+
+OTHER_USER = "sandbox-other-user"
+
+
+@pytest.fixture(scope="session")
+def other_user():
+    """A second local user of this machine: a stranger (docs/threats.md)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a second local user needs root")
+    try:
+        pwd.getpwnam(OTHER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
+                       check=True)
+    return pwd.getpwnam(OTHER_USER)

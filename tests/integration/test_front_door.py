@@ -4,8 +4,6 @@ access token's life across down, up and --new-token."""
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -18,9 +16,6 @@ from launcher.commands.down import down
 from launcher.commands.status import status
 from launcher.commands.up import up
 from tests.integration.conftest import ca_bundle, ui_json, write_policy
-
-OTHER_USER = "sandbox-other-user"
-
 
 def test_a_foreign_host_gets_no_history(sandbox):
     """curl -H 'Host: evil.example:8080' http://127.0.0.1:8080/api/history"""
@@ -43,18 +38,6 @@ def test_status_gives_the_owner_the_link_and_token(sandbox, gateway):
     [report] = status(gateway, result.name)
     assert report["token"] == result.token and report["access_link"] == result.access_link
     assert report["access_link"] == f"{result.url}?sandbox_token={result.token}"
-
-
-@pytest.fixture(scope="module")
-def other_user():
-    if os.geteuid() != 0:
-        pytest.skip("making a second local user needs root")
-    try:
-        pwd.getpwnam(OTHER_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
-                       check=True)
-    return pwd.getpwnam(OTHER_USER)
 
 
 AS_OTHER_USER = """
