@@ -89,7 +89,8 @@ class Progress:
 
     def say(self, message: str) -> None:
         self._stop()
-        err.print(f"[bold]•[/bold] {escape(message)}", markup=True, highlight=False)
+        # One line each: a newline in a name a part looked up must not start a line of its own.
+        err.print(f"[bold]•[/bold] {escape(printable(message))}", markup=True, highlight=False)
         if message.startswith("building image") or message.startswith("waiting"):
             self.build_started = self.last_beat = time.monotonic()
             if err.is_terminal:

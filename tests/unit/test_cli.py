@@ -119,6 +119,7 @@ def test_a_builds_lines_and_its_failure_are_escaped(monkeypatch):
     def hostile_build(gateway, policy, *, on_build_line, say, **options):
         on_build_line(HOSTILE)
         say(f"the build said {HOSTILE}")
+        say("while starting, parts tried to reach 1 outside name(s): evil.example\n• sandbox demo is up")
         raise BuildFailure("sandbox-ui:1", "The command '/bin/sh -c printf' returned a non-zero code: 1", [HOSTILE])
 
     monkeypatch.setattr("launcher.cli._gateway", lambda: None)
@@ -128,6 +129,7 @@ def test_a_builds_lines_and_its_failure_are_escaped(monkeypatch):
         assert result.exit_code == 1
         assert shown_escaped(result.stderr), result.stderr
         assert "last lines of the build:\n  \\x1b]52" in result.stderr
+        assert "evil.example\\x0a• sandbox demo is up" in result.stderr  # no line forged by a name
         assert "Traceback" not in result.output
     assert shown_escaped(result.stdout) and json.loads(result.stdout)["ok"] is False
 
