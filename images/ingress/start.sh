@@ -15,4 +15,10 @@ sed -e "s/@NAME@/$SANDBOX_NAME/g" -e "s/@TOKEN@/$SANDBOX_ACCESS_TOKEN/g" \
     -e "s/@PUBLIC_PORT@/$SANDBOX_PUBLIC_PORT/g" -e "s/@LISTEN_PORT@/$SANDBOX_LISTEN_PORT/g" \
     -e "s/@UPSTREAM@/$SANDBOX_UPSTREAM/g" /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
 echo "ingress: listening on :$SANDBOX_LISTEN_PORT for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream $SANDBOX_UPSTREAM"
-exec nginx -e stderr -c /tmp/nginx/nginx.conf -g 'daemon off;'
+# Everything nginx writes passes through here on its way to the container's
+# log, which the token must never reach: nginx's own error lines quote the
+# request line and Host of the request at fault (a body too large, a UI that
+# is down), and only the refusal log's fields go through sandbox.js.
+rm -f /tmp/nginx/log && mkfifo /tmp/nginx/log
+LC_ALL=C sed -u "s/$SANDBOX_ACCESS_TOKEN/.../g" < /tmp/nginx/log &
+exec nginx -e stderr -c /tmp/nginx/nginx.conf -g 'daemon off;' > /tmp/nginx/log 2>&1

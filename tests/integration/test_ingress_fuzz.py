@@ -1,6 +1,7 @@
 """The ingress image alone, in front of a recording upstream, under a stream
 of malformed, random and hostile requests (pipelined too). It never crashes,
-never passes on a request its rules forbid, and keeps serving its owner.
+never passes on a request its rules forbid, never lets a sandbox's token or
+cookie through either way or into its log, and keeps serving its owner.
 
 The rules are restated here as a small model (`allowed`): every request the
 upstream saw must be one the model allows, and the clean requests the model
@@ -22,8 +23,22 @@ from tests.integration.conftest import ca_bundle, free_port  # noqa: E402
 
 NAME = "fuzz"
 TOKEN = "F" * 20 + "uzz_token-" + "0" * 13
+OTHER_TOKEN = "O" * 20 + "ther_token-" + "0" * 12  # another sandbox's, whose cookie the browser sends too
+# The recorder's answer to a path with SET_COOKIES_MARK in it (a mark the
+# fuzzed paths cannot have), and to an upgrade to a WebSocket there: the UI's
+# own cookies, among cookies that would plant or overwrite sandboxes' own.
+SET_COOKIES_MARK = "Set-Cookies"
+UI_SET_COOKIES = ("ui-session=abc; Path=/; HttpOnly", "ui-theme=dark, blue; Max-Age=60")
+SET_COOKIES = (f"sandbox-other={OTHER_TOKEN}; Path=/", UI_SET_COOKIES[0], f"sandbox-{NAME}=planted; Path=/",
+               "SANDBOX-OTHER=planted", "=sandbox-other=planted", "sandbox-other", UI_SET_COOKIES[1])
+# What a browser sends every sandbox on 127.0.0.1, since cookies ignore ports:
+# other sandboxes' tokens, and cookies a page may have planted.
+SANDBOX_COOKIES = (f"sandbox-other={OTHER_TOKEN}", f"sandbox-b={OTHER_TOKEN}", f"SANDBOX-C={OTHER_TOKEN}",
+                   f"=sandbox-d={OTHER_TOKEN}", f"sandbox-{NAME}=stale", "sandbox-e")
+UI_COOKIES = ("ui-a=1", "ui-b=2")
 RECORDER = r"""
-import http.server, json
+import http.server, json, sys
+MARK, SET_COOKIES = sys.argv[1], json.loads(sys.argv[2])
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def any(self):
@@ -31,7 +46,18 @@ class H(http.server.BaseHTTPRequestHandler):
         self.rfile.read(n)
         print(json.dumps({"method": self.command, "path": self.path,
                           "headers": [[k, v] for k, v in self.headers.items()]}), flush=True)
-        self.send_response(200)
+        marked = MARK in self.path
+        upgrade = marked and bool(self.headers.get("Upgrade"))
+        self.send_response(101 if upgrade else 200)
+        if marked:
+            for cookie in SET_COOKIES:
+                self.send_header("Set-Cookie", cookie)
+        if upgrade:
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.close_connection = True
+            return
         self.send_header("Content-Length", "2")
         self.send_header("Access-Control-Allow-Origin", "*")
         self.end_headers()
@@ -59,7 +85,8 @@ def door(gateway, docker_client):
     upstream = ingress_container = None
     try:
         upstream = docker_client.containers.run(
-            chat.tag, entrypoint=["python3", "-c", RECORDER], name=f"sandbox-fuzz-{run}-up", detach=True,
+            chat.tag, entrypoint=["python3", "-c", RECORDER],
+            command=[SET_COOKIES_MARK, json.dumps(SET_COOKIES)], name=f"sandbox-fuzz-{run}-up", detach=True,
             network=network.name, labels=labels, **HARDENED)
         network.disconnect(upstream)
         network.connect(upstream, aliases=["frontend"])
@@ -134,7 +161,7 @@ def allowed(case: dict, port: int) -> bool:
     if case["origin"] not in origins or any(k.lower() == "host" for k, _ in case["extra"]):
         return False
     authed = case["credential"] in ("cookie", "bearer")
-    if not authed or "sandbox_token=" in case["target"]:
+    if not authed or "sandbox_token=" in case["target"].lower():
         return False
     changes = case["method"] not in ("GET", "HEAD", "OPTIONS") or case["upgrade"]
     return not (changes and case["origin"] is None and case["credential"] != "bearer")
@@ -150,7 +177,9 @@ def cases(port: int):
     return st.fixed_dictionaries({
         "method": st.sampled_from(STANDARD + ("CONNECT", "TRACE", "get", "G ET", "PRI")),
         "target": st.one_of(st.sampled_from(["/", "/api/history", "/?sandbox_token=" + TOKEN,
-                                             "/?sandbox_token=wrong", "*", "http://example.com/",
+                                             "/?sandbox_token=wrong", "/?SANDBOX_TOKEN=" + TOKEN,
+                                             f"/?sandbox_token=&sandbox_token={TOKEN}&x=1",
+                                             "*", "http://example.com/",
                                              "example.com:443", "//evil.example/", "/%2e%2e/x"]),
                             st.from_regex(r"/[a-z0-9/._~-]{0,20}", fullmatch=True)),
         "host": st.sampled_from([own(port), f"localhost:{port}", f"evil.example:{port}", "127.0.0.1",
@@ -161,6 +190,8 @@ def cases(port: int):
                                    f"http://localhost:{port + 1}"]),
         "fetch_site": st.sampled_from([None, "none", "same-origin", "same-site", "cross-site", "bogus"]),
         "upgrade": st.booleans(),
+        "jar": jars(),
+        "cookie_headers": st.integers(min_value=1, max_value=3),
         "extra": st.lists(st.sampled_from([
             ("Host", "evil.example"), ("Transfer-Encoding", "chunked"), ("Content-Length", "abc"),
             ("X-Forwarded-Host", "evil.example"), ("Authorization", "Basic Zm9vOmJhcg=="),
@@ -179,22 +210,40 @@ def good_cases(port: int):
         "origin": st.sampled_from([None, f"http://{own(port)}"]),
         "fetch_site": st.sampled_from([None, "none", "same-origin"]),
         "upgrade": st.just(False),
+        "jar": jars(),
+        "cookie_headers": st.integers(min_value=1, max_value=3),
         "extra": st.just(()),
     })
+
+
+def jars():
+    """Other sandboxes' cookies, as many as a browser may hold."""
+    return st.lists(st.sampled_from(SANDBOX_COOKIES), max_size=8)
+
+
+def cookie_pairs(case: dict) -> list[str]:
+    """The cookies a case sends: the UI's own around the sandboxes', the
+    credential's among them."""
+    credential = {"cookie": f"sandbox-{NAME}={TOKEN}", "wrong-cookie": f"sandbox-{NAME}=nope",
+                  "other-sandbox-cookie": f"sandbox-other={TOKEN}"}.get(case["credential"])
+    jar = case["jar"]
+    sandboxes = jar[:len(jar) // 2] + ([credential] if credential else []) + jar[len(jar) // 2:]
+    return [UI_COOKIES[0], *sandboxes, UI_COOKIES[1]] if sandboxes else []
 
 
 def encode(case: dict, nonce: str, last: bool = False) -> bytes:
     target = case["target"]
     if target.startswith("/"):  # mark it, so the upstream's record can be matched to it
         target = f"/{nonce}{target}"
-    cookie = {"cookie": f"a=1; sandbox-{NAME}={TOKEN}", "wrong-cookie": f"sandbox-{NAME}=nope",
-              "other-sandbox-cookie": f"sandbox-other={TOKEN}"}.get(case["credential"])
-    extra = case["extra"]
+    pairs = cookie_pairs(case)
+    per_header = max(1, -(-len(pairs) // case["cookie_headers"]))
+    cookies = tuple(("Cookie", "; ".join(pairs[i:i + per_header])) for i in range(0, len(pairs), per_header))
+    extra = cookies + case["extra"]
     if last and not case["upgrade"]:
         extra = extra + (("Connection", "close"),)  # so the exchange ends when the answers do
     if case["credential"] == "wrong-bearer":
         extra = (("Authorization", "Bearer " + "x" * len(TOKEN)),) + extra
-    return request(case["method"], target, case["host"], cookie=cookie, bearer=case["credential"] == "bearer",
+    return request(case["method"], target, case["host"], bearer=case["credential"] == "bearer",
                    origin=case["origin"], fetch_site=case["fetch_site"], upgrade=case["upgrade"], extra=extra)
 
 
@@ -234,6 +283,10 @@ def test_hostile_requests_never_get_past_the_rules(door):
         assert allowed(case, port), (case, record)
         headers = {k.lower(): v for k, v in record["headers"]}
         assert TOKEN not in json.dumps(record), record  # neither cookie nor bearer is passed on
+        assert OTHER_TOKEN not in json.dumps(record), record
+        # Every sandbox-* cookie is gone; the UI's own pass, in order.
+        cookies = [v for k, v in record["headers"] if k.lower() == "cookie"]
+        assert cookies == (["; ".join(UI_COOKIES)] if cookie_pairs(case) else []), (case, record)
         assert headers.get("host", "").lower() in (own(port), f"localhost:{port}")
     # The control: the clean requests the rules allow did get through.
     expected = [n for n, c in sent.items() if c["expected"]]
@@ -242,6 +295,9 @@ def test_hostile_requests_never_get_past_the_rules(door):
     ingress.reload()
     assert ingress.status == "running" and ingress.attrs["RestartCount"] == 0
     assert exchange(port, request("GET", "/after", own(port), bearer=True)) == [200]
+    log = ingress.logs().decode(errors="replace")
+    # sandbox.js failing on a request would leave what it computes empty.
+    assert TOKEN not in log and "js exception" not in log, log[-2000:]
 
 
 def test_a_pipelined_proxy_request_is_refused_and_logged(door):
@@ -252,6 +308,106 @@ def test_a_pipelined_proxy_request_is_refused_and_logged(door):
            + request("GET", "http://example.com/", own(port), bearer=True))
     statuses = exchange(port, raw)
     assert statuses[0] == 200 and statuses[1:] and all(s in (400, 405) for s in statuses[1:]), statuses
+    recorded(upstream, nonce)
     assert list(seen_by_upstream(upstream)).count(nonce) == 1
-    log = ingress.logs().decode(errors="replace")
-    assert "reason=proxy-request" in log and "CONNECT example.com:443" in log
+    log = log_line(ingress, "CONNECT example.com:443")
+    assert "reason=proxy-request" in log
+
+
+def answer_head(port: int, raw: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """The status and header lines of the first answer on a connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(raw)
+        data = b""
+        while b"\r\n\r\n" not in data and (chunk := s.recv(65536)):
+            data += chunk
+    status_line, *lines = data.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+    return int(status_line.split()[1]), [tuple(part.strip() for part in line.split(":", 1)) for line in lines]
+
+
+def log_line(container, needle: str) -> str:
+    """The container's whole log, once a line with `needle` is in it: the
+    line is written after the answer is sent, so the test waits for it."""
+    deadline = time.monotonic() + 20
+    while needle not in (log := container.logs().decode(errors="replace")):
+        assert time.monotonic() < deadline, f"{needle!r} never reached the log:\n{log[-2000:]}"
+        time.sleep(0.1)
+    return log
+
+
+def recorded(upstream, nonce: str) -> dict:
+    log_line(upstream, f'"/{nonce}')
+    return seen_by_upstream(upstream)[nonce]
+
+
+def test_no_sandbox_cookie_reaches_the_ui(door):
+    """The browser sends every sandbox on 127.0.0.1 the cookies of all of
+    them: the UI gets none, however many, in however many Cookie headers."""
+    port, upstream, _ = door
+    nonce = f"c{uuid.uuid4().hex[:12]}"
+    first = [UI_COOKIES[0], *SANDBOX_COOKIES[:3], f"sandbox-{NAME}={TOKEN}", "sandbox-f=6"]
+    second = ["sandbox-g=7", *SANDBOX_COOKIES[3:], UI_COOKIES[1], "Sandbox-H=8"]
+    raw = request("GET", f"/{nonce}", own(port),
+                  extra=(("Cookie", "; ".join(first)), ("Cookie", "; ".join(second)), ("Connection", "close")))
+    # The control: this sandbox's cookie, among nine others, still lets its owner in.
+    assert exchange(port, raw) == [200]
+    record = recorded(upstream, nonce)
+    assert [v for k, v in record["headers"] if k.lower() == "cookie"] == ["; ".join(UI_COOKIES)], record
+    assert TOKEN not in json.dumps(record) and OTHER_TOKEN not in json.dumps(record), record
+
+
+@pytest.mark.parametrize("upgrade", [False, True], ids=["answer", "websocket-upgrade"])
+def test_the_ui_cannot_set_a_sandbox_cookie(door, upgrade):
+    """A UI's Set-Cookie for a sandbox-* name would plant or overwrite the
+    access cookie of this sandbox or another (cookies ignore ports)."""
+    port, _, _ = door
+    target = f"/{uuid.uuid4().hex[:12]}/{SET_COOKIES_MARK}"
+    raw = request("GET", target, own(port), bearer=True, origin=f"http://{own(port)}", upgrade=upgrade)
+    status, headers = answer_head(port, raw)
+    assert status == (101 if upgrade else 200)
+    # The UI's own cookies pass, each as its own header, in its order.
+    assert [v for k, v in headers if k.lower() == "set-cookie"] == list(UI_SET_COOKIES), headers
+    # The control: the access link still sets this sandbox's cookie.
+    status, headers = answer_head(port, request("GET", f"/?sandbox_token={TOKEN}", own(port)))
+    assert status == 302
+    assert [v for k, v in headers if k.lower() == "set-cookie"] == [
+        f"sandbox-{NAME}={TOKEN}; Path=/; HttpOnly; SameSite=Strict"], headers
+
+
+def test_the_token_never_reaches_the_log(door):
+    """Every way a token can come in a request that the ingress logs: its own
+    log lines, and nginx's error lines, which quote the request line and Host."""
+    port, _, ingress = door
+    encoded = "".join(f"%{ord(c):02X}" for c in TOKEN[:3]) + TOKEN[3:]
+    ours = f"sandbox-{NAME}={TOKEN}"
+
+    def get(target, host=own(port), **headers):
+        return request("GET", target, host, extra=(("Connection", "close"),), **headers)
+
+    # Each is marked with a nonce in a field that is logged.
+    attacks = {
+        "name in capitals": (302, lambda n: get(f"/{n}/?SANDBOX_TOKEN={TOKEN}")),
+        "name in mixed case": (302, lambda n: get(f"/{n}/?Sandbox_Token={TOKEN}&x=1")),
+        "doubled": (401, lambda n: get(f"/{n}/?sandbox_token={TOKEN}&sandbox_token={TOKEN}")),
+        "an empty one first": (401, lambda n: get(f"/{n}/?sandbox_token=&SANDBOX_TOKEN={TOKEN}", cookie=ours)),
+        "another sandbox's": (401, lambda n: get(f"/{n}/?sandbox_token={OTHER_TOKEN}")),
+        "in the path": (401, lambda n: get(f"/{n}/{TOKEN}")),
+        "in another parameter": (401, lambda n: get(f"/{n}/?next={TOKEN}")),
+        "percent-encoded": (403, lambda n: get(f"/{encoded}", fetch_site=n)),
+        "in a foreign Host": (421, lambda n: get(f"/{n}/", f"{TOKEN}.example:{port}", cookie=ours)),
+        "in an Origin": (403, lambda n: get(f"/{n}/", origin=f"http://{TOKEN}.example")),
+        "as Sec-Fetch-Site": (403, lambda n: get(f"/{n}/", fetch_site=TOKEN)),
+        # nginx refuses it before any rule, and writes an error line.
+        "in a body too large": (413, lambda n: (f"POST /{n}/{TOKEN} HTTP/1.1\r\nHost: {TOKEN}:{port}\r\n"
+                                                f"Content-Length: {10 ** 11}\r\n\r\n").encode()),
+    }
+    nonces = {}
+    for what, (status, make) in attacks.items():
+        nonces[what] = nonce = f"t{uuid.uuid4().hex[:12]}"
+        assert exchange(port, make(nonce)) == [status], what
+        log = log_line(ingress, nonce)
+        assert TOKEN not in log and OTHER_TOKEN not in log and encoded not in log, (what, log[-2000:])
+    # The controls: the log still says what it is for, less the token.
+    assert f'access link used: status=302 reason=login request="GET /{nonces["name in capitals"]}/' \
+           f'?SANDBOX_TOKEN=... HTTP/1.1"' in log
+    assert f'request: "POST /{nonces["in a body too large"]}/... HTTP/1.1"' in log

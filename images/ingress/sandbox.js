@@ -1,0 +1,146 @@
+// What of a request the front-end and the log get, and what of the
+// front-end's answer the browser gets: never a sandbox's access token or
+// cookie (docs/security.md, "The front door"). nginx's maps cannot loop, and
+// a request may carry any number of cookies and parameters.
+//
+// nginx's variables come as njs byte strings, one character per byte, which
+// may not be valid UTF-8. What is passed on or logged is cut from them, so
+// their bytes stay as they came; what is only looked at goes through
+// `latin1` first. No regular expression reads them: njs 0.7's throw on
+// strings of both kinds, and on offsets past a non-ASCII character.
+
+function latin1(bytes) {
+    let text = '';
+    for (let i = 0; i < bytes.length; i++) {
+        text += String.fromCharCode(bytes.charCodeAt(i));
+    }
+    return text;
+}
+
+// Cookies ignore ports: the browser sends the cookies of every sandbox on
+// 127.0.0.1 to each of them. A name is compared as browsers and servers may
+// read it: without case, and after the "=" of a nameless cookie.
+function isSandboxCookie(pair) {
+    const text = latin1(pair);
+    let start = 0;
+    while (start < text.length && ' \t\n\v\f\r='.includes(text[start])) {
+        start++;
+    }
+    return text.slice(start, start + 8).toLowerCase() === 'sandbox-';
+}
+
+// The Cookie header the front-end gets: the request's cookies (every Cookie
+// header, as nginx joins them) less every sandbox-* one.
+function upstreamCookie(r) {
+    return (r.variables.http_cookie || '').split(';').filter((pair) => !isSandboxCookie(pair))
+        .map((pair) => pair.trim()).filter((pair) => pair !== '').join('; ');
+}
+
+// The front-end may not plant or overwrite a sandbox's cookie, this one's or
+// another's, from its answers (a WebSocket upgrade's too). The ingress's own
+// answers (the access link's) are not the front-end's.
+function dropSandboxSetCookies(r) {
+    if (!r.variables.upstream_addr) {
+        return;
+    }
+    const all = r.headersOut['Set-Cookie'];
+    const kept = all.filter((cookie) => !isSandboxCookie(cookie));
+    if (kept.length !== all.length) {
+        delete r.headersOut['Set-Cookie'];
+        if (kept.length) {
+            r.headersOut['Set-Cookie'] = kept;
+        }
+    }
+}
+
+function isHexPair(text) {
+    return text.length === 2 && '0123456789abcdefABCDEF'.includes(text[0])
+        && '0123456789abcdefABCDEF'.includes(text[1]);
+}
+
+// %XX sequences decoded, malformed ones left as they are, until nothing
+// changes: a doubly encoded name or token is found too.
+function percentDecoded(text) {
+    for (;;) {
+        const parts = text.split('%');
+        const decoded = parts[0] + parts.slice(1).map((part) => isHexPair(part.slice(0, 2))
+            ? String.fromCharCode(parseInt(part.slice(0, 2), 16)) + part.slice(2) : '%' + part).join('');
+        if (decoded === text) {
+            return text;
+        }
+        text = decoded;
+    }
+}
+
+// A parameter the ingress reads as the access link's token, as a
+// front-end's framework would read it: without case, percent-decoded.
+function isTokenParameter(name) {
+    return percentDecoded(name).toLowerCase() === 'sandbox_token';
+}
+
+// Each parameter of the query in `text` (a target, or a request line, where
+// the target ends at a space): its name, and where its value starts and
+// ends in `text` (hasValue false: no "=").
+function parameters(text) {
+    const query = text.indexOf('?');
+    if (query < 0) {
+        return [];
+    }
+    const end = text.indexOf(' ', query) < 0 ? text.length : text.indexOf(' ', query);
+    let at = query + 1;
+    return text.slice(at, end).split('&').map((pair) => {
+        const equals = pair.indexOf('=');
+        const found = {name: equals < 0 ? pair : pair.slice(0, equals), hasValue: equals >= 0,
+                       start: at + equals + 1, end: at + pair.length};
+        at += pair.length + 1;
+        return found;
+    });
+}
+
+// "good": a GET or HEAD whose one and only token parameter is this
+// sandbox's token; "none": no token parameter at all; anything else, "bad"
+// (a wrong token, two, or another sandbox's). None is passed on, so the
+// front-end never sees a token in an address.
+function login(r) {
+    const target = latin1(r.variables.request_uri || '');
+    const given = parameters(target).filter((p) => isTokenParameter(p.name));
+    if (!given.length) {
+        return 'none';
+    }
+    const token = given[0].hasValue ? target.slice(given[0].start, given[0].end) : null;
+    const reads = r.method === 'GET' || r.method === 'HEAD';
+    return reads && given.length === 1 && token === r.variables.access_token ? 'good' : 'bad';
+}
+
+// A value for the log in which the token, literal or percent-encoded, does
+// not appear; one that still carries it once decoded is left out whole.
+function withoutToken(r, value) {
+    const token = r.variables.access_token;
+    const kept = value.split(token).join('...');
+    return percentDecoded(latin1(kept)).includes(token) ? '(left out: it carries the access token)' : kept;
+}
+
+// The request line, with the value of every token parameter left out, this
+// sandbox's or another's (its link opened on the wrong port).
+function requestLogged(r) {
+    const line = r.variables.request || '';
+    let logged = '';
+    let from = 0;
+    parameters(latin1(line)).forEach((p) => {
+        if (p.hasValue && isTokenParameter(p.name)) {
+            logged += line.slice(from, p.start) + '...';
+            from = p.end;
+        }
+    });
+    return withoutToken(r, logged + line.slice(from));
+}
+
+export default {
+    upstreamCookie,
+    dropSandboxSetCookies,
+    login,
+    requestLogged,
+    hostLogged: (r) => withoutToken(r, r.variables.http_host || ''),
+    originLogged: (r) => withoutToken(r, r.variables.http_origin || ''),
+    fetchSiteLogged: (r) => withoutToken(r, r.variables.http_sec_fetch_site || ''),
+};
