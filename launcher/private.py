@@ -25,8 +25,10 @@ def private_directory(path: Path) -> Path:
     everyone: whoever can write to it can swap what is kept in it."""
     path = Path(path)
     missing = []
-    while not os.path.lexists(missing[-1].parent if missing else path):
-        missing.append(missing[-1].parent if missing else path)
+    directory = path
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = directory.parent
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o700)
