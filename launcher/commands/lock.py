@@ -12,7 +12,7 @@ from typing import Callable
 from launcher import build_records
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import ImageSwapped, NotFound, Problem
-from launcher.images import PartImages, images_for
+from launcher.images import ImageBuild, PartImages, images_for
 from launcher.lock import LockError, PolicySource, drift, dump, lock_path, make_lock, read_source
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
@@ -75,31 +75,38 @@ def check_signature(source: PolicySource, allowed_signers: Path | None) -> Signe
 
 
 def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | None) -> frozenset[str]:
-    """Refuse an image whose tag now points somewhere the launcher did not
-    put it. Each image built here runs only if the launcher built that very
-    ID here, or the lock pins it (a bundle's images, loaded after its
-    checks). Returned, to be built again from their inputs rather than run:
-    the tags whose image a bundle loaded (another policy's), and those the
-    launcher has no record of at all (built before records were kept)."""
+    """The tags of `images` built here that are to be built again rather
+    than run (see `image_is_ours`); raises ImageSwapped for one whose tag
+    was moved to an image the launcher never made. An image the lock pins
+    runs (a bundle's, loaded after its checks)."""
     pinned = {part["tag"]: part.get("id") for part in (locked or {}).get("images", {}).values()
               if isinstance(part, dict) and isinstance(part.get("tag"), str)}
-    again = set()
-    for image in images.all():
-        if not image.built_here:
-            continue  # the user's own image: the lock, when there is one, pins its ID
-        image_id = gateway.image_id(image.tag)
-        if image_id is None or image_id == pinned.get(image.tag):
-            continue
-        known = build_records.known_ids(image.tag)
-        if known is None or known.get(image_id, "").startswith("loaded"):
-            again.add(image.tag)
-        elif image_id not in known:
-            raise ImageSwapped(
-                f"the image {image.tag} is now {image_id[:19]}, which this launcher neither built nor loaded, "
-                f"and no lock pins it: something retagged it (a `docker load` or `docker tag`). Nothing was "
-                f"started. If that was not you, look at it (`docker image inspect {image.tag}`); "
-                f"`docker rmi {image.tag}` and `sandbox up` build it again from its inputs.")
-    return frozenset(again)
+    return frozenset(image.tag for image in images.all() if image.built_here
+                     and gateway.image_present(image.tag) and not image_is_ours(gateway, image, pinned.get(image.tag)))
+
+
+def image_is_ours(gateway: DockerGateway, image: ImageBuild, pinned: str | None = None) -> bool:
+    """Whether the image under `image.tag` is one the launcher built here
+    (or `pinned`, the ID a lock pins): only then does it run. False, to be
+    built again from its inputs: absent, loaded by a bundle (for that
+    bundle's policy only), or with no record at all (built before records
+    were kept). A tag that now points at an image the launcher never made
+    (a `docker tag`, a `docker load` by something else) is refused."""
+    image_id = gateway.image_id(image.tag)
+    if image_id is None:
+        return False
+    if image_id == pinned:
+        return True
+    known = build_records.known_ids(image.tag)
+    if known is None or known.get(image_id, "").startswith("loaded"):
+        return False
+    if image_id not in known:
+        raise ImageSwapped(
+            f"the image {image.tag} is now {image_id[:19]}, which this launcher neither built nor loaded, "
+            f"and no lock pins it: something retagged it (a `docker load` or `docker tag`). Nothing was "
+            f"started. If that was not you, look at it (`docker image inspect {image.tag}`); "
+            f"`docker rmi {image.tag}` and `sandbox up` build it again from its inputs.")
+    return True
 
 
 def lock(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None, say: Say | None = None,
