@@ -39,6 +39,7 @@ from launcher.lock import MAX_LOCK_BYTES, MAX_SIGNATURE_BYTES, PART_ORDER, Polic
 from launcher.policy import load_policy
 from launcher.policy.files import sha256_of
 from launcher.policy.loader import MAX_POLICY_BYTES
+from launcher.private import private_directory
 
 Say = Callable[[str], None]
 MANIFEST = "sandbox-bundle.json"
@@ -336,17 +337,8 @@ def _write_private(out: Path, data: bytes) -> None:
 
 
 def _create_private(path: Path):
+    """A new file in the private scratch directory, owner-only."""
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
-
-
-def private_directory(path: Path) -> None:
-    """`path` and every directory made for it, owner-only."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700)
 
 
 def _compare(member: tarfile.TarInfo, sha256: str, manifest: dict, bundle: Path) -> None:
