@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from launcher.access import state_dir
+from launcher.errors import ImageSwapped
 from launcher.private import private_directory, write_private
 
 MAX_IDS = 16  # IDs kept per tag (a tag is rebuilt from the same inputs now and then)
@@ -51,6 +52,28 @@ def known_ids(tag: str) -> dict[str, str] | None:
         return None
     return {entry["id"]: str(entry.get("how")) for entry in record["ids"]
             if isinstance(entry, dict) and isinstance(entry.get("id"), str)}
+
+
+def may_run(tag: str, image_id: str, pinned: str | None = None) -> bool:
+    """Whether the image `image_id`, found under `tag`, is one the launcher
+    built here (or `pinned`, the ID a lock pins): only then does it run.
+    False, to be built again from its inputs: loaded by a bundle (it runs
+    for that bundle's policy only, whose lock pins it), or no record at all
+    (built before records were kept). A tag that now points at an image the
+    launcher never made (a `docker tag`, a `docker load` by something else)
+    is refused."""
+    if image_id == pinned:
+        return True
+    known = known_ids(tag)
+    if known is None or known.get(image_id, "").startswith("loaded"):
+        return False
+    if image_id not in known:
+        raise ImageSwapped(
+            f"the image {tag} is now {image_id[:19]}, which this launcher neither built nor loaded, and no "
+            f"lock pins it: something retagged it (a `docker load` or `docker tag`). Nothing was started. "
+            f"If that was not you, look at it (`docker image inspect {tag}`); `docker rmi {tag}` and "
+            f"`sandbox up` build it again from its inputs.")
+    return True
 
 
 def _with(old: dict, image_id: str | None, how: str) -> list[dict]:

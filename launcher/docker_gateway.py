@@ -350,9 +350,12 @@ class DockerGateway:
         """An internal network with no route to the host (like a sandbox's)
         and the build proxy on it, with the engine's NAT network as its own
         way out. Both are removed when the build ends."""
-        if not self.image_present(egress.proxy_image.tag):
+        # It has a way out and sees every build's traffic: it runs only as the launcher built it.
+        proxy_id = self.image_id(egress.proxy_image.tag)
+        if proxy_id is None or not build_records.may_run(egress.proxy_image.tag, proxy_id):
             _quiet(say)(f"building image {egress.proxy_image.tag} (the build proxy; the one build not behind it)")
             self._build(egress.proxy_image, self._checked(egress.proxy_image, None, None)[0], None)
+            build_records.save(egress.proxy_image.tag, [], self.image_id(egress.proxy_image.tag))
         self.sweep_stale_builds()
         run = secrets.token_hex(4)
         network, proxy = f"sandbox-build-{run}", f"sandbox-build-{run}-proxy"

@@ -11,7 +11,7 @@ from typing import Callable
 
 from launcher import build_records
 from launcher.docker_gateway import DockerGateway
-from launcher.errors import ImageSwapped, NotFound, Problem
+from launcher.errors import NotFound, Problem
 from launcher.images import ImageBuild, PartImages, images_for
 from launcher.lock import LockError, PolicySource, drift, dump, lock_path, make_lock, read_source
 from launcher.policy import Policy, load_policy
@@ -76,7 +76,7 @@ def check_signature(source: PolicySource, allowed_signers: Path | None) -> Signe
 
 def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | None) -> frozenset[str]:
     """The tags of `images` built here that are to be built again rather
-    than run (see `image_is_ours`); raises ImageSwapped for one whose tag
+    than run (build_records.may_run); raises ImageSwapped for one whose tag
     was moved to an image the launcher never made. An image the lock pins
     runs (a bundle's, loaded after its checks)."""
     pinned = {part["tag"]: part.get("id") for part in (locked or {}).get("images", {}).values()
@@ -86,27 +86,10 @@ def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | N
 
 
 def image_is_ours(gateway: DockerGateway, image: ImageBuild, pinned: str | None = None) -> bool:
-    """Whether the image under `image.tag` is one the launcher built here
-    (or `pinned`, the ID a lock pins): only then does it run. False, to be
-    built again from its inputs: absent, loaded by a bundle (for that
-    bundle's policy only), or with no record at all (built before records
-    were kept). A tag that now points at an image the launcher never made
-    (a `docker tag`, a `docker load` by something else) is refused."""
+    """Whether the image under `image.tag` may run (build_records.may_run);
+    False too when there is none."""
     image_id = gateway.image_id(image.tag)
-    if image_id is None:
-        return False
-    if image_id == pinned:
-        return True
-    known = build_records.known_ids(image.tag)
-    if known is None or known.get(image_id, "").startswith("loaded"):
-        return False
-    if image_id not in known:
-        raise ImageSwapped(
-            f"the image {image.tag} is now {image_id[:19]}, which this launcher neither built nor loaded, "
-            f"and no lock pins it: something retagged it (a `docker load` or `docker tag`). Nothing was "
-            f"started. If that was not you, look at it (`docker image inspect {image.tag}`); "
-            f"`docker rmi {image.tag}` and `sandbox up` build it again from its inputs.")
-    return True
+    return image_id is not None and build_records.may_run(image.tag, image_id, pinned)
 
 
 def lock(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None, say: Say | None = None,

@@ -18,6 +18,7 @@ from typing import Callable
 from launcher.commands.audit import connections_kept
 from launcher.commands.target import resolve_name
 from launcher import access, build_records
+from launcher.commands.lock import image_is_ours
 from launcher.commands.prepare import prepare
 from launcher.commands.up import build_egress
 from launcher.front_door import try_front_door
@@ -82,9 +83,11 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
             raise NotFound(f"the {part} of sandbox {name} is not running; `sandbox up` it first")
 
     probe_image = recipe_image("probe", ca_bundle=ca_bundle)
-    if not gateway.image_present(probe_image.tag):
+    # It joins the front-end's namespaces and gives the verdicts: it runs only as the launcher built it.
+    if not image_is_ours(gateway, probe_image):
         say(f"building image {probe_image.tag}")
-        build_records.save(probe_image.tag, gateway.build(probe_image, egress=build_egress(ca_bundle), say=say))
+        build_records.save(probe_image.tag, gateway.build(probe_image, egress=build_egress(ca_bundle), say=say),
+                           gateway.image_id(probe_image.tag))
 
     facts = Facts(unique_name=f"sandbox-verify-{uuid.uuid4().hex[:12]}.example.com")
     facts.host_targets = host_ipv4_addresses()

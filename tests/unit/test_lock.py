@@ -104,3 +104,19 @@ def test_models_added_or_removed_are_named(locked):
     current["models"] = current["models"][:1] + [{"alias": "new", "sha256": "a" * 64, "size": 1}]
     assert drift(lock, current) == ["model new: not in the lock",
                                     "model other: in the lock, no longer in the policy"]
+
+
+def test_an_image_runs_only_if_the_launcher_built_it_or_a_lock_pins_it(tmp_path, monkeypatch):
+    from launcher import build_records
+    from launcher.errors import ImageSwapped
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path))
+    tag = "sandbox-ingress:0123456789abcdef"
+    assert build_records.may_run(tag, "sha256:old") is False  # no record: built again
+    build_records.save(tag, [], "sha256:built")
+    assert build_records.may_run(tag, "sha256:built") is True
+    assert build_records.may_run(tag, "sha256:trojan", pinned="sha256:trojan") is True  # the lock pins it
+    with pytest.raises(ImageSwapped, match=f"the image {tag} is now sha256:trojan, which this launcher neither"):
+        build_records.may_run(tag, "sha256:trojan")
+    build_records.loaded(tag, "sha256:bundled", "team.bundle")
+    assert build_records.may_run(tag, "sha256:bundled") is False  # another policy's: built again
+    assert build_records.may_run(tag, "sha256:built") is True  # control: still ours
