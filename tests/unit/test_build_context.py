@@ -2,9 +2,15 @@
 sent to the engine, `.dockerignore` decides for both, and symlinks count as
 links, never as what they point at."""
 import hashlib
+import io
 import os
 
+import pytest
+
 from launcher.build_context import context_digest, context_files, context_problems
+from launcher.docker_gateway import _write_context
+from launcher.errors import BuildFailure
+from launcher.images import _hashed
 
 
 def digest(context) -> str:
@@ -69,3 +75,17 @@ def test_a_hard_link_is_a_problem_wherever_its_other_name_is(tmp_path):
     assert context_problems(context) == [
         "shadow is a hard link: the same file has 2 names, which may be outside the build context; "
         "put a copy in instead"]
+
+
+def test_the_context_sent_is_the_context_checked(tmp_path):
+    """A build reads its context again, minutes after the tag (and the lock)
+    were worked out from it: a file changed in between is refused, not built."""
+    (tmp_path / "Dockerfile").write_text("FROM debian:bookworm-slim\nCOPY app.py /\n")
+    (tmp_path / "app.py").write_text("print('reviewed')\n")
+    (tmp_path / "link").symlink_to("app.py")
+    image = _hashed("sandbox-t-frontend", tmp_path, "Dockerfile", None)
+    dockerfile = (tmp_path / "Dockerfile").read_bytes()
+    _write_context(image, io.BytesIO(), dockerfile)  # control: unchanged, sent
+    (tmp_path / "app.py").write_text("print('swapped')\n")
+    with pytest.raises(BuildFailure, match="a file of its build context changed after it was checked"):
+        _write_context(image, io.BytesIO(), dockerfile)
