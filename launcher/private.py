@@ -78,3 +78,30 @@ def write_private(path: Path, data: bytes | str) -> None:
         raise SandboxError(f"cannot write {path}: {e.strerror}" + (
             " (a file there that another user made may not be replaced in this directory)"
             if e.errno == errno.EPERM else "")) from None
+
+
+def replace_file(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Put `data` at `path` (a file meant to be shared: a lock, its
+    signature, a policy) through a new file of a name no one can guess
+    (O_EXCL, O_NOFOLLOW) renamed over it: a link someone left at a fixed
+    temporary name is never followed, and a reader sees the old file or the
+    new one, whole. `mode` as given, else as a new file gets (the umask's)."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), 0o666 & ~_umask() if mode is None else mode)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -4,7 +4,6 @@ to is refused, and with allowed signers set, so is a lock no allowed signer
 signed (docs/teams.md)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ from launcher.images import ImageBuild, PartImages, images_for
 from launcher.lock import LockError, PolicySource, drift, dump, lock_path, make_lock, read_source
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
+from launcher.private import replace_file
 from launcher.signing import SignatureError, Signer, allowed_signers_setting, sign, signature_path, verify
 from launcher.spec import resolve_gpus
 
@@ -121,9 +121,7 @@ def write_lock(policy_file: Path, new: dict) -> tuple[Path, dict, bool]:
     except FileNotFoundError:
         same = False
     if not same:
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        replace_file(path, data)
         # A signature of the old lock says nothing of the new one.
         if signature_path(path).exists():
             signature_path(path).unlink()
@@ -153,9 +151,7 @@ def sign_policy(policy_file: str | Path, key: Path) -> tuple[Path, Signer]:
         raise LockError(f"{policy_file} changed since it was locked; `sandbox lock {policy_file}` first")
     signature = sign(source.lock, source.lock_file, key)
     signer = verify(source.lock, signature, source.signature_file, None)
-    temporary = source.signature_file.with_name(source.signature_file.name + ".tmp")
-    temporary.write_bytes(signature)
-    os.replace(temporary, source.signature_file)
+    replace_file(source.signature_file, signature)
     return source.signature_file, signer
 
 

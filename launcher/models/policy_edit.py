@@ -4,8 +4,8 @@ every comment, blank line and the order of keys: only the two values change
 from __future__ import annotations
 
 import json
-import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import yaml
 
 from launcher.errors import SandboxError
 from launcher.policy.loader import event_problem
+from launcher.private import replace_file
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./~+-][A-Za-z0-9_./~+ -]*")
 
@@ -69,9 +70,7 @@ def set_model_file(policy_file: Path, entry: ModelEntry, path_text: str, sha256:
             edits.append((insert_at, insert_at, f"{indent}{key}: {_scalar(value)}\n"))
     for start, end, replacement in sorted(edits, key=lambda e: e[0], reverse=True):
         text = text[:start] + replacement + text[end:]
-    temporary = policy_file.with_name(policy_file.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, policy_file)
+    replace_file(policy_file, text, stat.S_IMODE(policy_file.stat().st_mode))
 
 
 def _entries(text: str, policy_file: Path) -> list[yaml.MappingNode]:

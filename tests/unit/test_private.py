@@ -125,3 +125,20 @@ def test_what_the_launcher_keeps_is_owner_only_wherever_it_goes(tmp_path, monkey
     assert {str(p.relative_to(home)): mode(p) for p in made if p.is_file() and mode(p) != 0o600} == {
         ".local/share/sandbox/models/tiny.gguf": 0o644}
     assert json.loads((home / ".local/state/sandbox/demo/signer.json").read_text())["principal"] == "alice"
+
+
+def test_a_shared_file_is_replaced_through_a_name_no_one_can_guess(tmp_path):
+    """A lock, its signature or a policy edited in place went through
+    `NAME.tmp`: a link another user left there was followed, and the write
+    landed wherever it pointed."""
+    from launcher.commands.lock import write_lock
+    victim = tmp_path / "victim"
+    victim.write_text("theirs\n")
+    policy = tmp_path / "team.yaml"
+    policy.write_text("version: 1\n")
+    (tmp_path / "team.yaml.lock.tmp").symlink_to(victim)
+    path, _, _ = write_lock(policy, {"lock": 1})
+    assert victim.read_text() == "theirs\n"  # untouched
+    assert path.read_text().startswith("{") and oct(path.stat().st_mode & 0o777) != "0o600"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["team.yaml", "team.yaml.lock", "team.yaml.lock.tmp",
+                                                           "victim"]
