@@ -56,7 +56,7 @@ def remember_signer(sandbox: str, signer: Signer | None) -> None:
 def remembered_signer(sandbox: str) -> dict | None:
     try:
         data = json.loads(signer_file(sandbox).read_text())
-    except (OSError, ValueError, NotFound):
+    except (OSError, ValueError, RecursionError, NotFound):
         return None
     return data if isinstance(data, dict) else None
 
