@@ -169,3 +169,11 @@ def test_a_registry_that_resolves_to_this_machine_or_no_public_address_is_refuse
     assert "does not resolve" in registry_refusal("registry.invalid/x", ())
     name = socket.gethostname()  # this machine's own name
     assert registry_refusal(f"{name}.:5000/x", tuple(a[4][0] for a in socket.getaddrinfo(name, 443))) is not None
+
+
+def test_the_launchers_own_recipes_pass():
+    from launcher.resources import IMAGES_DIR
+    recipes = sorted(IMAGES_DIR.glob("*/Dockerfile*"))
+    assert len(recipes) >= 7
+    for dockerfile in recipes:
+        assert refusals(dockerfile.read_text()) == [], dockerfile
