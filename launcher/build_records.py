@@ -38,9 +38,12 @@ def save_sources(tag: str, sources: list[dict]) -> None:
 
 
 def loaded(tag: str, image_id: str, bundle: str) -> None:
-    """`image_id` came under `tag` from `bundle`, which passed its checks."""
+    """`image_id` came under `tag` from `bundle`, which passed its checks.
+    An ID built here stays built here: a bundle made on this machine carries
+    the very images its builds made."""
     old = load(tag) or {"image": tag}
-    _write(tag, {**old, "ids": _with(old, image_id, f"loaded from the bundle {bundle}")})
+    if (known_ids(tag) or {}).get(image_id) != "built here":
+        _write(tag, {**old, "ids": _with(old, image_id, f"loaded from the bundle {bundle}")})
 
 
 def known_ids(tag: str) -> dict[str, str] | None:

@@ -120,3 +120,5 @@ def test_an_image_runs_only_if_the_launcher_built_it_or_a_lock_pins_it(tmp_path,
     build_records.loaded(tag, "sha256:bundled", "team.bundle")
     assert build_records.may_run(tag, "sha256:bundled") is False  # another policy's: built again
     assert build_records.may_run(tag, "sha256:built") is True  # control: still ours
+    build_records.loaded(tag, "sha256:built", "made-here.bundle")  # the bytes built here, carried back
+    assert build_records.may_run(tag, "sha256:built") is True
