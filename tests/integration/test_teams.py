@@ -201,10 +201,20 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
     users = [c.name for c in docker_client.containers.list(all=True)
              if c.attrs["Image"] in {image["id"] for image in manifest["images"].values()}]
     assert not users, f"containers {users} use the quick-start images, which this test removes and loads again"
+    # The images' bytes stay in the engine under a tag of the test's own: removing
+    # them would take their build cache (their parent images) along, and the next
+    # build of the same recipes would start from nothing. The load below still
+    # hands the engine every byte of images.tar.
+    keepers = []
     for tag in tags:
         image = docker_client.images.get(tag)
+        keeper = f"sandbox-test-keep:{image.id.split(':')[1][:16]}"
+        if keeper not in keepers:
+            image.tag(keeper)
+            keepers.append(keeper)
         for other in image.tags:
-            docker_client.images.remove(other)
+            if other != keeper:
+                docker_client.images.remove(other)
     assert not any(gateway.image_present(tag) for tag in tags)
     said: list[str] = []
     result = up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed, say=said.append,
@@ -221,6 +231,8 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
         assert report["healthy"] and report["signed_by"]["principal"] == "alice@example.org"
     finally:
         down(gateway, result.name, volumes=True)
+        for keeper in keepers:
+            docker_client.images.remove(keeper)
 
     # A changed byte anywhere in the bundle is refused before anything is used.
     data = bytearray(bundle.read_bytes())
