@@ -105,6 +105,18 @@ class DockerGateway:
         except docker.errors.APIError as e:
             raise DockerFailure(f"inspecting image {tag}: {e.explanation or e}") from None
 
+    def put_tag(self, tag: str, image_id: str | None) -> None:
+        """Point `tag` at `image_id` again, or remove it (None)."""
+        repository, _, name = tag.rpartition(":")
+        with _translated(f"restoring the tag {tag}"):
+            if image_id is None:
+                try:
+                    self.api.remove_image(tag, noprune=True)
+                except docker.errors.ImageNotFound:
+                    pass
+            else:
+                self.api.tag(image_id, repository, name, force=True)
+
     def save_images(self, tags: list[str]) -> Iterator[bytes]:
         """`docker save` of the tags, as a stream of tar bytes (layers shared
         between them come once)."""

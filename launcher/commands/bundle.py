@@ -48,6 +48,8 @@ CHUNK = 4 * 2**20
 MAX_MANIFEST_BYTES = 2**20
 SPARE_BYTES = 256 * 2**20  # left free on the disk after unpacking
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
+# The one link `docker save` writes: a layer saved already, under another image's directory.
+_SAVED_LAYER_LINK = re.compile(r"[0-9a-f]{64}/layer\.tar -> \.\./[0-9a-f]{64}/layer\.tar")
 
 
 class BundleError(SandboxError):
@@ -223,12 +225,18 @@ def _open_bundle(gateway: DockerGateway, path: Path, file, allowed_signers: Path
                     saved.seek(0)
                     say(f"loading {len(ids)} images")
                     started = time.monotonic()
+                    before = {tag: gateway.image_id(tag) for tag in ids}
                     gateway.load_images(saved)
                     say(f"loaded in {time.monotonic() - started:.1f} s")
+                    wrong = [tag for tag, image_id in ids.items() if gateway.image_id(tag) != image_id]
+                    if wrong:
+                        # Never reached when the checks above read images.tar as the
+                        # engine does; should they not, the tags go back as they were.
+                        for tag in wrong:
+                            gateway.put_tag(tag, before[tag])
+                        raise BundleError(f"{path}: after loading, {wrong[0]} was not the image its lock pins; "
+                                          f"its tag was put back")
             images_tar.unlink()
-            wrong = [tag for tag, image_id in ids.items() if gateway.image_id(tag) != image_id]
-            if wrong:
-                raise BundleError(f"{path}: after loading, {wrong[0]} is not the image its lock pins")
             for tag, image_id in ids.items():
                 build_records.loaded(tag, image_id, path.name)
             shutil.rmtree(target, ignore_errors=True)
@@ -354,9 +362,12 @@ def _check_saved_images(source, ids: dict[str, str], bundle: Path) -> None:
     the engine checks those as it loads) the lock pins, and it names no other
     tag, so that loading cannot put a stranger under one of ours.
 
-    Read as the engine reads it: it unpacks the whole tar, so a later member
-    of the same (cleaned) name wins; any name given twice, or a member that
-    is not a file, a directory or a link inside the tar, is refused outright."""
+    Read as the engine reads it: it unpacks the whole tar and follows links
+    on the disk, so a later member of the same (cleaned) name wins, and a
+    path through a linked directory leads where the link does. Any name
+    given twice is refused outright, and so is every link but the one kind
+    `docker save` writes (`ID/layer.tar` to another layer's `../ID/layer.tar`,
+    a plain file): what is read here is then what the engine reads."""
     with tarfile.open(fileobj=source, mode="r:") as saved:
         members = {}
         for member in saved:
@@ -366,12 +377,24 @@ def _check_saved_images(source, ids: dict[str, str], bundle: Path) -> None:
                                   f"{member.name!r}); `docker save` never does")
             if name.startswith("../") or name == "..":
                 raise BundleError(f"{bundle}: images.tar names {member.name!r}, outside itself")
-            if not (member.isreg() or member.isdir() or member.issym()) or member.issparse() or (
-                    member.issym() and (member.linkname.startswith("/") or posixpath.normpath(
-                        posixpath.join(posixpath.dirname(name), member.linkname)).startswith("../"))):
+            if not (member.isreg() or member.isdir() or member.issym()) or member.issparse():
                 raise BundleError(f"{bundle}: images.tar holds {member.name!r}, which is not a plain file, "
-                                  f"directory or link inside it")
+                                  f"directory or link")
             members[name] = member
+        for name, member in members.items():
+            parents = [posixpath.dirname(name)]
+            while parents[-1] not in ("", "/"):
+                parents.append(posixpath.dirname(parents[-1]))
+            if any(members.get(parent) is not None and members[parent].issym() for parent in parents[:-1]):
+                raise BundleError(f"{bundle}: images.tar holds {member.name!r} under a link")
+            if member.issym() and not (_SAVED_LAYER_LINK.fullmatch(name + " -> " + member.linkname) and (
+                    target := members.get(posixpath.normpath(posixpath.join(posixpath.dirname(name),
+                                                                            member.linkname)))) is not None
+                    and target.isreg()):
+                raise BundleError(f"{bundle}: images.tar holds the link {member.name!r} -> {member.linkname!r}, "
+                                  f"which `docker save` never writes")
+        if members.get("manifest.json") is None or not members["manifest.json"].isreg():
+            raise BundleError(f"{bundle}: images.tar is not `docker save` output")
         try:
             index = json.load(saved.extractfile(members["manifest.json"]))
         except (KeyError, ValueError, RecursionError, AttributeError, tarfile.TarError):
@@ -383,7 +406,8 @@ def _check_saved_images(source, ids: dict[str, str], bundle: Path) -> None:
             if not isinstance(entry, dict) or entry.get("LayerSources") or not isinstance(entry.get("Config"), str):
                 raise BundleError(f"{bundle}: images.tar names an image this launcher does not load")
             config_member = members.get(posixpath.normpath(entry["Config"]))
-            config = saved.extractfile(config_member).read() if config_member is not None else b""
+            config = saved.extractfile(config_member).read() \
+                if config_member is not None and config_member.isreg() else b""
             image_id = "sha256:" + hashlib.sha256(config).hexdigest()
             tags = entry.get("RepoTags") or []
             if not tags:

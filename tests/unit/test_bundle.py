@@ -175,3 +175,47 @@ def test_a_sparse_or_oversized_member_is_refused_before_anything_is_written(tmp_
     path.write_bytes(tar_bytes(files))
     with pytest.raises(BundleError, match="images.tar is not the file its manifest names"):
         open_bundle(Untouchable(), path, None)
+
+
+def linked_tar(entries: list[tuple[str, bytes | str | None]]) -> bytes:
+    """A tar of files (bytes), links (str: the target) and directories (None)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:") as tar:
+        for name, what in entries:
+            info = tarfile.TarInfo(name)
+            if what is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(what, str):
+                info.type, info.linkname = tarfile.SYMTYPE, what
+                tar.addfile(info)
+            else:
+                info.size = len(what)
+                tar.addfile(info, io.BytesIO(what))
+    return out.getvalue()
+
+
+def test_images_tar_is_read_through_its_links_as_the_engine_reads_it():
+    """Tried as an attacker would: `manifest.json` a link to `d/../m.json`
+    with `d` a link to `x/y`. Cleaned as a string it is `m.json`, the
+    locked images; the engine follows `d` on the disk first and reads
+    `x/m.json`, which names a trojan (and any tag it likes). The check passed
+    and the engine loaded the trojan, under a signed lock."""
+    name = hashlib.sha256(CONFIG).hexdigest() + ".json"
+    good = json.dumps([{"Config": name, "RepoTags": ["sandbox-chat:b1"], "Layers": []}]).encode()
+    evil = json.dumps([{"Config": "trojan.json", "RepoTags": ["debian:bookworm-slim"], "Layers": []}]).encode()
+    ids = {"sandbox-chat:b1": IMAGE_ID}
+    crafted = linked_tar([(name, CONFIG), ("m.json", good), ("x", None), ("x/y", None), ("x/m.json", evil),
+                          ("trojan.json", b"{}"), ("d", "x/y"), ("manifest.json", "d/../m.json")])
+    with pytest.raises(BundleError, match="which `docker save` never writes"):
+        _check_saved_images(io.BytesIO(crafted), ids, "b")
+    # A member under a linked directory, and a link to a directory.
+    with pytest.raises(BundleError, match="under a link|never writes"):
+        _check_saved_images(io.BytesIO(linked_tar([("manifest.json", good), (name, CONFIG), ("d", "x"),
+                                                   ("d/layer.tar", b"")])), ids, "b")
+    # Control: the link `docker save` does write, between two layers.
+    layer = "a" * 64
+    other = "b" * 64
+    saved_with_link = linked_tar([(name, CONFIG), (f"{layer}/layer.tar", b"layer"), (f"{other}", None),
+                                  (f"{other}/layer.tar", f"../{layer}/layer.tar"), ("manifest.json", good)])
+    _check_saved_images(io.BytesIO(saved_with_link), ids, "b")
