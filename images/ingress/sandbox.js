@@ -105,11 +105,32 @@ function login(r) {
     const target = latin1(r.variables.request_uri || '');
     const given = parameters(target).filter((p) => isTokenParameter(p.name));
     if (!given.length) {
-        return 'none';
+        // The token anywhere else in the address (after a ";", in a name
+        // such as sandbox_token[], in the path) or in a header the front-end
+        // gets is refused too: the front-end never sees it.
+        return carriesToken(r, target) || elsewhereInHeaders(r) ? 'bad' : 'none';
     }
     const token = given[0].hasValue ? target.slice(given[0].start, given[0].end) : null;
     const reads = r.method === 'GET' || r.method === 'HEAD';
     return reads && given.length === 1 && token === r.variables.access_token ? 'good' : 'bad';
+}
+
+function carriesToken(r, text) {
+    return percentDecoded(latin1(text)).includes(r.variables.access_token);
+}
+
+// Every header but the two that carry the token by right (the cookie, which
+// is stripped, and the bearer, which is dropped: upstreamAuthorization).
+function elsewhereInHeaders(r) {
+    return r.rawHeadersIn.some((header) => !['cookie', 'authorization'].includes(latin1(header[0]).toLowerCase())
+        && carriesToken(r, header[1]));
+}
+
+// The Authorization header the front-end gets: none that carries the token,
+// in whatever form ("BEARER T", "Bearer T, Bearer x", encoded).
+function upstreamAuthorization(r) {
+    const value = r.variables.http_authorization || '';
+    return carriesToken(r, value) ? '' : value;
 }
 
 // A value for the log in which the token, literal or percent-encoded, does
@@ -139,6 +160,7 @@ export default {
     upstreamCookie,
     dropSandboxSetCookies,
     login,
+    upstreamAuthorization,
     requestLogged,
     hostLogged: (r) => withoutToken(r, r.variables.http_host || ''),
     originLogged: (r) => withoutToken(r, r.variables.http_origin || ''),

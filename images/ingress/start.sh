@@ -11,14 +11,37 @@ valid '^[0-9]{1,5}$' "${SANDBOX_PUBLIC_PORT:-}" || fail "SANDBOX_PUBLIC_PORT is 
 valid '^[0-9]{1,5}$' "${SANDBOX_LISTEN_PORT:-}" || fail "SANDBOX_LISTEN_PORT is missing"
 valid '^[a-z0-9.-]+:[0-9]{1,5}$' "${SANDBOX_UPSTREAM:-}" || fail "SANDBOX_UPSTREAM is not host:port"
 mkdir -p /tmp/nginx
-sed -e "s/@NAME@/$SANDBOX_NAME/g" -e "s/@TOKEN@/$SANDBOX_ACCESS_TOKEN/g" \
-    -e "s/@PUBLIC_PORT@/$SANDBOX_PUBLIC_PORT/g" -e "s/@LISTEN_PORT@/$SANDBOX_LISTEN_PORT/g" \
-    -e "s/@UPSTREAM@/$SANDBOX_UPSTREAM/g" /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
+# The token is read from the environment, never put on a command line: every
+# local user of the host can read the command lines of a container's processes.
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN_PORT UPSTREAM", names, " ") }
+     { for (i = 1; i <= 5; i++) gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@",
+                                     ENVIRON["SANDBOX_" names[i]]); print }' \
+    /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
 echo "ingress: listening on :$SANDBOX_LISTEN_PORT for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream $SANDBOX_UPSTREAM"
 # Everything nginx writes passes through here on its way to the container's
 # log, which the token must never reach: nginx's own error lines quote the
 # request line and Host of the request at fault (a body too large, a UI that
 # is down), and only the refusal log's fields go through sandbox.js.
+# A line that carries the token percent-encoded (a Host or Referer of
+# %XX escapes) is left out whole.
 rm -f /tmp/nginx/log && mkfifo /tmp/nginx/log
-LC_ALL=C sed -u "s/$SANDBOX_ACCESS_TOKEN/.../g" < /tmp/nginx/log &
+LC_ALL=C awk -W interactive '
+  BEGIN { token = ENVIRON["SANDBOX_ACCESS_TOKEN"]
+          for (i = 1; i < 256; i++) byte[sprintf("%02x", i)] = sprintf("%c", i) }
+  function decoded(s,    out, i, pair) {
+    out = ""
+    for (i = 1; i <= length(s); i++) {
+      pair = tolower(substr(s, i + 1, 2))
+      if (substr(s, i, 1) == "%" && pair in byte) { out = out byte[pair]; i += 2 }
+      else out = out substr(s, i, 1)
+    }
+    return out
+  }
+  { line = $0
+    while ((at = index(line, token)) > 0)
+      line = substr(line, 1, at - 1) "..." substr(line, at + length(token))
+    plain = line
+    for (round = 0; round < 4; round++) { again = decoded(plain); if (again == plain) break; plain = again }
+    if (index(plain, token) > 0) line = "ingress: a line of nginx'"'"'s log left out: it carries the access token"
+    print line; fflush() }' < /tmp/nginx/log &
 exec nginx -e stderr -c /tmp/nginx/nginx.conf -g 'daemon off;' > /tmp/nginx/log 2>&1

@@ -12,6 +12,7 @@ import json
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -411,3 +412,71 @@ def test_the_token_never_reaches_the_log(door):
     assert f'access link used: status=302 reason=login request="GET /{nonces["name in capitals"]}/' \
            f'?SANDBOX_TOKEN=... HTTP/1.1"' in log
     assert f'request: "POST /{nonces["in a body too large"]}/... HTTP/1.1"' in log
+
+
+def test_the_token_never_reaches_the_ui_in_any_form(door):
+    """Tried as an attacker would: with the cookie, these passed the token on
+    to the UI: `/?a=1;sandbox_token=T` (frameworks that split parameters on
+    ";"), `sandbox_token[]=T`, `%3Fsandbox_token=T` in the path, and
+    `Authorization: BEARER T`, `Bearer<TAB>T`, `Bearer T, Bearer x`. Each is
+    now refused or passed on without it."""
+    port, upstream, _ = door
+    ours = f"sandbox-{NAME}={TOKEN}"
+    forms = {
+        "after a semicolon": (f"/?a=1;sandbox_token={TOKEN}", ()),
+        "as sandbox_token[]": (f"/?sandbox_token%5B%5D={TOKEN}", ()),
+        "encoded in the path": (f"/%3Fsandbox_token={TOKEN}", ()),
+        "doubly encoded": ("/?next=" + "".join(f"%25{ord(c):02X}" for c in TOKEN), ()),
+        "bearer in capitals": ("/", (("Authorization", f"BEARER {TOKEN}"),)),
+        "bearer after a tab": ("/", (("Authorization", f"Bearer\t{TOKEN}"),)),
+        "two bearers": ("/", (("Authorization", f"Bearer {TOKEN}, Bearer x"),)),
+        "in another header": ("/", (("X-Next", f"http://127.0.0.1:{port}/?sandbox_token={TOKEN}"),)),
+    }
+    for what, (target, extra) in forms.items():
+        nonce = f"u{uuid.uuid4().hex[:12]}"
+        marked = target.replace("/", f"/{nonce}/", 1)
+        statuses = exchange(port, request("GET", marked, own(port), cookie=ours,
+                                          extra=(*extra, ("Connection", "close"))))
+        assert statuses in ([401], [200]), (what, statuses)
+        if statuses == [200]:
+            assert TOKEN not in json.dumps(recorded(upstream, nonce)), what
+    # Nothing the UI ever saw carries the token; the control: a plain request of the owner gets through.
+    nonce = f"u{uuid.uuid4().hex[:12]}"
+    assert exchange(port, request("GET", f"/{nonce}", own(port), cookie=ours, extra=(("Connection", "close"),))) \
+        == [200]
+    recorded(upstream, nonce)
+    assert TOKEN not in upstream.logs().decode(errors="replace")
+
+
+def test_no_process_carries_the_token_on_its_command_line(door):
+    """Tried as an attacker would: the ingress filtered its log with
+    `sed s/TOKEN/.../`, a process whose command line every local user of the
+    host reads in /proc; a plain user read each sandbox's token there and got
+    in with it."""
+    port, _, ingress = door
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            pass  # a process that ended meanwhile
+    # The control: the ingress's own processes are among those read.
+    assert any("/tmp/nginx/nginx.conf" in line for line in lines), "the container's processes were not seen"
+    assert not [line for line in lines if TOKEN in line]
+
+
+def test_a_token_encoded_in_nginx_error_lines_is_left_out(door):
+    """Tried as an attacker would: the token written as %XX escapes, in the
+    request line, the Host and the Referer of a request nginx refuses itself
+    (a body too large), reached its error line, which quotes them."""
+    port, _, ingress = door
+    encoded = "".join(f"%{ord(c):02X}" for c in TOKEN)
+    nonce = f"e{uuid.uuid4().hex[:12]}"
+    raw = (f"POST /{nonce}?q={encoded} HTTP/1.1\r\nHost: {encoded}\r\nReferer: http://a/{encoded}\r\n"
+           f"Content-Length: {10 ** 11}\r\n\r\n").encode()
+    assert exchange(port, raw) == [413]
+    marker = f"m{uuid.uuid4().hex[:12]}"
+    exchange(port, (f"POST /{marker} HTTP/1.1\r\nHost: {own(port)}\r\nContent-Length: {10 ** 11}\r\n\r\n").encode())
+    log = log_line(ingress, marker)  # written after the line of the attack
+    assert encoded not in log and encoded.lower() not in log and TOKEN not in log
+    assert "a line of nginx's log left out: it carries the access token" in log  # the control: it was written
