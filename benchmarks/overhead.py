@@ -29,6 +29,7 @@ from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
 from launcher.docker_gateway import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
+from launcher.policy.files import sha256_of  # noqa: E402
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = [{"role": "user", "content": "Write three sentences about the sea."}]
@@ -75,9 +76,11 @@ def memory_mib(client, name: str) -> float:
 
 def run_plain_backend(client, image: str, name: str, port: int):
     """The backend image run plainly: published on 127.0.0.1:port, key "bench",
-    the quick-start model, two CPUs; none of the sandbox around it."""
+    the quick-start model (which it checks at start, as in a sandbox), two
+    CPUs; none of the sandbox around it."""
     config = {"host": "0.0.0.0", "port": 8000, "api_key": "bench",
-              "models": [{"model": "/models/m.gguf", "model_alias": "smollm2", "n_ctx": 2048, "n_threads": 2}]}
+              "models": [{"model": "/models/m.gguf", "sha256": sha256_of(MODEL), "model_alias": "smollm2",
+                          "n_ctx": 2048, "n_threads": 2}]}
     return client.containers.run(
         image, detach=True, name=name, ports={"8000/tcp": ("127.0.0.1", port)},
         environment={"SANDBOX_BACKEND_CONFIG": json.dumps(config), "SANDBOX_API_KEY": "bench"},

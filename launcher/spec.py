@@ -332,6 +332,9 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
         "models": [
             {
                 "model": f"/models/{m.alias}.gguf",
+                # The backend checks the file against it at every start: Docker
+                # restarts it by itself, with whatever the host's file holds then.
+                "sha256": m.sha256,
                 "model_alias": m.alias,
                 "n_ctx": m.context_length,
                 "n_gpu_layers": b.gpu_layers if gpus else 0,

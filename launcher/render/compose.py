@@ -1,8 +1,9 @@
 """SandboxSpec -> a compose file with what the Docker gateway creates: the
 same images, networks (the internal one with no route out and no address
 on the host; the ingress one without NAT), read-only mounts and hardening.
-For people who run compose by hand; `sandbox up` stays the way that also
-checks the weights just before the backend starts (docs/kubernetes.md)."""
+For people who run compose by hand. The backend checks the weights' sha256
+each time it starts, here too; `sandbox up` also checks them before it
+creates the backend, naming the policy's file and line (docs/kubernetes.md)."""
 from __future__ import annotations
 
 from launcher.spec import LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, ContainerSpec, SandboxSpec, spec_hash

@@ -13,7 +13,7 @@ How each guarantee is carried over:
   escalation, the runtime's seccomp profile, memory and CPU limits, /tmp in
   memory, no service account token;
 - the weights: read-only from the volume the user names, checked by sha256
-  in an init container before the backend starts;
+  by the backend itself each time it starts, as on Docker (images/llama-cpp);
 - secrets: the API key, session key and access token in a Secret;
 - the front door: the ingress Service is cluster-internal; the owner reaches
   it with `kubectl port-forward` on 127.0.0.1, with the access token."""
@@ -34,19 +34,6 @@ SECRET = "sandbox-secrets"
 # Env names whose values are secrets -> the key in the Secret.
 SECRET_KEYS = {"SANDBOX_API_KEY": "api-key", "SANDBOX_SESSION_KEY": "session-key", TOKEN_ENV: "access-token"}
 SERVED = ("backend", "frontend", "ingress")  # parts that are pods; the DNS sink rides in each
-CHECK_WEIGHTS = """
-import hashlib, json, sys
-ok = True
-for path, expected in json.loads(sys.argv[1]):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    got = digest.hexdigest()
-    print(f"{path}: {'ok' if got == expected else 'sha256 ' + got + ', expected ' + expected}", flush=True)
-    ok = ok and got == expected
-sys.exit(0 if ok else 1)
-"""
 
 
 @dataclass(frozen=True)
@@ -144,19 +131,12 @@ def _deployment(spec: SandboxSpec, c: ContainerSpec, ns: str, labels: dict, opti
     if c.part == "backend":
         main["readinessProbe"] = {"exec": {"command": list(c.healthcheck[1:])}, "periodSeconds": 5,
                                   "failureThreshold": 3}
-    init_containers = []
     model_mounts = [m for m in c.mounts if m.kind == "bind"]
     if model_mounts:
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": options.model_volume,
                                                                    "readOnly": True}})
         main["volumeMounts"] += [{"name": "models", "mountPath": m.target, "subPath": model_files[m.target],
                                   "readOnly": True} for m in model_mounts]
-        checks = [[f"/weights/{model_files[m.target]}", m.sha256] for m in model_mounts]
-        init_containers.append({
-            **_hardened("check-weights", options.image_prefix + c.image, uid, gid),
-            "command": ["/opt/venv/bin/python", "-c", CHECK_WEIGHTS, json.dumps(checks)],
-            "resources": _resources("256m", 1.0),
-            "volumeMounts": [{"name": "models", "mountPath": "/weights", "readOnly": True}]})
     for m in c.mounts:
         if m.kind == "volume":
             volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": "data"}})
@@ -182,8 +162,6 @@ def _deployment(spec: SandboxSpec, c: ContainerSpec, ns: str, labels: dict, opti
         "containers": [main, sink],
         "volumes": volumes,
     }
-    if init_containers:
-        pod["initContainers"] = init_containers
     if c.runtime == "runsc":
         pod["runtimeClassName"] = "gvisor"
     return {"apiVersion": "apps/v1", "kind": "Deployment",

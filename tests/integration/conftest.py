@@ -59,6 +59,22 @@ def gateway(docker_client):
     return DockerGateway(docker_client)
 
 
+# Run in the backend's container: the server dies as in a crash, and Docker
+# restarts the container by itself (its restart policy).
+KILL_THE_SERVER = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():  # this script's own command line names the server too
+        continue
+    try:
+        if b"llama_cpp.server" in open(f"/proc/{pid}/cmdline", "rb").read() or b"sandbox-backend" in open(
+                f"/proc/{pid}/cmdline", "rb").read():
+            os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
 def ca_bundle() -> Path | None:
     value = os.environ.get("SANDBOX_CA_BUNDLE")
     return Path(value) if value else None
@@ -124,6 +140,7 @@ def sandbox(gateway, docker_client, tmp_path_factory):
     yield result, path
     down(gateway, result.name, volumes=True)
     assert labelled(docker_client, result.name) == {"containers": [], "networks": [], "volumes": []}
+
 
 OTHER_USER = "sandbox-other-user"
 

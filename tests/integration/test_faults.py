@@ -22,7 +22,7 @@ from launcher.commands.up import up
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import BuildFailure, DockerUnavailable, NotReady, PolicyError
 from launcher.images import ImageBuild
-from tests.integration.conftest import ca_bundle, labelled, ui, ui_json, write_policy
+from tests.integration.conftest import KILL_THE_SERVER, ca_bundle, labelled, ui, ui_json, write_policy
 
 
 def remember(result, text: str) -> None:
@@ -91,20 +91,6 @@ def test_a_model_deleted_while_the_sandbox_runs(gateway, own_model):
         assert str(model) in str(refused.value) and "file not found" in str(refused.value)
     finally:
         down(gateway, result.name, volumes=True)
-
-
-KILL_THE_SERVER = """
-import os, signal
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    if int(pid) == os.getpid():  # this script's own command line names the server too
-        continue
-    try:
-        if b"llama_cpp.server" in open(f"/proc/{pid}/cmdline", "rb").read() or b"sandbox-backend" in open(
-                f"/proc/{pid}/cmdline", "rb").read():
-            os.kill(int(pid), signal.SIGKILL)
-    except OSError:
-        pass
-"""
 
 
 def test_the_backend_killed_mid_answer(gateway, docker_client, tmp_path):

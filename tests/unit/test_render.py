@@ -4,6 +4,7 @@ checked offline against Kubernetes' own schemas, Pod Security `restricted`,
 the network rules, and `docker-compose config`; and what the outputs grant,
 part by part, equal to what the spec grants."""
 import copy
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -123,12 +124,17 @@ def test_every_pod_meets_pod_security_restricted_and_is_hardened_as_on_docker(re
 
 
 def test_the_weights_are_read_only_and_checked_before_the_backend_starts(rendered):
-    _, spec, objects, _ = rendered[0]
+    """The backend checks each file it loads against the sha256 in its
+    configuration, at every start (images/llama-cpp/backend.py): on every
+    target, that configuration carries the policy's sha256 for the file
+    mounted at that path."""
+    _, spec, objects, compose_file = rendered[0]
     backend = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "backend")
     pod = backend["spec"]["template"]["spec"]
-    [check] = pod["initContainers"]
     model = spec.container("backend").mounts[0]
-    assert model.sha256 in check["command"][-1] and check["volumeMounts"][0]["readOnly"] is True
+    [env] = [e["value"] for e in pod["containers"][0]["env"] if e["name"] == "SANDBOX_BACKEND_CONFIG"]
+    for config in (env, compose_file["services"]["backend"]["environment"]["SANDBOX_BACKEND_CONFIG"]):
+        assert [(m["model"], m["sha256"]) for m in json.loads(config)["models"]] == [(model.target, model.sha256)]
     [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "models"]
     assert mount == {"name": "models", "mountPath": model.target, "subPath": Path(model.source).name,
                      "readOnly": True}

@@ -109,6 +109,13 @@ def test_backend_config_serves_every_model():
     assert "api_key" not in config  # the key travels apart, so it stays out of hashes
 
 
+def test_the_backend_is_given_the_sha256_of_each_file_it_mounts():
+    backend = make_spec().container("backend")
+    config = json.loads(backend.env_value("SANDBOX_BACKEND_CONFIG"))
+    assert [(m["model"], m["sha256"]) for m in config["models"]] == [(m.target, m.sha256) for m in backend.mounts]
+    assert all(len(m["sha256"]) == 64 for m in config["models"])
+
+
 def test_frontend_gets_backend_url_and_key_and_nothing_overrides_them():
     f = make_spec(api_key="secret").container("frontend")
     assert f.env_value("OPENAI_API_BASE_URL") == "http://backend:8000/v1"
