@@ -44,7 +44,11 @@ def context_problems(context: Path, dockerfile: str = "Dockerfile") -> list[str]
             problems.append(f"{rel}: cannot be read ({e.strerror})")
             continue
         mode = st.st_mode
-        if stat.S_ISLNK(mode):
+        if rel == dockerfile and not stat.S_ISREG(mode):
+            # The Dockerfile's bytes are read, checked and sent as one: a link
+            # would have its tag name the link and the build send the target.
+            problems.append(f"{rel} is not a plain file (a link?); put the Dockerfile itself in the context")
+        elif stat.S_ISLNK(mode):
             target = os.path.realpath(path)
             if not _inside(target, root):
                 problems.append(f"{rel} is a symlink to {os.readlink(path)}, outside the build context")

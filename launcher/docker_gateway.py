@@ -708,13 +708,13 @@ def _write_context(image: ImageBuild, out, dockerfile: bytes) -> None:
             info = tar.gettarinfo(str(path), arcname=rel)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            if info.issym():
+            if info.issym() and rel != image.dockerfile:
                 digest.update(f"link={rel}\n".encode() + info.linkname.encode() + b"\n")
             if rel == image.dockerfile:
-                if info.issym():  # the engine would read the link's target; it gets the bytes checked
-                    info.type, info.linkname, info.mode = tarfile.REGTYPE, "", 0o644
-                else:
-                    digest.update(f"file={rel}\n".encode() + hashlib.sha256(dockerfile).digest())
+                if not info.isfile():  # refused by the policy's checks (launcher/build_context.py)
+                    raise BuildFailure(image.tag, f"{rel} is not a plain file", [])
+                # The bytes that were checked, sent, and hashed as the tag was.
+                digest.update(f"file={rel}\n".encode() + hashlib.sha256(dockerfile).digest())
                 info.size = len(dockerfile)
                 tar.addfile(info, io.BytesIO(dockerfile))
             elif info.isfile():

@@ -89,3 +89,24 @@ def test_the_context_sent_is_the_context_checked(tmp_path):
     (tmp_path / "app.py").write_text("print('swapped')\n")
     with pytest.raises(BuildFailure, match="a file of its build context changed after it was checked"):
         _write_context(image, io.BytesIO(), dockerfile)
+
+
+def test_a_dockerfile_that_is_a_link_is_refused(tmp_path):
+    """Tried as an attacker would: the Dockerfile a link to another file of the
+    context, swapped for a moment between the reads. The tag hashed the link
+    and the target; the build sent the bytes of a third read, which matched
+    neither check, and a signed policy started an unlocked Dockerfile."""
+    (tmp_path / "real.df").write_text("FROM debian:bookworm-slim\n")
+    (tmp_path / "Dockerfile").symlink_to("real.df")
+    assert any("Dockerfile is not a plain file" in p for p in context_problems(tmp_path))
+    image = _hashed("sandbox-t-frontend", tmp_path, "Dockerfile", None)
+    with pytest.raises(BuildFailure, match="is not a plain file"):
+        _write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\nRUN echo unlocked\n")
+    # Control: the same Dockerfile as a plain file is sent, and only the checked bytes are.
+    (tmp_path / "Dockerfile").unlink()
+    (tmp_path / "Dockerfile").write_text("FROM debian:bookworm-slim\n")
+    assert context_problems(tmp_path) == []
+    image = _hashed("sandbox-t-frontend", tmp_path, "Dockerfile", None)
+    _write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\n")
+    with pytest.raises(BuildFailure, match="changed after it was checked"):
+        _write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\nRUN echo unlocked\n")
