@@ -8,6 +8,7 @@ and `up`; `down --volumes` forgets it and `up --new-token` replaces it."""
 from __future__ import annotations
 
 import hashlib
+import html
 import os
 import re
 import secrets
@@ -60,6 +61,10 @@ def token_file(sandbox: str) -> Path:
     return state_dir() / sandbox / "access-token"
 
 
+def open_page(sandbox: str) -> Path:
+    return token_file(sandbox).with_name("open.html")
+
+
 def saved_token(sandbox: str) -> str | None:
     try:
         token = token_file(sandbox).read_text().strip()
@@ -77,10 +82,31 @@ def save_token(sandbox: str, token: str) -> None:
 def forget_token(sandbox: str) -> None:
     path = token_file(sandbox)
     path.unlink(missing_ok=True)
+    open_page(sandbox).unlink(missing_ok=True)
     try:
         path.parent.rmdir()
     except OSError:
         pass
+
+
+OPEN_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="0;url={link}">
+<title>Opening sandbox {name}</title></head>
+<body><p>Opening sandbox {name}: if nothing happens, <a href="{link}">follow this link</a>.</p></body></html>
+"""
+
+
+def write_open_page(sandbox: str, link: str) -> Path:
+    """A page that sends the browser on to the access link, for the browser
+    to be started on by its path: every local user can read a process's
+    command line (/proc/PID/cmdline), and a browser keeps its own for its
+    life, so the link itself is never put there (Jupyter's redirect file).
+    Like the token it leads to, it is made new, owner-only, beside it."""
+    page = open_page(sandbox)
+    write_private(private_directory(page.parent) / page.name,
+                  OPEN_PAGE.format(link=html.escape(link), name=html.escape(sandbox)))
+    return page
 
 
 def open_ui(url: str, token: str | None = None, data: bytes | None = None,

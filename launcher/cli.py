@@ -277,13 +277,16 @@ def open_ui(target: Optional[str] = typer.Argument(None, help="Sandbox name or p
                                                               "may be left out when only one sandbox exists."),
             print_only: bool = typer.Option(False, "--print", help="Print the access link; open no browser.")):
     """Open a sandbox's UI in your browser, with its access link (which logs the browser in)."""
-    import webbrowser
-
-    from launcher.commands.open import access_link
+    from launcher.commands.open import access_link, open_in_browser
     name, link = access_link(_gateway(), target)
-    out.print(link, markup=False)
-    if not print_only and webbrowser.open(link):
+    if print_only:
+        out.print(link, markup=False)
+    elif open_in_browser(name, link):
         err.print(f"opened sandbox {name} in your browser", markup=False)
+    else:
+        err.print("no browser could be started here; open this link yourself (it is your key to the sandbox):",
+                  markup=False)
+        out.print(link, markup=False)
 
 
 @app.command()

@@ -1,6 +1,8 @@
 """`sandbox open`: the access link of a running sandbox, for its owner's browser."""
 from __future__ import annotations
 
+import webbrowser
+
 from launcher import access
 from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
@@ -20,3 +22,10 @@ def access_link(gateway: DockerGateway, target: str | None) -> tuple[str, str]:
         raise NotFound(f"no access token of sandbox {name} is readable here: it is kept in "
                        f"{access.token_file(name)} of the user who started it")
     return name, access.access_link(f"http://{state['ports'][0]}/", token)
+
+
+def open_in_browser(name: str, link: str) -> bool:
+    """Start the user's browser on a page only they can read, which leads it
+    on to the link: the link itself is never on the browser's command line,
+    where every local user can read it (launcher/access.py, write_open_page)."""
+    return webbrowser.open(access.write_open_page(name, link).as_uri())

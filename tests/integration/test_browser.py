@@ -5,12 +5,16 @@ would: a page on another port of this machine, and a rebound name."""
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from tests.integration.conftest import ui_json
+from tests.support import recording_browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium resolves this name to 127.0.0.1, as a DNS-rebinding page's name would
@@ -68,6 +72,29 @@ def test_a_message_typed_in_the_page_is_answered(sandbox, browser, tmp_path):
     assert answer.text_content().strip()
     # The page talked to its own origin only.
     assert requests and all(url.startswith(result.url) for url in requests), requests
+    context.close()
+
+
+def test_sandbox_open_logs_the_browser_in_without_the_token_on_its_command_line(sandbox, browser, tmp_path):
+    """`sandbox open` starts the browser on a page only its owner can read,
+    which leads on to the access link: opened in Chromium, that page lands on
+    the UI, logged in. The unit tests hold the control (the link given as the
+    argument is on the command line for every local user to read)."""
+    result, _ = sandbox
+    environment, record = recording_browser.install(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "launcher", "open", result.name], capture_output=True, text=True,
+                         env={**os.environ, **environment}, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    assert result.token not in run.stdout + run.stderr
+    seen = recording_browser.recorded(record)
+    assert not any(result.token in arg for arg in seen["cmdline"]) and seen["mode"] == 0o600
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(seen["cmdline"][-1])  # the file:// page, as the browser was given it
+    page.wait_for_url(result.url, timeout=30_000)
+    cookie = {c["name"]: c for c in context.cookies()}.get(f"sandbox-{result.name}")
+    assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict", context.cookies()
+    page.wait_for_selector("#model option[value='smollm2']", state="attached", timeout=30_000)
     context.close()
 
 

@@ -2,7 +2,11 @@
 `down`/`up`, forgotten with `down --volumes`."""
 import stat
 
+import pytest
+
 from launcher import access
+from launcher.errors import SandboxError
+from tests.support import recording_browser as recording
 
 
 def test_token_is_saved_for_its_owner_only_and_forgotten(tmp_path, monkeypatch):
@@ -96,3 +100,60 @@ def test_one_command_at_a_time_per_sandbox(tmp_path, monkeypatch):
     thread.join(5)
     assert order == ["first done", "other", "second"]
     assert said == ["waiting for another sandbox command on demo to finish"]
+
+
+@pytest.fixture
+def recording_browser(tmp_path, monkeypatch):
+    import webbrowser
+    environment, record = recording.install(tmp_path)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(webbrowser, "_tryorder", None)  # so that it reads BROWSER afresh
+    return lambda: recording.recorded(record)
+
+
+def test_open_starts_the_browser_on_an_owner_only_page_never_with_the_token(recording_browser, monkeypatch):
+    from typer.testing import CliRunner
+
+    import launcher.commands.open
+    from launcher.cli import app
+    token = access.new_token()
+    link = access.access_link("http://127.0.0.1:8080/", token)
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.open, "access_link", lambda gateway, target: ("demo", link))
+    result = CliRunner().invoke(app, ["open", "demo"])
+    assert result.exit_code == 0, result.output
+    assert token not in result.stdout and "opened sandbox demo in your browser" in result.stderr
+    seen = recording_browser()
+    page = access.open_page("demo")
+    assert seen["cmdline"][-1] == page.as_uri() and not any(token in arg for arg in seen["cmdline"])
+    assert seen["mode"] == 0o600 and seen["directory_mode"] == 0o700
+    assert f'<meta http-equiv="refresh" content="0;url={link}">' in seen["page"]
+    # `--print` is the owner asking for the link on their own terminal: it opens nothing.
+    printed = CliRunner().invoke(app, ["open", "demo", "--print"])
+    assert printed.stdout.strip() == link
+    # `down --volumes` forgets the page with the token.
+    access.forget_token("demo")
+    assert not page.exists() and not page.parent.exists()
+
+
+def test_the_link_on_the_browsers_command_line_is_there_for_every_local_user(recording_browser):
+    """Control: how `open` started the browser before, with the link as its argument."""
+    import webbrowser
+    token = access.new_token()
+    assert webbrowser.open(access.access_link("http://127.0.0.1:8080/", token))
+    assert any(token in arg for arg in recording_browser()["cmdline"])
+
+
+def test_the_open_page_is_made_new_and_never_written_through_a_link(tmp_path, monkeypatch):
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    page = access.write_open_page("demo", "http://127.0.0.1:8080/?sandbox_token=x")
+    assert stat.S_IMODE(page.stat().st_mode) == 0o600 and stat.S_IMODE(page.parent.stat().st_mode) == 0o700
+    page.unlink()
+    elsewhere = tmp_path / "elsewhere.html"
+    elsewhere.write_text("someone else's file\n")
+    page.symlink_to(elsewhere)
+    with pytest.raises(SandboxError) as refused:
+        access.write_open_page("demo", "http://127.0.0.1:8080/?sandbox_token=x")
+    assert "symbolic link" in str(refused.value) and elsewhere.read_text() == "someone else's file\n"
