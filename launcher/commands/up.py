@@ -22,7 +22,7 @@ from launcher.docker_gateway import BuildEgress, DockerGateway
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import recipe_image
 from launcher.locks import sandbox_lock
-from launcher.errors import ModelChanged, NotFound, NotReady, PolicyError, Problem, SandboxError, SubnetTaken
+from launcher.errors import ModelChanged, NotReady, PolicyError, Problem, SandboxError, SubnetTaken
 from launcher.lock import LockError, PolicySource, read_source
 from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
