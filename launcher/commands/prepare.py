@@ -26,7 +26,6 @@ class Prepared:
     spec: SandboxSpec
     plan: Plan
     signer: Signer | None = None  # who signed the policy's lock, when it is signed
-    source: PolicySource | None = None  # the bytes that were checked and run
 
 
 def port_is_ours(gateway: DockerGateway):
@@ -53,8 +52,8 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
         raise LockError("--relock writes a new lock, which no allowed signer has signed: relock with "
                         "`sandbox lock`, have it signed, and run `up` again")
     signer = check_signature(source, trusted)
-    policy = load_policy(source.file, display=source.display, port_is_ours=port_is_ours(gateway), hash_progress=hash_progress,
-                         model_paths=bundle.model_paths if bundle else None, raw=source.policy)
+    policy = load_policy(source.file, display=source.display, raw=source.policy, port_is_ours=port_is_ours(gateway),
+                         hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.engine()["runtimes"]:
         raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
@@ -80,7 +79,7 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     spec = build_spec(policy, images, secrets, gpus, subnet)
     again = images_not_ours(gateway, images, None if relock else source.locked())
     observed = replace(gateway.observe(policy.name, tuple(i.tag for i in images.all())), build_again=again)
-    return Prepared(policy, spec, make_plan(spec, observed), signer, source)
+    return Prepared(policy, spec, make_plan(spec, observed), signer)
 
 
 def current_token(gateway: DockerGateway, name: str) -> str | None:

@@ -79,7 +79,8 @@ def read(path: Path, name: str) -> tuple[bytes | None, list[Problem]]:
         return None, [Problem(name, 0, 0, "", f"cannot be read: {e.strerror}")]
 
 
-def load(path: Path, display_name: str | None = None, raw: bytes | None = None) -> tuple[Document | None, list[Problem]]:
+def load(path: Path, display_name: str | None = None,
+         raw: bytes | None = None) -> tuple[Document | None, list[Problem]]:
     """Parse one policy file, or `raw`, its bytes as read before (the bytes a
     signature was checked on are the bytes parsed). Returns the document, or
     None and its problems."""
