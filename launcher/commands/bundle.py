@@ -213,7 +213,7 @@ def _open_bundle(gateway: DockerGateway, path: Path, file, allowed_signers: Path
         try:
             for name, member in members.items():
                 if name in read:
-                    _write_private(unpacked / name, read[name])
+                    _write_new(unpacked / name, read[name])
                 else:
                     _unpack(tar, member, manifest, unpacked / name, path)
             images_tar = unpacked / "images.tar"
@@ -331,22 +331,26 @@ def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, manifest: dict, out: 
     private_directory(out.parent)
     digest = hashlib.sha256()
     source = tar.extractfile(member)
-    with _create_private(out) as f:
+    with _create_new(out) as f:
         while chunk := source.read(CHUNK):
             digest.update(chunk)
             f.write(chunk)
     _compare(member, digest.hexdigest(), manifest, bundle)
 
 
-def _write_private(out: Path, data: bytes) -> None:
+def _write_new(out: Path, data: bytes) -> None:
     private_directory(out.parent)
-    with _create_private(out) as f:
+    with _create_new(out) as f:
         f.write(data)
 
 
-def _create_private(path: Path):
-    """A new file in the private scratch directory, owner-only."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb")
+def _create_new(path: Path):
+    """A new file in the owner-only scratch directory (which keeps other users
+    out). Readable by all itself: the backend reads the weights through their
+    mount, as uid 65534."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    os.fchmod(fd, 0o644)  # whatever the umask
+    return os.fdopen(fd, "wb")
 
 
 def _compare(member: tarfile.TarInfo, sha256: str, manifest: dict, bundle: Path) -> None:

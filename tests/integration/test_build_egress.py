@@ -206,17 +206,20 @@ def build_unchecked(docker_client, context) -> list[str]:
     """The Dockerfile built straight with the Docker SDK, as nothing of the
     launcher checks it; the layers it made are removed after."""
     before = {image.id for image in docker_client.images.list(all=True)}
-    lines, made = [], set()
+    lines, made = [], []
     try:
         for chunk in docker_client.api.build(path=str(context), rm=True, forcerm=True, decode=True):
             text = chunk.get("stream") or chunk.get("error") or ""
             lines.append(text)
-            made |= set(re.findall(r"---> ([0-9a-f]{12})\b", text))
+            made += re.findall(r"---> ([0-9a-f]{12})\b", text)
     finally:
-        for image in docker_client.images.list(all=True):
-            if image.id not in before and image.id.removeprefix("sha256:")[:12] in made:
+        ids = {image.id.removeprefix("sha256:")[:12]: image.id for image in docker_client.images.list(all=True)
+               if image.id not in before}
+        # The last layer first: the engine keeps a layer that has children.
+        for short in reversed(made):
+            if short in ids:
                 try:
-                    docker_client.images.remove(image.id, force=True)
+                    docker_client.images.remove(ids[short], force=True)
                 except docker.errors.ImageNotFound:
                     pass  # gone with the layer above it
     return lines

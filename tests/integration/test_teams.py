@@ -217,9 +217,9 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
                 docker_client.images.remove(other)
     assert not any(gateway.image_present(tag) for tag in tags)
     said: list[str] = []
-    result = up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed, say=said.append,
-                on_build_line=lambda line: said.append("build: " + line))
     try:
+        result = up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed, say=said.append,
+                    on_build_line=lambda line: said.append("build: " + line))
         print(f"up from the bundle {result.seconds['total']:.1f} s (loading {result.seconds['bundle']:.1f} s)")
         assert not any(m.startswith(("building image", "build: ")) for m in said), said
         assert any(m.startswith("loading 4 images") for m in said)
@@ -230,7 +230,7 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
         [report] = status(gateway, result.name)
         assert report["healthy"] and report["signed_by"]["principal"] == "alice@example.org"
     finally:
-        down(gateway, result.name, volumes=True)
+        down(gateway, manifest["name"], volumes=True)
         for keeper in keepers:
             docker_client.images.remove(keeper)
 
