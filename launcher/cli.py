@@ -391,7 +391,8 @@ def _render_audit(result: dict) -> None:
                           else c["reason"])
                 out.print(printable(f"    {c['count']:4}x {c['verdict']:8} {c['host']}:{c['port']}  {detail}"),
                           markup=False)
-    if not result["names"] and not result["ingress_refused"] and not result["destinations"]:
+    if not result["names"] and not result["ingress_refused"] and not result["destinations"] \
+            and not result["ingress_refused_from_parts"]:
         out.print(f"sandbox {result['name']}: nothing tried to get out while running", markup=False)
         return
     if result["names"]:
@@ -413,6 +414,11 @@ def _render_audit(result: dict) -> None:
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:
             out.print(printable(f"  {line}"), markup=False)
+    if result["ingress_refused_from_parts"]:
+        out.print("requests the parts sent to the ingress from inside (refused; the ingress is not theirs to use):",
+                  markup=False)
+        for r in result["ingress_refused_from_parts"]:
+            out.print(printable(f"  {r['part']}: {r['line']}"), markup=False)
 
 
 def _destination(connection: dict) -> str:

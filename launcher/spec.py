@@ -42,6 +42,7 @@ PARTS = ("dns", "backend", "frontend", "ingress")
 SUBNET_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 DNS_SINK_HOST = 53  # the sink's address: .53 of the internal subnet
 SINK_GATEWAY_HOST = 1  # the internal network's gateway, .1: an address the sink answers for
+INTERNAL_SUBNET_ENV = "SANDBOX_INTERNAL_SUBNET"  # the ingress listens outside it (images/ingress/start.sh)
 AUDIT_DIR = "/audit"  # in the DNS sink: its records, on the sandbox's audit volume
 # With `audit: connections`, the sink answers each outside name with an
 # address of its own from here: the range set aside for benchmarking
@@ -305,6 +306,8 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         env=(("SANDBOX_NAME", name),
              ("SANDBOX_UPSTREAM", f"{FRONTEND_ALIAS}:{f.port}"),
              ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),
+             # It listens on none of its addresses in this network: no part can reach it.
+             (INTERNAL_SUBNET_ENV, internal_subnet),
              # The Host and Origin it answers to: the sandbox's own, on the host.
              ("SANDBOX_PUBLIC_PORT", str(policy.ingress_port)),
              (TOKEN_ENV, secrets.access_token),

@@ -11,13 +11,36 @@ valid '^[0-9]{1,5}$' "${SANDBOX_PUBLIC_PORT:-}" || fail "SANDBOX_PUBLIC_PORT is 
 valid '^[0-9]{1,5}$' "${SANDBOX_LISTEN_PORT:-}" || fail "SANDBOX_LISTEN_PORT is missing"
 valid '^[a-z0-9.-]+:[0-9]{1,5}$' "${SANDBOX_UPSTREAM:-}" || fail "SANDBOX_UPSTREAM is not host:port"
 mkdir -p /tmp/nginx
+# The door is for the host only: nginx listens on this container's addresses
+# outside the sandbox's own network, none on it, so that no part can reach the
+# ingress from inside (to use it, or to fill its log with refusals that read
+# like a browser's). Without SANDBOX_INTERNAL_SUBNET (a cluster's pod has one
+# address), it listens on every address.
+LISTEN="listen $SANDBOX_LISTEN_PORT default_server;"
+if [ -n "${SANDBOX_INTERNAL_SUBNET:-}" ]; then
+  valid '^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$' "$SANDBOX_INTERNAL_SUBNET" \
+    || fail "SANDBOX_INTERNAL_SUBNET is not an IPv4 network"
+  # This container's own addresses: /proc/net/fib_trie names each above a
+  # "/32 host LOCAL" line.
+  LISTEN=$(awk -v subnet="$SANDBOX_INTERNAL_SUBNET" -v port="$SANDBOX_LISTEN_PORT" '
+    function number(address,    part) { split(address, part, "."); return ((part[1] * 256 + part[2]) * 256 + part[3]) * 256 + part[4] }
+    BEGIN { split(subnet, net, "/"); size = 2 ^ (32 - net[2]); first = int(number(net[1]) / size) * size }
+    / \|-- / { address = $2; next }
+    /\/32 host LOCAL/ { n = number(address)
+                        if (address !~ /^127\./ && !(n >= first && n < first + size) && !(address in seen)) {
+                          seen[address] = 1; printf "listen %s:%s default_server;\n", address, port } }
+  ' /proc/net/fib_trie)
+  [ -n "$LISTEN" ] || fail "no address outside the sandbox's network ($SANDBOX_INTERNAL_SUBNET) to listen on"
+fi
+export SANDBOX_LISTEN="$LISTEN"
 # The token is read from the environment, never put on a command line: every
 # local user of the host can read the command lines of a container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN_PORT UPSTREAM", names, " ") }
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM", names, " ") }
      { for (i = 1; i <= 5; i++) gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@",
                                      ENVIRON["SANDBOX_" names[i]]); print }' \
     /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
-echo "ingress: listening on :$SANDBOX_LISTEN_PORT for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream $SANDBOX_UPSTREAM"
+addresses=$(printf '%s\n' "$LISTEN" | sed 's/listen //; s/ default_server;//' | tr '\n' ' ')
+echo "ingress: listening on ${addresses}for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream $SANDBOX_UPSTREAM"
 # Everything nginx writes passes through here on its way to the container's
 # log, which the token must never reach: nginx's own error lines quote the
 # request line and Host of the request at fault (a body too large, a UI that

@@ -105,10 +105,29 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
     lookups, summary = names_tried(gateway, name, since, part_of_address)
     refused = [line.partition(" ")[2].removeprefix("ingress: ") for line in ingress_refusals(gateway, name)
                if since is None or _when(line.partition(" ")[0]) >= since]
+    from_host, from_parts = refusals_by_sender(refused, part_of_address)
     caught = [_connection(entry, part_of_address) for entry in connections_kept(gateway, name)
               if since is None or entry.get("time", 0) >= since]
-    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": refused, "builds": builds,
+    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": from_host,
+            "ingress_refused_from_parts": from_parts, "builds": builds,
             "destinations": destinations(caught), "connections": caught}
+
+
+def refusals_by_sender(lines: list[str], part_of_address: dict[str, str]) -> tuple[list[str], list[dict]]:
+    """The ingress's refusals of requests from the host (browsers, local
+    programs), apart from those a part of the sandbox sent from inside, each
+    labelled as that part's: a part must not pass its own requests off as a
+    browser's cross-site attempts. The ingress listens on no address inside
+    (images/ingress/start.sh), so the second list stays empty unless that
+    wall is broken."""
+    from_host, from_parts = [], []
+    for line in lines:
+        peer = line.rpartition(" peer=")[2] if " peer=" in line else ""
+        if peer in part_of_address:
+            from_parts.append({"part": part_of_address[peer], "line": line})
+        else:
+            from_host.append(line)
+    return from_host, from_parts
 
 
 def _logged_refusals(gateway: DockerGateway, name: str) -> list[str]:

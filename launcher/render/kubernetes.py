@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass, replace
 
 from launcher.access import TOKEN_ENV
-from launcher.spec import (BACKEND_ALIAS, FRONTEND_ALIAS, LABEL_HASH, LABEL_PART, LABEL_SANDBOX, NOBODY,
-                           ContainerSpec, SandboxSpec, spec_hash)
+from launcher.spec import (BACKEND_ALIAS, FRONTEND_ALIAS, INTERNAL_SUBNET_ENV, LABEL_HASH, LABEL_PART,
+                           LABEL_SANDBOX, NOBODY, ContainerSpec, SandboxSpec, spec_hash)
 
 NAMESPACE_PREFIX = "sandbox-"
 LABEL_INTERNAL = "io.sandbox.internal"
@@ -183,6 +183,8 @@ def _container(c: ContainerSpec, name: str, options: KubeOptions, volumes: list[
         mounts.append({"name": volume, "mountPath": target})
     env = []
     for key, value in c.env:
+        if key == INTERNAL_SUBNET_ENV:
+            continue  # a pod has one address, in the cluster's network, not in this one: the ingress listens on it
         if key in c.secret_env:
             env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": secrets[value]}}})
         else:

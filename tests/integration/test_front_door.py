@@ -7,15 +7,20 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.request
 
 import pytest
 
 from launcher import access
+from launcher.commands.audit import audit
 from launcher.commands.down import down
 from launcher.commands.status import status
 from launcher.commands.up import up
+from launcher.spec import INGRESS_PORT, resource_name
 from tests.integration.conftest import ca_bundle, ui_json, write_policy
+
 
 def test_a_foreign_host_gets_no_history(sandbox):
     """curl -H 'Host: evil.example:8080' http://127.0.0.1:8080/api/history"""
@@ -31,6 +36,50 @@ def test_a_foreign_host_gets_no_history(sandbox):
     answer = subprocess.run([curl, "-s", "-H", f"Authorization: Bearer {result.token}", result.url + "api/history"],
                             capture_output=True, text=True, timeout=30).stdout
     assert "a secret" in answer
+
+
+KNOCK_FROM_INSIDE = """
+import socket, sys
+host, port, origin = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(("POST / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nOrigin: " + origin
+                   + "\\r\\nContent-Length: 0\\r\\nConnection: close\\r\\n\\r\\n").encode())
+        print("answered:", s.recv(200).split(b"\\r\\n")[0].decode())
+except OSError as e:
+    print("not reached:", type(e).__name__)
+"""
+
+
+def test_a_part_cannot_reach_the_ingress_from_inside_to_pass_for_a_browser(sandbox, gateway, docker_client):
+    """Tried as an attacker would: the front-end reached the ingress from
+    inside and made "refused" records that read like a browser's
+    cross-site attempts."""
+    result, _ = sandbox
+    frontend = docker_client.containers.get(resource_name(result.name, "frontend"))
+    ingress = docker_client.containers.get(resource_name(result.name, "ingress"))
+    inside = ingress.attrs["NetworkSettings"]["Networks"][resource_name(result.name, "internal")]["IPAddress"]
+    for host in ("ingress", inside):  # by its name and by its address on the sandbox's network
+        code, output = frontend.exec_run(["python3", "-c", KNOCK_FROM_INSIDE, host, str(INGRESS_PORT),
+                                          "http://inside-knock.example"])
+        assert output.decode().startswith("not reached: ConnectionRefusedError"), output
+    # The negative control: the same request from this machine is refused by
+    # the ingress and recorded as the host's; the owner still gets in.
+    request = urllib.request.Request(result.url, data=b"", method="POST",
+                                     headers={"Origin": "http://host-knock.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=30)
+    assert refused.value.code == 403
+    deadline = time.monotonic() + 60
+    while True:
+        found = audit(gateway, result.name)
+        if any("host-knock" in line for line in found["ingress_refused"]):
+            break
+        assert time.monotonic() < deadline, found["ingress_refused"]
+        time.sleep(0.5)
+    assert not any("inside-knock" in line for line in found["ingress_refused"])
+    assert found["ingress_refused_from_parts"] == []
+    assert ui_json(result, "api/history", timeout=30) is not None
 
 
 def test_status_gives_the_owner_the_link_and_token(sandbox, gateway):

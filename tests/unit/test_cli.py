@@ -89,7 +89,8 @@ def hostile_audit() -> dict:
             "connections": [{"time": 1.0, "part": "frontend", "protocol": "tcp", "name": HOSTILE,
                              "address": "198.18.0.5", "port": 80, "said": HOSTILE,
                              "http": {"method": "POST", "host": HOSTILE, "path": "/", "body": HOSTILE}}],
-            "ingress_refused": [f"refused no-token GET /{HOSTILE}"]}
+            "ingress_refused": [f"refused no-token GET /{HOSTILE}"],
+            "ingress_refused_from_parts": [{"part": "frontend", "line": f"refused no-token GET /{HOSTILE}"}]}
 
 
 def test_audit_escapes_what_parts_sent_in_text_and_json(monkeypatch):

@@ -96,7 +96,9 @@ BREACHES = {
     "IPv6": [probe_with(ipv6={"[::1]:1": {"disabled": False, "result": "has-default-route"}}),
              probe_with(ipv6={"[::1]:1": {"disabled": True, "result": "connected"}})],
     "use the ingress as proxy": [probe_with(http={"x CONNECT": "HTTP/1.1 200 Connection established"}),
-                                 replace(safe(), ingress_from_host={"GET http://x/": "HTTP/1.0 200 OK"})],
+                                 replace(safe(), ingress_from_host={"GET http://x/": "HTTP/1.0 200 OK"}),
+                                 # From the host a refused connection is an ingress that is down, not a refusal.
+                                 replace(safe(), ingress_from_host={"GET http://x/": "error:Connection refused"})],
     "raw sockets": [probe_with(self={**safe().probe["self"], "raw_socket": "opened"})],
     "privileges": [probe_with(processes={"1": {**PROC, "cap_eff": "00000000a80425fb"}}),
                    probe_with(processes={"1": {**PROC, "no_new_privs": "0"}}),
@@ -187,3 +189,8 @@ def test_privileges_under_gvisor_are_read_inside_and_on_the_host():
     assert v.privileges(replace(facts, gvisor_sentry={**sentry, "Seccomp": "0"})).verdict == "FAIL"
     root = probe_with(processes={"1": {**inside, "uid": ["0"] * 4}})
     assert v.privileges(replace(root, gvisor_sentry=sentry)).verdict == "FAIL"
+
+
+def test_an_ingress_that_does_not_listen_inside_is_no_proxy_from_inside():
+    facts = probe_with(http={"10.0.0.4:8080 CONNECT example.com:443 HTTP/1.1": "error:Connection refused"})
+    assert v.ingress_proxy(facts).verdict == "PASS"
