@@ -461,6 +461,7 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
 
     With --json, also its access token and link (for the user who started it)."""
     from launcher.commands.status import status as run_status
+    from launcher.models.facts import gib
     sandboxes = run_status(_gateway(), target, memory=memory)
     if as_json:
         out.print_json(data={"sandboxes": sandboxes})
@@ -489,6 +490,10 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
                 row.append(f"{mem / 2**20:.0f} MiB" if mem else "-")
             table.add_row(*row)
         out.print(table)
+        for v in s.get("volumes") or []:
+            used = "?" if v["used_bytes"] is None else gib(v["used_bytes"])
+            limit = f"of at most {gib(v['limit_bytes'])}" if v["limit_bytes"] else "no size limit"
+            out.print(f"  volume {v['name']}: {used} used, {limit}", markup=False)
     if not all(s["healthy"] for s in sandboxes):
         raise typer.Exit(1)
 
