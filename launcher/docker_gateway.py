@@ -28,8 +28,8 @@ from launcher.images import EXTRA_CA_NAME, ImageBuild
 from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
 from launcher.text import json_records
 from launcher.spec import (LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
-                           ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, labels_for, memory_bytes,
-                           resource_name)
+                           ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, image_volume_tmpfs, labels_for,
+                           memory_bytes, resource_name)
 
 Say = Callable[[str], None]
 NANO = 1_000_000_000
@@ -694,7 +694,7 @@ class DockerGateway:
         host_config = self.api.create_host_config(
             mounts=[DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
                     for m in c.mounts],
-            tmpfs=dict(c.tmpfs),
+            tmpfs=self._tmpfs_with_image_volumes_covered(c),
             port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
             read_only=c.read_only,
             cap_drop=list(c.cap_drop),
@@ -733,6 +733,19 @@ class DockerGateway:
                                                       aliases=list(attachment.aliases) or None,
                                                       ipv4_address=attachment.ipv4_address)
             self.api.start(created["Id"])
+
+
+    def _tmpfs_with_image_volumes_covered(self, c: ContainerSpec) -> dict[str, str]:
+        """The spec's tmpfs mounts, and a bounded one over each VOLUME the
+        image declares where the spec mounts nothing (image_volume_tmpfs)."""
+        with _translated(f"inspecting image {c.image}"):
+            declared = (self.api.inspect_image(c.image).get("Config") or {}).get("Volumes") or {}
+        tmpfs = dict(c.tmpfs)
+        mounted = {m.target.rstrip("/") for m in c.mounts} | {t.rstrip("/") for t in tmpfs}
+        for path in sorted(declared):
+            if path.rstrip("/") not in mounted:
+                tmpfs[path] = image_volume_tmpfs(c.user)
+        return tmpfs
 
 
 def _write_context(image: ImageBuild, out, dockerfile: bytes) -> None:

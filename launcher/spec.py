@@ -52,6 +52,8 @@ SINK_ANSWER_RANGE = "198.18.0.0/15"
 AUDIT_VOLUME_SIZE = "256m"
 
 
+
+
 @dataclass(frozen=True)
 class Secrets:
     """Made per sandbox and kept while it runs; never part of a spec hash."""
@@ -180,6 +182,18 @@ def spec_hash(resource) -> str:
 def labels_for(spec: SandboxSpec, resource) -> dict[str, str]:
     return {LABEL_SANDBOX: spec.name, LABEL_PART: resource.part,
             LABEL_HASH: spec_hash(resource), LABEL_POLICY: spec.policy_file}
+
+
+def image_volume_tmpfs(user: str) -> str:
+    """The tmpfs over each VOLUME an image declares that the spec does not
+    mount: Docker would otherwise make it an anonymous volume on the host's
+    disk, writable and unbounded despite the read-only root. The part's user
+    owns it, as it might the volume it stands for (a mode is not enough:
+    where the image has the directory, the engine keeps its mode); it is
+    bounded and goes with the container: `frontend.data` is the place for
+    what must be kept."""
+    uid, _, gid = user.partition(":")
+    return f"rw,noexec,nosuid,nodev,size=64m,uid={uid},gid={gid or uid}"
 
 
 def resolve_gpus(policy: Policy, engine_has_gpu: bool) -> str | tuple[str, ...] | None:

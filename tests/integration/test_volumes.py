@@ -121,3 +121,36 @@ def test_doctor_says_what_the_engines_storage_can_enforce(docker_client):
         assert check["result"] == "warn" and "no quota support" in check["detail"], check
         assert "accept_unbounded_volumes: [data]" in check["detail"] and "project quotas" in check["fix"]
     assert not [v.name for v in docker_client.volumes.list() if v.name.startswith("sandbox-size-probe-")]
+
+
+def test_a_volume_the_front_ends_image_declares_is_bounded_and_never_reaches_the_hosts_disk(
+        sandbox, gateway, docker_client, tmp_path):
+    """Tried as an attacker would: a brought image declares `VOLUME /scratch`
+    owned by its user. Docker makes such a path an anonymous volume on the
+    host's disk, writable despite the read-only root and bounded by nothing."""
+    from launcher.commands.down import down
+    from launcher.commands.up import up
+    result, _ = sandbox
+    tag = f"it-image-volume:{uuid.uuid4().hex[:8]}"
+    dockerfile = (f"FROM {result.prepared.spec.images.frontend.tag}\nUSER 0:0\n"
+                  "RUN mkdir /scratch && chown 65534:65534 /scratch\nVOLUME /scratch\nUSER 65534:65534\n")
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    docker_client.images.build(path=str(tmp_path), tag=tag, rm=True)
+    path = write_policy(tmp_path)
+    policy = yaml.safe_load(path.read_text())
+    policy["frontend"] = {"image": tag, "health_path": "/health"}  # no frontend.data: nothing kept
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    try:
+        started = up(gateway, path, ca_bundle=ca_bundle())
+        frontend = started.prepared.spec.container("frontend")
+        code, output = gateway.exec_in(frontend.name, ["sh", "-c", "head -c 134217728 /dev/zero > /scratch/filler"],
+                                       user=frontend.user)
+        assert code != 0 and "space" in output.lower(), output
+        code, output = gateway.exec_in(frontend.name, ["sh", "-c", "rm /scratch/filler && head -c 1048576 /dev/zero > /scratch/small"],
+                                       user=frontend.user)
+        assert code == 0, output  # control: it stays writable, within its bound
+        mounts = docker_client.api.inspect_container(frontend.name)["Mounts"]
+        assert not [m for m in mounts if m["Type"] == "volume"], mounts
+    finally:
+        down(gateway, policy["name"], volumes=True)
+        docker_client.images.remove(tag, force=True)

@@ -129,3 +129,22 @@ def test_the_policy_carries_the_size_and_the_acceptance(tmp_path):
     policy, problems = check_policy_file(path, check_port=False, check_model_files=False)
     assert problems == [] and policy.frontend.data_size == "512m"
     assert policy.accept_unbounded_volumes == ("data",)
+
+
+class ImageApi:
+    def __init__(self, volumes):
+        self.volumes = volumes
+
+    def inspect_image(self, tag):
+        return {"Config": {"Volumes": self.volumes}}
+
+
+def test_each_volume_an_image_declares_is_covered_by_a_bounded_tmpfs_of_the_parts_user():
+    spec = make_spec()
+    frontend = spec.container("frontend")  # mounts /data, has /tmp
+    gateway = DockerGateway(Client(ImageApi({"/scratch": {}, "/data": {}, "/tmp/": {}})))
+    tmpfs = gateway._tmpfs_with_image_volumes_covered(frontend)
+    assert set(tmpfs) == {"/tmp", "/scratch"}  # the data volume and /tmp were mounted already
+    options = tmpfs["/scratch"].split(",")
+    assert "size=64m" in options and "uid=65534" in options and "gid=65534" in options and "noexec" in options
+    assert DockerGateway(Client(ImageApi(None)))._tmpfs_with_image_volumes_covered(frontend) == dict(frontend.tmpfs)
