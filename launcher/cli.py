@@ -457,7 +457,7 @@ def down(target: Optional[str] = typer.Argument(None, help="Sandbox name or poli
 def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; all when left out."),
            memory: bool = typer.Option(False, "--memory", help="Also show each part's memory use."),
            as_json: bool = JSON):
-    """Show each sandbox's parts, their state and health, and the URL of its UI.
+    """Show each sandbox's parts, their state and health, the URL of its UI and what its volumes hold.
 
     With --json, also its access token and link (for the user who started it)."""
     from launcher.commands.status import status as run_status
@@ -762,7 +762,7 @@ def logs(part: str = typer.Argument(..., help="dns, backend, frontend or ingress
 @handled
 def doctor(port: List[int] = typer.Option([8080], "--port", help="Host ports to check are free."),
            as_json: bool = JSON):
-    """Check this machine: the Docker engine, the base image, GPU support, gVisor, free ports."""
+    """Check this machine: the Docker engine, the base image, GPU support, gVisor, volume sizes, free ports."""
     from launcher.commands.doctor import FAIL, doctor as run_doctor
     checks = run_doctor(_gateway, tuple(port))
     if as_json:
