@@ -105,16 +105,18 @@ class DockerGateway:
                     self._volume_sizes = (True, "")
         return self._volume_sizes
 
-    def volume_usage(self, name: str) -> list[dict]:
+    def volume_usage(self, name: str, count_bytes: bool = True) -> list[dict]:
         """The sandbox's volumes: each one's bytes in use (as the engine's
-        `system df` counts them; None where it did not) and its size limit
-        (None: unbounded)."""
+        `system df` counts them, which walks every volume: not asked with
+        `count_bytes` off; None where it was not counted) and its size limit (None:
+        unbounded)."""
         label = f"{LABEL_SANDBOX}={name}"
         with _translated(f"reading the volumes of sandbox {name}"):
             volumes = self.api.volumes(filters={"label": label})["Volumes"] or []
             if not volumes:
                 return []
-            used = {v["Name"]: (v.get("UsageData") or {}).get("Size") for v in self.api.df().get("Volumes") or []}
+            used = {v["Name"]: (v.get("UsageData") or {}).get("Size")
+                    for v in (self.api.df().get("Volumes") or [] if count_bytes else [])}
         out = []
         for v in sorted(volumes, key=lambda v: v["Name"]):
             size = (v.get("Options") or {}).get("size")

@@ -148,3 +148,23 @@ def test_each_volume_an_image_declares_is_covered_by_a_bounded_tmpfs_of_the_part
     options = tmpfs["/scratch"].split(",")
     assert "size=64m" in options and "uid=65534" in options and "gid=65534" in options and "noexec" in options
     assert DockerGateway(Client(ImageApi(None)))._tmpfs_with_image_volumes_covered(frontend) == dict(frontend.tmpfs)
+
+
+class KeptVolumes:
+    def __init__(self, limits):
+        self.limits = limits
+
+    def volume_usage(self, name, count_bytes=True):
+        assert not count_bytes  # `up` does not wait for the engine to count every volume's bytes
+        return [{"name": n, "part": "", "used_bytes": None, "limit_bytes": b} for n, b in self.limits.items()]
+
+
+def test_up_says_when_a_kept_volume_has_another_size_than_the_policys():
+    from launcher.commands.up import kept_volume_sizes
+    spec = make_spec(volume_sizes_enforced=True)
+    same = {"sandbox-demo-data": 4 * 2**30, "sandbox-demo-audit": memory_bytes(AUDIT_VOLUME_SIZE)}
+    assert kept_volume_sizes(KeptVolumes(same), spec) == []
+    [said] = kept_volume_sizes(KeptVolumes({**same, "sandbox-demo-data": None}), spec)
+    assert "sandbox-demo-data keeps no size limit, not the 4g" in said and "down --volumes demo" in said
+    assert kept_volume_sizes(KeptVolumes({}), spec) == []  # none made yet: made with the size
+    assert kept_volume_sizes(KeptVolumes({"sandbox-demo-data": None}), make_spec()) == []  # accepted unbounded
