@@ -87,8 +87,9 @@ def volume_size_check(gateway) -> Check:
     an unbounded one unless its policy accepts it."""
     enforced, why_not = gateway.volume_sizes()
     if enforced:
-        return Check("volume sizes", OK, "the engine's storage enforces volume sizes: each data volume holds at "
-                                         "most its policy's frontend.data_size, the audit volume a bound of its own")
+        return Check("volume sizes", OK, "the engine's storage enforces volume sizes: each data volume holds "
+                                         "at most its policy's frontend.data_size, the audit volume a bound "
+                                         "of its own")
     return Check("volume sizes", WARN,
                  f"the engine's storage cannot enforce volume sizes (it said: {why_not}): a front-end could fill "
                  "the disk that holds Docker's volumes, so `up` refuses a policy with a data volume unless it "

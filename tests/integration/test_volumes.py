@@ -146,7 +146,8 @@ def test_a_volume_the_front_ends_image_declares_is_bounded_and_never_reaches_the
         code, output = gateway.exec_in(frontend.name, ["sh", "-c", "head -c 134217728 /dev/zero > /scratch/filler"],
                                        user=frontend.user)
         assert code != 0 and "space" in output.lower(), output
-        code, output = gateway.exec_in(frontend.name, ["sh", "-c", "rm /scratch/filler && head -c 1048576 /dev/zero > /scratch/small"],
+        code, output = gateway.exec_in(frontend.name,
+                                       ["sh", "-c", "rm /scratch/filler && head -c 1048576 /dev/zero > /scratch/small"],
                                        user=frontend.user)
         assert code == 0, output  # control: it stays writable, within its bound
         mounts = docker_client.api.inspect_container(frontend.name)["Mounts"]
