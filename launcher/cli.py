@@ -463,10 +463,11 @@ def down(target: Optional[str] = typer.Argument(None, help="Sandbox name or poli
 def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; all when left out."),
            memory: bool = typer.Option(False, "--memory", help="Also show each part's memory use."),
            as_json: bool = JSON):
-    """Show each sandbox's parts, their state and health, and the URL of its UI.
+    """Show each sandbox's parts, their state and health, the URL of its UI and what its volumes hold.
 
     With --json, also its access token and link (for the user who started it)."""
     from launcher.commands.status import status as run_status
+    from launcher.models.facts import gib
     sandboxes = run_status(_gateway(), target, memory=memory)
     if as_json:
         out.print_json(data={"sandboxes": sandboxes})
@@ -495,6 +496,10 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
                 row.append(f"{mem / 2**20:.0f} MiB" if mem else "-")
             table.add_row(*row)
         out.print(table)
+        for v in s.get("volumes") or []:
+            used = "?" if v["used_bytes"] is None else gib(v["used_bytes"])
+            limit = f"of at most {gib(v['limit_bytes'])}" if v["limit_bytes"] else "no size limit"
+            out.print(f"  volume {v['name']}: {used} used, {limit}", markup=False)
     if not all(s["healthy"] for s in sandboxes):
         raise typer.Exit(1)
 
@@ -763,7 +768,7 @@ def logs(part: str = typer.Argument(..., help="dns, backend, frontend or ingress
 @handled
 def doctor(port: List[int] = typer.Option([8080], "--port", help="Host ports to check are free."),
            as_json: bool = JSON):
-    """Check this machine: the Docker engine, the base image, GPU support, gVisor, free ports."""
+    """Check this machine: the Docker engine, the base image, GPU support, gVisor, volume sizes, free ports."""
     from launcher.commands.doctor import FAIL, doctor as run_doctor
     checks = run_doctor(_gateway, tuple(port))
     if as_json:

@@ -28,7 +28,8 @@ from launcher.images import EXTRA_CA_NAME, ImageBuild
 from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
 from launcher.text import json_records
 from launcher.spec import (LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
-                           ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, labels_for, resource_name)
+                           ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, image_volume_tmpfs, labels_for,
+                           memory_bytes, resource_name)
 
 Say = Callable[[str], None]
 NANO = 1_000_000_000
@@ -39,6 +40,8 @@ LABEL_BUILD = "io.sandbox.build"
 LABEL_BUILD_OWNER = "io.sandbox.build-owner"  # HOST/PID of the launcher running the build
 BUILD_PROXY_PORT = 3128
 MIN_ENGINE = (20, 10)
+# What the probe of volume sizes asks for: any size will do, none is written.
+PROBE_VOLUME_SIZE = "1m"
 
 
 @contextmanager
@@ -69,6 +72,7 @@ class DockerGateway:
                 raise DockerUnavailable(_short(e)) from None
         self.client = client
         self.api = client.api
+        self._volume_sizes: tuple[bool, str] | None = None
 
     # ---- the engine -------------------------------------------------------
     def engine(self) -> dict:
@@ -82,6 +86,45 @@ class DockerGateway:
             "runtimes": runtimes,
             "cdi_spec_dirs": info.get("CDISpecDirs") or [],
         }
+
+    def volume_sizes(self) -> tuple[bool, str]:
+        """Whether the engine's local volume driver bounds a volume's size, and
+        in the engine's words why not. It does only where its volumes
+        directory is on XFS with project quotas, which no setting reports: a
+        throwaway volume with a size is made (the driver refuses one it
+        cannot enforce) and removed. Asked once per gateway."""
+        if self._volume_sizes is None:
+            name = f"sandbox-size-probe-{secrets.token_hex(6)}"
+            with _translated("asking the engine whether it can bound a volume's size"):
+                try:
+                    self.api.create_volume(name, driver="local", driver_opts={"size": PROBE_VOLUME_SIZE})
+                except docker.errors.APIError as e:
+                    self._volume_sizes = (False, str(e.explanation or e).replace(name, "a test volume"))
+                else:
+                    self.api.remove_volume(name, force=True)
+                    self._volume_sizes = (True, "")
+        return self._volume_sizes
+
+    def volume_usage(self, name: str, count_bytes: bool = True) -> list[dict]:
+        """The sandbox's volumes: each one's bytes in use (as the engine's
+        `system df` counts them, which walks every volume: not asked with
+        `count_bytes` off; None where it was not counted) and its size limit (None:
+        unbounded)."""
+        label = f"{LABEL_SANDBOX}={name}"
+        with _translated(f"reading the volumes of sandbox {name}"):
+            volumes = self.api.volumes(filters={"label": label})["Volumes"] or []
+            if not volumes:
+                return []
+            used = {v["Name"]: (v.get("UsageData") or {}).get("Size")
+                    for v in (self.api.df().get("Volumes") or [] if count_bytes else [])}
+        out = []
+        for v in sorted(volumes, key=lambda v: v["Name"]):
+            size = (v.get("Options") or {}).get("size")
+            used_bytes = used.get(v["Name"])
+            out.append({"name": v["Name"], "part": (v.get("Labels") or {}).get(LABEL_PART, ""),
+                        "used_bytes": used_bytes if isinstance(used_bytes, int) and used_bytes >= 0 else None,
+                        "limit_bytes": memory_bytes(size) if size else None})
+        return out
 
     def engine_has_gpu(self) -> bool:
         # GPUs are requested from the "nvidia" device driver, which the NVIDIA
@@ -640,7 +683,8 @@ class DockerGateway:
 
     def _create_volume(self, spec: SandboxSpec, volume: VolumeSpec) -> None:
         with _translated(f"creating volume {volume.name}"):
-            self.api.create_volume(volume.name, labels=labels_for(spec, volume))
+            self.api.create_volume(volume.name, driver="local", labels=labels_for(spec, volume),
+                                   driver_opts={"size": volume.size} if volume.size else None)
 
     def _create_and_start(self, spec: SandboxSpec, c: ContainerSpec) -> None:
         device_requests = None
@@ -652,7 +696,7 @@ class DockerGateway:
         host_config = self.api.create_host_config(
             mounts=[DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
                     for m in c.mounts],
-            tmpfs=dict(c.tmpfs),
+            tmpfs=self._tmpfs_with_image_volumes_covered(c),
             port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
             read_only=c.read_only,
             cap_drop=list(c.cap_drop),
@@ -670,6 +714,7 @@ class DockerGateway:
             runtime=c.runtime,
             init=c.init,
             log_config=_bounded_log(c.log_max_size, c.log_max_files),
+            shm_size=c.shm_size,
         )
         first, *rest = c.networks
         networking = self.api.create_networking_config({first.network: self.api.create_endpoint_config(
@@ -690,6 +735,19 @@ class DockerGateway:
                                                       aliases=list(attachment.aliases) or None,
                                                       ipv4_address=attachment.ipv4_address)
             self.api.start(created["Id"])
+
+
+    def _tmpfs_with_image_volumes_covered(self, c: ContainerSpec) -> dict[str, str]:
+        """The spec's tmpfs mounts, and a bounded one over each VOLUME the
+        image declares where the spec mounts nothing (image_volume_tmpfs)."""
+        with _translated(f"inspecting image {c.image}"):
+            declared = (self.api.inspect_image(c.image).get("Config") or {}).get("Volumes") or {}
+        tmpfs = dict(c.tmpfs)
+        mounted = {m.target.rstrip("/") for m in c.mounts} | {t.rstrip("/") for t in tmpfs}
+        for path in sorted(declared):
+            if path.rstrip("/") not in mounted:
+                tmpfs[path] = image_volume_tmpfs(c.user)
+        return tmpfs
 
 
 def _write_context(image: ImageBuild, out, dockerfile: bytes) -> None:

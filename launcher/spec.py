@@ -48,6 +48,11 @@ AUDIT_DIR = "/audit"  # in the DNS sink: its records, on the sandbox's audit vol
 # address of its own from here: the range set aside for benchmarking
 # (RFC 2544), which no network here or on the internet uses.
 SINK_ANSWER_RANGE = "198.18.0.0/15"
+# The audit volume's bound, where the engine can enforce one: the sink bounds
+# what it writes itself, well below this; the bound holds should it not.
+AUDIT_VOLUME_SIZE = "256m"
+
+
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class NetworkSpec:
 class VolumeSpec:
     name: str
     part: str
+    size: str | None = None  # the most it may hold (the local driver's `size`); None: unbounded
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ class ContainerSpec:
     # A chatty or hostile part cannot fill the disk with its log.
     log_max_size: str = "10m"
     log_max_files: int = 3
+    # /dev/shm, a tmpfs every container gets: its size set here, not left to
+    # the engine's default-shm-size, which the engine's owner may raise.
+    shm_size: str = "64m"
 
     def env_value(self, name: str) -> str | None:
         return dict(self.env).get(name)
@@ -174,6 +183,18 @@ def spec_hash(resource) -> str:
 def labels_for(spec: SandboxSpec, resource) -> dict[str, str]:
     return {LABEL_SANDBOX: spec.name, LABEL_PART: resource.part,
             LABEL_HASH: spec_hash(resource), LABEL_POLICY: spec.policy_file}
+
+
+def image_volume_tmpfs(user: str) -> str:
+    """The tmpfs over each VOLUME an image declares that the spec does not
+    mount: Docker would otherwise make it an anonymous volume on the host's
+    disk, writable and unbounded despite the read-only root. The part's user
+    owns it, as it might the volume it stands for (a mode is not enough:
+    where the image has the directory, the engine keeps its mode); it is
+    bounded and goes with the container: `frontend.data` is the place for
+    what must be kept."""
+    uid, _, gid = user.partition(":")
+    return f"rw,noexec,nosuid,nodev,size=64m,uid={uid},gid={gid or uid}"
 
 
 def resolve_gpus(policy: Policy, engine_has_gpu: bool) -> str | tuple[str, ...] | None:
@@ -220,7 +241,11 @@ def sink_gateway_address(subnet: str) -> str:
 
 
 def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
-               gpus: str | tuple[str, ...] | None, internal_subnet: str) -> SandboxSpec:
+               gpus: str | tuple[str, ...] | None, internal_subnet: str,
+               volume_sizes_enforced: bool = False) -> SandboxSpec:
+    """`volume_sizes_enforced`: the engine's storage can bound a volume's
+    size; then every volume gets one. Where it cannot, the policy was checked
+    to accept an unbounded data volume (launcher/policy/validate.py)."""
     name = policy.name
     sink_ip, sink_gateway = dns_sink_address(internal_subnet), sink_gateway_address(internal_subnet)
     internal = NetworkSpec(
@@ -243,12 +268,14 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
 
     # What the parts tried to reach outlives their containers, like the chat
     # history: until `down --volumes`.
-    audit = VolumeSpec(name=resource_name(name, "audit"), part="audit")
+    audit = VolumeSpec(name=resource_name(name, "audit"), part="audit",
+                       size=AUDIT_VOLUME_SIZE if volume_sizes_enforced else None)
     volumes: tuple[VolumeSpec, ...] = (audit,)
     frontend_mounts: tuple[Mount, ...] = ()
     f = policy.frontend
     if f.data:
-        data = VolumeSpec(name=resource_name(name, "data"), part="data")
+        data = VolumeSpec(name=resource_name(name, "data"), part="data",
+                          size=f.data_size if volume_sizes_enforced else None)
         volumes = (audit, data)
         frontend_mounts = (Mount(source=data.name, target=f.data, kind="volume", read_only=False),)
 

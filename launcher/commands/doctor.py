@@ -68,6 +68,8 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
         checks.append(Check("gvisor", WARN, "runsc (gVisor) is not registered: optional, for extra isolation",
                             "install runsc (Debian: apt-get install runsc), then `sudo bash scripts/register-gvisor.sh`"))
 
+    checks.append(volume_size_check(gateway))
+
     localnet = sorted(name for name, value in route_localnet().items() if value == "1")
     if localnet:
         checks.append(Check("loopback ports", FAIL,
@@ -78,6 +80,22 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
     else:
         checks.append(Check("loopback ports", OK, "route_localnet is 0: ports on 127.0.0.1 stay on this machine"))
     return checks + _port_checks(ports) + model_checks()
+
+
+def volume_size_check(gateway) -> Check:
+    """Whether a front-end's data volume can be bounded here; `up` refuses
+    an unbounded one unless its policy accepts it."""
+    enforced, why_not = gateway.volume_sizes()
+    if enforced:
+        return Check("volume sizes", OK, "the engine's storage enforces volume sizes: each data volume holds "
+                                         "at most its policy's frontend.data_size, the audit volume a bound "
+                                         "of its own")
+    return Check("volume sizes", WARN,
+                 f"the engine's storage cannot enforce volume sizes (it said: {why_not}): a front-end could fill "
+                 "the disk that holds Docker's volumes, so `up` refuses a policy with a data volume unless it "
+                 "has `accept_unbounded_volumes: [data]`",
+                 "put Docker's data-root (its volumes directory) on XFS mounted with project quotas (prjquota), "
+                 "or accept unbounded data volumes by name in each policy")
 
 
 def model_checks() -> list[Check]:

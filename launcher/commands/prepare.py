@@ -52,8 +52,12 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
         raise LockError("--relock writes a new lock, which no allowed signer has signed: relock with "
                         "`sandbox lock`, have it signed, and run `up` again")
     signer = check_signature(source, trusted)
+    sizes_enforced, _ = gateway.volume_sizes()
+    # Where the engine cannot bound a volume, a policy that does not accept an
+    # unbounded one is refused here, before anything is made or started.
     policy = load_policy(source.file, display=source.display, raw=source.policy, port_is_ours=port_is_ours(gateway),
-                         hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None)
+                         hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None,
+                         volume_sizes_enforced=sizes_enforced)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.engine()["runtimes"]:
         raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
@@ -76,7 +80,7 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     internal = resource_name(policy.name, "internal")
     current = (subnets.pop(internal, None) or [None])[0]
     subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
-    spec = build_spec(policy, images, secrets, gpus, subnet)
+    spec = build_spec(policy, images, secrets, gpus, subnet, volume_sizes_enforced=sizes_enforced)
     again = images_not_ours(gateway, images, None if relock else source.locked())
     observed = replace(gateway.observe(policy.name, tuple(i.tag for i in images.all())), build_again=again)
     return Prepared(policy, spec, make_plan(spec, observed), signer)

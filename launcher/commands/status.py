@@ -1,4 +1,5 @@
-"""`sandbox status`: each sandbox's parts, their state and health, and its URL."""
+"""`sandbox status`: each sandbox's parts, their state and health, its URL,
+and what its volumes hold."""
 from __future__ import annotations
 
 import os
@@ -48,5 +49,7 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
                     "signed_by": remembered_signer(name),
                     # Names looked up outside the sandbox, as its DNS sink counted them.
                     "attempts": attempts(gateway, name),
+                    # What each volume holds, and its bound (none: unbounded).
+                    "volumes": gateway.volume_usage(name),
                     "access_link": access.access_link(url, token) if url and token else None})
     return out

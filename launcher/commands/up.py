@@ -27,7 +27,8 @@ from launcher.lock import LockError, PolicySource, read_source
 from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.signing import allowed_signers_setting, remember_signer
-from launcher.spec import BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec
+from launcher.spec import (BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec,
+                           memory_bytes)
 
 Say = Callable[[str], None]
 POLL_SECONDS = 0.5
@@ -134,6 +135,8 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
         if attempt == 0:
             for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None):
                 say(str(warning))
+            for warning in kept_volume_sizes(gateway, spec):
+                say(warning)
             mark = time.monotonic()
         ingress = spec.container("ingress").name
         if any(a.kind == "container" and a.name == ingress and a.verb in (RECREATE, REMOVE)
@@ -160,6 +163,20 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
     # Who vouched for what runs, for `status`.
     remember_signer(spec.name, prepared.signer)
     return result
+
+
+def kept_volume_sizes(gateway: DockerGateway, spec: SandboxSpec) -> list[str]:
+    """A volume keeps the size it was made with (the engine cannot change
+    it): one made before its policy's size, or unbounded before the engine
+    could bound it, is said, with how to have it made anew."""
+    kept = {v["name"]: v["limit_bytes"] for v in gateway.volume_usage(spec.name, count_bytes=False)}
+    out = []
+    for volume in spec.volumes:
+        if volume.size and volume.name in kept and kept[volume.name] != memory_bytes(volume.size):
+            now = "no size limit" if kept[volume.name] is None else f"a size of {kept[volume.name]} bytes"
+            out.append(f"volume {volume.name} keeps {now}, not the {volume.size} it would be made with now: "
+                       f"`sandbox down --volumes {spec.name}` and `up` make it anew (its data is lost)")
+    return out
 
 
 def build_egress(ca_bundle: Path | None) -> BuildEgress:

@@ -42,6 +42,7 @@ class Frontend:
     runtime: str = "runc"
     # The hosts a `build` may reach through the build proxy; empty: any public host.
     build_allow_hosts: tuple[str, ...] = ()
+    data_size: str = "4g"  # the most the data volume may hold, where the engine can enforce it
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,6 @@ class Policy:
     # What outside names resolve to (schemas/policy.schema.json, "audit"):
     # "lookups", no such name; "connections", an address only the sink answers.
     audit: str = "lookups"
+    # Volumes that may run without a size limit where the engine cannot
+    # enforce one (only "data"); elsewhere `up` refuses to start them.
+    accept_unbounded_volumes: tuple[str, ...] = ()

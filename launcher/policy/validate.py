@@ -20,6 +20,7 @@ from launcher.recipes import CUSTOM_FRONTEND, FRONTEND_RECIPES
 
 BACKEND_DEFAULTS = {"gpu": "auto", "gpu_layers": -1, "memory": "4g", "cpus": 2, "runtime": "runc"}
 DEFAULT_CONTEXT_LENGTH = 4096
+DEFAULT_DATA_SIZE = "4g"
 
 
 # port_is_ours(sandbox_name, port): the port is held by that sandbox's own
@@ -30,14 +31,17 @@ PortIsOurs = Callable[[str, int], bool]
 def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours: PortIsOurs | None = None,
                       hash_progress: HashProgress | None = None, check_model_files: bool = True,
                       model_paths: dict[str, Path] | None = None,
-                      raw: bytes | None = None, display: str | None = None) -> tuple[Policy | None, list[Problem]]:
+                      raw: bytes | None = None, display: str | None = None,
+                      volume_sizes_enforced: bool | None = None) -> tuple[Policy | None, list[Problem]]:
     """All the problems of one policy file, and the Policy when there are none.
     `raw` is the file's bytes when they were read before (to check a signature
     of them): those bytes, not the file read again, become the Policy;
     `display` is then the path as the user wrote it, for messages.
     `model_paths` puts a model, by the path the policy writes, at another
     file (a bundle's copy); `check_model_files` off skips the model files
-    (a repository of policies holds no weights)."""
+    (a repository of policies holds no weights). `volume_sizes_enforced`
+    says whether the engine that is to run the policy can bound a volume's
+    size (None: no engine in question, not checked)."""
     path = Path(path)
     doc, problems = load(path, display_name=display or str(path), raw=raw)
     if doc is None:
@@ -48,6 +52,8 @@ def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours
     base = path.resolve().parent
     problems += _semantic_problems(doc, base, check_port, port_is_ours, hash_progress,
                                    (model_paths or {}) if check_model_files else None)
+    if volume_sizes_enforced is False:
+        problems += _unbounded_volume_problems(doc)
     problems.sort(key=lambda p: (p.line, p.column, p.field))
     if problems:
         return None, problems
@@ -156,6 +162,29 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours
     return problems
 
 
+def _unbounded_volume_problems(doc: Document) -> list[Problem]:
+    """On an engine that cannot bound a volume's size, the front-end's data
+    volume is refused unless the policy accepts it unbounded by name: a
+    front-end could otherwise fill the host's disk through it."""
+    data = doc.data
+    frontend = data.get("frontend")
+    accepted = data.get("accept_unbounded_volumes")
+    if not isinstance(frontend, dict) or (isinstance(accepted, list) and "data" in accepted):
+        return []
+    recipe = FRONTEND_RECIPES.get(frontend.get("recipe")) if isinstance(frontend.get("recipe"), str) else None
+    if not frontend.get("data", (recipe or CUSTOM_FRONTEND).data):
+        return []
+    size = frontend.get("data_size", DEFAULT_DATA_SIZE)
+    # At the line that makes the volume: its size, its path, or the recipe that gives it one.
+    where = next((("frontend", key) for key in ("data_size", "data", "recipe") if key in frontend), ("frontend",))
+    line, column = doc.mark(where)
+    return [Problem(doc.file, line, column, "frontend.data_size",
+                    f"the front-end's data volume cannot be bounded ({size}) on this Docker engine: its storage "
+                    "does not enforce volume sizes (`sandbox doctor` says why), so the front-end could fill the "
+                    "host's disk. Give the engine a data-root on XFS with project quotas, or accept an unbounded "
+                    "volume by adding `accept_unbounded_volumes: [data]` to the policy")]
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -212,6 +241,8 @@ def _to_policy(data: dict, file: Path, base: Path, model_paths: dict[str, Path])
         cpus=float(f.get("cpus", defaults.cpus)),
         runtime=f.get("runtime", "runc"),
         build_allow_hosts=tuple(build.get("allow_hosts", ())) if build else (),
+        data_size=f.get("data_size", DEFAULT_DATA_SIZE),
     )
     return Policy(file=file, name=data["name"], models=models, backend=backend,
-                  frontend=frontend, ingress_port=data["ingress"]["port"], audit=data.get("audit", "lookups"))
+                  frontend=frontend, ingress_port=data["ingress"]["port"], audit=data.get("audit", "lookups"),
+                  accept_unbounded_volumes=tuple(data.get("accept_unbounded_volumes", ())))

@@ -30,7 +30,7 @@ IMAGES = PartImages(dns=ImageBuild("sandbox-dns-sink:ddd", Path("/images/dns-sin
 TOKEN = "t" * 43
 
 
-def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES, token=TOKEN):
+def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES, token=TOKEN, volume_sizes_enforced=False):
     return build_spec(policy or make_policy(), images,
                       Secrets(api_key=api_key, session_key="s-" + api_key, access_token=token), gpus,
-                      "10.213.7.0/24")
+                      "10.213.7.0/24", volume_sizes_enforced=volume_sizes_enforced)

@@ -5,9 +5,14 @@ from launcher.errors import DockerUnavailable
 
 
 class Engine:
-    def __init__(self, version="20.10.24", runtimes=("runc",), cdi=(), base_image=True):
+    def __init__(self, version="20.10.24", runtimes=("runc",), cdi=(), base_image=True, volume_sizes=True):
         self.info = {"version": version, "api_version": "1.41", "runtimes": list(runtimes), "cdi_spec_dirs": list(cdi)}
         self.base_image = base_image
+        self.sizes = (True, "") if volume_sizes else (False, "create a test volume: quota size requested but no "
+                                                             "quota support")
+
+    def volume_sizes(self):
+        return self.sizes
 
     def engine(self):
         return self.info
@@ -24,16 +29,25 @@ def test_a_ready_machine(monkeypatch):
     monkeypatch.setattr(d, "route_localnet", lambda: {"all": "0", "eth0": "0"})
     checks = d.doctor(lambda: Engine(runtimes=("runc", "runsc", "nvidia")), ports=())
     assert results(checks) == {"engine": "ok", "base image": "ok", "gpu": "ok", "gvisor": "ok",
-                               "loopback ports": "ok"}
+                               "volume sizes": "ok", "loopback ports": "ok"}
 
 
 def test_what_is_missing_is_said_with_a_fix(monkeypatch):
     monkeypatch.setattr(d, "route_localnet", lambda: {"all": "0", "eth0": "1"})
-    checks = d.doctor(lambda: Engine(version="19.03.1", base_image=False), ports=())
+    checks = d.doctor(lambda: Engine(version="19.03.1", base_image=False, volume_sizes=False), ports=())
     assert results(checks) == {"engine": "fail", "base image": "fail", "gpu": "warn", "gvisor": "warn",
-                               "loopback ports": "fail"}
+                               "volume sizes": "warn", "loopback ports": "fail"}
     assert all(c.fix for c in checks if c.result != "ok")
     assert "make-base-image.sh" in next(c.fix for c in checks if c.name == "base image")
+
+
+def test_volume_sizes_the_engine_cannot_enforce_are_said_with_the_way_to_accept(monkeypatch):
+    monkeypatch.setattr(d, "route_localnet", lambda: {})
+    [check] = [c for c in d.doctor(lambda: Engine(volume_sizes=False), ports=()) if c.name == "volume sizes"]
+    assert "no quota support" in check.detail and "accept_unbounded_volumes: [data]" in check.detail
+    assert "project quotas" in check.fix
+    [bounded] = [c for c in d.doctor(lambda: Engine(), ports=()) if c.name == "volume sizes"]
+    assert bounded.result == "ok" and "frontend.data_size" in bounded.detail
 
 
 def test_no_engine_is_a_finding_not_a_crash():

@@ -66,6 +66,7 @@ def test_full_policy_fills_every_field(monkeypatch):
     assert (f.image, f.port, f.backend_url_env, f.backend_key_env, f.user) == ("my-ui:1.0", 3000, "LLM_URL", "LLM_KEY", 1000)
     # YAML numbers and booleans in env become the text a program expects.
     assert f.env == (("MAX_TOKENS", "512"), ("TELEMETRY", "false"), ("THEME", "dark"))
+    assert (f.data, f.data_size, policy.accept_unbounded_volumes) == ("/var/lib/ui", "2g", ("data",))
 
 
 def test_minimal_policy_takes_recipe_defaults(monkeypatch):
@@ -74,6 +75,7 @@ def test_minimal_policy_takes_recipe_defaults(monkeypatch):
     assert policy.backend.gpu == "auto"
     assert policy.models[0].context_length == 4096
     assert (policy.frontend.port, policy.frontend.data, policy.frontend.health_path) == (8080, "/data", "/health")
+    assert (policy.frontend.data_size, policy.accept_unbounded_volumes) == ("4g", ())
 
 
 def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(monkeypatch):
