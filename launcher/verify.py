@@ -231,11 +231,24 @@ def ingress_proxy(f: Facts) -> Row:
                FAIL if bad or not answers else PASS, _summary(bad or answers))
 
 
-@checked_by(PROBE)
+def _capabilities(names: list) -> set[str]:
+    return {n.upper().removeprefix("CAP_") for n in names or []}
+
+
+@checked_by(PROBE, ENGINE)
 def raw_sockets(f: Facts) -> Row:
+    # The probe is never root, so its own try shows little: whether any
+    # process of the front-end could hold NET_RAW is the engine's to say.
     outcome = f.probe.get("self", {}).get("raw_socket", "not tried")
-    ok = outcome.startswith("error:") and ("not permitted" in outcome or "denied" in outcome)
-    return Row("raw sockets", "open SOCK_RAW with the front-end's restrictions", PASS if ok else FAIL, outcome)
+    config = f.frontend_config
+    added, dropped = _capabilities(config.get("cap_add")), _capabilities(config.get("cap_drop"))
+    grantable = (not config or config.get("privileged") or added & {"ALL", "NET_RAW"}
+                 or not dropped & {"ALL", "NET_RAW"})
+    ok = outcome.startswith("error:") and ("not permitted" in outcome or "denied" in outcome) and not grantable
+    engine = ("not read from the engine" if not config
+              else "NET_RAW can be held in the front-end" if grantable else "NET_RAW dropped")
+    return Row("raw sockets", "open SOCK_RAW with the front-end's restrictions; its capabilities",
+               PASS if ok else FAIL, f"probe: {outcome}; engine: {engine}")
 
 
 def _config_problems(config: dict) -> list[str]:
@@ -245,7 +258,7 @@ def _config_problems(config: dict) -> list[str]:
         problems.append("privileged")
     if config.get("cap_add"):
         problems.append(f"CapAdd {', '.join(config['cap_add'])}")
-    if "ALL" not in [c.upper() for c in config.get("cap_drop") or []]:
+    if "ALL" not in _capabilities(config.get("cap_drop")):
         problems.append(f"CapDrop {', '.join(config.get('cap_drop') or []) or 'nothing'}, not ALL")
     options = [o.replace("=", ":") for o in config.get("security_opt") or []]
     if not any(o in ("no-new-privileges", "no-new-privileges:true") for o in options):

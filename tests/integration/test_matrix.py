@@ -90,7 +90,7 @@ def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):
         facts = Facts(probe=probe_result(output), canary_port=canary.port, canary_hits=hits, host_targets=hosts,
                       frontend_config=gateway.container_config(unsafe.name), internal_network="sandbox-x-internal")
         _read_processes_from_host(gateway, unsafe.name, facts)
-        assert facts.processes and all(p["uid"][0] == "0" for p in facts.processes.values())
+        assert facts.processes, "the control container's processes were not read from the host"
         for check in (host_services, raw_egress, raw_sockets, privileges, write_root, network_attachments):
             assert check(facts).verdict == "FAIL", (check.__name__, check(facts).result)
         # The probe never sent a packet out: it found the live gateway and stopped.

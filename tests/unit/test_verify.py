@@ -110,7 +110,9 @@ BREACHES = {
              probe_with(ipv6={"[::1]:1": {"disabled": True, "result": "connected"}})],
     "use the ingress as proxy": [probe_with(http={"x CONNECT": "HTTP/1.1 200 Connection established"}),
                                  replace(safe(), ingress_from_host={"GET http://x/": "HTTP/1.0 200 OK"})],
-    "raw sockets": [probe_with(self={**safe().probe["self"], "raw_socket": "opened"})],
+    "raw sockets": [probe_with(self={**safe().probe["self"], "raw_socket": "opened"}),
+                    config_with(cap_add=["NET_RAW"]), config_with(cap_drop=["NET_ADMIN"]),
+                    config_with(privileged=True), replace(safe(), frontend_config={})],
     "privileges": [processes_with(cap_eff="00000000a80425fb"), processes_with(no_new_privs="0"),
                    processes_with(uid=["0", "0", "0", "0"]), processes_with(seccomp="0"),
                    config_with(privileged=True), config_with(cap_add=["NET_ADMIN"]), config_with(cap_drop=[]),
@@ -214,7 +216,7 @@ def test_every_row_says_where_it_was_checked():
     # Judged from outside the front-end: the engine and the host's /proc, not the probe.
     assert by["privileges"] == ("engine", "host")
     assert by["network attachments"] == ("engine",) and by["fork bomb / memory bomb"] == ("engine",)
-    assert by["raw IP egress"] == ("probe", "sink")
+    assert by["raw IP egress"] == ("probe", "sink") and by["raw sockets"] == ("probe", "engine")
     assert v.judge(safe())[0].to_dict()["checked_by"] == ["probe", "sink"]
 
 
