@@ -338,7 +338,7 @@ def write_root(f: Facts) -> Row:
     shown = {True: "read-only", False: "WRITABLE", None: "unknown"}[read_only]
     return Row("write the root fs", "touch a file in /; the front-end's ReadonlyRootfs",
                PASS if "Read-only" in own and read_only is True else FAIL,
-               f"probe: {own}; front-end's root fs {shown} (engine)")
+               f"probe: {own}; front-end's root fs {shown}")
 
 
 # A mount of one of these hands over the engine's socket, or a directory that holds it.
