@@ -179,9 +179,9 @@ def probe_result(output: str) -> dict:
 
 
 def _read_processes_from_host(gateway: DockerGateway, container: str, facts: Facts) -> None:
-    container_id = gateway.container_config(container)["id"]
+    """The container's processes, listed by the engine and read in the host's /proc (needs facts.frontend_config)."""
     for pid in gateway.container_pids(container):
-        seen = container_process(pid, container_id)
+        seen = container_process(pid, facts.frontend_config["id"])
         if seen is not None:  # None: gone since the engine listed it
             facts.processes[str(pid)] = seen
 

@@ -301,3 +301,28 @@ def test_the_probe_runs_as_neither_the_front_ends_user_nor_root(frontend_user):
     from launcher.docker_gateway import probe_user
     uid = probe_user(frontend_user).split(":")[0]
     assert uid not in ("0", frontend_user.split(":")[0])
+
+
+@pytest.mark.parametrize("host_uid, uid_map, inside", [
+    (0, "         0          0 4294967295\n", 0),
+    (65534, "         0          0 4294967295\n", 65534),
+    # userns-remap: root in the container is 100000 on the host, and is still root there.
+    (100000, "         0     100000      65536\n", 0),
+    (165534, "         0     100000      65536\n", 65534),
+    (5, "         0     100000      65536\n", "unmapped 5"),
+])
+def test_a_hosts_uid_is_judged_as_the_container_sees_it(host_uid, uid_map, inside):
+    from launcher.hostnet import _inside
+    assert _inside(host_uid, uid_map) == inside
+
+
+def test_a_process_that_is_not_the_containers_is_not_taken_for_it():
+    import os
+    from launcher.hostnet import container_process
+    # This test's own process: in no container of that id.
+    assert container_process(os.getpid(), "f" * 64) is None
+    assert container_process(2**22 + 1, "f" * 64) is None  # no such PID
+    # Control: named by its own cgroup, it is read, with its uids.
+    own_cgroup = open("/proc/self/cgroup").read().splitlines()[0].split(":", 2)[2]
+    seen = container_process(os.getpid(), own_cgroup)
+    assert seen is not None and seen["uid"][0] == str(os.getuid())
