@@ -308,6 +308,7 @@ def verify(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
 
 
 def _render_verify(result, as_json: bool) -> None:
+    from launcher.verify import FRONTEND_WORD
     if as_json:
         out.print_json(data=result.to_dict())
         return
@@ -315,11 +316,22 @@ def _render_verify(result, as_json: bool) -> None:
         out.print(f"note: sandbox {result.name} differs from its policy; `sandbox up` would "
                   + "; ".join(result.drift), markup=False)
     width = max(len(r.attack) for r in result.rows)
+    verdict_width = max(len(r.verdict) for r in result.rows)
+    where = {r.attack: ", ".join(r.checked_by) for r in result.rows}
+    where_width = max(len(w) for w in where.values())
     for r in result.rows:
-        out.print(printable(f"{r.verdict:4}  {r.attack:<{width}}  {r.result}"), markup=False)
+        out.print(printable(f"{r.verdict:{verdict_width}}  {r.attack:<{width}}  {where[r.attack]:<{where_width}}  "
+                            f"{r.result}"), markup=False)
     failed = [r.attack for r in result.rows if r.verdict == "FAIL"]
-    out.print(f"\nsandbox {result.name}: " + (f"{len(failed)} attack(s) got through: {', '.join(failed)}"
-                                               if failed else "every attack was stopped"), markup=False)
+    unsettled = [r.attack for r in result.rows if r.verdict == "INCONCLUSIVE"]
+    said = []
+    if failed:
+        said.append(f"{len(failed)} attack(s) got through: {', '.join(failed)}")
+    if unsettled:
+        said.append(f"{len(unsettled)} check(s) inconclusive, proving neither way: {', '.join(unsettled)}")
+    out.print(f"\nsandbox {result.name}: " + ("; ".join(said) or "every attack was stopped"), markup=False)
+    if any(FRONTEND_WORD in r.checked_by for r in result.rows):
+        out.print(f"rows checked by the {FRONTEND_WORD} rest on what the front-end itself said", markup=False)
 
 
 @app.command()

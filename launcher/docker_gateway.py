@@ -353,30 +353,65 @@ class DockerGateway:
             code = self.api.exec_inspect(exec_id)["ExitCode"]
         return code, output.decode(errors="replace")
 
+    def container_config(self, name: str) -> dict:
+        """What the engine says a container may do: what `verify` checks
+        from outside it, where the container has no say."""
+        with _translated(f"inspecting {name}"):
+            attrs = self.api.inspect_container(name)
+        host = attrs["HostConfig"]
+        return {
+            "id": attrs["Id"],
+            "privileged": bool(host.get("Privileged")),
+            "cap_add": list(host.get("CapAdd") or []),
+            "cap_drop": list(host.get("CapDrop") or []),
+            "security_opt": list(host.get("SecurityOpt") or []),
+            "read_only": bool(host.get("ReadonlyRootfs")),
+            "mounts": [{"type": m.get("Type"), "source": m.get("Source") or "", "destination": m.get("Destination"),
+                        "rw": bool(m.get("RW"))} for m in attrs.get("Mounts") or []],
+            "networks": sorted((attrs["NetworkSettings"].get("Networks") or {}).keys()),
+            "runtime": host.get("Runtime"),
+            "pids_limit": host.get("PidsLimit"),
+            "memory": host.get("Memory"),
+        }
+
+    def container_pids(self, name: str) -> list[int]:
+        """The host's PIDs of a container's processes, as the engine lists
+        them (`docker top`). Under gVisor they are its own kernel's, not the host's."""
+        with _translated(f"listing the processes of {name}"):
+            top = self.api.top(name)
+        column = top["Titles"].index("PID")
+        return [int(process[column]) for process in top.get("Processes") or []]
+
     def run_probe(self, sandbox: str, image: str, target: ContainerSpec, request: str,
                   timeout: float = 180) -> str:
-        """Run the probe in `target`'s network and process namespaces, with
-        `target`'s own restrictions, and return what it printed."""
+        """Run the probe in `target`'s network namespace, with `target`'s own
+        restrictions, and return what it printed on its standard output.
+
+        It runs in a PID namespace of its own and as a user that is neither
+        `target`'s nor root, so that `target` can neither see it, signal it,
+        nor write to its output (/proc/PID/fd/1), and its output comes back
+        through the engine, which `target` cannot reach."""
         name = resource_name(sandbox, "probe")
         self._remove_container(name)
         host_config = self.api.create_host_config(
-            network_mode=f"container:{target.name}", pid_mode=f"container:{target.name}",
+            network_mode=f"container:{target.name}",
             read_only=True, cap_drop=list(target.cap_drop), security_opt=list(target.security_opt),
             tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
             log_config=_bounded_log(target.log_max_size, target.log_max_files),
         )
         with _translated(f"running the probe in {target.name}"):
             created = self.api.create_container(
-                image=image, command=[request], name=name, user=target.user, host_config=host_config,
+                image=image, command=[request], name=name, user=probe_user(target.user), host_config=host_config,
                 labels={LABEL_SANDBOX: sandbox, LABEL_PART: "probe"})
             try:
                 self.api.start(created["Id"])
                 status = self.api.wait(created["Id"], timeout=timeout)
-                output = self.api.logs(created["Id"], stdout=True, stderr=True).decode(errors="replace")
+                output = self.api.logs(created["Id"], stdout=True, stderr=False).decode(errors="replace")
+                errors = self.api.logs(created["Id"], stdout=False, stderr=True).decode(errors="replace")
             finally:
                 self._remove_container(name)
         if status.get("StatusCode") != 0:
-            raise DockerFailure(f"the probe failed (exit {status.get('StatusCode')}): {output[-2000:]}")
+            raise DockerFailure(f"the probe failed (exit {status.get('StatusCode')}): {(output + errors)[-2000:]}")
         return output
 
     # ---- build ------------------------------------------------------------
@@ -870,6 +905,16 @@ def _stale(owner: str | None) -> bool:
 def _chunks(source, size: int = 4 * 2**20) -> Iterator[bytes]:
     while chunk := source.read(size):
         yield chunk
+
+
+PROBE_UIDS = (65533, 65532)
+
+
+def probe_user(target_user: str) -> str:
+    """A user for the probe that is neither the target's nor root."""
+    target_uid = target_user.split(":", 1)[0]
+    uid = next(u for u in PROBE_UIDS if str(u) != target_uid)
+    return f"{uid}:{uid}"
 
 
 def _bounded_log(max_size: str, max_files: int) -> LogConfig:

@@ -70,6 +70,43 @@ def process_status(pid: int) -> dict[str, str] | None:
         return None
 
 
+def container_process(pid: int, container_id: str) -> dict | None:
+    """The credentials of a container's process as the host's /proc shows
+    them: {"command", "uid", "cap_eff", "no_new_privs", "seccomp"}, with uids
+    as the container sees them (through its uid_map, where the engine remaps
+    users). None when the PID is gone or is no longer the container's."""
+    try:
+        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        uid_map = Path(f"/proc/{pid}/uid_map").read_text()
+    except OSError:
+        return None
+    status = process_status(pid)
+    # Read after the status too: a PID reused meanwhile by another process is not taken for the container's.
+    if status is None or container_id not in cgroups or container_id not in _read(f"/proc/{pid}/cgroup"):
+        return None
+    return {"command": command.replace(b"\0", b" ").decode(errors="replace").strip()[:80],
+            "uid": [str(_inside(int(u), uid_map)) for u in status.get("Uid", "").split()],
+            "cap_eff": status.get("CapEff"), "no_new_privs": status.get("NoNewPrivs"),
+            "seccomp": status.get("Seccomp")}
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _inside(host_uid: int, uid_map: str) -> int | str:
+    """A host uid as the process's user namespace sees it (uid_map lines: inside, outside, count)."""
+    for line in uid_map.splitlines():
+        inside, outside, count = (int(x) for x in line.split())
+        if outside <= host_uid < outside + count:
+            return inside + host_uid - outside
+    return f"unmapped {host_uid}"
+
+
 class Canary:
     """A TCP listener on 0.0.0.0 that records every peer that connects."""
 

@@ -1,27 +1,39 @@
 """The attack matrix of docs/threats.md, judged. `commands/verify.py` gathers the
-facts (what the probe saw from inside the front-end, what the host saw); the
-functions here turn them into one row per attack. Pure, so that each row is
-unit-tested on facts where the attack succeeds: a check that cannot fail is a
-defect."""
+facts (what the probe saw from the front-end's network, what the engine and
+the host saw); the functions here turn them into one row per attack, each
+naming where it was checked. Pure, so that each row is unit-tested on facts
+where the attack succeeds: a check that cannot fail is a defect."""
 from __future__ import annotations
 
+import functools
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from launcher.spec import SINK_ANSWER_RANGE
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+# Neither stopped nor got through: what would have shown it did not happen
+# (the owner's own request got no answer). `verify` is not ok with it.
+INCONCLUSIVE = "INCONCLUSIVE"
+
+# Where a row was checked. Only the front-end's word can be made up by the
+# front-end: the probe runs in its network namespace but in a PID namespace
+# and as a user of its own, and returns its result through the engine.
+ENGINE, HOST, PROBE, SINK, BACKEND = "engine", "host", "probe", "sink", "backend"
+FRONTEND_WORD = "front-end's word"
 
 
 @dataclass(frozen=True)
 class Row:
     attack: str
     how: str
-    verdict: str  # PASS | FAIL | SKIP
+    verdict: str  # PASS | FAIL | SKIP | INCONCLUSIVE
     result: str
+    checked_by: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"attack": self.attack, "how": self.how, "verdict": self.verdict, "result": self.result}
+        return {"attack": self.attack, "how": self.how, "verdict": self.verdict, "result": self.result,
+                "checked_by": list(self.checked_by)}
 
 
 @dataclass
@@ -29,6 +41,14 @@ class Facts:
     """Everything `verify` observed; each field is filled by one step."""
 
     probe: dict = field(default_factory=dict)  # images/probe/probe.py's JSON
+    # The front-end's container as the engine describes it (DockerGateway.container_config).
+    frontend_config: dict = field(default_factory=dict)
+    internal_network: str = ""  # the sandbox's internal network: the front-end's only one
+    # pid -> {"command", "uid", "cap_eff", "no_new_privs", "seccomp"} of every front-end process,
+    # and who said so: HOST (the engine named the pids, the host's /proc told the rest) or,
+    # under gVisor, where the host cannot see inside, FRONTEND_WORD.
+    processes: dict = field(default_factory=dict)
+    processes_by: str = HOST
     canary_port: int = 0
     canary_hits: list = field(default_factory=list)  # peers that reached the host canary
     host_targets: list = field(default_factory=list)  # host addresses tried
@@ -43,7 +63,7 @@ class Facts:
     limits: dict = field(default_factory=dict)  # part -> {"pids": n, "memory": bytes}
     ingress_bindings: list = field(default_factory=list)  # "ip:port" the ingress is published on
     route_localnet: dict = field(default_factory=dict)  # interface -> value; None when unreadable
-    processes_note: str = ""  # why the front-end's processes could not be read, if they could not
+    processes_note: str = ""  # under gVisor, why the front-end's processes could not be read
     # Under gVisor: /proc/PID/status of its user-space kernel on the host; None when not under gVisor
     # or unreadable. Inside gVisor, NoNewPrivs and Seccomp are not shown: the host's are the sentry's.
     gvisor_sentry: dict | None = None
@@ -57,6 +77,17 @@ class Facts:
     # (they resolve to addresses of answer_range, which only the sink takes).
     answers: str = "lookups"
     answer_range: str = SINK_ANSWER_RANGE
+
+
+def checked_by(*where: str):
+    """Marks a row function's rows with where they were checked, unless the row says so itself."""
+    def mark(row_of):
+        @functools.wraps(row_of)
+        def marked(f: Facts) -> Row:
+            row = row_of(f)
+            return row if row.checked_by else replace(row, checked_by=where)
+        return marked
+    return mark
 
 
 ADDRESS_TARGET = "203.0.113.77"  # an address off every network here; only the sink can take it
@@ -87,6 +118,7 @@ def _summary(outcomes: dict) -> str:
     return "; ".join(f"{target} {outcome}" for target, outcome in outcomes.items()) or "nothing tried"
 
 
+@checked_by(PROBE, SINK)
 def external_dns(f: Facts) -> Row:
     answer = f.probe.get("dns", {}).get(f.unique_name)
     resolved = isinstance(answer, list)
@@ -117,6 +149,7 @@ def _answered_dns(f: Facts, answer: list, logged: str) -> Row:
                f"{'recorded by the sink under that name' if recorded else 'NOT recorded under that name'}")
 
 
+@checked_by(PROBE, SINK)
 def dns_leak(f: Facts) -> Row:
     # The query must have ended at the sink, the only server the sandbox's
     # resolver forwards to, and never at the host's resolvers.
@@ -129,6 +162,7 @@ def dns_leak(f: Facts) -> Row:
                f"lookup {'ended at the sink' if seen else 'did NOT reach the sink'}; {_summary(direct)}")
 
 
+@checked_by(PROBE, SINK)
 def raw_egress(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items()
              if "169.254.169.254" not in k and ADDRESS_TARGET not in k}
@@ -137,6 +171,7 @@ def raw_egress(f: Facts) -> Row:
                FAIL if bad or not tried else PASS, _summary(bad or tried))
 
 
+@checked_by(PROBE, SINK)
 def attempt_by_address(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items() if f" {ADDRESS_TARGET}:" in k}
     recorded = [k for k in tried if _key(k) in _recorded(f)]
@@ -147,12 +182,14 @@ def attempt_by_address(f: Facts) -> Row:
                f"{_summary(tried)}; recorded by the sink: {', '.join(recorded) or 'NOTHING'}")
 
 
+@checked_by(PROBE, SINK)
 def metadata(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items() if "169.254.169.254" in k}
     bad = any(_escaped(f, k, v) for k, v in tried.items())
     return Row("metadata", "TCP 169.254.169.254:80", FAIL if bad or not tried else PASS, _summary(tried))
 
 
+@checked_by(PROBE, HOST)
 def host_services(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("tcp", {}).items()
              if k.rsplit(":", 1)[0] in f.host_targets and k.endswith(f":{f.canary_port}")}
@@ -163,6 +200,7 @@ def host_services(f: Facts) -> Row:
                PASS if ok else FAIL, _summary(bad or tried) + hits)
 
 
+@checked_by(PROBE)
 def other_sandboxes(f: Facts) -> Row:
     if not f.other_sandbox_targets:
         return Row("other sandboxes", "connect to the containers of another sandbox", SKIP,
@@ -173,6 +211,7 @@ def other_sandboxes(f: Facts) -> Row:
                FAIL if bad or not tried else PASS, _summary(bad or tried))
 
 
+@checked_by(PROBE)
 def ipv6(f: Facts) -> Row:
     tried = f.probe.get("ipv6", {})
     bad = {k: v for k, v in tried.items()
@@ -182,6 +221,7 @@ def ipv6(f: Facts) -> Row:
                text or "nothing tried")
 
 
+@checked_by(PROBE, HOST)
 def ingress_proxy(f: Facts) -> Row:
     answers = {f"inside {k}": v for k, v in f.probe.get("http", {}).items()}
     answers.update({f"host {k}": v for k, v in f.ingress_from_host.items()})
@@ -194,16 +234,49 @@ def ingress_proxy(f: Facts) -> Row:
                FAIL if bad or not answers else PASS, _summary(bad or answers))
 
 
+def _capabilities(names: list) -> set[str]:
+    return {n.upper().removeprefix("CAP_") for n in names or []}
+
+
+@checked_by(PROBE, ENGINE)
 def raw_sockets(f: Facts) -> Row:
+    # The probe is never root, so its own try shows little: whether any
+    # process of the front-end could hold NET_RAW is the engine's to say.
     outcome = f.probe.get("self", {}).get("raw_socket", "not tried")
-    ok = outcome.startswith("error:") and ("not permitted" in outcome or "denied" in outcome)
-    return Row("raw sockets", "open SOCK_RAW with the front-end's restrictions", PASS if ok else FAIL, outcome)
+    config = f.frontend_config
+    added, dropped = _capabilities(config.get("cap_add")), _capabilities(config.get("cap_drop"))
+    grantable = (not config or config.get("privileged") or added & {"ALL", "NET_RAW"}
+                 or not dropped & {"ALL", "NET_RAW"})
+    ok = outcome.startswith("error:") and ("not permitted" in outcome or "denied" in outcome) and not grantable
+    engine = ("not read from the engine" if not config
+              else "NET_RAW can be held in the front-end" if grantable else "NET_RAW dropped")
+    return Row("raw sockets", "open SOCK_RAW with the front-end's restrictions; its capabilities",
+               PASS if ok else FAIL, f"probe: {outcome}; engine: {engine}")
+
+
+def _config_problems(config: dict) -> list[str]:
+    """What in the front-end's HostConfig would let a process in it gain privileges."""
+    problems = []
+    if config.get("privileged"):
+        problems.append("privileged")
+    if config.get("cap_add"):
+        problems.append(f"CapAdd {', '.join(config['cap_add'])}")
+    if "ALL" not in _capabilities(config.get("cap_drop")):
+        problems.append(f"CapDrop {', '.join(config.get('cap_drop') or []) or 'nothing'}, not ALL")
+    options = [o.replace("=", ":") for o in config.get("security_opt") or []]
+    if not any(o in ("no-new-privileges", "no-new-privileges:true") for o in options):
+        problems.append("no no-new-privileges")
+    problems += [f"security_opt {o}" for o in options if o in ("seccomp:unconfined", "apparmor:unconfined")]
+    return problems
 
 
 def privileges(f: Facts) -> Row:
-    processes = f.probe.get("processes", {})
-    sentry = f.gvisor_sentry
-    bad = []
+    how = "uid, CapEff, NoNewPrivs, seccomp of the front-end's processes; its HostConfig"
+    config_by = (ENGINE,) if f.frontend_config else ()
+    processes, sentry = f.processes, f.gvisor_sentry
+    where = config_by + (f.processes_by,) + ((HOST,) if sentry is not None and f.processes_by != HOST else ())
+    bad = [f"HostConfig: {p}" for p in _config_problems(f.frontend_config)] if f.frontend_config \
+        else ["HostConfig: not read from the engine"]
     if sentry is not None and (sentry.get("NoNewPrivs") != "1" or sentry.get("Seccomp") != "2"):
         bad.append(f"gVisor's kernel on the host: NoNewPrivs {sentry.get('NoNewPrivs')}, "
                    f"Seccomp {sentry.get('Seccomp')}")
@@ -219,23 +292,39 @@ def privileges(f: Facts) -> Row:
             problems.append(f"Seccomp {p['seccomp']}")
         if problems:
             bad.append(f"pid {pid} ({p['command']}): {', '.join(problems)}")
+    if bad:
+        return Row("privileges", how, FAIL, "; ".join(bad), where)
     if not processes and f.processes_note:
-        return Row("privileges", "CapEff, NoNewPrivs, uid, seccomp of the front-end's processes", SKIP,
-                   f.processes_note)
+        return Row("privileges", how, SKIP, f.processes_note, where)
     if not processes:
-        return Row("privileges", "CapEff, NoNewPrivs, uid, seccomp of the front-end's processes", FAIL,
-                   "no process of the front-end could be read")
+        return Row("privileges", how, INCONCLUSIVE, "no process of the front-end could be read"
+                   + (" from this machine's /proc (is the engine on another machine?)" if f.processes_by == HOST
+                      else ""), where)
     uids = sorted({p["uid"][0] for p in processes.values()})
+    said = " (the front-end's word, read inside it)" if f.processes_by == FRONTEND_WORD else ""
     if sentry is not None:
-        good = (f"{len(processes)} processes in gVisor: CapEff 0, uids {uids}; gVisor's kernel on the host: "
-                "NoNewPrivs 1, Seccomp 2 (filter)")
+        good = (f"{len(processes)} processes in gVisor{said}: CapEff 0, uids {uids}; gVisor's kernel on the "
+                "host: NoNewPrivs 1, Seccomp 2 (filter)")
     else:
-        good = f"{len(processes)} processes: CapEff 0, NoNewPrivs 1, uids {uids}, Seccomp 2 (filter)"
-    text = "; ".join(bad) or good
-    return Row("privileges", "CapEff, NoNewPrivs, uid, seccomp of the front-end's processes",
-               FAIL if bad else PASS, text)
+        good = f"{len(processes)} processes{said}: CapEff 0, NoNewPrivs 1, uids {uids}, Seccomp 2 (filter)"
+    return Row("privileges", how, PASS, good + "; HostConfig: not privileged, no capability added, "
+               "CapDrop ALL, no-new-privileges", where)
 
 
+def network_attachments(f: Facts) -> Row:
+    networks = f.frontend_config.get("networks")
+    how = "the networks the engine attached the front-end to"
+    if networks is None:
+        return Row("network attachments", how, FAIL, "not read from the engine", (ENGINE,))
+    others = [n for n in networks if n != f.internal_network]
+    ok = networks == [f.internal_network] and bool(f.internal_network)
+    text = f"on {', '.join(networks) or 'no network'}"
+    if others:
+        text += f": {', '.join(others)} is not the sandbox's internal network {f.internal_network}"
+    return Row("network attachments", how, PASS if ok else FAIL, text, (ENGINE,))
+
+
+@checked_by(BACKEND, HOST)
 def write_weights(f: Facts) -> Row:
     outcomes = f.weights_write.split()
     denied = bool(outcomes) and all(o in ("EROFS", "EACCES", "EPERM", "EBUSY") for o in outcomes)
@@ -245,29 +334,36 @@ def write_weights(f: Facts) -> Row:
                f"{' '.join(outcomes) or 'not tried'}; sha256 {'unchanged' if same else 'CHANGED or unknown'}")
 
 
+@checked_by(PROBE, ENGINE)
 def write_root(f: Facts) -> Row:
     own = f.probe.get("self", {}).get("write_root", "not tried")
-    mounts = f.probe.get("pid1_mounts", [])
-    root = next((m for m in mounts if isinstance(m, dict) and m["target"] == "/"), None) if isinstance(mounts, list) else None
-    read_only = root is not None and "ro" in root["options"].split(",")
-    if root is None and f.processes_note:
-        read_only = True  # judged by the probe's own write alone
-    ok = "Read-only" in own and read_only
-    return Row("write the root fs", "touch a file in /; the front-end's root mount options",
-               PASS if ok else FAIL,
-               f"probe: {own}; front-end's / mounted {root['options'] if root else 'unknown'}")
+    read_only = f.frontend_config.get("read_only")
+    shown = {True: "read-only", False: "WRITABLE", None: "unknown"}[read_only]
+    return Row("write the root fs", "touch a file in /; the front-end's ReadonlyRootfs",
+               PASS if "Read-only" in own and read_only is True else FAIL,
+               f"probe: {own}; front-end's root fs {shown}")
 
 
+# A mount of one of these hands over the engine's socket, or a directory that holds it.
+SOCKET_DIRECTORIES = ("/", "/run", "/var/run", "/var", "/run/docker", "/var/run/docker")
+
+
+@checked_by(PROBE, ENGINE)
 def docker_socket(f: Facts) -> Row:
     own = f.probe.get("self", {}).get("docker_socket", None)
-    mounts = f.probe.get("pid1_mounts", [])
-    mounted = [m["target"] for m in mounts if isinstance(m, dict) and "docker.sock" in m["target"]] \
-        if isinstance(mounts, list) else ["unknown"]
+    mounts = f.frontend_config.get("mounts")
+    if mounts is None:
+        return Row("Docker socket", "look for /var/run/docker.sock; the front-end's mounts", FAIL,
+                   f"probe: {own}; the front-end's mounts not read from the engine")
+    mounted = [f"{m['source']} on {m['destination']}" for m in mounts
+               if "docker.sock" in f"{m['source']} {m['destination']}"
+               or (m["type"] == "bind" and (m["source"].rstrip("/") or "/") in SOCKET_DIRECTORIES)]
     ok = own == [] and not mounted
-    return Row("Docker socket", "look for /var/run/docker.sock", PASS if ok else FAIL,
+    return Row("Docker socket", "look for /var/run/docker.sock; the front-end's mounts", PASS if ok else FAIL,
                "absent" if ok else f"found: {(own or []) + mounted}")
 
 
+@checked_by(ENGINE)
 def bombs(f: Facts) -> Row:
     missing = [part for part, l in f.limits.items() if not l.get("pids") or not l.get("memory")]
     text = ", ".join(f"{part}: pids {l.get('pids')}, memory {l.get('memory', 0) // 2**20} MiB"
@@ -276,6 +372,7 @@ def bombs(f: Facts) -> Row:
                FAIL if missing or not f.limits else PASS, text or "no limits read")
 
 
+@checked_by(ENGINE, HOST)
 def lan_reach(f: Facts) -> Row:
     wide = [b for b in f.ingress_bindings if not b.startswith("127.0.0.1:")]
     localnet = {k: v for k, v in f.route_localnet.items() if v not in ("0", None)}
@@ -290,10 +387,15 @@ def lan_reach(f: Facts) -> Row:
                PASS if ok else FAIL, text)
 
 
+# What nginx answers itself when the UI did not answer it (refused, reset, timed out).
+GATEWAY_ERRORS = (502, 504)
+
+
 def forwarded(answer: dict | None) -> bool:
-    """The ingress passed the request on and the UI answered it."""
-    return bool(answer) and answer.get("status") is not None and answer["status"] < 500 \
-        and not answer.get("refused")
+    """The ingress passed the request on and the UI answered it, whatever it
+    answered: a UI may well answer 404 or 501 to the owner's own request."""
+    return bool(answer) and answer.get("status") is not None and not answer.get("refused") \
+        and answer["status"] not in GATEWAY_ERRORS
 
 
 def _shown(answer: dict | None) -> str:
@@ -301,35 +403,50 @@ def _shown(answer: dict | None) -> str:
         return "not tried"
     if answer.get("status") is None:
         return f"no answer ({answer.get('error', '')})"
+    if answer["status"] in GATEWAY_ERRORS and not answer.get("refused"):
+        return f"{answer['status']} (the UI did not answer the ingress)"
     return f"{answer['status']}" + (f" {answer['refused']}" if answer.get("refused") else "")
 
 
 def _front_door_row(f: Facts, attack: str, how: str, tries: dict[str, tuple[int, ...]],
                     controls: tuple[str, ...]) -> Row:
     """PASS when every try got one of its refusal statuses and every control
-    (the owner's own request) got through."""
+    (the owner's own request) was passed on to the UI. An attack that was
+    passed on, or refused the wrong way, is FAIL; a control that was not
+    passed on, or a try with no answer, leaves the row INCONCLUSIVE: nothing
+    shows the door tells the owner apart, and nothing got through."""
     door = f.front_door
     if not door:
-        return Row(attack, how, FAIL, "the front door was not tried")
-    bad = [k for k, statuses in tries.items() if (door.get(k) or {}).get("status") not in statuses]
+        return Row(attack, how, INCONCLUSIVE, "the front door was not tried: the check proves nothing")
+    answers = {k: door.get(k) or {} for k in tries}
+    wrong = [k for k, a in answers.items() if a.get("status") is not None and a["status"] not in tries[k]]
+    unanswered = [k for k, a in answers.items() if a.get("status") is None]
     shut = [k for k in controls if not forwarded(door.get(k))]
     text = "; ".join(f"{k.replace('_', ' ')} {_shown(door.get(k))}" for k in tries)
     text += "; control: " + ", ".join(f"{k.replace('_', ' ')} {_shown(door.get(k))}" for k in controls)
+    if wrong:
+        return Row(attack, how, FAIL, text)
     if shut:
-        text += " (the owner was refused too: the check proves nothing)"
-    return Row(attack, how, FAIL if bad or shut else PASS, text)
+        return Row(attack, how, INCONCLUSIVE,
+                   text + " (the owner's own request was not passed on to the UI: the check proves nothing)")
+    if unanswered:
+        return Row(attack, how, INCONCLUSIVE, text + " (no answer at all: the check proves nothing)")
+    return Row(attack, how, PASS, text)
 
 
+@checked_by(HOST)
 def dns_rebinding(f: Facts) -> Row:
     return _front_door_row(f, "DNS rebinding", "a foreign Host, with the owner's token and with the cookie",
                            {"foreign_host": (421,), "rebound_host_with_cookie": (421,)}, ("owner",))
 
 
+@checked_by(HOST)
 def no_credential(f: Facts) -> Row:
     return _front_door_row(f, "no credential", "a request without the token, and one with a wrong token",
                            {"no_token": (401,), "wrong_token": (401,)}, ("owner", "owner_cookie"))
 
 
+@checked_by(HOST)
 def cross_site_request(f: Facts) -> Row:
     return _front_door_row(f, "cross-site request",
                            "POST with the cookie, text/plain, from another site, another port, no Origin",
@@ -337,25 +454,32 @@ def cross_site_request(f: Facts) -> Row:
                            ("own_post",))
 
 
+@checked_by(HOST)
 def cross_site_websocket(f: Facts) -> Row:
     return _front_door_row(f, "cross-site WebSocket", "a WebSocket upgrade with the cookie from another origin",
                            {"cross_site_websocket": (403,)}, ("own_websocket",))
 
 
+@checked_by(HOST)
 def smuggled_proxy_request(f: Facts) -> Row:
     how = "CONNECT and an absolute URI pipelined after a good request on one connection"
     answers = f.front_door.get("pipelined")
     if not answers:
-        return Row("smuggled proxy request", how, FAIL, "no answer on the connection")
+        return Row("smuggled proxy request", how, INCONCLUSIVE,
+                   "no answer on the connection: the check proves nothing")
     first, later = answers[0], answers[1:]
     refused = [a for a in later if a.get("status") in (400, 405)]
-    ok = forwarded(first) and refused and len(refused) == len(later)
     text = ", ".join(_shown(a) for a in answers)
+    if len(refused) < len([a for a in later if a.get("status") is not None]):
+        return Row("smuggled proxy request", how, FAIL, text)
     if not forwarded(first):
-        text += " (the good request was not answered: the check proves nothing)"
+        return Row("smuggled proxy request", how, INCONCLUSIVE,
+                   text + " (the good request was not answered: the check proves nothing)")
+    ok = refused and len(refused) == len(later)
     return Row("smuggled proxy request", how, PASS if ok else FAIL, text)
 
 
+@checked_by(HOST)
 def slow_clients(f: Facts) -> Row:
     flood = f.front_door.get("flood")
     how = "hundreds of connections sending half a request while the owner uses the UI"
@@ -375,7 +499,8 @@ def slow_clients(f: Facts) -> Row:
 
 
 MATRIX = (external_dns, dns_leak, raw_egress, attempt_by_address, metadata, host_services, other_sandboxes, ipv6,
-          ingress_proxy, raw_sockets, privileges, write_weights, write_root, docker_socket, bombs, lan_reach,
+          ingress_proxy, raw_sockets, privileges, network_attachments, write_weights, write_root, docker_socket,
+          bombs, lan_reach,
           dns_rebinding, no_credential, cross_site_request, cross_site_websocket, smuggled_proxy_request,
           slow_clients)
 

@@ -1,4 +1,4 @@
-"""The probe: run inside a sandbox's network (and process) namespace, it tries
+"""The probe: run inside a sandbox's network namespace, it tries
 to get out and prints what happened as one JSON object. It judges nothing;
 `sandbox verify` does (launcher/verify.py).
 
@@ -10,7 +10,8 @@ The request (argv[1], JSON) may ask for:
   ipv6:      [[address, port], ...]
   http:      [[host, port, request-line], ...]  the status line a server answers
   self:      true                 raw sockets, writing /, the Docker socket
-  processes: true                 credentials of every process in view
+  processes: true                 credentials of every process in view (`verify` runs this
+                                  inside a gVisor front-end, whose processes the host cannot see)
 
 A target off this machine is tried only when no packet to it can leave: when
 the container has no route to it, its route goes through a gateway that
@@ -162,8 +163,7 @@ def own_restrictions():
 
 
 def processes():
-    """Credentials of every process this namespace shows (the front-end's,
-    when the probe joins its process namespace), and the mounts of PID 1."""
+    """Credentials of every process this namespace shows."""
     found = {}
     me = os.getpid()
     for pid in os.listdir("/proc"):
@@ -179,15 +179,7 @@ def processes():
         found[pid] = {"command": command, "uid": status.get("Uid", "").split(),
                       "cap_eff": status.get("CapEff"), "no_new_privs": status.get("NoNewPrivs"),
                       "seccomp": status.get("Seccomp")}
-    mounts = []
-    try:
-        with open("/proc/1/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                mounts.append({"target": fields[4], "options": fields[5], "source": fields[3]})
-    except OSError as e:
-        mounts = f"error:{e.strerror}"
-    return {"processes": found, "pid1_mounts": mounts}
+    return {"processes": found}
 
 
 def main():

@@ -1,9 +1,12 @@
 """`sandbox verify`: run docs/threats.md's attack matrix against a live sandbox.
 
-A probe container of ours joins the front-end's network and process
-namespaces with the front-end's own restrictions (so the UI image needs no
-tools) and tries every way out; the host runs a canary listener and tries
-the ingress itself. launcher/verify.py judges what was seen."""
+A probe container of ours joins the front-end's network namespace with the
+front-end's own restrictions (so the UI image needs no tools) and tries every
+way out; it has a PID namespace and a user of its own, out of the front-end's
+reach. The host runs a canary listener and tries the ingress itself; what
+the front-end may do (its processes' credentials, its HostConfig, its
+networks) is read from the engine and the host's /proc, not from inside it.
+launcher/verify.py judges what was seen."""
 from __future__ import annotations
 
 import json
@@ -24,13 +27,14 @@ from launcher.commands.up import build_egress
 from launcher.front_door import try_front_door
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
-from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, process_status, route_localnet
+from launcher.hostnet import (Canary, container_process, host_ipv4_addresses, host_resolvers, process_status,
+                              route_localnet)
 from launcher.images import recipe_image
 from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
 from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
 from launcher.text import json_records
-from launcher.verify import ADDRESS_TARGET, FAIL, Facts, Row, judge
+from launcher.verify import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
 
 Say = Callable[[str], None]
 PUBLIC_TARGET = ("1.1.1.1", 443)
@@ -62,7 +66,7 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.verdict != FAIL for r in self.rows)
+        return all(r.verdict not in (FAIL, INCONCLUSIVE) for r in self.rows)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "ok": self.ok, "rows": [r.to_dict() for r in self.rows], "drift": self.drift}
@@ -118,24 +122,24 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
             "ipv6": [list(IPV6_TARGET)],
             "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
             "self": True,
-            # A probe cannot join the process namespace of a gVisor sandbox:
-            # there the front-end's processes are read from inside, below.
-            "processes": not in_gvisor,
         }
-        say("probing from inside the front-end")
+        say("probing from the front-end's network")
         output = gateway.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
         facts.canary_hits = list(canary.hits)
-    try:
-        facts.probe = json.loads(output.strip().splitlines()[-1])
-    except (ValueError, IndexError, RecursionError):
-        raise DockerFailure(f"the probe printed no result: {output[-2000:]}") from None
+    facts.probe = probe_result(output)
 
+    frontend = spec.container("frontend").name
+    facts.frontend_config = gateway.container_config(frontend)
+    facts.internal_network = internal
     if in_gvisor:
-        _read_processes_inside(gateway, spec.container("frontend").name, facts)
+        # The host sees gVisor's kernel, not the processes it runs: those are read from inside.
+        _read_processes_inside(gateway, frontend, facts)
         # gVisor's kernel runs on the host as the sandbox process Docker knows
         # as the container's: its own restrictions are read there.
-        pid = gateway.container_state(spec.container("frontend").name)["pid"]
+        pid = gateway.container_state(frontend)["pid"]
         facts.gvisor_sentry = process_status(pid) if pid else None
+    else:
+        _read_processes_from_host(gateway, frontend, facts)
     facts.sink_names = _sink_names(gateway, spec.container("dns").name)
     facts.caught = [[c.get("protocol"), c.get("address"), c.get("port"), c.get("name")]
                     for c in connections_kept(gateway, name) if c.get("time", 0) >= started - 1]
@@ -160,6 +164,28 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     return VerifyResult(name, judge(facts), drift)
 
 
+def probe_result(output: str) -> dict:
+    """The probe's one JSON object. Anything else (no line, more than one,
+    not an object) is an error: a verdict is never picked out of a stream."""
+    lines = output.splitlines()
+    try:
+        result = json.loads(lines[0]) if len(lines) == 1 else None
+    except (ValueError, RecursionError):
+        result = None
+    if not isinstance(result, dict):
+        raise DockerFailure(f"the probe did not print exactly one JSON result ({len(lines)} line(s)): "
+                            f"{output[-2000:]}")
+    return result
+
+
+def _read_processes_from_host(gateway: DockerGateway, container: str, facts: Facts) -> None:
+    """The container's processes, listed by the engine and read in the host's /proc (needs facts.frontend_config)."""
+    for pid in gateway.container_pids(container):
+        seen = container_process(pid, facts.frontend_config["id"])
+        if seen is not None:  # None: gone since the engine listed it
+            facts.processes[str(pid)] = seen
+
+
 def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts) -> None:
     code, output = gateway.exec_in(container, ["python3", "-c", (IMAGES_DIR / "probe" / "probe.py").read_text(),
                                                json.dumps({"processes": True})])
@@ -168,11 +194,13 @@ def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts)
         seen = json.loads(output.strip().splitlines()[-1]) if code == 0 else None
     except (ValueError, IndexError, RecursionError):
         seen = None
-    if seen is None:
+    if not isinstance(seen, dict) or not isinstance(seen.get("processes"), dict):
         facts.processes_note = "gVisor: the front-end image has no python3 to read its own processes with"
         return
-    facts.probe["processes"] = seen["processes"]
-    facts.probe["pid1_mounts"] = seen["pid1_mounts"]
+    facts.processes_by = FRONTEND_WORD
+    fields = ("command", "uid", "cap_eff", "no_new_privs", "seccomp")
+    facts.processes = {str(pid): p for pid, p in seen["processes"].items()
+                       if isinstance(p, dict) and all(k in p for k in fields) and isinstance(p["uid"], list)}
 
 
 def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -> list[tuple[str, int]]:

@@ -37,5 +37,8 @@ def test_chat_is_answered_under_gvisor(gvisor_sandbox):
 
 def test_every_attack_is_stopped_under_gvisor(gvisor_sandbox, gateway):
     rows = verify(gateway, gvisor_sandbox.name, ca_bundle=ca_bundle()).rows
-    assert [(r.attack, r.result) for r in rows if r.verdict == "FAIL"] == []
+    assert [(r.attack, r.result) for r in rows if r.verdict in ("FAIL", "INCONCLUSIVE")] == []
     assert {r.attack for r in rows if r.verdict == "SKIP"} <= {"other sandboxes"}
+    # The host cannot see the processes gVisor runs: what they are is the front-end's own word, and said so.
+    [privileges] = [r for r in rows if r.attack == "privileges"]
+    assert privileges.checked_by == ("engine", "front-end's word", "host")

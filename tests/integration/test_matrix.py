@@ -11,16 +11,17 @@ import pytest
 
 from launcher.commands.down import down
 from launcher.commands.up import up
-from launcher.commands.verify import verify
+from launcher.commands.verify import _read_processes_from_host, probe_result, verify
 from launcher.errors import PolicyError
 from launcher.images import recipe_image
 from launcher.spec import ContainerSpec
-from launcher.verify import Facts, host_services, privileges, raw_egress, raw_sockets, write_root
+from launcher.verify import (Facts, host_services, network_attachments, privileges, raw_egress, raw_sockets,
+                             write_root)
 from tests.integration.conftest import FIXTURES_BAD, ca_bundle, labelled, ui, write_policy
 
 ROWS = ["external DNS", "DNS leak via host resolver", "raw IP egress", "attempt by address", "metadata",
         "host services", "other sandboxes", "IPv6", "use the ingress as proxy", "raw sockets", "privileges",
-        "write the weights", "write the root fs", "Docker socket", "fork bomb / memory bomb", "LAN reach of the UI",
+        "network attachments", "write the weights", "write the root fs", "Docker socket", "fork bomb / memory bomb", "LAN reach of the UI",
         "DNS rebinding", "no credential", "cross-site request", "cross-site WebSocket", "smuggled proxy request",
         "slow clients"]
 
@@ -66,7 +67,8 @@ def test_attack_is_stopped_when_names_resolve_to_the_sink(attack, answering_verd
 
 def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):
     """Negative control: a container with Docker's defaults (bridge network,
-    root, default capabilities, writable root) must fail the same checks."""
+    root, default capabilities, writable root) must fail the same checks,
+    those of the probe and those read from the engine and the host."""
     from launcher.hostnet import Canary, host_ipv4_addresses
     image = recipe_image("probe", ca_bundle=ca_bundle())
     if not gateway.image_present(image.tag):
@@ -81,13 +83,15 @@ def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):
         with Canary() as canary:
             hosts = host_ipv4_addresses()
             request = {"tcp": [[h, canary.port] for h in hosts], "outside": [["1.1.1.1", 443, "tcp"]],
-                       "self": True, "processes": True}
+                       "self": True}
             output = gateway.run_probe("control", image.tag, target, json.dumps(request))
             time.sleep(0.5)
             hits = list(canary.hits)
-        facts = Facts(probe=json.loads(output.strip().splitlines()[-1]), canary_port=canary.port,
-                      canary_hits=hits, host_targets=hosts)
-        for check in (host_services, raw_egress, raw_sockets, privileges, write_root):
+        facts = Facts(probe=probe_result(output), canary_port=canary.port, canary_hits=hits, host_targets=hosts,
+                      frontend_config=gateway.container_config(unsafe.name), internal_network="sandbox-x-internal")
+        _read_processes_from_host(gateway, unsafe.name, facts)
+        assert facts.processes, "the control container's processes were not read from the host"
+        for check in (host_services, raw_egress, raw_sockets, privileges, write_root, network_attachments):
             assert check(facts).verdict == "FAIL", (check.__name__, check(facts).result)
         # The probe never sent a packet out: it found the live gateway and stopped.
         assert facts.probe["outside"]["tcp 1.1.1.1:443"].startswith("route-via-live-gateway")

@@ -1,5 +1,6 @@
 """Each row of the attack matrix judged on facts where the attack is stopped
 (PASS) and on facts where it got through (FAIL): no check that cannot fail."""
+import json
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,11 @@ PROC = {"command": "python3 server.py", "uid": ["65534"] * 4, "cap_eff": "000000
 
 
 FORWARDED = {"status": 200, "refused": None}
+# The front-end's container as the engine describes it.
+CONFIG = {"id": "c0ffee", "privileged": False, "cap_add": [], "cap_drop": ["ALL"],
+          "security_opt": ["no-new-privileges:true"], "read_only": True, "networks": ["sandbox-x-internal"],
+          "mounts": [{"type": "volume", "source": "/var/lib/docker/volumes/sandbox-x-data/_data",
+                      "destination": "/data", "rw": True}]}
 
 
 def refused(status: int, reason: str) -> dict:
@@ -49,9 +55,8 @@ def safe() -> v.Facts:
             "http": {"10.213.7.4:8080 CONNECT example.com:443 HTTP/1.1": "HTTP/1.1 405 Method Not Allowed"},
             "self": {"raw_socket": "error:Operation not permitted", "write_root": "error:Read-only file system",
                      "docker_socket": []},
-            "processes": {"1": PROC, "7": PROC},
-            "pid1_mounts": [{"target": "/", "options": "ro,relatime", "source": "/"}],
         },
+        frontend_config=CONFIG, internal_network="sandbox-x-internal", processes={"1": PROC, "7": PROC},
         canary_port=4000, host_targets=["172.17.0.1", "192.0.2.2"], other_sandbox_targets=["10.213.9.2:8000"],
         unique_name=NAME, sink_names=[NAME],
         ingress_from_host={"GET http://example.com/ HTTP/1.1": "HTTP/1.1 400 Bad Request"},
@@ -68,6 +73,14 @@ def not_caught(facts: v.Facts, *keys) -> v.Facts:
     return replace(facts, caught=[c for c in facts.caught if tuple(c) not in keys])
 
 
+def config_with(**changes) -> v.Facts:
+    return replace(safe(), frontend_config={**CONFIG, **changes})
+
+
+def processes_with(**changes) -> v.Facts:
+    return replace(safe(), processes={"1": PROC, "7": {**PROC, **changes}})
+
+
 def probe_with(**changes) -> v.Facts:
     facts = safe()
     return replace(facts, probe={**facts.probe, **changes})
@@ -75,7 +88,7 @@ def probe_with(**changes) -> v.Facts:
 
 def test_all_rows_pass_on_a_safe_sandbox():
     assert [(r.attack, r.verdict) for r in v.judge(safe()) if r.verdict != "PASS"] == []
-    assert len(v.judge(safe())) == 22
+    assert len(v.judge(safe())) == 23
 
 
 BREACHES = {
@@ -99,40 +112,44 @@ BREACHES = {
                                  replace(safe(), ingress_from_host={"GET http://x/": "HTTP/1.0 200 OK"}),
                                  # From the host a refused connection is an ingress that is down, not a refusal.
                                  replace(safe(), ingress_from_host={"GET http://x/": "error:Connection refused"})],
-    "raw sockets": [probe_with(self={**safe().probe["self"], "raw_socket": "opened"})],
-    "privileges": [probe_with(processes={"1": {**PROC, "cap_eff": "00000000a80425fb"}}),
-                   probe_with(processes={"1": {**PROC, "no_new_privs": "0"}}),
-                   probe_with(processes={"1": {**PROC, "uid": ["0", "0", "0", "0"]}}),
-                   probe_with(processes={"1": {**PROC, "seccomp": "0"}}),
-                   probe_with(processes={})],
+    "raw sockets": [probe_with(self={**safe().probe["self"], "raw_socket": "opened"}),
+                    config_with(cap_add=["NET_RAW"]), config_with(cap_drop=["NET_ADMIN"]),
+                    config_with(privileged=True), replace(safe(), frontend_config={})],
+    "privileges": [processes_with(cap_eff="00000000a80425fb"), processes_with(no_new_privs="0"),
+                   processes_with(uid=["0", "0", "0", "0"]), processes_with(seccomp="0"),
+                   config_with(privileged=True), config_with(cap_add=["NET_ADMIN"]), config_with(cap_drop=[]),
+                   config_with(security_opt=[]), config_with(security_opt=["no-new-privileges", "seccomp=unconfined"]),
+                   replace(safe(), frontend_config={})],
+    "network attachments": [config_with(networks=["sandbox-x-internal", "bridge"]), config_with(networks=["bridge"]),
+                            replace(safe(), frontend_config={})],
     "write the weights": [replace(safe(), weights_write="WROTE EROFS EROFS"),
                           replace(safe(), weights_sha_after="b" * 64), replace(safe(), weights_write="")],
     "write the root fs": [probe_with(self={**safe().probe["self"], "write_root": "written"}),
-                          probe_with(pid1_mounts=[{"target": "/", "options": "rw,relatime", "source": "/"}])],
+                          config_with(read_only=False), replace(safe(), frontend_config={})],
     "Docker socket": [probe_with(self={**safe().probe["self"], "docker_socket": ["/var/run/docker.sock"]}),
-                      probe_with(pid1_mounts=[*safe().probe["pid1_mounts"],
-                                              {"target": "/run/docker.sock", "options": "rw", "source": "/"}])],
+                      config_with(mounts=[*CONFIG["mounts"], {"type": "bind", "source": "/var/run/docker.sock",
+                                                              "destination": "/tmp/d.sock", "rw": True}]),
+                      config_with(mounts=[{"type": "bind", "source": "/run/", "destination": "/host-run",
+                                           "rw": False}]),
+                      replace(safe(), frontend_config={})],
     "fork bomb / memory bomb": [replace(safe(), limits={"frontend": {"pids": None, "memory": 2**28}}),
                                 replace(safe(), limits={"frontend": {"pids": 512, "memory": 0}})],
     "LAN reach of the UI": [replace(safe(), ingress_bindings=["0.0.0.0:8080"]),
                             replace(safe(), route_localnet={"all": "0", "eth0": "1"}),
                             replace(safe(), ingress_bindings=[])],
-    # Each front-door row fails when the attack is answered, and when the
-    # owner is refused too (a door that is simply shut proves nothing).
+    # Each front-door row fails when the attack is passed on, or refused the wrong way.
     "DNS rebinding": [door_with(foreign_host=FORWARDED), door_with(rebound_host_with_cookie=FORWARDED),
-                      door_with(owner=refused(421, "foreign-host")), replace(safe(), front_door={})],
+                      door_with(foreign_host=refused(403, "cross-site"))],
     "no credential": [door_with(no_token=FORWARDED), door_with(wrong_token={"status": 200, "refused": None}),
-                      door_with(owner_cookie=refused(401, "no-token")),
-                      door_with(no_token={"status": None, "refused": None, "error": "refused"})],
+                      door_with(no_token={"status": 501, "refused": None})],
     "cross-site request": [door_with(cross_site_post={"status": 404, "refused": None}),
                            door_with(same_site_post=FORWARDED), door_with(no_origin_post=FORWARDED),
-                           door_with(own_post=refused(403, "cross-site"))],
-    "cross-site WebSocket": [door_with(cross_site_websocket={"status": 101, "refused": None}),
-                             door_with(own_websocket={"status": 502, "refused": None})],
+                           door_with(cross_site_post={"status": 501, "refused": None},
+                                     own_post={"status": 501, "refused": None})],
+    "cross-site WebSocket": [door_with(cross_site_websocket={"status": 101, "refused": None})],
     "smuggled proxy request": [door_with(pipelined=[FORWARDED, FORWARDED]),
                                door_with(pipelined=[FORWARDED, {"status": 400, "refused": None}, FORWARDED]),
-                               door_with(pipelined=[refused(401, "no-token"), {"status": 400, "refused": None}]),
-                               door_with(pipelined=[FORWARDED]), door_with(pipelined=[])],
+                               door_with(pipelined=[FORWARDED])],
     "slow clients": [door_with(flood={**FRONT_DOOR["flood"], "owner": [{"status": None, "refused": None}] * 5}),
                      door_with(flood={**FRONT_DOOR["flood"], "still_open": 3}),
                      door_with(flood={**FRONT_DOOR["flood"], "owner": []})],
@@ -182,15 +199,137 @@ def test_every_row_of_the_matrix_has_a_breach_case():
 
 def test_privileges_under_gvisor_are_read_inside_and_on_the_host():
     inside = {**PROC, "no_new_privs": None, "seccomp": "0"}  # what gVisor's /proc shows
-    facts = probe_with(processes={"1": inside})
+    facts = replace(safe(), processes={"1": inside}, processes_by=v.FRONTEND_WORD)
     assert v.privileges(facts).verdict == "FAIL"  # not under gVisor: that is a breach
     sentry = {"NoNewPrivs": "1", "Seccomp": "2"}
-    assert v.privileges(replace(facts, gvisor_sentry=sentry)).verdict == "PASS"
+    row = v.privileges(replace(facts, gvisor_sentry=sentry))
+    assert row.verdict == "PASS"
+    # What the front-end said of itself is shown as such.
+    assert row.checked_by == ("engine", "front-end's word", "host") and "the front-end's word" in row.result
     assert v.privileges(replace(facts, gvisor_sentry={**sentry, "Seccomp": "0"})).verdict == "FAIL"
-    root = probe_with(processes={"1": {**inside, "uid": ["0"] * 4}})
+    root = replace(facts, processes={"1": {**inside, "uid": ["0"] * 4}})
     assert v.privileges(replace(root, gvisor_sentry=sentry)).verdict == "FAIL"
 
 
 def test_an_ingress_that_does_not_listen_inside_is_no_proxy_from_inside():
     facts = probe_with(http={"10.0.0.4:8080 CONNECT example.com:443 HTTP/1.1": "error:Connection refused"})
     assert v.ingress_proxy(facts).verdict == "PASS"
+
+
+def test_every_row_says_where_it_was_checked():
+    rows = v.judge(safe())
+    assert all(r.checked_by and set(r.checked_by) <= {"engine", "host", "probe", "sink", "backend"} for r in rows)
+    by = {r.attack: r.checked_by for r in rows}
+    # Judged from outside the front-end: the engine and the host's /proc, not the probe.
+    assert by["privileges"] == ("engine", "host")
+    assert by["network attachments"] == ("engine",) and by["fork bomb / memory bomb"] == ("engine",)
+    assert by["raw IP egress"] == ("probe", "sink") and by["raw sockets"] == ("probe", "engine")
+    assert v.judge(safe())[0].to_dict()["checked_by"] == ["probe", "sink"]
+
+
+def test_privileges_not_read_at_all_is_inconclusive_never_a_pass():
+    row = v.privileges(replace(safe(), processes={}))
+    assert row.verdict == "INCONCLUSIVE" and "/proc" in row.result
+    # A root process is a FAIL even when others could not be read.
+    assert v.privileges(processes_with(uid=["0"] * 4)).verdict == "FAIL"
+
+
+# The owner's own request was not passed on to the UI, or got no answer: the
+# row proves nothing either way, and says so.
+UNSETTLED = {
+    "DNS rebinding": [door_with(owner=refused(421, "foreign-host")), replace(safe(), front_door={})],
+    "no credential": [door_with(owner_cookie=refused(401, "no-token")),
+                      door_with(no_token={"status": None, "refused": None, "error": "refused"})],
+    "cross-site request": [door_with(own_post=refused(403, "cross-site")),
+                           door_with(own_post={"status": None, "refused": None, "error": "no answer"}),
+                           door_with(own_post={"status": 502, "refused": None})],
+    "cross-site WebSocket": [door_with(own_websocket={"status": 502, "refused": None})],
+    "smuggled proxy request": [door_with(pipelined=[refused(401, "no-token"), {"status": 400, "refused": None}]),
+                               door_with(pipelined=[])],
+}
+
+
+@pytest.mark.parametrize("attack, index", [(a, i) for a, cases in UNSETTLED.items() for i in range(len(cases))])
+def test_a_row_whose_control_got_no_answer_is_inconclusive(attack, index):
+    row = next(r for r in v.judge(UNSETTLED[attack][index]) if r.attack == attack)
+    assert row.verdict == "INCONCLUSIVE", row.result
+    assert "proves nothing" in row.result
+
+
+def test_the_owners_post_is_judged_by_whether_the_ingress_passed_it_on_not_by_the_uis_status():
+    # A UI that answers POST with 501 (python3 -m http.server does): the ingress passed the owner's POST on
+    # and refused every cross-site one. Before, this read as "attack got through".
+    row = v.cross_site_request(door_with(own_post={"status": 501, "refused": None}))
+    assert row.verdict == "PASS", row.result
+    assert "own post 501" in row.result
+
+
+def test_an_inconclusive_row_makes_verify_not_ok_and_never_reads_as_got_through(monkeypatch):
+    from typer.testing import CliRunner
+
+    import launcher.commands.verify
+    from launcher.cli import app
+    from launcher.commands.verify import VerifyResult
+    rows = v.judge(door_with(own_post={"status": None, "refused": None, "error": "timed out"}))
+    result = VerifyResult("x", rows)
+    assert not result.ok
+    assert VerifyResult("x", v.judge(safe())).ok
+    monkeypatch.setattr(launcher.commands.verify, "verify", lambda *a, **k: result)
+    shown = CliRunner().invoke(app, ["verify"])
+    assert shown.exit_code == 1
+    assert "got through" not in shown.stdout
+    assert "1 check(s) inconclusive, proving neither way: cross-site request" in shown.stdout
+    assert "INCONCLUSIVE  cross-site request" in shown.stdout
+    as_json = CliRunner().invoke(app, ["verify", "--json"])
+    [row] = [r for r in json.loads(as_json.stdout)["rows"] if r["attack"] == "cross-site request"]
+    assert (row["verdict"], row["checked_by"]) == ("INCONCLUSIVE", ["host"])
+
+
+@pytest.mark.parametrize("output", [
+    "",
+    # A result written into the probe's output after its own: never picked out of a stream.
+    '{"self": {}}\n{"self": {"raw_socket": "error:Operation not permitted"}}\n',
+    "[]\n", "not json\n", '{"self": {}}\n\n',
+])
+def test_the_probe_must_print_exactly_one_json_result(output):
+    from launcher.commands.verify import probe_result
+    from launcher.errors import DockerFailure
+    with pytest.raises(DockerFailure, match="exactly one JSON result"):
+        probe_result(output)
+
+
+def test_the_probes_one_json_result_is_taken():
+    from launcher.commands.verify import probe_result
+    assert probe_result('{"self": {"docker_socket": []}}\n') == {"self": {"docker_socket": []}}
+
+
+@pytest.mark.parametrize("frontend_user", ["65534:65534", "65533:65533", "65532:65532", "1000:1000"])
+def test_the_probe_runs_as_neither_the_front_ends_user_nor_root(frontend_user):
+    from launcher.docker_gateway import probe_user
+    uid = probe_user(frontend_user).split(":")[0]
+    assert uid not in ("0", frontend_user.split(":")[0])
+
+
+@pytest.mark.parametrize("host_uid, uid_map, inside", [
+    (0, "         0          0 4294967295\n", 0),
+    (65534, "         0          0 4294967295\n", 65534),
+    # userns-remap: root in the container is 100000 on the host, and is still root there.
+    (100000, "         0     100000      65536\n", 0),
+    (165534, "         0     100000      65536\n", 65534),
+    (5, "         0     100000      65536\n", "unmapped 5"),
+])
+def test_a_hosts_uid_is_judged_as_the_container_sees_it(host_uid, uid_map, inside):
+    from launcher.hostnet import _inside
+    assert _inside(host_uid, uid_map) == inside
+
+
+def test_a_process_that_is_not_the_containers_is_not_taken_for_it():
+    import os
+    from launcher.hostnet import container_process
+    # This test's own process: in no container of that id.
+    assert container_process(os.getpid(), "f" * 64) is None
+    assert container_process(2**22 + 1, "f" * 64) is None  # no such PID
+    # Control: named by its own cgroup, it is read, with its uids.
+    own_cgroup = open("/proc/self/cgroup").read().splitlines()[0].split(":", 2)[2]
+    seen = container_process(os.getpid(), own_cgroup)
+    assert seen is not None and seen["uid"][0] == str(os.getuid())
