@@ -102,7 +102,7 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
             raise PullError(f"{source}: the hub says its sha256 is {hub['lfs_sha256']}, not the expected {expected}")
         expected = expected or hub.get("lfs_sha256")
         if hub.get("size") is not None:
-            limits = replace(limits, stated=hub["size"], stated_by="the hub")
+            limits = replace(limits, stated=hub["size"], stated_by="the hub announced")
     elif isinstance(source, UrlSource):
         download_url = source.url
         if source.url.startswith("http://") and not expected:
@@ -194,7 +194,7 @@ def _size_in_lock(policy: Path, sha256: str, limits: Limits) -> Limits:
         return limits  # `up` and `plan` say what is wrong with it
     for model in locked.get("models") or []:
         if isinstance(model, dict) and model.get("sha256") == sha256 and isinstance(model.get("size"), int):
-            return replace(limits, stated=model["size"], stated_by=str(lock_file))
+            return replace(limits, stated=model["size"], stated_by=f"{lock_file} states")
     return limits
 
 

@@ -58,7 +58,7 @@ class Limits:
 
     cap: int = DEFAULT_MAX_BYTES
     stated: int | None = None
-    stated_by: str = ""
+    stated_by: str = ""  # "the hub announced", "team.yaml.lock states"
     cap_flag: str = "--max-size"
 
 
@@ -172,7 +172,7 @@ def _most(limits: Limits) -> int:
 
 def _most_said(limits: Limits) -> str:
     if limits.stated is not None and limits.stated <= limits.cap:
-        return f"the {limits.stated} bytes {limits.stated_by} announced"
+        return f"the {limits.stated} bytes {limits.stated_by}"
     return f"{limits.cap} bytes (raise the cap with {limits.cap_flag} SIZE)"
 
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from launcher.cli import app
 from launcher.commands.model import PullError, list_models, pull, verify_models
 from launcher.errors import SandboxError
+from launcher.lock import LOCK_FORMAT
 from launcher.models import store as model_store
 from launcher.models.download import DownloadError, DownloadRefused
 from launcher.models.store import provenance_path
@@ -295,6 +296,22 @@ def test_a_download_stops_at_the_size_the_hub_announced(hub, hostile, model, tmp
     assert nothing_kept(tmp_path)
     cdn.answers[f"/cdn/{sha}"] = Answer(200, body=model)  # control
     assert pull(SOURCE).path.read_bytes() == model
+
+
+def test_a_download_stops_at_the_size_the_policys_lock_states(hostile, model, tmp_path):
+    plain, _ = hostile
+    sha = hashlib.sha256(model).hexdigest()
+    policy = tmp_path / "team.yaml"
+    policy.write_text(POLICY.replace("    context_length", f"    sha256: {sha}\n    context_length"))
+    lock = tmp_path / "team.yaml.lock"
+    lock.write_text(json.dumps({"lock": LOCK_FORMAT, "models": [{"alias": "tiny", "sha256": sha,
+                                                                 "size": len(model)}]}))
+    plain.answers["/endless.gguf"] = Answer(200, body=model, endless=True)
+    with pytest.raises(DownloadRefused, match=rf"sent more than the {len(model)} bytes {re.escape(str(lock))} states"):
+        pull(plain.url("/endless.gguf"), policy=policy)
+    assert nothing_kept(tmp_path)
+    plain.answers["/endless.gguf"] = Answer(200, body=model)  # control
+    assert pull(plain.url("/endless.gguf"), policy=policy).path.read_bytes() == model
 
 
 def hostile_ggufs(model: bytes) -> dict[str, bytes]:
