@@ -205,7 +205,14 @@ def read_provenance(model: Path) -> dict | None:
 
 
 def write_provenance(model: Path, provenance: dict) -> None:
-    write_private(provenance_path(model), json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    """Beside a model the pull has just given its name: whatever was at the
+    sidecar's name (a link left while the store was open to others) goes."""
+    sidecar = provenance_path(model)
+    try:
+        os.unlink(sidecar)
+    except FileNotFoundError:
+        pass
+    write_private(sidecar, json.dumps(provenance, indent=2, sort_keys=True) + "\n")
 
 
 def models_in(store: Path) -> list[Path]:
