@@ -257,7 +257,8 @@ def _resolve_hub(source: HubSource, contacts: Contacts, say: Say) -> tuple[str, 
         "repo": source.repo, "revision": source.revision, "commit": meta.commit_hash,
         "filename": source.filename, "endpoint": endpoint,
         "lfs_sha256": etag if _SHA256.fullmatch(etag) else None,
-        "size": meta.size if isinstance(meta.size, int) and meta.size >= 0 else None}
+        # No GGUF is empty: a size of 0 is the redirect's own Content-Length, not the file's.
+        "size": meta.size if isinstance(meta.size, int) and meta.size > 0 else None}
 
 
 def _copy(path: Path, part: int, progress: Progress | None) -> tuple[str, int]:

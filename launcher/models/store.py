@@ -64,7 +64,7 @@ def open_store(store: Path) -> Path:
 
 
 def _only_mine(directory: Path) -> None:
-    st = os.lstat(directory)
+    st = os.stat(directory)  # a store named through a link of the user's is where the link leads
     others = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and _group_has_others(st.st_gid))
     if others:
         raise StoreError(f"{directory} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}, group "

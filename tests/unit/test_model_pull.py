@@ -375,12 +375,14 @@ def test_links_planted_in_the_store_are_never_followed(hub, model, tmp_path):
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o1777, 0o3777])
-def test_a_store_others_can_write_to_is_refused(hub, model, tmp_path, mode):
+def test_a_store_others_can_write_to_is_refused(hub, model, tmp_path, monkeypatch, mode):
     store = tmp_path / "store"
     store.mkdir(mode=0o700)
     os.chmod(store, mode)
     with pytest.raises(SandboxError, match=f"{store} can be written by (every user|other users).*chmod"):
         pull(f"{hub.endpoint}/plain/{FILE}", sha256=hashlib.sha256(model).hexdigest())
     assert not list(store.iterdir())
-    os.chmod(store, 0o755)  # control
+    os.chmod(store, 0o755)  # control, named through a link of the user's too
+    monkeypatch.setenv("SANDBOX_MODEL_DIR", str(tmp_path / "link-to-store"))
+    (tmp_path / "link-to-store").symlink_to(store)
     assert pull(f"{hub.endpoint}/plain/{FILE}", sha256=hashlib.sha256(model).hexdigest()).path.is_file()
