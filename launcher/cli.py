@@ -653,12 +653,22 @@ def model_pull(source: str = typer.Argument(..., help="hf://OWNER/REPO@REVISION/
                                                           "comments); its sha256, if any, is the one expected."),
                alias: Optional[str] = typer.Option(None, "--alias", help="Which of the policy's models."),
                name: Optional[str] = typer.Option(None, "--name", help="The file's name in the store."),
+               max_size: Optional[str] = typer.Option(None, "--max-size",
+                                                      help="The most a download may bring (e.g. 80g); 64g "
+                                                           "if not given."),
                as_json: bool = JSON):
     """Download (or import) a GGUF model into the model store, check its sha256, and record where it came from.
 
     Prints every host it contacted. An interrupted download resumes; a file with the wrong sha256 is not kept."""
-    from launcher.commands.model import pull
+    from launcher.commands.model import PullError, pull
     from launcher.models.facts import gib
+    from launcher.spec import memory_bytes
+    cap = None
+    if max_size is not None:
+        try:
+            cap = memory_bytes(max_size)
+        except ValueError:
+            raise PullError(f"--max-size {printable(max_size)!r}: a size such as 80g, 512m or 1000000") from None
     last = [0.0]
 
     def progress(done: int, total: int | None) -> None:
@@ -669,7 +679,7 @@ def model_pull(source: str = typer.Argument(..., help="hf://OWNER/REPO@REVISION/
         err.print(f"  {share}", markup=False)
 
     result = pull(source, sha256=sha256, policy=policy, alias=alias, name=name,
-                  say=None if as_json else Progress().say, progress=progress)
+                  say=None if as_json else Progress().say, progress=progress, max_size=cap)
     if as_json:
         out.print_json(data={"ok": True, **result.to_dict()})
         return

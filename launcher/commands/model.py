@@ -8,14 +8,25 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from launcher.errors import Problem, SandboxError
 from launcher.models import store as model_store
-from launcher.models.download import CHUNK, Contacts, Progress, fetch
+from launcher.lock import lock_path, read_lock
+from launcher.models.download import (
+    CHUNK,
+    DEFAULT_MAX_BYTES,
+    Contacts,
+    DownloadError,
+    Limits,
+    Progress,
+    fetch,
+    origin,
+    write_all,
+)
 from launcher.models.facts import (
     GgufError,
     context_warning,
@@ -34,7 +45,7 @@ from launcher.models.sources import (
 )
 from launcher.policy.files import GGUF_MAGIC, remember_sha256, sha256_of
 from launcher.policy.model import Policy
-from launcher.private import private_directory
+from launcher.text import printable
 
 Say = Callable[[str], None]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -65,7 +76,8 @@ class Pulled:
 
 
 def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = None, alias: str | None = None,
-         name: str | None = None, say: Say | None = None, progress: Progress | None = None) -> Pulled:
+         name: str | None = None, say: Say | None = None, progress: Progress | None = None,
+         max_size: int | None = None) -> Pulled:
     say = say or (lambda _m: None)
     started = time.monotonic()
     source = parse_source(source_text)
@@ -77,9 +89,9 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
         if expected and from_policy and expected != from_policy:
             raise PullError(f"--sha256 {expected} differs from the policy's {from_policy}")
         expected = expected or from_policy
+    limits = Limits(cap=max_size or DEFAULT_MAX_BYTES)
 
-    store = model_store.store_dir()
-    private_directory(store)
+    store = model_store.open_store(model_store.store_dir())
     contacts = Contacts()
     provenance: dict = {"source": str(source)}
     download_url, auth = None, {}
@@ -89,16 +101,20 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
         if expected and hub.get("lfs_sha256") and hub["lfs_sha256"] != expected:
             raise PullError(f"{source}: the hub says its sha256 is {hub['lfs_sha256']}, not the expected {expected}")
         expected = expected or hub.get("lfs_sha256")
+        if hub.get("size") is not None:
+            limits = replace(limits, stated=hub["size"], stated_by="the hub announced")
     elif isinstance(source, UrlSource):
         download_url = source.url
         if source.url.startswith("http://") and not expected:
             raise PullError(f"{source.url} is not encrypted: give the sha256 to expect (--sha256, or a policy "
                             f"with one) so that the bytes can be checked")
+    if policy is not None and expected and limits.stated is None:
+        limits = _size_in_lock(policy, expected, limits)
 
     name = name or file_name(source)
     if not _NAME.fullmatch(name) or not name.endswith(".gguf"):
-        raise PullError(f"{name!r}: a model's name in the store is letters, digits and ._+- ending in .gguf "
-                        f"(--name NAME.gguf)")
+        raise PullError(f"{printable(repr(name))}: a model's name in the store is letters, digits and ._+- ending "
+                        f"in .gguf (--name NAME.gguf)")
     final = store / name
 
     # Pulling what the store has costs nothing.
@@ -110,30 +126,38 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
         result = Pulled(have, prov["sha256"], have.stat().st_size, str(source), True, contacts,
                         time.monotonic() - started, prov)
         return _into_policy(result, policy, entry, say)
-    if final.exists():
-        other = (model_store.read_provenance(final) or {}).get("source")
-        raise PullError(f"{final} holds another model (from {other}); pull this one under another name: "
+    if os.path.lexists(final):
+        other = None if final.is_symlink() else (model_store.read_provenance(final) or {}).get("source")
+        what = f"another model, from {printable(str(other))}" if other else "not a model pulled into this store"
+        raise PullError(f"{final} holds something else ({what}); pull this one under another name: "
                         f"--name NAME.gguf")
 
-    partial = model_store.partial_dir(store)
-    private_directory(partial)
-    part = partial / (name + ".part")
-    _forget_other_partial(part, str(source))
-    if isinstance(source, FileSource):
-        say(f"copying {source.path}")
-        got, size = _copy(source.path, part, progress)
-    else:
-        say(f"downloading {download_url.split('?')[0]}" + (" (resuming)" if part.exists() else ""))
-        got, size = fetch(download_url, part, contacts, auth=auth, progress=progress)
-    problem = _not_gguf(part)
-    if problem or (expected and got != expected):
-        part.unlink(missing_ok=True)
-        model_store.provenance_path(part).unlink(missing_ok=True)
-        if problem:
-            raise PullError(f"{source}: {problem}; nothing was kept")
-        raise PullError(f"{source}: sha256 mismatch: expected {expected}, got {got}; nothing was kept")
-    os.replace(part, final)
-    model_store.provenance_path(part).unlink(missing_ok=True)
+    # A partial file is resumed only by a pull of the same source.
+    if model_store.partial_source(store, name) != str(source):
+        model_store.remove_partial(store, name)
+    part = model_store.open_partial(store, name)
+    keep_partial = False
+    try:
+        model_store.mark_partial(store, name, str(source))
+        if isinstance(source, FileSource):
+            say(f"copying {source.path}")
+            got, size = _copy(source.path, part, progress)
+        else:
+            resuming = os.fstat(part).st_size > 0
+            say(f"downloading {printable(download_url.split('?')[0])}" + (" (resuming)" if resuming else ""))
+            got, size = fetch(download_url, part, contacts, auth=auth, allow_http=expected is not None,
+                              limits=limits, progress=progress)
+        if expected and got != expected:
+            raise PullError(f"{source}: sha256 mismatch: expected {expected}, got {got}; nothing was kept")
+        _refuse_what_the_reader_refuses(source, model_store.partial_path(store, name))
+        final = model_store.take_name(store, name)
+    except (DownloadError, KeyboardInterrupt):
+        keep_partial = True  # broken off: the bytes so far wait for a resume
+        raise
+    finally:
+        os.close(part)
+        if not keep_partial:
+            model_store.remove_partial(store, name)
     provenance.update({"sha256": got, "size": size, "file": name,
                        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        "contacted": contacts.hosts(), "checked_against": "expected sha256" if expected else
@@ -144,6 +168,34 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
     remember_sha256(final, got)  # hashed as it was written: `up` need not hash it again
     result = Pulled(final, got, size, str(source), False, contacts, time.monotonic() - started, provenance)
     return _into_policy(result, policy, entry, say)
+
+
+def _refuse_what_the_reader_refuses(source, path: Path) -> None:
+    """The one check of a pulled file's content before it takes its name:
+    what `model inspect` cannot read is not kept either."""
+    with open(path, "rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise PullError(f"{source}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                            f"nothing was kept")
+    try:
+        read_facts(path)
+    except GgufError as e:
+        raise PullError(f"{source}: {str(e).removeprefix(f'{path}: ')}; nothing was kept") from None
+
+
+def _size_in_lock(policy: Path, sha256: str, limits: Limits) -> Limits:
+    """The size the policy's lock states for a model of this sha256, if it has one."""
+    lock_file = lock_path(policy)
+    if not lock_file.is_file():
+        return limits
+    try:
+        locked = read_lock(lock_file)
+    except SandboxError:
+        return limits  # `up` and `plan` say what is wrong with it
+    for model in locked.get("models") or []:
+        if isinstance(model, dict) and model.get("sha256") == sha256 and isinstance(model.get("size"), int):
+            return replace(limits, stated=model["size"], stated_by=f"{lock_file} states")
+    return limits
 
 
 def _into_policy(result: Pulled, policy: Path | None, entry: ModelEntry | None, say: Say) -> Pulled:
@@ -177,10 +229,14 @@ def _resolve_hub(source: HubSource, contacts: Contacts, say: Say) -> tuple[str, 
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     from huggingface_hub import constants, get_hf_file_metadata, get_token, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
+    from urllib.parse import urljoin, urlsplit
     constants.HF_HUB_DISABLE_TELEMETRY = True
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
     url = hf_hub_url(source.repo, source.filename, revision=source.revision, endpoint=endpoint)
     token = get_token()
+    if token and urlsplit(endpoint).scheme != "https":
+        say(f"{endpoint} is not encrypted: the hub token is not sent to it")
+        token = None
     say(f"asking {endpoint} for {source}")
     try:
         meta = get_hf_file_metadata(url, token=token or False, endpoint=endpoint)
@@ -193,40 +249,31 @@ def _resolve_hub(source: HubSource, contacts: Contacts, say: Say) -> tuple[str, 
         raise PullError(f"{source}: cannot reach {endpoint} ({e.__class__.__name__}: {e})") from None
     contacts.add("HEAD", url, 200)
     etag = (meta.etag or "").strip('"').lower()
-    location = meta.location or url
-    from urllib.parse import urlsplit
-    hub_host = urlsplit(endpoint).hostname or ""
-    auth = {hub_host: f"Bearer {token}"} if token else {}
+    location = urljoin(url, meta.location or url)
+    # The token goes to the hub's own origin (scheme, host and port) only: not
+    # to its CDN, nor to another port or scheme of the hub's host name.
+    auth = {origin(endpoint): f"Bearer {token}"} if token else {}
     return location, auth, {
         "repo": source.repo, "revision": source.revision, "commit": meta.commit_hash,
         "filename": source.filename, "endpoint": endpoint,
-        "lfs_sha256": etag if _SHA256.fullmatch(etag) else None}
+        "lfs_sha256": etag if _SHA256.fullmatch(etag) else None,
+        # No GGUF is empty: a size of 0 is the redirect's own Content-Length, not the file's.
+        "size": meta.size if isinstance(meta.size, int) and meta.size > 0 else None}
 
 
-def _forget_other_partial(part: Path, source: str) -> None:
-    """A partial file is resumed only by a pull of the same source."""
-    if part.exists() and (model_store.read_provenance(part) or {}).get("source") != source:
-        part.unlink()
-    model_store.write_provenance(part, {"source": source})
-
-
-def _copy(path: Path, part: Path, progress: Progress | None) -> tuple[str, int]:
-    digest, done, total = hashlib.sha256(), 0, path.stat().st_size
-    with open(path, "rb") as src, open(part, "wb") as out:
+def _copy(path: Path, part: int, progress: Progress | None) -> tuple[str, int]:
+    digest, done = hashlib.sha256(), 0
+    os.ftruncate(part, 0)
+    os.lseek(part, 0, os.SEEK_SET)
+    with open(path, "rb") as src:
+        total = os.fstat(src.fileno()).st_size
         while chunk := src.read(CHUNK):
-            out.write(chunk)
+            write_all(part, chunk)
             digest.update(chunk)
             done += len(chunk)
             if progress:
                 progress(done, total)
     return digest.hexdigest(), done
-
-
-def _not_gguf(path: Path) -> str | None:
-    with open(path, "rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            return "not a GGUF file (it does not start with the GGUF magic bytes)"
-    return None
 
 
 def list_models() -> list[dict]:

@@ -2,21 +2,38 @@
 sidecar saying where it came from. Partial downloads live in `.partial/`
 and never under a model's final name.
 
+A store another user can write to is refused: they could plant links where
+the pull is about to write, or swap its files. And links planted while it
+was open to them are never followed: the pull writes only into files it
+created itself (O_EXCL, O_NOFOLLOW), and a model takes its name by a hard
+link that fails if anything at all is there.
+
 Where: $SANDBOX_MODEL_DIR, else `model_dir:` in the config file
 (launcher/config.py), else $XDG_DATA_HOME/sandbox/models, else
 ~/.local/share/sandbox/models. The backend mounts a model file from here
 read-only, as from anywhere else."""
 from __future__ import annotations
 
+import errno
+import grp
 import json
 import os
+import pwd
+import stat
 from pathlib import Path
 
 from launcher.config import config_file_path
-from launcher.private import write_private
+from launcher.errors import SandboxError
+from launcher.private import private_directory, write_private
 
 MODEL_DIR_ENV = "SANDBOX_MODEL_DIR"
 PROVENANCE_SUFFIX = ".provenance.json"
+PARTIAL_SUFFIX = ".part"
+MAX_SIDECAR_BYTES = 1 << 20
+
+
+class StoreError(SandboxError):
+    exit_code = 2
 
 
 def store_dir() -> Path:
@@ -33,6 +50,148 @@ def partial_dir(store: Path) -> Path:
     return store / ".partial"
 
 
+def open_store(store: Path) -> Path:
+    """The store and its `.partial/`, made owner-only if missing; refused
+    when someone else can write to either."""
+    private_directory(store)
+    _only_mine(store)
+    partial = partial_dir(store)
+    if os.path.islink(partial):
+        raise StoreError(f"{partial} is a symbolic link; remove it (the pull makes the directory itself)")
+    private_directory(partial)
+    _only_mine(partial)
+    return store
+
+
+def _only_mine(directory: Path) -> None:
+    st = os.stat(directory)  # a store named through a link of the user's is where the link leads
+    others = st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and _group_has_others(st.st_gid))
+    if others:
+        raise StoreError(f"{directory} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}, group "
+                         f"{_group_name(st.st_gid)}): one could plant links where a pull writes or swap the "
+                         f"files it keeps; `chmod go-w {directory}`, or choose a store of your own")
+
+
+def _group_has_others(gid: int) -> bool:
+    """Whether anyone but this user is in the group: with user private
+    groups, a group-writable directory is writable by its owner only."""
+    me = pwd.getpwuid(os.geteuid()).pw_name if _known_uid(os.geteuid()) else None
+    try:
+        members = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return True  # a group this machine cannot name: assume strangers
+    members |= {p.pw_name for p in pwd.getpwall() if p.pw_gid == gid}
+    return bool(members - {me})
+
+
+def _known_uid(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def open_partial(store: Path, name: str) -> int:
+    """The partial file for model `name`, open for reading and writing: the
+    one a previous pull of ours left (a plain file of this user's, with no
+    other name), else a new one. Anything else at its name (a link, another
+    user's file, a hard link to some other file) is removed, never followed."""
+    path = partial_dir(store) / (name + PARTIAL_SUFFIX)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = None
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.EACCES, errno.ENXIO):
+            raise
+        fd = None
+        os.unlink(path)
+    if fd is not None:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            os.close(fd)
+            os.unlink(path)
+            fd = None
+    if fd is None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def partial_path(store: Path, name: str) -> Path:
+    return partial_dir(store) / (name + PARTIAL_SUFFIX)
+
+
+def remove_partial(store: Path, name: str) -> None:
+    part = partial_path(store, name)
+    for path in (part, provenance_path(part)):
+        try:
+            os.unlink(path)  # a link is removed, not what it leads to
+        except FileNotFoundError:
+            pass
+
+
+def partial_source(store: Path, name: str) -> str | None:
+    """The source the partial file of `name` was downloading, from its
+    sidecar: read only if it is a plain file of this user's."""
+    data = _read_own(provenance_path(partial_path(store, name)))
+    try:
+        found = json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):
+        return None
+    return found.get("source") if isinstance(found, dict) else None
+
+
+def mark_partial(store: Path, name: str, source: str) -> None:
+    sidecar = provenance_path(partial_path(store, name))
+    try:
+        os.unlink(sidecar)  # whatever is there, a link included, is replaced, not written through
+    except FileNotFoundError:
+        pass
+    write_private(sidecar, json.dumps({"source": source}) + "\n")
+
+
+def _read_own(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            return None
+        return f.read(MAX_SIDECAR_BYTES)
+
+
+def take_name(store: Path, name: str) -> Path:
+    """Give the finished partial file its name in the store: a hard link
+    made only if nothing at all (not even a dangling link) is at that name."""
+    part, final = partial_path(store, name), store / name
+    try:
+        os.link(part, final, follow_symlinks=False)
+    except FileExistsError:
+        raise StoreError(f"{final} holds something else now; pull this one under another name: "
+                         f"--name NAME.gguf") from None
+    except OSError:
+        # A filesystem without hard links: the store is the user's alone
+        # (open_store), so nothing can come between this look and the rename.
+        if os.path.lexists(final):
+            raise StoreError(f"{final} holds something else now; pull this one under another name: "
+                             f"--name NAME.gguf") from None
+        os.rename(part, final)
+        return final
+    os.unlink(part)
+    return final
+
+
 def provenance_path(model: Path) -> Path:
     return model.with_name(model.name + PROVENANCE_SUFFIX)
 
@@ -46,7 +205,14 @@ def read_provenance(model: Path) -> dict | None:
 
 
 def write_provenance(model: Path, provenance: dict) -> None:
-    write_private(provenance_path(model), json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    """Beside a model the pull has just given its name: whatever was at the
+    sidecar's name (a link left while the store was open to others) goes."""
+    sidecar = provenance_path(model)
+    try:
+        os.unlink(sidecar)
+    except FileNotFoundError:
+        pass
+    write_private(sidecar, json.dumps(provenance, indent=2, sort_keys=True) + "\n")
 
 
 def models_in(store: Path) -> list[Path]:

@@ -1,7 +1,12 @@
 """Models on the real engine: the memory estimate against what the backend
 really uses, and the whole path from a pull to a sandbox that runs the
-pulled file with no network."""
+pulled file with no network; and a pull into a store another local user
+(a real one) has planted links in."""
 from __future__ import annotations
+
+import hashlib
+import json
+import os
 
 import yaml
 
@@ -11,6 +16,14 @@ from launcher.commands.up import up
 from launcher.models.facts import estimate, gib, read_facts
 from launcher.spec import resource_name
 from tests.integration.conftest import MODEL, ca_bundle, ui_json, write_policy
+from tests.integration.test_local_users import MAKE_AS_OTHER, as_other, sandbox_cli, shared  # noqa: F401
+
+# Run as the other user: a plain file of theirs with the given text.
+PLANT_AS_OTHER = """
+import os, sys
+with open(os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "w") as f:
+    f.write(sys.argv[2])
+"""
 
 
 def test_the_estimate_matches_the_backends_measured_memory(gateway, sandbox):
@@ -43,3 +56,43 @@ def test_a_pulled_model_runs_in_a_sandbox(gateway, tmp_path, monkeypatch):
         assert ui_json(result, "api/chat", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     finally:
         down(gateway, result.name, volumes=True)
+
+
+def test_links_another_user_plants_in_a_shared_store_are_never_followed(quickstart_model, other_user, shared):
+    """Tried as an attacker would: in a model store shared by several users
+    (group-writable), another user planted links under .partial/; the
+    victim's pull wrote the model over one of the victim's files and left
+    the store's file a link the attacker owns. Here the other user is real."""
+    store, victim = shared / "store", shared / "victim"
+    victim.mkdir(mode=0o700)
+    notes, config = victim / "notes.txt", victim / "config"
+    for path in (notes, config):
+        path.write_text("the victim's own\n")
+    store.mkdir()
+    (store / ".partial").mkdir()
+    for directory in (store, store / ".partial"):
+        os.chown(directory, os.geteuid(), other_user.pw_gid)
+        os.chmod(directory, 0o2770)  # the victim's store, writable by a group the other user is in
+    part = store / ".partial" / (MODEL.name + ".part")
+    as_other(other_user, MAKE_AS_OTHER, "link", str(part), str(notes))
+    as_other(other_user, PLANT_AS_OTHER, str(part) + ".provenance.json", json.dumps({"source": f"file://{MODEL}"}))
+    as_other(other_user, MAKE_AS_OTHER, "link", str(store / (MODEL.name + ".provenance.json")), str(config))
+    planted = sorted(p.name for p in store.rglob("*"))
+
+    refused = sandbox_cli("model", "pull", str(MODEL), env={"SANDBOX_MODEL_DIR": str(store)})
+    assert refused.returncode == 2 and "can be written by other users" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and sorted(p.name for p in store.rglob("*")) == planted
+    assert notes.read_text() == config.read_text() == "the victim's own\n"
+
+    # The victim closes the store as the refusal says; the links are still there, and are not followed.
+    os.chmod(store, 0o700)
+    os.chmod(store / ".partial", 0o700)
+    pulled = sandbox_cli("model", "pull", str(MODEL), "--json", env={"SANDBOX_MODEL_DIR": str(store)})
+    assert pulled.returncode == 0, pulled.stderr
+    model = store / MODEL.name
+    assert notes.read_text() == config.read_text() == "the victim's own\n"
+    assert not model.is_symlink() and model.stat().st_uid == os.geteuid()
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == json.loads(pulled.stdout)["sha256"]
+    provenance = store / (MODEL.name + ".provenance.json")
+    assert not provenance.is_symlink() and json.loads(provenance.read_text())["source"] == f"file://{MODEL}"
+    assert list((store / ".partial").iterdir()) == []

@@ -3,13 +3,17 @@ that must not touch the real hub: HEAD and GET on
 /OWNER/REPO/resolve/REVISION/FILE answer as the hub does for an LFS file (the
 commit, the sha256 as the linked ETag, the size, and a redirect to a
 signed link on another host), and /cdn/... serves the bytes with Range
-support. /plain/FILE is a plain download. Every request is recorded."""
+support. /plain/FILE is a plain download. Every request is recorded. Over
+HTTPS when given a certificate (tests/support/hostile_source.py); `cdn`
+moves the signed links elsewhere (a hostile server's base URL)."""
 from __future__ import annotations
 
 import hashlib
 import http.server
 import threading
 from dataclasses import dataclass, field
+
+from tests.support.hostile_source import Certificate, server_context
 
 
 @dataclass
@@ -27,6 +31,8 @@ class FakeHub:
     files: dict[str, HubFile] = field(default_factory=dict)  # "OWNER/REPO@REVISION/FILE" -> file
     requests: list[dict] = field(default_factory=list)
     break_after: int | None = None  # the next download stops after this many bytes
+    certificate: Certificate | None = None
+    cdn: str | None = None  # where signed links point; this server's /cdn/ on "localhost" if None
     server: http.server.ThreadingHTTPServer | None = None
 
     @property
@@ -35,7 +41,7 @@ class FakeHub:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certificate else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> FakeHub:
         hub = self
@@ -73,7 +79,8 @@ class FakeHub:
                     self.send_header("ETag", '"git-blob-id"')
                     self.send_header("X-Linked-Size", str(len(found.data)))
                     # The hub sends the bytes from a CDN host, by a signed link.
-                    self.send_header("Location", f"http://localhost:{hub.port}/cdn/{found.sha256}?signature=secret")
+                    cdn = hub.cdn or hub.endpoint.replace("127.0.0.1", "localhost")
+                    self.send_header("Location", f"{cdn}/cdn/{found.sha256}?signature=secret")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -118,6 +125,9 @@ class FakeHub:
                 self.wfile.write(body)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if self.certificate:
+            self.server.socket = server_context(self.certificate).wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

@@ -3,15 +3,23 @@
 leave nothing behind, provenance, and a policy filled in with its comments."""
 import hashlib
 import json
+import os
+import re
+import struct
 
 import pytest
+from huggingface_hub import close_session
 from typer.testing import CliRunner
 
 from launcher.cli import app
 from launcher.commands.model import PullError, list_models, pull, verify_models
-from launcher.models.download import DownloadError
+from launcher.errors import SandboxError
+from launcher.lock import LOCK_FORMAT
+from launcher.models import store as model_store
+from launcher.models.download import DownloadError, DownloadRefused
 from launcher.models.store import provenance_path
 from tests.support.fake_hub import FakeHub, HubFile
+from tests.support.hostile_source import Answer, Certificate, HostileSource, make_certificate
 from tests.support.gguf_files import make_gguf
 
 runner = CliRunner()
@@ -43,13 +51,14 @@ def test_a_hub_file_is_pulled_checked_against_its_lfs_sha256_and_its_provenance_
     pulled = pull(SOURCE)
     sha = hashlib.sha256(model).hexdigest()
     assert pulled.path == tmp_path / "store" / FILE and pulled.path.read_bytes() == model and pulled.sha256 == sha
-    # What it contacted: the hub (HEAD, with the token) and the CDN link (GET, without it).
+    # What it contacted: the hub (HEAD) and the CDN link (GET).
     assert [(r["method"], r["host"], r["path"], r["status"]) for r in pulled.contacts.requests] == [
         ("HEAD", "127.0.0.1", f"/{REPO}/resolve/{REVISION}/{FILE}", 200),
         ("GET", "localhost", f"/cdn/{sha}", 200)]
-    # Exactly those: the hub client's own extras (telemetry, its agent registry) stay off.
+    # Exactly those: the hub client's own extras (telemetry, its agent registry)
+    # stay off. This hub speaks plain http: the token goes to neither.
     assert [(r["method"], r["path"].split("?")[0], r["authorization"]) for r in hub.requests] == [
-        ("HEAD", f"/{REPO}/resolve/{REVISION}/{FILE}", "Bearer hf_secret_token"), ("GET", f"/cdn/{sha}", None)]
+        ("HEAD", f"/{REPO}/resolve/{REVISION}/{FILE}", None), ("GET", f"/cdn/{sha}", None)]
     assert "signature=secret" not in json.dumps(pulled.to_dict())  # a signed link's query is a credential
     prov = json.loads(provenance_path(pulled.path).read_text())
     assert prov["source"] == SOURCE and prov["repo"] == REPO and prov["revision"] == REVISION
@@ -171,3 +180,209 @@ def test_the_store_can_be_moved_by_the_config_file(hub, tmp_path, monkeypatch):
     (tmp_path / "config" / "sandbox").mkdir(parents=True)
     (tmp_path / "config" / "sandbox" / "config.yaml").write_text(f"model_dir: {tmp_path / 'elsewhere'}\n")
     assert pull(SOURCE).path.parent == tmp_path / "elsewhere"
+
+
+# Sources that lie: a hostile server of our own on loopback.
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> Certificate:
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def hostile(hub, certificate, monkeypatch):
+    """Two hostile servers beside the hub: one over plain http, one over https."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate.cert))
+    close_session()  # the hub client keeps one, made with the certificates of before
+    plain, tls = HostileSource().start(), HostileSource(certificate=certificate).start()
+    yield plain, tls
+    plain.stop()
+    tls.stop()
+    close_session()
+
+
+def nothing_kept(tmp_path) -> bool:
+    store = tmp_path / "store"
+    return not list(store.glob("*.gguf*")) and not list((store / ".partial").iterdir())
+
+
+@pytest.mark.parametrize("location", ["file:///etc/hostname", "file:///dev/zero", "ftp://127.0.0.1/x.gguf",
+                                      "data:application/octet-stream;base64,R0dVRgMAAAA="])
+def test_a_redirect_to_another_scheme_is_refused_before_it_is_read(hostile, model, tmp_path, location):
+    """Tried as an attacker would: a 302 to file:///dev/zero wrote 7 GiB of
+    partial file; one to file:///etc/hostname was read."""
+    plain, _ = hostile
+    plain.answers["/x.gguf"] = Answer(302, {"Location": location})
+    # The cap is low so that, were the scheme let through, /dev/zero ends soon all the same.
+    with pytest.raises(DownloadRefused, match=f"redirected to {re.escape(location[:5])}.*refused"):
+        pull(plain.url("/x.gguf"), sha256=hashlib.sha256(model).hexdigest(), max_size=2**20)
+    assert nothing_kept(tmp_path) and len(plain.requests) == 1
+
+
+def test_a_redirect_to_plain_http_needs_a_sha256_to_check(hostile, model, tmp_path):
+    plain, tls = hostile
+    plain.answers["/model.gguf"] = Answer(200, body=model)
+    tls.answers["/model.gguf"] = Answer(302, {"Location": plain.url("/model.gguf")})
+    with pytest.raises(DownloadRefused, match="redirected to http://.*not encrypted.*sha256"):
+        pull(tls.url("/model.gguf"))
+    assert nothing_kept(tmp_path) and plain.requests == []
+    # Control: with the sha256 to check the bytes against, the same redirect is followed.
+    pulled = pull(tls.url("/model.gguf"), sha256=hashlib.sha256(model).hexdigest())
+    assert pulled.path.read_bytes() == model
+
+
+def test_the_hub_token_goes_to_the_hubs_own_origin_only(hostile, certificate, model, monkeypatch):
+    """Tried as an attacker would: the hub's redirect to its CDN, which
+    redirected to another port on the hub's host name, carried the token."""
+    _, cdn = hostile
+    other_port = HostileSource(certificate=certificate).start()
+    tls_hub = FakeHub(files={f"{REPO}@{REVISION}/{FILE}": HubFile(model)}, certificate=certificate,
+                      cdn=cdn.url("", host="localhost")).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", tls_hub.endpoint)
+        sha = hashlib.sha256(model).hexdigest()
+        cdn.answers[f"/cdn/{sha}"] = Answer(302, {"Location": other_port.url("/model.gguf")})  # 127.0.0.1
+        other_port.answers["/model.gguf"] = Answer(200, body=model)
+        pulled = pull(SOURCE)
+        assert pulled.path.read_bytes() == model
+        assert [r["authorization"] for r in tls_hub.requests] == ["Bearer hf_secret_token"]  # the hub's HEAD
+        assert [r["authorization"] for r in cdn.requests + other_port.requests] == [None, None]
+        # Control: a download the hub serves itself, from its own origin, does carry the token.
+        tls_hub.cdn = tls_hub.endpoint
+        tls_hub.requests.clear()
+        pulled.path.unlink()
+        provenance_path(pulled.path).unlink()
+        pull(SOURCE)
+        assert [r["method"] for r in tls_hub.requests][-1] == "GET"
+        assert {r["authorization"] for r in tls_hub.requests} == {"Bearer hf_secret_token"}
+    finally:
+        tls_hub.stop()
+        other_port.stop()
+
+
+def test_a_download_that_never_ends_stops_at_the_cap_and_leaves_nothing(hostile, model, tmp_path):
+    plain, _ = hostile
+    plain.answers["/endless.gguf"] = Answer(200, body=model[:4], endless=True)
+    sha = hashlib.sha256(model).hexdigest()
+    with pytest.raises(DownloadRefused, match=r"more than 2097152 bytes.*--max-size"):
+        pull(plain.url("/endless.gguf"), sha256=sha, max_size=2 * 2**20)
+    assert nothing_kept(tmp_path)
+    result = runner.invoke(app, ["model", "pull", plain.url("/endless.gguf"), "--sha256", sha, "--max-size", "2m"])
+    assert result.exit_code == 2 and "more than 2097152 bytes" in result.stderr, result.output
+    assert "Traceback" not in result.output and nothing_kept(tmp_path)
+    result = runner.invoke(app, ["model", "pull", plain.url("/endless.gguf"), "--sha256", sha, "--max-size", "lots"])
+    assert result.exit_code == 2 and "--max-size 'lots'" in result.stderr, result.output
+    # The cap is the user's to raise, and a file of an announced size under it passes.
+    plain.answers["/model.gguf"] = Answer(200, body=model)
+    with pytest.raises(DownloadRefused, match=rf"announces {len(model)} bytes, more than.*--max-size"):
+        pull(plain.url("/model.gguf"), sha256=sha, max_size=len(model) - 1)
+    assert nothing_kept(tmp_path) and [r["path"] for r in plain.requests].count("/model.gguf") == 1
+    assert pull(plain.url("/model.gguf"), sha256=sha, max_size=len(model)).path.read_bytes() == model
+
+
+def test_a_download_stops_at_the_size_the_hub_announced(hub, hostile, model, tmp_path):
+    """The hub says how big the file is; its CDN sends more, endlessly, or
+    announces more."""
+    _, cdn = hostile
+    hub.cdn = cdn.url("", host="localhost")
+    sha = hashlib.sha256(model).hexdigest()
+    cdn.answers[f"/cdn/{sha}"] = Answer(200, body=model, endless=True)
+    with pytest.raises(DownloadRefused, match=rf"more than the {len(model)} bytes the hub announced"):
+        pull(SOURCE)
+    assert nothing_kept(tmp_path)
+    cdn.answers[f"/cdn/{sha}"] = Answer(200, {"Content-Length": str(len(model) + 1)}, body=model + b"x")
+    with pytest.raises(DownloadRefused, match=rf"announces {len(model) + 1} bytes.*the {len(model)} bytes the hub"):
+        pull(SOURCE)
+    assert nothing_kept(tmp_path)
+    cdn.answers[f"/cdn/{sha}"] = Answer(200, body=model)  # control
+    assert pull(SOURCE).path.read_bytes() == model
+
+
+def test_a_download_stops_at_the_size_the_policys_lock_states(hostile, model, tmp_path):
+    plain, _ = hostile
+    sha = hashlib.sha256(model).hexdigest()
+    policy = tmp_path / "team.yaml"
+    policy.write_text(POLICY.replace("    context_length", f"    sha256: {sha}\n    context_length"))
+    lock = tmp_path / "team.yaml.lock"
+    lock.write_text(json.dumps({"lock": LOCK_FORMAT, "models": [{"alias": "tiny", "sha256": sha,
+                                                                 "size": len(model)}]}))
+    plain.answers["/endless.gguf"] = Answer(200, body=model, endless=True)
+    with pytest.raises(DownloadRefused, match=rf"sent more than the {len(model)} bytes {re.escape(str(lock))} states"):
+        pull(plain.url("/endless.gguf"), policy=policy)
+    assert nothing_kept(tmp_path)
+    plain.answers["/endless.gguf"] = Answer(200, body=model)  # control
+    assert pull(plain.url("/endless.gguf"), policy=policy).path.read_bytes() == model
+
+
+def hostile_ggufs(model: bytes) -> dict[str, bytes]:
+    """Files that `model inspect` refuses, which pull took into the store."""
+    key_length = struct.unpack_from("<Q", model, 24)[0]
+    value_type = 32 + key_length  # the first key's value type
+    return {"truncated": model[:66],
+            "version 4294967295": model[:4] + struct.pack("<I", 0xFFFFFFFF) + model[8:],
+            "unknown value type": model[:value_type] + struct.pack("<I", 99) + model[value_type + 4:]}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "version 4294967295", "unknown value type"])
+def test_pull_refuses_what_the_reader_refuses_and_keeps_nothing(hub, model, tmp_path, kind):
+    data = hostile_ggufs(model)[kind]
+    hub.files["bad.gguf"] = HubFile(data)
+    result = runner.invoke(app, ["model", "pull", f"{hub.endpoint}/plain/bad.gguf", "--sha256",
+                                 hashlib.sha256(data).hexdigest()])
+    assert result.exit_code == 2 and "not a readable GGUF file" in result.stderr, result.output
+    assert "Traceback" not in result.output and nothing_kept(tmp_path)
+    # The same, imported from a file.
+    source = tmp_path / "bad.gguf"
+    source.write_bytes(data)
+    with pytest.raises(PullError, match="not a readable GGUF file"):
+        pull(str(source))
+    assert nothing_kept(tmp_path)
+
+
+def test_links_planted_in_the_store_are_never_followed(hub, model, tmp_path):
+    """What another user of a shared store would plant (tests/integration/
+    test_models.py plants them as a real second user): a partial file that
+    is a link to one of the victim's files, with a sidecar saying it is this
+    source's (so that the pull resumes into it); a sidecar that is a link; a
+    link at the model's own name."""
+    store = tmp_path / "store"
+    (store / ".partial").mkdir(parents=True, mode=0o700)
+    victim = {name: tmp_path / name for name in ("notes.txt", "ssh-config")}
+    for path in victim.values():
+        path.write_text("the victim's own\n")
+    url = f"{hub.endpoint}/plain/{FILE}"
+    part = store / ".partial" / (FILE + ".part")
+    part.symlink_to(victim["notes.txt"])
+    model_store.provenance_path(part).write_text(json.dumps({"source": url}))
+    other_part = store / ".partial" / "other.gguf.part"
+    other_part.symlink_to(victim["ssh-config"])
+    model_store.provenance_path(other_part).symlink_to(victim["ssh-config"])
+    sha = hashlib.sha256(model).hexdigest()
+    pulled = pull(url, sha256=sha)
+    model_store.provenance_path(pulled.path).unlink()
+    pulled.path.rename(tmp_path / "first.gguf")
+    second = pull(url, sha256=sha, name="other.gguf")
+    assert {p.name: p.read_text() for p in victim.values()} == {p.name: "the victim's own\n" for p in victim.values()}
+    for path in (tmp_path / "first.gguf", second.path):
+        assert not path.is_symlink() and path.read_bytes() == model and path.stat().st_uid == os.geteuid()
+    assert not list((store / ".partial").iterdir())
+    # A link at the model's own name, even one that leads nowhere yet, is not written through.
+    missing = tmp_path / "missing.gguf"
+    (store / "third.gguf").symlink_to(missing)
+    with pytest.raises(PullError, match="third.gguf holds something else"):
+        pull(url, sha256="1" * 64, name="third.gguf")
+    assert (store / "third.gguf").is_symlink() and not missing.exists()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o3777])
+def test_a_store_others_can_write_to_is_refused(hub, model, tmp_path, monkeypatch, mode):
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    os.chmod(store, mode)
+    with pytest.raises(SandboxError, match=f"{store} can be written by (every user|other users).*chmod"):
+        pull(f"{hub.endpoint}/plain/{FILE}", sha256=hashlib.sha256(model).hexdigest())
+    assert not list(store.iterdir())
+    os.chmod(store, 0o755)  # control, named through a link of the user's too
+    monkeypatch.setenv("SANDBOX_MODEL_DIR", str(tmp_path / "link-to-store"))
+    (tmp_path / "link-to-store").symlink_to(store)
+    assert pull(f"{hub.endpoint}/plain/{FILE}", sha256=hashlib.sha256(model).hexdigest()).path.is_file()

@@ -9,6 +9,7 @@ import pytest
 
 from launcher.errors import SandboxError
 from launcher.private import private_directory, write_private
+from tests.support.gguf_files import make_gguf
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +111,7 @@ def test_what_the_launcher_keeps_is_owner_only_wherever_it_goes(tmp_path, monkey
     with sandbox_lock("demo"):
         pass
     model = tmp_path / "tiny.gguf"
-    model.write_bytes(b"GGUF" + bytes(60))
+    make_gguf(model)  # a real one: a pull keeps only what the GGUF reader reads
     sha256_of(model)
     pull(str(model))  # the model store, its partial downloads and provenance
 
