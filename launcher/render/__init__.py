@@ -44,10 +44,14 @@ def render(policy_file: str | Path, target: str, *, model_volume: str = "models"
     policy = load_policy(policy_file, check_port=False, check_model_files=target == "compose")
     spec = spec_for(policy, gpus)
     if target == "compose":
-        return yaml.dump(compose.render(spec), Dumper=_Dumper, sort_keys=False), spec
+        return compose_text(spec), spec
     if policy.backend.gpu != "none" and isinstance(policy.backend.gpu, tuple):
         gpus = gpus or len(policy.backend.gpu)
     files = {f"/models/{m.alias}.gguf": m.path.name for m in policy.models}
     objects = kubernetes.render(spec, kubernetes.KubeOptions(model_volume=model_volume, image_prefix=image_prefix,
                                                              gpus=gpus, data_size=data_size), files)
     return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False), spec
+
+
+def compose_text(spec: SandboxSpec) -> str:
+    return yaml.dump(compose.render(spec), Dumper=_Dumper, sort_keys=False)
