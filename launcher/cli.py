@@ -409,6 +409,12 @@ def _render_audit(result: dict) -> None:
         for body in d["bodies"][:3]:
             shown = body if len(body) <= 300 else body[:300] + f"... ({len(body)} characters kept; --json has them)"
             out.print(printable(f"           body: {shown}"), markup=False)
+    for part, count in sorted(result.get("not_itemised", {}).items()):
+        out.print(printable(f"  {count:5}x  by {part}: at more destinations than the sink itemises "
+                            f"(counted, not itemised)"), markup=False)
+    for part, count in sorted(result.get("dropped", {}).items()):
+        out.print(printable(f"{part} tried faster than the sink records in detail: {count} detail record(s) not "
+                            f"written (the counts above are exact)"), markup=False)
     if result["ingress_refused"]:
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:
