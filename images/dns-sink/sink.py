@@ -379,8 +379,8 @@ def keep_summary():
         kept, counted = summary.to_json(), json.dumps(counts)
     if AUDIT_DIR:
         try:
+            write_atomically("counts.json", counted)  # first: what the summary shows, `status` has counted
             write_atomically("summary.json", kept)
-            write_atomically("counts.json", counted)
         except OSError:
             pass
 

@@ -147,6 +147,15 @@ def names_tried(gateway: DockerGateway, name: str, since: float | None = None,
         seen["count"] += _count(entry, since, detail)
         seen["answer"] = seen["answer"] or entry.get("address")
         seen["first"], seen["last"] = min(seen["first"], entry["first"]), max(seen["last"], entry["last"])
+    for entry in kept:  # the last second's, which the sink has not summed up yet
+        if str(entry["name"])[:TEXT_KEPT] not in names:
+            seen = names.setdefault(f"detail:{entry['name']}", {"name": entry["name"], "parts": set(), "count": 0,
+                                                                "answer": None, "first": entry.get("time"),
+                                                                "last": entry.get("time")})
+            seen["parts"].add(part_of_address.get(entry.get("client"), entry.get("client")))
+            seen["count"] += 1
+            seen["answer"] = seen["answer"] or entry.get("answer")
+            seen["last"] = entry.get("time")
     summary_names = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
     return [_lookup(entry, part_of_address) for entry in kept], summary_names
 
@@ -276,6 +285,21 @@ def destinations(summary: dict, part_of_address: dict[str, str], since: float | 
         entry["first"], entry["last"] = min(entry["first"], d["first"]), max(entry["last"], d["last"])
         if d.get("body") and d["body"] not in entry["bodies"]:
             entry["bodies"].append(d["body"])
+    summed = set(grouped)
+    for c in kept or []:  # the last second's, which the sink has not summed up yet
+        where = str(c.get("name") or c.get("address") or "(unknown)")[:TEXT_KEPT]
+        if (c.get("protocol"), where, c.get("port")) in summed:
+            continue
+        entry = grouped.setdefault(("detail", c.get("protocol"), where, c.get("port")), {
+            "protocol": c.get("protocol"), "name": c.get("name"), "address": c.get("address"), "port": c.get("port"),
+            "count": 0, "parts": set(), "said": set(), "bodies": [], "first": c.get("time"), "last": c.get("time")})
+        entry["count"] += 1
+        entry["parts"].add(part_of_address.get(c.get("client"), c.get("client")))
+        entry["said"].add(_said(c))
+        entry["last"] = c.get("time")
+        body = (c.get("http") or {}).get("body")
+        if body and body not in entry["bodies"]:
+            entry["bodies"].append(body)
     return [{**e, "parts": sorted(e["parts"]), "said": sorted(e["said"])}
             for e in sorted(grouped.values(), key=lambda e: -e["count"])]
 
