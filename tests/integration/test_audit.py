@@ -280,8 +280,10 @@ def dns_flood(count):
 
 def http_flood(count):
     for n in range(count):
-        connection(b"POST /flood HTTP/1.1\\r\\nHost: flood.example\\r\\nContent-Length: \\xb2\\r\\n\\r\\nx" if n % 2 else
-                   b"GET /big HTTP/1.1\\r\\nHost: flood.example\\r\\nX-Big: " + b"y" * 60000 + b"\\r\\n\\r\\n")
+        if n % 2:
+            connection(b"POST /flood HTTP/1.1\\r\\nHost: flood.example\\r\\nContent-Length: \\xb2\\r\\n\\r\\nx")
+        else:
+            connection(b"GET /big HTTP/1.1\\r\\nHost: flood.example\\r\\nX-Big: " + b"y" * 60000 + b"\\r\\n\\r\\n")
 
 dns_flood(15000)
 http_flood(300)
