@@ -411,7 +411,8 @@ def _render_audit(result: dict) -> None:
         out.print(f"sandbox {result['name']}: names looked up (the sink answered each; none resolved outside)",
                   markup=False)
     for n in result["names"]:
-        answered = f" -> the sink ({n['answer']})" if n.get("answer") else ": no such name"
+        answered = (f" -> the sink ({n['answer']})" if n.get("answer") else
+                    " queries the sink could not read: refused" if n["name"] == "(malformed)" else ": no such name")
         out.print(printable(f"  {n['count']:5}x  {n['name']}{answered}  (by {', '.join(n['parts'])})"), markup=False)
     if result["destinations"]:
         out.print(f"sandbox {result['name']}: connections to outside (each ended at the sink; nothing was forwarded)",
@@ -422,6 +423,12 @@ def _render_audit(result: dict) -> None:
         for body in d["bodies"][:3]:
             shown = body if len(body) <= 300 else body[:300] + f"... ({len(body)} characters kept; --json has them)"
             out.print(printable(f"           body: {shown}"), markup=False)
+    for part, count in sorted(result.get("not_itemised", {}).items()):
+        out.print(printable(f"  {count:5}x  more attempts by {part}, at destinations past those the sink itemises"),
+                  markup=False)
+    for part, count in sorted(result.get("dropped", {}).items()):
+        out.print(printable(f"{part} tried faster than the sink records in detail: {count} detail record(s) not "
+                            f"written (the counts above are exact)"), markup=False)
     if result["ingress_refused"]:
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:

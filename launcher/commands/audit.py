@@ -5,7 +5,12 @@ its own); every connection or datagram to an outside address ended there
 too, recorded with what it said (the TLS server name, the HTTP request);
 every request the ingress refused (a proxy request, a foreign Host or
 Origin, no access token) was logged by it; and what each of its images'
-builds contacted was recorded by the build proxy."""
+builds contacted was recorded by the build proxy.
+
+Names and destinations come from the sink's summary, one entry per part and
+destination with its exact count, which no flood of other attempts can
+rotate away; the detail records (each lookup and connection) rotate, and
+past a part's rate the sink counts them without writing them."""
 from __future__ import annotations
 
 import datetime
@@ -48,6 +53,51 @@ def connections_kept(gateway: DockerGateway, name: str) -> list[dict]:
     return _kept(gateway, name, "connections", "protocol")
 
 
+# As the sink keeps them: a name or destination this long at most (TEXT_KEPT in
+# images/dns-sink/sink.py), so that detail records find their summary's entry.
+TEXT_KEPT = 256
+
+
+def summary_kept(gateway: DockerGateway, name: str) -> dict:
+    """The sink's summary on the audit volume: its destinations (each with a
+    client, kind, where, port, count, first and last time, what was said
+    first and the first body kept), the attempts per client at destinations
+    not itemised, and the detail records per client the rate bound dropped.
+    Empty where there is none yet, or it cannot be read."""
+    data = gateway.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/summary.json")
+    empty: dict = {"destinations": [], "more": {}, "dropped": {}}
+    try:
+        kept = json.loads(data) if data else empty
+        destinations = [d for d in kept["destinations"] if _well_formed(d)]
+        return {"destinations": destinations, "more": {str(k): int(v) for k, v in kept["more"].items()},
+                "dropped": {str(k): int(v) for k, v in kept["dropped"].items()}}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return empty
+
+
+def _well_formed(entry) -> bool:
+    return (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("client", "kind", "where"))
+            and isinstance(entry.get("count"), int)
+            and all(isinstance(entry.get(k), (int, float)) for k in ("first", "last")))
+
+
+def _by_part(counts: dict[str, int], part_of_address: dict[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for client, count in counts.items():
+        part = part_of_address.get(client, client)
+        out[part] = out.get(part, 0) + count
+    return out
+
+
+def _count(entry: dict, since: float | None, detail: dict[tuple, int]) -> int:
+    """A summary entry's count; since a time after its first sighting, the
+    detail records it has since then (at least the last sighting's one),
+    the summary having no times between its first and last."""
+    if since is None or entry["first"] >= since:
+        return entry["count"]
+    return max(1, detail.get((entry["client"], entry["kind"], entry["where"], entry["port"]), 0))
+
+
 def attempts(gateway: DockerGateway, name: str) -> int:
     """How many times a part tried to reach outside (names looked up,
     connections and datagrams), as the sink counted."""
@@ -75,20 +125,39 @@ def parts_by_address(gateway: DockerGateway, name: str) -> dict[str, str]:
 
 
 def names_tried(gateway: DockerGateway, name: str, since: float | None = None,
-                part_of_address: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
-    """The lookups since `since`, and one entry per name with its parts and
-    count, most asked first."""
+                part_of_address: dict[str, str] | None = None,
+                summary: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """The lookups kept in detail since `since`, and one entry per name
+    from the summary, with its parts, count, and first and last time, most
+    asked first."""
     part_of_address = parts_by_address(gateway, name) if part_of_address is None else part_of_address
-    lookups = [_lookup(entry, part_of_address) for entry in lookups_kept(gateway, name)
-               if since is None or entry.get("time", 0) >= since]
+    summary = summary_kept(gateway, name) if summary is None else summary
+    kept = [entry for entry in lookups_kept(gateway, name) if since is None or entry.get("time", 0) >= since]
+    detail: dict[tuple, int] = {}
+    for entry in kept:
+        key = (entry.get("client"), "lookup", str(entry["name"])[:TEXT_KEPT], None)
+        detail[key] = detail.get(key, 0) + 1
     names: dict[str, dict] = {}
-    for entry in lookups:
-        seen = names.setdefault(entry["name"], {"name": entry["name"], "parts": set(), "count": 0, "answer": None})
-        seen["parts"].add(entry["part"])
-        seen["count"] += 1
-        seen["answer"] = entry.get("answer") or seen["answer"]
-    summary = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
-    return lookups, summary
+    for entry in summary["destinations"]:
+        if entry["kind"] != "lookup" or (since is not None and entry["last"] < since):
+            continue
+        seen = names.setdefault(entry["where"], {"name": entry["where"], "parts": set(), "count": 0, "answer": None,
+                                                 "first": entry["first"], "last": entry["last"]})
+        seen["parts"].add(part_of_address.get(entry["client"], entry["client"]))
+        seen["count"] += _count(entry, since, detail)
+        seen["answer"] = seen["answer"] or entry.get("address")
+        seen["first"], seen["last"] = min(seen["first"], entry["first"]), max(seen["last"], entry["last"])
+    for entry in kept:  # the last second's, which the sink has not summed up yet
+        if str(entry["name"])[:TEXT_KEPT] not in names:
+            seen = names.setdefault(f"detail:{entry['name']}", {"name": entry["name"], "parts": set(), "count": 0,
+                                                                "answer": None, "first": entry.get("time"),
+                                                                "last": entry.get("time")})
+            seen["parts"].add(part_of_address.get(entry.get("client"), entry.get("client")))
+            seen["count"] += 1
+            seen["answer"] = seen["answer"] or entry.get("answer")
+            seen["last"] = entry.get("time")
+    summary_names = [{**n, "parts": sorted(n["parts"])} for n in sorted(names.values(), key=lambda n: -n["count"])]
+    return [_lookup(entry, part_of_address) for entry in kept], summary_names
 
 
 def audit(gateway: DockerGateway, target: str | None = None, since: float | None = None) -> dict:
@@ -102,15 +171,18 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
         elif record:
             next(b for b in builds if b["image"] == record["image"])["parts"].append(part)
     part_of_address = parts_by_address(gateway, name)
-    lookups, summary = names_tried(gateway, name, since, part_of_address)
+    summary = summary_kept(gateway, name)
+    lookups, names = names_tried(gateway, name, since, part_of_address, summary)
     refused = [line.partition(" ")[2].removeprefix("ingress: ") for line in ingress_refusals(gateway, name)
                if since is None or _when(line.partition(" ")[0]) >= since]
     from_host, from_parts = refusals_by_sender(refused, part_of_address)
-    caught = [_connection(entry, part_of_address) for entry in connections_kept(gateway, name)
-              if since is None or entry.get("time", 0) >= since]
-    return {"name": name, "names": summary, "lookups": lookups, "ingress_refused": from_host,
+    kept = [entry for entry in connections_kept(gateway, name) if since is None or entry.get("time", 0) >= since]
+    return {"name": name, "names": names, "lookups": lookups, "ingress_refused": from_host,
             "ingress_refused_from_parts": from_parts, "builds": builds,
-            "destinations": destinations(caught), "connections": caught}
+            "destinations": destinations(summary, part_of_address, since, kept),
+            "connections": [_connection(entry, part_of_address) for entry in kept],
+            "not_itemised": _by_part(summary["more"], part_of_address),
+            "dropped": _by_part(summary["dropped"], part_of_address)}
 
 
 def refusals_by_sender(lines: list[str], part_of_address: dict[str, str]) -> tuple[list[str], list[dict]]:
@@ -186,29 +258,64 @@ def keep_ingress_refusals(gateway: DockerGateway, name: str) -> None:
 def _connection(entry: dict, part_of_address: dict[str, str]) -> dict:
     """A connection the sink took, with its name when the sink had given
     that address for one (`audit: connections`), and what it said, in a line."""
-    said = (f"TLS to {entry['tls_server_name']}" if entry.get("tls_server_name") else
-            f"{entry['http']['method']} http://{entry['http'].get('host') or entry.get('address')}"
-            f"{entry['http']['path']} ({entry['http']['body_bytes']} B body)" if entry.get("http") else
-            f"not read: {entry['unread']}" if entry.get("unread") else
-            f"{entry.get('bytes', 0)} B" if entry.get("bytes") else "nothing")
     return {"time": entry.get("time"), "part": part_of_address.get(entry.get("client"), entry.get("client")),
             "protocol": entry.get("protocol"), "name": entry.get("name"), "address": entry.get("address"),
-            "port": entry.get("port"), "said": said, **{k: entry[k] for k in ("tls_server_name", "http") if k in entry}}
+            "port": entry.get("port"), "said": _said(entry),
+            **{k: entry[k] for k in ("tls_server_name", "http", "malformed") if k in entry}}
 
 
-def destinations(connections: list[dict]) -> list[dict]:
+def _said(said: dict) -> str:
+    """What a connection said, in a line: from a detail record, or from what
+    the summary kept of the first one."""
+    http = said.get("http") or {}
+    return (f"TLS to {said['tls_server_name']}" if said.get("tls_server_name") is not None else
+            f"{http.get('method')} http://{http.get('host') or said.get('address')}{http.get('path')} "
+            f"({http.get('body_bytes')} B body)" if http else
+            f"malformed ({said['malformed']}): {said.get('first_line') or said.get('first_bytes') or ''}"
+            if said.get("malformed") else
+            f"not read: {said['unread']}" if said.get("unread") else
+            f"{said.get('bytes', 0)} B" if said.get("bytes") else "nothing")
+
+
+def destinations(summary: dict, part_of_address: dict[str, str], since: float | None = None,
+                 kept: list[dict] | None = None) -> list[dict]:
     """One entry per protocol, destination (the name when there is one, else
-    the address) and port, with what was said there, counts, and the bodies
-    of plain-HTTP requests the sink kept."""
+    the address) and port, from the sink's summary: exact counts, the parts
+    that went there, what was said there first, first and last time, and the
+    first body of a plain-HTTP request the sink kept from each part."""
+    detail: dict[tuple, int] = {}
+    for c in kept or []:
+        key = (c.get("client"), c.get("protocol"), str(c.get("name") or c.get("address") or "(unknown)")[:TEXT_KEPT],
+               c.get("port"))
+        detail[key] = detail.get(key, 0) + 1
     grouped: dict[tuple, dict] = {}
-    for c in connections:
-        key = (c["protocol"], c.get("name") or c["address"], c["port"])
-        entry = grouped.setdefault(key, {"protocol": c["protocol"], "name": c.get("name"), "address": c["address"],
-                                         "port": c["port"], "count": 0, "parts": set(), "said": set(),
-                                         "bodies": []})
+    for d in summary["destinations"]:
+        if d["kind"] not in ("tcp", "udp") or (since is not None and d["last"] < since):
+            continue
+        address = d.get("address")
+        name = d["where"] if d["where"] != address and address else None
+        said = d.get("said") if isinstance(d.get("said"), dict) else {}
+        entry = grouped.setdefault((d["kind"], d["where"], d["port"]), {
+            "protocol": d["kind"], "name": name, "address": address, "port": d["port"], "count": 0, "parts": set(),
+            "said": set(), "bodies": [], "first": d["first"], "last": d["last"]})
+        entry["count"] += _count(d, since, detail)
+        entry["parts"].add(part_of_address.get(d["client"], d["client"]))
+        entry["said"].add(_said({**said, "address": address}))
+        entry["first"], entry["last"] = min(entry["first"], d["first"]), max(entry["last"], d["last"])
+        if d.get("body") and d["body"] not in entry["bodies"]:
+            entry["bodies"].append(d["body"])
+    summed = set(grouped)
+    for c in kept or []:  # the last second's, which the sink has not summed up yet
+        where = str(c.get("name") or c.get("address") or "(unknown)")[:TEXT_KEPT]
+        if (c.get("protocol"), where, c.get("port")) in summed:
+            continue
+        entry = grouped.setdefault(("detail", c.get("protocol"), where, c.get("port")), {
+            "protocol": c.get("protocol"), "name": c.get("name"), "address": c.get("address"), "port": c.get("port"),
+            "count": 0, "parts": set(), "said": set(), "bodies": [], "first": c.get("time"), "last": c.get("time")})
         entry["count"] += 1
-        entry["parts"].add(c["part"])
-        entry["said"].add(c["said"])
+        entry["parts"].add(part_of_address.get(c.get("client"), c.get("client")))
+        entry["said"].add(_said(c))
+        entry["last"] = c.get("time")
         body = (c.get("http") or {}).get("body")
         if body and body not in entry["bodies"]:
             entry["bodies"].append(body)

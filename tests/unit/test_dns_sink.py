@@ -122,3 +122,42 @@ def test_in_connections_mode_every_name_resolves_to_an_address_of_its_own(answer
 def test_the_default_mode_still_resolves_nothing(sink):
     port, _ = sink
     assert ask(port, "telemetry.ui.example")[:2] == (3, 0)
+
+
+def test_a_query_without_a_class_neither_stops_the_sink_nor_goes_unrecorded(answering_sink):
+    """Tried as an attacker would: in "connections" mode a query cut short
+    before its class field raised struct.error, the sink exited (Docker
+    restarted it, again and again) and attempts meanwhile went unrecorded."""
+    port, proc, audit = answering_sink
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(query("no-class.example")[:-2], ("127.0.0.1", port))
+        assert s.recvfrom(512)[0][3] & 0xF == 5  # REFUSED
+    assert ask(port, "after-it.example")[:2] == (0, 1)  # still answering, and recording
+    logged = [json.loads(proc.stdout.readline())["name"] for _ in range(2)]
+    while logged[-1] != "after-it.example":  # past what earlier tests left unread
+        logged.append(json.loads(proc.stdout.readline())["name"])
+    assert logged[-2:] == ["(malformed)", "after-it.example"]
+    assert proc.poll() is None
+
+
+def test_sigterm_keeps_the_summary_before_the_sink_exits():
+    audit = Path(tempfile.mkdtemp(prefix="sink-audit-"))  # as answering_sink's: reachable by 65534
+    audit.chmod(0o777)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"SANDBOX_AUDIT_DIR": str(audit), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, str(SINK), str(port)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "listening"
+        ask(port, "just-before-the-end.example")
+        assert json.loads(proc.stdout.readline())["name"] == "just-before-the-end.example"
+        proc.terminate()
+        assert proc.wait(10) == 0
+        summary = json.loads((audit / "summary.json").read_text())
+        assert [(d["where"], d["count"]) for d in summary["destinations"]] == [("just-before-the-end.example", 1)]
+        assert json.loads((audit / "counts.json").read_text())["lookups"] == 1
+    finally:
+        proc.kill()
+        shutil.rmtree(audit)
