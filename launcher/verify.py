@@ -77,6 +77,9 @@ class Facts:
     # (they resolve to addresses of answer_range, which only the sink takes).
     answers: str = "lookups"
     answer_range: str = SINK_ANSWER_RANGE
+    # Attempts the sink counted but could not itemise (its summary was full):
+    # a part that floods it first may leave the probe's own attempts unnamed.
+    sink_not_itemised: int = 0
 
 
 def checked_by(*where: str):
@@ -506,4 +509,25 @@ MATRIX = (external_dns, dns_leak, raw_egress, attempt_by_address, metadata, host
 
 
 def judge(facts: Facts) -> list[Row]:
-    return [row(facts) for row in MATRIX]
+    rows = [row(facts) for row in MATRIX]
+    if not facts.sink_not_itemised:
+        return rows
+    # A front-end that flooded the sink may have left the probe's attempts
+    # uncounted by name. A row that failed only for want of the sink's record
+    # proves neither way then; one that fails even with every attempt taken as
+    # recorded (a live gateway, an answer from outside) stays FAIL.
+    everything_recorded = _as_if_all_recorded(facts)
+    note = (f"; the sink's summary was full ({facts.sink_not_itemised} attempt(s) at destinations it could not "
+            "itemise, as after a flood from a part): whether the sink took these cannot be told")
+    return [replace(r, verdict=INCONCLUSIVE, result=r.result + note)
+            if r.verdict == FAIL and SINK in r.checked_by and row(everything_recorded).verdict != FAIL else r
+            for r, row in zip(rows, MATRIX)]
+
+
+def _as_if_all_recorded(f: Facts) -> Facts:
+    targets = [_key(k) for k in [*f.probe.get("tcp", {}), *f.probe.get("outside", {})]]
+    for key, outcome in f.probe.get("by_name", {}).items():
+        port = int(key.rpartition(":")[2])
+        targets += [("tcp", part.split(" ", 1)[0], port) for part in str(outcome).split("; ")]
+    return replace(f, caught=f.caught + [[p, a, port, f.unique_name] for p, a, port in targets],
+                   sink_names=f.sink_names + [f.unique_name])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from launcher.commands.audit import connections_kept
+from launcher.commands.audit import connections_kept, summary_kept
 from launcher.commands.target import resolve_name
 from launcher import access, build_records
 from launcher.commands.lock import image_is_ours
@@ -37,6 +37,9 @@ from launcher.text import json_records
 from launcher.verify import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
 
 Say = Callable[[str], None]
+# The sink writes its summary about once a second: how long to wait for the
+# probe's attempts to be in it before judging without them.
+SUMMARY_WAIT = 15
 PUBLIC_TARGET = ("1.1.1.1", 443)
 METADATA_TARGET = ("169.254.169.254", 80)
 IPV6_TARGET = ("2606:4700:4700::1111", 443)
@@ -140,9 +143,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         facts.gvisor_sentry = process_status(pid) if pid else None
     else:
         _read_processes_from_host(gateway, frontend, facts)
-    facts.sink_names = _sink_names(gateway, spec.container("dns").name)
-    facts.caught = [[c.get("protocol"), c.get("address"), c.get("port"), c.get("name")]
-                    for c in connections_kept(gateway, name) if c.get("time", 0) >= started - 1]
+    _read_sink(gateway, name, spec.container("dns").name, started - 1, facts)
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
     say("trying the front door from this machine: foreign Host, no token, cross-site, pipelined, slow clients")
     facts.front_door = try_front_door(policy.ingress_port, name,
@@ -215,6 +216,28 @@ def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -
                 continue
             targets += [(ip, port) for ip in addresses.values()]
     return targets
+
+
+def _read_sink(gateway: DockerGateway, name: str, sink: str, since: float, facts: Facts) -> None:
+    """What the sink recorded since the probe started: its detail records,
+    which a part's flood may thin out (they are rate-bound), and its summary,
+    which counts every attempt but is written about once a second: waited
+    for until it holds the probe's lookup, or for SUMMARY_WAIT seconds."""
+    deadline = time.monotonic() + SUMMARY_WAIT
+    while True:
+        summary = summary_kept(gateway, name)
+        recent = [d for d in summary["destinations"] if d["last"] >= since]
+        if time.monotonic() > deadline or any(d["kind"] == "lookup" and d["where"] == facts.unique_name
+                                              for d in recent):
+            break
+        time.sleep(0.25)
+    facts.sink_names = _sink_names(gateway, sink) + [d["where"] for d in recent if d["kind"] == "lookup"]
+    facts.caught = [[c.get("protocol"), c.get("address"), c.get("port"), c.get("name")]
+                    for c in connections_kept(gateway, name) if c.get("time", 0) >= since]
+    facts.caught += [[d["kind"], d.get("address") or d["where"], d["port"],
+                      d["where"] if d.get("address") and d["where"] != d["address"] else None]
+                     for d in recent if d["kind"] in ("tcp", "udp")]
+    facts.sink_not_itemised = sum(summary["more"].values())
 
 
 def _sink_names(gateway: DockerGateway, container: str) -> list[str]:

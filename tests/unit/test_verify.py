@@ -333,3 +333,22 @@ def test_a_process_that_is_not_the_containers_is_not_taken_for_it():
     own_cgroup = open("/proc/self/cgroup").read().splitlines()[0].split(":", 2)[2]
     seen = container_process(os.getpid(), own_cgroup)
     assert seen is not None and seen["uid"][0] == str(os.getuid())
+
+
+def test_a_row_that_fails_only_for_want_of_the_sinks_record_is_inconclusive_when_the_sink_was_full():
+    unrecorded = not_caught(safe(), ("tcp", "1.1.1.1", 443))
+    assert v.raw_egress(unrecorded).verdict == "FAIL"
+    full = replace(unrecorded, sink_not_itemised=1200)
+    row = next(r for r in v.judge(full) if r.attack == "raw IP egress")
+    assert row.verdict == "INCONCLUSIVE" and "summary was full" in row.result
+    # Control: with room in the summary the same facts stay a FAIL.
+    assert next(r for r in v.judge(unrecorded) if r.attack == "raw IP egress").verdict == "FAIL"
+
+
+def test_a_real_escape_stays_a_fail_however_full_the_sink_was():
+    escaped = replace(probe_with(outside={"tcp 1.1.1.1:443": "route-via-live-gateway:172.18.0.1"}),
+                      sink_not_itemised=1200)
+    assert next(r for r in v.judge(escaped) if r.attack == "raw IP egress").verdict == "FAIL"
+    # A row the sink does not judge is not touched by it either.
+    root = replace(processes_with(uid=["0"] * 4), sink_not_itemised=1200)
+    assert next(r for r in v.judge(root) if r.attack == "privileges").verdict == "FAIL"
