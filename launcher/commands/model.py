@@ -13,13 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from launcher.errors import Problem, SandboxError
+from launcher.errors import PolicyError, Problem, SandboxError
 from launcher.models import store as model_store
 from launcher.models.download import CHUNK, Contacts, Progress, fetch
 from launcher.models.facts import (
     GgufError,
     context_warning,
     estimate,
+    facts_for,
     fit_warnings,
     read_facts,
     this_machine,
@@ -277,17 +278,21 @@ def inspect_model(path: Path, context: int | None = None, memory: str | None = N
 
 def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None) -> list[Problem]:
     """What `validate` and `up` warn of: a context longer than the model was
-    trained for, and a model that will not fit the memory it is given."""
+    trained for, and a model that will not fit the memory it is given. A
+    model file that lies about itself is a problem (PolicyError), named at
+    its path in the policy: llama.cpp would not load it either."""
     from launcher.policy.loader import load
     doc, _ = load(policy.file)
     name = display or str(policy.file)
     machine = this_machine()
-    warnings = []
+    warnings, refused = [], []
     for i, model in enumerate(policy.models):
         try:
-            facts = read_facts(model.path)
-        except GgufError:
-            continue  # the loader already checked the magic; a file the gguf package cannot read gets no estimate
+            facts = facts_for(model.path)
+        except GgufError as e:
+            refused.append(Problem(name, *(doc.mark(("models", i, "path")) if doc else (0, 0)),
+                                   f"models[{i}].path", str(e)))
+            continue
         where = doc.mark(("models", i, "context_length")) if doc else (0, 0)
         said = context_warning(facts, model.context_length)
         if said:
@@ -295,4 +300,6 @@ def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None) ->
         for said in fit_warnings(estimate(facts, model.context_length), policy.backend.memory, machine, on_gpu):
             place = doc.mark(("backend", "memory")) if doc else (0, 0)
             warnings.append(Problem(name, *place, f"models[{i}]", f"warning: {said}"))
+    if refused:
+        raise PolicyError(refused)
     return warnings

@@ -30,7 +30,7 @@ def test_facts_come_from_the_header_without_the_weights(tmp_path):
 
 def test_not_a_gguf_file_is_a_clear_error(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"GGUF" + b"\0" * 10)
-    with pytest.raises(GgufError, match="not a readable GGUF file"):
+    with pytest.raises(GgufError, match="not a usable GGUF file: the header needs 24 bytes"):
         read_facts(tmp_path / "x.gguf")
 
 
