@@ -84,7 +84,7 @@ FIXTURES: dict[str, tuple[bytes, str | None]] = {
                            "key 'tokenizer.ggml.scores' is an array of 2305843009213693952 values"),
     "token-past-the-end": (_with(("tokenizer.ggml.tokens", struct.pack("<IIQ", ARRAY, STRING, 2)
                                   + gguf_string("a") + struct.pack("<Q", 2**40))),
-                           "key 'tokenizer.ggml.tokens'[1] runs past the end"),
+                           "key 'tokenizer.ggml.tokens'[1] runs to byte 1099511628176, past the end of the file"),
     "duplicate-key": (_with(("llama.block_count", scalar(U32, 99))), "key 'llama.block_count' appears twice"),
     "key-not-utf8": (_with((b"general.\xff\xfe", scalar(U32, 1))), "metadata key 8 is not UTF-8"),
     "name-not-utf8": (_with(("general.title", struct.pack("<I", STRING) + gguf_string(b"\xc3\x28"))),

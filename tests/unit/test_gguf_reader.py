@@ -333,3 +333,22 @@ def test_a_fifo_or_a_device_is_refused_without_waiting(tmp_path):
     for path in (tmp_path / "pipe.gguf", Path("/dev/zero")):
         with pytest.raises(GgufError, match="not a regular file"):
             read_gguf(path)
+
+
+def outcome(path: Path):
+    try:
+        return facts_of(read_gguf(path), path)
+    except GgufError as e:
+        return str(e)
+
+
+@FUZZ
+@given(chunk=st.integers(1, 300), steps=st.one_of(st.just([]), mutations))
+def test_the_window_over_the_file_reads_the_same_whatever_its_size(tmp_path, monkeypatch, chunk, steps):
+    # Strings, arrays and tensor entries then fall across every edge of it.
+    import launcher.models.gguf_reader as reader
+    path = tmp_path / "m.gguf"
+    path.write_bytes(mutate(base_bytes(), steps))
+    whole = outcome(path)
+    monkeypatch.setattr(reader, "_CHUNK", chunk)
+    assert outcome(path) == whole
