@@ -1,8 +1,9 @@
 """What reading a model's facts costs: the launcher's GGUF reader against the
 gguf package (which the launcher used before, reading the same fields), on
 the quick-start model and on a generated file with a Llama-3-size tokenizer
-(128,256 tokens, 280,147 merges); the facts kept by sha256 (what `validate`
-and `up` pay for an unchanged model); and `sandbox validate` of a policy
+(128,256 tokens, 280,147 merges); the facts kept by sha256, and the
+model warnings `validate` and `up` give from them (what both pay for an
+unchanged model); and `sandbox validate` of a policy
 naming each model, against `validate --no-model-files` of the same policy
 (the cost of the launcher without any model). Rounds alternate so that
 machine noise falls on all; the files are in the page cache. State and
@@ -82,7 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
         os.environ.update(SANDBOX_STATE_DIR=str(directory / "state"), XDG_CACHE_HOME=str(directory / "cache"))
+        from launcher.commands.model import policy_warnings
         from launcher.models.facts import facts_for
+        from launcher.policy import load_policy
         files = {"128k-vocabulary file": large_vocabulary_gguf(directory / "large-vocabulary.gguf")}
         if MODEL.exists():
             files = {"quick-start model": MODEL, **files}
@@ -100,6 +103,9 @@ def main() -> None:
                 times.setdefault((name, "gguf"), []).append(seconds(lambda: facts_by_gguf(path)))
                 times.setdefault((name, "ours"), []).append(seconds(lambda: facts_by_us(path)))
                 times.setdefault((name, "kept"), []).append(seconds(lambda: facts_for(path)))
+                policy = load_policy(policies[name], check_port=False)
+                times.setdefault((name, "warnings"), []).append(
+                    seconds(lambda: policy_warnings(policy, on_gpu=False)))
                 times.setdefault((name, "no models"), []).append(validate(policies[name], "--no-model-files"))
                 times.setdefault((name, "validate"), []).append(validate(policies[name]))
         median = {key: statistics.median(values) for key, values in times.items()}
@@ -109,10 +115,10 @@ def main() -> None:
             gguf_s, ours_s, kept_s = (median[(name, k)] for k in ("gguf", "ours", "kept"))
             print(f"{name:<22}{gguf_s:>10.4f}{ours_s:>10.4f}{gguf_s / ours_s:>10.0f}x{kept_s:>10.5f}"
                   f"{ours_s / kept_s:>10.0f}x")
-        print(f"\n{'sandbox validate':<22}{'no models':>10}{'model':>10}{'ratio':>11}")
+        print(f"\n{'sandbox validate':<22}{'no models':>10}{'model':>10}{'ratio':>11}{'warnings':>10}")
         for name in files:
             bare, full = median[(name, "no models")], median[(name, "validate")]
-            print(f"{name:<22}{bare:>10.3f}{full:>10.3f}{full / bare:>11.2f}")
+            print(f"{name:<22}{bare:>10.3f}{full:>10.3f}{full / bare:>11.2f}{median[(name, 'warnings')]:>10.4f}")
 
 
 if __name__ == "__main__":
