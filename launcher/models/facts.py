@@ -168,14 +168,21 @@ def facts_for(path: Path) -> GgufFacts:
     once is not read again, whatever its name, while its bytes stay the
     same (the sha256 comes from launcher/policy/files.py's cache, which
     hashes again when the file changed)."""
-    before = _stamp(path)
-    sha256 = sha256_of(path)
+    try:
+        before = _stamp(path)
+        sha256 = sha256_of(path)
+    except OSError as e:
+        raise GgufError(f"{path}: cannot be read ({e.strerror})") from None
     kept = _kept_facts(sha256, path)
     if kept is not None:
         return kept
     facts = read_facts(path)
     # Facts of bytes other than those hashed must not be kept under the hash.
-    if _stamp(path) == before:
+    try:
+        unchanged = _stamp(path) == before
+    except OSError:
+        unchanged = False
+    if unchanged:
         remember_facts(sha256, facts)
     return facts
 

@@ -173,3 +173,9 @@ def test_check_gguf_keeps_the_facts_of_the_bytes_it_checked_and_refuses_a_lying_
     with pytest.raises(GgufError, match="key 'llama.block_count'"):
         check_gguf(lying, "0" * 64)
     assert not (facts_dir() / f"{'0' * 64}.json").exists()
+
+
+def test_facts_of_a_missing_model_are_a_clear_error(tmp_path):
+    from launcher.models.facts import facts_for
+    with pytest.raises(GgufError, match="cannot be read"):
+        facts_for(tmp_path / "gone.gguf")
