@@ -168,10 +168,12 @@ def test_check_gguf_keeps_the_facts_of_the_bytes_it_checked_and_refuses_a_lying_
     model = make_gguf(tmp_path / "m.gguf")
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     assert check_gguf(model, sha).context_length == 4096 and (facts_dir() / f"{sha}.json").exists()
-    lying = tmp_path / "lying.gguf"
-    lying.write_bytes(FIXTURES["lying-shapes"][0])
-    with pytest.raises(GgufError, match="key 'llama.block_count'"):
-        check_gguf(lying, "0" * 64)
+    # What `model pull` took into the store before: each is refused, nothing kept.
+    for name in ("truncated-66-bytes", "unknown-value-type", "version-4294967295", "lying-shapes"):
+        lying = tmp_path / f"{name}.gguf"
+        lying.write_bytes(FIXTURES[name][0])
+        with pytest.raises(GgufError, match=f"{lying}: not a usable GGUF file: "):
+            check_gguf(lying, "0" * 64)
     assert not (facts_dir() / f"{'0' * 64}.json").exists()
 
 
