@@ -102,7 +102,7 @@ def facts_of(gguf: GgufFile, path: Path) -> GgufFacts:
     meta = gguf.metadata
 
     def refuse(key: str, problem: str):
-        raise GgufError(f"{path}: not a usable GGUF file: key {key!r} {problem}")
+        raise GgufError(f"{path}: not a readable GGUF file: key {key!r} {problem}")
 
     def text(key: str) -> str | None:
         kind, value = meta.get(key, (STRING, None))

@@ -200,7 +200,7 @@ def read_gguf(path: Path) -> GgufFile:
 
     def refuse(problem: str, offset: int | None = None):
         where = f" (offset {offset})" if offset is not None else ""
-        raise GgufError(f"{path}: not a usable GGUF file: {problem}{where}")
+        raise GgufError(f"{path}: not a readable GGUF file: {problem}{where}")
 
     try:
         # Not blocking: a FIFO at the path would wait for a writer forever.

@@ -36,7 +36,7 @@ def test_a_file_that_lies_is_refused_naming_the_key_or_offset(tmp_path, name):
     path = written(tmp_path, name)
     with pytest.raises(GgufError) as refused:
         read_facts(path)
-    assert str(refused.value).startswith(f"{path}: not a usable GGUF file: ")
+    assert str(refused.value).startswith(f"{path}: not a readable GGUF file: ")
     assert FIXTURES[name][1] in str(refused.value)
 
 

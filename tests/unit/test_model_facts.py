@@ -30,7 +30,7 @@ def test_facts_come_from_the_header_without_the_weights(tmp_path):
 
 def test_not_a_gguf_file_is_a_clear_error(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"GGUF" + b"\0" * 10)
-    with pytest.raises(GgufError, match="not a usable GGUF file: the header needs 24 bytes"):
+    with pytest.raises(GgufError, match="not a readable GGUF file: the header needs 24 bytes"):
         read_facts(tmp_path / "x.gguf")
 
 
@@ -172,7 +172,7 @@ def test_check_gguf_keeps_the_facts_of_the_bytes_it_checked_and_refuses_a_lying_
     for name in ("truncated-66-bytes", "unknown-value-type", "version-4294967295", "lying-shapes"):
         lying = tmp_path / f"{name}.gguf"
         lying.write_bytes(FIXTURES[name][0])
-        with pytest.raises(GgufError, match=f"{lying}: not a usable GGUF file: "):
+        with pytest.raises(GgufError, match=f"{lying}: not a readable GGUF file: "):
             check_gguf(lying, "0" * 64)
     assert not (facts_dir() / f"{'0' * 64}.json").exists()
 
