@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from launcher.errors import Problem, SandboxError
+from launcher.errors import PolicyError, Problem, SandboxError
 from launcher.models import store as model_store
 from launcher.lock import lock_path, read_lock
 from launcher.models.download import (
@@ -31,7 +31,9 @@ from launcher.models.facts import (
     GgufError,
     context_warning,
     estimate,
+    facts_for,
     fit_warnings,
+    check_gguf,
     read_facts,
     this_machine,
 )
@@ -149,7 +151,7 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
                               limits=limits, progress=progress)
         if expected and got != expected:
             raise PullError(f"{source}: sha256 mismatch: expected {expected}, got {got}; nothing was kept")
-        _refuse_what_the_reader_refuses(source, model_store.partial_path(store, name))
+        _refuse_what_the_reader_refuses(source, model_store.partial_path(store, name), got)
         final = model_store.take_name(store, name)
     except (DownloadError, KeyboardInterrupt):
         keep_partial = True  # broken off: the bytes so far wait for a resume
@@ -170,15 +172,16 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
     return _into_policy(result, policy, entry, say)
 
 
-def _refuse_what_the_reader_refuses(source, path: Path) -> None:
+def _refuse_what_the_reader_refuses(source, path: Path, sha256: str) -> None:
     """The one check of a pulled file's content before it takes its name:
-    what `model inspect` cannot read is not kept either."""
+    what `model inspect` cannot read is not kept either. Its facts are kept
+    under the sha256 of the bytes pulled: the first `validate` reads none."""
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise PullError(f"{source}: not a GGUF file (it does not start with the GGUF magic bytes); "
                             f"nothing was kept")
     try:
-        read_facts(path)
+        check_gguf(path, sha256)
     except GgufError as e:
         raise PullError(f"{source}: {str(e).removeprefix(f'{path}: ')}; nothing was kept") from None
 
@@ -324,17 +327,21 @@ def inspect_model(path: Path, context: int | None = None, memory: str | None = N
 
 def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None) -> list[Problem]:
     """What `validate` and `up` warn of: a context longer than the model was
-    trained for, and a model that will not fit the memory it is given."""
+    trained for, and a model that will not fit the memory it is given. A
+    model file that lies about itself is a problem (PolicyError), named at
+    its path in the policy: llama.cpp would not load it either."""
     from launcher.policy.loader import load
     doc, _ = load(policy.file)
     name = display or str(policy.file)
     machine = this_machine()
-    warnings = []
+    warnings, refused = [], []
     for i, model in enumerate(policy.models):
         try:
-            facts = read_facts(model.path)
-        except GgufError:
-            continue  # the loader already checked the magic; a file the gguf package cannot read gets no estimate
+            facts = facts_for(model.path)
+        except GgufError as e:
+            refused.append(Problem(name, *(doc.mark(("models", i, "path")) if doc else (0, 0)),
+                                   f"models[{i}].path", str(e)))
+            continue
         where = doc.mark(("models", i, "context_length")) if doc else (0, 0)
         said = context_warning(facts, model.context_length)
         if said:
@@ -342,4 +349,6 @@ def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None) ->
         for said in fit_warnings(estimate(facts, model.context_length), policy.backend.memory, machine, on_gpu):
             place = doc.mark(("backend", "memory")) if doc else (0, 0)
             warnings.append(Problem(name, *place, f"models[{i}]", f"warning: {said}"))
+    if refused:
+        raise PolicyError(refused)
     return warnings

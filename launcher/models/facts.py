@@ -1,19 +1,34 @@
 """What a GGUF file says of itself, read from its header and metadata without
-loading the weights (the `gguf` package maps the file and reads only those),
-and what the backend will need to run it: the weights plus the KV cache at
+loading the weights (launcher/models/gguf_reader.py, a reader for hostile
+files), and what the backend will need to run it: the weights plus the KV cache at
 the policy's context length plus llama.cpp's work buffers and the server.
 
 The estimate is checked against the backend's measured memory for the
 quick-start model (tests/integration/test_models.py, docs/models.md)."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from launcher.access import state_dir
 from launcher.errors import SandboxError
+from launcher.models.gguf_reader import (
+    ARRAY,
+    INTEGER_TYPES,
+    MAX_SMALL_ARRAY,
+    STRING,
+    Array,
+    GgufError,
+    GgufFile,
+    read_gguf,
+)
+from launcher.policy.files import sha256_of
+from launcher.private import private_directory, write_private
 from launcher.spec import memory_bytes
 
 # llama-cpp-python's server defaults: a batch of 512 tokens, an f16 KV cache.
@@ -24,8 +39,34 @@ KV_BYTES_PER_ELEMENT = 2
 SERVER_BYTES = 45 * 2**20
 
 
-class GgufError(SandboxError):
-    exit_code = 2
+# Facts are kept by sha256 in the state directory, a small file each, the
+# newest FACTS_KEPT of them; READER_VERSION changes when the reader would
+# read a file differently, so that older facts are read again.
+FACTS_KEPT = 256
+READER_VERSION = 1
+_ENTRY_BYTES = 64 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# What each shape key may hold. Far past any model there is, and small
+# enough that the estimate stays a number one can read: a file claiming more
+# is refused, not believed.
+MAX_CONTEXT = 2**27  # 134M tokens
+MAX_LAYERS = MAX_SMALL_ARRAY
+MAX_WIDTH = 2**20  # embedding, feed-forward, key and value widths
+MAX_HEADS = 2**14
+MAX_VOCAB = 2**24
+
+# llama.cpp's file types (general.file_type): the quantization a file was
+# made with, by name.
+FILE_TYPES = {
+    0: "ALL_F32", 1: "MOSTLY_F16", 2: "MOSTLY_Q4_0", 3: "MOSTLY_Q4_1", 7: "MOSTLY_Q8_0", 8: "MOSTLY_Q5_0",
+    9: "MOSTLY_Q5_1", 10: "MOSTLY_Q2_K", 11: "MOSTLY_Q3_K_S", 12: "MOSTLY_Q3_K_M", 13: "MOSTLY_Q3_K_L",
+    14: "MOSTLY_Q4_K_S", 15: "MOSTLY_Q4_K_M", 16: "MOSTLY_Q5_K_S", 17: "MOSTLY_Q5_K_M", 18: "MOSTLY_Q6_K",
+    19: "MOSTLY_IQ2_XXS", 20: "MOSTLY_IQ2_XS", 21: "MOSTLY_Q2_K_S", 22: "MOSTLY_IQ3_XS", 23: "MOSTLY_IQ3_XXS",
+    24: "MOSTLY_IQ1_S", 25: "MOSTLY_IQ4_NL", 26: "MOSTLY_IQ3_S", 27: "MOSTLY_IQ3_M", 28: "MOSTLY_IQ2_S",
+    29: "MOSTLY_IQ2_M", 30: "MOSTLY_IQ4_XS", 31: "MOSTLY_IQ1_M", 32: "MOSTLY_BF16", 36: "MOSTLY_TQ1_0",
+    37: "MOSTLY_TQ2_0", 38: "MOSTLY_MXFP4_MOE", 39: "MOSTLY_NVFP4", 40: "MOSTLY_Q1_0", 1024: "GUESSED",
+}
 
 
 @dataclass(frozen=True)
@@ -53,43 +94,156 @@ class GgufFacts:
 
 
 def read_facts(path: Path) -> GgufFacts:
-    try:
-        import gguf
-        reader = gguf.GGUFReader(str(path), "r")
-    except (OSError, ValueError, IndexError, KeyError) as e:
-        raise GgufError(f"{path}: not a readable GGUF file ({e})") from None
+    """What the file at `path` says of itself, read and checked now."""
+    return facts_of(read_gguf(path), path)
 
-    def field(key: str):
-        found = reader.fields.get(key)
-        if found is None:
-            return None
-        try:
-            return found.contents()
-        except (ValueError, IndexError, TypeError):
-            return None
 
-    arch = field("general.architecture") or "unknown"
-    file_type = field("general.file_type")
-    try:
-        quantization = gguf.LlamaFileType(file_type).name if file_type is not None else "unknown"
-    except ValueError:
-        quantization = f"file type {file_type}"
-    heads = field(f"{arch}.attention.head_count")
-    embedding = field(f"{arch}.embedding_length")
-    head_dim = embedding // heads if isinstance(embedding, int) and isinstance(heads, int) and heads else None
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = field(f"{arch}.vocab_size") or (len(tokens.data) if tokens is not None else None)
-    kv_heads = field(f"{arch}.attention.head_count_kv")
+def facts_of(gguf: GgufFile, path: Path) -> GgufFacts:
+    meta = gguf.metadata
+
+    def refuse(key: str, problem: str):
+        raise GgufError(f"{path}: not a readable GGUF file: key {key!r} {problem}")
+
+    def text(key: str) -> str | None:
+        kind, value = meta.get(key, (STRING, None))
+        if kind != STRING:
+            refuse(key, "must be a string")
+        return value
+
+    def count(key: str, low: int, high: int, per_layer: bool = False) -> int | None:
+        """An integer key within [low, high]; for a key that may give one
+        value per layer, the largest (the memory estimate's worst layer)."""
+        if key not in meta:
+            return None
+        kind, value = meta[key]
+        values = value if per_layer and kind == ARRAY and isinstance(value, tuple) and value else (
+            (value,) if kind in INTEGER_TYPES else None)
+        if values is None:
+            refuse(key, "must be an integer" + (" or a short array of integers" if per_layer else ""))
+        if not all(low <= v <= high for v in values):
+            refuse(key, f"holds {max(values) if max(values) > high else min(values)}, outside {low}..{high}")
+        return max(values)
+
+    arch = text("general.architecture") or "unknown"
+    file_type = count("general.file_type", 0, 2**32 - 1)
+    quantization = ("unknown" if file_type is None else FILE_TYPES.get(file_type, f"file type {file_type}"))
+    layers = count(f"{arch}.block_count", 1, MAX_LAYERS)
+    embedding = count(f"{arch}.embedding_length", 1, MAX_WIDTH)
+    heads = count(f"{arch}.attention.head_count", 0, MAX_HEADS, per_layer=True)
+    kv_heads = count(f"{arch}.attention.head_count_kv", 0, MAX_HEADS, per_layer=True)
+    head_dim = embedding // heads if embedding and heads else None
+    vocab = count(f"{arch}.vocab_size", 1, MAX_VOCAB)
+    if vocab is None and "tokenizer.ggml.tokens" in meta:
+        kind, tokens = meta["tokenizer.ggml.tokens"]
+        if kind != ARRAY or not isinstance(tokens, Array) or tokens.type != STRING:
+            refuse("tokenizer.ggml.tokens", "must be an array of strings")
+        if not 1 <= tokens.count <= MAX_VOCAB:
+            refuse("tokenizer.ggml.tokens", f"holds {tokens.count} tokens, outside 1..{MAX_VOCAB}")
+        vocab = tokens.count
+    template = text("tokenizer.chat_template") if "tokenizer.chat_template" in meta else None
     return GgufFacts(
-        file=str(path), size_bytes=path.stat().st_size, architecture=arch, name=field("general.name"),
-        parameters=sum(int(t.n_elements) for t in reader.tensors), quantization=quantization,
-        context_length=field(f"{arch}.context_length"), layers=field(f"{arch}.block_count"),
-        embedding=embedding, feed_forward=field(f"{arch}.feed_forward_length"), heads=heads,
-        kv_heads=kv_heads if isinstance(kv_heads, int) else heads,
-        key_length=field(f"{arch}.attention.key_length") or head_dim,
-        value_length=field(f"{arch}.attention.value_length") or head_dim,
-        vocab=vocab, chat_template=field("tokenizer.chat_template") is not None,
-        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors))
+        file=str(path), size_bytes=gguf.size, architecture=arch, name=text("general.name"),
+        parameters=sum(t.elements for t in gguf.tensors), quantization=quantization,
+        context_length=count(f"{arch}.context_length", 1, MAX_CONTEXT), layers=layers, embedding=embedding,
+        feed_forward=count(f"{arch}.feed_forward_length", 0, MAX_WIDTH, per_layer=True), heads=heads,
+        kv_heads=kv_heads if kv_heads is not None else heads,
+        key_length=count(f"{arch}.attention.key_length", 1, MAX_WIDTH) or head_dim,
+        value_length=count(f"{arch}.attention.value_length", 1, MAX_WIDTH) or head_dim,
+        vocab=vocab, chat_template=template is not None, tensor_bytes=sum(t.bytes for t in gguf.tensors))
+
+
+def check_gguf(path: Path, sha256: str | None = None) -> GgufFacts:
+    """The facts of a model file, or GgufError naming the key, tensor or
+    offset that makes it unusable: what `model pull` asks of a file before
+    keeping it. With the sha256 of the bytes checked, the facts are kept
+    under it, so no later `validate` or `up` reads them again."""
+    facts = read_facts(path)
+    if sha256:
+        remember_facts(sha256, facts)
+    return facts
+
+
+def facts_for(path: Path) -> GgufFacts:
+    """The facts of the model at `path`, kept by its content: a model read
+    once is not read again, whatever its name, while its bytes stay the
+    same (the sha256 comes from launcher/policy/files.py's cache, which
+    hashes again when the file changed)."""
+    try:
+        before = _stamp(path)
+        sha256 = sha256_of(path)
+    except OSError as e:
+        raise GgufError(f"{path}: cannot be read ({e.strerror})") from None
+    kept = _kept_facts(sha256, path)
+    if kept is not None:
+        return kept
+    facts = read_facts(path)
+    # Facts of bytes other than those hashed must not be kept under the hash.
+    try:
+        unchanged = _stamp(path) == before
+    except OSError:
+        unchanged = False
+    if unchanged:
+        remember_facts(sha256, facts)
+    return facts
+
+
+def facts_dir() -> Path:
+    return state_dir() / "model-facts"
+
+
+def remember_facts(sha256: str, facts: GgufFacts) -> None:
+    if not _SHA256.fullmatch(sha256):
+        return
+    entry = {"reader": READER_VERSION, "sha256": sha256,
+             **{k: v for k, v in facts.to_dict().items() if k != "file"}}
+    try:
+        directory = private_directory(facts_dir())
+        write_private(directory / f"{sha256}.json", json.dumps(entry))
+        kept = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+        for old in kept[:-FACTS_KEPT]:
+            old.unlink(missing_ok=True)
+    except (OSError, SandboxError):
+        pass  # facts that cannot be kept cost a read next time, nothing else
+
+
+def _kept_facts(sha256: str, path: Path) -> GgufFacts | None:
+    if not _SHA256.fullmatch(sha256):
+        return None
+    try:
+        directory = facts_dir()
+        if os.lstat(directory).st_uid != os.geteuid():
+            return None
+        fd = os.open(directory / f"{sha256}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(_ENTRY_BYTES + 1)
+        if len(raw) > _ENTRY_BYTES:
+            return None
+        entry = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or entry.get("reader") != READER_VERSION or entry.get("sha256") != sha256:
+        return None
+    values = {"file": str(path)}
+    for f in fields(GgufFacts):
+        if f.name != "file":
+            value = entry.get(f.name)
+            if not _KINDS[f.type](value):
+                return None
+            values[f.name] = value
+    return GgufFacts(**values)
+
+
+def _stamp(path: Path) -> tuple:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_KINDS = {"int": _is_int, "int | None": lambda v: v is None or _is_int(v), "str": lambda v: isinstance(v, str),
+          "str | None": lambda v: v is None or isinstance(v, str), "bool": lambda v: isinstance(v, bool)}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def test_facts_come_from_the_header_without_the_weights(tmp_path):
 
 def test_not_a_gguf_file_is_a_clear_error(tmp_path):
     (tmp_path / "x.gguf").write_bytes(b"GGUF" + b"\0" * 10)
-    with pytest.raises(GgufError, match="not a readable GGUF file"):
+    with pytest.raises(GgufError, match="not a readable GGUF file: the header needs 24 bytes"):
         read_facts(tmp_path / "x.gguf")
 
 
@@ -90,3 +90,94 @@ ingress:
     assert lines[0].startswith("p.yaml:7:21 models[0].context_length: warning: context_length 8192 is more than the "
                                "1024 tokens")
     assert lines[1].startswith("p.yaml:10:11 models[0]: warning: needs about") and "backend.memory 64m" in lines[1]
+
+
+def quiet_policy(tmp_path, model, context: int) -> None:
+    import hashlib
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    (tmp_path / "p.yaml").write_text(f"""version: 1
+name: kept
+models:
+  - alias: m
+    path: {model.name}
+    sha256: {sha}
+    context_length: {context}
+backend:
+  gpu: none
+  memory: 8g
+frontend:
+  recipe: chat
+ingress:
+  port: 18099
+""")
+
+
+def test_validate_with_an_unchanged_model_reads_no_metadata(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    import os
+    from launcher.models.facts import facts_dir
+    monkeypatch.chdir(tmp_path)
+    model = make_gguf(tmp_path / "m.gguf", context_length=4096)
+    quiet_policy(tmp_path, model, 4096)
+    first = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
+    assert first.exit_code == 0 and "warning" not in first.output, first.output
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    kept = facts_dir() / f"{sha}.json"
+    assert os.stat(kept).st_mode & 0o777 == 0o600 and os.stat(facts_dir()).st_mode & 0o777 == 0o700
+    # Only the kept facts say 1024: a warning of 1024 shows they were used and
+    # the file's metadata (4096) was not read again.
+    entry = json.loads(kept.read_text())
+    kept.write_text(json.dumps({**entry, "context_length": 1024}))
+    second = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
+    assert second.exit_code == 0 and "more than the 1024 tokens the model was trained for" in second.stderr
+    # The control: another model (other bytes, so another sha256) is read.
+    make_gguf(model, context_length=2048)
+    quiet_policy(tmp_path, model, 4096)
+    third = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
+    assert third.exit_code == 0 and "more than the 2048 tokens the model was trained for" in third.stderr
+
+
+def test_kept_facts_that_are_broken_are_read_again(tmp_path):
+    import hashlib
+    from launcher.models.facts import facts_dir, facts_for
+    model = make_gguf(tmp_path / "m.gguf", context_length=4096)
+    kept = facts_dir() / f"{hashlib.sha256(model.read_bytes()).hexdigest()}.json"
+    assert facts_for(model).context_length == 4096 and kept.exists()
+    for broken in ('{"reader": 1, "context_length": [1, 2', '[[[[' * 10000, '{"reader": 1, "context_length": "x"}',
+                   "x" * 100_000):
+        kept.write_text(broken)
+        assert facts_for(model) == read_facts(model)
+
+
+def test_kept_facts_are_bounded(tmp_path):
+    import os
+    from launcher.models.facts import FACTS_KEPT, facts_dir, remember_facts
+    facts = read_facts(make_gguf(tmp_path / "m.gguf"))
+    for i in range(FACTS_KEPT + 5):
+        remember_facts(f"{i:064x}", facts)
+        os.utime(facts_dir() / f"{i:064x}.json", ns=(i * 10**9, i * 10**9))  # written in this order
+    kept = sorted(p.stem for p in facts_dir().iterdir())
+    assert kept == [f"{i:064x}" for i in range(5, FACTS_KEPT + 5)]
+
+
+def test_check_gguf_keeps_the_facts_of_the_bytes_it_checked_and_refuses_a_lying_file(tmp_path):
+    import hashlib
+    from launcher.models.facts import check_gguf, facts_dir
+    from tests.support.hostile_gguf import FIXTURES
+    model = make_gguf(tmp_path / "m.gguf")
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert check_gguf(model, sha).context_length == 4096 and (facts_dir() / f"{sha}.json").exists()
+    # What `model pull` took into the store before: each is refused, nothing kept.
+    for name in ("truncated-66-bytes", "unknown-value-type", "version-4294967295", "lying-shapes"):
+        lying = tmp_path / f"{name}.gguf"
+        lying.write_bytes(FIXTURES[name][0])
+        with pytest.raises(GgufError, match=f"{lying}: not a readable GGUF file: "):
+            check_gguf(lying, "0" * 64)
+    assert not (facts_dir() / f"{'0' * 64}.json").exists()
+
+
+def test_facts_of_a_missing_model_are_a_clear_error(tmp_path):
+    from launcher.models.facts import facts_for
+    with pytest.raises(GgufError, match="cannot be read"):
+        facts_for(tmp_path / "gone.gguf")

@@ -116,7 +116,9 @@ def test_what_the_launcher_keeps_is_owner_only_wherever_it_goes(tmp_path, monkey
     pull(str(model))  # the model store, its partial downloads and provenance
 
     made = sorted(p for p in home.rglob("*"))
-    assert {str(p.relative_to(home)) for p in made if p.is_file()} == {
+    facts = {str(p.relative_to(home)) for p in made if p.is_file() and p.parent.name == "model-facts"}
+    assert len(facts) == 1  # the pulled model's, kept by its sha256
+    assert {str(p.relative_to(home)) for p in made if p.is_file()} - facts == {
         ".local/state/sandbox/demo/access-token", ".local/state/sandbox/demo/signer.json",
         ".local/state/sandbox/builds/sandbox-ui_1.json", ".local/state/sandbox/locks/demo.lock",
         ".cache/sandbox/sha256.json", ".local/share/sandbox/models/tiny.gguf.provenance.json",
