@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import docker
 import docker.errors
-from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig, Mount as DockerMount
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig, Mount as DockerMount, Ulimit
 
 from launcher import build_records, build_sources
 from launcher.build_context import context_files
@@ -750,6 +750,7 @@ class DockerGateway:
             init=c.init,
             log_config=_bounded_log(c.log_max_size, c.log_max_files),
             shm_size=c.shm_size,
+            ulimits=[Ulimit(name=name, soft=soft, hard=hard) for name, soft, hard in c.ulimits] or None,
         )
         first, *rest = c.networks
         networking = self.api.create_networking_config({first.network: self.api.create_endpoint_config(

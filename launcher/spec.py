@@ -146,6 +146,10 @@ class ContainerSpec:
     # /dev/shm, a tmpfs every container gets: its size set here, not left to
     # the engine's default-shm-size, which the engine's owner may raise.
     shm_size: str = "64m"
+    # No core dumps: where the host's core_pattern pipes them to a handler
+    # (systemd-coredump, apport), a crash-looping part would write dumps as
+    # large as its memory onto the host's disk.
+    ulimits: tuple[tuple[str, int, int], ...] = (("core", 0, 0),)
 
     def env_value(self, name: str) -> str | None:
         return dict(self.env).get(name)

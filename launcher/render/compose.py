@@ -57,6 +57,8 @@ def _service(spec: SandboxSpec, c: ContainerSpec, networks: dict[str, str], volu
         service["dns"] = list(c.dns)
     if c.sysctls:
         service["sysctls"] = dict(c.sysctls)
+    if c.ulimits:
+        service["ulimits"] = {name: {"soft": soft, "hard": hard} for name, soft, hard in c.ulimits}
     if c.runtime:
         service["runtime"] = c.runtime
     if c.command:

@@ -155,3 +155,19 @@ def test_a_volume_the_front_ends_image_declares_is_bounded_and_never_reaches_the
     finally:
         down(gateway, policy["name"], volumes=True)
         docker_client.images.remove(tag, force=True)
+
+
+def test_no_part_can_dump_core(sandbox, docker_client):
+    """Tried as an attacker would: the parts inherited the engine's core
+    limit (hard: unlimited) and the front-end raised its own to unlimited;
+    where the host's core_pattern pipes dumps to a handler, a crash-looping
+    part writes dumps as large as its memory onto the host's disk."""
+    result, _ = sandbox
+    for part in ("frontend", "backend", "ingress", "dns"):
+        container = docker_client.containers.get(f"sandbox-{result.name}-{part}")
+        code, output = container.exec_run(["sh", "-c", "ulimit -Hc; ulimit -c unlimited 2>/dev/null && echo raised"])
+        assert output.decode().split() == ["0"], (part, output)
+    # The control: the same command where the engine's default applies.
+    control = docker_client.containers.run(container.image, entrypoint=["sh", "-c", "ulimit -Hc"],
+                                           remove=True, network_disabled=True)
+    assert control.decode().strip() != "0"

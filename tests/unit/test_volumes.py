@@ -29,6 +29,7 @@ def test_every_writable_place_of_every_part_has_a_size(enforced, frontend):
             assert sizes and memory_bytes(sizes[0][5:]) <= 2**30, (c.name, target)
         assert memory_bytes(c.shm_size) <= memory_bytes("64m"), c.name
         assert memory_bytes(c.log_max_size) * c.log_max_files <= 30 * 2**20, c.name
+        assert ("core", 0, 0) in c.ulimits, c.name  # no core dump a host's handler could keep
         for m in c.mounts:
             if not m.read_only:
                 assert m.kind == "volume" and m.source in volumes, (c.name, m.target)
