@@ -22,6 +22,7 @@ from launcher.models.download import (
     Contacts,
     DownloadError,
     Limits,
+    Pace,
     Progress,
     fetch,
     origin,
@@ -79,7 +80,7 @@ class Pulled:
 
 def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = None, alias: str | None = None,
          name: str | None = None, say: Say | None = None, progress: Progress | None = None,
-         max_size: int | None = None) -> Pulled:
+         max_size: int | None = None, pace: Pace = Pace()) -> Pulled:
     say = say or (lambda _m: None)
     started = time.monotonic()
     source = parse_source(source_text)
@@ -148,7 +149,7 @@ def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = N
             resuming = os.fstat(part).st_size > 0
             say(f"downloading {printable(download_url.split('?')[0])}" + (" (resuming)" if resuming else ""))
             got, size = fetch(download_url, part, contacts, auth=auth, allow_http=expected is not None,
-                              limits=limits, progress=progress)
+                              limits=limits, pace=pace, progress=progress)
         if expected and got != expected:
             raise PullError(f"{source}: sha256 mismatch: expected {expected}, got {got}; nothing was kept")
         _refuse_what_the_reader_refuses(source, model_store.partial_path(store, name), got)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from launcher.errors import SandboxError
+from launcher.models.sources import shown_url, url_fault
 from launcher.text import printable
 
 CHUNK = 1024 * 1024
 MAX_REDIRECTS = 10
-TIMEOUT = 60
 # The hub keeps files of up to 50 GB (larger models come split in parts), so
 # no one GGUF file is larger; `--max-size` raises it for other sources.
 DEFAULT_MAX_BYTES = 64 * 2**30
@@ -62,6 +63,22 @@ class Limits:
     cap_flag: str = "--max-size"
 
 
+@dataclass(frozen=True)
+class Pace:
+    """The slowest a source may send: less than `min_bytes` in `window`
+    seconds (counted from the last `min_bytes` that came) is a stall, broken
+    off as a cut connection is, to be resumed. A source dripping a byte now
+    and then would otherwise hold a pull for ever, each read well within any
+    timeout. The window is also how long connecting and each read may wait."""
+
+    min_bytes: int = 2**20
+    window: float = 60.0
+
+    def said(self) -> str:
+        amount = f"{self.min_bytes // 2**20} MiB" if self.min_bytes % 2**20 == 0 else f"{self.min_bytes} bytes"
+        return f"less than {amount} in {self.window:g} s"
+
+
 @dataclass
 class Contacts:
     """What a pull contacted: one entry per request, the URL without its query
@@ -93,22 +110,20 @@ def origin(url: str) -> Origin:
         parts.scheme.lower(), 0)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None  # answered as an HTTPError with the Location, which we check and follow ourselves
-
-
 def _build_opener() -> urllib.request.OpenerDirector:
-    # build_opener() would add handlers for file:, ftp: and data: URLs too.
+    # build_opener() would add handlers for file:, ftp: and data: URLs too. And
+    # no redirect handler, which parses a Location before it can be refused: a
+    # redirect is an HTTPError with the Location, checked and followed by hand.
     opener = urllib.request.OpenerDirector()
     for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), _NoRedirects(), urllib.request.HTTPErrorProcessor()):
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
 
 
 def fetch(url: str, part: int, contacts: Contacts, *, auth: dict[Origin, str] | None = None,
-          allow_http: bool = False, limits: Limits = Limits(), progress: Progress | None = None) -> tuple[str, int]:
+          allow_http: bool = False, limits: Limits = Limits(), pace: Pace = Pace(),
+          progress: Progress | None = None) -> tuple[str, int]:
     """Download `url` into the open partial file `part`, resuming from the
     bytes already in it. `auth` maps an https origin to the Authorization
     header it alone gets; plain http is followed only with `allow_http`
@@ -124,7 +139,7 @@ def fetch(url: str, part: int, contacts: Contacts, *, auth: dict[Origin, str] | 
     if done > most:
         raise DownloadRefused(f"the partial download holds {done} bytes, more than {_most_said(limits)}")
     try:
-        response, url = _open(url, done, contacts, auth or {}, allow_http)
+        response, url = _open(url, done, contacts, auth or {}, allow_http, pace)
     except _RangeRefused as e:
         raise DownloadRefused(f"{e}: they are not a beginning of this file and were removed; "
                               f"run the command again") from None
@@ -137,10 +152,14 @@ def fetch(url: str, part: int, contacts: Contacts, *, auth: dict[Origin, str] | 
         if total is not None and total > most:
             raise DownloadRefused(f"{_where(url)} announces {total} bytes, more than {_most_said(limits)}")
         expected = total if total is not None else most
+        window_started, window_bytes = time.monotonic(), 0
         while True:
             try:
-                # One byte more than expected, at most: enough to tell that it sent too much.
-                chunk = response.read(min(CHUNK, expected - done + 1))
+                # read1: whatever has come, so that a drip is seen between its drops. One byte
+                # more than expected, at most: enough to tell that it sent too much.
+                chunk = response.read1(min(CHUNK, expected - done + 1))
+            except TimeoutError:
+                raise _stalled(url, pace, done) from None
             except (OSError, ValueError, http.client.HTTPException) as e:  # dropped: the bytes stay for a resume
                 raise DownloadError(f"the download from {_where(url)} broke off after {done} bytes "
                                     f"({printable(str(e))}); run the same command again to resume") from None
@@ -154,10 +173,20 @@ def fetch(url: str, part: int, contacts: Contacts, *, auth: dict[Origin, str] | 
             done += len(chunk)
             if progress:
                 progress(done, total)
+            window_bytes += len(chunk)
+            if window_bytes >= pace.min_bytes:
+                window_started, window_bytes = time.monotonic(), 0
+            elif time.monotonic() - window_started > pace.window:
+                raise _stalled(url, pace, done)
     if total is not None and done != total:
         raise DownloadError(f"the download from {_where(url)} ended at {done} of {total} bytes; "
                             f"run the same command again to resume")
     return digest.hexdigest(), done
+
+
+def _stalled(url: str, pace: Pace, done: int) -> DownloadError:
+    return DownloadError(f"the download from {_where(url)} stalled: {pace.said()} (after {done} bytes); "
+                         f"run the same command again to resume")
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -176,10 +205,10 @@ def _most_said(limits: Limits) -> str:
     return f"{limits.cap} bytes (raise the cap with {limits.cap_flag} SIZE)"
 
 
-def _open(url: str, offset: int, contacts: Contacts, auth: dict[Origin, str], allow_http: bool):
+def _open(url: str, offset: int, contacts: Contacts, auth: dict[Origin, str], allow_http: bool, pace: Pace):
     opener = _build_opener()
     for hop in range(MAX_REDIRECTS):
-        _check_scheme(url, allow_http, redirected=hop > 0)
+        _check_url(url, allow_http, redirected=hop > 0)
         headers = {"Accept-Encoding": "identity", "User-Agent": "sandbox-model-pull"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -188,34 +217,41 @@ def _open(url: str, offset: int, contacts: Contacts, auth: dict[Origin, str], al
             headers["Authorization"] = auth[where]
         request = urllib.request.Request(url, headers=headers)
         try:
-            response = opener.open(request, timeout=TIMEOUT)
+            response = opener.open(request, timeout=pace.window)
         except urllib.error.HTTPError as e:
             contacts.add("GET", url, e.code)
             e.close()
             if e.code in (301, 302, 303, 307, 308) and e.headers.get("Location"):
-                url = urllib.parse.urljoin(url, e.headers["Location"])
+                try:
+                    url = urllib.parse.urljoin(url, e.headers["Location"])
+                except ValueError:  # urljoin splits the Location: "http://[::1/x" cannot be
+                    url = e.headers["Location"]
                 continue
             if e.code == 416 and offset:
                 raise _RangeRefused(f"{_where(url)} has no bytes after the {offset} already here") from None
             raise DownloadError(f"{_where(url)} answered {e.code} {printable(str(e.reason))}") from None
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             contacts.add("GET", url, "no answer")
             reason = getattr(e, "reason", e)
-            raise DownloadError(f"cannot reach {_where(url)} ({printable(str(reason))})") from None
+            raise DownloadError(f"cannot reach {_where(url)} ({printable(str(reason) or type(reason).__name__)})"
+                                ) from None
         contacts.add("GET", url, response.status)
         return response, url
     raise DownloadRefused(f"more than {MAX_REDIRECTS} redirects from {_where(url)}")
 
 
-def _check_scheme(url: str, allow_http: bool, redirected: bool) -> None:
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+def _check_url(url: str, allow_http: bool, redirected: bool) -> None:
     how = "redirected to" if redirected else "asked for"
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    fault = url_fault(url)
+    if fault and scheme in ("https", "http"):
+        raise DownloadRefused(f"{how} a URL that cannot be used, {shown_url(url)} ({printable(fault)}); refused")
     if scheme == "https" or (scheme == "http" and allow_http):
         return
     if scheme == "http":
         raise DownloadRefused(f"{how} {_where(url)}, which is not encrypted, and there is no sha256 to check the "
                               f"bytes against (--sha256, or a policy with one); refused")
-    raise DownloadRefused(f"{how} {printable(url[:200])}: a model is downloaded over https (or http with a "
+    raise DownloadRefused(f"{how} {shown_url(url)}: a model is downloaded over https (or http with a "
                           f"sha256 to check), never from a {printable(scheme)}: URL; refused")
 
 

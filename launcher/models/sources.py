@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import SandboxError
+from launcher.text import printable
 
 
 class SourceError(SandboxError):
@@ -44,6 +45,30 @@ class FileSource:
 
 Source = HubSource | UrlSource | FileSource
 
+# What a request line can carry as it is: printable ASCII. A server's
+# Location is text it chose (control characters, spaces, non-ASCII), and
+# http.client refuses some of it only by raising from deep inside a request.
+_URL_CHARACTERS = re.compile(r"[!-~]+")
+
+
+def url_fault(url: str) -> str | None:
+    """Why `url` cannot be requested as it is, or None."""
+    if not _URL_CHARACTERS.fullmatch(url):
+        return "it holds control characters, spaces or non-ASCII text"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError as e:
+        return str(e)
+    if not parts.hostname:
+        return "it names no host"
+    return None
+
+
+def shown_url(url: str) -> str:
+    """A URL someone else chose, escaped and cut short for one line of an error."""
+    return printable(url[:200]) + ("..." if len(url) > 200 else "")
+
 _HUB = re.compile(r"hf://(?P<repo>[\w.-]+/[\w.-]+)(@(?P<revision>[^/]+))?/(?P<filename>.+)")
 
 
@@ -59,9 +84,9 @@ def parse_source(text: str) -> Source:
             raise SourceError(f"{text}: the path in the repository may not contain '..'")
         return HubSource(match["repo"], urllib.parse.unquote(match["revision"]), match["filename"])
     if text.startswith(("https://", "http://")):
-        parts = urllib.parse.urlsplit(text)
-        if not parts.hostname:
-            raise SourceError(f"{text}: not a URL with a host")
+        fault = url_fault(text)
+        if fault:
+            raise SourceError(f"{shown_url(text)}: a URL that cannot be used ({fault})")
         return UrlSource(text)
     if "://" in text and not text.startswith("file://"):
         raise SourceError(f"{text}: a source is hf://OWNER/REPO@REVISION/FILE, an https:// URL, or a file")

@@ -21,6 +21,7 @@ import os
 import pwd
 import stat
 from pathlib import Path
+from typing import Callable
 
 from launcher.config import config_file_path
 from launcher.errors import SandboxError
@@ -52,7 +53,8 @@ def partial_dir(store: Path) -> Path:
 
 def open_store(store: Path) -> Path:
     """The store and its `.partial/`, made owner-only if missing; refused
-    when someone else can write to either."""
+    when someone else can write to either, or to a directory above it."""
+    _parents_only_mine(store)
     private_directory(store)
     _only_mine(store)
     partial = partial_dir(store)
@@ -70,6 +72,42 @@ def _only_mine(directory: Path) -> None:
         raise StoreError(f"{directory} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}, group "
                          f"{_group_name(st.st_gid)}): one could plant links where a pull writes or swap the "
                          f"files it keeps; `chmod go-w {directory}`, or choose a store of your own")
+
+
+def _parents_only_mine(store: Path) -> None:
+    """Each directory above the store, as ssh's StrictModes checks those
+    above authorized_keys: whoever can rename entries in one (its owner, or
+    anyone who may write to it, unless it is sticky) can move the store
+    away and put a directory of their own in its place between the steps
+    of a pull. Checked are the directories the path names, as it is written
+    (where its own links are kept) and as it resolves (where they lead), before
+    any missing one is made."""
+    store = Path(os.path.abspath(store))
+    above = {*store.parents, *Path(os.path.realpath(store)).parents}
+    for directory in sorted(above, key=lambda p: (len(p.parts), str(p))):
+        try:
+            st = os.stat(directory)
+        except FileNotFoundError:
+            continue  # made by private_directory, owner-only
+        fault = parent_fault(st)
+        if fault:
+            raise StoreError(f"{directory}, above the model store {store}, {fault}: one could move the store "
+                             f"away and put a directory of their own in its place; `chmod go-w {directory}` "
+                             f"(or +t), or choose a store elsewhere")
+
+
+def parent_fault(st: os.stat_result, group_has_others: Callable[[int], bool] | None = None) -> str | None:
+    """Why a directory above the store is not safe, or None: it must be the
+    user's or root's, and writable by no one else unless sticky."""
+    group_has_others = group_has_others or _group_has_others
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"belongs to another user (uid {st.st_uid})"
+    if st.st_mode & stat.S_ISVTX:
+        return None
+    if st.st_mode & stat.S_IWOTH or (st.st_mode & stat.S_IWGRP and group_has_others(st.st_gid)):
+        return (f"can be written by other users (mode {stat.S_IMODE(st.st_mode):o}, group "
+                f"{_group_name(st.st_gid)})")
+    return None
 
 
 def _group_has_others(gid: int) -> bool:

@@ -96,3 +96,28 @@ def test_links_another_user_plants_in_a_shared_store_are_never_followed(quicksta
     provenance = store / (MODEL.name + ".provenance.json")
     assert not provenance.is_symlink() and json.loads(provenance.read_text())["source"] == f"file://{MODEL}"
     assert list((store / ".partial").iterdir()) == []
+
+
+# Run as the other user: move the victim's store away and put a directory of their own in its place.
+SWAP_AS_OTHER = """
+import os, sys
+store = sys.argv[1]
+os.rename(store, store + ".moved")
+os.mkdir(store, 0o777)
+"""
+
+
+def test_a_store_below_a_directory_another_user_controls_is_refused(quickstart_model, other_user, shared):
+    """Tried as an attacker would: a store of the user's own (0700) below a
+    directory another user may rename entries in was accepted. Here the other
+    user is real, and shows what they could do with it."""
+    theirs = shared / "theirs"
+    as_other(other_user, "import os, sys; os.mkdir(sys.argv[1]); os.chmod(sys.argv[1], 0o777)", str(theirs))
+    store = theirs / "store"
+    store.mkdir(mode=0o700)
+    refused = sandbox_cli("model", "pull", str(MODEL), env={"SANDBOX_MODEL_DIR": str(store)})
+    assert refused.returncode == 2 and f"{theirs}, above the model store" in refused.stderr, refused.stderr
+    assert "belongs to another user" in refused.stderr and "Traceback" not in refused.stderr
+    assert list(store.iterdir()) == []
+    as_other(other_user, SWAP_AS_OTHER, str(store))  # what the refusal keeps from happening mid-pull
+    assert store.stat().st_uid == other_user.pw_uid and (theirs / "store.moved").stat().st_uid == os.geteuid()

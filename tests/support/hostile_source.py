@@ -8,6 +8,7 @@ import http.server
 import ssl
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,13 @@ class Answer:
     body: bytes = b""
     # Zeros after the body, with no Content-Length, until the client hangs up.
     endless: bool = False
+    # A source that stalls: after this many bytes of the body it sets `held`
+    # and sends nothing more until the test sets `release`, or, with `drip`,
+    # one byte of the rest every `drip` seconds until the client hangs up.
+    hold_after: int | None = None
+    drip: float | None = None
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,8 @@ class HostileSource:
 
             def answer(self, send_body: bool):
                 source.requests.append({"method": self.command, "port": source.port, "path": self.path,
-                                        "authorization": self.headers.get("Authorization")})
+                                        "authorization": self.headers.get("Authorization"),
+                                        "range": self.headers.get("Range")})
                 answer = source.answers.get(self.path.split("?")[0], Answer(404))
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
@@ -88,7 +97,21 @@ class HostileSource:
                 if not send_body:
                     return
                 try:
-                    self.wfile.write(answer.body)
+                    body = answer.body
+                    if answer.hold_after is not None:
+                        self.wfile.write(body[:answer.hold_after])
+                        self.wfile.flush()
+                        body = body[answer.hold_after:]
+                        answer.held.set()
+                        if answer.drip is None:
+                            answer.release.wait()
+                        else:
+                            for at in range(len(body)):
+                                self.wfile.write(body[at:at + 1])
+                                self.wfile.flush()
+                                time.sleep(answer.drip)
+                            body = b""
+                    self.wfile.write(body)
                     while answer.endless:
                         self.wfile.write(bytes(1 << 16))
                 except OSError:  # the client hung up: what a refusal looks like from here

@@ -5,7 +5,9 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
+import threading
 
 import pytest
 from huggingface_hub import close_session
@@ -16,7 +18,7 @@ from launcher.commands.model import PullError, list_models, pull, verify_models
 from launcher.errors import SandboxError
 from launcher.lock import LOCK_FORMAT
 from launcher.models import store as model_store
-from launcher.models.download import DownloadError, DownloadRefused
+from launcher.models.download import DownloadError, DownloadRefused, Pace
 from launcher.models.store import provenance_path
 from tests.support.fake_hub import FakeHub, HubFile
 from tests.support.hostile_source import Answer, Certificate, HostileSource, make_certificate
@@ -386,3 +388,127 @@ def test_a_store_others_can_write_to_is_refused(hub, model, tmp_path, monkeypatc
     monkeypatch.setenv("SANDBOX_MODEL_DIR", str(tmp_path / "link-to-store"))
     (tmp_path / "link-to-store").symlink_to(store)
     assert pull(f"{hub.endpoint}/plain/{FILE}", sha256=hashlib.sha256(model).hexdigest()).path.is_file()
+
+
+def one_error_line(result) -> bool:
+    """One line of error, with nothing in it a terminal would obey."""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    return len(errors) == 1 and not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", result.stderr)
+
+
+@pytest.mark.parametrize("location", [
+    "/ok\x1b]0;PWN\x07.gguf",  # a terminal title and a bell, as the attacker sent
+    "/ok\t\x85.gguf", "/a b.gguf", "/caf\u00e9.gguf", "http://[::1/x.gguf", "http://127.0.0.1:99999/x.gguf",
+    "http://127.0.0.1:port/x.gguf", "https:///x.gguf"])
+def test_a_redirect_to_a_url_that_cannot_be_used_is_refused_in_one_line(hostile, model, tmp_path, location):
+    """Tried as an attacker would: `302 Location: http://127.0.0.1:P/ok\\x1b]0;PWN\\x07.gguf`
+    ended in a traceback (http.client.InvalidURL), exit 1."""
+    plain, _ = hostile
+    plain.answers["/x.gguf"] = Answer(302, {"Location": location})
+    plain.answers["/ok.gguf"] = Answer(200, body=model)
+    sha = hashlib.sha256(model).hexdigest()
+    result = runner.invoke(app, ["model", "pull", plain.url("/x.gguf"), "--sha256", sha])
+    assert result.exit_code == 2 and "redirected to a URL that cannot be used" in result.stderr, result.output
+    assert one_error_line(result) and "Traceback" not in result.output
+    assert nothing_kept(tmp_path) and [r["path"] for r in plain.requests] == ["/x.gguf"]
+    # Control: a redirect to a URL that can be used is followed.
+    plain.answers["/x.gguf"] = Answer(302, {"Location": "/ok.gguf"})
+    assert pull(plain.url("/x.gguf"), sha256=sha).path.read_bytes() == model
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8/ok\x1b]0;PWN\x07.gguf", "https://127.0.0.1:99999/x.gguf",
+                                 "https://[::1/x.gguf"])
+def test_a_source_url_that_cannot_be_used_is_refused_in_one_line(hub, tmp_path, url):
+    result = runner.invoke(app, ["model", "pull", url, "--sha256", "0" * 64])
+    assert result.exit_code == 2 and "a URL that cannot be used" in result.stderr, result.output
+    assert one_error_line(result) and "Traceback" not in result.output
+
+
+def stalled_pull(url: str, sha: str, window: float) -> DownloadError:
+    with pytest.raises(DownloadError) as refused:
+        pull(url, sha256=sha, pace=Pace(window=window))
+    return refused.value
+
+
+@pytest.mark.parametrize("drip", [None, 0.01], ids=["silent", "one byte every 10 ms"])
+def test_a_source_that_stalls_is_broken_off_and_resumed_later(hostile, model, tmp_path, drip):
+    """Tried as an attacker would: one byte every 2 s ran forever (a 60 s
+    timeout per read, no minimum rate). The window is shrunk to 0.2 s: a
+    source held at 300,000 bytes can never send 1 MiB in it, however fast or
+    slow this machine is."""
+    plain, _ = hostile
+    stalling = Answer(200, body=model, hold_after=300_000, drip=drip)
+    plain.answers["/model.gguf"] = stalling
+    sha = hashlib.sha256(model).hexdigest()
+    try:
+        error = stalled_pull(plain.url("/model.gguf"), sha, window=0.2)
+    finally:
+        stalling.release.set()
+    assert error.exit_code == 1
+    assert re.fullmatch(r"the download from http://127\.0\.0\.1:\d+/model\.gguf stalled: less than 1 MiB in "
+                        r"0\.2 s \(after \d+ bytes\); run the same command again to resume", str(error)), str(error)
+    part = tmp_path / "store" / ".partial" / "model.gguf.part"
+    kept = part.stat().st_size
+    assert 0 < kept <= 300_000 + (len(model) if drip else 0) and not (tmp_path / "store" / "model.gguf").exists()
+    # Like a cut connection, it resumes: the next pull asks for the rest.
+    plain.answers["/model.gguf"] = Answer(200, body=model)
+    assert pull(plain.url("/model.gguf"), sha256=sha).path.read_bytes() == model
+    assert plain.requests[-1]["range"] == f"bytes={kept}-" and not part.exists()
+
+
+def test_a_source_that_pauses_within_the_window_is_waited_for(hostile, model, tmp_path):
+    """Control: the same source held at the same point, released by the test
+    once it is held, well within the default window (60 s), is waited for."""
+    plain, _ = hostile
+    pausing = Answer(200, body=model, hold_after=300_000)
+    plain.answers["/model.gguf"] = pausing
+    releaser = threading.Thread(target=lambda: pausing.held.wait() and pausing.release.set(), daemon=True)
+    releaser.start()
+    pulled = pull(plain.url("/model.gguf"), sha256=hashlib.sha256(model).hexdigest())
+    assert pausing.held.is_set() and pulled.path.read_bytes() == model
+
+
+@pytest.mark.parametrize("parent_mode", [0o777, 0o757])
+def test_a_store_whose_parent_others_can_write_to_is_refused(hub, model, tmp_path, monkeypatch, parent_mode):
+    """Tried as an attacker would: SANDBOX_MODEL_DIR=/tmp/x/sh2/inner, inner
+    0700 and the user's, sh2 0777 and not sticky, was accepted: another user
+    could rename inner away and put a directory of theirs in its place
+    between the steps of a pull."""
+    parent = tmp_path / "sh2"
+    parent.mkdir()
+    os.chmod(parent, parent_mode)
+    store = parent / "inner"
+    store.mkdir(mode=0o700)
+    url, sha = f"{hub.endpoint}/plain/{FILE}", hashlib.sha256(model).hexdigest()
+    for named_as in (store, tmp_path / "link-to-inner", parent / "inner" / "not-yet-made"):
+        if named_as.name == "link-to-inner":
+            named_as.symlink_to(store)  # a link of the user's, in a directory of theirs, into the open one
+        monkeypatch.setenv("SANDBOX_MODEL_DIR", str(named_as))
+        with pytest.raises(SandboxError, match=rf"{re.escape(str(parent))}, above the model store .*, can be written "
+                                               rf"by other users \(mode {parent_mode:o}.*chmod"):
+            pull(url, sha256=sha)
+        assert not list(store.iterdir())
+    # Control: sticky, as /tmp is, others may not rename what is the user's in it.
+    os.chmod(parent, parent_mode | 0o1000)
+    assert pull(url, sha256=sha).path.read_bytes() == model
+
+
+def test_the_parents_check_follows_ssh_strict_modes():
+    """Each directory above the store, as ssh checks a user's
+    authorized_keys: the user's or root's, and writable by nobody else
+    unless sticky."""
+    me, other = os.geteuid(), os.geteuid() + 4242
+    lone_group = os.getgid()
+
+    def stat_of(mode, uid=me, gid=lone_group):
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 2, uid, gid, 4096, 0, 0, 0))
+
+    def refused(st):
+        return model_store.parent_fault(st, group_has_others=lambda gid: gid != lone_group) is not None
+
+    assert not refused(stat_of(0o755)) and not refused(stat_of(0o755, uid=0)) and not refused(stat_of(0o1777, 0))
+    assert not refused(stat_of(0o775))  # a group of the user's alone (user private groups)
+    assert refused(stat_of(0o755, uid=other))  # another user's: they may rename anything in it
+    assert refused(stat_of(0o1777, uid=other))
+    assert refused(stat_of(0o777)) and refused(stat_of(0o757, uid=0))
+    assert refused(stat_of(0o775, gid=lone_group + 1)) and not refused(stat_of(0o3775, gid=lone_group + 1))
