@@ -352,3 +352,47 @@ def test_a_real_escape_stays_a_fail_however_full_the_sink_was():
     # A row the sink does not judge is not touched by it either.
     root = replace(processes_with(uid=["0"] * 4), sink_not_itemised=1200)
     assert next(r for r in v.judge(root) if r.attack == "privileges").verdict == "FAIL"
+
+
+NO_PORT = "error:Cannot assign requested address"  # every ephemeral port bound by a part sharing the netns
+# Each row that judges the probe's attempts, with every attempt it reads failed on the probe's own side.
+NEVER_LEFT = {
+    "raw IP egress": probe_with(outside={**safe().probe["outside"], "tcp 1.1.1.1:443": f"via-sink:{NO_PORT}",
+                                         "udp 10.0.0.53:53": "via-sink:error:Resource temporarily unavailable"}),
+    "attempt by address": not_caught(
+        probe_with(outside={**safe().probe["outside"], f"tcp {v.ADDRESS_TARGET}:40001": f"via-sink:{NO_PORT}"}),
+        ("tcp", v.ADDRESS_TARGET, 40001)),
+    "metadata": probe_with(outside={**safe().probe["outside"],
+                                    "tcp 169.254.169.254:80": "via-sink:error:Too many open files"}),
+    "host services": probe_with(tcp={**safe().probe["tcp"], "172.17.0.1:4000": NO_PORT}),
+    "other sandboxes": probe_with(tcp={**safe().probe["tcp"], "10.213.9.2:8000": "error:No buffer space available"}),
+    "DNS leak via host resolver": probe_with(outside={**safe().probe["outside"],
+                                                      "udp 10.0.0.53:53": "via-sink:error:Cannot allocate memory"}),
+    "use the ingress as proxy": probe_with(http={"10.213.7.4:8080 CONNECT example.com:443 HTTP/1.1": NO_PORT}),
+}
+
+
+@pytest.mark.parametrize("attack", NEVER_LEFT)
+def test_an_attempt_that_never_left_the_probe_makes_its_row_inconclusive_never_a_pass(attack):
+    """Before: with every ephemeral port bound by the front-end, each connect
+    failed locally and raw egress, metadata, host services and other
+    sandboxes said PASS; the ingress row said FAIL."""
+    row = next(r for r in v.judge(NEVER_LEFT[attack]) if r.attack == attack)
+    assert row.verdict == "INCONCLUSIVE", row.result
+    assert "failed inside the probe" in row.result
+
+
+def test_an_attempt_that_never_left_the_probe_hides_no_escape_beside_it():
+    # An attempt the sink did not record, beside those that never left.
+    facts = probe_with(outside={**NEVER_LEFT["raw IP egress"].probe["outside"], "tcp 8.8.8.8:53": "via-sink:connected"})
+    assert next(r for r in v.judge(facts) if r.attack == "raw IP egress").verdict == "FAIL"
+    host = replace(NEVER_LEFT["host services"], canary_hits=["172.18.0.3:5555"])
+    assert next(r for r in v.judge(host) if r.attack == "host services").verdict == "FAIL"
+
+
+def test_an_attempt_that_never_left_is_inconclusive_in_connections_mode_too():
+    facts = answering()
+    facts = replace(facts, probe={**facts.probe, "by_name": {f"{NAME}:41000": f"198.18.40.2 via-sink:{NO_PORT}"}},
+                    caught=[c for c in facts.caught if len(c) < 4])
+    row = next(r for r in v.judge(facts) if r.attack == "external DNS")
+    assert row.verdict == "INCONCLUSIVE", row.result
