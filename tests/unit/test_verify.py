@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from launcher import verify as v
+from launcher import front_door, verify as v
 
 NAME = "sandbox-verify-abc.example.com"
 PROC = {"command": "python3 server.py", "uid": ["65534"] * 4, "cap_eff": "0000000000000000",
@@ -151,7 +151,6 @@ BREACHES = {
                                door_with(pipelined=[FORWARDED, {"status": 400, "refused": None}, FORWARDED]),
                                door_with(pipelined=[FORWARDED])],
     "slow clients": [door_with(flood={**FRONT_DOOR["flood"], "owner": [{"status": None, "refused": None}] * 5}),
-                     door_with(flood={**FRONT_DOOR["flood"], "still_open": 3}),
                      door_with(flood={**FRONT_DOOR["flood"], "owner": []})],
 }
 
@@ -396,3 +395,59 @@ def test_an_attempt_that_never_left_is_inconclusive_in_connections_mode_too():
                     caught=[c for c in facts.caught if len(c) < 4])
     row = next(r for r in v.judge(facts) if r.attack == "external DNS")
     assert row.verdict == "INCONCLUSIVE", row.result
+
+
+def response(status: int, body: bytes, *headers: str) -> bytes:
+    return (f"HTTP/1.1 {status} X\r\n" + "".join(f"{h}\r\n" for h in headers)).encode() + b"\r\n" + body
+
+
+# A UI's answer whose body reads like two more responses.
+POSING_BODY = b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\nX-Sandbox-Refused: cross-site\r\n\r\n"
+REFUSALS = (response(400, b"400 refused\n", "Content-Length: 12", "X-Sandbox-Refused: proxy-request")
+            + response(405, b"", "Content-Length: 0"))
+
+
+@pytest.mark.parametrize("first", [
+    response(200, POSING_BODY, f"Content-Length: {len(POSING_BODY)}"),
+    response(200, b"%x\r\n%s\r\n0\r\n\r\n" % (len(POSING_BODY), POSING_BODY), "Transfer-Encoding: chunked"),
+])
+def test_a_body_that_reads_like_a_response_is_skipped_not_taken_for_one(first):
+    """Before: the stream was split on "HTTP/1.1 ", and a UI whose page held
+    that text made "FAIL smuggled proxy request host 200, 200, 400"."""
+    assert front_door._responses(first + REFUSALS) == [
+        {"status": 200, "refused": None}, {"status": 400, "refused": "proxy-request"},
+        {"status": 405, "refused": None}]
+
+
+def test_a_body_to_the_end_of_the_stream_is_one_response():
+    assert front_door._responses(response(200, POSING_BODY, "Connection: close")) == [{"status": 200, "refused": None}]
+
+
+@pytest.mark.parametrize("owner", [{"status": 403, "refused": "cross-site"}, {"status": 502, "refused": None}])
+def test_slow_clients_is_inconclusive_when_the_owners_request_was_not_passed_on(owner):
+    """Before: a UI answering 403 (or 502) made "FAIL slow clients: owner answered 0/5"."""
+    row = v.slow_clients(door_with(flood={**FRONT_DOOR["flood"], "owner": [{**owner, "seconds": 0.01}] * 5}))
+    assert row.verdict == "INCONCLUSIVE", row.result
+    # The control: an owner who got no answer at all while the flood held is shut out.
+    row = v.slow_clients(door_with(flood={**FRONT_DOOR["flood"], "owner": [{"status": None, "refused": None}] * 5}))
+    assert row.verdict == "FAIL", row.result
+
+
+def test_slow_clients_is_inconclusive_when_the_flood_did_not_hold():
+    row = v.slow_clients(door_with(flood={**FRONT_DOOR["flood"], "still_open": 3}))
+    assert row.verdict == "INCONCLUSIVE" and "did not hold" in row.result, row.result
+
+
+def test_a_process_seen_before_or_while_the_probe_runs_is_judged_though_gone_after():
+    """A root process that exits when it sees the probe's sockets (the front-end
+    shares the probe's network) was never read: verify read after the probe."""
+    from launcher.commands.verify import watching_processes
+    root = {**PROC, "command": "sleep 600", "uid": ["0"] * 4}
+    readings = iter([{"1": PROC, "9": root}])
+    result, seen = watching_processes(lambda: next(readings, {"1": PROC}), lambda: "probe output")
+    assert result == "probe output" and seen == {"1": PROC, "9": root}
+    row = v.privileges(replace(safe(), processes=seen))
+    assert row.verdict == "FAIL" and "pid 9 (sleep 600): uid 0" in row.result, row.result
+    # The control: with no such process at any reading, privileges passes.
+    _, seen = watching_processes(lambda: {"1": PROC}, lambda: "probe output")
+    assert v.privileges(replace(safe(), processes=seen)).verdict == "PASS"
