@@ -39,16 +39,43 @@ def _request(method: str, host: str, headers: dict, body: bytes = b"") -> bytes:
 
 
 def _responses(raw: bytes) -> list[dict]:
-    """The status and refusal reason of each response in a byte stream."""
+    """The status and refusal reason of each response in a byte stream, read
+    head by head: a body is skipped by its length (Content-Length, chunks, or
+    the rest of the stream), so that no text inside it is taken for a response."""
     found = []
-    for head in raw.split(b"HTTP/1.1 ")[1:]:
-        status_text, _, rest = head.partition(b" ")
-        headers = rest.split(b"\r\n\r\n", 1)[0].decode(errors="replace").lower()
-        reason = next((line.split(":", 1)[1].strip() for line in headers.split("\r\n")
-                       if line.startswith("x-sandbox-refused:")), None)
-        if status_text.isdigit():
-            found.append({"status": int(status_text), "refused": reason})
+    while raw:
+        head, separator, raw = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        status_text = rest.partition(" ")[0]
+        if not separator or not version.startswith("HTTP/1.") or not (status_text.isascii() and status_text.isdigit()):
+            break
+        headers = {}
+        for line in header_lines:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        found.append({"status": int(status_text), "refused": headers.get("x-sandbox-refused")})
+        raw = _after_body(raw, headers, int(status_text))
     return found
+
+
+def _after_body(raw: bytes, headers: dict, status: int) -> bytes:
+    """What follows a response's body in the stream."""
+    if status in (101, 204, 304) or 100 <= status < 200:
+        return b"" if status == 101 else raw  # after 101 the connection is no longer HTTP
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        while True:
+            size_line, separator, raw = raw.partition(b"\r\n")
+            size = size_line.split(b";")[0].strip()
+            if not separator or not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+                return b""
+            if int(size, 16) == 0:
+                return raw.partition(b"\r\n\r\n")[2] if not raw.startswith(b"\r\n") else raw[2:]
+            raw = raw[int(size, 16) + 2:]
+    length = headers.get("content-length", "")
+    if length.isascii() and length.isdigit():
+        return raw[int(length):]
+    return b""  # the body runs to the end of the stream
 
 
 def _one(port: int, raw: bytes) -> dict:

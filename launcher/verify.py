@@ -117,6 +117,35 @@ def _escaped(f: Facts, target: str, outcome: str) -> bool:
     return outcome.startswith(("route-via-live-gateway", "on-link"))
 
 
+# What the probe's system says (it runs Debian: glibc's words) when an
+# attempt failed on the probe's own side, before any packet left: no local
+# port or address was free, no descriptor, buffer or memory. A part sharing
+# the probe's network namespace can cause these (it binds every ephemeral
+# port); such an attempt shows nothing of the way out, either way.
+LOCAL_FAILURES = ("Cannot assign requested address", "Address already in use", "Too many open files",
+                  "Too many open files in system", "No buffer space available", "Cannot allocate memory",
+                  "Resource temporarily unavailable")
+
+
+def _never_left(outcomes: dict) -> dict:
+    """The attempts among `outcomes` that failed on the probe's own side."""
+    return {k: v for k, v in outcomes.items()
+            if any(f"error:{failure}" in str(v) for failure in LOCAL_FAILURES)}
+
+
+def _tried_row(attack: str, how: str, tried: dict, bad: dict, text: str | None = None) -> Row:
+    """FAIL when an attempt got out (or nothing was tried); INCONCLUSIVE when
+    an attempt never left the probe: it cannot show the way was shut."""
+    text = text if text is not None else _summary(bad or tried)
+    if bad or not tried:
+        return Row(attack, how, FAIL, text)
+    if stuck := _never_left(tried):
+        return Row(attack, how, INCONCLUSIVE,
+                   f"{text} ({', '.join(stuck)}: failed inside the probe, nothing was sent: "
+                   "the check proves nothing)")
+    return Row(attack, how, PASS, text)
+
+
 def _summary(outcomes: dict) -> str:
     return "; ".join(f"{target} {outcome}" for target, outcome in outcomes.items()) or "nothing tried"
 
@@ -146,10 +175,12 @@ def _answered_dns(f: Facts, answer: list, logged: str) -> Row:
     ok = ours and f.unique_name in f.sink_names and recorded
     said = (f"answered with {', '.join(answer)} ({'the sink' if ours else 'NOT the sink'}'s range {sink_range})"
             if answer else "no answer")
-    return Row("external DNS", "resolve a unique external name and connect to it (audit: connections)",
-               PASS if ok else FAIL,
-               f"{f.unique_name}: {said}; {logged}; connection {_summary(tried)}: "
-               f"{'recorded by the sink under that name' if recorded else 'NOT recorded under that name'}")
+    text = (f"{f.unique_name}: {said}; {logged}; connection {_summary(tried)}: "
+            f"{'recorded by the sink under that name' if recorded else 'NOT recorded under that name'}")
+    how = "resolve a unique external name and connect to it (audit: connections)"
+    if not ok and ours and f.unique_name in f.sink_names and _never_left(tried):
+        return _tried_row("external DNS", how, tried, {}, text)
+    return Row("external DNS", how, PASS if ok else FAIL, text)
 
 
 @checked_by(PROBE, SINK)
@@ -157,12 +188,14 @@ def dns_leak(f: Facts) -> Row:
     # The query must have ended at the sink, the only server the sandbox's
     # resolver forwards to, and never at the host's resolvers.
     direct = {k: v for k, v in f.probe.get("outside", {}).items() if k.startswith("udp ") and ":53" in k}
-    leaked = any(_escaped(f, k, v) for k, v in direct.items())
+    leaked = {k: v for k, v in direct.items() if _escaped(f, k, v)}
     seen = f.unique_name in f.sink_names
-    ok = seen and not leaked
-    return Row("DNS leak via host resolver", "the same lookup, and UDP 53 straight to the host's resolvers",
-               PASS if ok else FAIL,
-               f"lookup {'ended at the sink' if seen else 'did NOT reach the sink'}; {_summary(direct)}")
+    text = f"lookup {'ended at the sink' if seen else 'did NOT reach the sink'}; {_summary(direct)}"
+    how = "the same lookup, and UDP 53 straight to the host's resolvers"
+    if not seen or leaked:
+        return Row("DNS leak via host resolver", how, FAIL, text)
+    return _tried_row("DNS leak via host resolver", how, direct, leaked, text) if direct \
+        else Row("DNS leak via host resolver", how, PASS, text)
 
 
 @checked_by(PROBE, SINK)
@@ -170,8 +203,7 @@ def raw_egress(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items()
              if "169.254.169.254" not in k and ADDRESS_TARGET not in k}
     bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
-    return Row("raw IP egress", "TCP to a public address and the host's resolver, UDP 53",
-               FAIL if bad or not tried else PASS, _summary(bad or tried))
+    return _tried_row("raw IP egress", "TCP to a public address and the host's resolver, UDP 53", tried, bad)
 
 
 @checked_by(PROBE, SINK)
@@ -179,17 +211,17 @@ def attempt_by_address(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items() if f" {ADDRESS_TARGET}:" in k}
     recorded = [k for k in tried if _key(k) in _recorded(f)]
     escaped = {k: v for k, v in tried.items() if _escaped(f, k, v)}
-    ok = bool(tried) and len(recorded) == len(tried) and not escaped
-    return Row("attempt by address", f"TCP and UDP to {ADDRESS_TARGET}, by address, no name looked up",
-               PASS if ok else FAIL,
-               f"{_summary(tried)}; recorded by the sink: {', '.join(recorded) or 'NOTHING'}")
+    unrecorded = {k: v for k, v in tried.items() if k not in recorded and k not in _never_left(tried)}
+    return _tried_row("attempt by address", f"TCP and UDP to {ADDRESS_TARGET}, by address, no name looked up",
+                      tried, {**escaped, **unrecorded},
+                      f"{_summary(tried)}; recorded by the sink: {', '.join(recorded) or 'NOTHING'}")
 
 
 @checked_by(PROBE, SINK)
 def metadata(f: Facts) -> Row:
     tried = {k: v for k, v in f.probe.get("outside", {}).items() if "169.254.169.254" in k}
-    bad = any(_escaped(f, k, v) for k, v in tried.items())
-    return Row("metadata", "TCP 169.254.169.254:80", FAIL if bad or not tried else PASS, _summary(tried))
+    bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
+    return _tried_row("metadata", "TCP 169.254.169.254:80", tried, bad, _summary(tried))
 
 
 @checked_by(PROBE, HOST)
@@ -198,9 +230,10 @@ def host_services(f: Facts) -> Row:
              if k.rsplit(":", 1)[0] in f.host_targets and k.endswith(f":{f.canary_port}")}
     bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
     hits = f", and the canary saw {f.canary_hits}" if f.canary_hits else ""
-    ok = tried and not bad and not f.canary_hits
-    return Row("host services", f"a canary on 0.0.0.0:{f.canary_port}; connect via every host address",
-               PASS if ok else FAIL, _summary(bad or tried) + hits)
+    if f.canary_hits:
+        bad = {**bad, "canary": "reached"}
+    return _tried_row("host services", f"a canary on 0.0.0.0:{f.canary_port}; connect via every host address",
+                      tried, bad, _summary(bad or tried) + hits)
 
 
 @checked_by(PROBE)
@@ -210,8 +243,7 @@ def other_sandboxes(f: Facts) -> Row:
                    "no other sandbox is running")
     tried = {k: v for k, v in f.probe.get("tcp", {}).items() if k in f.other_sandbox_targets}
     bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
-    return Row("other sandboxes", "connect to the containers of another sandbox",
-               FAIL if bad or not tried else PASS, _summary(bad or tried))
+    return _tried_row("other sandboxes", "connect to the containers of another sandbox", tried, bad)
 
 
 @checked_by(PROBE)
@@ -232,9 +264,10 @@ def ingress_proxy(f: Facts) -> Row:
     # on no address (images/ingress/start.sh), a refused connection; anything
     # else means it went somewhere.
     bad = {k: v for k, v in answers.items() if v.split()[1:2] not in (["400"], ["405"])
-           and not (k.startswith("inside ") and v == "error:Connection refused")}
-    return Row("use the ingress as proxy", "CONNECT and absolute-URI requests, from inside and from the host",
-               FAIL if bad or not answers else PASS, _summary(bad or answers))
+           and not (k.startswith("inside ") and v == "error:Connection refused")
+           and not (k.startswith("inside ") and k in _never_left(answers))}
+    return _tried_row("use the ingress as proxy", "CONNECT and absolute-URI requests, from inside and from the host",
+                      answers, bad)
 
 
 def _capabilities(names: list) -> set[str]:
@@ -497,8 +530,14 @@ def slow_clients(f: Facts) -> Row:
         text += f"; opening the flood: {flood['error']}"
     if not held:
         text += " (the flood did not hold its connections: the check proves nothing)"
-    ok = held and flood["owner"] and len(answered) == len(flood["owner"])
-    return Row("slow clients", how, PASS if ok else FAIL, text)
+    if not flood["owner"] or any(a.get("status") is None for a in flood["owner"]):
+        return Row("slow clients", how, FAIL, text)  # the owner got no answer at all: the flood shut them out
+    if not held or len(answered) < len(flood["owner"]):
+        # An answer that was not the UI's (a refusal, a 502) says the door
+        # answered, not that the owner got through: neither way is shown.
+        return Row("slow clients", how, INCONCLUSIVE, text + (
+            "" if not held else " (the owner's own request was not passed on to the UI: the check proves nothing)"))
+    return Row("slow clients", how, PASS, text)
 
 
 MATRIX = (external_dns, dns_leak, raw_egress, attempt_by_address, metadata, host_services, other_sandboxes, ipv6,

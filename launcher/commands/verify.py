@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import random
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from launcher.commands.audit import connections_kept, summary_kept
 from launcher.commands.target import resolve_name
@@ -37,6 +38,9 @@ from launcher.text import json_records
 from launcher.verify import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
 
 Say = Callable[[str], None]
+T = TypeVar("T")
+# How often the front-end's processes are read while the probe runs.
+PROCESS_READ_INTERVAL = 0.5
 # The sink writes its summary about once a second: how long to wait for the
 # probe's attempts to be in it before judging without them.
 SUMMARY_WAIT = 15
@@ -127,12 +131,19 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
             "self": True,
         }
         say("probing from the front-end's network")
-        output = gateway.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
+        frontend = spec.container("frontend").name
+        facts.frontend_config = gateway.container_config(frontend)
+
+        def probe() -> str:
+            return gateway.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
+        if in_gvisor:
+            output = probe()
+        else:
+            output, facts.processes = watching_processes(
+                lambda: _processes_from_host(gateway, frontend, facts.frontend_config["id"]), probe)
         facts.canary_hits = list(canary.hits)
     facts.probe = probe_result(output)
 
-    frontend = spec.container("frontend").name
-    facts.frontend_config = gateway.container_config(frontend)
     facts.internal_network = internal
     if in_gvisor:
         # The host sees gVisor's kernel, not the processes it runs: those are read from inside.
@@ -141,8 +152,6 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         # as the container's: its own restrictions are read there.
         pid = gateway.container_state(frontend)["pid"]
         facts.gvisor_sentry = process_status(pid) if pid else None
-    else:
-        _read_processes_from_host(gateway, frontend, facts)
     _read_sink(gateway, name, spec.container("dns").name, started - 1, facts)
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
     say("trying the front door from this machine: foreign Host, no token, cross-site, pipelined, slow clients")
@@ -179,12 +188,42 @@ def probe_result(output: str) -> dict:
     return result
 
 
-def _read_processes_from_host(gateway: DockerGateway, container: str, facts: Facts) -> None:
-    """The container's processes, listed by the engine and read in the host's /proc (needs facts.frontend_config)."""
+def _processes_from_host(gateway: DockerGateway, container: str, container_id: str) -> dict:
+    """The container's processes, listed by the engine and read in the host's /proc."""
+    found = {}
     for pid in gateway.container_pids(container):
-        seen = container_process(pid, facts.frontend_config["id"])
+        seen = container_process(pid, container_id)
         if seen is not None:  # None: gone since the engine listed it
-            facts.processes[str(pid)] = seen
+            found[str(pid)] = seen
+    return found
+
+
+def watching_processes(read: Callable[[], dict], run: Callable[[], T]) -> tuple[T, dict]:
+    """`run()`, with the front-end's processes read before it, while it runs
+    and after. The front-end shares the probe's network and can see its
+    sockets: a process that hides while the probe runs is still seen before.
+    Each PID keeps its first reading: under no-new-privileges a process can
+    only lose privileges, never gain them."""
+    seen: dict = {}
+    done = threading.Event()
+
+    def merge(reading: dict) -> None:
+        for pid, process in reading.items():
+            seen.setdefault(pid, process)
+
+    def watch() -> None:
+        while not done.wait(PROCESS_READ_INTERVAL):
+            merge(read())
+    merge(read())
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        watcher.join()
+    merge(read())
+    return result, seen
 
 
 def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from launcher.commands.down import down
 from launcher.commands.up import up
-from launcher.commands.verify import _read_processes_from_host, probe_result, verify
+from launcher.commands.verify import _processes_from_host, probe_result, verify
 from launcher.errors import PolicyError
 from launcher.images import recipe_image
 from launcher.spec import ContainerSpec
@@ -89,7 +89,7 @@ def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):
             hits = list(canary.hits)
         facts = Facts(probe=probe_result(output), canary_port=canary.port, canary_hits=hits, host_targets=hosts,
                       frontend_config=gateway.container_config(unsafe.name), internal_network="sandbox-x-internal")
-        _read_processes_from_host(gateway, unsafe.name, facts)
+        facts.processes = _processes_from_host(gateway, unsafe.name, facts.frontend_config["id"])
         assert facts.processes, "the control container's processes were not read from the host"
         for check in (host_services, raw_egress, raw_sockets, privileges, write_root, network_attachments):
             assert check(facts).verdict == "FAIL", (check.__name__, check(facts).result)

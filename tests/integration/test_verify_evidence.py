@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,76 @@ def test_a_hostile_front_end_can_neither_see_nor_forge_the_probe(post_501_sandbo
 
 def forger_log(frontend) -> str:
     return frontend.exec_run(["cat", "/tmp/forger.log"], user=FRONTEND_USER).output.decode(errors="replace")
+
+
+POSING_UI = FIXTURES_BAD.parent / "posing-ui"
+
+
+@pytest.fixture(scope="module")
+def posing_sandbox(gateway, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("posing")
+    shutil.copytree(POSING_UI, directory / "posing-ui")
+    path = write_policy(directory, frontend={"build": {"context": "posing-ui"}, "port": 8080,
+                                             "health_path": "/ready", "user": int(FRONTEND_USER)})
+    result = up(gateway, path, ca_bundle=ca_bundle())
+    yield result
+    down(gateway, result.name, volumes=True)
+
+
+def test_a_ui_cannot_pass_its_answers_off_as_the_ingresss_refusals(posing_sandbox, gateway):
+    """Before: the ingress passed on a UI's X-Sandbox-Refused header, and a UI
+    answering 403 with it made five front-door rows INCONCLUSIVE and slow
+    clients FAIL; its page holding "HTTP/1.1 200 OK" made the smuggled proxy
+    request row FAIL."""
+    request = urllib.request.Request(posing_sandbox.url, headers={"Authorization": f"Bearer {posing_sandbox.token}"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=30)
+    # The UI's own 403 reaches the client, its refusal header does not.
+    assert answer.value.code == 403 and answer.value.headers.get("X-Sandbox-Refused") is None
+    # The control: the ingress's own refusal still carries it.
+    with pytest.raises(urllib.error.HTTPError) as refusal:
+        urllib.request.urlopen(posing_sandbox.url, timeout=30)
+    assert refusal.value.code == 401 and refusal.value.headers.get("X-Sandbox-Refused") == "no-token"
+
+    rows = {r.attack: r for r in verify(gateway, posing_sandbox.name, ca_bundle=ca_bundle()).rows}
+    door = ("DNS rebinding", "no credential", "cross-site request", "cross-site WebSocket", "smuggled proxy request",
+            "slow clients")
+    assert {a: rows[a].verdict for a in door} == dict.fromkeys(door, "PASS"), {a: rows[a].result for a in door}
+
+
+# Runs as root in the front-end: it leaves as soon as a socket of a user that
+# is neither root nor the front-end's shows in the shared network's tables
+# (the probe's), and says whose.
+HIDER = r"""
+import os, sys, time
+mine = {"0", sys.argv[1]}
+open("/tmp/hider.ready", "w").close()
+while True:
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        with open(f"/proc/net/{table}") as f:
+            uids = {line.split()[7] for line in list(f)[1:]}
+        if uids - mine:
+            open("/tmp/hider.log", "w").write(f"left on seeing uid {sorted(uids - mine)} in {table}\n")
+            sys.exit(0)
+    time.sleep(0.01)
+"""
+
+
+def test_a_root_process_that_hides_while_the_probe_runs_is_still_seen(post_501_sandbox, gateway, docker_client):
+    """Before: the front-end's processes were read after the probe only, and a
+    root process that exits when the probe's first socket appears gave
+    "PASS privileges"."""
+    frontend = docker_client.containers.get(f"sandbox-{post_501_sandbox.name}-frontend")
+    frontend.exec_run(["python3", "-c", HIDER, FRONTEND_USER], user="0", detach=True)
+    poll(lambda: frontend.exec_run(["cat", "/tmp/hider.ready"], user=FRONTEND_USER).exit_code == 0,
+         "the hider to start")
+    [hider] = [p for p in frontend.top()["Processes"] if "python3 -c" in p[-1] and p[0] == "root"]
+
+    rows = {r.attack: r for r in verify(gateway, post_501_sandbox.name, ca_bundle=ca_bundle()).rows}
+
+    # It did hide: it saw the probe's socket and left before the probe was done.
+    left = frontend.exec_run(["cat", "/tmp/hider.log"], user=FRONTEND_USER).output.decode()
+    assert left.startswith("left on seeing uid"), left
+    row = rows["privileges"]
+    assert row.verdict == "FAIL", row.result
+    assert f"pid {hider[frontend.top()['Titles'].index('PID')]} (python3 -c" in row.result, row.result

@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from launcher import verify as v
+from launcher import front_door, verify as v
 
 NAME = "sandbox-verify-abc.example.com"
 PROC = {"command": "python3 server.py", "uid": ["65534"] * 4, "cap_eff": "0000000000000000",
@@ -151,7 +151,6 @@ BREACHES = {
                                door_with(pipelined=[FORWARDED, {"status": 400, "refused": None}, FORWARDED]),
                                door_with(pipelined=[FORWARDED])],
     "slow clients": [door_with(flood={**FRONT_DOOR["flood"], "owner": [{"status": None, "refused": None}] * 5}),
-                     door_with(flood={**FRONT_DOOR["flood"], "still_open": 3}),
                      door_with(flood={**FRONT_DOOR["flood"], "owner": []})],
 }
 
@@ -352,3 +351,103 @@ def test_a_real_escape_stays_a_fail_however_full_the_sink_was():
     # A row the sink does not judge is not touched by it either.
     root = replace(processes_with(uid=["0"] * 4), sink_not_itemised=1200)
     assert next(r for r in v.judge(root) if r.attack == "privileges").verdict == "FAIL"
+
+
+NO_PORT = "error:Cannot assign requested address"  # every ephemeral port bound by a part sharing the netns
+# Each row that judges the probe's attempts, with every attempt it reads failed on the probe's own side.
+NEVER_LEFT = {
+    "raw IP egress": probe_with(outside={**safe().probe["outside"], "tcp 1.1.1.1:443": f"via-sink:{NO_PORT}",
+                                         "udp 10.0.0.53:53": "via-sink:error:Resource temporarily unavailable"}),
+    "attempt by address": not_caught(
+        probe_with(outside={**safe().probe["outside"], f"tcp {v.ADDRESS_TARGET}:40001": f"via-sink:{NO_PORT}"}),
+        ("tcp", v.ADDRESS_TARGET, 40001)),
+    "metadata": probe_with(outside={**safe().probe["outside"],
+                                    "tcp 169.254.169.254:80": "via-sink:error:Too many open files"}),
+    "host services": probe_with(tcp={**safe().probe["tcp"], "172.17.0.1:4000": NO_PORT}),
+    "other sandboxes": probe_with(tcp={**safe().probe["tcp"], "10.213.9.2:8000": "error:No buffer space available"}),
+    "DNS leak via host resolver": probe_with(outside={**safe().probe["outside"],
+                                                      "udp 10.0.0.53:53": "via-sink:error:Cannot allocate memory"}),
+    "use the ingress as proxy": probe_with(http={"10.213.7.4:8080 CONNECT example.com:443 HTTP/1.1": NO_PORT}),
+}
+
+
+@pytest.mark.parametrize("attack", NEVER_LEFT)
+def test_an_attempt_that_never_left_the_probe_makes_its_row_inconclusive_never_a_pass(attack):
+    """Before: with every ephemeral port bound by the front-end, each connect
+    failed locally and raw egress, metadata, host services and other
+    sandboxes said PASS; the ingress row said FAIL."""
+    row = next(r for r in v.judge(NEVER_LEFT[attack]) if r.attack == attack)
+    assert row.verdict == "INCONCLUSIVE", row.result
+    assert "failed inside the probe" in row.result
+
+
+def test_an_attempt_that_never_left_the_probe_hides_no_escape_beside_it():
+    # An attempt the sink did not record, beside those that never left.
+    facts = probe_with(outside={**NEVER_LEFT["raw IP egress"].probe["outside"], "tcp 8.8.8.8:53": "via-sink:connected"})
+    assert next(r for r in v.judge(facts) if r.attack == "raw IP egress").verdict == "FAIL"
+    host = replace(NEVER_LEFT["host services"], canary_hits=["172.18.0.3:5555"])
+    assert next(r for r in v.judge(host) if r.attack == "host services").verdict == "FAIL"
+
+
+def test_an_attempt_that_never_left_is_inconclusive_in_connections_mode_too():
+    facts = answering()
+    facts = replace(facts, probe={**facts.probe, "by_name": {f"{NAME}:41000": f"198.18.40.2 via-sink:{NO_PORT}"}},
+                    caught=[c for c in facts.caught if len(c) < 4])
+    row = next(r for r in v.judge(facts) if r.attack == "external DNS")
+    assert row.verdict == "INCONCLUSIVE", row.result
+
+
+def response(status: int, body: bytes, *headers: str) -> bytes:
+    return (f"HTTP/1.1 {status} X\r\n" + "".join(f"{h}\r\n" for h in headers)).encode() + b"\r\n" + body
+
+
+# A UI's answer whose body reads like two more responses.
+POSING_BODY = b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\nX-Sandbox-Refused: cross-site\r\n\r\n"
+REFUSALS = (response(400, b"400 refused\n", "Content-Length: 12", "X-Sandbox-Refused: proxy-request")
+            + response(405, b"", "Content-Length: 0"))
+
+
+@pytest.mark.parametrize("first", [
+    response(200, POSING_BODY, f"Content-Length: {len(POSING_BODY)}"),
+    response(200, b"%x\r\n%s\r\n0\r\n\r\n" % (len(POSING_BODY), POSING_BODY), "Transfer-Encoding: chunked"),
+])
+def test_a_body_that_reads_like_a_response_is_skipped_not_taken_for_one(first):
+    """Before: the stream was split on "HTTP/1.1 ", and a UI whose page held
+    that text made "FAIL smuggled proxy request host 200, 200, 400"."""
+    assert front_door._responses(first + REFUSALS) == [
+        {"status": 200, "refused": None}, {"status": 400, "refused": "proxy-request"},
+        {"status": 405, "refused": None}]
+
+
+def test_a_body_to_the_end_of_the_stream_is_one_response():
+    assert front_door._responses(response(200, POSING_BODY, "Connection: close")) == [{"status": 200, "refused": None}]
+
+
+@pytest.mark.parametrize("owner", [{"status": 403, "refused": "cross-site"}, {"status": 502, "refused": None}])
+def test_slow_clients_is_inconclusive_when_the_owners_request_was_not_passed_on(owner):
+    """Before: a UI answering 403 (or 502) made "FAIL slow clients: owner answered 0/5"."""
+    row = v.slow_clients(door_with(flood={**FRONT_DOOR["flood"], "owner": [{**owner, "seconds": 0.01}] * 5}))
+    assert row.verdict == "INCONCLUSIVE", row.result
+    # The control: an owner who got no answer at all while the flood held is shut out.
+    row = v.slow_clients(door_with(flood={**FRONT_DOOR["flood"], "owner": [{"status": None, "refused": None}] * 5}))
+    assert row.verdict == "FAIL", row.result
+
+
+def test_slow_clients_is_inconclusive_when_the_flood_did_not_hold():
+    row = v.slow_clients(door_with(flood={**FRONT_DOOR["flood"], "still_open": 3}))
+    assert row.verdict == "INCONCLUSIVE" and "did not hold" in row.result, row.result
+
+
+def test_a_process_seen_before_or_while_the_probe_runs_is_judged_though_gone_after():
+    """A root process that exits when it sees the probe's sockets (the front-end
+    shares the probe's network) was never read: verify read after the probe."""
+    from launcher.commands.verify import watching_processes
+    root = {**PROC, "command": "sleep 600", "uid": ["0"] * 4}
+    readings = iter([{"1": PROC, "9": root}])
+    result, seen = watching_processes(lambda: next(readings, {"1": PROC}), lambda: "probe output")
+    assert result == "probe output" and seen == {"1": PROC, "9": root}
+    row = v.privileges(replace(safe(), processes=seen))
+    assert row.verdict == "FAIL" and "pid 9 (sleep 600): uid 0" in row.result, row.result
+    # The control: with no such process at any reading, privileges passes.
+    _, seen = watching_processes(lambda: {"1": PROC}, lambda: "probe output")
+    assert v.privileges(replace(safe(), processes=seen)).verdict == "PASS"
