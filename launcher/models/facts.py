@@ -47,7 +47,7 @@ SERVER_BYTES = 45 * 2**20
 # newest FACTS_KEPT of them; READER_VERSION changes when the reader would
 # read a file differently, so that older facts are read again.
 FACTS_KEPT = 256
-READER_VERSION = 1
+READER_VERSION = 2
 _ENTRY_BYTES = 64 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A layer's attention tensors, by llama.cpp's names (blk.3.attn_q.weight, blk.3.attn_qkv.weight).
