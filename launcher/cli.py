@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from launcher.errors import PolicyError, SandboxError
-from launcher.text import json_text, printable
+from launcher.text import json_text, one_line, printable
 
 app = typer.Typer(
     help="Run a local llama.cpp backend and a chat front-end in a hardened Docker sandbox "
@@ -760,10 +760,11 @@ def model_inspect(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
         out.print_json(data=found)
         return
     f = found["facts"]
-    rows = [("architecture", f["architecture"]), ("name", f["name"] or "-"),
+    # A model's text is the file's maker's: each on its own line, and short.
+    rows = [("architecture", one_line(f["architecture"])), ("name", one_line(f["name"]) if f["name"] else "-"),
             ("parameters", f"{f['parameters'] / 1e9:.2f} B" if f["parameters"] >= 1e9 else
              f"{f['parameters'] / 1e6:.0f} M"),
-            ("quantization", f["quantization"]), ("trained context", str(f["context_length"] or "-")),
+            ("quantization", one_line(f["quantization"])), ("trained context", str(f["context_length"] or "-")),
             ("layers", str(f["layers"] or "-")), ("chat template", "yes" if f["chat_template"] else "no"),
             ("file", f"{gib(f['size_bytes'])}"), ("needs", found["describe"])]
     for key, value in rows:

@@ -30,6 +30,25 @@ def printable(text: str, keep_newlines: bool = False) -> str:
     return (_UNSAFE_BUT_NEWLINE if keep_newlines else _UNSAFE).sub(_escape, text)
 
 
+def one_line(text: str, limit: int = 200) -> str:
+    """`text` as one line of at most about `limit` characters, for a value a
+    file someone else made names (a model's name, a key): every character
+    Python would not print as itself (controls, newlines, format characters
+    such as U+200B and the bidirectional marks, separators, unassigned code
+    points) escaped, and the rest cut off and counted. It looks at no more
+    than `limit` characters of text of any length."""
+    out, used = [], 0
+    for at, char in enumerate(text):
+        shown = char if char.isprintable() else (f"\\x{ord(char):02x}" if ord(char) < 0x100 else
+                                                  f"\\u{ord(char):04x}" if ord(char) < 0x10000 else
+                                                  f"\\U{ord(char):08x}")
+        if used + len(shown) > limit:
+            return "".join(out) + f"… ({len(text) - at} more characters)"
+        out.append(shown)
+        used += len(shown)
+    return "".join(out)
+
+
 def json_text(data: object, indent: int | None = 2) -> str:
     """`data` as JSON in which every character `printable` escapes is a JSON
     escape (\\u001b, \\u202e): programs read back exactly what the parts

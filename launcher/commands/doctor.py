@@ -103,6 +103,7 @@ def model_checks() -> list[Check]:
     context (capped at 8192 tokens), against the free memory and the GPUs."""
     from launcher.models import store
     from launcher.models.facts import GgufError, estimate, fit_warnings, gib, read_facts, this_machine
+    from launcher.text import one_line
     machine = this_machine()
     out = []
     for model in store.models_in(store.store_dir()):
@@ -118,7 +119,8 @@ def model_checks() -> list[Check]:
         if machine.gpus:
             where += f"; on the GPU: {', '.join(gpus) if gpus else 'fits none (keep some layers on the CPU)'}"
         out.append(Check(f"model {model.name}", OK if not problems else WARN,
-                         f"{facts.architecture}, {facts.parameters / 1e6:.0f} M parameters, {facts.quantization}: "
+                         f"{one_line(facts.architecture)}, {facts.parameters / 1e6:.0f} M parameters, "
+                         f"{one_line(facts.quantization)}: "
                          f"needs {gib(need.total)} at context {need.context}: {where}",
                          "" if not problems else "pick a smaller quantization, or a shorter context_length"))
     return out

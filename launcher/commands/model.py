@@ -338,7 +338,7 @@ def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None) ->
     warnings, refused = [], []
     for i, model in enumerate(policy.models):
         try:
-            facts = facts_for(model.path)
+            facts = facts_for(model.path, model.sha256)
         except GgufError as e:
             refused.append(Problem(name, *(doc.mark(("models", i, "path")) if doc else (0, 0)),
                                    f"models[{i}].path", str(e)))

@@ -18,6 +18,7 @@ from pathlib import Path
 from launcher.access import state_dir
 from launcher.errors import SandboxError
 from launcher.models.gguf_reader import (
+    ARCHITECTURE,
     ARRAY,
     INTEGER_TYPES,
     MAX_SMALL_ARRAY,
@@ -25,9 +26,12 @@ from launcher.models.gguf_reader import (
     Array,
     GgufError,
     GgufFile,
+    open_model,
     read_gguf,
+    read_open_gguf,
+    shown,
 )
-from launcher.policy.files import sha256_of
+from launcher.policy.files import sha256_of_open
 from launcher.private import private_directory, write_private
 from launcher.spec import memory_bytes
 
@@ -43,9 +47,11 @@ SERVER_BYTES = 45 * 2**20
 # newest FACTS_KEPT of them; READER_VERSION changes when the reader would
 # read a file differently, so that older facts are read again.
 FACTS_KEPT = 256
-READER_VERSION = 1
+READER_VERSION = 2
 _ENTRY_BYTES = 64 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# A layer's attention tensors, by llama.cpp's names (blk.3.attn_q.weight, blk.3.attn_qkv.weight).
+_ATTENTION = re.compile(r"blk\.(\d{1,9})\.attn_(?:q|k|v|qkv)\.weight")
 
 # What each shape key may hold. Far past any model there is, and small
 # enough that the estimate stays a number one can read: a file claiming more
@@ -102,7 +108,7 @@ def facts_of(gguf: GgufFile, path: Path) -> GgufFacts:
     meta = gguf.metadata
 
     def refuse(key: str, problem: str):
-        raise GgufError(f"{path}: not a readable GGUF file: key {key!r} {problem}")
+        raise GgufError(f"{path}: not a readable GGUF file: key {shown(key)} {problem}")
 
     def text(key: str) -> str | None:
         kind, value = meta.get(key, (STRING, None))
@@ -113,6 +119,10 @@ def facts_of(gguf: GgufFile, path: Path) -> GgufFacts:
     def count(key: str, low: int, high: int, per_layer: bool = False) -> int | None:
         """An integer key within [low, high]; for a key that may give one
         value per layer, the largest (the memory estimate's worst layer)."""
+        values = per_layer_values(key, low, high, per_layer)
+        return None if values is None else max(values)
+
+    def per_layer_values(key: str, low: int, high: int, per_layer: bool = True) -> tuple[int, ...] | None:
         if key not in meta:
             return None
         kind, value = meta[key]
@@ -122,16 +132,41 @@ def facts_of(gguf: GgufFile, path: Path) -> GgufFacts:
             refuse(key, "must be an integer" + (" or a short array of integers" if per_layer else ""))
         if not all(low <= v <= high for v in values):
             refuse(key, f"holds {max(values) if max(values) > high else min(values)}, outside {low}..{high}")
-        return max(values)
+        return values
 
-    arch = text("general.architecture") or "unknown"
+    # llama.cpp loads no file without a known architecture, and reads its
+    # shape keys under that architecture's name.
+    arch = text("general.architecture")
+    if arch is None:
+        refuse("general.architecture", "is missing; llama.cpp loads no model without it")
+    if not ARCHITECTURE.fullmatch(arch):
+        refuse("general.architecture", f"is {shown(arch)}, not an architecture llama.cpp knows")
     file_type = count("general.file_type", 0, 2**32 - 1)
     quantization = ("unknown" if file_type is None else FILE_TYPES.get(file_type, f"file type {file_type}"))
     layers = count(f"{arch}.block_count", 1, MAX_LAYERS)
     embedding = count(f"{arch}.embedding_length", 1, MAX_WIDTH)
-    heads = count(f"{arch}.attention.head_count", 0, MAX_HEADS, per_layer=True)
-    kv_heads = count(f"{arch}.attention.head_count_kv", 0, MAX_HEADS, per_layer=True)
-    head_dim = embedding // heads if embedding and heads else None
+    context_length = count(f"{arch}.context_length", 1, MAX_CONTEXT)
+    heads = per_layer_values(f"{arch}.attention.head_count", 0, MAX_HEADS)
+    kv_heads = per_layer_values(f"{arch}.attention.head_count_kv", 0, MAX_HEADS)
+    feed_forward = per_layer_values(f"{arch}.feed_forward_length", 0, MAX_WIDTH)
+    for key, value in ((f"{arch}.context_length", context_length), (f"{arch}.embedding_length", embedding),
+                       (f"{arch}.block_count", layers)):
+        if value is None:
+            refuse(key, "is missing; llama.cpp loads no model without it")
+    for suffix, values in (("attention.head_count", heads), ("attention.head_count_kv", kv_heads),
+                           ("feed_forward_length", feed_forward)):
+        if values is not None and len(values) not in (1, layers):
+            refuse(f"{arch}.{suffix}", f"has {len(values)} values; {arch}.block_count is {layers}, and "
+                                       f"llama.cpp wants one value or one per layer")
+    # A head count of 0 is a layer without attention (a state-space model's,
+    # as mamba's); a layer with attention tensors and no heads, llama.cpp
+    # cannot load, and the estimate would leave its KV cache out.
+    attending = sorted({int(m.group(1)) for t in gguf.tensors if (m := _ATTENTION.fullmatch(t.name))})
+    for suffix, values in (("attention.head_count", heads), ("attention.head_count_kv", kv_heads or heads)):
+        for layer in attending:
+            if layer < layers and (values is None or values[layer if len(values) > 1 else 0] == 0):
+                refuse(f"{arch}.{suffix}", f"gives layer {layer} no heads, but it has attention tensors")
+    head_dim = embedding // max(heads) if heads and max(heads) else None
     vocab = count(f"{arch}.vocab_size", 1, MAX_VOCAB)
     if vocab is None and "tokenizer.ggml.tokens" in meta:
         kind, tokens = meta["tokenizer.ggml.tokens"]
@@ -140,16 +175,17 @@ def facts_of(gguf: GgufFile, path: Path) -> GgufFacts:
         if not 1 <= tokens.count <= MAX_VOCAB:
             refuse("tokenizer.ggml.tokens", f"holds {tokens.count} tokens, outside 1..{MAX_VOCAB}")
         vocab = tokens.count
-    template = text("tokenizer.chat_template") if "tokenizer.chat_template" in meta else None
+    if "tokenizer.chat_template" in meta:
+        text("tokenizer.chat_template")
     return GgufFacts(
         file=str(path), size_bytes=gguf.size, architecture=arch, name=text("general.name"),
         parameters=sum(t.elements for t in gguf.tensors), quantization=quantization,
-        context_length=count(f"{arch}.context_length", 1, MAX_CONTEXT), layers=layers, embedding=embedding,
-        feed_forward=count(f"{arch}.feed_forward_length", 0, MAX_WIDTH, per_layer=True), heads=heads,
-        kv_heads=kv_heads if kv_heads is not None else heads,
+        context_length=context_length, layers=layers, embedding=embedding,
+        feed_forward=max(feed_forward) if feed_forward else None, heads=max(heads) if heads else None,
+        kv_heads=max(kv_heads) if kv_heads else (max(heads) if heads else None),
         key_length=count(f"{arch}.attention.key_length", 1, MAX_WIDTH) or head_dim,
         value_length=count(f"{arch}.attention.value_length", 1, MAX_WIDTH) or head_dim,
-        vocab=vocab, chat_template=template is not None, tensor_bytes=sum(t.bytes for t in gguf.tensors))
+        vocab=vocab, chat_template="tokenizer.chat_template" in meta, tensor_bytes=sum(t.bytes for t in gguf.tensors))
 
 
 def check_gguf(path: Path, sha256: str | None = None) -> GgufFacts:
@@ -163,27 +199,36 @@ def check_gguf(path: Path, sha256: str | None = None) -> GgufFacts:
     return facts
 
 
-def facts_for(path: Path) -> GgufFacts:
+def facts_for(path: Path, pinned: str | None = None) -> GgufFacts:
     """The facts of the model at `path`, kept by its content: a model read
     once is not read again, whatever its name, while its bytes stay the
     same (the sha256 comes from launcher/policy/files.py's cache, which
-    hashes again when the file changed)."""
-    try:
-        before = _stamp(path)
-        sha256 = sha256_of(path)
-    except OSError as e:
-        raise GgufError(f"{path}: cannot be read ({e.strerror})") from None
-    kept = _kept_facts(sha256, path)
-    if kept is not None:
-        return kept
-    facts = read_facts(path)
-    # Facts of bytes other than those hashed must not be kept under the hash.
-    try:
-        unchanged = _stamp(path) == before
-    except OSError:
-        unchanged = False
+    hashes again when the file changed). The file is opened once, and
+    hashed and read through that one descriptor: with the sha256 the policy
+    `pinned`, the facts are those of the pinned bytes, or GgufError, even
+    if the path was pointed at another file after the policy's check."""
+    with open_model(path) as fd:
+        try:
+            before = _stamp(fd)
+            sha256 = sha256_of_open(fd, path)
+        except OSError as e:
+            raise GgufError(f"{path}: cannot be read ({e.strerror})") from None
+        if pinned is not None and sha256 != pinned:
+            raise GgufError(f"{path}: its sha256 is {sha256}, not the {pinned} the policy pins: the file changed "
+                            f"after it was checked")
+        kept = _kept_facts(sha256, path)
+        if kept is not None:
+            return kept
+        facts = facts_of(read_open_gguf(fd, path), path)
+        # Facts of bytes other than those hashed must not be kept under the hash.
+        try:
+            unchanged = _stamp(fd) == before
+        except OSError:
+            unchanged = False
     if unchanged:
         remember_facts(sha256, facts)
+    elif pinned is not None:
+        raise GgufError(f"{path}: changed while it was read; its facts may not be those of the pinned file")
     return facts
 
 
@@ -233,8 +278,8 @@ def _kept_facts(sha256: str, path: Path) -> GgufFacts | None:
     return GgufFacts(**values)
 
 
-def _stamp(path: Path) -> tuple:
-    st = os.stat(path)
+def _stamp(fd: int) -> tuple:
+    st = os.fstat(fd)
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 

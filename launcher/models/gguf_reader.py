@@ -8,9 +8,11 @@ left in the file before it allocates or skips anything, knows every value
 type or refuses the file, decodes strings as UTF-8, and holds the tensor
 table to what llama.cpp will load: unique names, known types, shapes whose
 rows fill whole blocks, each tensor where the one before it ends (aligned),
-and the file long enough for all of them. Arrays the launcher does not need
-(a tokenizer's tokens, merges and scores: megabytes) are stepped over by
-length, never built.
+and the file long enough for all of them. Only the keys the launcher uses
+are kept (USED_KEYS, and an architecture's SHAPE_KEYS); every other value,
+and every array (a tokenizer's tokens, merges and scores: megabytes), is
+stepped over by length, never built. Key and tensor counts are capped, so
+what is kept is bounded by construction, not by the file's size.
 
 The file is read through one reader with a window of at most a few MiB over
 it: the bytes checked are the bytes used, and memory stays bounded whatever
@@ -18,13 +20,16 @@ the file claims. Every refusal is a GgufError naming the file and the key,
 tensor or offset."""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import SandboxError
+from launcher.text import one_line
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # llama.cpp reads these; version 1 is long gone
@@ -39,6 +44,29 @@ MAX_STRING = 16 * 2**20
 # longer ones (token types) are stepped over.
 MAX_SMALL_ARRAY = 4096
 _CHUNK = 2**20
+# Real models hold tens of keys, and up to about 1,100 tensors (a
+# mixture-of-experts model with 256 experts, as DeepSeek-V3 or Kimi K2, keeps
+# each layer's experts in one tensor); one written before llama.cpp merged
+# experts holds one per expert, layer and matrix: 46,848 for 256 experts in
+# 61 layers. Past these caps a file is refused: each key or tensor read costs
+# memory, whatever the file's size.
+MAX_KEYS = 65_536
+MAX_TENSORS = 65_536
+MAX_KEY = 65_535  # the GGUF specification's longest key
+# An architecture's name, as llama.cpp spells them (llama, qwen3moe, command-r, gpt-oss).
+ARCHITECTURE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+# The keys the launcher reads (launcher/models/facts.py); general.name and
+# general.architecture are read as text, the others' strings are not read.
+USED_KEYS = frozenset({"general.architecture", "general.name", "general.file_type", "general.alignment",
+                       "tokenizer.ggml.tokens", "tokenizer.chat_template"})
+TEXT_KEYS = frozenset({"general.architecture", "general.name"})
+# The shape keys, each under the architecture's name (llama.block_count);
+# those llama.cpp reads as one value or one per layer are PER_LAYER_KEYS.
+SHAPE_KEYS = frozenset({"context_length", "block_count", "embedding_length", "feed_forward_length",
+                        "attention.head_count", "attention.head_count_kv", "attention.key_length",
+                        "attention.value_length", "vocab_size"})
+PER_LAYER_KEYS = frozenset({"feed_forward_length", "attention.head_count", "attention.head_count_kv"})
 
 # GGUF value types: (name, struct format) for those of a fixed size.
 STRING, ARRAY = 8, 9
@@ -73,9 +101,11 @@ class GgufError(SandboxError):
 
 @dataclass(frozen=True)
 class Array:
-    """An array stepped over: its element type and length only."""
+    """An array stepped over: its element type and length, and where its
+    values start in the file."""
     type: int
     count: int
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,10 +122,13 @@ class Tensor:
 class GgufFile:
     version: int
     size: int
-    # key -> (value type, value): a scalar as Python's int, float, bool or
-    # str; for ARRAY, a tuple of ints (a short integer array) or an Array
-    # (any other, stepped over).
+    # key -> (value type, value), for the keys the launcher uses only: a
+    # scalar as Python's int, float or bool; a str for TEXT_KEYS, None for
+    # another string (not read); for ARRAY, a tuple of ints (an
+    # architecture's per-layer key, up to MAX_SMALL_ARRAY values) or an
+    # Array (any other, stepped over).
     metadata: dict[str, tuple[int, object]]
+    keys: int  # how many the file holds
     tensors: tuple[Tensor, ...]
     alignment: int
     data_offset: int
@@ -150,11 +183,11 @@ class _Window:
         self.pos += 8
         return value
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, longest: int = MAX_STRING) -> str:
         at = self.offset
         length = self.u64(what)
-        if length > MAX_STRING:
-            self.refuse(f"{what} is a string of {length} bytes, more than the {MAX_STRING} this reader "
+        if length > longest:
+            self.refuse(f"{what} is a string of {length} bytes, more than the {longest} this reader "
                         f"reads", at)
         self.need(length, what)
         raw = self.buf[self.pos:self.pos + length]
@@ -197,25 +230,46 @@ def read_gguf(path: Path) -> GgufFile:
     """The header, metadata and tensor table of the GGUF file at `path`;
     GgufError, naming the key, tensor or offset, for anything amiss."""
     path = Path(path)
+    with open_model(path) as fd:
+        return read_open_gguf(fd, path)
 
+
+class open_model:
+    """The model file at `path`, opened once for reading (`with
+    open_model(path) as fd`): a regular file, or GgufError."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> int:
+        try:
+            # Not blocking: a FIFO at the path would wait for a writer forever.
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as e:
+            raise GgufError(f"{self.path}: cannot be read ({e.strerror})") from None
+        try:
+            if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+                raise GgufError(f"{self.path}: not a regular file")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self.fd
+
+    def __exit__(self, *_) -> None:
+        os.close(self.fd)
+
+
+def read_open_gguf(fd: int, path: Path) -> GgufFile:
+    """read_gguf of a file already open (`path` names it in errors): the
+    bytes of that very file, whatever the path names by now."""
     def refuse(problem: str, offset: int | None = None):
         where = f" (offset {offset})" if offset is not None else ""
         raise GgufError(f"{path}: not a readable GGUF file: {problem}{where}")
 
     try:
-        # Not blocking: a FIFO at the path would wait for a writer forever.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        return _parse(_Window(fd, os.fstat(fd).st_size, refuse), path, refuse)
     except OSError as e:
         raise GgufError(f"{path}: cannot be read ({e.strerror})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise GgufError(f"{path}: not a regular file")
-        return _parse(_Window(fd, st.st_size, refuse), path, refuse)
-    except OSError as e:
-        raise GgufError(f"{path}: cannot be read ({e.strerror})") from None
-    finally:
-        os.close(fd)
 
 
 def _parse(r: _Window, path: Path, refuse) -> GgufFile:
@@ -226,6 +280,10 @@ def _parse(r: _Window, path: Path, refuse) -> GgufFile:
     if version not in VERSIONS:
         refuse(f"version {version}; llama.cpp reads versions 2 and 3", 4)
     r.pos = _HEADER.size
+    if kv_count > MAX_KEYS:
+        refuse(f"{kv_count} metadata keys, more than the {MAX_KEYS} this reader reads", 16)
+    if tensor_count > MAX_TENSORS:
+        refuse(f"{tensor_count} tensors, more than the {MAX_TENSORS} this reader reads", 8)
     # The smallest key-value pair is an empty key, a type and one byte; the
     # smallest tensor entry an empty name, no dimensions, a type and an offset.
     if kv_count * 13 > r.left():
@@ -233,19 +291,37 @@ def _parse(r: _Window, path: Path, refuse) -> GgufFile:
     if tensor_count * 24 > r.left():
         refuse(f"{tensor_count} tensors cannot fit in the {r.left()} bytes left", 8)
 
+    # Keys are told apart by a digest: a key of 64 KiB costs 16 bytes here.
+    seen: set[bytes] = set()
     metadata: dict[str, tuple[int, object]] = {}
+    shapes: dict[str, tuple[int, object]] = {}  # shape keys of any architecture, until it is known
     for i in range(kv_count):
         at = r.offset
-        key = r.string(f"metadata key {i}")
-        if key in metadata:
-            refuse(f"key {key!r} appears twice", at)
-        metadata[key] = _value(r, key, refuse)
+        key = r.string(f"metadata key {i}", MAX_KEY)
+        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
+        if digest in seen:
+            refuse(f"key {shown(key)} appears twice", at)
+        seen.add(digest)
+        prefix, _, suffix = key.partition(".")
+        if key in USED_KEYS:
+            metadata[key] = _value(r, key, refuse, keep_text=key in TEXT_KEYS)
+        elif suffix in SHAPE_KEYS and ARCHITECTURE.fullmatch(prefix):
+            shapes[key] = _value(r, key, refuse, keep_text=False)
+        else:
+            _value(r, key, refuse, keep_text=False)
+
+    kind, architecture = metadata.get("general.architecture", (None, None))
+    for suffix in SHAPE_KEYS:
+        key = f"{architecture}.{suffix}"
+        if kind == STRING and key in shapes:
+            metadata[key] = _per_layer(r, key, shapes[key], refuse) if suffix in PER_LAYER_KEYS else shapes[key]
+    del shapes
 
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in metadata:
         kind, alignment = metadata["general.alignment"]
         if kind != UINT32 or alignment <= 0 or alignment & (alignment - 1):
-            refuse(f"key 'general.alignment' must be a uint32 power of two, not {alignment!r}")
+            refuse(f"key 'general.alignment' must be a uint32 power of two, not {shown(alignment)}")
 
     tensors = []
     names: set[str] = set()
@@ -254,12 +330,18 @@ def _parse(r: _Window, path: Path, refuse) -> GgufFile:
         name = r.string(f"tensor {i}'s name")
         if len(name.encode()) > MAX_NAME:
             refuse(f"tensor {i}'s name is longer than {MAX_NAME} bytes", at)
+        if not name:
+            refuse(f"tensor {i} has an empty name", at)
+        if "\0" in name:
+            refuse(f"tensor {i}'s name holds a NUL byte", at)
         if name in names:
             refuse(f"tensor {name!r} appears twice", at)
         names.add(name)
         dims = r.u32(f"tensor {name!r}'s dimensions")
         if dims > MAX_DIMS:
             refuse(f"tensor {name!r} has {dims} dimensions; ggml has at most {MAX_DIMS}", r.offset - 4)
+        if dims == 0:
+            refuse(f"tensor {name!r} has no dimensions", r.offset - 4)
         shape = tuple(r.u64(f"tensor {name!r}'s shape") for _ in range(dims))
         elements = 1
         for n in shape:
@@ -276,6 +358,8 @@ def _parse(r: _Window, path: Path, refuse) -> GgufFile:
         offset = r.u64(f"tensor {name!r}'s offset")
         tensors.append(Tensor(name, kind, shape, offset, elements, elements // block * block_bytes))
 
+    if not tensors:
+        refuse("it holds no tensors: no weights for llama.cpp to load", 8)
     data_offset = -(-r.offset // alignment) * alignment
     expected = 0
     for t in tensors:
@@ -288,41 +372,57 @@ def _parse(r: _Window, path: Path, refuse) -> GgufFile:
         if end > r.size:
             refuse(f"tensor {t.name!r} ends at byte {end}, past the end of the file ({r.size} bytes)")
         expected += -(-t.bytes // alignment) * alignment
-    return GgufFile(version=version, size=r.size, metadata=metadata, tensors=tuple(tensors),
+    return GgufFile(version=version, size=r.size, metadata=metadata, keys=kv_count, tensors=tuple(tensors),
                     alignment=alignment, data_offset=data_offset)
 
 
-def _value(r: _Window, key: str, refuse) -> tuple[int, object]:
+def shown(value: object) -> str:
+    """A value from the file, as an error shows it: quoted, on one line, and short."""
+    return f"'{one_line(str(value), 120)}'"
+
+
+def _value(r: _Window, key: str, refuse, keep_text: bool) -> tuple[int, object]:
+    """A key's value: a scalar, a string (kept with `keep_text`, else only
+    checked) or an Array, stepped over; no array is built here."""
     at = r.offset
-    kind = r.u32(f"key {key!r}'s type")
+    kind = r.u32(f"key {shown(key)}'s type")
     if kind == STRING:
-        return kind, r.string(f"key {key!r}")
+        text = r.string(f"key {shown(key)}")
+        return kind, text if keep_text else None
     if kind in _FIXED:
         size = _FIXED_SIZE[kind]
-        r.need(size, f"key {key!r}")
+        r.need(size, f"key {shown(key)}")
         value = struct.unpack_from("<" + _FIXED[kind][1], r.buf, r.pos)[0]
         r.pos += size
         return kind, value
     if kind != ARRAY:
-        refuse(f"key {key!r} has unknown value type {kind}", at)
-    element = r.u32(f"key {key!r}'s element type")
-    count = r.u64(f"key {key!r}'s length")
+        refuse(f"key {shown(key)} has unknown value type {kind}", at)
+    element = r.u32(f"key {shown(key)}'s element type")
+    count = r.u64(f"key {shown(key)}'s length")
     if element == ARRAY:
-        refuse(f"key {key!r} is an array of arrays, which llama.cpp does not load", at + 4)
+        refuse(f"key {shown(key)} is an array of arrays, which llama.cpp does not load", at + 4)
     if element != STRING and element not in _FIXED:
-        refuse(f"key {key!r} is an array of unknown value type {element}", at + 4)
+        refuse(f"key {shown(key)} is an array of unknown value type {element}", at + 4)
     least = 8 if element == STRING else _FIXED_SIZE[element]
     if count * least > r.left():
-        refuse(f"key {key!r} is an array of {count} values, which cannot fit in the {r.left()} bytes left",
-               at + 8)
+        refuse(f"key {shown(key)} is an array of {count} values, which cannot fit in the {r.left()} bytes "
+               f"left", at + 8)
+    start = r.offset
     if element == STRING:
-        r.skip_strings(count, f"key {key!r}")
-        return ARRAY, Array(element, count)
-    size = count * least
-    if element in INTEGER_TYPES and count <= MAX_SMALL_ARRAY:
-        r.need(size, f"key {key!r}")
-        values = struct.unpack_from(f"<{count}{_FIXED[element][1]}", r.buf, r.pos)
-        r.pos += size
-        return ARRAY, values
-    r.skip(size)
-    return ARRAY, Array(element, count)
+        r.skip_strings(count, f"key {shown(key)}")
+    else:
+        r.skip(count * least)
+    return ARRAY, Array(element, count, start)
+
+
+def _per_layer(r: _Window, key: str, value: tuple[int, object], refuse) -> tuple[int, object]:
+    """The architecture's per-layer key, its values read when it is a short
+    integer array (one per layer) and left an Array otherwise."""
+    kind, array = value
+    if kind != ARRAY or array.type not in INTEGER_TYPES or array.count > MAX_SMALL_ARRAY:
+        return value
+    size = array.count * _FIXED_SIZE[array.type]
+    raw = os.pread(r.fd, size, array.offset)
+    if len(raw) < size:
+        refuse("the file got shorter while it was read", array.offset + len(raw))
+    return ARRAY, struct.unpack_from(f"<{array.count}{_FIXED[array.type][1]}", raw)

@@ -56,6 +56,26 @@ def sha256_of(path: Path, progress: HashProgress | None = None) -> str:
     return result
 
 
+def sha256_of_open(fd: int, path: Path) -> str:
+    """sha256_of the file open at `fd` (`path` names it in the cache): the
+    digest of the very bytes a caller goes on to read through the same fd,
+    whatever the path names by then."""
+    st = os.fstat(fd)
+    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    cache = _read_cache()
+    entry = cache.get(str(path))
+    if entry and entry.get("stamp") == stamp and not hash_always():
+        return entry["sha256"]
+    digest, at = hashlib.sha256(), 0
+    while chunk := os.pread(fd, CHUNK, at):
+        digest.update(chunk)
+        at += len(chunk)
+    result = digest.hexdigest()
+    cache[str(path)] = {"stamp": stamp, "sha256": result}
+    _write_cache(cache)
+    return result
+
+
 def remember_sha256(path: Path, sha256: str) -> None:
     """Record a sha256 computed elsewhere (while the file was written), so
     the next check of the same, unchanged file does not hash it again."""

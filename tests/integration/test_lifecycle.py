@@ -64,11 +64,11 @@ def test_changed_policy_recreates_only_what_changed(gateway, docker_client, tmp_
 def test_a_backend_that_cannot_start_is_named_with_its_last_log_lines(gateway, tmp_path):
     from launcher.errors import NotReady
     from tests.conftest import FIXTURES
-    # A GGUF header and nothing else: it passes the checks, and llama.cpp cannot load it.
+    # llama metadata and one tensor: it passes the checks, and llama.cpp cannot load it.
     path = write_policy(tmp_path)
     policy = yaml.safe_load(path.read_text())
     policy["models"][0].update(path=str(FIXTURES / "models" / "tiny.gguf"),
-                               sha256="6557bfe90bc69cc8e556ef3f823215ef596d6c54d7c0999dac422ed0327461b9")
+                               sha256="a72e6bbd78ef78a366bec092d08c37f0fac9e649d452a61eed6434409d2ecb46")
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     try:
         with pytest.raises(NotReady) as failure:

@@ -18,6 +18,7 @@ from tests.support.gguf_files import (
     U8,
     U32,
     U64,
+    array,
     gguf_string,
     llama_pairs,
     one_f32_tensor,
@@ -50,6 +51,14 @@ def _tensors(entries: list[bytes], data: bytes) -> bytes:
 
 F32_16 = struct.pack("<16f", *range(16))
 
+
+def _attention(*pairs: tuple[str, bytes], drop: tuple[str, ...] = ()) -> bytes:
+    """Two layers with attention tensors, the llama keys less `drop`, and `pairs` in place of theirs."""
+    replaced = {k for k, _ in pairs} | set(drop)
+    entries = [tensor_entry(name, (16,), 0, 64 * i)
+               for i, name in enumerate(["token_embd.weight", "blk.0.attn_q.weight", "blk.1.attn_q.weight"])]
+    return raw_gguf([p for p in llama_pairs() if p[0] not in replaced] + list(pairs), entries, F32_16 * 3)
+
 # name -> (bytes, what the error must say)
 FIXTURES: dict[str, tuple[bytes, str | None]] = {
     "truncated-66-bytes": (well_formed()[:66], "8 metadata keys cannot fit in the 42 bytes left"),
@@ -76,8 +85,8 @@ FIXTURES: dict[str, tuple[bytes, str | None]] = {
                                 ("llama.attention.head_count", scalar(STRING, "nine"))], *one_f32_tensor()),
                       "key 'llama.attention.head_count' must be an integer"),
     "terminal-control-name": (well_formed(name=TERMINAL_NAME), None),
-    "keys-past-the-end": (raw_gguf(llama_pairs(), kv_count=2**63), "metadata keys cannot fit"),
-    "tensors-past-the-end": (raw_gguf(llama_pairs(), tensor_count=2**64 - 1), "tensors cannot fit"),
+    "keys-past-the-end": (raw_gguf(llama_pairs(), kv_count=65_536), "metadata keys cannot fit"),
+    "tensors-past-the-end": (raw_gguf(llama_pairs(), tensor_count=65_536), "tensors cannot fit"),
     "string-past-the-end": (raw_gguf([], kv_count=1, alignment=1) + struct.pack("<Q", 2**64 - 1) + bytes(16),
                             "metadata key 0 is a string of 18446744073709551615 bytes"),
     "array-past-the-end": (_with(("tokenizer.ggml.scores", struct.pack("<IIQ", ARRAY, F32, 2**61))),
@@ -103,6 +112,29 @@ FIXTURES: dict[str, tuple[bytes, str | None]] = {
     "tensor-offset-far": (_tensors([tensor_entry("t", (16,), 0, 2**63)], F32_16), "at data offset 9223372036854775808"),
     "tensor-elements-overflow": (_tensors([tensor_entry("t", (2**32, 2**32), 0, 0)], F32_16),
                                  "more elements than ggml can count"),
+    # Files llama.cpp would not load, which gave a confident estimate all the same.
+    "head-count-0": (_attention(("llama.attention.head_count", scalar(U32, 0))),
+                     "key 'llama.attention.head_count' gives layer 0 no heads, but it has attention tensors"),
+    "head-count-0-per-layer": (_attention(("llama.attention.head_count", array(U32, [0, 0]))),
+                               "key 'llama.attention.head_count' gives layer 0 no heads"),
+    "head-count-kv-0": (_attention(("llama.attention.head_count_kv", scalar(U32, 0))),
+                        "key 'llama.attention.head_count_kv' gives layer 0 no heads"),
+    "per-layer-wrong-length": (_attention(("llama.attention.head_count", array(U32, [4] * 7))),
+                               "key 'llama.attention.head_count' has 7 values; llama.block_count is 2"),
+    "architecture-missing": (_attention(drop=("general.architecture",)), "key 'general.architecture' is missing"),
+    "architecture-empty": (_attention(("general.architecture", scalar(STRING, ""))),
+                           "key 'general.architecture' is ''"),
+    "block-count-missing": (_attention(drop=("llama.block_count",)), "key 'llama.block_count' is missing"),
+    "no-tensors": (raw_gguf(llama_pairs()), "no tensors"),
+    "tensor-no-dimensions": (_tensors([tensor_entry("t", (), 0, 0)], F32_16), "tensor 't' has no dimensions"),
+    "tensor-empty-name": (_tensors([tensor_entry("", (16,), 0, 0)], F32_16), "tensor 0 has an empty name"),
+    "tensor-name-with-nul": (_tensors([tensor_entry(b"a\0b", (16,), 0, 0)], F32_16),
+                             "tensor 0's name holds a NUL byte"),
+    # Each key or tensor cost a Python object or more, whatever the file's size (tried as an attacker would).
+    "keys-past-the-cap": (raw_gguf([(f"k{i}", scalar(U8, 1)) for i in range(65_537)], *one_f32_tensor()),
+                          "65537 metadata keys, more than the 65536"),
+    "tensors-past-the-cap": (raw_gguf(llama_pairs(), [tensor_entry(f"t{i}", (8,), 0, 32 * i) for i in range(65_537)],
+                                      bytes(32 * 65_537)), "65537 tensors, more than the 65536"),
     "tensor-row-not-whole-blocks": (_tensors([tensor_entry("t", (16,), 2, 0)], F32_16),
                                     "rows of 16 elements, not a multiple of its block of 32"),
 }

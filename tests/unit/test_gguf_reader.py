@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from launcher.cli import app
 from launcher.models.facts import FILE_TYPES, GgufError, facts_of, read_facts
-from launcher.models.gguf_reader import GGML_TYPES, Array, read_gguf
+from launcher.models.gguf_reader import GGML_TYPES, SHAPE_KEYS, USED_KEYS, Array, read_gguf
 from tests.support import gguf_files as g
 from tests.support.hostile_gguf import FIXTURES, TERMINAL_NAME, main, well_formed
 
@@ -72,6 +72,54 @@ def test_model_inspect_escapes_what_a_terminal_would_obey(tmp_path):
     as_json = runner.invoke(app, ["model", "inspect", "--json", str(path)])
     assert "\x1b" not in as_json.stdout and "\u202e" not in as_json.stdout
     assert json.loads(as_json.stdout)["facts"]["name"] == TERMINAL_NAME  # programs read it exactly
+
+
+# Tried as an attacker would: a newline in a model's name printed a line of
+# its own choosing; a zero-width space went out raw; a name of megabytes was
+# printed whole.
+def test_model_inspect_prints_a_models_text_on_one_bounded_line(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(well_formed(name="x\nerror: fake\r\b\b\b\u200bz"))
+    result = runner.invoke(app, ["model", "inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    [name] = [line for line in result.stdout.splitlines() if line.startswith("name ")]
+    assert name.split(None, 1)[1] == "x\\x0aerror: fake\\x0d\\x08\\x08\\x08\\u200bz"
+    assert not any(line.startswith("error") for line in result.output.splitlines())
+    path.write_bytes(well_formed(name="n" * 2**20))
+    long = runner.invoke(app, ["model", "inspect", str(path)])
+    assert long.exit_code == 0 and len(long.stdout) < 4000, len(long.stdout)
+    assert "more characters" in long.stdout
+    # The control: a plain name, and text beyond ASCII, print as they are.
+    path.write_bytes(well_formed(name="Café 日本 7B"))
+    plain = runner.invoke(app, ["model", "inspect", str(path)])
+    assert any(line.split(None, 1)[1] == "Café 日本 7B" for line in plain.stdout.splitlines()
+               if line.startswith("name "))
+
+
+def test_memory_stays_bounded_whatever_the_metadata_holds(tmp_path):
+    # Tried as an attacker would: 75,000 keys, each an array of 4096 bytes,
+    # took 2.5 GB to read; here 4,200 of them, under names the launcher
+    # reads too (an architecture's per-layer keys) and names it does not.
+    path = tmp_path / "m.gguf"
+    arrays = [(f"a{i}.attention.head_count" if i % 2 else f"k{i}", g.array(g.U8, [1] * 4096)) for i in range(4200)]
+    path.write_bytes(g.raw_gguf(g.llama_pairs() + arrays, *g.one_f32_tensor()))
+    tracemalloc.start()
+    try:
+        facts = read_facts(path)
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert facts.heads == 4
+    assert path.stat().st_size > 16 * 2**20 and peak < 8 * 2**20, peak
+
+
+def test_a_model_without_attention_may_have_no_heads(tmp_path):
+    # The control for the head counts refused: a state-space model (mamba)
+    # has no attention tensors and says so with head counts of 0, and
+    # llama.cpp loads it.
+    path = tmp_path / "m.gguf"
+    path.write_bytes(well_formed(heads=0, kv_heads=0))
+    assert read_facts(path).heads == 0
 
 
 def policy_for(tmp_path: Path, model: Path, context: int = 2048) -> Path:
@@ -152,10 +200,15 @@ def values_by_us(path: Path) -> tuple[dict, list, int]:
 def assert_same_as_gguf(path: Path) -> None:
     theirs, our = values_by_gguf(path), values_by_us(path)
     their_meta, our_meta = theirs[0], our[0]
-    assert their_meta.keys() == our_meta.keys()
+    # We keep the keys the launcher uses, and every one of them the file has.
+    arch = their_meta["general.architecture"]
+    used = USED_KEYS | {f"{arch}.{suffix}" for suffix in SHAPE_KEYS}
+    assert our_meta.keys() == their_meta.keys() & used and len(our_meta) >= 8
     for key, value in our_meta.items():
         if isinstance(value, tuple) and value[0] is None:
             assert value[1] == their_meta[key][1], key
+        elif value is None:  # a string the launcher does not read
+            assert isinstance(their_meta[key], str), key
         else:
             assert value == their_meta[key], key
     assert our[1:] == theirs[1:]

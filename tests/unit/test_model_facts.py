@@ -181,3 +181,48 @@ def test_facts_of_a_missing_model_are_a_clear_error(tmp_path):
     from launcher.models.facts import facts_for
     with pytest.raises(GgufError, match="cannot be read"):
         facts_for(tmp_path / "gone.gguf")
+
+
+def test_validate_reports_the_facts_of_the_file_it_hashed(tmp_path, monkeypatch):
+    # Tried as an attacker would: the policy's model is a link, swapped from
+    # the pinned file to another once validate had hashed it; validate said
+    # ok and gave the other file's facts.
+    import hashlib
+    import os
+    import launcher.policy.validate as validate
+    monkeypatch.chdir(tmp_path)
+    pinned = make_gguf(tmp_path / "pinned.gguf", context_length=4096)
+    other = make_gguf(tmp_path / "other.gguf", context_length=1024)
+    link = tmp_path / "link.gguf"
+    link.symlink_to(pinned.name)
+    quiet_policy(tmp_path, pinned, 4096)
+    (tmp_path / "p.yaml").write_text((tmp_path / "p.yaml").read_text().replace("pinned.gguf", "link.gguf"))
+    checked = validate.model_file_problem
+
+    def check_then_swap(*args, **kwargs):
+        problem = checked(*args, **kwargs)
+        os.replace(tmp_path / "new-link", link) if (tmp_path / "new-link").is_symlink() else None
+        return problem
+
+    # The control: unswapped, it is ok with the pinned file's facts.
+    monkeypatch.setattr(validate, "model_file_problem", check_then_swap)
+    ok = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
+    assert ok.exit_code == 0 and "1024 tokens" not in ok.output, ok.output
+    (tmp_path / "new-link").symlink_to(other.name)
+    swapped = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
+    assert swapped.exit_code == 2, swapped.output
+    assert "1024 tokens" not in swapped.output
+    sha = hashlib.sha256(pinned.read_bytes()).hexdigest()
+    [line] = swapped.stderr.splitlines()
+    assert line.startswith("p.yaml:5:11 models[0].path: ") and f"not the {sha} the policy pins" in line
+
+
+def test_facts_for_a_pinned_sha256_come_from_the_bytes_hashed(tmp_path):
+    import hashlib
+    from launcher.models.facts import facts_for
+    model = make_gguf(tmp_path / "m.gguf", context_length=4096)
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    assert facts_for(model, sha).context_length == 4096
+    make_gguf(model, context_length=1024)  # other bytes at the same path
+    with pytest.raises(GgufError, match=f"not the {sha} the policy pins"):
+        facts_for(model, sha)
