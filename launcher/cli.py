@@ -413,22 +413,27 @@ def _render_audit(result: dict) -> None:
     for n in result["names"]:
         answered = (f" -> the sink ({n['answer']})" if n.get("answer") else
                     " queries the sink could not read: refused" if n["name"] == "(malformed)" else ": no such name")
-        out.print(printable(f"  {n['count']:5}x  {n['name']}{answered}  (by {', '.join(n['parts'])})"), markup=False)
+        out.print(printable(f"  {_times(n)}  {n['name']}{answered}  (by {', '.join(n['parts'])})"), markup=False)
     if result["destinations"]:
         out.print(f"sandbox {result['name']}: connections to outside (each ended at the sink; nothing was forwarded)",
                   markup=False)
     for d in result["destinations"]:
-        out.print(printable(f"  {d['count']:5}x  {d['protocol']} {_destination(d)}  "
+        out.print(printable(f"  {_times(d)}  {d['protocol']} {_destination(d)}  "
                             f"{'; '.join(d['said'])}  (by {', '.join(d['parts'])})"), markup=False)
         for body in d["bodies"][:3]:
             shown = body if len(body) <= 300 else body[:300] + f"... ({len(body)} characters kept; --json has them)"
             out.print(printable(f"           body: {shown}"), markup=False)
     for part, count in sorted(result.get("not_itemised", {}).items()):
-        out.print(printable(f"  {count:5}x  more attempts by {part}, at destinations past those the sink itemises"),
-                  markup=False)
+        out.print(printable(f"  {count:5}x  more attempts by {part}, at new destinations past its own table "
+                            f"in the sink's summary (counted, not itemised)"), markup=False)
     for part, count in sorted(result.get("dropped", {}).items()):
         out.print(printable(f"{part} tried faster than the sink records in detail: {count} detail record(s) not "
-                            f"written (the counts above are exact)"), markup=False)
+                            f"written"), markup=False)
+    if result["names"] or result["destinations"]:
+        out.print("counts are the sink's exact ones, except those marked \"at least\": rebuilt from its detail "
+                  "records, which it writes at a bounded rate and turns over", markup=False)
+        if result.get("not_counted"):
+            out.print(result["not_counted"], markup=False)
     if result["ingress_refused"]:
         out.print("requests the ingress refused:", markup=False)
         for line in result["ingress_refused"]:
@@ -438,6 +443,11 @@ def _render_audit(result: dict) -> None:
                   markup=False)
         for r in result["ingress_refused_from_parts"]:
             out.print(printable(f"  {r['part']}: {r['line']}"), markup=False)
+
+
+def _times(counted: dict) -> str:
+    """5x, or "at least 5x" where the count was rebuilt from detail records."""
+    return f"at least {counted['count']}x" if counted.get("count_is_lower_bound") else f"{counted['count']:5}x"
 
 
 def _destination(connection: dict) -> str:

@@ -80,17 +80,23 @@ MAX_NAMES = 20_000
 # Detail records a client may have written: a burst, then this many a second.
 # Past it, its records are counted in the summary and not written in detail.
 RATE_PER_SECOND, RATE_BURST = 20, 300
-# The summary: destinations itemised (past this, each client has one count
-# of the rest), the characters kept of a name and of what was said, and the
-# bytes of first bodies kept across all destinations.
-MAX_DESTINATIONS = 1000
+# The summary: each part (client address) has a table of its own, so that
+# one part's new destinations can neither displace nor crowd out another's:
+# this many destinations itemised per part (past that, the part's further
+# new destinations are only counted), for at most as many clients as the
+# sandbox has parts (launcher/spec.py's PARTS; an address past those has its
+# attempts counted, not itemised); the characters kept of a name and of what
+# was said; and the bytes of first bodies kept per part.
+MAX_DESTINATIONS_PER_PART = 500
+MAX_PARTS_ITEMISED = 4
 MAX_CLIENTS = 256  # the internal network is a /24: each address one client
 TEXT_KEPT = 256
-SUMMARY_BODIES_BYTES = 1024 * 1024
+SUMMARY_BODIES_BYTES = 512 * 1024
 # What summary.json can reach: each destination's entry, its strings JSON-escaped
-# at worst (6 bytes a character), stays under 6 KiB; then the bodies, and two
-# counts for each client (tests/unit/test_sink_connections.py fills it).
-SUMMARY_BYTES = MAX_DESTINATIONS * 6 * 1024 + SUMMARY_BODIES_BYTES + MAX_CLIENTS * 1024
+# at worst (6 bytes a character), stays under 6 KiB; then each part's bodies,
+# and two counts for each client (tests/unit/test_sink_connections.py fills it).
+SUMMARY_BYTES = (MAX_PARTS_ITEMISED * (MAX_DESTINATIONS_PER_PART * 6 * 1024 + SUMMARY_BODIES_BYTES)
+                 + MAX_CLIENTS * 1024)
 SUMMARY_SECONDS = 1  # how often the summary and counts are written, when they changed
 NOBODY = 65534
 IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20  # linux/in.h
@@ -215,35 +221,50 @@ class Rate:
 class Summary:
     """One entry per client and destination (a name looked up; a protocol,
     a name or address, and a port), with its exact count, first and last
-    sighting, what was said the first time and the first body kept. Past
-    MAX_DESTINATIONS, a client's new destinations are only counted."""
+    sighting, what was said the first time and the first body kept. Each
+    client fills a table of its own: past MAX_DESTINATIONS_PER_PART, its
+    new destinations are only counted, and another's table is untouched."""
 
     def __init__(self):
         self.destinations = {}  # (client, kind, where, port) -> entry
+        self.itemised = {}  # client -> destinations in its table
+        self.body_bytes = {}  # client -> bytes of first bodies kept in its table
         self.more = {}  # client -> attempts at destinations not itemised
         self.dropped = {}  # client -> detail records not written (the rate bound)
-        self.body_bytes = 0
         self.changed = False
+
+    def has_room(self, client):
+        if client in self.itemised:
+            return self.itemised[client] < MAX_DESTINATIONS_PER_PART
+        return len(self.itemised) < MAX_PARTS_ITEMISED
+
+    def itemise(self, key, entry):
+        client = key[0]
+        self.destinations[key] = entry
+        self.itemised[client] = self.itemised.get(client, 0) + 1
+        if "body" in entry:
+            self.body_bytes[client] = self.body_bytes.get(client, 0) + len(json.dumps(entry["body"]))
 
     def add(self, client, kind, where, port, when, first=None, body=None, address=None):
         self.changed = True
         key = (client, kind, where, port)
         entry = self.destinations.get(key)
         if entry is None:
-            if len(self.destinations) >= MAX_DESTINATIONS:
+            if not self.has_room(client):
                 self.more[client] = self.more.get(client, 0) + 1
                 return
-            entry = self.destinations[key] = {"client": client, "kind": kind, "where": where, "port": port,
-                                              "count": 0, "first": when, "last": when, "said": first or {}}
+            entry = {"client": client, "kind": kind, "where": where, "port": port, "count": 0, "first": when,
+                     "last": when, "said": first or {}}
             if address:
                 entry["address"] = address
+            self.itemise(key, entry)
         entry["count"] += 1
         entry["last"] = when
         if body and "body" not in entry:
             size = len(json.dumps(body))
-            if self.body_bytes + size <= SUMMARY_BODIES_BYTES:
+            if self.body_bytes.get(client, 0) + size <= SUMMARY_BODIES_BYTES:
                 entry["body"] = body
-                self.body_bytes += size
+                self.body_bytes[client] = self.body_bytes.get(client, 0) + size
 
     def note_dropped(self, client):
         self.changed = True
@@ -258,10 +279,10 @@ class Summary:
         torn disk) is started anew rather than trusted."""
         try:
             kept = json.loads(data)
-            for entry in kept["destinations"][:MAX_DESTINATIONS]:
+            for entry in kept["destinations"]:
                 key = (entry["client"], entry["kind"], entry["where"], entry["port"])
-                self.destinations[key] = entry
-                self.body_bytes += len(json.dumps(entry["body"])) if "body" in entry else 0
+                if key not in self.destinations and self.has_room(entry["client"]):
+                    self.itemise(key, entry)
             self.more = {str(k): int(v) for k, v in kept["more"].items()}
             self.dropped = {str(k): int(v) for k, v in kept["dropped"].items()}
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):

@@ -53,6 +53,12 @@ def connections_kept(gateway: DockerGateway, name: str) -> list[dict]:
     return _kept(gateway, name, "connections", "protocol")
 
 
+# What no count can include: the sink's datagrams wait in the kernel's
+# receive queue, which drops them, unseen, when a part sends faster than the
+# sink reads.
+NOT_COUNTED = ("DNS queries and UDP datagrams sent faster than the sink reads them are dropped by the kernel once "
+               "the sink's receive queue is full: no count here includes them")
+
 # As the sink keeps them: a name or destination this long at most (TEXT_KEPT in
 # images/dns-sink/sink.py), so that detail records find their summary's entry.
 TEXT_KEPT = 256
@@ -89,13 +95,14 @@ def _by_part(counts: dict[str, int], part_of_address: dict[str, str]) -> dict[st
     return out
 
 
-def _count(entry: dict, since: float | None, detail: dict[tuple, int]) -> int:
-    """A summary entry's count; since a time after its first sighting, the
-    detail records it has since then (at least the last sighting's one),
-    the summary having no times between its first and last."""
+def _count(entry: dict, since: float | None, detail: dict[tuple, int]) -> tuple[int, bool]:
+    """A summary entry's count, and whether it is exact: since a time after
+    its first sighting, the detail records it has since then (at least the
+    last sighting's one), the summary having no times between its first and
+    last; a lower bound, the detail records being rate-bound and rotated."""
     if since is None or entry["first"] >= since:
-        return entry["count"]
-    return max(1, detail.get((entry["client"], entry["kind"], entry["where"], entry["port"]), 0))
+        return entry["count"], True
+    return max(1, detail.get((entry["client"], entry["kind"], entry["where"], entry["port"]), 0)), False
 
 
 def attempts(gateway: DockerGateway, name: str) -> int:
@@ -141,15 +148,19 @@ def names_tried(gateway: DockerGateway, name: str, since: float | None = None,
     for entry in summary["destinations"]:
         if entry["kind"] != "lookup" or (since is not None and entry["last"] < since):
             continue
-        seen = names.setdefault(entry["where"], {"name": entry["where"], "parts": set(), "count": 0, "answer": None,
+        seen = names.setdefault(entry["where"], {"name": entry["where"], "parts": set(), "count": 0,
+                                                 "count_is_lower_bound": False, "answer": None,
                                                  "first": entry["first"], "last": entry["last"]})
         seen["parts"].add(part_of_address.get(entry["client"], entry["client"]))
-        seen["count"] += _count(entry, since, detail)
+        count, exact = _count(entry, since, detail)
+        seen["count"] += count
+        seen["count_is_lower_bound"] |= not exact
         seen["answer"] = seen["answer"] or entry.get("address")
         seen["first"], seen["last"] = min(seen["first"], entry["first"]), max(seen["last"], entry["last"])
-    for entry in kept:  # the last second's, which the sink has not summed up yet
+    for entry in kept:  # the last second's, not summed up yet, or past a part's table: at least this many
         if str(entry["name"])[:TEXT_KEPT] not in names:
             seen = names.setdefault(f"detail:{entry['name']}", {"name": entry["name"], "parts": set(), "count": 0,
+                                                                "count_is_lower_bound": True,
                                                                 "answer": None, "first": entry.get("time"),
                                                                 "last": entry.get("time")})
             seen["parts"].add(part_of_address.get(entry.get("client"), entry.get("client")))
@@ -182,7 +193,7 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
             "destinations": destinations(summary, part_of_address, since, kept),
             "connections": [_connection(entry, part_of_address) for entry in kept],
             "not_itemised": _by_part(summary["more"], part_of_address),
-            "dropped": _by_part(summary["dropped"], part_of_address)}
+            "dropped": _by_part(summary["dropped"], part_of_address), "not_counted": NOT_COUNTED}
 
 
 def refusals_by_sender(lines: list[str], part_of_address: dict[str, str]) -> tuple[list[str], list[dict]]:
@@ -296,22 +307,26 @@ def destinations(summary: dict, part_of_address: dict[str, str], since: float | 
         name = d["where"] if d["where"] != address and address else None
         said = d.get("said") if isinstance(d.get("said"), dict) else {}
         entry = grouped.setdefault((d["kind"], d["where"], d["port"]), {
-            "protocol": d["kind"], "name": name, "address": address, "port": d["port"], "count": 0, "parts": set(),
-            "said": set(), "bodies": [], "first": d["first"], "last": d["last"]})
-        entry["count"] += _count(d, since, detail)
+            "protocol": d["kind"], "name": name, "address": address, "port": d["port"], "count": 0,
+            "count_is_lower_bound": False, "parts": set(), "said": set(), "bodies": [], "first": d["first"],
+            "last": d["last"]})
+        count, exact = _count(d, since, detail)
+        entry["count"] += count
+        entry["count_is_lower_bound"] |= not exact
         entry["parts"].add(part_of_address.get(d["client"], d["client"]))
         entry["said"].add(_said({**said, "address": address}))
         entry["first"], entry["last"] = min(entry["first"], d["first"]), max(entry["last"], d["last"])
         if d.get("body") and d["body"] not in entry["bodies"]:
             entry["bodies"].append(d["body"])
     summed = set(grouped)
-    for c in kept or []:  # the last second's, which the sink has not summed up yet
+    for c in kept or []:  # the last second's, not summed up yet, or past a part's table: at least this many
         where = str(c.get("name") or c.get("address") or "(unknown)")[:TEXT_KEPT]
         if (c.get("protocol"), where, c.get("port")) in summed:
             continue
         entry = grouped.setdefault(("detail", c.get("protocol"), where, c.get("port")), {
             "protocol": c.get("protocol"), "name": c.get("name"), "address": c.get("address"), "port": c.get("port"),
-            "count": 0, "parts": set(), "said": set(), "bodies": [], "first": c.get("time"), "last": c.get("time")})
+            "count": 0, "count_is_lower_bound": True, "parts": set(), "said": set(), "bodies": [],
+            "first": c.get("time"), "last": c.get("time")})
         entry["count"] += 1
         entry["parts"].add(part_of_address.get(c.get("client"), c.get("client")))
         entry["said"].add(_said(c))

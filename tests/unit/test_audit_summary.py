@@ -60,3 +60,33 @@ def test_a_summary_it_cannot_read_is_passed_over():
              "last": 1}]}).encode(), b"[" * 100_000, None):
         summary = audit.summary_kept(Sink(data), "demo")
         assert summary["destinations"] == []
+
+
+def test_a_count_rebuilt_from_detail_records_is_shown_as_a_lower_bound(capsys):
+    """Tried as an attacker would: what was left of a destination in the
+    detail files (898 of 1,396 connections taken) was shown as "898x" under
+    "the counts above are exact". A destination the summary does not hold
+    is counted from detail records, which are rate-bound and rotate: "at
+    least", and in --json a field that says so; the summary's own count
+    (the control) stays exact."""
+    from launcher import cli
+    past_its_table = [{"time": 10.0 + n, "client": "10.0.0.2", "protocol": "tcp", "address": "198.51.100.7",
+                       "port": 80, "bytes": 4} for n in range(898)]
+    sink = Sink(json.dumps(SUMMARY).encode(), connections=past_its_table)
+    summary = audit.summary_kept(sink, "demo")
+    by_address = {d["address"]: d for d in audit.destinations(summary, PARTS, None, past_its_table)}
+    assert (by_address["198.51.100.7"]["count"], by_address["198.51.100.7"]["count_is_lower_bound"]) == (898, True)
+    assert (by_address["198.18.0.9"]["count"], by_address["198.18.0.9"]["count_is_lower_bound"]) == (1, False)
+    late = [{"time": 10.0, "client": "10.0.0.2", "name": "late.example", "type": "A"}]
+    _, names = audit.names_tried(Sink(json.dumps(SUMMARY).encode(), lookups=late), "demo", None, PARTS, summary)
+    assert {n["name"]: n["count_is_lower_bound"] for n in names} == {
+        "late.example": True, "flood.example": False, "first.example": False}
+    cli._render_audit({"name": "demo", "builds": [], "names": names, "ingress_refused": [],
+                       "ingress_refused_from_parts": [], "destinations": list(by_address.values()),
+                       "not_itemised": {"frontend": 12}, "dropped": {"frontend": 59000},
+                       "not_counted": audit.NOT_COUNTED})
+    text = capsys.readouterr().out
+    assert "at least 898x  tcp 198.51.100.7:80" in text and "at least 1x  late.example" in text
+    assert "    1x  tcp first.example:80" in text and "60000x  flood.example" in text
+    assert "exact" not in text.replace('exact ones, except those marked "at least"', "")
+    assert "dropped by the kernel" in text

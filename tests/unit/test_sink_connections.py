@@ -167,11 +167,11 @@ def test_a_dns_query_without_a_class_is_answered_and_recorded(fresh, monkeypatch
 class Peer:
     """A socket that hands the sink given bytes, in given pieces, and takes its answers."""
 
-    def __init__(self, pieces):
-        self.pieces, self.sent = list(pieces), []
+    def __init__(self, pieces, peer=("10.1.2.3", 5353)):
+        self.pieces, self.sent, self.peer = list(pieces), [], peer
 
     def recvfrom(self, size):
-        return b"".join(self.pieces)[:size], ("10.1.2.3", 5353)
+        return b"".join(self.pieces)[:size], self.peer
 
     def recv(self, size):
         return self.pieces.pop(0)[:size] if self.pieces else b""
@@ -328,19 +328,62 @@ def test_a_flood_cannot_push_out_the_first_lookup_or_post(fresh, monkeypatch):
 
 def test_the_summary_is_bounded_whatever_a_part_sends(fresh, monkeypatch):
     """Every destination new, every string as long as kept and JSON-escaped
-    at worst, every body as long as kept: summary.json stays under
-    SUMMARY_BYTES, and past MAX_DESTINATIONS each client's rest is counted."""
+    at worst, every body as long as kept, from more clients than there are
+    parts: summary.json stays under SUMMARY_BYTES, each part's table under
+    its cap, and past it (or past MAX_PARTS_ITEMISED clients) the rest is
+    counted."""
+    import tracemalloc
+    tracemalloc.start()
     worst = "\x01" * 5000  # six bytes a character in JSON
-    for n in range(sink.MAX_DESTINATIONS + 500):
-        client = f"{n % sink.MAX_CLIENTS}{worst}"[:64]
-        sink.summary.add(client, "tcp", sink.short(f"{n}{worst}"), 65535, 1e12 + n,
-                         {"http": {"method": sink.short(worst, 32), "host": sink.short(worst),
-                                   "path": sink.short(worst), "body_bytes": 10**18}},
-                         body=worst[:sink.BODY_KEPT_BYTES], address="255.255.255.255")
-        sink.summary.note_dropped(client)
-    assert len(sink.summary.destinations) == sink.MAX_DESTINATIONS
-    assert sum(sink.summary.more.values()) == 500
+    clients = [f"{n}{worst}"[:64] for n in range(sink.MAX_PARTS_ITEMISED + 2)]
+    for n in range(sink.MAX_DESTINATIONS_PER_PART + 100):
+        for client in clients:
+            sink.summary.add(client, "tcp", sink.short(f"{n}{worst}"), 65535, 1e12 + n,
+                             {"http": {"method": sink.short(worst, 32), "host": sink.short(worst),
+                                       "path": sink.short(worst), "body_bytes": 10**18}},
+                             body=worst[:sink.BODY_KEPT_BYTES], address="255.255.255.255")
+            sink.summary.note_dropped(client)
+    for client in range(sink.MAX_CLIENTS):
+        sink.summary.add(f"{client}{worst}"[:64], "udp", "x", 1, 1.0)
+        sink.summary.note_dropped(f"{client}{worst}"[:64])
+    assert len(sink.summary.destinations) == sink.MAX_PARTS_ITEMISED * sink.MAX_DESTINATIONS_PER_PART
+    assert sink.summary.more[clients[0]] == 100 + 1
+    assert sink.summary.more[clients[-1]] == sink.MAX_DESTINATIONS_PER_PART + 100 + 1
     assert len(sink.summary.to_json()) <= sink.SUMMARY_BYTES
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024  # with the interpreter's own, under the sink's 64 MiB (launcher/spec.py)
+
+
+def test_one_part_filling_its_table_neither_displaces_nor_crowds_out_anothers(fresh, monkeypatch):
+    """Tried as an attacker would: the front-end filled the summary's one
+    table for all parts with new names; the backend's lookup and POST made
+    after that existed only in the detail files, which the front-end's junk
+    POSTs turned over, leaving the audit "5x more attempts by backend". Now
+    each part has its own table: the backend's attempts are itemised, with
+    the body, and stay so through the flood; the front-end's own attempts
+    past its cap are counted (the control: the cap holds)."""
+    monkeypatch.setattr(sink, "ANSWERS", "connections")
+    monkeypatch.setattr(sink, "AUDIT_FILE_BYTES", 64 * 1024)
+    monkeypatch.setattr(sink, "rate", sink.Rate(burst=10**9))
+    frontend, backend = ("10.1.2.3", 40000), ("10.1.2.4", 40000)
+    for n in range(sink.MAX_DESTINATIONS_PER_PART + 1):
+        sink.serve_udp(Peer([dns_query(f"fill{n}.example")], peer=frontend))
+    sink.serve_udp(Peer([dns_query("exfil.backend.example")], peer=backend))
+    post = b"POST /up HTTP/1.1\r\nHost: exfil.backend.example\r\nContent-Length: 16\r\n\r\nSECRET-of-the-be"
+    sink.caught_tcp(Peer([post]), backend)
+    junk = b"POST /junk HTTP/1.1\r\nHost: j\r\nContent-Length: 16384\r\n\r\n" + b"z" * 16384
+    for n in range(300):  # turns the detail files over many times
+        sink.caught_tcp(Peer([junk]), frontend)
+    sink.keep_summary()
+    assert not any(e.get("client") == "10.1.2.4" for e in kept(fresh, "connections"))  # the detail is gone
+    summary = json.loads((fresh / "summary.json").read_text())
+    by_key = {(d["client"], d["kind"], d["where"]): d for d in summary["destinations"]}
+    assert by_key["10.1.2.4", "lookup", "exfil.backend.example"]["count"] == 1
+    upload = by_key["10.1.2.4", "tcp", "203.0.113.9"]
+    assert upload["body"] == "SECRET-of-the-be" and upload["count"] == 1
+    assert summary["more"] == {"10.1.2.3": 1 + 300}  # its last name, then the junk: counted, not itemised
+    assert sum(d["client"] == "10.1.2.3" for d in summary["destinations"]) == sink.MAX_DESTINATIONS_PER_PART
 
 
 def test_a_restarted_sink_goes_on_from_its_summary(fresh):
