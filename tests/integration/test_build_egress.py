@@ -134,28 +134,34 @@ def test_a_killed_builds_proxy_and_network_are_swept(gateway, docker_client):
     import os
     import socket
     import subprocess
+    import uuid
 
     from launcher.docker_gateway import LABEL_BUILD, LABEL_BUILD_OWNER
     from launcher.images import BASE_IMAGE
     gone = subprocess.Popen(["true"])
     gone.wait()
     host = socket.gethostname()
-    stale = {LABEL_BUILD: "stale", LABEL_BUILD_OWNER: f"{host}/{gone.pid}"}
-    live = {LABEL_BUILD: "live", LABEL_BUILD_OWNER: f"{host}/{os.getpid()}"}
-    made = [docker_client.networks.create("sandbox-build-stale", internal=True, labels=stale),
-            docker_client.networks.create("sandbox-build-live", internal=True, labels=live)]
-    proxy = docker_client.containers.create(BASE_IMAGE, ["true"], name="sandbox-build-stale-proxy", labels=stale)
+    # Names of this run's own: one a crashed run left behind is no part of this one.
+    run = uuid.uuid4().hex[:8]
+    stale_network, live_network = f"sandbox-build-stale-{run}", f"sandbox-build-live-{run}"
+    stale_proxy = f"{stale_network}-proxy"
+    stale = {LABEL_BUILD: f"stale-{run}", LABEL_BUILD_OWNER: f"{host}/{gone.pid}"}
+    live = {LABEL_BUILD: f"live-{run}", LABEL_BUILD_OWNER: f"{host}/{os.getpid()}"}
+    made = []
     try:
+        made.append(docker_client.networks.create(stale_network, internal=True, labels=stale))
+        made.append(docker_client.networks.create(live_network, internal=True, labels=live))
+        made.append(docker_client.containers.create(BASE_IMAGE, ["true"], name=stale_proxy, labels=stale))
         removed = gateway.sweep_stale_builds()
-        assert {"sandbox-build-stale-proxy", "sandbox-build-stale"} <= set(removed)
-        assert "sandbox-build-live" not in removed
+        assert {stale_proxy, stale_network} <= set(removed)
+        assert live_network not in removed
         left = {n.name for n in docker_client.networks.list(filters={"label": LABEL_BUILD})}
-        assert "sandbox-build-live" in left and "sandbox-build-stale" not in left
+        assert live_network in left and stale_network not in left
     finally:
-        for thing in [proxy, *made]:
+        for thing in made:
             try:
                 thing.remove()
-            except Exception:  # noqa: BLE001 - already gone is fine
+            except docker.errors.NotFound:  # the sweep removed it
                 pass
 
 

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import docker.errors
 import pytest
 import yaml
 
@@ -115,7 +116,7 @@ def test_a_lock_refuses_each_kind_of_drift(gateway, docker_client, own_model, mo
     prepare(gateway, path, ca_bundle())
 
     # A front-end image the user brings is named by its ID: retagging it is drift.
-    brought = "sandbox-test-brought-ui:1"
+    brought = f"sandbox-test-brought-ui:{uuid.uuid4().hex[:8]}"  # a crashed run's tag is no part of this run
     docker_client.images.get(locked["images"]["frontend"]["tag"]).tag(brought)
     try:
         policy["frontend"] = {"image": brought, "data": "/data", "health_path": "/health"}
@@ -123,7 +124,7 @@ def test_a_lock_refuses_each_kind_of_drift(gateway, docker_client, own_model, mo
         lock(gateway, path, ca_bundle())
         prepare(gateway, path, ca_bundle())
         docker_client.images.get(locked["images"]["ingress"]["tag"]).tag(brought)
-        assert "the frontend image sandbox-test-brought-ui:1: locked ID" in refused(gateway, path)
+        assert f"the frontend image {brought}: locked ID" in refused(gateway, path)
     finally:
         docker_client.images.remove(brought)
 
@@ -174,74 +175,86 @@ def test_signed_policies_under_allowed_signers(gateway, tmp_path, keys, monkeypa
         assert "who is not in" in refused(gateway, path)
         with pytest.raises(LockError, match="--relock writes a new lock, which no allowed signer has signed"):
             up(gateway, path, ca_bundle=ca_bundle(), relock=True)
+        # The control: the refused relock changed nothing, what runs is alice's.
+        [report] = status(gateway, result.name)
+        assert report["signed_by"]["principal"] == "alice@example.org"
+        down(gateway, result.name)  # its volumes stay, so `status` still lists it
+        [report] = status(gateway, result.name)
+        assert report["signed_by"] is None  # nothing runs that anyone signed
     finally:
         down(gateway, result.name, volumes=True)
-    [report] = [r for r in status(gateway) if r["name"] == result.name] or [{"signed_by": None}]
-    assert report["signed_by"] is None  # nothing runs that anyone signed
 
 
 def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, docker_client, tmp_path, keys,
                                                                       monkeypatch):
     alice, _, allowed = keys
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    # The images this test removes are its own, never the quick-start images
+    # other tests use: recipes with a file of this run in each context have
+    # tags of their own (a tag names every file of its context), and the
+    # engine still builds them from its cache (no step uses that file).
+    recipes = [("dns-sink", "Dockerfile"), ("llama-cpp", "Dockerfile"), ("llama-cpp", "Dockerfile.cuda"),
+               ("chat", "Dockerfile"), ("ingress", "Dockerfile")]
+    shared = {image_recipes.recipe_image(*recipe).tag for recipe in recipes}
+    own_recipes = tmp_path / "recipes"
+    shutil.copytree(IMAGES_DIR, own_recipes)
+    run = uuid.uuid4().hex
+    for name in {name for name, _ in recipes}:
+        (own_recipes / name / "test-run").write_text(run + "\n")
+    monkeypatch.setattr(image_recipes, "IMAGES_DIR", own_recipes)
+    own = {image_recipes.recipe_image(*recipe).tag for recipe in recipes}
+    assert not own & shared
     path = write_policy(tmp_path)
-    started = time.monotonic()
-    lock(gateway, path, ca_bundle())
-    sign_policy(path, alice)
-    signed = time.monotonic()
-    bundle = tmp_path / "usb" / "team.bundle"
-    bundle.parent.mkdir()
-    manifest = make_bundle(gateway, path, bundle, models=True)
-    bundled = time.monotonic()
-    print(f"lock+sign {signed - started:.1f} s, bundle {bundled - signed:.1f} s, "
-          f"{bundle.stat().st_size / 2**20:.0f} MiB")
-
-    # Another machine: none of the images, no policy, no model beside it.
-    tags = [image["tag"] for image in manifest["images"].values()]
-    users = [c.name for c in docker_client.containers.list(all=True)
-             if c.attrs["Image"] in {image["id"] for image in manifest["images"].values()}]
-    assert not users, f"containers {users} use the quick-start images, which this test removes and loads again"
-    # The images' bytes stay in the engine under a tag of the test's own: removing
-    # them would take their build cache (their parent images) along, and the next
-    # build of the same recipes would start from nothing. The load below still
-    # hands the engine every byte of images.tar.
-    keepers = []
-    for tag in tags:
-        image = docker_client.images.get(tag)
-        keeper = f"sandbox-test-keep:{image.id.split(':')[1][:16]}"
-        if keeper not in keepers:
-            image.tag(keeper)
-            keepers.append(keeper)
-        for other in image.tags:
-            if other != keeper:
-                docker_client.images.remove(other)
-    assert not any(gateway.image_present(tag) for tag in tags)
-    said: list[str] = []
     try:
-        result = up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed, say=said.append,
-                    on_build_line=lambda line: said.append("build: " + line))
-        print(f"up from the bundle {result.seconds['total']:.1f} s (loading {result.seconds['bundle']:.1f} s)")
-        assert not any(m.startswith(("building image", "build: ")) for m in said), said
-        assert any(m.startswith("loading 4 images") for m in said)
-        for part, image in manifest["images"].items():
-            assert gateway.image_id(image["tag"]) == image["id"], part
-        assert str(tmp_path / "data") in str(result.prepared.policy.file)
-        assert "hello" in chat(result, "hello")
-        [report] = status(gateway, result.name)
-        assert report["healthy"] and report["signed_by"]["principal"] == "alice@example.org"
-    finally:
-        down(gateway, manifest["name"], volumes=True)
-        for keeper in keepers:
-            docker_client.images.remove(keeper)
+        started = time.monotonic()
+        lock(gateway, path, ca_bundle())
+        sign_policy(path, alice)
+        signed = time.monotonic()
+        bundle = tmp_path / "usb" / "team.bundle"
+        bundle.parent.mkdir()
+        manifest = make_bundle(gateway, path, bundle, models=True)
+        bundled = time.monotonic()
+        print(f"lock+sign {signed - started:.1f} s, bundle {bundled - signed:.1f} s, "
+              f"{bundle.stat().st_size / 2**20:.0f} MiB")
 
-    # A changed byte anywhere in the bundle is refused before anything is used.
-    data = bytearray(bundle.read_bytes())
-    at = data.index(b"cpus: 2")
-    data[at + 6] = ord("3")
-    tampered = tmp_path / "tampered.bundle"
-    tampered.write_bytes(bytes(data))
-    with pytest.raises(Exception, match="is not the file its manifest names"):
-        up(gateway, tampered, ca_bundle=ca_bundle())
+        # Another machine: none of the images, no policy, no model beside it.
+        tags = [image["tag"] for image in manifest["images"].values()]
+        assert set(tags) <= own, tags
+        for tag in tags:
+            # Untagged, not forced: bytes another tag names stay in the engine;
+            # the load below still hands the engine every byte of images.tar.
+            docker_client.images.remove(tag)
+        assert not any(gateway.image_present(tag) for tag in tags)
+        said: list[str] = []
+        try:
+            result = up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed, say=said.append,
+                        on_build_line=lambda line: said.append("build: " + line))
+            print(f"up from the bundle {result.seconds['total']:.1f} s (loading {result.seconds['bundle']:.1f} s)")
+            assert not any(m.startswith(("building image", "build: ")) for m in said), said
+            assert any(m.startswith("loading 4 images") for m in said)
+            for part, image in manifest["images"].items():
+                assert gateway.image_id(image["tag"]) == image["id"], part
+            assert str(tmp_path / "data") in str(result.prepared.policy.file)
+            assert "hello" in chat(result, "hello")
+            [report] = status(gateway, result.name)
+            assert report["healthy"] and report["signed_by"]["principal"] == "alice@example.org"
+        finally:
+            down(gateway, manifest["name"], volumes=True)
+
+        # A changed byte anywhere in the bundle is refused before anything is used.
+        data = bytearray(bundle.read_bytes())
+        at = data.index(b"cpus: 2")
+        data[at + 6] = ord("3")
+        tampered = tmp_path / "tampered.bundle"
+        tampered.write_bytes(bytes(data))
+        with pytest.raises(Exception, match="is not the file its manifest names"):
+            up(gateway, tampered, ca_bundle=ca_bundle())
+    finally:
+        for tag in own:
+            try:
+                docker_client.images.remove(tag)
+            except docker.errors.ImageNotFound:
+                pass
 
 
 def crafted_images_tar(gateway, saved_tag: str, as_tag: str) -> bytes:

@@ -80,24 +80,29 @@ def test_names_that_are_not_sandbox_names_never_become_paths(tmp_path, monkeypat
 
 def test_one_command_at_a_time_per_sandbox(tmp_path, monkeypatch):
     import threading
-    import time
 
     from launcher.locks import sandbox_lock
     monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path))
     order, said = [], []
+    waiting = threading.Event()
 
     def second():
-        with sandbox_lock("demo", said.append):
+        def say(message):
+            said.append(message)
+            waiting.set()
+        with sandbox_lock("demo", say):
             order.append("second")
 
     with sandbox_lock("demo"):
         thread = threading.Thread(target=second)
         thread.start()
-        time.sleep(0.3)
+        # The lock says it waits only once it found the lock held: the second
+        # command is then at the point under test, however slow its start.
+        assert waiting.wait(60), "the second command never said it waits"
         order.append("first done")
         with sandbox_lock("other"):  # another sandbox is not held up
             order.append("other")
-    thread.join(5)
+    thread.join(60)
     assert order == ["first done", "other", "second"]
     assert said == ["waiting for another sandbox command on demo to finish"]
 

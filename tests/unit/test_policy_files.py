@@ -78,23 +78,22 @@ def test_minimal_policy_takes_recipe_defaults(monkeypatch):
     assert (policy.frontend.data_size, policy.accept_unbounded_volumes) == ("4g", ())
 
 
-def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(monkeypatch):
+def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(tmp_path, monkeypatch):
     import socket
-    monkeypatch.chdir(GOOD)
+    monkeypatch.chdir(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        text = (GOOD / "minimal.yaml").read_text().replace("18080", str(port))
-        (GOOD / "busy.yaml.tmp").write_text(text)
-        try:
-            _, problems = check_policy_file("busy.yaml.tmp")
-            assert [str(p) for p in problems] == [
-                f"busy.yaml.tmp:10:9 ingress.port: port {port} on 127.0.0.1 is in use; stop what holds it or pick another"]
-            _, problems = check_policy_file("busy.yaml.tmp", port_is_ours=lambda name, p: (name, p) == ("minimal", port))
-            assert problems == []
-        finally:
-            os.remove(GOOD / "busy.yaml.tmp")
+        # The model's path, made absolute, stays on its line: the problem's line and column are as in minimal.yaml.
+        text = (GOOD / "minimal.yaml").read_text().replace("18080", str(port)).replace(
+            "../models/", f"{FIXTURES / 'models'}/")
+        (tmp_path / "busy.yaml").write_text(text)
+        _, problems = check_policy_file("busy.yaml")
+        assert [str(p) for p in problems] == [
+            f"busy.yaml:10:9 ingress.port: port {port} on 127.0.0.1 is in use; stop what holds it or pick another"]
+        _, problems = check_policy_file("busy.yaml", port_is_ours=lambda name, p: (name, p) == ("minimal", port))
+        assert problems == []
 
 
 def test_sha256_is_cached_and_rechecked_when_the_file_changes(tmp_path):
