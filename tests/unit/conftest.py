@@ -9,6 +9,9 @@ import pytest
 def no_model_facts_kept(tmp_path, monkeypatch):
     # Each test starts with no model facts kept (launcher/models/facts.py), so
     # none depends on another's; SANDBOX_STATE_DIR, where a test sets it, wins.
+    # One the integration tests set for their session (they run first in a
+    # whole run) would win too: it goes.
+    monkeypatch.delenv("SANDBOX_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
