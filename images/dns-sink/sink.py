@@ -255,9 +255,11 @@ class Summary:
                 return
             entry = {"client": client, "kind": kind, "where": where, "port": port, "count": 0, "first": when,
                      "last": when, "said": first or {}}
-            if address:
-                entry["address"] = address
             self.itemise(key, entry)
+        # A name's first lookup may have been one the sink gave no address
+        # for (AAAA, asked beside A): the address comes with a later one.
+        if address and "address" not in entry:
+            entry["address"] = address
         entry["count"] += 1
         entry["last"] = when
         if body and "body" not in entry:

@@ -374,7 +374,9 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
         assert stolen["said"] == ["POST http://upload.attacker.example/steal (27 B body)"]
         during = next(d for d in report["destinations"] if d["name"] == "during-the-flood.attacker.example")
         assert during["said"] == ["GET http://during-the-flood.attacker.example/during (0 B body)"]
-        assert during["count_is_lower_bound"]  # past the front-end's own table: from its detail record, at least
+        # Itemised if the front-end's own table still had room when it was made,
+        # else from its detail record, as "at least": which, the flood's pace decides.
+        assert during["count"] == 1 or during["count_is_lower_bound"]
         # Every malformed query and connection was recorded, none stopped the sink.
         assert names(report)["(malformed)"]["count"] > 0  # as many as the sink's queue did not drop
         # (and all_taken above: every connection, half of them with `Content-Length: ²`, counted)

@@ -164,6 +164,17 @@ def test_a_dns_query_without_a_class_is_answered_and_recorded(fresh, monkeypatch
     assert reply[3] & 0xF == 0 and said["answer"].startswith("198.1")
 
 
+def test_a_names_address_is_kept_though_its_first_lookup_got_none(fresh, monkeypatch):
+    """A part's resolver asks AAAA beside A, in either order: when AAAA came
+    first, the summary kept the name with no address, and `audit` showed none."""
+    monkeypatch.setattr(sink, "ANSWERS", "connections")
+    for qtype in (28, 1):  # AAAA (no address given), then A
+        _, said = sink.answer(dns_query("both.example", qtype))
+        sink.record_lookup("10.1.2.3", said)
+    [entry] = [d for d in sink.summary.destinations.values() if d["where"] == "both.example"]
+    assert entry["count"] == 2 and entry["address"].startswith("198.1")
+
+
 class Peer:
     """A socket that hands the sink given bytes, in given pieces, and takes its answers."""
 
