@@ -308,6 +308,17 @@ print("flooded", made)
 SHRUNK_FILE_BYTES = 16 * 1024
 
 
+def sink_module():
+    """images/dns-sink/sink.py as a module, for its bounds."""
+    import importlib.util
+
+    from tests.integration.conftest import ROOT
+    spec = importlib.util.spec_from_file_location("sink", ROOT / "images" / "dns-sink" / "sink.py")
+    sink = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sink)
+    return sink
+
+
 def shrink_the_sinks_files(monkeypatch) -> None:
     """The sandboxes `up` makes in this test turn the sink's detail files over at SHRUNK_FILE_BYTES."""
     import dataclasses
@@ -331,13 +342,8 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
     `sandbox audit` no longer showed the lookup or the POST. A DNS query
     without a class field stopped the sink (it restarted in a loop), and
     `Content-Length: ²` left a connection unrecorded."""
-    import importlib.util
-
     from launcher.commands.audit import KEPT_BYTES
-    from tests.integration.conftest import ROOT
-    spec = importlib.util.spec_from_file_location("sink", ROOT / "images" / "dns-sink" / "sink.py")
-    sink = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sink)
+    sink = sink_module()
     shrink_the_sinks_files(monkeypatch)
     result = up(gateway, write_policy(tmp_path, audit="connections"), ca_bundle=ca_bundle())
     try:
@@ -442,12 +448,7 @@ def test_one_part_filling_its_table_in_the_summary_cannot_erase_anothers_attempt
     has a table of its own: the backend's attempt stays itemised, with its
     body and exact count, after the detail files turned over; the control:
     the front-end's own attempts past its table are counted, not itemised."""
-    import importlib.util
-
-    from tests.integration.conftest import ROOT
-    spec = importlib.util.spec_from_file_location("sink", ROOT / "images" / "dns-sink" / "sink.py")
-    sink = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sink)
+    sink = sink_module()
     shrink_the_sinks_files(monkeypatch)
     result = up(gateway, write_policy(tmp_path, audit="connections"), ca_bundle=ca_bundle())
     try:

@@ -70,15 +70,20 @@ while True:
 """
 
 
-@pytest.fixture(scope="module")
-def post_501_sandbox(gateway, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("post-501")
-    shutil.copytree(POST_501_UI, directory / "post-501-ui")
-    path = write_policy(directory, frontend={"build": {"context": "post-501-ui"}, "port": 8080,
-                                             "health_path": "/", "user": int(FRONTEND_USER)})
+def brought_ui_sandbox(gateway, tmp_path_factory, ui: Path, health_path: str):
+    """A sandbox whose front-end is built from the fixture directory `ui`."""
+    directory = tmp_path_factory.mktemp(ui.name)
+    shutil.copytree(ui, directory / ui.name)
+    path = write_policy(directory, frontend={"build": {"context": ui.name}, "port": 8080,
+                                             "health_path": health_path, "user": int(FRONTEND_USER)})
     result = up(gateway, path, ca_bundle=ca_bundle())
     yield result
     down(gateway, result.name, volumes=True)
+
+
+@pytest.fixture(scope="module")
+def post_501_sandbox(gateway, tmp_path_factory):
+    yield from brought_ui_sandbox(gateway, tmp_path_factory, POST_501_UI, "/")
 
 
 def poll(check, what, seconds: float = 60):
@@ -141,13 +146,7 @@ POSING_UI = FIXTURES_BAD.parent / "posing-ui"
 
 @pytest.fixture(scope="module")
 def posing_sandbox(gateway, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("posing")
-    shutil.copytree(POSING_UI, directory / "posing-ui")
-    path = write_policy(directory, frontend={"build": {"context": "posing-ui"}, "port": 8080,
-                                             "health_path": "/ready", "user": int(FRONTEND_USER)})
-    result = up(gateway, path, ca_bundle=ca_bundle())
-    yield result
-    down(gateway, result.name, volumes=True)
+    yield from brought_ui_sandbox(gateway, tmp_path_factory, POSING_UI, "/ready")
 
 
 def test_a_ui_cannot_pass_its_answers_off_as_the_ingresss_refusals(posing_sandbox, gateway):

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import threading
 from dataclasses import dataclass, field
 
-from tests.support.hostile_source import Certificate, server_context
+from tests.support.hostile_source import Certificate, serve_on_loopback, stop_serving
 
 
 @dataclass
@@ -44,93 +43,74 @@ class FakeHub:
         return f"{'https' if self.certificate else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> FakeHub:
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                self.answer(send_body=False)
-
-            def do_GET(self):
-                self.answer(send_body=True)
-
-            def answer(self, send_body: bool):
-                hub.requests.append({"method": self.command, "host": self.headers.get("Host"), "path": self.path,
-                                     "range": self.headers.get("Range"),
-                                     "authorization": self.headers.get("Authorization")})
-                path = self.path.split("?")[0]
-                if "/resolve/" in path:
-                    repo, rest = path.lstrip("/").split("/resolve/", 1)
-                    revision, filename = rest.split("/", 1)
-                    found = hub.files.get(f"{repo}@{revision}/{filename}")
-                    if found is None:
-                        self.send_response(404)
-                        self.send_header("X-Error-Code", "EntryNotFound")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(302)
-                    self.send_header("X-Repo-Commit", found.commit)
-                    self.send_header("X-Linked-Etag", f'"{found.sha256}"')
-                    self.send_header("ETag", '"git-blob-id"')
-                    self.send_header("X-Linked-Size", str(len(found.data)))
-                    # The hub sends the bytes from a CDN host, by a signed link.
-                    cdn = hub.cdn or hub.endpoint.replace("127.0.0.1", "localhost")
-                    self.send_header("Location", f"{cdn}/cdn/{found.sha256}?signature=secret")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if path.startswith("/cdn/"):
-                    found = next((f for f in hub.files.values() if f.sha256 == path[5:]), None)
-                elif path.startswith("/plain/"):
-                    found = hub.files.get(path[len("/plain/"):])
-                else:
-                    found = None
-                if found is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                self.send_data(found.data, send_body)
-
-            def send_data(self, data: bytes, send_body: bool):
-                start = 0
-                wanted = self.headers.get("Range")
-                if wanted and wanted.startswith("bytes=") and wanted.endswith("-"):
-                    start = int(wanted[6:-1])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                if not send_body:
-                    return
-                body = data[start:]
-                if hub.break_after is not None:
-                    body, hub.break_after = body[:hub.break_after], None
-                    self.wfile.write(body)
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        if self.certificate:
-            self.server.socket = server_context(self.certificate).wrap_socket(self.server.socket, server_side=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_on_loopback(self.answer, self.certificate)
         return self
 
+    def answer(self, handler: http.server.BaseHTTPRequestHandler, send_body: bool) -> None:
+        self.requests.append({"method": handler.command, "host": handler.headers.get("Host"), "path": handler.path,
+                              "range": handler.headers.get("Range"),
+                              "authorization": handler.headers.get("Authorization")})
+        path = handler.path.split("?")[0]
+        if "/resolve/" in path:
+            repo, rest = path.lstrip("/").split("/resolve/", 1)
+            revision, filename = rest.split("/", 1)
+            found = self.files.get(f"{repo}@{revision}/{filename}")
+            if found is None:
+                handler.send_response(404)
+                handler.send_header("X-Error-Code", "EntryNotFound")
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+            handler.send_response(302)
+            handler.send_header("X-Repo-Commit", found.commit)
+            handler.send_header("X-Linked-Etag", f'"{found.sha256}"')
+            handler.send_header("ETag", '"git-blob-id"')
+            handler.send_header("X-Linked-Size", str(len(found.data)))
+            # The hub sends the bytes from a CDN host, by a signed link.
+            cdn = self.cdn or self.endpoint.replace("127.0.0.1", "localhost")
+            handler.send_header("Location", f"{cdn}/cdn/{found.sha256}?signature=secret")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        if path.startswith("/cdn/"):
+            found = next((f for f in self.files.values() if f.sha256 == path[5:]), None)
+        elif path.startswith("/plain/"):
+            found = self.files.get(path[len("/plain/"):])
+        else:
+            found = None
+        if found is None:
+            handler.send_response(404)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        self.send_data(handler, found.data, send_body)
+
+    def send_data(self, handler: http.server.BaseHTTPRequestHandler, data: bytes, send_body: bool) -> None:
+        start = 0
+        wanted = handler.headers.get("Range")
+        if wanted and wanted.startswith("bytes=") and wanted.endswith("-"):
+            start = int(wanted[6:-1])
+            if start >= len(data):
+                handler.send_response(416)
+                handler.send_header("Content-Length", "0")
+                handler.end_headers()
+                return
+            handler.send_response(206)
+            handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data) - start))
+        handler.end_headers()
+        if not send_body:
+            return
+        body = data[start:]
+        if self.break_after is not None:
+            body, self.break_after = body[:self.break_after], None
+            handler.wfile.write(body)
+            handler.wfile.flush()
+            handler.close_connection = True
+            return
+        handler.wfile.write(body)
+
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)

@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 
 @dataclass
@@ -51,6 +52,35 @@ def server_context(certificate: Certificate) -> ssl.SSLContext:
     return context
 
 
+def serve_on_loopback(answer: Callable[[http.server.BaseHTTPRequestHandler, bool], None],
+                      certificate: Certificate | None) -> http.server.ThreadingHTTPServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1, over TLS with `certificate`,
+    whose HEAD and GET are answer(handler, send_body), serving until stopped."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_HEAD(self):
+            answer(self, False)
+
+        def do_GET(self):
+            answer(self, True)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    if certificate:
+        server.socket = server_context(certificate).wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def stop_serving(server: http.server.ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 @dataclass
 class HostileSource:
     answers: dict[str, Answer] = field(default_factory=dict)  # path -> answer
@@ -66,64 +96,45 @@ class HostileSource:
         return f"{'https' if self.certificate else 'http'}://{host}:{self.port}{path}"
 
     def start(self) -> HostileSource:
-        source = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                self.answer(send_body=False)
-
-            def do_GET(self):
-                self.answer(send_body=True)
-
-            def answer(self, send_body: bool):
-                source.requests.append({"method": self.command, "port": source.port, "path": self.path,
-                                        "authorization": self.headers.get("Authorization"),
-                                        "range": self.headers.get("Range")})
-                answer = source.answers.get(self.path.split("?")[0], Answer(404))
-                self.send_response(answer.status)
-                for name, value in answer.headers.items():
-                    self.send_header(name, value)
-                if answer.endless:
-                    self.send_header("Connection", "close")
-                    self.close_connection = True
-                elif "Content-Length" not in answer.headers:
-                    self.send_header("Content-Length", str(len(answer.body)))
-                self.end_headers()
-                if not send_body:
-                    return
-                try:
-                    body = answer.body
-                    if answer.hold_after is not None:
-                        self.wfile.write(body[:answer.hold_after])
-                        self.wfile.flush()
-                        body = body[answer.hold_after:]
-                        answer.held.set()
-                        if answer.drip is None:
-                            answer.release.wait()
-                        else:
-                            for at in range(len(body)):
-                                self.wfile.write(body[at:at + 1])
-                                self.wfile.flush()
-                                time.sleep(answer.drip)
-                            body = b""
-                    self.wfile.write(body)
-                    while answer.endless:
-                        self.wfile.write(bytes(1 << 16))
-                except OSError:  # the client hung up: what a refusal looks like from here
-                    self.close_connection = True
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        if self.certificate:
-            self.server.socket = server_context(self.certificate).wrap_socket(self.server.socket, server_side=True)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_on_loopback(self.answer, self.certificate)
         return self
 
+    def answer(self, handler: http.server.BaseHTTPRequestHandler, send_body: bool) -> None:
+        self.requests.append({"method": handler.command, "port": self.port, "path": handler.path,
+                              "authorization": handler.headers.get("Authorization"),
+                              "range": handler.headers.get("Range")})
+        answer = self.answers.get(handler.path.split("?")[0], Answer(404))
+        handler.send_response(answer.status)
+        for name, value in answer.headers.items():
+            handler.send_header(name, value)
+        if answer.endless:
+            handler.send_header("Connection", "close")
+            handler.close_connection = True
+        elif "Content-Length" not in answer.headers:
+            handler.send_header("Content-Length", str(len(answer.body)))
+        handler.end_headers()
+        if not send_body:
+            return
+        try:
+            body = answer.body
+            if answer.hold_after is not None:
+                handler.wfile.write(body[:answer.hold_after])
+                handler.wfile.flush()
+                body = body[answer.hold_after:]
+                answer.held.set()
+                if answer.drip is None:
+                    answer.release.wait()
+                else:
+                    for at in range(len(body)):
+                        handler.wfile.write(body[at:at + 1])
+                        handler.wfile.flush()
+                        time.sleep(answer.drip)
+                    body = b""
+            handler.wfile.write(body)
+            while answer.endless:
+                handler.wfile.write(bytes(1 << 16))
+        except OSError:  # the client hung up: what a refusal looks like from here
+            handler.close_connection = True
+
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_serving(self.server)

@@ -34,3 +34,27 @@ def make_spec(policy=None, gpus=None, api_key="key-1", images=IMAGES, token=TOKE
     return build_spec(policy or make_policy(), images,
                       Secrets(api_key=api_key, session_key="s-" + api_key, access_token=token), gpus,
                       "10.213.7.0/24", volume_sizes_enforced=volume_sizes_enforced)
+
+
+def policy_for_model(directory: Path, model: Path, context: int = 2048, memory: str = "1g") -> Path:
+    """p.yaml in `directory`, naming `model` (beside it) with its sha256, for
+    the commands that read a model's facts."""
+    import hashlib
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    policy = directory / "p.yaml"
+    policy.write_text(f"""version: 1
+name: models
+models:
+  - alias: m
+    path: {model.name}
+    sha256: {sha}
+    context_length: {context}
+backend:
+  gpu: none
+  memory: {memory}
+frontend:
+  recipe: chat
+ingress:
+  port: 18099
+""")
+    return policy

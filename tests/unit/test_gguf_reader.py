@@ -18,6 +18,7 @@ from launcher.models.facts import FILE_TYPES, GgufError, facts_of, read_facts
 from launcher.models.gguf_reader import GGML_TYPES, SHAPE_KEYS, USED_KEYS, Array, read_gguf
 from tests.support import gguf_files as g
 from tests.support.hostile_gguf import FIXTURES, TERMINAL_NAME, main, well_formed
+from tests.unit.helpers import policy_for_model
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -122,30 +123,8 @@ def test_a_model_without_attention_may_have_no_heads(tmp_path):
     assert read_facts(path).heads == 0
 
 
-def policy_for(tmp_path: Path, model: Path, context: int = 2048) -> Path:
-    import hashlib
-    sha = hashlib.sha256(model.read_bytes()).hexdigest()
-    policy = tmp_path / "p.yaml"
-    policy.write_text(f"""version: 1
-name: hostile
-models:
-  - alias: m
-    path: {model.name}
-    sha256: {sha}
-    context_length: {context}
-backend:
-  gpu: none
-  memory: 1g
-frontend:
-  recipe: chat
-ingress:
-  port: 18099
-""")
-    return policy
-
-
 def test_validate_refuses_a_model_that_lies_about_its_shape(tmp_path, monkeypatch):
-    policy_for(tmp_path, written(tmp_path, "lying-shapes"))
+    policy_for_model(tmp_path, written(tmp_path, "lying-shapes"))
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
     assert result.exit_code == 2, result.output
@@ -155,7 +134,7 @@ def test_validate_refuses_a_model_that_lies_about_its_shape(tmp_path, monkeypatc
     # The control: the same policy with a model that tells the truth.
     truthful = tmp_path / "ok.gguf"
     truthful.write_bytes(well_formed())
-    policy_for(tmp_path, truthful)
+    policy_for_model(tmp_path, truthful)
     assert runner.invoke(app, ["validate", "--no-port-check", "p.yaml"]).exit_code == 0
 
 

@@ -14,6 +14,7 @@ from launcher.models.facts import (
 )
 from launcher.spec import memory_bytes
 from tests.support.gguf_files import make_gguf
+from tests.unit.helpers import policy_for_model
 
 runner = CliRunner()
 
@@ -92,26 +93,6 @@ ingress:
     assert lines[1].startswith("p.yaml:10:11 models[0]: warning: needs about") and "backend.memory 64m" in lines[1]
 
 
-def quiet_policy(tmp_path, model, context: int) -> None:
-    import hashlib
-    sha = hashlib.sha256(model.read_bytes()).hexdigest()
-    (tmp_path / "p.yaml").write_text(f"""version: 1
-name: kept
-models:
-  - alias: m
-    path: {model.name}
-    sha256: {sha}
-    context_length: {context}
-backend:
-  gpu: none
-  memory: 8g
-frontend:
-  recipe: chat
-ingress:
-  port: 18099
-""")
-
-
 def test_validate_with_an_unchanged_model_reads_no_metadata(tmp_path, monkeypatch):
     import hashlib
     import json
@@ -119,7 +100,7 @@ def test_validate_with_an_unchanged_model_reads_no_metadata(tmp_path, monkeypatc
     from launcher.models.facts import facts_dir
     monkeypatch.chdir(tmp_path)
     model = make_gguf(tmp_path / "m.gguf", context_length=4096)
-    quiet_policy(tmp_path, model, 4096)
+    policy_for_model(tmp_path, model, 4096, memory="8g")
     first = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
     assert first.exit_code == 0 and "warning" not in first.output, first.output
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
@@ -133,7 +114,7 @@ def test_validate_with_an_unchanged_model_reads_no_metadata(tmp_path, monkeypatc
     assert second.exit_code == 0 and "more than the 1024 tokens the model was trained for" in second.stderr
     # The control: another model (other bytes, so another sha256) is read.
     make_gguf(model, context_length=2048)
-    quiet_policy(tmp_path, model, 4096)
+    policy_for_model(tmp_path, model, 4096, memory="8g")
     third = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
     assert third.exit_code == 0 and "more than the 2048 tokens the model was trained for" in third.stderr
 
@@ -195,7 +176,7 @@ def test_validate_reports_the_facts_of_the_file_it_hashed(tmp_path, monkeypatch)
     other = make_gguf(tmp_path / "other.gguf", context_length=1024)
     link = tmp_path / "link.gguf"
     link.symlink_to(pinned.name)
-    quiet_policy(tmp_path, pinned, 4096)
+    policy_for_model(tmp_path, pinned, 4096, memory="8g")
     (tmp_path / "p.yaml").write_text((tmp_path / "p.yaml").read_text().replace("pinned.gguf", "link.gguf"))
     checked = validate.model_file_problem
 
