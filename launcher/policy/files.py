@@ -35,28 +35,14 @@ def hash_always() -> bool:
 
 
 def sha256_of(path: Path, progress: HashProgress | None = None) -> str:
-    st = path.stat()
-    key = str(path)
-    stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    cache = _read_cache()
-    entry = cache.get(key)
-    if entry and entry.get("stamp") == stamp and not hash_always():
-        return entry["sha256"]
-    digest = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress(done, st.st_size, path.name)
-    result = digest.hexdigest()
-    cache[key] = {"stamp": stamp, "sha256": result}
-    _write_cache(cache)
-    return result
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sha256_of_open(fd, path, progress)
+    finally:
+        os.close(fd)
 
 
-def sha256_of_open(fd: int, path: Path) -> str:
+def sha256_of_open(fd: int, path: Path, progress: HashProgress | None = None) -> str:
     """sha256_of the file open at `fd` (`path` names it in the cache): the
     digest of the very bytes a caller goes on to read through the same fd,
     whatever the path names by then."""
@@ -70,6 +56,8 @@ def sha256_of_open(fd: int, path: Path) -> str:
     while chunk := os.pread(fd, CHUNK, at):
         digest.update(chunk)
         at += len(chunk)
+        if progress:
+            progress(at, st.st_size, path.name)
     result = digest.hexdigest()
     cache[str(path)] = {"stamp": stamp, "sha256": result}
     _write_cache(cache)
