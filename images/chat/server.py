@@ -2,6 +2,7 @@
 OpenAI-compatible API (OPENAI_API_BASE_URL, OPENAI_API_KEY). The conversation
 is kept in $CHAT_DATA/history.jsonl, so it survives a restart of the sandbox.
 With "stream": true an answer comes as server-sent events as it is written."""
+import http.client
 import json
 import os
 import threading
@@ -141,12 +142,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.close_connection = True  # the stream ends with the connection
-        pieces, model = [], None
+        pieces, model, finished = [], None, False
         try:
             with upstream:
                 for line in upstream:
                     line = line.strip()
-                    if not line.startswith(b"data:") or line == b"data: [DONE]":
+                    if line == b"data: [DONE]":
+                        finished = True
+                        break
+                    if not line.startswith(b"data:"):
                         continue
                     chunk = json.loads(line[5:])
                     model = chunk.get("model", model)
@@ -154,8 +158,10 @@ class Handler(BaseHTTPRequestHandler):
                     if delta:
                         pieces.append(delta)
                         self.send_event({"delta": delta})
+            if not finished:  # the backend's stream ends with [DONE]; without it, the answer was cut
+                raise ConnectionError("its stream ended mid-answer")
             self.send_event({"done": True, "model": model, "completion_tokens": len(pieces)})
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:
             try:
                 self.send_event({"error": f"the backend stopped answering: {e}"})
             except OSError:

@@ -9,6 +9,8 @@ import pwd
 import shutil
 import socket
 import subprocess
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "policies" / "quickstart.yaml"
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+QUICKSTART_ALIAS = yaml.safe_load(QUICKSTART.read_text())["models"][0]["alias"]
 FIXTURES_BAD = ROOT / "tests" / "fixtures" / "bad"
 
 
@@ -80,6 +83,44 @@ def ca_bundle() -> Path | None:
     return Path(value) if value else None
 
 
+def held_gateway(client):
+    """A gateway with which `up` is held in its wait for the backend, however
+    fast the model loads: its readiness check does not answer until
+    `.release` is set, and then answers "not ready" (the check is in
+    launcher/commands/up.py). `.waiting` is set once `up` is there."""
+    from launcher.commands.up import KEY_CHECK
+    from launcher.docker_gateway import DockerGateway
+
+    class HeldGateway(DockerGateway):
+        waiting, release = threading.Event(), threading.Event()
+
+        def exec_in(self, container, command, user=""):
+            if KEY_CHECK in command:
+                self.waiting.set()
+                self.release.wait()
+                return 1, "held by the test"
+            return super().exec_in(container, command, user)
+    return HeldGateway(client)
+
+
+# `sandbox up` as the user runs it, but held as held_gateway holds it, with a
+# line on stderr once it is.
+HELD_UP = """
+import sys, threading
+from launcher.commands.up import KEY_CHECK
+from launcher.docker_gateway import DockerGateway
+exec_in = DockerGateway.exec_in
+def held(self, container, command, user=""):
+    if KEY_CHECK in command:
+        print("held by the test", file=sys.stderr, flush=True)
+        threading.Event().wait()
+    return exec_in(self, container, command, user)
+DockerGateway.exec_in = held
+from launcher.cli import main
+main()
+"""
+
+
 def write_policy(directory: Path, **changes) -> Path:
     """The quick-start policy under a unique name and a free port, in `directory`."""
     policy = yaml.safe_load(QUICKSTART.read_text())
@@ -118,6 +159,28 @@ def ui(result, path: str = "", payload: dict | None = None, timeout: float = 120
 def ui_json(result, path: str, payload: dict | None = None, timeout: float = 120) -> dict:
     with ui(result, path, payload, timeout) as response:
         return json.load(response)
+
+
+def answered(reply: dict) -> str:
+    """The text of a chat answer that the sandbox's model really wrote (the
+    assistant's, from the quick-start model, at least one token): a reply
+    merely present would pass on an empty or echoed answer."""
+    assert reply["reply"]["role"] == "assistant", reply
+    assert reply["model"] == f"/models/{QUICKSTART_ALIAS}.gguf", reply  # the backend names the file it serves
+    assert reply["usage"]["completion_tokens"] >= 1 and isinstance(reply["reply"]["content"], str), reply
+    return reply["reply"]["content"]
+
+
+def poll(check, what, seconds: float = 120):
+    """Wait for `check()` to give something true, and give it: for what a part
+    does in its own time (a record written, a container restarted).
+    `what`: what is awaited, or a function saying what was seen instead."""
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what if isinstance(what, str) else what()}")
+        time.sleep(0.2)
+    return found
 
 
 def labelled(client, name: str) -> dict[str, list[str]]:

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from launcher.cli import app
 from launcher.verify import MATRIX
+from tests.integration.conftest import poll
 
 runner = CliRunner()
 
@@ -59,8 +60,9 @@ def test_audit_json_lists_what_was_looked_up(sandbox, docker_client):
     result, _ = sandbox
     docker_client.containers.get(f"sandbox-{result.name}-frontend").exec_run(
         ["python3", "-c", "import socket\ntry: socket.getaddrinfo('phone-home.example.net', 443)\nexcept OSError: pass"])
-    report = json.loads(invoke("audit", result.name, "--json").stdout)
-    entry = next(n for n in report["names"] if n["name"] == "phone-home.example.net")
+    # The sink notes the lookup in its summary on its own time (once a second): wait for it there.
+    entry = poll(lambda: next((n for n in json.loads(invoke("audit", result.name, "--json").stdout)["names"]
+                               if n["name"] == "phone-home.example.net"), None), "the lookup in the audit")
     assert entry["parts"] == ["frontend"]
 
 

@@ -3,6 +3,9 @@ history survives, and a changed policy recreates only what changed."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -10,7 +13,7 @@ import yaml
 from launcher.commands.down import down
 from launcher.commands.prepare import prepare
 from launcher.commands.up import up
-from tests.integration.conftest import ca_bundle, labelled, ui_json, write_policy
+from tests.integration.conftest import HELD_UP, answered, ca_bundle, labelled, ui_json, write_policy
 
 
 def chat(result, text: str) -> dict:
@@ -56,7 +59,7 @@ def test_changed_policy_recreates_only_what_changed(gateway, docker_client, tmp_
         assert after[f"sandbox-{result.name}-ingress"] == ids[f"sandbox-{result.name}-ingress"]
         assert after[f"sandbox-{result.name}-backend"] != ids[f"sandbox-{result.name}-backend"]
         # The kept front-end still holds the key the new backend takes.
-        assert chat(result, "hello")["reply"]["content"] is not None
+        answered(chat(result, "hello"))
     finally:
         down(gateway, result.name, volumes=True)
 
@@ -109,23 +112,24 @@ def test_two_ups_of_one_policy_at_once_wait_for_each_other(gateway, tmp_path):
 def test_an_interrupted_up_says_what_it_left_and_up_finishes_the_job(gateway, tmp_path):
     """Tried as a new user would: Ctrl-C during `up` left parts running, exit
     130, and no word of the sandbox's state."""
-    import signal
-    import subprocess
-    import sys
-    import time
     path = write_policy(tmp_path)
     name = yaml.safe_load(path.read_text())["name"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "launcher", "up", str(path)], env=env, text=True,
+    # Held in its wait for the backend: the interrupt lands there, however fast the model loads.
+    process = subprocess.Popen([sys.executable, "-c", HELD_UP, "up", str(path)], env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = ""
-        deadline = time.monotonic() + 120
-        while "waiting for the backend" not in seen and time.monotonic() < deadline:
-            seen += process.stderr.readline()
+        seen = []
+        for line in process.stderr:
+            seen.append(line)
+            if line.startswith("held by the test"):
+                break
+        else:
+            pytest.fail(f"`up` ended before it waited for the backend: {''.join(seen)}")
+        assert "waiting for the backend to load the model" in "".join(seen)
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=60)
-        assert process.returncode == 130
+        assert process.returncode == 130, rest
         assert f"interrupted: sandbox {name} may be partly up" in rest
         assert f"`sandbox up {path}` finishes the job" in rest and f"`sandbox down {name}`" in rest
         finished = up(gateway, path, ca_bundle=ca_bundle())
@@ -145,7 +149,7 @@ def test_a_lost_backend_comes_back_with_the_key_the_front_end_holds(gateway, doc
     try:
         docker_client.containers.get(f"sandbox-{first.name}-backend").remove(force=True)
         second = up(gateway, path, ca_bundle=ca_bundle())
-        assert chat(second, "hello")["reply"]["content"] is not None
+        answered(chat(second, "hello"))
     finally:
         down(gateway, first.name, volumes=True)
 
@@ -176,7 +180,7 @@ def test_a_subnet_taken_between_plan_and_apply_is_chosen_again(gateway, docker_c
         result = up(gateway, path, ca_bundle=ca_bundle(), say=said.append)
         assert any("was taken meanwhile by another network; choosing another" in m for m in said), said
         assert result.prepared.spec.networks[0].subnet != taken[0].attrs["IPAM"]["Config"][0]["Subnet"]
-        assert chat(result, "hi")["reply"]["content"] is not None
+        answered(chat(result, "hi"))
     finally:
         down(gateway, name, volumes=True)
         for network in taken:

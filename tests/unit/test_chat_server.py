@@ -31,7 +31,8 @@ class FakeBackend(http.server.BaseHTTPRequestHandler):
                 chunk = {"model": "m", "choices": [{"delta": {"content": piece}}]}
                 self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 self.wfile.flush()
-            self.wfile.write(b"data: [DONE]\n\n")
+            if body["messages"][-1]["content"] != "be cut off":  # as a killed backend: the stream just ends
+                self.wfile.write(b"data: [DONE]\n\n")
             return
         answer = json.dumps({"model": "m", "usage": {"completion_tokens": 1},
                              "choices": [{"message": {"role": "assistant", "content": "hi"}}]}).encode()
@@ -109,6 +110,17 @@ def test_an_answer_streams_as_server_sent_events_and_is_kept_whole(chat):
     assert [e.get("delta") for e in events[:-1]] == ["hi", " there"] and events[-1]["done"]
     with urllib.request.urlopen(chat + "/api/history", timeout=10) as response:
         assert json.load(response)["messages"][-1] == {"role": "assistant", "content": "hi there"}
+
+
+def test_an_answer_cut_off_is_told_as_an_error_not_as_done(chat):
+    """A backend killed mid-answer closes its stream cleanly, without the
+    [DONE] that ends a whole answer: the page is told it was cut off."""
+    body = json.dumps({"messages": [{"role": "user", "content": "be cut off"}], "stream": True}).encode()
+    request = urllib.request.Request(chat + "/api/chat", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        events = [json.loads(line[6:]) for line in response.read().decode().split("\n\n") if line]
+    assert [e.get("delta") for e in events[:-1]] == ["hi", " there"]
+    assert "done" not in events[-1] and events[-1]["error"].startswith("the backend stopped answering"), events
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(chat):
