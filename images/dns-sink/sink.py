@@ -478,12 +478,13 @@ def serve_udp(sock):
         reply, said = answer(query)
     except Exception as error:  # noqa: BLE001 - recorded as malformed, and the next query served
         reply, said = refused(query), malformed(query, error)
+    # Recorded before it is answered: whatever a part has been told, the audit holds.
+    record_lookup(client_of(peer), said)
     if reply:
         try:
             sock.sendto(reply, peer)
         except OSError:
             pass
-    record_lookup(client_of(peer), said)
 
 
 def serve_tcp_client(conn, peer):
@@ -505,12 +506,12 @@ def serve_tcp_client(conn, peer):
             reply, said = answer(query)
         except Exception as error:  # noqa: BLE001 - recorded as malformed
             reply, said = refused(query), malformed(query, error)
+        record_lookup(client_of(peer), said)  # before the answer, as over UDP
         if reply:
             try:
                 conn.sendall(struct.pack("!H", len(reply)) + reply)
             except OSError:
                 pass
-        record_lookup(client_of(peer), said)
 
 
 def serve_tcp(sock):

@@ -161,3 +161,43 @@ def test_sigterm_keeps_the_summary_before_the_sink_exits():
     finally:
         proc.kill()
         shutil.rmtree(audit)
+
+
+def test_a_lookup_is_recorded_before_it_is_answered():
+    """Whatever a part has been told, the audit already holds: with the sink
+    held in writing its record (its log pipe full), no answer comes; once the
+    record is written, it does."""
+    import fcntl
+    import os
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    proc = subprocess.Popen([sys.executable, str(SINK), str(port)], stdout=write_end)
+    try:
+        log = os.fdopen(read_end, "rb", buffering=0)
+        assert b'"listening"' in log.read(4096)
+        # Filled through a file description of its own: the sink's stays blocking.
+        filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+        for size in (512, 1):  # to the last byte: the sink's next log line waits
+            try:
+                while True:
+                    os.write(filler, b"x" * size)
+            except BlockingIOError:
+                pass
+        os.close(filler)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.sendto(query("held.example"), ("127.0.0.1", port))
+            client.settimeout(2)
+            with pytest.raises(socket.timeout):
+                client.recvfrom(512)  # the sink is held in its record: no answer may have gone out
+            drained = b""
+            while b"held.example" not in drained:
+                drained += log.read(65536)
+            client.settimeout(10)
+            assert client.recvfrom(512)[0][:2] == b"\x12\x34"
+    finally:
+        proc.kill()
+        proc.wait(5)
+        os.close(write_end)
