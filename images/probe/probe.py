@@ -117,8 +117,10 @@ def ipv6(address, port):
     try:
         with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
             disabled = f.read().strip() == "1"
-    except OSError:
+    except FileNotFoundError:
         disabled = True  # no IPv6 in this kernel namespace at all
+    except OSError:
+        disabled = None  # there, but unreadable: the launcher does not take it for disabled
     if not disabled:
         try:
             with open("/proc/net/ipv6_route") as f:

@@ -125,7 +125,8 @@ BREACHES = {
     "write the weights": [replace(safe(), weights_write="WROTE EROFS EROFS"),
                           replace(safe(), weights_sha_after="b" * 64), replace(safe(), weights_write="")],
     "write the root fs": [probe_with(self={**safe().probe["self"], "write_root": "written"}),
-                          config_with(read_only=False), replace(safe(), frontend_config={})],
+                          config_with(read_only=False), config_with(read_only=None),
+                          replace(safe(), frontend_config={})],
     "Docker socket": [probe_with(self={**safe().probe["self"], "docker_socket": ["/var/run/docker.sock"]}),
                       config_with(mounts=[*CONFIG["mounts"], {"type": "bind", "source": "/var/run/docker.sock",
                                                               "destination": "/tmp/d.sock", "rw": True}]),
@@ -133,7 +134,10 @@ BREACHES = {
                                            "rw": False}]),
                       replace(safe(), frontend_config={})],
     "fork bomb / memory bomb": [replace(safe(), limits={"frontend": {"pids": None, "memory": 2**28}}),
-                                replace(safe(), limits={"frontend": {"pids": 512, "memory": 0}})],
+                                replace(safe(), limits={"frontend": {"pids": 512, "memory": 0}}),
+                                # The engine's "unlimited" (`--pids-limit -1`), which is no limit.
+                                replace(safe(), limits={"frontend": {"pids": -1, "memory": 2**28}}),
+                                replace(safe(), limits={"frontend": {"pids": 512, "memory": -1}})],
     "LAN reach of the UI": [replace(safe(), ingress_bindings=["0.0.0.0:8080"]),
                             replace(safe(), route_localnet={"all": "0", "eth0": "1"}),
                             replace(safe(), ingress_bindings=[])],
@@ -451,3 +455,31 @@ def test_a_process_seen_before_or_while_the_probe_runs_is_judged_though_gone_aft
     # The control: with no such process at any reading, privileges passes.
     _, seen = watching_processes(lambda: {"1": PROC}, lambda: "probe output")
     assert v.privileges(replace(safe(), processes=seen)).verdict == "PASS"
+
+
+def _without_host_resolvers() -> v.Facts:
+    facts = safe()
+    outside = {k: o for k, o in facts.probe["outside"].items() if not (k.startswith("udp ") and k.endswith(":53"))}
+    return probe_with(outside=outside)
+
+
+@pytest.mark.parametrize("attack, unread", [
+    # Before, each of these passed: a fact that was never read was taken for a safe one.
+    ("LAN reach of the UI", replace(safe(), route_localnet={})),
+    ("LAN reach of the UI", replace(safe(), route_localnet={"all": "0", "eth0": None})),
+    ("LAN reach of the UI", replace(safe(), route_localnet={"all": None, "eth0": None})),
+    ("DNS leak via host resolver", _without_host_resolvers()),
+    ("IPv6", probe_with(ipv6={"[2606:4700:4700::1111]:443": {"disabled": None, "result": "error:Network is unreachable"}})),
+])
+def test_a_fact_that_could_not_be_read_makes_its_row_inconclusive_never_a_pass(attack, unread):
+    row = next(r for r in v.judge(unread) if r.attack == attack)
+    assert row.verdict == "INCONCLUSIVE", row.result
+    assert "proves nothing" in row.result or "could not be read" in row.result
+
+
+@pytest.mark.parametrize("breach", [
+    replace(safe(), route_localnet={"all": None, "eth0": "1"}),
+    replace(safe(), route_localnet={}, ingress_bindings=["0.0.0.0:8080"]),
+])
+def test_an_unread_fact_hides_no_breach_beside_it(breach):
+    assert v.lan_reach(breach).verdict == "FAIL"
