@@ -112,6 +112,7 @@ class Canary:
 
     def __init__(self):
         self.hits: list[str] = []
+        self._accepted = threading.Condition()
         self._server = socket.socket()
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("0.0.0.0", 0))
@@ -125,8 +126,22 @@ class Canary:
                 conn, peer = self._server.accept()
             except OSError:
                 return
-            self.hits.append(f"{peer[0]}:{peer[1]}")
+            with self._accepted:
+                self.hits.append(f"{peer[0]}:{peer[1]}")
+                self._accepted.notify_all()
             conn.close()
+
+    def hits_until_now(self, timeout: float = 30) -> list[str]:
+        """Every peer whose connection was made before this call. A connection
+        is accepted only after those queued before it: one of our own, made
+        now and seen accepted, is behind every earlier one, whatever the
+        accepting thread's pace."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as marker:
+            mine = f"127.0.0.1:{marker.getsockname()[1]}"
+            with self._accepted:
+                if not self._accepted.wait_for(lambda: mine in self.hits, timeout):
+                    raise TimeoutError(f"the canary on port {self.port} accepted nothing for {timeout} s")
+                return [hit for hit in self.hits if hit != mine]
 
     def close(self) -> None:
         self._server.close()

@@ -194,8 +194,11 @@ def dns_leak(f: Facts) -> Row:
     how = "the same lookup, and UDP 53 straight to the host's resolvers"
     if not seen or leaked:
         return Row("DNS leak via host resolver", how, FAIL, text)
-    return _tried_row("DNS leak via host resolver", how, direct, leaked, text) if direct \
-        else Row("DNS leak via host resolver", how, PASS, text)
+    if not direct:
+        # No host resolver was read, so none was tried: the way straight to them is not shown shut.
+        return Row("DNS leak via host resolver", how, INCONCLUSIVE,
+                   text + " (no resolver of the host was found to try: the check proves nothing)")
+    return _tried_row("DNS leak via host resolver", how, direct, leaked, text)
 
 
 @checked_by(PROBE, SINK)
@@ -249,11 +252,15 @@ def other_sandboxes(f: Facts) -> Row:
 @checked_by(PROBE)
 def ipv6(f: Facts) -> Row:
     tried = f.probe.get("ipv6", {})
+    # disabled: None when the probe could not read disable_ipv6 (images/probe/probe.py).
     bad = {k: v for k, v in tried.items()
-           if v["result"] == "connected" or v["result"] == "has-default-route" or not v["disabled"]}
-    text = "; ".join(f"{k} {v['result']} (disable_ipv6={'1' if v['disabled'] else '0'})" for k, v in tried.items())
-    return Row("IPv6", "connect to an IPv6 address; read disable_ipv6", FAIL if bad or not tried else PASS,
-               text or "nothing tried")
+           if v["result"] == "connected" or v["result"] == "has-default-route" or v["disabled"] is False}
+    shown = {True: "1", False: "0", None: "unreadable"}
+    text = "; ".join(f"{k} {v['result']} (disable_ipv6={shown[v['disabled']]})" for k, v in tried.items())
+    how = "connect to an IPv6 address; read disable_ipv6"
+    if not bad and any(v["disabled"] is None for v in tried.values()):
+        return Row("IPv6", how, INCONCLUSIVE, text + " (whether IPv6 is disabled could not be read)")
+    return Row("IPv6", how, FAIL if bad or not tried else PASS, text or "nothing tried")
 
 
 @checked_by(PROBE, HOST)
@@ -401,7 +408,8 @@ def docker_socket(f: Facts) -> Row:
 
 @checked_by(ENGINE)
 def bombs(f: Facts) -> Row:
-    missing = [part for part, l in f.limits.items() if not l.get("pids") or not l.get("memory")]
+    # 0, -1 or none: no limit (the engine's -1 is "unlimited", which is no more a limit than none).
+    missing = [part for part, l in f.limits.items() if not (l.get("pids") or 0) > 0 or not (l.get("memory") or 0) > 0]
     text = ", ".join(f"{part}: pids {l.get('pids')}, memory {l.get('memory', 0) // 2**20} MiB"
                      for part, l in f.limits.items())
     return Row("fork bomb / memory bomb", "pids and memory limits on every part",
@@ -412,15 +420,19 @@ def bombs(f: Facts) -> Row:
 def lan_reach(f: Facts) -> Row:
     wide = [b for b in f.ingress_bindings if not b.startswith("127.0.0.1:")]
     localnet = {k: v for k, v in f.route_localnet.items() if v not in ("0", None)}
-    unknown = not f.route_localnet or all(v is None for v in f.route_localnet.values())
-    ok = f.ingress_bindings and not wide and not localnet
+    # An interface whose value could not be read may be the one where it is 1.
+    unread = sorted(k for k, v in f.route_localnet.items() if v is None)
+    how = "the UI's host port bound to anything but 127.0.0.1; route_localnet"
     text = f"published on {', '.join(f.ingress_bindings) or 'nothing'}"
     if localnet:
         text += f"; route_localnet=1 on {', '.join(sorted(localnet))}: the LAN can reach 127.0.0.1 ports"
-    elif unknown:
-        text += "; route_localnet not readable here"
-    return Row("LAN reach of the UI", "the UI's host port bound to anything but 127.0.0.1",
-               PASS if ok else FAIL, text)
+    if wide or localnet or not f.ingress_bindings:
+        return Row("LAN reach of the UI", how, FAIL, text)
+    if not f.route_localnet or unread:
+        return Row("LAN reach of the UI", how, INCONCLUSIVE,
+                   text + f"; route_localnet not readable here{' on ' + ', '.join(unread) if unread else ''}"
+                   " (the check proves nothing)")
+    return Row("LAN reach of the UI", how, PASS, text)
 
 
 # What nginx answers itself when the UI did not answer it (refused, reset, timed out).

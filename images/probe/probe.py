@@ -113,19 +113,35 @@ def outside(host, port, protocol, sink_gateway=None):
     return try_it(host, port)
 
 
+RTF_REJECT = 0x0200
+
+
+def ipv6_default_route():
+    """Whether an interface has a default IPv6 route (lo's reject route is none).
+    Looked for whatever `all`'s disable_ipv6 says: the engine may set it on
+    `all` and leave IPv6 on the container's own interface."""
+    try:
+        with open("/proc/net/ipv6_route") as f:
+            for line in f:
+                fields = line.split()
+                if fields[0] == "0" * 32 and fields[1] == "00" and fields[9] != "lo" \
+                        and not int(fields[8], 16) & RTF_REJECT:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
 def ipv6(address, port):
     try:
         with open("/proc/sys/net/ipv6/conf/all/disable_ipv6") as f:
             disabled = f.read().strip() == "1"
-    except OSError:
+    except FileNotFoundError:
         disabled = True  # no IPv6 in this kernel namespace at all
-    if not disabled:
-        try:
-            with open("/proc/net/ipv6_route") as f:
-                if any(line.split()[0] == "0" * 32 and line.split()[1] == "00" for line in f):
-                    return {"disabled": False, "result": "has-default-route"}
-        except OSError:
-            pass
+    except OSError:
+        disabled = None  # there, but unreadable: the launcher does not take it for disabled
+    if ipv6_default_route():
+        return {"disabled": disabled, "result": "has-default-route"}
     return {"disabled": disabled, "result": connect(address, port, family=socket.AF_INET6)}
 
 

@@ -70,13 +70,21 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
 
     checks.append(volume_size_check(gateway))
 
-    localnet = sorted(name for name, value in route_localnet().items() if value == "1")
+    values = route_localnet()
+    localnet = sorted(name for name, value in values.items() if value == "1")
+    unread = sorted(name for name, value in values.items() if value is None)
     if localnet:
         checks.append(Check("loopback ports", FAIL,
                             f"route_localnet=1 on {', '.join(localnet)}: hosts on your LAN can reach ports "
                             "published on 127.0.0.1 (moby/moby#45610), the UI's included",
                             "set `\"userland-proxy\": true` in /etc/docker/daemon.json (the default) and "
                             "`sysctl -w net.ipv4.conf.all.route_localnet=0`"))
+    elif not values or unread:
+        # Unread is not 0: the interface not read may be the one where it is 1.
+        checks.append(Check("loopback ports", WARN,
+                            f"route_localnet could not be read{' on ' + ', '.join(unread) if unread else ''}: "
+                            "whether hosts on your LAN can reach ports published on 127.0.0.1 is not known",
+                            "check `sysctl net.ipv4.conf.all.route_localnet` (and each interface's) is 0"))
     else:
         checks.append(Check("loopback ports", OK, "route_localnet is 0: ports on 127.0.0.1 stay on this machine"))
     return checks + _port_checks(ports) + model_checks()

@@ -93,12 +93,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         if not state or state["state"] != "running":
             raise NotFound(f"the {part} of sandbox {name} is not running; `sandbox up` it first")
 
-    probe_image = recipe_image("probe", ca_bundle=ca_bundle)
-    # It joins the front-end's namespaces and gives the verdicts: it runs only as the launcher built it.
-    if not image_is_ours(gateway, probe_image):
-        say(f"building image {probe_image.tag}")
-        build_records.save(probe_image.tag, gateway.build(probe_image, egress=build_egress(ca_bundle), say=say),
-                           gateway.image_id(probe_image.tag))
+    probe_image = probe_image_built(gateway, ca_bundle, say)
 
     facts = Facts(unique_name=f"sandbox-verify-{uuid.uuid4().hex[:12]}.example.com")
     facts.host_targets = host_ipv4_addresses()
@@ -141,7 +136,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         else:
             output, facts.processes = watching_processes(
                 lambda: _processes_from_host(gateway, frontend, facts.frontend_config["id"]), probe)
-        facts.canary_hits = list(canary.hits)
+        facts.canary_hits = canary.hits_until_now()
     facts.probe = probe_result(output)
 
     facts.internal_network = internal
@@ -172,6 +167,17 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     facts.route_localnet = route_localnet()
     drift = [f"{a.verb} {a.kind} {a.name}: {a.reason}" for a in prepared.plan.changes]
     return VerifyResult(name, judge(facts), drift)
+
+
+def probe_image_built(gateway: DockerGateway, ca_bundle: Path | None, say: Say):
+    """The probe's image, built here unless the launcher built it already."""
+    probe_image = recipe_image("probe", ca_bundle=ca_bundle)
+    # It joins the front-end's namespaces and gives the verdicts: it runs only as the launcher built it.
+    if not image_is_ours(gateway, probe_image):
+        say(f"building image {probe_image.tag}")
+        build_records.save(probe_image.tag, gateway.build(probe_image, egress=build_egress(ca_bundle), say=say),
+                           gateway.image_id(probe_image.tag))
+    return probe_image
 
 
 def probe_result(output: str) -> dict:

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from launcher.commands.down import down
 from launcher.commands.up import up
-from launcher.commands.verify import _processes_from_host, probe_result, verify
+from launcher.commands.verify import _processes_from_host, probe_image_built, probe_result, verify
 from launcher.errors import PolicyError
 from launcher.images import recipe_image
 from launcher.spec import ContainerSpec
-from launcher.verify import (Facts, host_services, network_attachments, privileges, raw_egress, raw_sockets,
-                             write_root)
-from tests.integration.conftest import FIXTURES_BAD, ca_bundle, labelled, ui, write_policy
+from launcher.verify import Facts
+from tests.integration.conftest import FIXTURES_BAD, ca_bundle, free_port, labelled, ui, write_policy
 
 ROWS = ["external DNS", "DNS leak via host resolver", "raw IP egress", "attempt by address", "metadata",
         "host services", "other sandboxes", "IPv6", "use the ingress as proxy", "raw sockets", "privileges",
@@ -65,38 +65,131 @@ def test_attack_is_stopped_when_names_resolve_to_the_sink(attack, answering_verd
         assert "recorded by the sink under that name" in row.result
 
 
-def test_the_probe_sees_a_way_out_where_there_is_one(gateway, docker_client):
-    """Negative control: a container with Docker's defaults (bridge network,
-    root, default capabilities, writable root) must fail the same checks,
-    those of the probe and those read from the engine and the host."""
-    from launcher.hostnet import Canary, host_ipv4_addresses
-    image = recipe_image("probe", ca_bundle=ca_bundle())
-    if not gateway.image_present(image.tag):
-        gateway.build(image)
+# Serves one connection at a time, with no timeout: a front door without the ingress's limits.
+ONE_AT_A_TIME = ("import functools, http.server as h; h.HTTPServer(('', 8081), functools.partial("
+                 "h.SimpleHTTPRequestHandler, directory='/tmp')).serve_forever()")
+
+
+def _answers(port: int, deadline: float = 60) -> None:
+    """Waits until the server published on `port` answers (the engine's proxy accepts before it does)."""
+    from launcher.front_door import _one
+    give_up = time.monotonic() + deadline
+    while _one(port, b"GET / HTTP/1.0\r\n\r\n")["status"] is None:
+        assert time.monotonic() < give_up, f"nothing answered on 127.0.0.1:{port}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def unsafe_verdicts(gateway, docker_client, tmp_path_factory):
+    """Negative control for every row: the same probe, the same host-side
+    tries and the same engine reads as `verify`'s, against a front-end set up
+    without any of the sandbox's protections: on an ordinary bridge network
+    with IPv6 and a live gateway, beside a container that answers (for "other
+    sandboxes") under the name the probe will look up, Docker's default
+    capabilities and root fs, the engine's socket and a model mounted, no
+    pids limit (-1, "unlimited") nor memory limit, the UI published on
+    0.0.0.0 with no ingress before it, and a front door that serves one
+    connection at a time. Each row must see its breach: FAIL. Also returns
+    the same facts judged as if the sink had recorded every attempt (it
+    would have, had there been one): a row the sink takes part in must fail
+    on what the probe saw, not merely for want of the sink."""
+    from docker.types import IPAMConfig, IPAMPool
+    from launcher.commands.verify import (IPV6_TARGET, METADATA_TARGET, PROXY_REQUESTS, PUBLIC_TARGET, WRITE_WEIGHTS,
+                                          _status_line)
+    from launcher.front_door import try_front_door
+    from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, route_localnet
+    from launcher.policy.files import sha256_of
+    from launcher.spec import resource_name
+    from launcher.verify import ADDRESS_TARGET, _as_if_all_recorded, judge
+    image = probe_image_built(gateway, ca_bundle(), lambda _line: None)
     chat = recipe_image("chat", ca_bundle=ca_bundle()).tag
-    unsafe = docker_client.containers.create(chat, name=f"sandbox-control-{int(time.time())}",
-                                             labels={"io.sandbox.name": "control"})
+    name = f"control-{uuid.uuid4().hex[:8]}"
+    unique = f"sandbox-verify-{uuid.uuid4().hex[:12]}.example.com"
+    weights = tmp_path_factory.mktemp("weights") / "control.gguf"
+    weights.write_bytes(b"GGUF" + bytes(1020))
+    weights.chmod(0o666)
+    ui_port, door_port = free_port(), free_port()
+    label = {"io.sandbox.name": name}
+    v6 = uuid.uuid4().hex
+    network = docker_client.networks.create(
+        f"sandbox-{name}-bridge", driver="bridge", enable_ipv6=True, labels=label,
+        ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=f"fd{v6[:2]}:{v6[2:6]}:{v6[6:10]}::/64")]))
+    containers = []
     try:
-        unsafe.start()  # inside the try: a container that fails to start is removed too
+        neighbour = docker_client.containers.create(chat, name=f"sandbox-{name}-neighbour", labels=label)
+        containers.append(neighbour)
+        network.connect(neighbour, aliases=[unique])
+        unsafe = docker_client.containers.create(
+            chat, name=f"sandbox-{name}-frontend", labels=label, network=network.name, pids_limit=-1,
+            ports={"8080/tcp": ("0.0.0.0", ui_port), "8081/tcp": ("127.0.0.1", door_port)},
+            volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "ro"},
+                     str(weights): {"bind": "/models/control.gguf", "mode": "rw"}})
+        containers.append(unsafe)
+        # Each started inside the try: a container that fails to start is removed too.
+        neighbour.start()
+        unsafe.start()
+        unsafe.exec_run(["python3", "-c", ONE_AT_A_TIME], detach=True)
+        _answers(ui_port)
+        _answers(door_port)
+        neighbour_ip = gateway.addresses(neighbour.name)[network.name]
         target = ContainerSpec(part="frontend", name=unsafe.name, image=chat, user="0:0", networks=(),
                                cap_drop=(), security_opt=())
+        facts = Facts(unique_name=unique, host_targets=host_ipv4_addresses(),
+                      other_sandbox_targets=[f"{neighbour_ip}:8080"], internal_network=resource_name(name, "internal"))
         with Canary() as canary:
-            hosts = host_ipv4_addresses()
-            request = {"tcp": [[h, canary.port] for h in hosts], "outside": [["1.1.1.1", 443, "tcp"]],
-                       "self": True}
-            output = gateway.run_probe("control", image.tag, target, json.dumps(request))
-            time.sleep(0.5)
-            hits = list(canary.hits)
-        facts = Facts(probe=probe_result(output), canary_port=canary.port, canary_hits=hits, host_targets=hosts,
-                      frontend_config=gateway.container_config(unsafe.name), internal_network="sandbox-x-internal")
+            facts.canary_port = canary.port
+            request = {
+                "tcp": [[h, canary.port] for h in facts.host_targets] + [[neighbour_ip, 8080]],
+                "outside": [[*PUBLIC_TARGET, "tcp"], [*METADATA_TARGET, "tcp"], [ADDRESS_TARGET, 40001, "tcp"],
+                            [ADDRESS_TARGET, 40002, "udp"]]
+                           + [[r, 53, proto] for r in host_resolvers() for proto in ("udp", "tcp")],
+                "dns": [unique], "ipv6": [list(IPV6_TARGET)],
+                "http": [[neighbour_ip, 8080, line] for line in PROXY_REQUESTS], "self": True}
+            output = gateway.run_probe(name, image.tag, target, json.dumps(request))
+            # The probe's connections to the canary were made before it printed: all are in.
+            facts.canary_hits = canary.hits_until_now()
+        facts.probe = probe_result(output)
+        facts.frontend_config = gateway.container_config(unsafe.name)
         facts.processes = _processes_from_host(gateway, unsafe.name, facts.frontend_config["id"])
         assert facts.processes, "the control container's processes were not read from the host"
-        for check in (host_services, raw_egress, raw_sockets, privileges, write_root, network_attachments):
-            assert check(facts).verdict == "FAIL", (check.__name__, check(facts).result)
-        # The probe never sent a packet out: it found the live gateway and stopped.
-        assert facts.probe["outside"]["tcp 1.1.1.1:443"].startswith("route-via-live-gateway")
+        facts.ingress_from_host = {line: _status_line("127.0.0.1", ui_port, line) for line in PROXY_REQUESTS}
+        facts.front_door = try_front_door(door_port, name, "x" * 43)
+        facts.expected_sha = facts.weights_sha_before = sha256_of(weights)
+        facts.weights_write = gateway.exec_in(unsafe.name, ["python3", "-c", WRITE_WEIGHTS,
+                                                            "/models/control.gguf"])[1].strip()
+        facts.weights_sha_after = sha256_of(weights)
+        facts.limits = {"frontend": gateway.limits(unsafe.name)}
+        facts.ingress_bindings = gateway.container_state(unsafe.name)["ports"]
+        facts.route_localnet = route_localnet()
+        return ({row.attack: row for row in judge(facts)},
+                {row.attack: row for row in judge(_as_if_all_recorded(facts))}, facts)
     finally:
-        unsafe.remove(force=True)
+        for container in containers:
+            container.remove(force=True)
+        network.remove()
+
+
+@pytest.mark.parametrize("attack", ROWS)
+def test_the_probe_sees_each_way_out_where_there_is_one(attack, unsafe_verdicts):
+    verdicts, as_if_recorded, _ = unsafe_verdicts
+    row = verdicts[attack]
+    assert row.verdict == "FAIL", f"{attack}: {row.verdict} {row.result}"
+    if "sink" in row.checked_by:
+        assert as_if_recorded[attack].verdict == "FAIL", f"{attack}: {as_if_recorded[attack].result}"
+
+
+def test_the_control_saw_its_breaches_itself(unsafe_verdicts):
+    """What the probe and the host saw, not only what the judge made of it."""
+    _, _, facts = unsafe_verdicts
+    probe = facts.probe
+    assert isinstance(probe["dns"][facts.unique_name], list)  # the name resolved
+    assert all(o.startswith("route-via-live-gateway") for o in probe["outside"].values()), probe["outside"]
+    assert probe["tcp"][facts.other_sandbox_targets[0]] == "connected"
+    assert facts.canary_hits and all(probe["tcp"][f"{h}:{facts.canary_port}"] == "connected"
+                                     for h in facts.host_targets)
+    assert [v["result"] for v in probe["ipv6"].values()] == ["has-default-route"]
+    assert "WROTE" in facts.weights_write and facts.weights_sha_after != facts.weights_sha_before
+    assert facts.front_door["flood"]["owner"] and all(a["status"] is None for a in facts.front_door["flood"]["owner"])
 
 
 def test_fork_bomb_and_memory_bomb_are_contained(sandbox, docker_client):

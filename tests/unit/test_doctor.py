@@ -1,5 +1,7 @@
 """doctor's findings for engines of several kinds (a stand-in gateway: the
 checks are logic over what the engine reports)."""
+import pytest
+
 from launcher.commands import doctor as d
 from launcher.errors import DockerUnavailable
 
@@ -48,6 +50,13 @@ def test_volume_sizes_the_engine_cannot_enforce_are_said_with_the_way_to_accept(
     assert "project quotas" in check.fix
     [bounded] = [c for c in d.doctor(lambda: Engine(), ports=()) if c.name == "volume sizes"]
     assert bounded.result == "ok" and "frontend.data_size" in bounded.detail
+
+
+@pytest.mark.parametrize("values", [{}, {"all": "0", "eth0": None}])
+def test_route_localnet_that_could_not_be_read_is_a_warning_never_ok(monkeypatch, values):
+    monkeypatch.setattr(d, "route_localnet", lambda: values)
+    [check] = [c for c in d.doctor(lambda: Engine(), ports=()) if c.name == "loopback ports"]
+    assert check.result == "warn" and "could not be read" in check.detail and check.fix
 
 
 def test_no_engine_is_a_finding_not_a_crash():

@@ -125,7 +125,8 @@ BREACHES = {
     "write the weights": [replace(safe(), weights_write="WROTE EROFS EROFS"),
                           replace(safe(), weights_sha_after="b" * 64), replace(safe(), weights_write="")],
     "write the root fs": [probe_with(self={**safe().probe["self"], "write_root": "written"}),
-                          config_with(read_only=False), replace(safe(), frontend_config={})],
+                          config_with(read_only=False), config_with(read_only=None),
+                          replace(safe(), frontend_config={})],
     "Docker socket": [probe_with(self={**safe().probe["self"], "docker_socket": ["/var/run/docker.sock"]}),
                       config_with(mounts=[*CONFIG["mounts"], {"type": "bind", "source": "/var/run/docker.sock",
                                                               "destination": "/tmp/d.sock", "rw": True}]),
@@ -133,7 +134,10 @@ BREACHES = {
                                            "rw": False}]),
                       replace(safe(), frontend_config={})],
     "fork bomb / memory bomb": [replace(safe(), limits={"frontend": {"pids": None, "memory": 2**28}}),
-                                replace(safe(), limits={"frontend": {"pids": 512, "memory": 0}})],
+                                replace(safe(), limits={"frontend": {"pids": 512, "memory": 0}}),
+                                # The engine's "unlimited" (`--pids-limit -1`), which is no limit.
+                                replace(safe(), limits={"frontend": {"pids": -1, "memory": 2**28}}),
+                                replace(safe(), limits={"frontend": {"pids": 512, "memory": -1}})],
     "LAN reach of the UI": [replace(safe(), ingress_bindings=["0.0.0.0:8080"]),
                             replace(safe(), route_localnet={"all": "0", "eth0": "1"}),
                             replace(safe(), ingress_bindings=[])],
@@ -451,3 +455,88 @@ def test_a_process_seen_before_or_while_the_probe_runs_is_judged_though_gone_aft
     # The control: with no such process at any reading, privileges passes.
     _, seen = watching_processes(lambda: {"1": PROC}, lambda: "probe output")
     assert v.privileges(replace(safe(), processes=seen)).verdict == "PASS"
+
+
+def _without_host_resolvers() -> v.Facts:
+    facts = safe()
+    outside = {k: o for k, o in facts.probe["outside"].items() if not (k.startswith("udp ") and k.endswith(":53"))}
+    return probe_with(outside=outside)
+
+
+@pytest.mark.parametrize("attack, unread", [
+    # Before, each of these passed: a fact that was never read was taken for a safe one.
+    ("LAN reach of the UI", replace(safe(), route_localnet={})),
+    ("LAN reach of the UI", replace(safe(), route_localnet={"all": "0", "eth0": None})),
+    ("LAN reach of the UI", replace(safe(), route_localnet={"all": None, "eth0": None})),
+    ("DNS leak via host resolver", _without_host_resolvers()),
+    ("IPv6", probe_with(ipv6={"[2606:4700:4700::1111]:443": {"disabled": None, "result": "error:Network is unreachable"}})),
+])
+def test_a_fact_that_could_not_be_read_makes_its_row_inconclusive_never_a_pass(attack, unread):
+    row = next(r for r in v.judge(unread) if r.attack == attack)
+    assert row.verdict == "INCONCLUSIVE", row.result
+    assert "proves nothing" in row.result or "could not be read" in row.result
+
+
+@pytest.mark.parametrize("breach", [
+    replace(safe(), route_localnet={"all": None, "eth0": "1"}),
+    replace(safe(), route_localnet={}, ingress_bindings=["0.0.0.0:8080"]),
+])
+def test_an_unread_fact_hides_no_breach_beside_it(breach):
+    assert v.lan_reach(breach).verdict == "FAIL"
+
+
+def _probe_module():
+    import importlib.util
+    from launcher.resources import IMAGES_DIR
+    spec = importlib.util.spec_from_file_location("probe", IMAGES_DIR / "probe" / "probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LO_REJECT = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 " \
+            "00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n"
+ETH0_DEFAULT = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 " \
+               "fd155dda000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n"
+
+
+@pytest.mark.parametrize("disable_ipv6, routes, result", [
+    # What the engine gave a container on a bridge network with IPv6: `all` says disabled, eth0 has a
+    # default route (before: "disabled", then a connect whose SYN left through that route: PASS).
+    ("1\n", LO_REJECT + ETH0_DEFAULT, "has-default-route"),
+    ("0\n", LO_REJECT + ETH0_DEFAULT, "has-default-route"),
+    # lo's reject route, which every namespace has, is no way out: the address is tried.
+    ("1\n", LO_REJECT, "tried"),
+])
+def test_the_probe_finds_an_ipv6_default_route_whatever_all_disable_ipv6_says(
+        monkeypatch, disable_ipv6, routes, result):
+    import io
+    probe = _probe_module()
+    files = {"/proc/sys/net/ipv6/conf/all/disable_ipv6": disable_ipv6, "/proc/net/ipv6_route": routes}
+    monkeypatch.setattr(probe, "open", lambda path, *a, **k: io.StringIO(files[path]), raising=False)
+    monkeypatch.setattr(probe, "connect", lambda *a, **k: "tried")
+    assert probe.ipv6("2606:4700:4700::1111", 443) == {"disabled": disable_ipv6 == "1\n", "result": result}
+
+
+def test_the_probe_says_an_unreadable_disable_ipv6_is_unknown_not_disabled(monkeypatch):
+    import io
+    probe = _probe_module()
+
+    def unreadable(path, *a, **k):
+        if path.endswith("disable_ipv6"):
+            raise PermissionError(13, "Permission denied")
+        return io.StringIO(LO_REJECT)
+    monkeypatch.setattr(probe, "open", unreadable, raising=False)
+    monkeypatch.setattr(probe, "connect", lambda *a, **k: "error:Network is unreachable")
+    assert probe.ipv6("2606:4700:4700::1111", 443)["disabled"] is None
+
+
+def test_the_canary_counts_every_connection_made_before_it_is_asked():
+    import socket
+    from launcher.hostnet import Canary
+    with Canary() as canary:
+        peers = []
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", canary.port)) as s:
+                peers.append(f"127.0.0.1:{s.getsockname()[1]}")
+        assert canary.hits_until_now() == peers
