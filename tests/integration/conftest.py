@@ -9,6 +9,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -118,6 +119,17 @@ def ui(result, path: str = "", payload: dict | None = None, timeout: float = 120
 def ui_json(result, path: str, payload: dict | None = None, timeout: float = 120) -> dict:
     with ui(result, path, payload, timeout) as response:
         return json.load(response)
+
+
+def wait_for(check, seconds: float = 60, what: str = ""):
+    """Poll `check` until it gives something true, and return that: the
+    system is waited for, never a fixed time; the deadline is only there to
+    fail a run that would hang."""
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out after {seconds} s{' waiting for ' if what else ''}{what}"
+        time.sleep(0.5)
+    return found
 
 
 def labelled(client, name: str) -> dict[str, list[str]]:
