@@ -5,6 +5,7 @@ sink and shows up with its detail; `up` says what was tried while starting,
 the records outlive the containers until `down --volumes`."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -18,7 +19,7 @@ from launcher.commands.audit import audit, follow
 from launcher.commands.down import down
 from launcher.commands.status import status
 from launcher.commands.up import up
-from tests.integration.conftest import FIXTURES_BAD, ca_bundle, ui, write_policy
+from tests.integration.conftest import FIXTURES_BAD, ca_bundle, ui, wait_for, write_policy
 
 NOISY = FIXTURES_BAD.parent / "noisy-ui"
 NAMES = {"telemetry.noisy-ui.example", "updates.noisy-ui.example", "api.noisy-ui.example",
@@ -28,14 +29,6 @@ runner = CliRunner()
 
 def looked_up(report: dict) -> set[str]:
     return {n["name"] for n in report["names"]}
-
-
-def wait_for(check, seconds: float = 60):
-    deadline = time.monotonic() + seconds
-    while not (found := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
-    return found
 
 
 @pytest.fixture
@@ -101,10 +94,20 @@ def test_since_and_follow(gateway, noisy):
                 return
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    time.sleep(1)
+    # The phone-home waits until the follower is following: it has seen a
+    # lookup made after it started (one each poll, until one is seen).
+    markers = itertools.count()
+
+    def follower_saw_a_marker() -> bool:
+        gateway.exec_in(f"sandbox-{result.name}-frontend",
+                        ["python3", "-c", f"import socket\ntry: socket.gethostbyname('marker{next(markers)}.example')\n"
+                                          "except OSError: pass"])
+        return any(str(e["name"]).startswith("marker") for e in seen)
+    wait_for(follower_saw_a_marker, what="the follower to see a lookup")
     with ui(result, "phone-home", {}, timeout=60):
         pass
     watcher.join(60)
+    assert not watcher.is_alive(), "the follower never saw the phone-home's lookups"
     assert {e["name"] for e in seen} >= {"telemetry.noisy-ui.example", "updates.noisy-ui.example"}
     assert all(e["part"] == "frontend" for e in seen)
     assert NAMES <= looked_up(audit(gateway, result.name, since=later))
@@ -158,7 +161,7 @@ def test_in_connections_mode_each_destination_shows_its_name_port_and_what_was_s
 
 
 FLOOD = """
-import socket, sys, time
+import socket, sys
 first, count, last = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 held = []
 for port in range(first, first + count):  # opened and held, saying nothing
@@ -173,7 +176,11 @@ s = socket.socket()  # and, while they are held, one that says something
 s.settimeout(3)
 s.connect(("203.0.113.9", last))
 s.sendall(b"POST /after-the-flood HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n\\r\\n")
-time.sleep(3)
+s.settimeout(60)
+try:  # the others held until the sink has taken this one: it reads, records and closes (or resets), never answers
+    s.recv(1)
+except ConnectionResetError:
+    pass
 print(len(held))
 """
 
@@ -372,6 +379,14 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
         # The flood did what it did before: every detail record of the first lookup and the POST turned over.
         assert "first-lookup.attacker.example" not in {e["name"] for e in report["lookups"]}
         assert not any(c["name"] == "upload.attacker.example" for c in report["connections"])
+        # The control: read without the sink's summary, the audit has lost
+        # them, so the checks below would see an erasing flood.
+        import launcher.commands.audit
+        with monkeypatch.context() as without_the_summary:
+            without_the_summary.setattr(launcher.commands.audit, "summary_kept",
+                                        lambda gateway, name: {"destinations": [], "more": {}, "dropped": {}})
+            erased = audit(gateway, result.name)
+        assert "first-lookup.attacker.example" not in names(erased) and upload(erased) is None
         # The summary still has them, with exact counts, the POST with its body.
         first = names(report)["first-lookup.attacker.example"]
         assert first["count"] == 1 and first["parts"] == ["frontend"]
