@@ -171,14 +171,14 @@ def answered(reply: dict) -> str:
     return reply["reply"]["content"]
 
 
-def poll(check, what, seconds: float = 120):
+def poll(check, what="", seconds: float = 120):
     """Wait for `check()` to give something true, and give it: for what a part
     does in its own time (a record written, a container restarted).
     `what`: what is awaited, or a function saying what was seen instead."""
     deadline = time.monotonic() + seconds
     while not (found := check()):
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what if isinstance(what, str) else what()}")
+            pytest.fail(f"timed out after {seconds} s waiting for {what if isinstance(what, str) else what()}")
         time.sleep(0.2)
     return found
 

@@ -5,6 +5,7 @@ sink and shows up with its detail; `up` says what was tried while starting,
 the records outlive the containers until `down --volumes`."""
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
@@ -18,7 +19,7 @@ from launcher.commands.audit import audit, follow
 from launcher.commands.down import down
 from launcher.commands.status import status
 from launcher.commands.up import up
-from tests.integration.conftest import FIXTURES_BAD, ca_bundle, ui, write_policy
+from tests.integration.conftest import FIXTURES_BAD, ca_bundle, poll, ui, write_policy
 
 NOISY = FIXTURES_BAD.parent / "noisy-ui"
 NAMES = {"telemetry.noisy-ui.example", "updates.noisy-ui.example", "api.noisy-ui.example",
@@ -28,14 +29,6 @@ runner = CliRunner()
 
 def looked_up(report: dict) -> set[str]:
     return {n["name"] for n in report["names"]}
-
-
-def wait_for(check, seconds: float = 60):
-    deadline = time.monotonic() + seconds
-    while not (found := check()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
-    return found
 
 
 @pytest.fixture
@@ -61,7 +54,7 @@ def _noisy(gateway, tmp_path, **policy):
 def test_up_says_what_was_tried_while_starting_and_status_counts_it(gateway, noisy):
     result, path, said = noisy
     # The UI tries on start, in a thread of its own: `up` sees what it had tried by the time it was ready.
-    report = wait_for(lambda: NAMES <= looked_up(r := audit(gateway, result.name)) and r)
+    report = poll(lambda: NAMES <= looked_up(r := audit(gateway, result.name)) and r)
     assert {n["parts"][0] for n in report["names"] if n["name"] in NAMES} == {"frontend"}
     # Its first lookups come before it answers, so `up` has seen them.
     [summary] = [m for m in said if m.startswith("while starting, parts tried to reach")]
@@ -75,7 +68,7 @@ def test_up_says_what_was_tried_while_starting_and_status_counts_it(gateway, noi
 
 def test_attempts_by_address_end_at_the_sink_and_are_recorded(gateway, noisy):
     result, _, _ = noisy
-    report = wait_for(lambda: len((r := audit(gateway, result.name))["destinations"]) >= 2 and r)
+    report = poll(lambda: len((r := audit(gateway, result.name))["destinations"]) >= 2 and r)
     by_destination = {(d["protocol"], d["address"], d["port"]): d for d in report["destinations"]}
     tcp = by_destination[("tcp", "203.0.113.7", 443)]
     udp = by_destination[("udp", "203.0.113.7", 9999)]
@@ -89,7 +82,7 @@ def test_attempts_by_address_end_at_the_sink_and_are_recorded(gateway, noisy):
 
 def test_since_and_follow(gateway, noisy):
     result, _, _ = noisy
-    wait_for(lambda: NAMES <= looked_up(audit(gateway, result.name)))
+    poll(lambda: NAMES <= looked_up(audit(gateway, result.name)))
     later = time.time()
     assert looked_up(audit(gateway, result.name, since=later)) == set()
     seen: list[dict] = []
@@ -101,10 +94,20 @@ def test_since_and_follow(gateway, noisy):
                 return
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    time.sleep(1)
+    # The phone-home waits until the follower is following: it has seen a
+    # lookup made after it started (one each poll, until one is seen).
+    markers = itertools.count()
+
+    def follower_saw_a_marker() -> bool:
+        gateway.exec_in(f"sandbox-{result.name}-frontend",
+                        ["python3", "-c", f"import socket\ntry: socket.gethostbyname('marker{next(markers)}.example')\n"
+                                          "except OSError: pass"])
+        return any(str(e["name"]).startswith("marker") for e in seen)
+    poll(follower_saw_a_marker, what="the follower to see a lookup")
     with ui(result, "phone-home", {}, timeout=60):
         pass
     watcher.join(60)
+    assert not watcher.is_alive(), "the follower never saw the phone-home's lookups"
     assert {e["name"] for e in seen} >= {"telemetry.noisy-ui.example", "updates.noisy-ui.example"}
     assert all(e["part"] == "frontend" for e in seen)
     assert NAMES <= looked_up(audit(gateway, result.name, since=later))
@@ -114,14 +117,14 @@ def test_since_and_follow(gateway, noisy):
 
 def test_the_records_outlive_the_containers_until_down_volumes(gateway, noisy):
     result, path, _ = noisy
-    wait_for(lambda: NAMES <= looked_up(audit(gateway, result.name)))
+    poll(lambda: NAMES <= looked_up(audit(gateway, result.name)))
     before = len(audit(gateway, result.name)["lookups"])
     down(gateway, result.name)  # the containers go; the audit volume stays
     up(gateway, path, ca_bundle=ca_bundle())
-    wait_for(lambda: len(audit(gateway, result.name)["lookups"]) >= 2 * before)
+    poll(lambda: len(audit(gateway, result.name)["lookups"]) >= 2 * before)
     down(gateway, result.name, volumes=True)
     up(gateway, path, ca_bundle=ca_bundle())
-    after = wait_for(lambda: NAMES <= looked_up(r := audit(gateway, result.name)) and r)
+    after = poll(lambda: NAMES <= looked_up(r := audit(gateway, result.name)) and r)
     assert len(after["lookups"]) < 2 * before  # a new record: only this start's
 
 
@@ -132,7 +135,7 @@ def test_in_connections_mode_each_destination_shows_its_name_port_and_what_was_s
 
     def by_destination(report: dict) -> dict:
         return {(d["protocol"], d["name"] or d["address"], d["port"]): d for d in report["destinations"]}
-    report = wait_for(lambda: wanted <= set(by_destination(r := audit(gateway, result.name))) and r)
+    report = poll(lambda: wanted <= set(by_destination(r := audit(gateway, result.name))) and r)
     by_destination = by_destination(report)
     https = by_destination[("tcp", "api.noisy-ui.example", 443)]
     assert https["said"] == ["TLS to api.noisy-ui.example"] and https["parts"] == ["frontend"]
@@ -158,7 +161,7 @@ def test_in_connections_mode_each_destination_shows_its_name_port_and_what_was_s
 
 
 FLOOD = """
-import socket, sys, time
+import socket, sys
 first, count, last = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 held = []
 for port in range(first, first + count):  # opened and held, saying nothing
@@ -173,7 +176,11 @@ s = socket.socket()  # and, while they are held, one that says something
 s.settimeout(3)
 s.connect(("203.0.113.9", last))
 s.sendall(b"POST /after-the-flood HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 0\\r\\n\\r\\n")
-time.sleep(3)
+s.settimeout(60)
+try:  # the others held until the sink has taken this one: it reads, records and closes (or resets), never answers
+    s.recv(1)
+except ConnectionResetError:
+    pass
 print(len(held))
 """
 
@@ -191,7 +198,7 @@ def test_a_flood_of_connections_cannot_blind_the_sink(gateway, docker_client, tm
 
         def recorded() -> set[int]:
             return {c["port"] for c in audit(gateway, result.name)["connections"] if c["address"] == "203.0.113.9"}
-        seen = wait_for(lambda: {last, *range(first, first + count)} <= (r := recorded()) and r, seconds=60)
+        seen = poll(lambda: {last, *range(first, first + count)} <= (r := recorded()) and r, seconds=60)
         assert last in seen
         after = next(c for c in audit(gateway, result.name)["connections"] if c["port"] == last)
         assert after["said"] in ("POST http://x/after-the-flood (0 B body)", "not read: the sink was busy")
@@ -215,7 +222,7 @@ def test_what_the_ingress_refused_outlives_its_container_until_down_volumes(gate
             assert e.code == 401
     try:
         knock("first-knock")
-        refused = wait_for(lambda: [r for r in audit(gateway, result.name)["ingress_refused"] if "first-knock" in r])
+        refused = poll(lambda: [r for r in audit(gateway, result.name)["ingress_refused"] if "first-knock" in r])
         assert len(refused) == 1 and "reason=no-token" in refused[0]
         down(gateway, result.name)  # the containers go; the audit volume stays
         result = up(gateway, path, ca_bundle=ca_bundle())
@@ -223,7 +230,7 @@ def test_what_the_ingress_refused_outlives_its_container_until_down_volumes(gate
         result = up(gateway, path, ca_bundle=ca_bundle(), new_token=True)  # a new ingress container
         later = time.time()
         knock("second-knock")
-        wait_for(lambda: any("second-knock" in r for r in audit(gateway, result.name)["ingress_refused"]))
+        poll(lambda: any("second-knock" in r for r in audit(gateway, result.name)["ingress_refused"]))
         kept = audit(gateway, result.name)["ingress_refused"]
         assert [r for r in kept if "first-knock" in r] == refused  # once, not again with each keeping
         recent = audit(gateway, result.name, since=later)["ingress_refused"]
@@ -355,7 +362,7 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
 
         def upload(report: dict) -> dict | None:
             return next((d for d in report["destinations"] if d["name"] == "upload.attacker.example"), None)
-        wait_for(lambda: upload(audit(gateway, result.name)))
+        poll(lambda: upload(audit(gateway, result.name)))
         run = frontend.exec_run(["python3", "-c", FLOOD_AND_ERASE, sink_address])
         assert run.exit_code == 0 and b"flooded" in run.output, run.output.decode()[-2000:]
         connections_made = int(run.output.decode().split()[-1])
@@ -367,11 +374,19 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
 
         def all_taken(report: dict) -> bool:  # the sink has read and recorded every connection the flood made
             return (flooded(report) or {}).get("count") == connections_made
-        report = wait_for(lambda: "during-the-flood.attacker.example" in names(r := audit(gateway, result.name))
+        report = poll(lambda: "during-the-flood.attacker.example" in names(r := audit(gateway, result.name))
                           and all_taken(r) and r, seconds=300)
         # The flood did what it did before: every detail record of the first lookup and the POST turned over.
         assert "first-lookup.attacker.example" not in {e["name"] for e in report["lookups"]}
         assert not any(c["name"] == "upload.attacker.example" for c in report["connections"])
+        # The control: read without the sink's summary, the audit has lost
+        # them, so the checks below would see an erasing flood.
+        import launcher.commands.audit
+        with monkeypatch.context() as without_the_summary:
+            without_the_summary.setattr(launcher.commands.audit, "summary_kept",
+                                        lambda gateway, name: {"destinations": [], "more": {}, "dropped": {}})
+            erased = audit(gateway, result.name)
+        assert "first-lookup.attacker.example" not in names(erased) and upload(erased) is None
         # The summary still has them, with exact counts, the POST with its body.
         first = names(report)["first-lookup.attacker.example"]
         assert first["count"] == 1 and first["parts"] == ["frontend"]
@@ -457,13 +472,13 @@ def test_one_part_filling_its_table_in_the_summary_cannot_erase_anothers_attempt
         past_the_table = 20
         run = frontend.exec_run(["python3", "-c", FILL_THE_TABLE, str(sink.MAX_DESTINATIONS_PER_PART + past_the_table)])
         assert run.exit_code == 0, run.output.decode()[-2000:]
-        wait_for(lambda: audit(gateway, result.name)["not_itemised"].get("frontend", 0) >= past_the_table)
+        poll(lambda: audit(gateway, result.name)["not_itemised"].get("frontend", 0) >= past_the_table)
         run = backend.exec_run(["/opt/venv/bin/python", "-c", BACKEND_POST])
         assert run.exit_code == 0, run.output.decode()[-2000:]
         junk = 200
         run = frontend.exec_run(["python3", "-c", JUNK, str(junk)])
         assert run.exit_code == 0 and b"sent" in run.output, run.output.decode()[-2000:]
-        report = wait_for(lambda: (r := audit(gateway, result.name))["not_itemised"].get("frontend", 0)
+        report = poll(lambda: (r := audit(gateway, result.name))["not_itemised"].get("frontend", 0)
                           >= past_the_table + junk and r, seconds=120)
         # The flood did turn the detail file over: the backend's POST in detail is gone.
         assert not any(c["part"] == "backend" for c in report["connections"])

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import urllib.error
+import uuid
 
 import pytest
 
-from tests.integration.conftest import ui_json
+from tests.integration.conftest import poll, ui, ui_json
 from tests.support import recording_browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -109,12 +112,61 @@ def test_without_the_link_the_page_says_how_to_get_in(sandbox, browser):
     context.close()
 
 
-def test_a_rebound_name_gets_nothing_even_from_the_logged_in_browser(sandbox, owner_page):
+def ui_log(gateway, result) -> str:
+    """What reached the UI: the chat server logs every request it answers."""
+    return "\n".join(gateway.logs(f"sandbox-{result.name}-frontend", tail="all"))
+
+
+def ingress_log(gateway, result) -> str:
+    """What the ingress did not pass on: it logs only those."""
+    return "\n".join(gateway.logs(f"sandbox-{result.name}-ingress", tail="all"))
+
+
+def reached_the_ui(gateway, result, target: str) -> bool:
+    return f'"GET {target} HTTP/1.1"' in ui_log(gateway, result) or f'"POST {target} HTTP/1.1"' in ui_log(
+        gateway, result)
+
+
+def until_the_ui_has_seen_a_later_request(gateway, result, tag: str) -> None:
+    """Hold until a request made after the attack has reached the UI: one
+    the ingress had passed on before it would be in the UI's log by then."""
+    marker = f"/api/history?probe={tag}-marker"
+    try:
+        ui(result, marker.lstrip("/"), timeout=30).close()
+    except urllib.error.HTTPError as e:  # the chat server knows no such path: it answered, that is enough
+        assert e.code == 404, e
+    poll(lambda: reached_the_ui(gateway, result, marker))
+
+
+def test_a_rebound_name_gets_nothing_even_with_the_owners_cookie(sandbox, browser, gateway):
+    """A DNS-rebinding page's requests carry its own name as Host. Such a
+    page has no cookie of the sandbox's, so the token check alone would
+    refuse it: to see that the Host check refuses, the browser holds the
+    owner's cookie under the rebound name too, and sends it. Control: the
+    same request under the sandbox's own name reaches the UI."""
     result, _ = sandbox
     port = result.url.rsplit(":", 1)[1].strip("/")
-    response = owner_page.goto(f"http://{REBOUND}:{port}/api/history")
-    assert response.status == 421
-    assert "messages" not in owner_page.content()
+    tag = uuid.uuid4().hex[:8]
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(result.access_link)
+    cookie = {c["name"]: c for c in context.cookies()}[f"sandbox-{result.name}"]
+    context.add_cookies([{**cookie, "domain": REBOUND}])
+
+    rebound = f"/api/history?probe={tag}-rebound"
+    response = page.goto(f"http://{REBOUND}:{port}{rebound}")
+    assert f"sandbox-{result.name}={result.token}" in response.request.all_headers().get("cookie", "")
+    assert response.status == 421 and "messages" not in page.content()
+    # The control: the same request, the same cookie, under the sandbox's own
+    # name, made after it: it reaches the UI, and the rebound one would have first.
+    control = f"/api/history?probe={tag}-control"
+    response = page.goto(result.url.rstrip("/") + control)
+    assert f"sandbox-{result.name}={result.token}" in response.request.all_headers().get("cookie", "")
+    assert response.status == 404  # the UI's own answer: it knows no such path
+    poll(lambda: reached_the_ui(gateway, result, control), what="the control at the UI")
+    assert not reached_the_ui(gateway, result, rebound), ui_log(gateway, result)[-2000:]
+    assert any(rebound in line and "reason=foreign-host" in line for line in ingress_log(gateway, result).splitlines())
+    context.close()
 
 
 def serve(handler) -> http.server.ThreadingHTTPServer:
@@ -138,48 +190,75 @@ def serve_page(html: bytes) -> http.server.ThreadingHTTPServer:
     return serve(Page)
 
 
-HOSTILE_PAGE = """<!doctype html><title>a page on another port</title>
-<iframe name="sink" style="display:none"></iframe>
-<form id="form" method="POST" action="SANDBOX/api/chat" enctype="text/plain" target="sink">
-<input name='{"messages":[{"role":"user","content":"FORM"}],"x":"' value='"}'></form>
-<script>
-window.results = {};
-fetch("SANDBOX/api/history", {credentials: "include"})
-  .then(r => r.text()).then(t => results.read = t).catch(e => results.read = "blocked: " + e);
-fetch("SANDBOX/api/chat", {method: "POST", mode: "no-cors", credentials: "include",
-  headers: {"Content-Type": "text/plain"}, body: '{"messages":[{"role":"user","content":"FETCH"}]}'})
-  .then(r => results.post = "sent").catch(e => results.post = "blocked: " + e);
-const ws = new WebSocket("SANDBOX_WS/");
-ws.onopen = () => results.ws = "open";
-ws.onerror = () => results.ws = "refused";
-document.getElementById("form").submit();
-</script>"""
+# What a page does to the sandbox's origin: read its history, POST to its
+# chat (a form and `fetch`, both text/plain: no preflight), open a WebSocket.
+# Each request carries `probe=TAG-what`, for the logs of the ingress and the UI.
+TRY_THE_SANDBOX = """([origin, tag]) => new Promise(done => {
+  const results = {};
+  const finish = () => { if (results.read && results.post && results.ws) done(results); };
+  fetch(`${origin}/api/history?probe=${tag}-read`, {credentials: "include"})
+    .then(r => r.text()).then(t => results.read = "read: " + t).catch(e => results.read = "blocked: " + e)
+    .finally(finish);
+  fetch(`${origin}/api/chat?probe=${tag}-fetch`, {method: "POST", mode: "no-cors", credentials: "include",
+    headers: {"Content-Type": "text/plain"}, body: '{"messages":[{"role":"user","content":"FETCH"}]}'})
+    .then(() => results.post = "sent").catch(e => results.post = "blocked: " + e).finally(finish);
+  const ws = new WebSocket(`${origin.replace("http://", "ws://")}/ws?probe=${tag}-ws`);
+  ws.onopen = () => { results.ws = "open"; finish(); };
+  ws.onerror = () => { results.ws = "refused"; finish(); };
+  const frame = Object.assign(document.createElement("iframe"), {name: "sink"});
+  const form = Object.assign(document.createElement("form"), {method: "POST", target: "sink",
+    action: `${origin}/api/chat?probe=${tag}-form`, enctype: "text/plain"});
+  form.appendChild(Object.assign(document.createElement("input"),
+    {name: '{"messages":[{"role":"user","content":"FORM"}],"x":"', value: '"}'}));
+  document.body.append(frame, form);
+  form.submit();
+})"""
+def probe_targets(tag: str) -> dict[str, str]:
+    return {"read": f"/api/history?probe={tag}-read", "fetch": f"/api/chat?probe={tag}-fetch",
+            "ws": f"/ws?probe={tag}-ws", "form": f"/api/chat?probe={tag}-form"}
 
 
 def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, owner_page, gateway):
     """Another port of 127.0.0.1 is the same *site*: the SameSite cookie goes
-    along, so the ingress itself must refuse."""
+    along, so the ingress itself must refuse. The browser's own rules keep a
+    cross-origin read from the page whatever the ingress does, so what counts
+    is what reached the UI. Control: the same requests, made by a page of the
+    sandbox's own origin, do reach it."""
     result, _ = sandbox
     before = ui_json(result, "api/history", timeout=30)["messages"]
-    sandbox_origin = result.url.rstrip("/")
-    page_html = (HOSTILE_PAGE.replace("SANDBOX_WS", sandbox_origin.replace("http://", "ws://"))
-                 .replace("SANDBOX", sandbox_origin)).encode()
+    origin = result.url.rstrip("/")
 
-    server = serve_page(page_html)
+    own = uuid.uuid4().hex[:8]
+    owner_page.goto(result.url)
+    results = owner_page.evaluate(TRY_THE_SANDBOX, [origin, own])
+    assert results["read"].startswith("read: "), results  # the UI's answer (it knows no such path)
+    # Not the form: under the ingress's `Referrer-Policy: no-referrer` the
+    # browser sends a form's POST with `Origin: null`, refused from any page.
+    for what, target in probe_targets(own).items():
+        if what != "form":
+            poll(lambda target=target: reached_the_ui(gateway, result, target), what=f"{target} at the UI")
+
+    tag = uuid.uuid4().hex[:8]
+    server = serve_page(b"<!doctype html><title>a page on another port</title><body>")
     try:
         owner_page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
-        owner_page.wait_for_function("() => results.read && results.post && results.ws", timeout=30_000)
-        results = owner_page.evaluate("() => results")
+        results = owner_page.evaluate(TRY_THE_SANDBOX, [origin, tag])
     finally:
         server.shutdown()
     assert results["read"].startswith("blocked"), results
     assert results["ws"] == "refused", results
-    owner_page.wait_for_timeout(1000)
+    # The ingress refused each (the form's POST is sent after the page's script ran: held on its record)...
+    refused = {what: poll(lambda target=target: [line for line in ingress_log(gateway, result).splitlines()
+                                                     if f" {target} " in line], what=f"{target} refused at the ingress")
+               for what, target in probe_targets(tag).items()}
+    assert all(re.search(r"ingress: refused status=403 reason=(cross-site|foreign-origin) ", line)
+               for lines in refused.values() for line in lines), refused
+    # ...and none of them reached the UI, by the time a later request did.
+    until_the_ui_has_seen_a_later_request(gateway, result, tag)
+    assert not any(reached_the_ui(gateway, result, target) for target in probe_targets(tag).values()), \
+        ui_log(gateway, result)[-3000:]
     after = ui_json(result, "api/history", timeout=30)["messages"]
-    assert not any(word in m["content"] for m in after for word in ("FORM", "FETCH")), after
-    assert after[:len(before)] == before
-    log = "\n".join(gateway.logs(f"sandbox-{result.name}-ingress", tail=200))
-    assert "reason=cross-site" in log
+    assert after == before and not any(word in m["content"] for m in after for word in ("FORM", "FETCH")), after
 
 
 class Canary(http.server.BaseHTTPRequestHandler):
@@ -224,20 +303,23 @@ def test_the_page_cannot_make_the_browser_reach_elsewhere(leaky_sandbox, browser
 
     canary, plain = serve(Canary), serve_page(page_html)
     to = f"http://127.0.0.1:{canary.server_address[1]}"
+    tried = {"/image", "/stylesheet", "/script", "/fetch", "/beacon"}
     try:
         context = browser.new_context()
+        # What the page's CSP stopped, as the page itself learns it.
+        context.add_init_script("window.stopped = []; document.addEventListener('securitypolicyviolation', "
+                                "e => window.stopped.push(new URL(e.blockedURI).pathname))")
         page = context.new_page()
         page.goto(f"http://127.0.0.1:{plain.server_address[1]}/leaky?to={to}")
-        page.wait_for_function("() => window.own !== undefined", timeout=30_000)
-        page.wait_for_timeout(2000)
-        reached = {path.split("?")[0] for path in Canary.hits}
-        assert {"/image", "/stylesheet", "/script", "/fetch", "/beacon"} <= reached, reached  # the control
+        # The control: served without the ingress's CSP, the page reaches the canary every way it tries.
+        poll(lambda: tried <= {path.split("?")[0] for path in Canary.hits})
         Canary.hits.clear()
         page.goto(result.access_link)
         page.goto(f"{result.url}leaky?to={to}")
         page.wait_for_function("() => window.own !== undefined", timeout=30_000)
-        page.wait_for_timeout(2000)
         assert page.evaluate("() => window.own") == 200  # its own origin still works
+        # Held until the CSP has stopped each way out: one it let through never shows here, and the wait fails.
+        page.wait_for_function(f"() => {sorted(tried)}.every(p => window.stopped.includes(p))", timeout=30_000)
         assert Canary.hits == []
         context.close()
     finally:

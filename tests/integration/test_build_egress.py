@@ -12,6 +12,7 @@ import http.server
 import json
 import re
 import threading
+import uuid
 from dataclasses import replace
 
 import docker.errors
@@ -115,14 +116,31 @@ def test_a_hostile_build_reaches_nothing_on_the_host_and_is_audited(gateway, doc
     assert all(c["address"] not in hosts for c in allowed)
 
 
-def test_a_build_step_that_ignores_the_proxy_fails_saying_so(gateway, tmp_path):
+APT_UPDATE = "apt-get update --error-on=any -o Acquire::Retries=0"
+
+
+def test_a_build_step_that_ignores_the_proxy_fails_saying_so(gateway, docker_client, tmp_path):
+    """Control: the same fetch, through the proxy the build is given, works;
+    so what stops the step below is going around the proxy, not the fetch."""
     from launcher.commands.up import build_egress
     from launcher.errors import BuildFailure
     from launcher.images import _hashed
-    (tmp_path / "Dockerfile").write_text(
+    through = tmp_path / "through-the-proxy"
+    through.mkdir()
+    (through / "Dockerfile").write_text(f"FROM debian:bookworm-slim\nRUN {APT_UPDATE}\n")
+    image = _hashed(f"sandbox-test-through-proxy-{uuid.uuid4().hex[:8]}", through, "Dockerfile", None)
+    try:
+        gateway.build(image, egress=build_egress(ca_bundle()))
+    finally:
+        if gateway.image_present(image.tag):
+            docker_client.images.remove(image.tag, force=True)
+
+    around = tmp_path / "around-the-proxy"
+    around.mkdir()
+    (around / "Dockerfile").write_text(
         "FROM debian:bookworm-slim\n"
-        "RUN env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY apt-get update --error-on=any -o Acquire::Retries=0\n")
-    image = _hashed("sandbox-test-no-proxy", tmp_path, "Dockerfile", None)
+        f"RUN env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY {APT_UPDATE}\n")
+    image = _hashed("sandbox-test-no-proxy", around, "Dockerfile", None)
     with pytest.raises(BuildFailure) as failed:
         gateway.build(image, egress=build_egress(ca_bundle()))
     assert "only through the sandbox's build proxy" in str(failed.value)

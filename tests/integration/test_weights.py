@@ -14,9 +14,9 @@ import pytest
 from launcher.commands.down import down
 from launcher.commands.status import status
 from launcher.commands.up import up
-from launcher.errors import ModelChanged, PolicyError
+from launcher.errors import ModelChanged, NotReady, PolicyError
 from launcher.policy import check_policy_file
-from tests.integration.conftest import KILL_THE_SERVER, ca_bundle, labelled
+from tests.integration.conftest import KILL_THE_SERVER, ca_bundle, labelled, poll
 
 
 def tamper(model: Path, offset: int = 4096) -> None:
@@ -41,18 +41,42 @@ def test_a_model_edited_in_place_with_its_mtime_restored_is_refused(gateway, doc
     assert labelled(docker_client, name) == {"containers": [], "networks": [], "volumes": []}
 
 
+def swap_after_the_check(model: Path):
+    """A `say` for `up` that changes the model once the policy was checked,
+    before the backend that mounts it is created."""
+    def say(message: str) -> None:
+        if message.startswith("starting dns"):
+            tamper(model)
+    return say
+
+
 def test_a_model_changed_between_check_and_mount_is_refused(gateway, docker_client, own_model):
     path, model, name = own_model
-
-    def swap_while_starting(message: str) -> None:
-        if message.startswith("starting dns"):  # after the check, before the backend
-            tamper(model)
-
     try:
         with pytest.raises(ModelChanged) as refused:
-            up(gateway, path, ca_bundle=ca_bundle(), timeout=30, say=swap_while_starting)
+            up(gateway, path, ca_bundle=ca_bundle(), timeout=30, say=swap_after_the_check(model))
         assert "refusing to start the backend" in str(refused.value) and str(model) in str(refused.value)
         assert f"sandbox-{name}-backend" not in labelled(docker_client, name)["containers"]
+    finally:
+        down(gateway, name, volumes=True)
+
+
+def test_without_the_check_before_mount_the_swapped_model_is_mounted(gateway, docker_client, own_model,
+                                                                      monkeypatch):
+    """The control of the test above: with the check before the backend is
+    created taken away, the same swap goes through: the backend is made,
+    with the other bytes mounted (its own check at start reads their sha256)."""
+    import launcher.commands.up
+    path, model, name = own_model
+    monkeypatch.setattr(launcher.commands.up, "weights_unchanged", lambda container: None)
+    try:
+        with pytest.raises(NotReady):
+            up(gateway, path, ca_bundle=ca_bundle(), timeout=30, say=swap_after_the_check(model))
+        assert f"sandbox-{name}-backend" in labelled(docker_client, name)["containers"]
+        swapped = hashlib.sha256(model.read_bytes()).hexdigest()
+        backend = docker_client.containers.get(f"sandbox-{name}-backend")
+        poll(lambda: f"its sha256 is {swapped}" in backend.logs().decode(errors="replace"),
+                 what="the backend to read the swapped model")
     finally:
         down(gateway, name, volumes=True)
 
