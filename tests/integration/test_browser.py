@@ -232,11 +232,8 @@ def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, ow
     owner_page.goto(result.url)
     results = owner_page.evaluate(TRY_THE_SANDBOX, [origin, own])
     assert results["read"].startswith("read: "), results  # the UI's answer (it knows no such path)
-    # Not the form: under the ingress's `Referrer-Policy: no-referrer` the
-    # browser sends a form's POST with `Origin: null`, refused from any page.
-    for what, target in probe_targets(own).items():
-        if what != "form":
-            poll(lambda target=target: reached_the_ui(gateway, result, target), what=f"{target} at the UI")
+    for target in probe_targets(own).values():
+        poll(lambda target=target: reached_the_ui(gateway, result, target), what=f"{target} at the UI")
 
     tag = uuid.uuid4().hex[:8]
     server = serve_page(b"<!doctype html><title>a page on another port</title><body>")
