@@ -116,8 +116,10 @@ def test_an_interrupted_up_says_what_it_left_and_up_finishes_the_job(gateway, tm
     name = yaml.safe_load(path.read_text())["name"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Held in its wait for the backend: the interrupt lands there, however fast the model loads.
+    # Ctrl-C as at a terminal: a run started in the background inherits SIGINT ignored.
     process = subprocess.Popen([sys.executable, "-c", HELD_UP, "up", str(path)], env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         seen = []
         for line in process.stderr:
