@@ -25,7 +25,7 @@ from launcher.build_context import context_files
 from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound, PolicyError, Problem, SubnetTaken
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import EXTRA_CA_NAME, ImageBuild
-from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
+from launcher.plan import CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
 from launcher.text import json_records
 from launcher.spec import (LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
                            ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, image_volume_tmpfs, labels_for,
@@ -176,12 +176,6 @@ class DockerGateway:
                 if isinstance(item, dict) and item.get("error"):
                     raise DockerFailure(f"loading images: the Docker engine said: {item['error']}")
 
-    def image_size(self, tag: str) -> int | None:
-        try:
-            return self.api.inspect_image(tag).get("Size")
-        except docker.errors.APIError:
-            return None
-
     # ---- observe ----------------------------------------------------------
     def observe(self, name: str, images: tuple[str, ...] = ()) -> Observed:
         label = f"{LABEL_SANDBOX}={name}"
@@ -192,8 +186,7 @@ class DockerGateway:
             containers = {}
             for c in self.api.containers(all=True, filters={"label": label}):
                 containers[c["Names"][0].lstrip("/")] = ObservedContainer(
-                    spec_hash=c["Labels"].get(LABEL_HASH, ""), state=c["State"],
-                    part=c["Labels"].get(LABEL_PART, ""))
+                    spec_hash=c["Labels"].get(LABEL_HASH, ""), state=c["State"])
         present = frozenset(tag for tag in images if self.image_present(tag))
         return Observed(networks=networks, volumes=volumes, containers=containers, images=present)
 
@@ -613,27 +606,12 @@ class DockerGateway:
 
     # ---- apply ------------------------------------------------------------
     def apply(self, spec: SandboxSpec, plan: Plan, say: Say | None = None,
-              on_build_line: Say | None = None,
-              before_create: Callable[[ContainerSpec], None] | None = None,
-              egress: BuildEgress | None = None,
-              on_built: Callable[[ImageBuild, list[dict]], None] | None = None) -> None:
-        """Carry out a plan in an order that is always safe: builds first (a
-        failed build leaves the running sandbox as it was), then removals,
-        then creations in dependency order. Builds go out through `egress`
-        and `on_built` gets what each contacted; `before_create` is called
-        right before each container is created, and may refuse it by raising."""
+              before_create: Callable[[ContainerSpec], None] | None = None) -> None:
+        """Carry out a plan's removals and creations (its images are built
+        before: launcher/builds.py) in an order that is always safe: removals,
+        then creations in dependency order. `before_create` is called right
+        before each container is created, and may refuse it by raising."""
         say = _quiet(say)
-        verbs = {(a.kind, a.name): a.verb for a in plan.actions}
-
-        for image in spec.images.all():
-            if verbs.get(("image", image.tag)) == BUILD:
-                say(f"building image {image.tag}")
-                contacts = self.build(image, on_build_line, egress=egress, say=say)
-                if on_built:
-                    on_built(image, contacts)
-            elif not image.built_here and not self.image_present(image.tag):
-                raise NotFound(f"the front-end image {image.tag} is not on this machine; "
-                               f"`docker pull` or `docker load` it first")
 
         for action in plan.actions:
             if action.kind == "container" and action.verb in (RECREATE, REMOVE):
@@ -644,15 +622,15 @@ class DockerGateway:
                 say(f"removing network {action.name} ({action.reason})")
                 self._remove_network(action.name)
         for net in spec.networks:
-            if verbs.get(("network", net.name)) in (CREATE, RECREATE):
+            if plan.verb_of("network", net.name) in (CREATE, RECREATE):
                 say(f"creating network {net.name}")
                 self._create_network(spec, net)
         for volume in spec.volumes:
-            if verbs.get(("volume", volume.name)) == CREATE:
+            if plan.verb_of("volume", volume.name) == CREATE:
                 say(f"creating volume {volume.name}")
                 self._create_volume(spec, volume)
         for container in sorted(spec.containers, key=lambda c: PARTS.index(c.part)):
-            if verbs.get(("container", container.name)) in (CREATE, RECREATE):
+            if plan.verb_of("container", container.name) in (CREATE, RECREATE):
                 say(f"starting {container.part} ({container.name})")
                 if before_create:
                     before_create(container)
