@@ -18,15 +18,17 @@ from typing import Callable, Iterator
 
 import docker
 import docker.errors
+import urllib3.exceptions
 from docker.types import DeviceRequest, IPAMConfig, IPAMPool, LogConfig, Mount as DockerMount, Ulimit
 
 from launcher import build_records, build_sources
 from launcher.build_context import context_files
-from launcher.errors import BuildFailure, DockerFailure, DockerUnavailable, NotFound, PolicyError, Problem, SubnetTaken
+from launcher.errors import (BuildFailure, DockerFailure, DockerUnavailable, NotFound, PolicyError, Problem,
+                             SandboxError, SubnetTaken)
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import EXTRA_CA_NAME, ImageBuild
-from launcher.plan import BUILD, CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
-from launcher.text import json_records
+from launcher.plan import CREATE, RECREATE, REMOVE, Observed, ObservedContainer, Plan
+from launcher.text import json_records, one_line
 from launcher.spec import (LABEL_HASH, LABEL_PART, LABEL_POLICY, LABEL_SANDBOX, PARTS,
                            ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec, image_volume_tmpfs, labels_for,
                            memory_bytes, resource_name)
@@ -44,18 +46,27 @@ MIN_ENGINE = (20, 10)
 PROBE_VOLUME_SIZE = "1m"
 
 
+# What a call raises when the engine does not answer: the SDK's own errors,
+# and the connection's, which the SDK lets through as they are (requests'
+# are OSErrors; urllib3's, from a stream cut short, are not).
+_NO_ANSWER = (docker.errors.DockerException, OSError, urllib3.exceptions.HTTPError)
+
+
 @contextmanager
-def _translated(what: str):
+def _engine(what: str, missing_ok: bool = False):
+    """The one translation of what the engine answers (or does not) into
+    errors a user can act on; every call to the engine is made inside it.
+    With `missing_ok`, a thing the engine does not have ends the block
+    quietly, and the code after it says what that means."""
     try:
         yield
     except docker.errors.NotFound as e:
-        raise NotFound(f"{what}: {e.explanation or e}") from None
+        if not missing_ok:
+            raise NotFound(f"{what}: {e.explanation or e}") from None
     except docker.errors.APIError as e:
         raise DockerFailure(f"{what}: the Docker engine said: {e.explanation or e}") from None
-    except docker.errors.DockerException as e:
-        raise DockerUnavailable(str(e)) from None
-    except OSError as e:
-        raise DockerUnavailable(str(e)) from None
+    except _NO_ANSWER as e:
+        raise DockerUnavailable(f"{what}: the engine does not answer: {_short(e)}") from None
 
 
 def _quiet(say: Say | None) -> Say:
@@ -65,18 +76,16 @@ def _quiet(say: Say | None) -> Say:
 class DockerGateway:
     def __init__(self, client: docker.DockerClient | None = None):
         if client is None:
-            try:
+            with _engine("connecting to the engine"):
                 client = docker.from_env(timeout=120)
                 client.ping()
-            except docker.errors.DockerException as e:
-                raise DockerUnavailable(_short(e)) from None
         self.client = client
         self.api = client.api
         self._volume_sizes: tuple[bool, str] | None = None
 
     # ---- the engine -------------------------------------------------------
     def engine(self) -> dict:
-        with _translated("reading the engine's information"):
+        with _engine("reading the engine's information"):
             info = self.client.info()
             version = self.client.version()
         runtimes = sorted((info.get("Runtimes") or {}).keys())
@@ -95,7 +104,7 @@ class DockerGateway:
         cannot enforce) and removed. Asked once per gateway."""
         if self._volume_sizes is None:
             name = f"sandbox-size-probe-{secrets.token_hex(6)}"
-            with _translated("asking the engine whether it can bound a volume's size"):
+            with _engine("asking the engine whether it can bound a volume's size"):
                 try:
                     self.api.create_volume(name, driver="local", driver_opts={"size": PROBE_VOLUME_SIZE})
                 except docker.errors.APIError as e:
@@ -111,7 +120,7 @@ class DockerGateway:
         `count_bytes` off; None where it was not counted) and its size limit (None:
         unbounded)."""
         label = f"{LABEL_SANDBOX}={name}"
-        with _translated(f"reading the volumes of sandbox {name}"):
+        with _engine(f"reading the volumes of sandbox {name}"):
             volumes = self.api.volumes(filters={"label": label})["Volumes"] or []
             if not volumes:
                 return []
@@ -132,38 +141,27 @@ class DockerGateway:
         return "nvidia" in self.engine()["runtimes"]
 
     def image_present(self, tag: str) -> bool:
-        try:
-            self.api.inspect_image(tag)
-            return True
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"inspecting image {tag}: {e.explanation or e}") from None
+        return self.image_id(tag) is not None
 
     def image_id(self, tag: str) -> str | None:
-        try:
+        with _engine(f"inspecting image {tag}", missing_ok=True):
             return self.api.inspect_image(tag)["Id"]
-        except docker.errors.ImageNotFound:
-            return None
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"inspecting image {tag}: {e.explanation or e}") from None
+        return None
 
     def put_tag(self, tag: str, image_id: str | None) -> None:
         """Point `tag` at `image_id` again, or remove it (None)."""
         repository, _, name = tag.rpartition(":")
-        with _translated(f"restoring the tag {tag}"):
-            if image_id is None:
-                try:
-                    self.api.remove_image(tag, noprune=True)
-                except docker.errors.ImageNotFound:
-                    pass
-            else:
+        if image_id is None:
+            with _engine(f"removing the tag {tag}", missing_ok=True):
+                self.api.remove_image(tag, noprune=True)
+        else:
+            with _engine(f"restoring the tag {tag}"):
                 self.api.tag(image_id, repository, name, force=True)
 
     def save_images(self, tags: list[str]) -> Iterator[bytes]:
         """`docker save` of the tags, as a stream of tar bytes (layers shared
         between them come once)."""
-        with _translated("saving images"):
+        with _engine("saving images"):
             # The SDK saves one image at a time; the engine's API takes several.
             response = self.api._get(self.api._url("/images/get"), params={"names": tags}, stream=True)
             self.api._raise_for_status(response)
@@ -171,47 +169,37 @@ class DockerGateway:
 
     def load_images(self, source) -> None:
         """`docker load` from an open file."""
-        with _translated("loading images"):
+        with _engine("loading images"):
             for item in self.api.load_image(_chunks(source)):
                 if isinstance(item, dict) and item.get("error"):
                     raise DockerFailure(f"loading images: the Docker engine said: {item['error']}")
 
-    def image_size(self, tag: str) -> int | None:
-        try:
-            return self.api.inspect_image(tag).get("Size")
-        except docker.errors.APIError:
-            return None
-
     # ---- observe ----------------------------------------------------------
     def observe(self, name: str, images: tuple[str, ...] = ()) -> Observed:
         label = f"{LABEL_SANDBOX}={name}"
-        with _translated(f"reading the state of sandbox {name}"):
+        with _engine(f"reading the state of sandbox {name}"):
             networks = {n["Name"]: n["Labels"].get(LABEL_HASH, "")
                         for n in self.api.networks(filters={"label": label})}
             volumes = frozenset(v["Name"] for v in (self.api.volumes(filters={"label": label})["Volumes"] or []))
             containers = {}
             for c in self.api.containers(all=True, filters={"label": label}):
                 containers[c["Names"][0].lstrip("/")] = ObservedContainer(
-                    spec_hash=c["Labels"].get(LABEL_HASH, ""), state=c["State"],
-                    part=c["Labels"].get(LABEL_PART, ""))
+                    spec_hash=c["Labels"].get(LABEL_HASH, ""), state=c["State"])
         present = frozenset(tag for tag in images if self.image_present(tag))
         return Observed(networks=networks, volumes=volumes, containers=containers, images=present)
 
     def subnets(self) -> dict[str, list[str]]:
         """The IPv4 subnets of every network on the engine, by network name."""
-        with _translated("listing networks"):
+        with _engine("listing networks"):
             return {n["Name"]: [c["Subnet"] for c in ((n.get("IPAM") or {}).get("Config") or []) if c.get("Subnet")]
                     for n in self.api.networks()}
 
     def running_env(self, name: str, part: str, variable: str) -> str | None:
         """A variable of a part of a running sandbox: how its secrets are kept,
         so that recreating one part never leaves another with a stale key."""
-        try:
+        env = []
+        with _engine(f"reading sandbox {name}", missing_ok=True):
             env = self.api.inspect_container(resource_name(name, part))["Config"]["Env"] or []
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"reading sandbox {name}: {e.explanation or e}") from None
         for item in env:
             key, _, value = item.partition("=")
             if key == variable:
@@ -220,7 +208,7 @@ class DockerGateway:
 
     def sandboxes(self) -> dict[str, dict]:
         """Every sandbox on this engine, by name: its policy file and containers."""
-        with _translated("listing sandboxes"):
+        with _engine("listing sandboxes"):
             found: dict[str, dict] = {}
             for c in self.api.containers(all=True, filters={"label": LABEL_SANDBOX}):
                 name = c["Labels"][LABEL_SANDBOX]
@@ -237,12 +225,11 @@ class DockerGateway:
             return found
 
     def container_state(self, name: str) -> dict | None:
-        try:
+        attrs = None
+        with _engine(f"inspecting {name}", missing_ok=True):
             attrs = self.api.inspect_container(name)
-        except docker.errors.NotFound:
+        if attrs is None:
             return None
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"inspecting {name}: {e.explanation or e}") from None
         state = attrs["State"]
         ports = []
         for bindings in (attrs["HostConfig"].get("PortBindings") or {}).values():
@@ -261,24 +248,20 @@ class DockerGateway:
 
     def bind_sources(self, name: str) -> list[str]:
         """The host paths bind-mounted into a container (a backend's models)."""
-        try:
+        mounts = []
+        with _engine(f"inspecting {name}", missing_ok=True):
             mounts = self.api.inspect_container(name).get("Mounts") or []
-        except docker.errors.NotFound:
-            return []
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"inspecting {name}: {e.explanation or e}") from None
         return [m["Source"] for m in mounts if m.get("Type") == "bind"]
 
     def read_file(self, container: str, path: str) -> bytes | None:
         """A file from a container (running or stopped, from its volumes too),
         or None when the container or the file is not there."""
-        try:
+        data = None
+        with _engine(f"reading {path} from {container}", missing_ok=True):
             stream, _ = self.api.get_archive(container, path)
             data = b"".join(stream)
-        except docker.errors.NotFound:
+        if data is None:
             return None
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"reading {path} from {container}: {e.explanation or e}") from None
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = next((m for m in tar if m.isfile()), None)
             return tar.extractfile(member).read() if member else None
@@ -291,13 +274,14 @@ class DockerGateway:
             info = tarfile.TarInfo(filename)
             info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o644, uid, uid, int(time.time())
             tar.addfile(info, io.BytesIO(data))
-        with _translated(f"writing {path} in {container}"):
+        with _engine(f"writing {path} in {container}"):
             self.api.put_archive(container, directory or "/", out.getvalue())
 
     def memory_usage(self, name: str) -> int | None:
         try:
-            stats = self.api.stats(name, stream=False)
-        except docker.errors.APIError:
+            with _engine(f"reading the memory use of {name}"):
+                stats = self.api.stats(name, stream=False)
+        except (NotFound, DockerFailure):  # stopped meanwhile: nothing in use to say
             return None
         # As `docker stats` shows it: without the page cache the kernel may
         # drop (inactive file pages), which a memory limit never kills for.
@@ -312,9 +296,8 @@ class DockerGateway:
              timestamps: bool = False) -> Iterator[str]:
         """A container's log lines; with `timestamps`, each begins with the
         time the engine took it (RFC 3339, nanoseconds, fixed width) and a space."""
-        with _translated(f"reading the log of {name}"):
+        with _engine(f"reading the log of {name}"):
             self.api.inspect_container(name)
-        try:
             if follow:
                 buffer = b""
                 for chunk in self.api.logs(name, stream=True, follow=True, tail=tail):
@@ -326,8 +309,6 @@ class DockerGateway:
                     yield buffer.decode(errors="replace")
             else:
                 yield from self.api.logs(name, tail=tail, timestamps=timestamps).decode(errors="replace").splitlines()
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"reading the log of {name}: {e.explanation or e}") from None
 
     def log_tail(self, name: str, lines: int = 20) -> list[str]:
         try:
@@ -337,17 +318,17 @@ class DockerGateway:
 
     def addresses(self, container: str) -> dict[str, str]:
         """The container's IPv4 address on each of its networks."""
-        with _translated(f"inspecting {container}"):
+        with _engine(f"inspecting {container}"):
             networks = self.api.inspect_container(container)["NetworkSettings"]["Networks"] or {}
         return {name: n["IPAddress"] for name, n in networks.items() if n.get("IPAddress")}
 
     def limits(self, container: str) -> dict:
-        with _translated(f"inspecting {container}"):
+        with _engine(f"inspecting {container}"):
             host = self.api.inspect_container(container)["HostConfig"]
         return {"pids": host.get("PidsLimit"), "memory": host.get("Memory")}
 
     def exec_in(self, container: str, command: list[str], user: str = "") -> tuple[int, str]:
-        with _translated(f"running a command in {container}"):
+        with _engine(f"running a command in {container}"):
             exec_id = self.api.exec_create(container, command, user=user)["Id"]
             output = self.api.exec_start(exec_id)
             code = self.api.exec_inspect(exec_id)["ExitCode"]
@@ -356,7 +337,7 @@ class DockerGateway:
     def container_config(self, name: str) -> dict:
         """What the engine says a container may do: what `verify` checks
         from outside it, where the container has no say."""
-        with _translated(f"inspecting {name}"):
+        with _engine(f"inspecting {name}"):
             attrs = self.api.inspect_container(name)
         host = attrs["HostConfig"]
         return {
@@ -377,7 +358,7 @@ class DockerGateway:
     def container_pids(self, name: str) -> list[int]:
         """The host's PIDs of a container's processes, as the engine lists
         them (`docker top`). Under gVisor they are its own kernel's, not the host's."""
-        with _translated(f"listing the processes of {name}"):
+        with _engine(f"listing the processes of {name}"):
             top = self.api.top(name)
         column = top["Titles"].index("PID")
         return [int(process[column]) for process in top.get("Processes") or []]
@@ -393,13 +374,13 @@ class DockerGateway:
         through the engine, which `target` cannot reach."""
         name = resource_name(sandbox, "probe")
         self._remove_container(name)
-        host_config = self.api.create_host_config(
-            network_mode=f"container:{target.name}",
-            read_only=True, cap_drop=list(target.cap_drop), security_opt=list(target.security_opt),
-            tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
-            log_config=_bounded_log(target.log_max_size, target.log_max_files),
-        )
-        with _translated(f"running the probe in {target.name}"):
+        with _engine(f"running the probe in {target.name}"):
+            host_config = self.api.create_host_config(
+                network_mode=f"container:{target.name}",
+                read_only=True, cap_drop=list(target.cap_drop), security_opt=list(target.security_opt),
+                tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
+                log_config=_bounded_log(target.log_max_size, target.log_max_files),
+            )
             created = self.api.create_container(
                 image=image, command=[request], name=name, user=probe_user(target.user), host_config=host_config,
                 labels={LABEL_SANDBOX: sandbox, LABEL_PART: "probe"})
@@ -451,15 +432,15 @@ class DockerGateway:
         run = secrets.token_hex(4)
         network, proxy = f"sandbox-build-{run}", f"sandbox-build-{run}-proxy"
         labels = {LABEL_BUILD: run, LABEL_BUILD_OWNER: _owner()}
-        with _translated("preparing the build network"):
+        with _engine("preparing the build network"):
             self.api.create_network(network, driver="bridge", internal=True, labels=labels, enable_ipv6=False,
                                     options={"com.docker.network.bridge.inhibit_ipv4": "true"})
         try:
-            host_config = self.api.create_host_config(
-                read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
-                tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
-                network_mode="bridge", log_config=_bounded_log("10m", 3), init=True)
-            with _translated("starting the build proxy"):
+            with _engine("starting the build proxy"):
+                host_config = self.api.create_host_config(
+                    read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+                    tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=8m"}, pids_limit=64, mem_limit="128m",
+                    network_mode="bridge", log_config=_bounded_log("10m", 3), init=True)
                 created = self.api.create_container(
                     egress.proxy_image.tag, name=proxy, labels=labels, host_config=host_config,
                     environment={"SANDBOX_ALLOW_HOSTS": ",".join(allow_hosts),
@@ -470,9 +451,13 @@ class DockerGateway:
                 self.api.start(created["Id"])
                 address = self.addresses(proxy).get(network)
             deadline = time.monotonic() + 30
-            while '"listening"' not in self.api.logs(proxy).decode(errors="replace"):
+            while True:
+                with _engine("starting the build proxy"):
+                    log = self.api.logs(proxy).decode(errors="replace")
+                if '"listening"' in log:
+                    break
                 if time.monotonic() > deadline or not address:
-                    raise DockerFailure(f"the build proxy did not start: {self.api.logs(proxy).decode()[-500:]}")
+                    raise DockerFailure(f"the build proxy did not start: {log[-500:]}")
                 time.sleep(0.1)
             yield f"http://{address}:{BUILD_PROXY_PORT}", network, proxy
         finally:
@@ -485,7 +470,7 @@ class DockerGateway:
         on this machine: a live build's owner is a running process here."""
         removed = []
         label = {"label": LABEL_BUILD}
-        with _translated("looking for stale builds"):
+        with _engine("looking for stale builds"):
             containers = self.api.containers(all=True, filters=label)
             networks = self.api.networks(filters=label)
         for item in containers:
@@ -523,27 +508,26 @@ class DockerGateway:
         with tempfile.TemporaryFile() as context:
             _write_context(image, context, dockerfile)
             context.seek(0)
-            try:
-                stream = self.api.build(fileobj=context, custom_context=True, tag=image.tag,
-                                        dockerfile=image.dockerfile, rm=True, forcerm=True,
-                                        pull=False, decode=True, labels={LABEL_IMAGE: "1"},
-                                        network_mode=network, buildargs=proxy_args or None)
-                for chunk in stream:
-                    if "error" in chunk:
-                        reason = chunk["error"].strip()
-                        raise BuildFailure(image.tag, reason + _tls_hint(tail) + self._disk_hint(reason, tail),
-                                           tail[-20:])
-                    text = chunk.get("stream") or chunk.get("status") or ""
-                    for line in text.splitlines():
-                        if line.strip():
-                            tail.append(line)
-                            del tail[:-50]
-                            on_line(line)
-            except docker.errors.APIError as e:
-                reason = str(e.explanation or e)
-                raise BuildFailure(image.tag, reason + self._disk_hint(reason, tail), tail[-20:]) from None
-            except docker.errors.DockerException as e:
-                raise DockerUnavailable(_short(e)) from None
+            with _engine(f"building image {image.tag}"):
+                try:
+                    stream = self.api.build(fileobj=context, custom_context=True, tag=image.tag,
+                                            dockerfile=image.dockerfile, rm=True, forcerm=True,
+                                            pull=False, decode=True, labels={LABEL_IMAGE: "1"},
+                                            network_mode=network, buildargs=proxy_args or None)
+                    for chunk in stream:
+                        if "error" in chunk:
+                            reason = chunk["error"].strip()
+                            raise BuildFailure(image.tag, reason + _tls_hint(tail) + self._disk_hint(reason, tail),
+                                               tail[-20:])
+                        text = chunk.get("stream") or chunk.get("status") or ""
+                        for line in text.splitlines():
+                            if line.strip():
+                                tail.append(line)
+                                del tail[:-50]
+                                on_line(line)
+                except docker.errors.APIError as e:
+                    reason = str(e.explanation or e)
+                    raise BuildFailure(image.tag, reason + self._disk_hint(reason, tail), tail[-20:]) from None
 
     def _images_for_build(self, image: ImageBuild, dockerfile: bytes, egress: BuildEgress | None,
                           on_line: Say) -> list[dict]:
@@ -584,13 +568,13 @@ class DockerGateway:
             if why:
                 raise PolicyError([Problem(name, use.line, 0, "", f"{use}: {why}")])
             on_line(f"pulling {use.image} ({use} at line {use.line} of {name})")
-            with _translated(f"pulling {use.image}"):
+            with _engine(f"pulling {use.image}"):
                 for item in self.api.pull(use.image, stream=True, decode=True):
                     if isinstance(item, dict) and item.get("error"):
                         raise DockerFailure(f"pulling {use.image} ({name}, line {use.line}): the Docker engine "
                                             f"said: {item['error']}")
             pulled = True
-        with _translated(f"inspecting image {use.image}"):
+        with _engine(f"inspecting image {use.image}"):
             info = self.api.inspect_image(use.image)
         config = info.get("Config") or {}
         return build_sources.BaseImage(id=info["Id"], env=tuple(config.get("Env") or ()),
@@ -602,10 +586,12 @@ class DockerGateway:
         left half-built under the tag (tests/integration/test_faults.py)."""
         if "no space left on device" not in "\n".join([reason, *tail]).lower():
             return ""
+        root = "Docker's data root"
         try:
-            root = self.api.info().get("DockerRootDir") or "Docker's data root"
-        except docker.errors.DockerException:
-            root = "Docker's data root"
+            with _engine("reading where the engine keeps its data"):
+                root = self.api.info().get("DockerRootDir") or root
+        except SandboxError:
+            pass  # the hint names the disk less precisely
         free = f", {shutil.disk_usage(root).free // 2**20} MiB free now" if os.path.isdir(root) else ""
         return (f"\nthe disk that holds Docker's images ({root}{free}) filled up during the build; "
                 f"the image was not tagged. Free space (`docker image prune`, `docker builder prune`) "
@@ -613,27 +599,12 @@ class DockerGateway:
 
     # ---- apply ------------------------------------------------------------
     def apply(self, spec: SandboxSpec, plan: Plan, say: Say | None = None,
-              on_build_line: Say | None = None,
-              before_create: Callable[[ContainerSpec], None] | None = None,
-              egress: BuildEgress | None = None,
-              on_built: Callable[[ImageBuild, list[dict]], None] | None = None) -> None:
-        """Carry out a plan in an order that is always safe: builds first (a
-        failed build leaves the running sandbox as it was), then removals,
-        then creations in dependency order. Builds go out through `egress`
-        and `on_built` gets what each contacted; `before_create` is called
-        right before each container is created, and may refuse it by raising."""
+              before_create: Callable[[ContainerSpec], None] | None = None) -> None:
+        """Carry out a plan's removals and creations (its images are built
+        before: launcher/builds.py) in an order that is always safe: removals,
+        then creations in dependency order. `before_create` is called right
+        before each container is created, and may refuse it by raising."""
         say = _quiet(say)
-        verbs = {(a.kind, a.name): a.verb for a in plan.actions}
-
-        for image in spec.images.all():
-            if verbs.get(("image", image.tag)) == BUILD:
-                say(f"building image {image.tag}")
-                contacts = self.build(image, on_build_line, egress=egress, say=say)
-                if on_built:
-                    on_built(image, contacts)
-            elif not image.built_here and not self.image_present(image.tag):
-                raise NotFound(f"the front-end image {image.tag} is not on this machine; "
-                               f"`docker pull` or `docker load` it first")
 
         for action in plan.actions:
             if action.kind == "container" and action.verb in (RECREATE, REMOVE):
@@ -644,15 +615,15 @@ class DockerGateway:
                 say(f"removing network {action.name} ({action.reason})")
                 self._remove_network(action.name)
         for net in spec.networks:
-            if verbs.get(("network", net.name)) in (CREATE, RECREATE):
+            if plan.verb_of("network", net.name) in (CREATE, RECREATE):
                 say(f"creating network {net.name}")
                 self._create_network(spec, net)
         for volume in spec.volumes:
-            if verbs.get(("volume", volume.name)) == CREATE:
+            if plan.verb_of("volume", volume.name) == CREATE:
                 say(f"creating volume {volume.name}")
                 self._create_volume(spec, volume)
         for container in sorted(spec.containers, key=lambda c: PARTS.index(c.part)):
-            if verbs.get(("container", container.name)) in (CREATE, RECREATE):
+            if plan.verb_of("container", container.name) in (CREATE, RECREATE):
                 say(f"starting {container.part} ({container.name})")
                 if before_create:
                     before_create(container)
@@ -664,7 +635,7 @@ class DockerGateway:
         say = _quiet(say)
         label = f"{LABEL_SANDBOX}={name}"
         removed = []
-        with _translated(f"removing sandbox {name}"):
+        with _engine(f"removing sandbox {name}"):
             containers = self.api.containers(all=True, filters={"label": label})
             # The ingress first, so the UI stops being reachable before it stops.
             order = {"ingress": 0, "frontend": 1, "backend": 2, "dns": 3}
@@ -685,26 +656,19 @@ class DockerGateway:
         return removed
 
     def _remove_container(self, name: str) -> None:
-        try:
+        with _engine(f"removing container {name}", missing_ok=True):
             self.api.remove_container(name, force=True, v=False)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            raise DockerFailure(f"removing container {name}: {e.explanation or e}") from None
 
     def _remove_network(self, name: str) -> None:
-        with _translated(f"removing network {name}"):
-            try:
-                info = self.api.inspect_network(name)
-            except docker.errors.NotFound:
-                return
+        with _engine(f"removing network {name}", missing_ok=True):
+            info = self.api.inspect_network(name)
             # Something else joined it (a debugging container, say): detach it.
             for cid in (info.get("Containers") or {}):
                 self.api.disconnect_container_from_network(cid, name, force=True)
             self.api.remove_network(info["Id"])
 
     def _create_network(self, spec: SandboxSpec, net: NetworkSpec) -> None:
-        with _translated(f"creating network {net.name}"):
+        with _engine(f"creating network {net.name}"):
             ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=net.subnet, gateway=net.gateway)]) if net.subnet else None
             try:
                 self.api.create_network(net.name, driver="bridge", internal=net.internal,
@@ -717,7 +681,7 @@ class DockerGateway:
                 raise
 
     def _create_volume(self, spec: SandboxSpec, volume: VolumeSpec) -> None:
-        with _translated(f"creating volume {volume.name}"):
+        with _engine(f"creating volume {volume.name}"):
             self.api.create_volume(volume.name, driver="local", labels=labels_for(spec, volume),
                                    driver_opts={"size": volume.size} if volume.size else None)
 
@@ -728,38 +692,38 @@ class DockerGateway:
                 driver="nvidia", count=-1 if c.gpus == "all" else None,
                 device_ids=None if c.gpus == "all" else list(c.gpus),
                 capabilities=[["gpu", *c.gpu_capabilities]])]
-        host_config = self.api.create_host_config(
-            mounts=[DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
-                    for m in c.mounts],
-            tmpfs=self._tmpfs_with_image_volumes_covered(c),
-            port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
-            read_only=c.read_only,
-            cap_drop=list(c.cap_drop),
-            cap_add=list(c.cap_add) or None,
-            security_opt=list(c.security_opt),
-            privileged=c.privileged,
-            pids_limit=c.pids_limit,
-            mem_limit=c.memory,
-            memswap_limit=c.memory,  # no swap beyond the limit
-            nano_cpus=int(c.cpus * NANO),
-            restart_policy={"Name": c.restart[0], "MaximumRetryCount": c.restart[1]},
-            device_requests=device_requests,
-            dns=list(c.dns) or None,
-            sysctls=dict(c.sysctls) or None,
-            runtime=c.runtime,
-            init=c.init,
-            log_config=_bounded_log(c.log_max_size, c.log_max_files),
-            shm_size=c.shm_size,
-            ulimits=[Ulimit(name=name, soft=soft, hard=hard) for name, soft, hard in c.ulimits] or None,
-        )
-        first, *rest = c.networks
-        networking = self.api.create_networking_config({first.network: self.api.create_endpoint_config(
-            aliases=list(first.aliases) or None, ipv4_address=first.ipv4_address)})
         healthcheck = None
         if c.healthcheck:
             healthcheck = {"test": list(c.healthcheck), "interval": 2 * NANO, "timeout": 5 * NANO,
                            "retries": 3, "start_period": 600 * NANO}
-        with _translated(f"creating container {c.name}"):
+        with _engine(f"creating container {c.name}"):
+            host_config = self.api.create_host_config(
+                mounts=[DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
+                        for m in c.mounts],
+                tmpfs=self._tmpfs_with_image_volumes_covered(c),
+                port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
+                read_only=c.read_only,
+                cap_drop=list(c.cap_drop),
+                cap_add=list(c.cap_add) or None,
+                security_opt=list(c.security_opt),
+                privileged=c.privileged,
+                pids_limit=c.pids_limit,
+                mem_limit=c.memory,
+                memswap_limit=c.memory,  # no swap beyond the limit
+                nano_cpus=int(c.cpus * NANO),
+                restart_policy={"Name": c.restart[0], "MaximumRetryCount": c.restart[1]},
+                device_requests=device_requests,
+                dns=list(c.dns) or None,
+                sysctls=dict(c.sysctls) or None,
+                runtime=c.runtime,
+                init=c.init,
+                log_config=_bounded_log(c.log_max_size, c.log_max_files),
+                shm_size=c.shm_size,
+                ulimits=[Ulimit(name=name, soft=soft, hard=hard) for name, soft, hard in c.ulimits] or None,
+            )
+            first, *rest = c.networks
+            networking = self.api.create_networking_config({first.network: self.api.create_endpoint_config(
+                aliases=list(first.aliases) or None, ipv4_address=first.ipv4_address)})
             created = self.api.create_container(
                 image=c.image, command=list(c.command) if c.command else None, name=c.name, user=c.user,
                 environment=[f"{k}={v}" for k, v in c.env], labels=labels_for(spec, c),
@@ -772,11 +736,10 @@ class DockerGateway:
                                                       ipv4_address=attachment.ipv4_address)
             self.api.start(created["Id"])
 
-
     def _tmpfs_with_image_volumes_covered(self, c: ContainerSpec) -> dict[str, str]:
         """The spec's tmpfs mounts, and a bounded one over each VOLUME the
         image declares where the spec mounts nothing (image_volume_tmpfs)."""
-        with _translated(f"inspecting image {c.image}"):
+        with _engine(f"inspecting image {c.image}"):
             declared = (self.api.inspect_image(c.image).get("Config") or {}).get("Volumes") or {}
         tmpfs = dict(c.tmpfs)
         mounted = {m.target.rstrip("/") for m in c.mounts} | {t.rstrip("/") for t in tmpfs}
@@ -923,5 +886,4 @@ def _bounded_log(max_size: str, max_files: int) -> LogConfig:
 
 
 def _short(e: Exception) -> str:
-    text = str(e)
-    return text if len(text) < 300 else text[:300] + "..."
+    return one_line(str(e), limit=300)

@@ -27,7 +27,6 @@ class Action:
 class ObservedContainer:
     spec_hash: str
     state: str  # Docker's State.Status: running, exited, restarting, created...
-    part: str = ""
 
 
 @dataclass(frozen=True)

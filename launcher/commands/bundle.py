@@ -26,12 +26,13 @@ import shutil
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from launcher import __version__, build_records
 from launcher.build_context import context_files
-from launcher.commands.lock import Bundle, check_lock, check_signature
+from launcher.commands.lock import check_lock, check_signature
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import SandboxError
 from launcher.images import ImageBuild, PartImages, images_for
@@ -50,6 +51,15 @@ SPARE_BYTES = 256 * 2**20  # left free on the disk after unpacking
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
 # The one link `docker save` writes: a layer saved already, under another image's directory.
 _SAVED_LAYER_LINK = re.compile(r"[0-9a-f]{64}/layer\.tar -> \.\./[0-9a-f]{64}/layer\.tar")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What a bundle gives `up`: the images it loaded (never built) and the
+    model files it carried, by the path the policy writes."""
+
+    images: PartImages
+    model_paths: dict[str, Path]
 
 
 class BundleError(SandboxError):

@@ -4,14 +4,13 @@ to is refused, and with allowed signers set, so is a lock no allowed signer
 signed (docs/teams.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from launcher import build_records
+from launcher.builds import build_and_record, build_egress, images_not_ours
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound, Problem
-from launcher.images import ImageBuild, PartImages, images_for
+from launcher.images import PartImages, images_for
 from launcher.lock import LockError, PolicySource, drift, dump, lock_path, make_lock, read_source
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
@@ -20,15 +19,6 @@ from launcher.signing import SignatureError, Signer, allowed_signers_setting, si
 from launcher.spec import resolve_gpus
 
 Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """What a bundle gives `up`: the images it loaded (never built) and the
-    model files it carried, by the path the policy writes."""
-
-    images: PartImages
-    model_paths: dict[str, Path]
 
 
 def current_lock(gateway: DockerGateway, policy: Policy, policy_bytes: bytes, images: PartImages) -> dict:
@@ -74,24 +64,6 @@ def check_signature(source: PolicySource, allowed_signers: Path | None) -> Signe
     return signer
 
 
-def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | None) -> frozenset[str]:
-    """The tags of `images` built here that are to be built again rather
-    than run (build_records.may_run); raises ImageSwapped for one whose tag
-    was moved to an image the launcher never made. An image the lock pins
-    runs (a bundle's, loaded after its checks)."""
-    pinned = {part["tag"]: part.get("id") for part in (locked or {}).get("images", {}).values()
-              if isinstance(part, dict) and isinstance(part.get("tag"), str)}
-    return frozenset(image.tag for image in images.all() if image.built_here
-                     and gateway.image_present(image.tag) and not image_is_ours(gateway, image, pinned.get(image.tag)))
-
-
-def image_is_ours(gateway: DockerGateway, image: ImageBuild, pinned: str | None = None) -> bool:
-    """Whether the image under `image.tag` may run (build_records.may_run);
-    False too when there is none."""
-    image_id = gateway.image_id(image.tag)
-    return image_id is not None and build_records.may_run(image.tag, image_id, pinned)
-
-
 def lock(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None = None, say: Say | None = None,
          on_build_line: Say | None = None, hash_progress: HashProgress | None = None) -> tuple[Path, dict, bool]:
     """Build what is missing and write POLICY.lock. Returns its path, the lock,
@@ -103,7 +75,10 @@ def lock(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
     # What the lock pins must be what the launcher built (or loaded checked).
-    build_missing(gateway, images, ca_bundle, say, on_build_line, images_not_ours(gateway, images, None))
+    again = images_not_ours(gateway, images, None)
+    to_build = [i for i in images.all() if i.built_here and (i.tag in again or not gateway.image_present(i.tag))]
+    if to_build:
+        build_and_record(gateway, to_build, build_egress(ca_bundle), say, on_build_line)
     new = current_lock(gateway, policy, source.policy, images)
     missing = [part for part, image in new["images"].items() if image["id"] is None]
     if missing:
@@ -127,16 +102,6 @@ def write_lock(policy_file: Path, new: dict) -> tuple[Path, dict, bool]:
             signature_path(path).unlink()
             unsigned = True
     return path, new, unsigned
-
-
-def build_missing(gateway: DockerGateway, images: PartImages, ca_bundle: Path | None, say: Say,
-                  on_build_line: Say | None, build_again: frozenset[str] = frozenset()) -> None:
-    from launcher.commands.up import build_egress  # up imports this module
-    for image in images.all():
-        if image.built_here and (image.tag in build_again or not gateway.image_present(image.tag)):
-            say(f"building image {image.tag}")
-            contacts = gateway.build(image, on_build_line, egress=build_egress(ca_bundle), say=say)
-            build_records.save(image.tag, contacts, gateway.image_id(image.tag))
 
 
 def sign_policy(policy_file: str | Path, key: Path) -> tuple[Path, Signer]:

@@ -2,12 +2,14 @@
 the SandboxSpec and the Plan."""
 from __future__ import annotations
 
-import secrets as random
+import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher import access
-from launcher.commands.lock import Bundle, check_lock, check_signature, images_not_ours
+from launcher.builds import images_not_ours
+from launcher.commands.bundle import Bundle
+from launcher.commands.lock import check_lock, check_signature
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import images_for
@@ -68,19 +70,19 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     if not relock:
         check_lock(gateway, policy, source, images, required=trusted is not None or bundle is not None,
                    same_image_ids=bundle is not None)
-    secrets = Secrets(
+    keys = Secrets(
         # The key the parts already share; if one part is gone, the other's.
         api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV)
         or gateway.running_env(policy.name, "frontend", policy.frontend.backend_key_env)
-        or random.token_urlsafe(32),
+        or secrets.token_urlsafe(32),
         session_key=gateway.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
-        or random.token_urlsafe(32),
+        or secrets.token_urlsafe(32),
         access_token=(None if new_token else current_token(gateway, policy.name)) or access.new_token())
     subnets = gateway.subnets()
     internal = resource_name(policy.name, "internal")
     current = (subnets.pop(internal, None) or [None])[0]
     subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
-    spec = build_spec(policy, images, secrets, gpus, subnet, volume_sizes_enforced=sizes_enforced)
+    spec = build_spec(policy, images, keys, gpus, subnet, volume_sizes_enforced=sizes_enforced)
     again = images_not_ours(gateway, images, None if relock else source.locked())
     observed = replace(gateway.observe(policy.name, tuple(i.tag for i in images.all())), build_again=again)
     return Prepared(policy, spec, make_plan(spec, observed), signer)

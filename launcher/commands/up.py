@@ -2,8 +2,6 @@
 backend lists its models and the UI answers through the ingress."""
 from __future__ import annotations
 
-import ipaddress
-import os
 import time
 import urllib.error
 from contextlib import nullcontext
@@ -11,18 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from launcher import access, build_records
+from launcher import access
+from launcher.builds import build_egress, build_planned
 from launcher.commands.audit import keep_ingress_refusals, names_tried
-from launcher.commands.bundle import is_bundle, open_bundle
-from launcher.commands.lock import Bundle, current_lock, write_lock
+from launcher.commands.bundle import Bundle, is_bundle, open_bundle
+from launcher.commands.lock import current_lock, write_lock
 from launcher.commands.model import policy_warnings
 from launcher.commands.prepare import Prepared, prepare
 from launcher.commands.target import name_in
-from launcher.docker_gateway import BuildEgress, DockerGateway
-from launcher.hostnet import host_ipv4_addresses
-from launcher.images import recipe_image
+from launcher.docker_gateway import DockerGateway
 from launcher.locks import sandbox_lock
-from launcher.errors import ModelChanged, NotReady, PolicyError, Problem, SandboxError, SubnetTaken
+from launcher.errors import ModelChanged, NotReady, SandboxError, SubnetTaken
 from launcher.lock import LockError, PolicySource, read_source
 from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
@@ -138,15 +135,12 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
             for warning in kept_volume_sizes(gateway, spec):
                 say(warning)
             mark = time.monotonic()
-        ingress = spec.container("ingress").name
-        if any(a.kind == "container" and a.name == ingress and a.verb in (RECREATE, REMOVE)
-               for a in prepared.plan.actions):
+        if prepared.plan.verb_of("container", spec.container("ingress").name) in (RECREATE, REMOVE):
             keep_ingress_refusals(gateway, spec.name)  # before its container, and its log, go
         try:
-            gateway.apply(spec, prepared.plan, say=say, on_build_line=on_build_line, before_create=weights_unchanged,
-                          egress=build_egress(ca_bundle),
-                          on_built=lambda image, found: build_records.save(image.tag, found,
-                                                                         gateway.image_id(image.tag)))
+            # Builds first: a failed build leaves the running sandbox as it was.
+            build_planned(gateway, spec.images, prepared.plan, build_egress(ca_bundle), say, on_build_line)
+            gateway.apply(spec, prepared.plan, say=say, before_create=weights_unchanged)
             break
         except SubnetTaken as e:
             # Another sandbox started while this one's images were built:
@@ -177,22 +171,6 @@ def kept_volume_sizes(gateway: DockerGateway, spec: SandboxSpec) -> list[str]:
             out.append(f"volume {volume.name} keeps {now}, not the {volume.size} it would be made with now: "
                        f"`sandbox down --volumes {spec.name}` and `up` make it anew (its data is lost)")
     return out
-
-
-def build_egress(ca_bundle: Path | None) -> BuildEgress:
-    """Every image build goes out through the build proxy, which also refuses
-    the host's own addresses (besides every non-public one). The machine's
-    owner, never a policy, may name networks of package mirrors it may reach
-    ($SANDBOX_BUILD_ALLOW_NETWORKS, CIDRs separated by commas)."""
-    networks = []
-    for text in filter(None, (n.strip() for n in os.environ.get("SANDBOX_BUILD_ALLOW_NETWORKS", "").split(","))):
-        try:
-            networks.append(str(ipaddress.ip_network(text, strict=False)))
-        except ValueError:
-            raise PolicyError([Problem("SANDBOX_BUILD_ALLOW_NETWORKS", 0, 0, "",
-                                       f"{text!r} is not a network such as 10.1.2.0/24")]) from None
-    return BuildEgress(recipe_image("build-proxy", ca_bundle=ca_bundle), tuple(host_ipv4_addresses()),
-                       tuple(networks))
 
 
 def weights_unchanged(container: ContainerSpec) -> None:

@@ -21,10 +21,9 @@ from typing import Callable, TypeVar
 
 from launcher.commands.audit import connections_kept, summary_kept
 from launcher.commands.target import resolve_name
-from launcher import access, build_records
-from launcher.commands.lock import image_is_ours
+from launcher import access
+from launcher.builds import build_and_record, build_egress, image_is_ours
 from launcher.commands.prepare import prepare
-from launcher.commands.up import build_egress
 from launcher.front_door import try_front_door
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
@@ -174,9 +173,7 @@ def probe_image_built(gateway: DockerGateway, ca_bundle: Path | None, say: Say):
     probe_image = recipe_image("probe", ca_bundle=ca_bundle)
     # It joins the front-end's namespaces and gives the verdicts: it runs only as the launcher built it.
     if not image_is_ours(gateway, probe_image):
-        say(f"building image {probe_image.tag}")
-        build_records.save(probe_image.tag, gateway.build(probe_image, egress=build_egress(ca_bundle), say=say),
-                           gateway.image_id(probe_image.tag))
+        build_and_record(gateway, [probe_image], build_egress(ca_bundle), say)
     return probe_image
 
 

@@ -3,7 +3,7 @@ for other engines: Kubernetes manifests and a compose file. Pure; no engine
 is asked. Secrets are made fresh for the rendered sandbox."""
 from __future__ import annotations
 
-import secrets as random
+import secrets
 from pathlib import Path
 
 import yaml
@@ -31,7 +31,7 @@ def spec_for(policy: Policy, gpus: int = 0) -> SandboxSpec:
     if policy.backend.gpu != "none" and (gpus or isinstance(policy.backend.gpu, tuple)):
         use = policy.backend.gpu if isinstance(policy.backend.gpu, tuple) else "all"
     images = images_for(policy, use_gpu=use is not None, ca_bundle=None)
-    made = Secrets(api_key=random.token_urlsafe(32), session_key=random.token_urlsafe(32),
+    made = Secrets(api_key=secrets.token_urlsafe(32), session_key=secrets.token_urlsafe(32),
                    access_token=access.new_token())
     return build_spec(policy, images, made, use, choose_subnet(policy.name, [], None))
 

@@ -19,9 +19,10 @@ import docker.errors
 import pytest
 import yaml
 
+from launcher.builds import build_egress
 from launcher.commands.audit import audit
 from launcher.commands.down import down
-from launcher.commands.up import build_egress, up
+from launcher.commands.up import up
 from launcher.errors import PolicyError
 from launcher.hostnet import Canary, host_ipv4_addresses
 from launcher.images import _hashed, host_ca_bundle, recipe_image
@@ -122,7 +123,6 @@ APT_UPDATE = "apt-get update --error-on=any -o Acquire::Retries=0"
 def test_a_build_step_that_ignores_the_proxy_fails_saying_so(gateway, docker_client, tmp_path):
     """Control: the same fetch, through the proxy the build is given, works;
     so what stops the step below is going around the proxy, not the fetch."""
-    from launcher.commands.up import build_egress
     from launcher.errors import BuildFailure
     from launcher.images import _hashed
     through = tmp_path / "through-the-proxy"

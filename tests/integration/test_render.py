@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from launcher import access, grants
+from launcher import access
 from launcher.policy import load_policy
 from launcher.render import compose, kubernetes, render
 from tests.integration.conftest import write_policy
+from tests.support import grants
 
 
 def inspected(docker_client, name: str) -> list[dict]:

@@ -11,7 +11,7 @@ def observed_from(spec, state="running", **overrides) -> Observed:
     base = dict(
         networks={n.name: spec_hash(n) for n in spec.networks},
         volumes=frozenset(v.name for v in spec.volumes),
-        containers={c.name: ObservedContainer(spec_hash(c), state, c.part) for c in spec.containers},
+        containers={c.name: ObservedContainer(spec_hash(c), state) for c in spec.containers},
         images=frozenset(i.tag for i in spec.images.all()))
     base.update(overrides)
     return Observed(**base)
@@ -100,7 +100,7 @@ def test_leftovers_are_removed_but_data_is_kept():
     spec = make_spec(make_policy(frontend=replace(make_policy().frontend, data=None)))
     observed = observed_from(make_spec())
     observed = replace(observed, containers={**observed.containers,
-                                             "sandbox-demo-old": ObservedContainer("x", "running", "old")})
+                                             "sandbox-demo-old": ObservedContainer("x", "running")})
     changes = changed_rows(make_plan(spec, observed))
     assert ("remove", "container", "sandbox-demo-old") in changes
     assert ("recreate", "container", "sandbox-demo-frontend") in changes

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import grants
 from launcher.policy import load_policy
 from launcher.render import compose, compose_text, kubernetes, render, spec_for
 from launcher.spec import LABEL_HASH, spec_hash
 from tests.conftest import FIXTURES
+from tests.support import grants
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 ROOT = FIXTURES.parents[1]
