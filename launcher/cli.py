@@ -790,13 +790,19 @@ def model_inspect(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
 
 @app.command()
 @handled
-def logs(part: str = typer.Argument(..., help="dns, backend, frontend or ingress."),
+def logs(target: Optional[str] = typer.Argument(None, metavar="SANDBOX",
+                                                help="Sandbox name or policy file; may be left out when only one "
+                                                     "sandbox exists."),
+         part: Optional[str] = typer.Argument(None, metavar="PART", help="dns, backend, frontend or ingress."),
          sandbox: Optional[str] = typer.Option(None, "--sandbox", "-s",
-                                               help="Sandbox name or policy file, when there are several."),
+                                               help="The sandbox, as in `sandbox logs PART -s SANDBOX`."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
          tail: int = typer.Option(100, "--tail", "-n", help="Lines from the end to start with.")):
-    """Print the log of one part of a sandbox."""
+    """Print the log of one part of a sandbox: `sandbox logs SANDBOX PART`, or `sandbox logs PART` when only
+    one sandbox exists."""
     from launcher.commands.logs import logs as run_logs
+    from launcher.commands.logs import sandbox_and_part
+    sandbox, part = sandbox_and_part(target, part, sandbox)
     try:
         for line in run_logs(_gateway(), part, sandbox, tail=tail, follow=follow):
             out.print(printable(line), markup=False)

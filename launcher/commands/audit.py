@@ -172,7 +172,7 @@ def names_tried(gateway: DockerGateway, name: str, since: float | None = None,
 
 
 def audit(gateway: DockerGateway, target: str | None = None, since: float | None = None) -> dict:
-    name = resolve_name(gateway, target)
+    name = resolve_name(gateway, target, "audit")
     builds = []
     for part in PARTS:
         state = gateway.container_state(resource_name(name, part))
@@ -346,7 +346,7 @@ def _lookup(entry: dict, part_of_address: dict[str, str]) -> dict:
 def follow(gateway: DockerGateway, target: str | None = None) -> Iterator[dict]:
     """Each new lookup and connection as the sink takes it, until
     interrupted: a lookup has "name" and "type", a connection "protocol"."""
-    name = resolve_name(gateway, target)
+    name = resolve_name(gateway, target, "audit --follow")
     part_of_address = parts_by_address(gateway, name)
     for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=0, follow=True), "time"):
         if "protocol" in entry:

@@ -207,3 +207,69 @@ def test_a_policy_nested_a_thousand_levels_deep_is_a_message_not_a_traceback(mon
     assert result.stderr == ("nested-too-deep.yaml:10:41 is nested more than 32 levels deep; "
                              "a policy is a few levels deep\n")
     assert not isinstance(result.exception, RecursionError)
+
+
+class StandInEngine:
+    """In place of the Docker engine: the sandboxes it holds, and the logs asked for."""
+
+    def __init__(self, *names: str):
+        self.names = names
+        self.logs_asked: list[str] = []
+
+    def sandboxes(self) -> dict:
+        return {name: {"policy": f"{name}.yaml", "containers": {}} for name in self.names}
+
+    def logs(self, container: str, tail: int = 100, follow: bool = False):
+        self.logs_asked.append(container)
+        return iter([f"a line of {container}"])
+
+
+def logs_of(monkeypatch, engine: StandInEngine, *args: str):
+    monkeypatch.setattr("launcher.cli._gateway", lambda: engine)
+    result = runner.invoke(app, ["logs", *args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_logs_names_the_sandbox_first_as_every_command_does(monkeypatch):
+    engine = StandInEngine("ux-myui", "other", "quickstart")
+    result = logs_of(monkeypatch, engine, "ux-myui", "dns")
+    assert result.exit_code == 0, result.output
+    assert engine.logs_asked == ["sandbox-ux-myui-dns"]
+    assert result.stdout == "a line of sandbox-ux-myui-dns\n"
+
+
+def test_logs_keeps_the_older_form_with_the_part_first(monkeypatch):
+    engine = StandInEngine("ux-myui", "other")
+    assert logs_of(monkeypatch, engine, "dns", "-s", "ux-myui").exit_code == 0
+    assert logs_of(monkeypatch, engine, "-s", "other", "frontend").exit_code == 0
+    assert logs_of(monkeypatch, engine, "ux-myui", "dns", "-s", "ux-myui").exit_code == 0
+    assert engine.logs_asked == ["sandbox-ux-myui-dns", "sandbox-other-frontend", "sandbox-ux-myui-dns"]
+
+
+def test_a_lone_part_name_is_the_part_of_the_only_sandbox(monkeypatch):
+    engine = StandInEngine("quickstart")
+    assert logs_of(monkeypatch, engine, "ingress").exit_code == 0
+    assert engine.logs_asked == ["sandbox-quickstart-ingress"]
+
+
+def test_logs_without_a_part_or_with_two_sandboxes_says_what_to_type(monkeypatch):
+    engine = StandInEngine("ux-myui", "other")
+    alone = logs_of(monkeypatch, engine, "ux-myui")
+    assert alone.exit_code == 1, alone.output
+    assert "name a part of sandbox ux-myui: `sandbox logs ux-myui dns`" in alone.stderr
+    twice = logs_of(monkeypatch, engine, "ux-myui", "dns", "-s", "other")
+    assert twice.exit_code != 0 and "`sandbox logs ux-myui dns`" in twice.stderr
+    assert engine.logs_asked == []
+
+
+def test_several_sandboxes_and_none_named_shows_the_command_that_names_one(monkeypatch):
+    engine = StandInEngine("b-ui", "a-ui")
+    result = logs_of(monkeypatch, engine, "dns")
+    assert result.exit_code != 0
+    assert "several sandboxes exist (a-ui, b-ui); name one: `sandbox logs a-ui dns`" in result.stderr
+    monkeypatch.setattr("launcher.cli._gateway", lambda: engine)
+    for command in ("down", "open", "verify", "audit"):
+        said = runner.invoke(app, [command])
+        assert f"name one: `sandbox {command} a-ui`" in said.stderr, (command, said.output)
+
