@@ -273,3 +273,17 @@ def test_several_sandboxes_and_none_named_shows_the_command_that_names_one(monke
         said = runner.invoke(app, [command])
         assert f"name one: `sandbox {command} a-ui`" in said.stderr, (command, said.output)
 
+
+def test_a_build_refused_its_mirror_prints_the_setting_with_the_mirrors_real_address():
+    from launcher.docker_gateway import _egress_hint
+    from launcher.errors import BuildFailure
+    failure = BuildFailure("sandbox-ui:1", "apt-get update failed", ["E: 403 Forbidden"])
+    contacts = [{"verdict": "refused", "host": "mirror.lan", "port": 80, "addresses": ["10.1.2.3"],
+                 "reason": "10.1.2.3 is a private address (the LAN, the host's bridges)"},
+                {"verdict": "refused", "host": "10.9.8.7", "port": 80, "addresses": ["10.9.8.7"],
+                 "reason": "10.9.8.7 is a private address (the LAN, the host's bridges)"},
+                {"verdict": "refused", "host": "mirror.lan", "port": 443, "addresses": ["10.1.2.3"],
+                 "reason": "10.1.2.3 is a private address (the LAN, the host's bridges)"}]
+    hint = _egress_hint(failure, contacts, "http://10.213.0.2:3128")
+    assert "SANDBOX_BUILD_ALLOW_NETWORKS=10.1.2.3/32,10.9.8.7/32 (" in hint
+    assert "ADDRESS" not in hint
