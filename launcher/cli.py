@@ -144,11 +144,11 @@ def validate(files: List[Path] = typer.Argument(..., help="Policy files to check
     from launcher.policy import check_policy_file
     from launcher.signing import allowed_signers_setting
     progress = Progress()
-    port_is_ours = _port_is_ours_if_engine()
+    port_holder = _port_holder_if_engine()
     trusted = allowed_signers_setting(allowed_signers) if strict else None
     results = []
     for file in files:
-        policy, problems = check_policy_file(file, check_port=not no_port_check, port_is_ours=port_is_ours,
+        policy, problems = check_policy_file(file, check_port=not no_port_check, port_holder=port_holder,
                                              hash_progress=progress.hashing, check_model_files=not no_model_files)
         if strict and not problems:
             problems = strict_problems(file, trusted)
@@ -175,16 +175,17 @@ def _name_in(policy: Path) -> str:
     return name if isinstance(name, str) else "(unnamed)"
 
 
-def _port_is_ours_if_engine():
-    """A busy port is fine when the sandbox's own ingress holds it; that needs
-    the engine, which `validate` does not otherwise require."""
-    def check(name: str, port: int) -> bool:
+def _port_holder_if_engine():
+    """A busy port is fine when the sandbox's own ingress holds it, and worth
+    naming when another sandbox's does; that needs the engine, which
+    `validate` does not otherwise require."""
+    def holder(name: str, port: int) -> str | None:
         try:
-            from launcher.commands.prepare import port_is_ours
-            return port_is_ours(_gateway())(name, port)
+            from launcher.commands.prepare import port_holder
+            return port_holder(_gateway())(name, port)
         except SandboxError:
-            return False
-    return check
+            return None
+    return holder
 
 
 @app.command()

@@ -7,6 +7,7 @@ from pathlib import Path
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.policy.loader import load
+from launcher.spec import resource_name
 
 
 def name_in(raw: bytes | None, file: Path) -> str | None:
@@ -34,3 +35,14 @@ def resolve_name(gateway: DockerGateway, target: str | None, command: str = "sta
         raise NotFound("no sandbox is running on this engine: `sandbox up POLICY` starts one")
     example = " ".join(word for word in ("sandbox", command, found[0], after) if word)
     raise NotFound(f"several sandboxes exist ({', '.join(found)}); name one: `{example}`")
+
+
+def holds_port(gateway: DockerGateway, name: str, port: int) -> bool:
+    """Whether sandbox `name`'s ingress publishes 127.0.0.1:`port`."""
+    state = gateway.container_state(resource_name(name, "ingress"))
+    return bool(state) and f"127.0.0.1:{port}" in state["ports"]
+
+
+def sandbox_holding(gateway: DockerGateway, port: int) -> str | None:
+    """The sandbox whose ingress publishes 127.0.0.1:`port`, if one does."""
+    return next((name for name in sorted(gateway.sandboxes()) if holds_port(gateway, name, port)), None)

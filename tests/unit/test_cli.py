@@ -1,5 +1,8 @@
 """The CLI's text and JSON output and exit codes, for commands that need no Docker."""
 import json
+import socket
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -212,12 +215,29 @@ def test_a_policy_nested_a_thousand_levels_deep_is_a_message_not_a_traceback(mon
 class StandInEngine:
     """In place of the Docker engine: the sandboxes it holds, and the logs asked for."""
 
-    def __init__(self, *names: str):
+    def __init__(self, *names: str, ports: dict[str, int] | None = None):
         self.names = names
+        self.ports = ports or {}  # the host port each sandbox's ingress publishes
         self.logs_asked: list[str] = []
 
     def sandboxes(self) -> dict:
         return {name: {"policy": f"{name}.yaml", "containers": {}} for name in self.names}
+
+    def container_state(self, container: str) -> dict | None:
+        name = container.removeprefix("sandbox-").removesuffix("-ingress")
+        if name not in self.names or not container.endswith("-ingress"):
+            return None
+        ports = [f"127.0.0.1:{self.ports[name]}"] if name in self.ports else []
+        return {"name": container, "state": "running", "ports": ports, "image": "sandbox-ingress:1"}
+
+    def engine(self) -> dict:
+        return {"version": "27.1.0", "api_version": "1.46", "runtimes": ["runc"], "cdi_spec_dirs": []}
+
+    def image_present(self, tag: str) -> bool:
+        return True
+
+    def volume_sizes(self) -> tuple[bool, str]:
+        return True, ""
 
     def logs(self, container: str, tail: int = 100, follow: bool = False):
         self.logs_asked.append(container)
@@ -287,3 +307,31 @@ def test_a_build_refused_its_mirror_prints_the_setting_with_the_mirrors_real_add
     hint = _egress_hint(failure, contacts, "http://10.213.0.2:3128")
     assert "SANDBOX_BUILD_ALLOW_NETWORKS=10.1.2.3/32,10.9.8.7/32 (" in hint
     assert "ADDRESS" not in hint
+
+
+@pytest.fixture
+def busy_port():
+    """A port on 127.0.0.1 that something listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_doctor_names_the_sandbox_that_holds_a_port(monkeypatch, busy_port):
+    monkeypatch.setattr("launcher.cli._gateway", lambda: StandInEngine("other", "quickstart",
+                                                                       ports={"quickstart": busy_port}))
+    monkeypatch.setattr("launcher.commands.doctor.route_localnet", lambda: {"all": "0"})
+    result = runner.invoke(app, ["doctor", "--port", str(busy_port)])
+    assert f"port {busy_port} is used by sandbox quickstart (`sandbox down quickstart` frees it)" in result.stdout
+
+
+def test_up_on_a_port_another_sandbox_holds_names_it_and_how_to_free_it(monkeypatch, tmp_path, busy_port):
+    policy = tmp_path / "mine.yaml"
+    policy.write_text((FIXTURES / "good" / "minimal.yaml").read_text().replace("18080", str(busy_port)).replace(
+        "../models/", f"{FIXTURES / 'models'}/"))
+    monkeypatch.setattr("launcher.cli._gateway", lambda: StandInEngine("quickstart", ports={"quickstart": busy_port}))
+    result = runner.invoke(app, ["up", str(policy)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"ingress.port: port {busy_port} on 127.0.0.1 is used by sandbox quickstart: `sandbox down quickstart` "
+            "frees it, or pick another port here") in result.stderr
