@@ -474,9 +474,10 @@ def _contacts_by_destination(contacts: list[dict]) -> list[dict]:
 @handled
 def down(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
                                                            "may be left out when only one sandbox exists."),
-         volumes: bool = typer.Option(False, "--volumes", help="Also delete the front-end's data (chat history) and the access token."),
+         volumes: bool = typer.Option(False, "--volumes", help="Also delete the front-end's data (chat history), the audit records "
+                                                             "and the access token."),
          as_json: bool = JSON):
-    """Stop and remove a sandbox. Its data volume is kept unless --volumes is given."""
+    """Stop and remove a sandbox. Its data and audit volumes are kept unless --volumes is given."""
     from launcher.commands.down import down as run_down
     progress = Progress()
     result = run_down(_gateway(), target, volumes=volumes, say=None if as_json else progress.say)

@@ -335,3 +335,8 @@ def test_up_on_a_port_another_sandbox_holds_names_it_and_how_to_free_it(monkeypa
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert (f"ingress.port: port {busy_port} on 127.0.0.1 is used by sandbox quickstart: `sandbox down quickstart` "
             "frees it, or pick another port here") in result.stderr
+
+
+def test_down_help_says_volumes_deletes_the_audit_records_too():
+    shown = " ".join(runner.invoke(app, ["down", "--help"]).stdout.replace("│", " ").split())
+    assert "Also delete the front-end's data (chat history), the audit records and the access token." in shown
