@@ -387,23 +387,13 @@ def _since(text: str) -> float:
 
 
 def _render_audit(result: dict) -> None:
-    if result["builds"]:
-        out.print(f"sandbox {result['name']}: the images its image builds used, and what they contacted "
-                  f"(through the build proxy)",
-                  markup=False)
-        for build in result["builds"]:
-            out.print(f"  {build['image']} ({', '.join(build['parts'])})", markup=False)
-            for source in build.get("sources") or []:
-                how = "pulled for it" if source.get("pulled") else "already on this machine"
-                out.print(printable(f"    uses {source['image']} ({source['instruction']}, line {source['line']}): "
-                                    f"{source['id']}, {how}"), markup=False)
-            if not build.get("contacts"):
-                out.print("    nothing", markup=False)
-            for c in _contacts_by_destination(build.get("contacts") or []):
-                detail = (f"{c['bytes_sent']} B sent, {c['bytes_received']} B received" if c["verdict"] == "allowed"
-                          else c["reason"])
-                out.print(printable(f"    {c['count']:4}x {c['verdict']:8} {c['host']}:{c['port']}  {detail}"),
-                          markup=False)
+    """What the parts tried while running first, the question `audit` is asked;
+    then what its image builds used and contacted."""
+    _render_running(result)
+    _render_builds(result)
+
+
+def _render_running(result: dict) -> None:
     if not result["names"] and not result["ingress_refused"] and not result["destinations"] \
             and not result["ingress_refused_from_parts"]:
         out.print(f"sandbox {result['name']}: nothing tried to get out while running", markup=False)
@@ -444,6 +434,26 @@ def _render_audit(result: dict) -> None:
                   markup=False)
         for r in result["ingress_refused_from_parts"]:
             out.print(printable(f"  {r['part']}: {r['line']}"), markup=False)
+
+
+def _render_builds(result: dict) -> None:
+    if result["builds"]:
+        out.print(f"sandbox {result['name']}: the images its image builds used, and what they contacted "
+                  f"(through the build proxy)",
+                  markup=False)
+        for build in result["builds"]:
+            out.print(f"  {build['image']} ({', '.join(build['parts'])})", markup=False)
+            for source in build.get("sources") or []:
+                how = "pulled for it" if source.get("pulled") else "already on this machine"
+                out.print(printable(f"    uses {source['image']} ({source['instruction']}, line {source['line']}): "
+                                    f"{source['id']}, {how}"), markup=False)
+            if not build.get("contacts"):
+                out.print("    nothing", markup=False)
+            for c in _contacts_by_destination(build.get("contacts") or []):
+                detail = (f"{c['bytes_sent']} B sent, {c['bytes_received']} B received" if c["verdict"] == "allowed"
+                          else c["reason"])
+                out.print(printable(f"    {c['count']:4}x {c['verdict']:8} {c['host']}:{c['port']}  {detail}"),
+                          markup=False)
 
 
 def _times(counted: dict) -> str:

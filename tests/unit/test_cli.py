@@ -340,3 +340,20 @@ def test_up_on_a_port_another_sandbox_holds_names_it_and_how_to_free_it(monkeypa
 def test_down_help_says_volumes_deletes_the_audit_records_too():
     shown = " ".join(runner.invoke(app, ["down", "--help"]).stdout.replace("│", " ").split())
     assert "Also delete the front-end's data (chat history), the audit records and the access token." in shown
+
+
+def test_audit_answers_what_was_tried_while_running_before_what_the_builds_contacted(monkeypatch):
+    import launcher.commands.audit
+    recorded = {"name": "demo", "builds": [{"image": "sandbox-ui:1", "parts": ["frontend"], "contacts": [
+                    {"verdict": "allowed", "host": "deb.example", "port": 80, "bytes_sent": 1, "bytes_received": 2}]}],
+                "names": [{"name": "evil.example", "parts": ["frontend"], "count": 2, "answer": None}],
+                "lookups": [], "destinations": [], "connections": [], "ingress_refused": [],
+                "ingress_refused_from_parts": []}
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.audit, "audit", lambda gateway, target, since=None: recorded)
+    shown = runner.invoke(app, ["audit"]).stdout
+    assert shown.index("evil.example") < shown.index("deb.example")
+    assert json.loads(runner.invoke(app, ["audit", "--json"]).stdout) == recorded
+    recorded["names"] = []
+    shown = runner.invoke(app, ["audit"]).stdout
+    assert shown.index("nothing tried to get out while running") < shown.index("deb.example")
