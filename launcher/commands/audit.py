@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import time
 from typing import Iterator
 
 from launcher import build_records
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
-from launcher.errors import NotFound
+from launcher.errors import NotFound, SandboxError
 from launcher.spec import AUDIT_DIR, PARTS, resource_name
 from launcher.text import json_records
 
@@ -353,3 +355,27 @@ def follow(gateway: DockerGateway, target: str | None = None) -> Iterator[dict]:
             yield _connection(entry, part_of_address)
         elif "type" in entry:
             yield _lookup(entry, part_of_address)
+
+
+def contacts_by_destination(contacts: list[dict]) -> list[dict]:
+    """One line per verdict, host and port, with counts and bytes added up."""
+    grouped: dict[tuple, dict] = {}
+    for c in contacts:
+        key = (c.get("verdict"), c.get("host"), c.get("port"), "" if c.get("verdict") == "allowed" else c.get("reason"))
+        entry = grouped.setdefault(key, {"verdict": key[0], "host": key[1], "port": key[2], "reason": key[3] or "",
+                                         "count": 0, "bytes_sent": 0, "bytes_received": 0})
+        entry["count"] += 1
+        entry["bytes_sent"] += c.get("bytes_sent") or 0
+        entry["bytes_received"] += c.get("bytes_received") or 0
+    return list(grouped.values())
+
+
+def since_time(text: str) -> float:
+    """The time `--since` names: a duration back from now (10m, 2h, 1d) or a time."""
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if match:
+        return time.time() - int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SandboxError(f"--since {text!r}: give a duration (10m, 2h, 1d) or a time (2026-11-29T17:00)") from None

@@ -52,14 +52,14 @@ def test_help_explains_each_command():
 
 
 def test_build_contacts_are_shown_one_line_per_destination():
-    from launcher.cli import _contacts_by_destination
+    from launcher.commands.audit import contacts_by_destination
     contacts = [
         {"verdict": "allowed", "host": "mirror.example", "port": 80, "bytes_sent": 100, "bytes_received": 5000},
         {"verdict": "allowed", "host": "mirror.example", "port": 80, "bytes_sent": 50, "bytes_received": 1000},
         {"verdict": "refused", "host": "169.254.169.254", "port": 80, "reason": "a link-local address"},
         {"verdict": "refused", "host": "10.0.0.1", "port": 443, "reason": "a private address"},
     ]
-    assert _contacts_by_destination(contacts) == [
+    assert contacts_by_destination(contacts) == [
         {"verdict": "allowed", "host": "mirror.example", "port": 80, "reason": "", "count": 2, "bytes_sent": 150,
          "bytes_received": 6000},
         {"verdict": "refused", "host": "169.254.169.254", "port": 80, "reason": "a link-local address", "count": 1,
@@ -142,11 +142,11 @@ def test_build_lines_on_a_terminal_are_escaped_in_the_spinner_too(monkeypatch):
     """On a terminal the build's last line is drawn by the spinner, outside print."""
     import io
 
-    import launcher.cli
+    import launcher.views
     screen = io.StringIO()
-    monkeypatch.setattr(launcher.cli, "err", launcher.cli.EscapingConsole(file=screen, force_terminal=True,
-                                                                          emoji=False))
-    progress = launcher.cli.Progress()
+    monkeypatch.setattr(launcher.views, "err", launcher.views.EscapingConsole(file=screen, force_terminal=True,
+                                                                              emoji=False))
+    progress = launcher.views.Progress()
     progress.say(f"building image sandbox-ui:1 {HOSTILE}")
     progress.build_line(f"[link=https://evil.example]{HOSTILE}")
     progress.close()  # stopping the spinner draws its last text, whatever the refresh timer did
@@ -357,3 +357,28 @@ def test_audit_answers_what_was_tried_while_running_before_what_the_builds_conta
     recorded["names"] = []
     shown = runner.invoke(app, ["audit"]).stdout
     assert shown.index("nothing tried to get out while running") < shown.index("deb.example")
+
+
+def test_render_writes_for_its_owner_only_and_says_how_to_start_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(FIXTURES / "good")
+    output = tmp_path / "compose.yaml"
+    result = runner.invoke(app, ["render", "minimal.yaml", "--target", "compose", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"wrote {output}: `docker-compose -p sandbox-minimal -f {output} up -d`, then open "
+                                    "http://127.0.0.1:18080/?sandbox_token=")
+    assert output.stat().st_mode & 0o777 == 0o600 and "services:" in output.read_text()
+    wrong = runner.invoke(app, ["render", "minimal.yaml", "--target", "nomad"])
+    assert wrong.exit_code == 1 and "--target must be one of kubernetes, compose, not 'nomad'" in wrong.stderr
+
+
+def test_audit_since_takes_a_duration_or_a_time_and_says_which_otherwise(monkeypatch):
+    import datetime
+    import time
+
+    from launcher.commands.audit import since_time
+    assert abs(since_time("2h") - (time.time() - 7200)) < 5
+    assert since_time("2026-11-29T17:00") == datetime.datetime(2026, 11, 29, 17, 0).timestamp()
+    monkeypatch.setattr("launcher.cli._gateway", lambda: StandInEngine("demo"))
+    result = runner.invoke(app, ["audit", "--since", "yesterday"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr == "error: --since 'yesterday': give a duration (10m, 2h, 1d) or a time (2026-11-29T17:00)\n"
