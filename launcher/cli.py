@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from launcher.errors import PolicyError, SandboxError
 from launcher.text import json_text, one_line, printable
+from launcher.views import (Progress, err, followed_line, out, print_actions, render_audit, render_status,
+                            render_verify)
 
 app = typer.Typer(
     help="Run a local llama.cpp backend and a chat front-end in a hardened Docker sandbox "
@@ -24,30 +23,13 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
-class EscapingConsole(Console):
-    """Text from a sandbox's parts and its image builds reaches every output
-    (progress, errors, audit, logs, status, verify, as text or JSON), so it is
-    escaped here, where all of them pass, rather than at each call: every
-    string printed goes through `printable` (newlines kept; a caller whose
-    line must not break escapes them itself), and JSON is `json_text`."""
-
-    def print(self, *objects, **kwargs) -> None:
-        super().print(*(printable(o, keep_newlines=True) if isinstance(o, str) else o for o in objects), **kwargs)
-
-    def print_json(self, *, data: object) -> None:
-        super().print(json_text(data), markup=False, highlight=False, emoji=False)
-
-
-# No :name: emoji codes either: a part's text is shown as it was sent.
-out = EscapingConsole(highlight=False, soft_wrap=True, emoji=False)
-err = EscapingConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
-
 JSON = typer.Option(False, "--json", help="Print the result as JSON for programs.")
 ALLOWED_SIGNERS = typer.Option(
     None, "--allowed-signers", envvar="SANDBOX_ALLOWED_SIGNERS", dir_okay=False, resolve_path=True,
     help="Who may sign policies: an allowed-signers file in git's format. When set (here, in the "
          "environment, or as allowed_signers: in ~/.config/sandbox/config.yaml) only policies whose lock "
          "one of them signed run.")
+TARGET = typer.Argument(None, help="Sandbox name or policy file; may be left out when only one sandbox exists.")
 CA_BUNDLE = typer.Option(
     None, "--ca-bundle", envvar="SANDBOX_CA_BUNDLE", exists=True, dir_okay=False, resolve_path=True,
     help="Extra CA certificates (PEM) that image builds must trust, for networks that intercept TLS.")
@@ -78,51 +60,6 @@ def handled(fn):
     return wrapper
 
 
-class Progress:
-    """Shows long work on stderr: steps as lines; image builds as a spinner with
-    the build's last line on a terminal, or a line every 30 s elsewhere."""
-
-    def __init__(self):
-        self.status = None
-        self.build_started = 0.0
-        self.last_beat = 0.0
-
-    def say(self, message: str) -> None:
-        self._stop()
-        # One line each: a newline in a name a part looked up must not start a line of its own.
-        err.print(f"[bold]•[/bold] {escape(printable(message))}", markup=True, highlight=False)
-        if message.startswith("building image") or message.startswith("waiting"):
-            self.build_started = self.last_beat = time.monotonic()
-            if err.is_terminal:
-                # The spinner's text is drawn outside print: escaped here.
-                self.status = err.status(escape(printable(message)))
-                self.status.start()
-
-    def build_line(self, line: str) -> None:
-        """A line a build printed: its RUN steps' output, a stranger's to choose."""
-        elapsed = time.monotonic() - self.build_started
-        if self.status is not None:
-            self.status.update(f"{int(elapsed)} s  {escape(printable(line[:100]))}")
-        elif time.monotonic() - self.last_beat >= 30:
-            self.last_beat = time.monotonic()
-            err.print(printable(f"  … {int(elapsed)} s: {line[:120]}"), markup=False)
-
-    def hashing(self, done: int, total: int, name: str) -> None:
-        if total < 256 * 1024 * 1024:
-            return  # small files hash in a blink
-        if time.monotonic() - self.last_beat >= 2 or done == total:
-            self.last_beat = time.monotonic()
-            err.print(f"  checking sha256 of {name}: {done * 100 // total}%", markup=False)
-
-    def _stop(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-            self.status = None
-
-    def close(self) -> None:
-        self._stop()
-
-
 @app.command()
 @handled
 def validate(files: List[Path] = typer.Argument(..., help="Policy files to check."),
@@ -139,52 +76,21 @@ def validate(files: List[Path] = typer.Argument(..., help="Policy files to check
     """Check policy files: the schema, the model files and their sha256, and the host port.
 
     Every problem is listed as FILE:LINE:COLUMN FIELD: MESSAGE. Exits 2 if any."""
-    from launcher.commands.lock import strict_problems
-    from launcher.commands.model import policy_warnings
-    from launcher.policy import check_policy_file
-    from launcher.signing import allowed_signers_setting
+    from launcher.commands.validate import validate as run_validate
     progress = Progress()
-    port_is_ours = _port_is_ours_if_engine()
-    trusted = allowed_signers_setting(allowed_signers) if strict else None
     results = []
-    for file in files:
-        policy, problems = check_policy_file(file, check_port=not no_port_check, port_is_ours=port_is_ours,
-                                             hash_progress=progress.hashing, check_model_files=not no_model_files)
-        if strict and not problems:
-            problems = strict_problems(file, trusted)
-        # Warnings do not fail a policy: the model may run, but not as written.
-        warnings = policy_warnings(policy, policy.backend.gpu not in ("none", "auto"), display=str(file)) \
-            if policy and not no_model_files else []
-        results.append({"file": str(file), "ok": not problems, "name": policy.name if policy else None,
-                        "problems": [p.to_dict() for p in problems], "warnings": [w.to_dict() for w in warnings]})
+    for checked in run_validate(files, _gateway, check_port=not no_port_check, check_model_files=not no_model_files,
+                                strict=strict, allowed_signers=allowed_signers, hash_progress=progress.hashing):
+        results.append(checked)
         if not as_json:
-            for p in problems + warnings:
+            for p in checked.problems + checked.warnings:
                 err.print(str(p), markup=False)
-            if not problems:
-                out.print(f"{file}: ok (sandbox {policy.name})", markup=False)
+            if checked.ok:
+                out.print(f"{checked.file}: ok (sandbox {checked.name})", markup=False)
     if as_json:
-        out.print_json(data={"ok": all(r["ok"] for r in results), "files": results})
-    if not all(r["ok"] for r in results):
+        out.print_json(data={"ok": all(r.ok for r in results), "files": [r.to_dict() for r in results]})
+    if not all(r.ok for r in results):
         raise typer.Exit(PolicyError.exit_code)
-
-
-def _name_in(policy: Path) -> str:
-    from launcher.policy.loader import load
-    doc, _ = load(policy)
-    name = doc.data.get("name") if doc is not None and isinstance(doc.data, dict) else None
-    return name if isinstance(name, str) else "(unnamed)"
-
-
-def _port_is_ours_if_engine():
-    """A busy port is fine when the sandbox's own ingress holds it; that needs
-    the engine, which `validate` does not otherwise require."""
-    def check(name: str, port: int) -> bool:
-        try:
-            from launcher.commands.prepare import port_is_ours
-            return port_is_ours(_gateway())(name, port)
-        except SandboxError:
-            return False
-    return check
 
 
 @app.command()
@@ -203,18 +109,10 @@ def plan(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle:
         out.print_json(data={"name": prepared.spec.name, "url": prepared.spec.url,
                              "actions": [a.to_dict() for a in actions]})
         return
-    _print_actions(actions)
+    print_actions(actions)
     changes = len(prepared.plan.changes)
     out.print(f"\n{changes} change(s) for sandbox {prepared.spec.name}" if changes
               else f"\nsandbox {prepared.spec.name} is up to date", markup=False)
-
-
-def _print_actions(actions) -> None:
-    # Plain columns, never truncated: names and tags are what people copy.
-    rows = [("ACTION", "KIND", "NAME", "REASON")] + [(a.verb, a.kind, a.name, a.reason) for a in actions]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        out.print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}", markup=False)
 
 
 @app.command()
@@ -241,7 +139,8 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
     except KeyboardInterrupt:
         progress.close()
         # Whatever had started keeps running: say so, and how to go on.
-        name = _name_in(policy)
+        from launcher.commands.target import name_in
+        name = name_in(None, policy) or "(unnamed)"
         err.print(printable(f"interrupted: sandbox {name} may be partly up. `sandbox up {policy}` finishes the "
                             f"job; `sandbox down {name}` removes what was started; `sandbox status {name}` shows it."),
                   markup=False)
@@ -266,15 +165,14 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
         out.print("(the link is your key to this sandbox: `sandbox open` opens it in your browser)", markup=False)
         if checked:
             out.print("")
-            _render_verify(checked, as_json=False)
+            render_verify(checked, as_json=False)
     if checked and not checked.ok:
         raise typer.Exit(1)
 
 
 @app.command("open")
 @handled
-def open_ui(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
-                                                              "may be left out when only one sandbox exists."),
+def open_ui(target: Optional[str] = TARGET,
             print_only: bool = typer.Option(False, "--print", help="Print the access link; open no browser.")):
     """Open a sandbox's UI in your browser, with its access link (which logs the browser in)."""
     from launcher.commands.open import access_link, open_in_browser
@@ -291,8 +189,7 @@ def open_ui(target: Optional[str] = typer.Argument(None, help="Sandbox name or p
 
 @app.command()
 @handled
-def verify(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
-                                                             "may be left out when only one sandbox exists."),
+def verify(target: Optional[str] = TARGET,
            ca_bundle: Optional[Path] = CA_BUNDLE, as_json: bool = JSON):
     """Attack a running sandbox from inside its front-end and print one line per attack of the threat
     model: PASS when it was stopped. Exits 1 if any attack got through."""
@@ -302,42 +199,14 @@ def verify(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
         result = run_verify(_gateway(), target, ca_bundle=ca_bundle, say=progress.say)
     finally:
         progress.close()
-    _render_verify(result, as_json)
+    render_verify(result, as_json)
     if not result.ok:
         raise typer.Exit(1)
 
 
-def _render_verify(result, as_json: bool) -> None:
-    from launcher.verify import FRONTEND_WORD
-    if as_json:
-        out.print_json(data=result.to_dict())
-        return
-    if result.drift:
-        out.print(f"note: sandbox {result.name} differs from its policy; `sandbox up` would "
-                  + "; ".join(result.drift), markup=False)
-    width = max(len(r.attack) for r in result.rows)
-    verdict_width = max(len(r.verdict) for r in result.rows)
-    where = {r.attack: ", ".join(r.checked_by) for r in result.rows}
-    where_width = max(len(w) for w in where.values())
-    for r in result.rows:
-        out.print(printable(f"{r.verdict:{verdict_width}}  {r.attack:<{width}}  {where[r.attack]:<{where_width}}  "
-                            f"{r.result}"), markup=False)
-    failed = [r.attack for r in result.rows if r.verdict == "FAIL"]
-    unsettled = [r.attack for r in result.rows if r.verdict == "INCONCLUSIVE"]
-    said = []
-    if failed:
-        said.append(f"{len(failed)} attack(s) got through: {', '.join(failed)}")
-    if unsettled:
-        said.append(f"{len(unsettled)} check(s) inconclusive, proving neither way: {', '.join(unsettled)}")
-    out.print(f"\nsandbox {result.name}: " + ("; ".join(said) or "every attack was stopped"), markup=False)
-    if any(FRONTEND_WORD in r.checked_by for r in result.rows):
-        out.print(f"rows checked by the {FRONTEND_WORD} rest on what the front-end itself said", markup=False)
-
-
 @app.command()
 @handled
-def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
-                                                            "may be left out when only one sandbox exists."),
+def audit(target: Optional[str] = TARGET,
           since: Optional[str] = typer.Option(None, "--since", help="Only what happened since: 10m, 2h, 1d, or "
                                                                     "a time such as 2026-11-29T17:00."),
           follow: bool = typer.Option(False, "--follow", "-f", help="Then keep printing each new attempt."),
@@ -351,131 +220,30 @@ def audit(target: Optional[str] = typer.Argument(None, help="Sandbox name or pol
     The records outlive the sandbox's containers until `sandbox down --volumes`."""
     from launcher.commands.audit import audit as run_audit
     from launcher.commands.audit import follow as follow_audit
-    result = run_audit(_gateway(), target, since=_since(since) if since else None)
+    from launcher.commands.audit import since_time
+    result = run_audit(_gateway(), target, since=since_time(since) if since else None)
     if as_json and not follow:
         out.print_json(data=result)
         return
     if not as_json:
-        _render_audit(result)
+        render_audit(result)
     if follow:
         if not as_json:
             err.print("following new attempts (Ctrl-C ends)", markup=False)
         try:
             for entry in follow_audit(_gateway(), result["name"]):
-                if as_json:
-                    out.print(json_text(entry, indent=None), markup=False)
-                else:
-                    when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
-                    did = (f"{entry['protocol']} to {_destination(entry)}: {entry['said']}" if "protocol" in entry
-                           else f"looked up {entry['name']} ({entry['type']})")
-                    out.print(printable(f"  {when}  {entry['part']} {did}"), markup=False)
+                out.print(json_text(entry, indent=None) if as_json else followed_line(entry), markup=False)
         except KeyboardInterrupt:
             pass
 
 
-def _since(text: str) -> float:
-    import datetime
-    import re
-    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if match:
-        return time.time() - int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
-    try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        raise SandboxError(f"--since {text!r}: give a duration (10m, 2h, 1d) or a time (2026-11-29T17:00)") from None
-
-
-def _render_audit(result: dict) -> None:
-    if result["builds"]:
-        out.print(f"sandbox {result['name']}: the images its image builds used, and what they contacted "
-                  f"(through the build proxy)",
-                  markup=False)
-        for build in result["builds"]:
-            out.print(f"  {build['image']} ({', '.join(build['parts'])})", markup=False)
-            for source in build.get("sources") or []:
-                how = "pulled for it" if source.get("pulled") else "already on this machine"
-                out.print(printable(f"    uses {source['image']} ({source['instruction']}, line {source['line']}): "
-                                    f"{source['id']}, {how}"), markup=False)
-            if not build.get("contacts"):
-                out.print("    nothing", markup=False)
-            for c in _contacts_by_destination(build.get("contacts") or []):
-                detail = (f"{c['bytes_sent']} B sent, {c['bytes_received']} B received" if c["verdict"] == "allowed"
-                          else c["reason"])
-                out.print(printable(f"    {c['count']:4}x {c['verdict']:8} {c['host']}:{c['port']}  {detail}"),
-                          markup=False)
-    if not result["names"] and not result["ingress_refused"] and not result["destinations"] \
-            and not result["ingress_refused_from_parts"]:
-        out.print(f"sandbox {result['name']}: nothing tried to get out while running", markup=False)
-        return
-    if result["names"]:
-        out.print(f"sandbox {result['name']}: names looked up (the sink answered each; none resolved outside)",
-                  markup=False)
-    for n in result["names"]:
-        answered = (f" -> the sink ({n['answer']})" if n.get("answer") else
-                    " queries the sink could not read: refused" if n["name"] == "(malformed)" else ": no such name")
-        out.print(printable(f"  {_times(n)}  {n['name']}{answered}  (by {', '.join(n['parts'])})"), markup=False)
-    if result["destinations"]:
-        out.print(f"sandbox {result['name']}: connections to outside (each ended at the sink; nothing was forwarded)",
-                  markup=False)
-    for d in result["destinations"]:
-        out.print(printable(f"  {_times(d)}  {d['protocol']} {_destination(d)}  "
-                            f"{'; '.join(d['said'])}  (by {', '.join(d['parts'])})"), markup=False)
-        for body in d["bodies"][:3]:
-            shown = body if len(body) <= 300 else body[:300] + f"... ({len(body)} characters kept; --json has them)"
-            out.print(printable(f"           body: {shown}"), markup=False)
-    for part, count in sorted(result.get("not_itemised", {}).items()):
-        out.print(printable(f"  {count:5}x  more attempts by {part}, at new destinations past its own table "
-                            f"in the sink's summary (counted, not itemised)"), markup=False)
-    for part, count in sorted(result.get("dropped", {}).items()):
-        out.print(printable(f"{part} tried faster than the sink records in detail: {count} detail record(s) not "
-                            f"written"), markup=False)
-    if result["names"] or result["destinations"]:
-        out.print("counts are the sink's exact ones, except those marked \"at least\": rebuilt from its detail "
-                  "records, which it writes at a bounded rate and turns over", markup=False)
-        if result.get("not_counted"):
-            out.print(result["not_counted"], markup=False)
-    if result["ingress_refused"]:
-        out.print("requests the ingress refused:", markup=False)
-        for line in result["ingress_refused"]:
-            out.print(printable(f"  {line}"), markup=False)
-    if result["ingress_refused_from_parts"]:
-        out.print("requests the parts sent to the ingress from inside (refused; the ingress is not theirs to use):",
-                  markup=False)
-        for r in result["ingress_refused_from_parts"]:
-            out.print(printable(f"  {r['part']}: {r['line']}"), markup=False)
-
-
-def _times(counted: dict) -> str:
-    """5x, or "at least 5x" where the count was rebuilt from detail records."""
-    return f"at least {counted['count']}x" if counted.get("count_is_lower_bound") else f"{counted['count']:5}x"
-
-
-def _destination(connection: dict) -> str:
-    """api.ui.example:443 (198.18.3.4), or 203.0.113.7:443 for an attempt by address."""
-    where = f"{connection.get('name') or connection['address']}:{connection['port']}"
-    return f"{where} ({connection['address']})" if connection.get("name") else where
-
-
-def _contacts_by_destination(contacts: list[dict]) -> list[dict]:
-    """One line per verdict, host and port, with counts and bytes added up."""
-    grouped: dict[tuple, dict] = {}
-    for c in contacts:
-        key = (c.get("verdict"), c.get("host"), c.get("port"), "" if c.get("verdict") == "allowed" else c.get("reason"))
-        entry = grouped.setdefault(key, {"verdict": key[0], "host": key[1], "port": key[2], "reason": key[3] or "",
-                                         "count": 0, "bytes_sent": 0, "bytes_received": 0})
-        entry["count"] += 1
-        entry["bytes_sent"] += c.get("bytes_sent") or 0
-        entry["bytes_received"] += c.get("bytes_received") or 0
-    return list(grouped.values())
-
-
 @app.command()
 @handled
-def down(target: Optional[str] = typer.Argument(None, help="Sandbox name or policy file; "
-                                                           "may be left out when only one sandbox exists."),
-         volumes: bool = typer.Option(False, "--volumes", help="Also delete the front-end's data (chat history) and the access token."),
+def down(target: Optional[str] = TARGET,
+         volumes: bool = typer.Option(False, "--volumes", help="Also delete the front-end's data (chat history), the audit records "
+                                                             "and the access token."),
          as_json: bool = JSON):
-    """Stop and remove a sandbox. Its data volume is kept unless --volumes is given."""
+    """Stop and remove a sandbox. Its data and audit volumes are kept unless --volumes is given."""
     from launcher.commands.down import down as run_down
     progress = Progress()
     result = run_down(_gateway(), target, volumes=volumes, say=None if as_json else progress.say)
@@ -496,39 +264,11 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
 
     With --json, also its access token and link (for the user who started it)."""
     from launcher.commands.status import status as run_status
-    from launcher.models.facts import gib
     sandboxes = run_status(_gateway(), target, memory=memory)
     if as_json:
         out.print_json(data={"sandboxes": sandboxes})
         return
-    if not sandboxes:
-        out.print("no sandboxes", markup=False)
-    for s in sandboxes:
-        out.print(f"sandbox {s['name']}: {'healthy' if s['healthy'] else 'NOT healthy'}  "
-                  f"{s['url'] or '(no URL)'}  policy {s['policy']}", markup=False)
-        signer = s.get("signed_by")
-        if signer:
-            who = signer.get("principal") or "a key not checked against allowed signers"
-            out.print(printable(f"  signed by {who} ({signer.get('key')})"), markup=False)
-        for problem in s["problems"]:
-            out.print(printable(f"  {problem}"), markup=False)
-        if s.get("attempts"):
-            out.print(f"  {s['attempts']} attempt(s) to reach outside, all stopped: `sandbox audit {s['name']}`",
-                      markup=False)
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("part", "state", "health", "restarts") + (("memory",) if memory else ()):
-            table.add_column(column)
-        for p in s["parts"]:
-            row = [p["part"], p["state"], p.get("health") or "-", str(p.get("restarts", "-"))]
-            if memory:
-                mem = p.get("memory_bytes")
-                row.append(f"{mem / 2**20:.0f} MiB" if mem else "-")
-            table.add_row(*row)
-        out.print(table)
-        for v in s.get("volumes") or []:
-            used = "?" if v["used_bytes"] is None else gib(v["used_bytes"])
-            limit = f"of at most {gib(v['limit_bytes'])}" if v["limit_bytes"] else "no size limit"
-            out.print(f"  volume {v['name']}: {used} used, {limit}", markup=False)
+    render_status(sandboxes, memory)
     if not all(s["healthy"] for s in sandboxes):
         raise typer.Exit(1)
 
@@ -634,25 +374,13 @@ def render(policy: Path = typer.Argument(..., help="The policy file."),
     """Write the sandbox a policy describes for another engine: Kubernetes manifests or a compose file.
 
     The same spec as `sandbox up`, with the same isolation (docs/kubernetes.md). Fresh secrets each time."""
-    from launcher.private import write_private
-    from launcher.render import TARGETS
-    from launcher.render import render as run_render
-    if target not in TARGETS:
-        raise SandboxError(f"--target must be one of {', '.join(TARGETS)}, not {target!r}")
-    text, spec = run_render(policy, target, model_volume=model_volume, image_prefix=image_prefix, gpus=gpus,
+    from launcher.commands.render import render_for, write_rendered
+    text, spec = render_for(policy, target, model_volume=model_volume, image_prefix=image_prefix, gpus=gpus,
                             data_size=data_size)
     if output is None:
         out.print(text, markup=False, end="")
         return
-    write_private(output, text)
-    token = spec.container("ingress").env_value("SANDBOX_ACCESS_TOKEN")
-    port = spec.url.rsplit(":", 1)[1].strip("/")
-    if target == "kubernetes":
-        err.print(f"wrote {output}: `kubectl apply -f {output}`, then `kubectl -n sandbox-{spec.name} "
-                  f"port-forward svc/ingress {port}:8080` and open {spec.url}?sandbox_token={token}", markup=False)
-    else:
-        err.print(f"wrote {output}: `docker-compose -p sandbox-{spec.name} -f {output} up -d`, then open "
-                  f"{spec.url}?sandbox_token={token}", markup=False)
+    err.print(write_rendered(output, text, spec, target), markup=False)
 
 
 model_app = typer.Typer(help="Get models once, from a source you can name, and check them: pull, list, "
@@ -790,13 +518,19 @@ def model_inspect(file: Path = typer.Argument(..., exists=True, dir_okay=False, 
 
 @app.command()
 @handled
-def logs(part: str = typer.Argument(..., help="dns, backend, frontend or ingress."),
+def logs(target: Optional[str] = typer.Argument(None, metavar="SANDBOX",
+                                                help="Sandbox name or policy file; may be left out when only one "
+                                                     "sandbox exists."),
+         part: Optional[str] = typer.Argument(None, metavar="PART", help="dns, backend, frontend or ingress."),
          sandbox: Optional[str] = typer.Option(None, "--sandbox", "-s",
-                                               help="Sandbox name or policy file, when there are several."),
+                                               help="The sandbox, as in `sandbox logs PART -s SANDBOX`."),
          follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
          tail: int = typer.Option(100, "--tail", "-n", help="Lines from the end to start with.")):
-    """Print the log of one part of a sandbox."""
+    """Print the log of one part of a sandbox: `sandbox logs SANDBOX PART`, or `sandbox logs PART` when only
+    one sandbox exists."""
     from launcher.commands.logs import logs as run_logs
+    from launcher.commands.logs import sandbox_and_part
+    sandbox, part = sandbox_and_part(target, part, sandbox)
     try:
         for line in run_logs(_gateway(), part, sandbox, tail=tail, follow=follow):
             out.print(printable(line), markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import ipaddress
 import os
 import secrets
 import shutil
@@ -830,10 +831,26 @@ def _egress_hint(failure: BuildFailure, contacts: list[dict], proxy_url: str) ->
             f"http_proxy and https_proxy ({proxy_url}); a step that ignores those variables reaches nothing")
     for c in refused[:10]:
         hint += f"\n  the proxy refused {c.get('host')}:{c.get('port')}: {c.get('reason')}"
-    if any("private address" in str(c.get("reason")) or "not a public" in str(c.get("reason")) for c in refused):
+    private = [c for c in refused if "private address" in str(c.get("reason")) or "not a public" in str(c.get("reason"))]
+    if private:
+        networks = ",".join(dict.fromkeys(_refused_network(c) for c in private))
         hint += ("\nif that is your package mirror, name its network for builds: "
-                 "SANDBOX_BUILD_ALLOW_NETWORKS=ADDRESS/32 (scripts/mirror-networks.sh prints your apt mirrors' networks)")
+                 f"SANDBOX_BUILD_ALLOW_NETWORKS={networks} (scripts/mirror-networks.sh prints your apt mirrors' "
+                 "networks)")
     return hint
+
+
+def _refused_network(contact: dict) -> str:
+    """The one-address network of what the proxy refused: its reason begins
+    with the address ("10.1.2.3 is a private address ..."), else the first
+    address the name resolved to."""
+    for word in [str(contact.get("reason")).split(" ", 1)[0], *(contact.get("addresses") or [])]:
+        try:
+            address = ipaddress.ip_address(word)
+        except ValueError:
+            continue
+        return f"{address}/{address.max_prefixlen}"
+    return "ADDRESS/32"
 
 
 _TLS_TROUBLE = ("certificate verify failed", "certificate_verify_failed", "self-signed certificate",

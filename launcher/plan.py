@@ -11,6 +11,9 @@ from launcher.spec import PARTS, SandboxSpec, spec_hash
 
 BUILD, CREATE, RECREATE, KEEP, REMOVE = "build", "create", "recreate", "keep", "remove"
 
+# What each kind of volume (its VolumeSpec.part) holds, for the plan's reasons.
+VOLUME_HOLDS = {"data": "holds the front-end's data", "audit": "holds the audit records: what the parts tried to reach"}
+
 
 @dataclass(frozen=True)
 class Action:
@@ -84,7 +87,7 @@ def make_plan(spec: SandboxSpec, observed: Observed) -> Plan:
 
     for volume in spec.volumes:
         if volume.name in observed.volumes:
-            actions.append(Action(KEEP, "volume", volume.name, "holds the front-end's data"))
+            actions.append(Action(KEEP, "volume", volume.name, VOLUME_HOLDS.get(volume.part, "kept")))
         else:
             actions.append(Action(CREATE, "volume", volume.name, "missing"))
 

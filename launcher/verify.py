@@ -146,6 +146,13 @@ def _tried_row(attack: str, how: str, tried: dict, bad: dict, text: str | None =
     return Row(attack, how, PASS, text)
 
 
+def _as_said(f: Facts, outcomes: dict) -> dict:
+    """The outcomes, with a connection the sink took said so: a bare
+    "connected" reads as a breach. One the sink did not record stays
+    "connected", as the breach it is."""
+    return {k: "taken by the sink" if v == "connected" and not _escaped(f, k, v) else v for k, v in outcomes.items()}
+
+
 def _summary(outcomes: dict) -> str:
     return "; ".join(f"{target} {outcome}" for target, outcome in outcomes.items()) or "nothing tried"
 
@@ -236,7 +243,7 @@ def host_services(f: Facts) -> Row:
     if f.canary_hits:
         bad = {**bad, "canary": "reached"}
     return _tried_row("host services", f"a canary on 0.0.0.0:{f.canary_port}; connect via every host address",
-                      tried, bad, _summary(bad or tried) + hits)
+                      tried, bad, _summary(bad or _as_said(f, tried)) + hits)
 
 
 @checked_by(PROBE)
@@ -246,7 +253,8 @@ def other_sandboxes(f: Facts) -> Row:
                    "no other sandbox is running")
     tried = {k: v for k, v in f.probe.get("tcp", {}).items() if k in f.other_sandbox_targets}
     bad = {k: v for k, v in tried.items() if _escaped(f, k, v)}
-    return _tried_row("other sandboxes", "connect to the containers of another sandbox", tried, bad)
+    return _tried_row("other sandboxes", "connect to the containers of another sandbox", tried, bad,
+                      _summary(bad or _as_said(f, tried)))
 
 
 @checked_by(PROBE)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import time
 from typing import Iterator
 
 from launcher import build_records
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
-from launcher.errors import NotFound
+from launcher.errors import NotFound, SandboxError
 from launcher.spec import AUDIT_DIR, PARTS, resource_name
 from launcher.text import json_records
 
@@ -172,7 +174,7 @@ def names_tried(gateway: DockerGateway, name: str, since: float | None = None,
 
 
 def audit(gateway: DockerGateway, target: str | None = None, since: float | None = None) -> dict:
-    name = resolve_name(gateway, target)
+    name = resolve_name(gateway, target, "audit")
     builds = []
     for part in PARTS:
         state = gateway.container_state(resource_name(name, part))
@@ -346,10 +348,34 @@ def _lookup(entry: dict, part_of_address: dict[str, str]) -> dict:
 def follow(gateway: DockerGateway, target: str | None = None) -> Iterator[dict]:
     """Each new lookup and connection as the sink takes it, until
     interrupted: a lookup has "name" and "type", a connection "protocol"."""
-    name = resolve_name(gateway, target)
+    name = resolve_name(gateway, target, "audit --follow")
     part_of_address = parts_by_address(gateway, name)
     for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=0, follow=True), "time"):
         if "protocol" in entry:
             yield _connection(entry, part_of_address)
         elif "type" in entry:
             yield _lookup(entry, part_of_address)
+
+
+def contacts_by_destination(contacts: list[dict]) -> list[dict]:
+    """One line per verdict, host and port, with counts and bytes added up."""
+    grouped: dict[tuple, dict] = {}
+    for c in contacts:
+        key = (c.get("verdict"), c.get("host"), c.get("port"), "" if c.get("verdict") == "allowed" else c.get("reason"))
+        entry = grouped.setdefault(key, {"verdict": key[0], "host": key[1], "port": key[2], "reason": key[3] or "",
+                                         "count": 0, "bytes_sent": 0, "bytes_received": 0})
+        entry["count"] += 1
+        entry["bytes_sent"] += c.get("bytes_sent") or 0
+        entry["bytes_received"] += c.get("bytes_received") or 0
+    return list(grouped.values())
+
+
+def since_time(text: str) -> float:
+    """The time `--since` names: a duration back from now (10m, 2h, 1d) or a time."""
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if match:
+        return time.time() - int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise SandboxError(f"--since {text!r}: give a duration (10m, 2h, 1d) or a time (2026-11-29T17:00)") from None

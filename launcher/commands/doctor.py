@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from launcher.commands.target import sandbox_holding
 from launcher.docker_gateway import MIN_ENGINE
 from launcher.errors import SandboxError
 from launcher.hostnet import route_localnet
@@ -87,7 +88,7 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
                             "check `sysctl net.ipv4.conf.all.route_localnet` (and each interface's) is 0"))
     else:
         checks.append(Check("loopback ports", OK, "route_localnet is 0: ports on 127.0.0.1 stay on this machine"))
-    return checks + _port_checks(ports) + model_checks()
+    return checks + _port_checks(ports, gateway) + model_checks()
 
 
 def volume_size_check(gateway) -> Check:
@@ -134,11 +135,17 @@ def model_checks() -> list[Check]:
     return out
 
 
-def _port_checks(ports: tuple[int, ...]) -> list[Check]:
+def _port_checks(ports: tuple[int, ...], gateway=None) -> list[Check]:
+    """Without an engine (`gateway` None) a busy port's holder is not known."""
     out = []
     for port in ports:
+        holder = None if port_is_free(port) or gateway is None else sandbox_holding(gateway, port)
         if port_is_free(port):
             out.append(Check(f"port {port}", OK, f"127.0.0.1:{port} is free"))
+        elif holder:
+            out.append(Check(f"port {port}", WARN, f"port {port} is used by sandbox {holder} "
+                                                   f"(`sandbox down {holder}` frees it)",
+                             f"`sandbox down {holder}`, or set ingress.port in the policy to a free port"))
         else:
             out.append(Check(f"port {port}", WARN, f"127.0.0.1:{port} is in use (by a running sandbox?)",
                              "set ingress.port in the policy to a free port"))

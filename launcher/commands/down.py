@@ -15,7 +15,7 @@ from launcher.signing import forget_signer
 
 def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
          say: Callable[[str], None] | None = None) -> dict:
-    name = resolve_name(gateway, target)
+    name = resolve_name(gateway, target, "down")
     with sandbox_lock(name, say):
         if not volumes:  # the audit volume stays, and with it what the ingress refused
             try:

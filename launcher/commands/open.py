@@ -13,7 +13,7 @@ from launcher.spec import resource_name
 
 def access_link(gateway: DockerGateway, target: str | None) -> tuple[str, str]:
     """The sandbox's name and its access link."""
-    name = resolve_name(gateway, target)
+    name = resolve_name(gateway, target, "open")
     state = gateway.container_state(resource_name(name, "ingress"))
     if not state or state["state"] != "running" or not state["ports"]:
         raise NotFound(f"sandbox {name} is not running; `sandbox up` it first")

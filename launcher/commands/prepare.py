@@ -10,6 +10,7 @@ from launcher import access
 from launcher.builds import images_not_ours
 from launcher.commands.bundle import Bundle
 from launcher.commands.lock import check_lock, check_signature
+from launcher.commands.target import holds_port, sandbox_holding
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import images_for
@@ -30,13 +31,15 @@ class Prepared:
     signer: Signer | None = None  # who signed the policy's lock, when it is signed
 
 
-def port_is_ours(gateway: DockerGateway):
-    """Whether a busy host port is held by the named sandbox's own ingress, in
-    which case `up` may run again without complaint."""
-    def check(name: str, port: int) -> bool:
-        state = gateway.container_state(resource_name(name, "ingress"))
-        return bool(state) and f"127.0.0.1:{port}" in state["ports"]
-    return check
+def port_holder(gateway: DockerGateway):
+    """Which sandbox's ingress holds a busy host port: the named sandbox's
+    own (then `up` may run again without complaint) is asked first, each
+    other one only when it is not."""
+    def holder(name: str, port: int) -> str | None:
+        if name and holds_port(gateway, name, port):
+            return name
+        return sandbox_holding(gateway, port)
+    return holder
 
 
 def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle: Path | None = None,
@@ -57,7 +60,7 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     sizes_enforced, _ = gateway.volume_sizes()
     # Where the engine cannot bound a volume, a policy that does not accept an
     # unbounded one is refused here, before anything is made or started.
-    policy = load_policy(source.file, display=source.display, raw=source.policy, port_is_ours=port_is_ours(gateway),
+    policy = load_policy(source.file, display=source.display, raw=source.policy, port_holder=port_holder(gateway),
                          hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None,
                          volume_sizes_enforced=sizes_enforced)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)

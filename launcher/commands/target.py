@@ -7,6 +7,7 @@ from pathlib import Path
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.policy.loader import load
+from launcher.spec import resource_name
 
 
 def name_in(raw: bytes | None, file: Path) -> str | None:
@@ -16,9 +17,10 @@ def name_in(raw: bytes | None, file: Path) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def resolve_name(gateway: DockerGateway, target: str | None) -> str:
+def resolve_name(gateway: DockerGateway, target: str | None, command: str = "status", after: str = "") -> str:
     """A sandbox named by its name, by its policy file, or (with only one on
-    this engine) not at all."""
+    this engine) not at all. `command` and `after` are the words around the
+    name in the command line that names it, so an error can show that line."""
     if target and (target.endswith((".yaml", ".yml")) or Path(target).is_file()):
         name = name_in(None, Path(target))
         if name is None:
@@ -30,5 +32,17 @@ def resolve_name(gateway: DockerGateway, target: str | None) -> str:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise NotFound("no sandbox is running on this engine")
-    raise NotFound(f"several sandboxes exist ({', '.join(found)}); name one")
+        raise NotFound("no sandbox is running on this engine: `sandbox up POLICY` starts one")
+    example = " ".join(word for word in ("sandbox", command, found[0], after) if word)
+    raise NotFound(f"several sandboxes exist ({', '.join(found)}); name one: `{example}`")
+
+
+def holds_port(gateway: DockerGateway, name: str, port: int) -> bool:
+    """Whether sandbox `name`'s ingress publishes 127.0.0.1:`port`."""
+    state = gateway.container_state(resource_name(name, "ingress"))
+    return bool(state) and f"127.0.0.1:{port}" in state["ports"]
+
+
+def sandbox_holding(gateway: DockerGateway, port: int) -> str | None:
+    """The sandbox whose ingress publishes 127.0.0.1:`port`, if one does."""
+    return next((name for name in sorted(gateway.sandboxes()) if holds_port(gateway, name, port)), None)

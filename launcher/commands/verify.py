@@ -81,7 +81,7 @@ class VerifyResult:
 def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | None = None,
            say: Say | None = None) -> VerifyResult:
     say = say or (lambda _m: None)
-    name = resolve_name(gateway, target)
+    name = resolve_name(gateway, target, "verify")
     sandboxes = gateway.sandboxes()
     if name not in sandboxes:
         raise NotFound(f"no sandbox named {name} on this engine")

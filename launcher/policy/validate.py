@@ -23,12 +23,13 @@ DEFAULT_CONTEXT_LENGTH = 4096
 DEFAULT_DATA_SIZE = "4g"
 
 
-# port_is_ours(sandbox_name, port): the port is held by that sandbox's own
-# ingress (it is running), so finding it busy is no problem.
-PortIsOurs = Callable[[str, int], bool]
+# port_holder(sandbox_name, port): the sandbox whose ingress holds a busy host
+# port, if one does. The policy's own sandbox holding it is no problem; another
+# one is named, with the command that frees the port.
+PortHolder = Callable[[str, int], "str | None"]
 
 
-def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours: PortIsOurs | None = None,
+def check_policy_file(path: str | Path, *, check_port: bool = True, port_holder: PortHolder | None = None,
                       hash_progress: HashProgress | None = None, check_model_files: bool = True,
                       model_paths: dict[str, Path] | None = None,
                       raw: bytes | None = None, display: str | None = None,
@@ -50,7 +51,7 @@ def check_policy_file(path: str | Path, *, check_port: bool = True, port_is_ours
         return None, [doc.problem((), "must be a mapping of fields (version, name, models, ...)")]
     problems = schema_problems(doc)
     base = path.resolve().parent
-    problems += _semantic_problems(doc, base, check_port, port_is_ours, hash_progress,
+    problems += _semantic_problems(doc, base, check_port, port_holder, hash_progress,
                                    (model_paths or {}) if check_model_files else None)
     if volume_sizes_enforced is False:
         problems += _unbounded_volume_problems(doc)
@@ -67,7 +68,7 @@ def load_policy(path: str | Path, **kwargs) -> Policy:
     return policy
 
 
-def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours: PortIsOurs | None,
+def _semantic_problems(doc: Document, base: Path, check_port: bool, port_holder: PortHolder | None,
                        hash_progress: HashProgress | None, model_paths: dict[str, Path] | None) -> list[Problem]:
     """`model_paths` None: the model files are not looked at."""
     data = doc.data
@@ -156,7 +157,12 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_is_ours
     if check_port and isinstance(ingress, dict) and _is_int(ingress.get("port")):
         port = ingress["port"]
         name = data.get("name") if isinstance(data.get("name"), str) else ""
-        if 1 <= port <= 65535 and not port_is_free(port) and not (port_is_ours and port_is_ours(name, port)):
+        holder = port_holder(name, port) if 1 <= port <= 65535 and port_holder and not port_is_free(port) else None
+        if holder and holder != name:
+            problems.append(doc.problem(("ingress", "port"),
+                                        f"port {port} on 127.0.0.1 is used by sandbox {holder}: `sandbox down "
+                                        f"{holder}` frees it, or pick another port here"))
+        elif 1 <= port <= 65535 and not holder and not port_is_free(port):
             problems.append(doc.problem(("ingress", "port"),
                                         f"port {port} on 127.0.0.1 is in use; stop what holds it or pick another"))
     return problems

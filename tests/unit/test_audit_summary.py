@@ -69,7 +69,7 @@ def test_a_count_rebuilt_from_detail_records_is_shown_as_a_lower_bound(capsys):
     is counted from detail records, which are rate-bound and rotate: "at
     least", and in --json a field that says so; the summary's own count
     (the control) stays exact."""
-    from launcher import cli
+    from launcher import views
     past_its_table = [{"time": 10.0 + n, "client": "10.0.0.2", "protocol": "tcp", "address": "198.51.100.7",
                        "port": 80, "bytes": 4} for n in range(898)]
     sink = Sink(json.dumps(SUMMARY).encode(), connections=past_its_table)
@@ -81,7 +81,7 @@ def test_a_count_rebuilt_from_detail_records_is_shown_as_a_lower_bound(capsys):
     _, names = audit.names_tried(Sink(json.dumps(SUMMARY).encode(), lookups=late), "demo", None, PARTS, summary)
     assert {n["name"]: n["count_is_lower_bound"] for n in names} == {
         "late.example": True, "flood.example": False, "first.example": False}
-    cli._render_audit({"name": "demo", "builds": [], "names": names, "ingress_refused": [],
+    views.render_audit({"name": "demo", "builds": [], "names": names, "ingress_refused": [],
                        "ingress_refused_from_parts": [], "destinations": list(by_address.values()),
                        "not_itemised": {"frontend": 12}, "dropped": {"frontend": 59000},
                        "not_counted": audit.NOT_COUNTED})

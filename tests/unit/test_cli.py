@@ -1,5 +1,8 @@
 """The CLI's text and JSON output and exit codes, for commands that need no Docker."""
 import json
+import socket
+
+import pytest
 
 from typer.testing import CliRunner
 
@@ -49,14 +52,14 @@ def test_help_explains_each_command():
 
 
 def test_build_contacts_are_shown_one_line_per_destination():
-    from launcher.cli import _contacts_by_destination
+    from launcher.commands.audit import contacts_by_destination
     contacts = [
         {"verdict": "allowed", "host": "mirror.example", "port": 80, "bytes_sent": 100, "bytes_received": 5000},
         {"verdict": "allowed", "host": "mirror.example", "port": 80, "bytes_sent": 50, "bytes_received": 1000},
         {"verdict": "refused", "host": "169.254.169.254", "port": 80, "reason": "a link-local address"},
         {"verdict": "refused", "host": "10.0.0.1", "port": 443, "reason": "a private address"},
     ]
-    assert _contacts_by_destination(contacts) == [
+    assert contacts_by_destination(contacts) == [
         {"verdict": "allowed", "host": "mirror.example", "port": 80, "reason": "", "count": 2, "bytes_sent": 150,
          "bytes_received": 6000},
         {"verdict": "refused", "host": "169.254.169.254", "port": 80, "reason": "a link-local address", "count": 1,
@@ -139,11 +142,11 @@ def test_build_lines_on_a_terminal_are_escaped_in_the_spinner_too(monkeypatch):
     """On a terminal the build's last line is drawn by the spinner, outside print."""
     import io
 
-    import launcher.cli
+    import launcher.views
     screen = io.StringIO()
-    monkeypatch.setattr(launcher.cli, "err", launcher.cli.EscapingConsole(file=screen, force_terminal=True,
-                                                                          emoji=False))
-    progress = launcher.cli.Progress()
+    monkeypatch.setattr(launcher.views, "err", launcher.views.EscapingConsole(file=screen, force_terminal=True,
+                                                                              emoji=False))
+    progress = launcher.views.Progress()
     progress.say(f"building image sandbox-ui:1 {HOSTILE}")
     progress.build_line(f"[link=https://evil.example]{HOSTILE}")
     progress.close()  # stopping the spinner draws its last text, whatever the refresh timer did
@@ -207,3 +210,175 @@ def test_a_policy_nested_a_thousand_levels_deep_is_a_message_not_a_traceback(mon
     assert result.stderr == ("nested-too-deep.yaml:10:41 is nested more than 32 levels deep; "
                              "a policy is a few levels deep\n")
     assert not isinstance(result.exception, RecursionError)
+
+
+class StandInEngine:
+    """In place of the Docker engine: the sandboxes it holds, and the logs asked for."""
+
+    def __init__(self, *names: str, ports: dict[str, int] | None = None):
+        self.names = names
+        self.ports = ports or {}  # the host port each sandbox's ingress publishes
+        self.logs_asked: list[str] = []
+
+    def sandboxes(self) -> dict:
+        return {name: {"policy": f"{name}.yaml", "containers": {}} for name in self.names}
+
+    def container_state(self, container: str) -> dict | None:
+        name = container.removeprefix("sandbox-").removesuffix("-ingress")
+        if name not in self.names or not container.endswith("-ingress"):
+            return None
+        ports = [f"127.0.0.1:{self.ports[name]}"] if name in self.ports else []
+        return {"name": container, "state": "running", "ports": ports, "image": "sandbox-ingress:1"}
+
+    def engine(self) -> dict:
+        return {"version": "27.1.0", "api_version": "1.46", "runtimes": ["runc"], "cdi_spec_dirs": []}
+
+    def image_present(self, tag: str) -> bool:
+        return True
+
+    def volume_sizes(self) -> tuple[bool, str]:
+        return True, ""
+
+    def logs(self, container: str, tail: int = 100, follow: bool = False):
+        self.logs_asked.append(container)
+        return iter([f"a line of {container}"])
+
+
+def logs_of(monkeypatch, engine: StandInEngine, *args: str):
+    monkeypatch.setattr("launcher.cli._gateway", lambda: engine)
+    result = runner.invoke(app, ["logs", *args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_logs_names_the_sandbox_first_as_every_command_does(monkeypatch):
+    engine = StandInEngine("ux-myui", "other", "quickstart")
+    result = logs_of(monkeypatch, engine, "ux-myui", "dns")
+    assert result.exit_code == 0, result.output
+    assert engine.logs_asked == ["sandbox-ux-myui-dns"]
+    assert result.stdout == "a line of sandbox-ux-myui-dns\n"
+
+
+def test_logs_keeps_the_older_form_with_the_part_first(monkeypatch):
+    engine = StandInEngine("ux-myui", "other")
+    assert logs_of(monkeypatch, engine, "dns", "-s", "ux-myui").exit_code == 0
+    assert logs_of(monkeypatch, engine, "-s", "other", "frontend").exit_code == 0
+    assert logs_of(monkeypatch, engine, "ux-myui", "dns", "-s", "ux-myui").exit_code == 0
+    assert engine.logs_asked == ["sandbox-ux-myui-dns", "sandbox-other-frontend", "sandbox-ux-myui-dns"]
+
+
+def test_a_lone_part_name_is_the_part_of_the_only_sandbox(monkeypatch):
+    engine = StandInEngine("quickstart")
+    assert logs_of(monkeypatch, engine, "ingress").exit_code == 0
+    assert engine.logs_asked == ["sandbox-quickstart-ingress"]
+
+
+def test_logs_without_a_part_or_with_two_sandboxes_says_what_to_type(monkeypatch):
+    engine = StandInEngine("ux-myui", "other")
+    alone = logs_of(monkeypatch, engine, "ux-myui")
+    assert alone.exit_code == 1, alone.output
+    assert "name a part of sandbox ux-myui: `sandbox logs ux-myui dns`" in alone.stderr
+    twice = logs_of(monkeypatch, engine, "ux-myui", "dns", "-s", "other")
+    assert twice.exit_code != 0 and "`sandbox logs ux-myui dns`" in twice.stderr
+    assert engine.logs_asked == []
+
+
+def test_several_sandboxes_and_none_named_shows_the_command_that_names_one(monkeypatch):
+    engine = StandInEngine("b-ui", "a-ui")
+    result = logs_of(monkeypatch, engine, "dns")
+    assert result.exit_code != 0
+    assert "several sandboxes exist (a-ui, b-ui); name one: `sandbox logs a-ui dns`" in result.stderr
+    monkeypatch.setattr("launcher.cli._gateway", lambda: engine)
+    for command in ("down", "open", "verify", "audit"):
+        said = runner.invoke(app, [command])
+        assert f"name one: `sandbox {command} a-ui`" in said.stderr, (command, said.output)
+
+
+def test_a_build_refused_its_mirror_prints_the_setting_with_the_mirrors_real_address():
+    from launcher.docker_gateway import _egress_hint
+    from launcher.errors import BuildFailure
+    failure = BuildFailure("sandbox-ui:1", "apt-get update failed", ["E: 403 Forbidden"])
+    contacts = [{"verdict": "refused", "host": "mirror.lan", "port": 80, "addresses": ["10.1.2.3"],
+                 "reason": "10.1.2.3 is a private address (the LAN, the host's bridges)"},
+                {"verdict": "refused", "host": "10.9.8.7", "port": 80, "addresses": ["10.9.8.7"],
+                 "reason": "10.9.8.7 is a private address (the LAN, the host's bridges)"},
+                {"verdict": "refused", "host": "mirror.lan", "port": 443, "addresses": ["10.1.2.3"],
+                 "reason": "10.1.2.3 is a private address (the LAN, the host's bridges)"}]
+    hint = _egress_hint(failure, contacts, "http://10.213.0.2:3128")
+    assert "SANDBOX_BUILD_ALLOW_NETWORKS=10.1.2.3/32,10.9.8.7/32 (" in hint
+    assert "ADDRESS" not in hint
+
+
+@pytest.fixture
+def busy_port():
+    """A port on 127.0.0.1 that something listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_doctor_names_the_sandbox_that_holds_a_port(monkeypatch, busy_port):
+    monkeypatch.setattr("launcher.cli._gateway", lambda: StandInEngine("other", "quickstart",
+                                                                       ports={"quickstart": busy_port}))
+    monkeypatch.setattr("launcher.commands.doctor.route_localnet", lambda: {"all": "0"})
+    result = runner.invoke(app, ["doctor", "--port", str(busy_port)])
+    assert f"port {busy_port} is used by sandbox quickstart (`sandbox down quickstart` frees it)" in result.stdout
+
+
+def test_up_on_a_port_another_sandbox_holds_names_it_and_how_to_free_it(monkeypatch, tmp_path, busy_port):
+    policy = tmp_path / "mine.yaml"
+    policy.write_text((FIXTURES / "good" / "minimal.yaml").read_text().replace("18080", str(busy_port)).replace(
+        "../models/", f"{FIXTURES / 'models'}/"))
+    monkeypatch.setattr("launcher.cli._gateway", lambda: StandInEngine("quickstart", ports={"quickstart": busy_port}))
+    result = runner.invoke(app, ["up", str(policy)])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert (f"ingress.port: port {busy_port} on 127.0.0.1 is used by sandbox quickstart: `sandbox down quickstart` "
+            "frees it, or pick another port here") in result.stderr
+
+
+def test_down_help_says_volumes_deletes_the_audit_records_too():
+    shown = " ".join(runner.invoke(app, ["down", "--help"]).stdout.replace("│", " ").split())
+    assert "Also delete the front-end's data (chat history), the audit records and the access token." in shown
+
+
+def test_audit_answers_what_was_tried_while_running_before_what_the_builds_contacted(monkeypatch):
+    import launcher.commands.audit
+    recorded = {"name": "demo", "builds": [{"image": "sandbox-ui:1", "parts": ["frontend"], "contacts": [
+                    {"verdict": "allowed", "host": "deb.example", "port": 80, "bytes_sent": 1, "bytes_received": 2}]}],
+                "names": [{"name": "evil.example", "parts": ["frontend"], "count": 2, "answer": None}],
+                "lookups": [], "destinations": [], "connections": [], "ingress_refused": [],
+                "ingress_refused_from_parts": []}
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.audit, "audit", lambda gateway, target, since=None: recorded)
+    shown = runner.invoke(app, ["audit"]).stdout
+    assert shown.index("evil.example") < shown.index("deb.example")
+    assert json.loads(runner.invoke(app, ["audit", "--json"]).stdout) == recorded
+    recorded["names"] = []
+    shown = runner.invoke(app, ["audit"]).stdout
+    assert shown.index("nothing tried to get out while running") < shown.index("deb.example")
+
+
+def test_render_writes_for_its_owner_only_and_says_how_to_start_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(FIXTURES / "good")
+    output = tmp_path / "compose.yaml"
+    result = runner.invoke(app, ["render", "minimal.yaml", "--target", "compose", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"wrote {output}: `docker-compose -p sandbox-minimal -f {output} up -d`, then open "
+                                    "http://127.0.0.1:18080/?sandbox_token=")
+    assert output.stat().st_mode & 0o777 == 0o600 and "services:" in output.read_text()
+    wrong = runner.invoke(app, ["render", "minimal.yaml", "--target", "nomad"])
+    assert wrong.exit_code == 1 and "--target must be one of kubernetes, compose, not 'nomad'" in wrong.stderr
+
+
+def test_audit_since_takes_a_duration_or_a_time_and_says_which_otherwise(monkeypatch):
+    import datetime
+    import time
+
+    from launcher.commands.audit import since_time
+    assert abs(since_time("2h") - (time.time() - 7200)) < 5
+    assert since_time("2026-11-29T17:00") == datetime.datetime(2026, 11, 29, 17, 0).timestamp()
+    monkeypatch.setattr("launcher.cli._gateway", lambda: StandInEngine("demo"))
+    result = runner.invoke(app, ["audit", "--since", "yesterday"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr == "error: --since 'yesterday': give a duration (10m, 2h, 1d) or a time (2026-11-29T17:00)\n"

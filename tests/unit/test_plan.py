@@ -113,3 +113,10 @@ def test_users_own_image_is_never_built():
     images = replace(spec.images, frontend=replace(spec.images.frontend, tag="my-ui:1", context=None))
     spec = make_spec(images=images)
     assert ("keep", "image", "my-ui:1") in rows(make_plan(spec, Observed()))
+
+
+def test_a_kept_volume_says_what_it_holds():
+    spec = make_spec()
+    reasons = {a.name: a.reason for a in make_plan(spec, observed_from(spec)).actions if a.kind == "volume"}
+    assert reasons == {"sandbox-demo-audit": "holds the audit records: what the parts tried to reach",
+                       "sandbox-demo-data": "holds the front-end's data"}

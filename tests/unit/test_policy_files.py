@@ -92,8 +92,12 @@ def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(tmp_path, monkeypatc
         _, problems = check_policy_file("busy.yaml")
         assert [str(p) for p in problems] == [
             f"busy.yaml:10:9 ingress.port: port {port} on 127.0.0.1 is in use; stop what holds it or pick another"]
-        _, problems = check_policy_file("busy.yaml", port_is_ours=lambda name, p: (name, p) == ("minimal", port))
+        _, problems = check_policy_file("busy.yaml", port_holder=lambda name, p: "minimal" if p == port else None)
         assert problems == []
+        _, problems = check_policy_file("busy.yaml", port_holder=lambda name, p: "quickstart" if p == port else None)
+        assert [str(p) for p in problems] == [
+            f"busy.yaml:10:9 ingress.port: port {port} on 127.0.0.1 is used by sandbox quickstart: "
+            "`sandbox down quickstart` frees it, or pick another port here"]
 
 
 def test_sha256_is_cached_and_rechecked_when_the_file_changes(tmp_path):

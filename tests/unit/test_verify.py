@@ -540,3 +540,11 @@ def test_the_canary_counts_every_connection_made_before_it_is_asked():
             with socket.create_connection(("127.0.0.1", canary.port)) as s:
                 peers.append(f"127.0.0.1:{s.getsockname()[1]}")
         assert canary.hits_until_now() == peers
+
+
+def test_a_connection_the_sink_took_reads_taken_by_the_sink_and_one_it_did_not_reads_connected():
+    rows = {r.attack: r for r in v.judge(safe())}
+    assert rows["host services"].result == "172.17.0.1:4000 taken by the sink; 192.0.2.2:4000 taken by the sink"
+    assert rows["other sandboxes"].result == "10.213.9.2:8000 taken by the sink"
+    breach = {r.attack: r for r in v.judge(not_caught(safe(), ("tcp", "172.17.0.1", 4000)))}["host services"]
+    assert breach.verdict == "FAIL" and breach.result == "172.17.0.1:4000 connected"
