@@ -139,8 +139,9 @@ def _port_checks(ports: tuple[int, ...], gateway=None) -> list[Check]:
     """Without an engine (`gateway` None) a busy port's holder is not known."""
     out = []
     for port in ports:
-        holder = None if port_is_free(port) or gateway is None else sandbox_holding(gateway, port)
-        if port_is_free(port):
+        free = port_is_free(port)
+        holder = None if free or gateway is None else sandbox_holding(gateway, port)
+        if free:
             out.append(Check(f"port {port}", OK, f"127.0.0.1:{port} is free"))
         elif holder:
             out.append(Check(f"port {port}", WARN, f"port {port} is used by sandbox {holder} "
