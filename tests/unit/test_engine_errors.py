@@ -18,6 +18,7 @@ from launcher.errors import DockerUnavailable
 from launcher.images import ImageBuild
 from launcher.plan import CREATE, Action, Plan
 from launcher.spec import LABEL_PART, LABEL_SANDBOX
+from tests.unit.fake_engine import FakeClient as Client
 from tests.unit.helpers import make_spec
 
 DEAD = [requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected('Remote end closed "
@@ -42,14 +43,6 @@ class DeadApi:
         def request(*args, **kwargs):
             raise self.error
         return request
-
-
-class Client:
-    def __init__(self, api):
-        self.api = api
-
-    def __getattr__(self, name):
-        return getattr(self.api, name)
 
 
 SPEC = make_spec()
