@@ -45,15 +45,23 @@ def build_and_record(gateway: DockerGateway, images: Iterable[ImageBuild], egres
         build_records.save(image.tag, contacts, gateway.image_id(image.tag))
 
 
-def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | None) -> frozenset[str]:
+def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | None,
+                    image_ids: dict[str, str | None] | None = None) -> frozenset[str]:
     """The tags of `images` built here that are to be built again rather
     than run (build_records.may_run); raises ImageSwapped for one whose tag
     was moved to an image the launcher never made. An image the lock pins
-    runs (a bundle's, loaded after its checks)."""
+    runs (a bundle's, loaded after its checks). `image_ids`: each tag's
+    image ID as the command already asked the engine (None: not here)."""
     pinned = {part["tag"]: part.get("id") for part in (locked or {}).get("images", {}).values()
               if isinstance(part, dict) and isinstance(part.get("tag"), str)}
-    return frozenset(image.tag for image in images.all() if image.built_here
-                     and gateway.image_present(image.tag) and not image_is_ours(gateway, image, pinned.get(image.tag)))
+    ids = image_ids if image_ids is not None else image_ids_of(gateway, images)
+    return frozenset(image.tag for image in images.all() if image.built_here and ids.get(image.tag) is not None
+                     and not build_records.may_run(image.tag, ids[image.tag], pinned.get(image.tag)))
+
+
+def image_ids_of(gateway: DockerGateway, images: PartImages) -> dict[str, str | None]:
+    """Each image's ID on the engine (None: not here), asked once per tag."""
+    return {image.tag: gateway.image_id(image.tag) for image in images.all()}
 
 
 def image_is_ours(gateway: DockerGateway, image: ImageBuild, pinned: str | None = None) -> bool:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from launcher import __version__
@@ -66,6 +67,13 @@ class PolicySource:
     @property
     def policy_sha256(self) -> str:
         return sha256_bytes(self.policy)
+
+    @cached_property
+    def document(self) -> tuple[loader.Document | None, list]:
+        """The policy parsed from the bytes read, once for every use (the
+        sandbox's name, the checks, where a warning points): the document,
+        or None and its problems."""
+        return loader.load(self.file, display_name=self.display, raw=self.policy)
 
     def locked(self) -> dict | None:
         """The lock, parsed from the bytes read (None: there is no lock)."""

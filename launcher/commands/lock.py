@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from launcher.builds import build_and_record, build_egress, images_not_ours
+from launcher.builds import build_and_record, build_egress, image_ids_of, images_not_ours
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound, Problem
 from launcher.images import PartImages, images_for
@@ -21,12 +21,16 @@ from launcher.spec import resolve_gpus
 Say = Callable[[str], None]
 
 
-def current_lock(gateway: DockerGateway, policy: Policy, policy_bytes: bytes, images: PartImages) -> dict:
-    return make_lock(policy, policy_bytes, images, {i.tag: gateway.image_id(i.tag) for i in images.all()})
+def current_lock(gateway: DockerGateway, policy: Policy, policy_bytes: bytes, images: PartImages,
+                 image_ids: dict[str, str | None] | None = None) -> dict:
+    """`image_ids`: each tag's image ID as the command already asked the engine."""
+    return make_lock(policy, policy_bytes, images, image_ids if image_ids is not None
+                     else image_ids_of(gateway, images))
 
 
 def check_lock(gateway: DockerGateway, policy: Policy, source: PolicySource, images: PartImages, *,
-               required: bool, same_image_ids: bool = False) -> None:
+               required: bool, same_image_ids: bool = False,
+               image_ids: dict[str, str | None] | None = None) -> None:
     """Refuse a policy that no longer resolves to what its lock pins."""
     path = source.lock_file
     locked = source.locked()
@@ -35,7 +39,8 @@ def check_lock(gateway: DockerGateway, policy: Policy, source: PolicySource, ima
             raise LockError(f"{path}: no lock; a policy run under allowed signers (or from a bundle) needs "
                             f"one: `sandbox lock {source.display}`, then `sandbox sign`")
         return
-    changes = drift(locked, current_lock(gateway, policy, source.policy, images), same_image_ids=same_image_ids)
+    changes = drift(locked, current_lock(gateway, policy, source.policy, images, image_ids),
+                    same_image_ids=same_image_ids)
     if changes:
         listed = "\n".join(f"  - {c}" for c in changes)
         raise LockError(f"{source.display} no longer resolves to what {path.name} pins:\n{listed}\n"

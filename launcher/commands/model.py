@@ -47,6 +47,7 @@ from launcher.models.sources import (
     parse_source,
 )
 from launcher.policy.files import GGUF_MAGIC, remember_sha256, sha256_of
+from launcher.policy.loader import Document, load
 from launcher.policy.model import Policy
 from launcher.text import printable
 
@@ -326,13 +327,16 @@ def inspect_model(path: Path, context: int | None = None, memory: str | None = N
                         "gpus": [{"name": n, "total": t, "free": f} for n, t, f in machine.gpus]}}
 
 
-def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None) -> list[Problem]:
+def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None,
+                    doc: Document | None = None) -> list[Problem]:
     """What `validate` and `up` warn of: a context longer than the model was
     trained for, and a model that will not fit the memory it is given. A
     model file that lies about itself is a problem (PolicyError), named at
-    its path in the policy: llama.cpp would not load it either."""
-    from launcher.policy.loader import load
-    doc, _ = load(policy.file)
+    its path in the policy: llama.cpp would not load it either. `doc` is
+    the policy as parsed for its checks, where the warnings point (else the
+    file is read again for that alone)."""
+    if doc is None:
+        doc, _ = load(policy.file)
     name = display or str(policy.file)
     machine = this_machine()
     warnings, refused = [], []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher import access
-from launcher.builds import images_not_ours
+from launcher.builds import image_ids_of, images_not_ours
 from launcher.commands.bundle import Bundle
 from launcher.commands.lock import check_lock, check_signature
 from launcher.commands.target import holds_port, sandbox_holding
@@ -60,7 +60,8 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     sizes_enforced, _ = gateway.volume_sizes()
     # Where the engine cannot bound a volume, a policy that does not accept an
     # unbounded one is refused here, before anything is made or started.
-    policy = load_policy(source.file, display=source.display, raw=source.policy, port_holder=port_holder(gateway),
+    policy = load_policy(source.file, display=source.display, raw=source.policy, document=source.document,
+                         port_holder=port_holder(gateway),
                          hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None,
                          volume_sizes_enforced=sizes_enforced)
     gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
@@ -70,9 +71,11 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     if bundle and "-cuda:" not in bundle.images.backend.tag:
         gpus = None  # the bundle carries the CPU backend
     images = bundle.images if bundle else images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
+    # Asked once: the lock's check, whether each may run, and the plan use the same answer.
+    image_ids = image_ids_of(gateway, images)
     if not relock:
         check_lock(gateway, policy, source, images, required=trusted is not None or bundle is not None,
-                   same_image_ids=bundle is not None)
+                   same_image_ids=bundle is not None, image_ids=image_ids)
     keys = Secrets(
         # The key the parts already share; if one part is gone, the other's.
         api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV)
@@ -86,8 +89,9 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     current = (subnets.pop(internal, None) or [None])[0]
     subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
     spec = build_spec(policy, images, keys, gpus, subnet, volume_sizes_enforced=sizes_enforced)
-    again = images_not_ours(gateway, images, None if relock else source.locked())
-    observed = replace(gateway.observe(policy.name, tuple(i.tag for i in images.all())), build_again=again)
+    again = images_not_ours(gateway, images, None if relock else source.locked(), image_ids)
+    present = frozenset(tag for tag, image_id in image_ids.items() if image_id is not None)
+    observed = replace(gateway.observe(policy.name), images=present, build_again=again)
     return Prepared(policy, spec, make_plan(spec, observed), signer)
 
 

@@ -6,13 +6,17 @@ from pathlib import Path
 
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
-from launcher.policy.loader import load
+from launcher.policy.loader import Document, load
 from launcher.spec import resource_name
 
 
 def name_in(raw: bytes | None, file: Path) -> str | None:
     """The sandbox name a policy gives (its bytes `raw`, else the file's), if any."""
-    doc, _ = load(file, raw=raw)
+    return name_of(load(file, raw=raw)[0])
+
+
+def name_of(doc: Document | None) -> str | None:
+    """The sandbox name a parsed policy gives, if any."""
     name = doc.data.get("name") if doc is not None and isinstance(doc.data, dict) else None
     return name if isinstance(name, str) else None
 

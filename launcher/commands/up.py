@@ -16,7 +16,7 @@ from launcher.commands.bundle import Bundle, is_bundle, open_bundle
 from launcher.commands.lock import current_lock, write_lock
 from launcher.commands.model import policy_warnings
 from launcher.commands.prepare import Prepared, prepare
-from launcher.commands.target import name_in
+from launcher.commands.target import name_of
 from launcher.docker_gateway import DockerGateway
 from launcher.locks import sandbox_lock
 from launcher.errors import ModelChanged, NotReady, SandboxError, SubnetTaken
@@ -88,7 +88,7 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
         # Read once: the signature, the lock and the run all use these bytes.
         source = read_source(policy_file)
     trust = TrustOptions(relock, allowed_signers, bundle)
-    name = name_in(source.policy, source.file)  # None: loading the policy below says what is wrong
+    name = name_of(source.document[0])  # None: loading the policy below says what is wrong
     # Changing the sandbox is one command at a time; waiting for it is not, so
     # that a `down` in another shell is not held up by an `up` that waits.
     with sandbox_lock(name, say) if name else nullcontext():
@@ -130,7 +130,8 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
         # Kept before anything starts, so that the owner can always get in.
         access.save_token(spec.name, result.token)
         if attempt == 0:
-            for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None):
+            for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None,
+                                           doc=source.document[0]):
                 say(str(warning))
             for warning in kept_volume_sizes(gateway, spec):
                 say(warning)

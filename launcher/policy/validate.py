@@ -33,7 +33,9 @@ def check_policy_file(path: str | Path, *, check_port: bool = True, port_holder:
                       hash_progress: HashProgress | None = None, check_model_files: bool = True,
                       model_paths: dict[str, Path] | None = None,
                       raw: bytes | None = None, display: str | None = None,
-                      volume_sizes_enforced: bool | None = None) -> tuple[Policy | None, list[Problem]]:
+                      volume_sizes_enforced: bool | None = None,
+                      document: tuple[Document | None, list[Problem]] | None = None
+                      ) -> tuple[Policy | None, list[Problem]]:
     """All the problems of one policy file, and the Policy when there are none.
     `raw` is the file's bytes when they were read before (to check a signature
     of them): those bytes, not the file read again, become the Policy;
@@ -42,9 +44,10 @@ def check_policy_file(path: str | Path, *, check_port: bool = True, port_holder:
     file (a bundle's copy); `check_model_files` off skips the model files
     (a repository of policies holds no weights). `volume_sizes_enforced`
     says whether the engine that is to run the policy can bound a volume's
-    size (None: no engine in question, not checked)."""
+    size (None: no engine in question, not checked). `document` is `raw`
+    as parsed before (PolicySource.document), then not parsed again."""
     path = Path(path)
-    doc, problems = load(path, display_name=display or str(path), raw=raw)
+    doc, problems = document or load(path, display_name=display or str(path), raw=raw)
     if doc is None:
         return None, problems
     if not isinstance(doc.data, dict):

@@ -1,0 +1,84 @@
+"""A command reads its policy once and looks at the engine once: counted on
+a stand-in engine for a no-change `up` of a quick-start sandbox."""
+import builtins
+import contextlib
+import socket
+from pathlib import Path
+
+import pytest
+
+import launcher.access
+from launcher import build_records
+from launcher.commands.up import up
+from launcher.docker_gateway import DockerGateway
+from launcher.images import images_for
+from launcher.plan import KEEP
+from launcher.policy import load_policy
+from launcher.policy import loader
+from tests.conftest import FIXTURES
+from tests.unit.fake_engine import FakeApi, FakeClient
+
+# What a no-change `up` costs now; a change that makes it cost more fails here.
+POLICY_READS = 1
+POLICY_PARSES = 1
+ENGINE_REQUESTS = 37
+
+
+class Answered:
+    status = 200
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture
+def quickstart(tmp_path, monkeypatch):
+    """A quick-start sandbox that is up as its policy says, on a stand-in
+    engine; its ingress port is held (as a running ingress holds it)."""
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("SANDBOX_ALLOWED_SIGNERS", raising=False)
+    monkeypatch.setattr(launcher.access, "open_ui", lambda *a, **k: Answered())  # the UI answers at once
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    policy = tmp_path / "quickstart.yaml"
+    policy.write_text((FIXTURES / "good" / "minimal.yaml").read_text().replace("18080", str(port)).replace(
+        "../models/", f"{FIXTURES / 'models'}/"))
+    api = FakeApi()
+    for image in images_for(load_policy(policy, check_port=False), use_gpu=False, ca_bundle=None).all():
+        build_records.save(image.tag, [], api.add_image(image.tag))  # built here before
+    gateway = DockerGateway(FakeClient(api))
+    up(gateway, policy, timeout=5)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        yield gateway, api, policy
+
+
+def test_a_no_change_up_reads_its_policy_once_and_asks_the_engine_no_more_than_it_must(quickstart, monkeypatch):
+    _, api, policy = quickstart
+    reads, parses = [], []
+    real_open, real_parse = builtins.open, loader.parse
+
+    def counting_open(file, *args, **kwargs):
+        if Path(str(file)) == policy:
+            reads.append(file)
+        return real_open(file, *args, **kwargs)
+
+    def counting_parse(text, name):
+        parses.append(name)
+        return real_parse(text, name)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(loader, "parse", counting_parse)
+    api.calls.clear()
+    result = up(DockerGateway(FakeClient(api)), policy, timeout=5)  # each command has a gateway of its own
+    assert all(action.verb == KEEP for action in result.prepared.plan.actions), result.prepared.plan
+    requests = api.requests()
+    print(f"policy reads {len(reads)}, parses {len(parses)}, engine requests {len(requests)}: {requests}")
+    assert len(reads) <= POLICY_READS, reads
+    assert len(parses) <= POLICY_PARSES, parses
+    assert len(requests) <= ENGINE_REQUESTS, requests
