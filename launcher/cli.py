@@ -150,7 +150,8 @@ def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: O
     checked = None
     if then_verify:
         from launcher.commands.verify import verify as run_verify
-        checked = run_verify(_gateway(), result.name, ca_bundle=ca_bundle, say=progress.say)
+        checked = run_verify(_gateway(), result.name, ca_bundle=ca_bundle, say=progress.say,
+                             prepared=result.prepared)
         progress.close()
     if as_json:
         data = {"ok": checked is None or checked.ok, **result.to_dict()}

@@ -29,6 +29,7 @@ class Prepared:
     spec: SandboxSpec
     plan: Plan
     signer: Signer | None = None  # who signed the policy's lock, when it is signed
+    locked: dict | None = None  # the lock the images were checked against (None: none, or --relock)
 
 
 def port_holder(gateway: DockerGateway):
@@ -89,10 +90,21 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     current = (subnets.pop(internal, None) or [None])[0]
     subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
     spec = build_spec(policy, images, keys, gpus, subnet, volume_sizes_enforced=sizes_enforced)
-    again = images_not_ours(gateway, images, None if relock else source.locked(), image_ids)
+    locked = None if relock else source.locked()
+    return Prepared(policy, spec, _plan(gateway, spec, locked, image_ids), signer, locked)
+
+
+def replan(gateway: DockerGateway, prepared: Prepared) -> Prepared:
+    """What `up` would change now for a sandbox prepared before in the same
+    command (`up --verify`): the engine is looked at again, the policy is not."""
+    return replace(prepared, plan=_plan(gateway, prepared.spec, prepared.locked,
+                                        image_ids_of(gateway, prepared.spec.images)))
+
+
+def _plan(gateway: DockerGateway, spec: SandboxSpec, locked: dict | None, image_ids: dict[str, str | None]) -> Plan:
+    again = images_not_ours(gateway, spec.images, locked, image_ids)
     present = frozenset(tag for tag, image_id in image_ids.items() if image_id is not None)
-    observed = replace(gateway.observe(policy.name), images=present, build_again=again)
-    return Prepared(policy, spec, make_plan(spec, observed), signer)
+    return make_plan(spec, replace(gateway.observe(spec.name), images=present, build_again=again))
 
 
 def current_token(gateway: DockerGateway, name: str) -> str | None:

@@ -23,7 +23,7 @@ from launcher.commands.audit import connections_kept, summary_kept
 from launcher.commands.target import resolve_name
 from launcher import access
 from launcher.builds import build_and_record, build_egress, image_is_ours
-from launcher.commands.prepare import prepare
+from launcher.commands.prepare import Prepared, prepare, replan
 from launcher.front_door import try_front_door
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import DockerFailure, NotFound
@@ -79,13 +79,18 @@ class VerifyResult:
 
 
 def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | None = None,
-           say: Say | None = None) -> VerifyResult:
+           say: Say | None = None, prepared: Prepared | None = None) -> VerifyResult:
+    """`prepared`: the sandbox as the same command's `up` prepared it, so
+    that its policy is not read and checked (and its models hashed) again."""
     say = say or (lambda _m: None)
     name = resolve_name(gateway, target, "verify")
     sandboxes = gateway.sandboxes()
     if name not in sandboxes:
         raise NotFound(f"no sandbox named {name} on this engine")
-    prepared = prepare(gateway, sandboxes[name]["policy"], ca_bundle)
+    if prepared is not None and prepared.spec.name == name:
+        prepared = replan(gateway, prepared)
+    else:
+        prepared = prepare(gateway, sandboxes[name]["policy"], ca_bundle)
     spec, policy = prepared.spec, prepared.policy
     for part in PARTS:
         state = gateway.container_state(resource_name(name, part))

@@ -6,12 +6,19 @@ import socket
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import launcher.access
+import launcher.commands.up
+import launcher.commands.verify
 from launcher import build_records
+from launcher.commands.prepare import replan
 from launcher.commands.up import up
+from launcher.commands.verify import verify
+from launcher.errors import NotFound
 from launcher.docker_gateway import DockerGateway
 from launcher.images import images_for
+from launcher.cli import app
 from launcher.plan import KEEP
 from launcher.policy import load_policy
 from launcher.policy import loader
@@ -51,15 +58,15 @@ def quickstart(tmp_path, monkeypatch):
     for image in images_for(load_policy(policy, check_port=False), use_gpu=False, ca_bundle=None).all():
         build_records.save(image.tag, [], api.add_image(image.tag))  # built here before
     gateway = DockerGateway(FakeClient(api))
-    up(gateway, policy, timeout=5)
+    first = up(gateway, policy, timeout=5)
     with socket.socket() as held:
         held.bind(("127.0.0.1", port))
         held.listen()
-        yield gateway, api, policy
+        yield api, policy, first
 
 
 def test_a_no_change_up_reads_its_policy_once_and_asks_the_engine_no_more_than_it_must(quickstart, monkeypatch):
-    _, api, policy = quickstart
+    api, policy, _ = quickstart
     reads, parses = [], []
     real_open, real_parse = builtins.open, loader.parse
 
@@ -82,3 +89,26 @@ def test_a_no_change_up_reads_its_policy_once_and_asks_the_engine_no_more_than_i
     assert len(reads) <= POLICY_READS, reads
     assert len(parses) <= POLICY_PARSES, parses
     assert len(requests) <= ENGINE_REQUESTS, requests
+
+
+def test_verify_after_up_in_the_same_command_does_not_prepare_the_policy_again(quickstart, monkeypatch):
+    api, _, first = quickstart
+
+    def prepare_again(*args, **kwargs):
+        raise AssertionError("the policy was read, checked and planned again")
+
+    monkeypatch.setattr(launcher.commands.verify, "prepare", prepare_again)
+    assert replan(DockerGateway(FakeClient(api)), first.prepared).plan.changes == ()  # no drift right after up
+    api.containers_held["sandbox-minimal-dns"]["State"]["Status"] = "exited"  # verify stops at its first look
+    with pytest.raises(NotFound, match="the dns of sandbox minimal is not running"):
+        verify(DockerGateway(FakeClient(api)), "minimal", prepared=first.prepared)
+
+
+def test_up_verify_hands_what_up_prepared_to_verify(monkeypatch):
+    handed = []
+    result = launcher.commands.up.UpResult("demo", "http://127.0.0.1:1/", prepared=object())
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    monkeypatch.setattr(launcher.commands.up, "up", lambda *a, **k: result)
+    monkeypatch.setattr(launcher.commands.verify, "verify", lambda *a, **k: handed.append(k.get("prepared")))
+    CliRunner().invoke(app, ["up", "policy.yaml", "--verify", "--json"])
+    assert handed == [result.prepared]
