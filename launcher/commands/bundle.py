@@ -270,8 +270,7 @@ def _open_bundle(gateway: DockerGateway, path: Path, file, allowed_signers: Path
 
 def policy_models(source: PolicySource) -> list[tuple[str, str]]:
     """(path as written, sha256) of each model the policy names."""
-    from launcher.policy.loader import load
-    doc, _ = load(source.file, raw=source.policy)
+    doc, _ = source.document
     data = doc.data if doc is not None and isinstance(doc.data, dict) else {}
     return [(m.get("path"), m.get("sha256")) for m in data.get("models", []) if isinstance(m, dict)
             and isinstance(m.get("path"), str) and isinstance(m.get("sha256"), str)]

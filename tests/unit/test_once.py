@@ -1,7 +1,6 @@
 """A command reads its policy once and looks at the engine once: counted on
 a stand-in engine for a no-change `up` of a quick-start sandbox."""
 import builtins
-import contextlib
 import socket
 from pathlib import Path
 
