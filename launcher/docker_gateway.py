@@ -245,6 +245,7 @@ class DockerGateway:
             "image": attrs["Config"]["Image"],
             "ports": ports,
             "pid": state.get("Pid"),
+            "addresses": _addresses(attrs),
         }
 
     def bind_sources(self, name: str) -> list[str]:
@@ -320,8 +321,8 @@ class DockerGateway:
     def addresses(self, container: str) -> dict[str, str]:
         """The container's IPv4 address on each of its networks."""
         with _engine(f"inspecting {container}"):
-            networks = self.api.inspect_container(container)["NetworkSettings"]["Networks"] or {}
-        return {name: n["IPAddress"] for name, n in networks.items() if n.get("IPAddress")}
+            attrs = self.api.inspect_container(container)
+        return _addresses(attrs)
 
     def limits(self, container: str) -> dict:
         with _engine(f"inspecting {container}"):
@@ -881,6 +882,12 @@ def _stale(owner: str | None) -> bool:
     except PermissionError:  # alive, another user's
         return False
     return False
+
+
+def _addresses(attrs: dict) -> dict[str, str]:
+    """A container's IPv4 address on each of its networks, from its inspection."""
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    return {name: n["IPAddress"] for name, n in networks.items() if n.get("IPAddress")}
 
 
 def _chunks(source, size: int = 4 * 2**20) -> Iterator[bytes]:

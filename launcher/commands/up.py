@@ -25,7 +25,7 @@ from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.signing import allowed_signers_setting, remember_signer
 from launcher.spec import (BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec,
-                           memory_bytes)
+                           memory_bytes, resource_name)
 
 Say = Callable[[str], None]
 POLL_SECONDS = 0.5
@@ -97,11 +97,12 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
         result.seconds["bundle"] = started_after_load - started
 
     mark = time.monotonic()
-    wait_until_ready(gateway, result.prepared.spec, timeout=timeout, say=say)
+    seen = wait_until_ready(gateway, result.prepared.spec, timeout=timeout, say=say)
     result.seconds["ready"] = time.monotonic() - mark
     result.seconds["total"] = time.monotonic() - started
     try:
-        _, tried = names_tried(gateway, result.name, since=began)
+        _, tried = names_tried(gateway, result.name, since=began,
+                               part_of_address=part_of_address_seen(result.prepared.spec, seen))
     except SandboxError:  # gone again already (a `down` in another shell): nothing to say of it
         tried = []
     if tried:
@@ -186,14 +187,26 @@ def weights_unchanged(container: ContainerSpec) -> None:
                                    f"checked: {problem}")
 
 
-def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, say: Say) -> None:
+def part_of_address_seen(spec: SandboxSpec, seen: dict[str, dict]) -> dict[str, str]:
+    """Each part's address on the sandbox's internal network, from its
+    container as last seen (`seen`, by part), to name the client of a record."""
+    internal = resource_name(spec.name, "internal")
+    return {state["addresses"][internal]: part for part, state in seen.items()
+            if internal in state.get("addresses", {})}
+
+
+def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, say: Say) -> dict[str, dict]:
+    """Each part's container state as last seen once all are ready, by part."""
     deadline = time.monotonic() + timeout
     # A part that restarted before this `up` (and was kept) is not failing now;
     # one that restarts while we wait is.
     restarts = {c.name: (gateway.container_state(c.name) or {}).get("restarts", 0) for c in spec.containers}
 
+    seen: dict[str, dict] = {}
+
     def alive(part: str) -> dict:
-        return _alive(gateway, part, spec.container(part).name, restarts[spec.container(part).name])
+        seen[part] = _alive(gateway, part, spec.container(part).name, restarts[spec.container(part).name])
+        return seen[part]
 
     backend = spec.container("backend").name
     say("waiting for the backend to load the model")
@@ -239,6 +252,7 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
     while alive("backend")["health"] not in (None, "healthy"):
         _check_deadline(gateway, deadline, "backend", backend, "its healthcheck did not pass")
         time.sleep(POLL_SECONDS / 5)
+    return seen
 
 
 def _alive(gateway: DockerGateway, part: str, container: str, restarts_before: int) -> dict:

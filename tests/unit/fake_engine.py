@@ -53,6 +53,9 @@ class FakeApi:
         """The calls that are requests to the engine, by method name."""
         return [name for name, _, _ in self.calls if name not in NOT_REQUESTS]
 
+    def _next_address(self) -> str:
+        return f"172.31.0.{next(self._ids) % 250 + 2}"  # as the engine gives one where none is asked for
+
     def add_image(self, tag: str) -> str:
         image_id = f"sha256:{next(self._ids):064x}"
         self.images_held[tag] = image_id
@@ -112,7 +115,8 @@ class FakeApi:
         pass
 
     def connect_container_to_network(self, container, network, aliases=None, ipv4_address=None):
-        self.containers_held[container]["NetworkSettings"]["Networks"][network] = {"IPAddress": ipv4_address or ""}
+        self.containers_held[container]["NetworkSettings"]["Networks"][network] = {
+            "IPAddress": ipv4_address or self._next_address()}
 
     # ---- containers ----
     def create_host_config(self, **kwargs):
@@ -128,7 +132,7 @@ class FakeApi:
                          ports=None, host_config=None, networking_config=None, healthcheck=None):
         bindings = {f"{port}/tcp": [{"HostIp": ip, "HostPort": str(host_port)}]
                     for port, (ip, host_port) in ((host_config or {}).get("port_bindings") or {}).items()}
-        networks = {network: {"IPAddress": (endpoint or {}).get("ipv4_address") or ""}
+        networks = {network: {"IPAddress": (endpoint or {}).get("ipv4_address") or self._next_address()}
                     for network, endpoint in (networking_config or {}).items()}
         self.containers_held[name] = {
             "Id": name, "Name": f"/{name}", "RestartCount": 0, "Mounts": [],

@@ -12,7 +12,8 @@ import launcher.commands.up
 import launcher.commands.verify
 from launcher import build_records
 from launcher.commands.prepare import replan
-from launcher.commands.up import up
+from launcher.commands.audit import parts_by_address
+from launcher.commands.up import part_of_address_seen, up, wait_until_ready
 from launcher.commands.verify import verify
 from launcher.errors import NotFound
 from launcher.docker_gateway import DockerGateway
@@ -27,7 +28,7 @@ from tests.unit.fake_engine import FakeApi, FakeClient
 # What a no-change `up` costs now; a change that makes it cost more fails here.
 POLICY_READS = 1
 POLICY_PARSES = 1
-ENGINE_REQUESTS = 37
+ENGINE_REQUESTS = 33
 
 
 class Answered:
@@ -111,3 +112,12 @@ def test_up_verify_hands_what_up_prepared_to_verify(monkeypatch):
     monkeypatch.setattr(launcher.commands.verify, "verify", lambda *a, **k: handed.append(k.get("prepared")))
     CliRunner().invoke(app, ["up", "policy.yaml", "--verify", "--json"])
     assert handed == [result.prepared]
+
+
+def test_the_parts_addresses_up_names_lookups_by_are_those_the_engine_gives(quickstart):
+    api, _, first = quickstart
+    gateway = DockerGateway(FakeClient(api))
+    seen = wait_until_ready(gateway, first.prepared.spec, timeout=5, say=lambda _m: None)
+    by_address = part_of_address_seen(first.prepared.spec, seen)
+    assert sorted(by_address.values()) == ["backend", "dns", "frontend", "ingress"]
+    assert by_address == parts_by_address(gateway, "minimal")
