@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from launcher.commands.down import down
 from launcher.commands.up import up
 from launcher.commands.verify import verify
-from tests.integration.conftest import FIXTURES_BAD, ca_bundle, write_policy
+from tests.integration.conftest import FIXTURES_BAD, ca_bundle, poll, write_policy
 
 POST_501_UI = FIXTURES_BAD.parent / "post-501-ui"
 FRONTEND_USER = "65534"
@@ -86,15 +85,6 @@ def post_501_sandbox(gateway, tmp_path_factory):
     yield from brought_ui_sandbox(gateway, tmp_path_factory, POST_501_UI, "/")
 
 
-def poll(check, what, seconds: float = 60):
-    """`what`: what is awaited, or a function saying what was seen instead."""
-    deadline = time.monotonic() + seconds
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what if isinstance(what, str) else what()}"
-        time.sleep(0.2)
-    return found
-
-
 def test_a_ui_answering_post_with_501_passes_the_cross_site_row(post_501_sandbox, gateway):
     """Before: "attack got through: cross-site request", although the ingress
     refused every cross-site POST; the owner's POST, passed on, got the UI's 501."""
@@ -114,12 +104,12 @@ def test_a_hostile_front_end_can_neither_see_nor_forge_the_probe(post_501_sandbo
     frontend = docker_client.containers.get(f"sandbox-{post_501_sandbox.name}-frontend")
     frontend.exec_run(["python3", "-c", FORGER, json.dumps(ALL_CLEAR)], user=FRONTEND_USER, detach=True)
     poll(lambda: frontend.exec_run(["cat", "/tmp/forger.ready"], user=FRONTEND_USER).exit_code == 0,
-         "the forger to start")
+         "the forger to start", 60)
     frontend.exec_run(["sleep", "3600"], user="0", detach=True)
-    [root] = poll(lambda: [p for p in frontend.top()["Processes"] if p[-1] == "sleep 3600"], "the root process")
+    [root] = poll(lambda: [p for p in frontend.top()["Processes"] if p[-1] == "sleep 3600"], "the root process", 60)
     root_pid = root[frontend.top()["Titles"].index("PID")]
     try:
-        poll(lambda: "sleep 3600" in forger_log(frontend), lambda: f"the forger to see sleep: {forger_log(frontend)}")
+        poll(lambda: "sleep 3600" in forger_log(frontend), lambda: f"the forger to see sleep: {forger_log(frontend)}", 60)
 
         rows = {r.attack: r for r in verify(gateway, post_501_sandbox.name, ca_bundle=ca_bundle()).rows}
 
@@ -195,7 +185,7 @@ def test_a_root_process_that_hides_while_the_probe_runs_is_still_seen(post_501_s
     frontend = docker_client.containers.get(f"sandbox-{post_501_sandbox.name}-frontend")
     frontend.exec_run(["python3", "-c", HIDER, FRONTEND_USER], user="0", detach=True)
     poll(lambda: frontend.exec_run(["cat", "/tmp/hider.ready"], user=FRONTEND_USER).exit_code == 0,
-         "the hider to start")
+         "the hider to start", 60)
     [hider] = [p for p in frontend.top()["Processes"] if "python3 -c" in p[-1] and p[0] == "root"]
 
     rows = {r.attack: r for r in verify(gateway, post_501_sandbox.name, ca_bundle=ca_bundle()).rows}
