@@ -4,7 +4,7 @@ door"). Each attack comes with a control: the same request as the owner
 makes it, which must get through, so that a door that is simply shut (or an
 ingress that is down) never passes for one that tells people apart.
 
-What each try saw is returned as plain data; launcher/verify.py judges it."""
+What each try saw is returned as plain data; launcher/matrix.py judges it."""
 from __future__ import annotations
 
 import socket

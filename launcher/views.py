@@ -85,7 +85,7 @@ def print_actions(actions) -> None:
 
 
 def render_verify(result, as_json: bool) -> None:
-    from launcher.verify import FRONTEND_WORD
+    from launcher.matrix import FRONTEND_WORD
     if as_json:
         out.print_json(data=result.to_dict())
         return

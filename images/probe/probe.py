@@ -1,6 +1,6 @@
 """The probe: run inside a sandbox's network namespace, it tries
 to get out and prints what happened as one JSON object. It judges nothing;
-`sandbox verify` does (launcher/verify.py).
+`sandbox verify` does (launcher/matrix.py).
 
 The request (argv[1], JSON) may ask for:
   tcp:       [[host, port], ...]  addresses of this machine: connected or not

@@ -36,7 +36,8 @@ from launcher.commands.lock import check_lock, check_signature
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import SandboxError
 from launcher.images import ImageBuild, PartImages, images_for
-from launcher.lock import MAX_LOCK_BYTES, MAX_SIGNATURE_BYTES, PART_ORDER, PolicySource, read_source
+from launcher.lockfile import MAX_LOCK_BYTES, MAX_SIGNATURE_BYTES, PART_ORDER
+from launcher.policy.source import PolicySource, read_source
 from launcher.policy import load_policy
 from launcher.policy.files import sha256_of
 from launcher.policy.loader import MAX_POLICY_BYTES

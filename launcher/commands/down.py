@@ -9,14 +9,14 @@ from launcher.commands.audit import keep_ingress_refusals
 from launcher.commands.target import resolve_name
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import SandboxError
-from launcher.locks import sandbox_lock
+from launcher.mutex import one_command_at_a_time
 from launcher.signing import forget_signer
 
 
 def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
          say: Callable[[str], None] | None = None) -> dict:
     name = resolve_name(gateway, target, "down")
-    with sandbox_lock(name, say):
+    with one_command_at_a_time(name, say):
         if not volumes:  # the audit volume stays, and with it what the ingress refused
             try:
                 keep_ingress_refusals(gateway, name)

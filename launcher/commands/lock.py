@@ -11,7 +11,8 @@ from launcher.builds import build_and_record, build_egress, image_ids_of, images
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound, Problem
 from launcher.images import PartImages, images_for
-from launcher.lock import LockError, PolicySource, drift, dump, lock_path, make_lock, read_source
+from launcher.lockfile import LockError, drift, dump, lock_path, make_lock
+from launcher.policy.source import PolicySource, read_source
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
 from launcher.private import replace_file

@@ -15,7 +15,7 @@ from typing import Callable
 
 from launcher.errors import PolicyError, Problem, SandboxError
 from launcher.models import store as model_store
-from launcher.lock import lock_path, read_lock
+from launcher.lockfile import lock_path, read_lock
 from launcher.models.download import (
     CHUNK,
     DEFAULT_MAX_BYTES,
@@ -23,7 +23,7 @@ from launcher.models.download import (
     DownloadError,
     Limits,
     Pace,
-    Progress,
+    DownloadProgress,
     fetch,
     origin,
     write_all,
@@ -80,7 +80,7 @@ class Pulled:
 
 
 def pull(source_text: str, *, sha256: str | None = None, policy: Path | None = None, alias: str | None = None,
-         name: str | None = None, say: Say | None = None, progress: Progress | None = None,
+         name: str | None = None, say: Say | None = None, progress: DownloadProgress | None = None,
          max_size: int | None = None, pace: Pace = Pace()) -> Pulled:
     say = say or (lambda _m: None)
     started = time.monotonic()
@@ -266,7 +266,7 @@ def _resolve_hub(source: HubSource, contacts: Contacts, say: Say) -> tuple[str, 
         "size": meta.size if isinstance(meta.size, int) and meta.size > 0 else None}
 
 
-def _copy(path: Path, part: int, progress: Progress | None) -> tuple[str, int]:
+def _copy(path: Path, part: int, progress: DownloadProgress | None) -> tuple[str, int]:
     digest, done = hashlib.sha256(), 0
     os.ftruncate(part, 0)
     os.lseek(part, 0, os.SEEK_SET)

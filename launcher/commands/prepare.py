@@ -14,7 +14,8 @@ from launcher.commands.target import holds_port, sandbox_holding
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import images_for
-from launcher.lock import LockError, PolicySource, read_source
+from launcher.lockfile import LockError
+from launcher.policy.source import PolicySource, read_source
 from launcher.plan import Plan, make_plan
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress

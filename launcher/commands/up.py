@@ -18,9 +18,10 @@ from launcher.commands.model import policy_warnings
 from launcher.commands.prepare import Prepared, prepare
 from launcher.commands.target import name_of
 from launcher.docker_gateway import DockerGateway
-from launcher.locks import sandbox_lock
+from launcher.mutex import one_command_at_a_time
 from launcher.errors import ModelChanged, NotReady, SandboxError, SubnetTaken
-from launcher.lock import LockError, PolicySource, read_source
+from launcher.lockfile import LockError
+from launcher.policy.source import PolicySource, read_source
 from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.signing import allowed_signers_setting, remember_signer
@@ -91,7 +92,7 @@ def up(gateway: DockerGateway, policy_file: str | Path, *, ca_bundle: Path | Non
     name = name_of(source.document[0])  # None: loading the policy below says what is wrong
     # Changing the sandbox is one command at a time; waiting for it is not, so
     # that a `down` in another shell is not held up by an `up` that waits.
-    with sandbox_lock(name, say) if name else nullcontext():
+    with one_command_at_a_time(name, say) if name else nullcontext():
         result = _apply(gateway, source, ca_bundle, say, on_build_line, hash_progress, new_token, started, trust)
     if bundle:
         result.seconds["bundle"] = started_after_load - started

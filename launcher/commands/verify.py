@@ -6,7 +6,7 @@ way out; it has a PID namespace and a user of its own, out of the front-end's
 reach. The host runs a canary listener and tries the ingress itself; what
 the front-end may do (its processes' credentials, its HostConfig, its
 networks) is read from the engine and the host's /proc, not from inside it.
-launcher/verify.py judges what was seen."""
+launcher/matrix.py judges what was seen."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,7 @@ from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
 from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
 from launcher.text import json_records
-from launcher.verify import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
+from launcher.matrix import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
 
 Say = Callable[[str], None]
 T = TypeVar("T")

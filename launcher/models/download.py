@@ -29,7 +29,7 @@ MAX_REDIRECTS = 10
 DEFAULT_MAX_BYTES = 64 * 2**30
 
 # progress(done_bytes, total_bytes or None)
-Progress = Callable[[int, int | None], None]
+DownloadProgress = Callable[[int, int | None], None]
 Origin = tuple[str, str, int]  # scheme, host, port
 
 
@@ -123,7 +123,7 @@ def _build_opener() -> urllib.request.OpenerDirector:
 
 def fetch(url: str, part: int, contacts: Contacts, *, auth: dict[Origin, str] | None = None,
           allow_http: bool = False, limits: Limits = Limits(), pace: Pace = Pace(),
-          progress: Progress | None = None) -> tuple[str, int]:
+          progress: DownloadProgress | None = None) -> tuple[str, int]:
     """Download `url` into the open partial file `part`, resuming from the
     bytes already in it. `auth` maps an https origin to the Authorization
     header it alone gets; plain http is followed only with `allow_http`

@@ -6,7 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from launcher.cli import app
-from launcher.verify import MATRIX
+from launcher.matrix import MATRIX
 from tests.integration.conftest import poll
 
 runner = CliRunner()

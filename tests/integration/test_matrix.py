@@ -16,7 +16,7 @@ from launcher.commands.verify import _processes_from_host, probe_image_built, pr
 from launcher.errors import PolicyError
 from launcher.images import recipe_image
 from launcher.spec import ContainerSpec
-from launcher.verify import Facts
+from launcher.matrix import Facts
 from tests.integration.conftest import FIXTURES_BAD, ca_bundle, free_port, labelled, ui, write_policy
 
 ROWS = ["external DNS", "DNS leak via host resolver", "raw IP egress", "attempt by address", "metadata",
@@ -100,7 +100,7 @@ def unsafe_verdicts(gateway, docker_client, tmp_path_factory):
     from launcher.hostnet import Canary, host_ipv4_addresses, host_resolvers, route_localnet
     from launcher.policy.files import sha256_of
     from launcher.spec import resource_name
-    from launcher.verify import ADDRESS_TARGET, _as_if_all_recorded, judge
+    from launcher.matrix import ADDRESS_TARGET, _as_if_all_recorded, judge
     image = probe_image_built(gateway, ca_bundle(), lambda _line: None)
     chat = recipe_image("chat", ca_bundle=ca_bundle()).tag
     name = f"control-{uuid.uuid4().hex[:8]}"

@@ -8,7 +8,7 @@ import yaml
 from launcher.commands.down import down
 from launcher.commands.up import up
 from launcher.front_door import try_front_door
-from launcher.verify import forwarded
+from launcher.matrix import forwarded
 from tests.integration.conftest import ca_bundle, ui, write_policy
 
 

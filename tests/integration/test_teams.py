@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from launcher import images as image_recipes
-from launcher import lock as locks
+from launcher import lockfile
 from launcher.commands.bundle import make_bundle, open_bundle
 from launcher.commands.down import down
 from launcher.commands.lock import lock, sign_policy
@@ -26,7 +26,7 @@ from launcher.commands.prepare import prepare
 from launcher.commands.status import status
 from launcher.commands.up import up
 from launcher.errors import ImageSwapped, PolicyError
-from launcher.lock import LockError
+from launcher.lockfile import LockError
 from launcher.resources import IMAGES_DIR
 from launcher.signing import SignatureError
 from tests.integration.conftest import ca_bundle, ui_json, write_policy
@@ -98,8 +98,8 @@ def test_a_lock_refuses_each_kind_of_drift(gateway, docker_client, own_model, mo
     (changed_recipes / "ingress" / "start.sh").write_text((IMAGES_DIR / "ingress" / "start.sh").read_text() + "\n")
     drifted(lambda: monkeypatch.setattr(image_recipes, "IMAGES_DIR", changed_recipes),
             lambda: monkeypatch.setattr(image_recipes, "IMAGES_DIR", IMAGES_DIR), "the ingress image: its build inputs")
-    drifted(lambda: monkeypatch.setattr(locks, "__version__", "99.0"),
-            lambda: monkeypatch.setattr(locks, "__version__", locked["launcher"]), "the launcher: locked with sandbox")
+    drifted(lambda: monkeypatch.setattr(lockfile, "__version__", "99.0"),
+            lambda: monkeypatch.setattr(lockfile, "__version__", locked["launcher"]), "the launcher: locked with sandbox")
     # The model: a changed byte fails the policy's own sha256; a policy that
     # names the new bytes is drift from the lock.
     weights = model.read_bytes()
@@ -292,11 +292,11 @@ def unsigned_bundle(path: Path, out: Path, images_tar: bytes, tag: str, image_id
     its images), but that no one signed."""
     policy = path.read_bytes()
     lock_bytes = json.dumps({"lock": 1, "policy": {"file": path.name, "sha256": hashlib.sha256(policy).hexdigest()},
-                             "images": {part: {"tag": tag, "id": image_id, "inputs": "x"} for part in locks.PART_ORDER}
+                             "images": {part: {"tag": tag, "id": image_id, "inputs": "x"} for part in lockfile.PART_ORDER}
                              }).encode()
     files = {f"policy/{path.name}": policy, f"policy/{path.name}.lock": lock_bytes, "images.tar": images_tar}
     manifest = {"bundle": 1, "name": "trojan", "policy": f"policy/{path.name}",
-                "images": {part: {"tag": tag, "id": image_id} for part in locks.PART_ORDER},
+                "images": {part: {"tag": tag, "id": image_id} for part in lockfile.PART_ORDER},
                 "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for n, d in files.items()}}
     with tarfile.open(out, "w:") as tar:
         for name, data in {"sandbox-bundle.json": json.dumps(manifest).encode(), **files}.items():
@@ -318,7 +318,7 @@ def test_a_refused_bundle_changes_nothing_and_a_retagged_image_never_runs(gatewa
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     path = write_policy(tmp_path)
     lock(gateway, path, ca_bundle())  # builds here (and records) what the lock pins
-    target = json.loads(locks.lock_path(path).read_bytes())["images"]["ingress"]["tag"]
+    target = json.loads(lockfile.lock_path(path).read_bytes())["images"]["ingress"]["tag"]
     original = gateway.image_id(target)
     name = f"sandbox-test-trojan:{uuid.uuid4().hex[:8]}"
     trojan_id = trojan(docker_client, name)

@@ -72,8 +72,8 @@ def test_names_that_are_not_sandbox_names_never_become_paths(tmp_path, monkeypat
     for name in ("../../etc/x", "/abs", "UPPER", ""):
         assert not access.is_sandbox_name(name)
         assert access.saved_token(name) is None
-    from launcher.locks import sandbox_lock
-    with sandbox_lock("../../escape"):
+    from launcher.mutex import one_command_at_a_time
+    with one_command_at_a_time("../../escape"):
         pass
     assert not (tmp_path / "escape.lock").exists() and not (tmp_path / "state").exists()
 
@@ -81,7 +81,7 @@ def test_names_that_are_not_sandbox_names_never_become_paths(tmp_path, monkeypat
 def test_one_command_at_a_time_per_sandbox(tmp_path, monkeypatch):
     import threading
 
-    from launcher.locks import sandbox_lock
+    from launcher.mutex import one_command_at_a_time
     monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path))
     order, said = [], []
     waiting = threading.Event()
@@ -90,17 +90,17 @@ def test_one_command_at_a_time_per_sandbox(tmp_path, monkeypatch):
         def say(message):
             said.append(message)
             waiting.set()
-        with sandbox_lock("demo", say):
+        with one_command_at_a_time("demo", say):
             order.append("second")
 
-    with sandbox_lock("demo"):
+    with one_command_at_a_time("demo"):
         thread = threading.Thread(target=second)
         thread.start()
         # The lock says it waits only once it found the lock held: the second
         # command is then at the point under test, however slow its start.
         assert waiting.wait(60), "the second command never said it waits"
         order.append("first done")
-        with sandbox_lock("other"):  # another sandbox is not held up
+        with one_command_at_a_time("other"):  # another sandbox is not held up
             order.append("other")
     thread.join(60)
     assert order == ["first done", "other", "second"]

@@ -161,7 +161,7 @@ def test_logs_status_and_verify_escape_what_parts_wrote(monkeypatch):
     import launcher.commands.status
     import launcher.commands.verify
     from launcher.commands.verify import VerifyResult
-    from launcher.verify import Row
+    from launcher.matrix import Row
     monkeypatch.setattr("launcher.cli._gateway", lambda: None)
     monkeypatch.setattr(launcher.commands.logs, "logs", lambda *a, **k: iter([HOSTILE, "ready"]))
     sandboxes = [{"name": "demo", "url": "http://127.0.0.1:8080/", "healthy": False, "policy": "p.yaml",

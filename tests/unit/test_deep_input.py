@@ -68,7 +68,7 @@ def test_records_of_parts_nested_too_deep_are_passed_over():
 def test_a_front_end_whose_python_prints_nesting_too_deep_is_read_as_having_none(monkeypatch):
     """Under gVisor, the front-end's processes are read by its image's own python3."""
     from launcher.commands.verify import _read_processes_inside
-    from launcher.verify import Facts
+    from launcher.matrix import Facts
 
     class FrontEnd:
         def exec_in(self, container: str, command: list[str], user: str = "") -> tuple[int, str]:

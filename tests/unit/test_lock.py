@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import lock as locks
+from launcher import lockfile
 from launcher.images import ImageBuild, PartImages
-from launcher.lock import LockError, drift, dump, lock_path, make_lock, read_lock
+from launcher.lockfile import LockError, drift, dump, lock_path, make_lock, read_lock
 from tests.unit.helpers import make_policy
 
 IMAGES = PartImages(
@@ -33,8 +33,8 @@ def locked(tmp_path):
 
 def test_a_lock_pins_policy_images_models_schema_and_launcher(locked):
     lock, policy, _ = locked
-    assert lock["launcher"] == locks.__version__ and lock["schema"]["id"] == "urn:sandbox:policy-schema:1"
-    assert lock["policy"] == {"file": "team.yaml", "sha256": locks.sha256_bytes(b"version: 1\n")}
+    assert lock["launcher"] == lockfile.__version__ and lock["schema"]["id"] == "urn:sandbox:policy-schema:1"
+    assert lock["policy"] == {"file": "team.yaml", "sha256": lockfile.sha256_bytes(b"version: 1\n")}
     assert lock["images"]["backend"] == {"tag": "sandbox-llama-cpp:a1", "inputs": "a1" * 32, "id": IDS[
         "sandbox-llama-cpp:a1"]}
     assert lock["images"]["frontend"]["inputs"] is None

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from launcher.cli import app
 from launcher.commands.model import PullError, list_models, pull, verify_models
 from launcher.errors import SandboxError
-from launcher.lock import LOCK_FORMAT
+from launcher.lockfile import LOCK_FORMAT
 from launcher.models import store as model_store
 from launcher.models.download import DownloadError, DownloadRefused, Pace
 from launcher.models.store import provenance_path

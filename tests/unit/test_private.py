@@ -93,7 +93,7 @@ def test_what_the_launcher_keeps_is_owner_only_wherever_it_goes(tmp_path, monkey
     directory it makes is 0700 and every file it writes 0600."""
     from launcher import access, build_records
     from launcher.commands.model import pull
-    from launcher.locks import sandbox_lock
+    from launcher.mutex import one_command_at_a_time
     from launcher.policy.files import sha256_of
     from launcher.signing import Signer, remember_signer
     home = tmp_path / "home"
@@ -108,7 +108,7 @@ def test_what_the_launcher_keeps_is_owner_only_wherever_it_goes(tmp_path, monkey
     access.save_token("demo", "t" * 43)
     build_records.save("sandbox-ui:1", [])
     remember_signer("demo", Signer("ED25519 key SHA256:x", "alice"))
-    with sandbox_lock("demo"):
+    with one_command_at_a_time("demo"):
         pass
     model = tmp_path / "tiny.gguf"
     make_gguf(model)  # a real one: a pull keeps only what the GGUF reader reads

@@ -17,7 +17,8 @@ from launcher.commands.lock import (
     verify_signature,
 )
 from launcher.config import ConfigError
-from launcher.lock import LockError, lock_path, read_source
+from launcher.lockfile import LockError, lock_path
+from launcher.policy.source import read_source
 from launcher.signing import SignatureError, allowed_signers_setting, signature_path
 
 pytestmark = pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="needs ssh-keygen (openssh-client)")
@@ -36,7 +37,7 @@ def team(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     policy = tmp_path / "team.yaml"
     policy.write_text("version: 1\nname: team\n")
-    from launcher.lock import dump, sha256_bytes
+    from launcher.lockfile import dump, sha256_bytes
     lock_path(policy).write_bytes(dump({"lock": 1, "policy": {"file": "team.yaml",
                                                               "sha256": sha256_bytes(policy.read_bytes())}}))
     alice, bob = make_key(tmp_path, "alice"), make_key(tmp_path, "bob")
@@ -182,7 +183,7 @@ def test_a_lock_swapped_after_it_was_read_changes_nothing(team, reads):
     policy, alice, _, allowed = team
     sign_policy(policy, alice)
     reviewed = policy.read_bytes()
-    from launcher.lock import dump, sha256_bytes
+    from launcher.lockfile import dump, sha256_bytes
     evil_policy = b"version: 1\nname: evil\n"
     evil_lock = dump({"lock": 1, "policy": {"file": "team.yaml", "sha256": sha256_bytes(evil_policy)}})
     _, swap_after = reads

@@ -65,7 +65,7 @@ def test_validate_strict_from_the_command_line(tmp_path, monkeypatch):
     missing = runner.invoke(app, ["validate", "--no-port-check", "--no-model-files", "--strict", "team.yaml"])
     assert missing.exit_code == 2
     assert "team.yaml --strict needs a lock: " in missing.stderr and "sandbox lock" in missing.stderr
-    from launcher.lock import dump, sha256_bytes
+    from launcher.lockfile import dump, sha256_bytes
     (tmp_path / "team.yaml.lock").write_bytes(dump({"lock": 1, "policy": {
         "file": "team.yaml", "sha256": sha256_bytes((tmp_path / "team.yaml").read_bytes())}}))
     unsigned = runner.invoke(app, ["validate", "--no-port-check", "--no-model-files", "--strict", "team.yaml"])

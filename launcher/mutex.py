@@ -15,7 +15,7 @@ from launcher.private import private_directory
 
 
 @contextmanager
-def sandbox_lock(name: str, say: Callable[[str], None] | None = None) -> Iterator[None]:
+def one_command_at_a_time(name: str, say: Callable[[str], None] | None = None) -> Iterator[None]:
     if not is_sandbox_name(name):  # no such sandbox can exist: nothing to guard
         yield
         return

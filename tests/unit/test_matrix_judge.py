@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from launcher import front_door, verify as v
+from launcher import front_door, matrix as v
 
 NAME = "sandbox-verify-abc.example.com"
 PROC = {"command": "python3 server.py", "uid": ["65534"] * 4, "cap_eff": "0000000000000000",

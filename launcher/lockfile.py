@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from launcher import __version__
-from launcher.errors import PolicyError, SandboxError
+from launcher.errors import SandboxError
 from launcher.images import PartImages
-from launcher.policy import loader
 from launcher.policy.model import Policy
 from launcher.policy.schema import schema
-from launcher.signing import SignatureError, signature_path
 
 LOCK_FORMAT = 1
 MAX_LOCK_BYTES = 2**20  # a lock is a few KiB
@@ -44,56 +39,7 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@dataclass(frozen=True)
-class PolicySource:
-    """A policy with the lock and the signature that vouch for it, each read
-    once. Every check (the signature, the lock, drift) and the run itself use
-    these bytes: a file swapped after it was read changes nothing."""
-
-    file: Path  # the policy file, symlinks resolved: its lock and build context sit beside it
-    display: str  # the policy's path as the user wrote it, for messages
-    policy: bytes
-    lock: bytes | None
-    signature: bytes | None
-
-    @property
-    def lock_file(self) -> Path:
-        return lock_path(self.file)
-
-    @property
-    def signature_file(self) -> Path:
-        return signature_path(self.lock_file)
-
-    @property
-    def policy_sha256(self) -> str:
-        return sha256_bytes(self.policy)
-
-    @cached_property
-    def document(self) -> tuple[loader.Document | None, list]:
-        """The policy parsed from the bytes read, once for every use (the
-        sandbox's name, the checks, where a warning points): the document,
-        or None and its problems."""
-        return loader.load(self.file, display_name=self.display, raw=self.policy)
-
-    def locked(self) -> dict | None:
-        """The lock, parsed from the bytes read (None: there is no lock)."""
-        return None if self.lock is None else parse_lock(self.lock, self.lock_file)
-
-
-def read_source(policy_file: str | Path) -> PolicySource:
-    """Read a policy, its lock and its signature, once each. A policy that
-    cannot be read is a PolicyError, as when it is loaded."""
-    display = str(policy_file)
-    file = Path(os.path.realpath(policy_file))
-    raw, problems = loader.read(file, display)
-    if raw is None:
-        raise PolicyError(problems)
-    lock = _read_small(lock_path(file), MAX_LOCK_BYTES, LockError)
-    signature = _read_small(signature_path(lock_path(file)), MAX_SIGNATURE_BYTES, SignatureError)
-    return PolicySource(file, display, raw, lock, signature)
-
-
-def _read_small(path: Path, limit: int, error: type[SandboxError]) -> bytes | None:
+def read_small(path: Path, limit: int, error: type[SandboxError]) -> bytes | None:
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
@@ -125,7 +71,7 @@ def dump(lock: dict) -> bytes:
 
 
 def read_lock(path: Path) -> dict:
-    data = _read_small(path, MAX_LOCK_BYTES, LockError)
+    data = read_small(path, MAX_LOCK_BYTES, LockError)
     if data is None:
         raise LockError(f"{path}: no such lock; `sandbox lock` writes it")
     return parse_lock(data, path)
