@@ -13,7 +13,7 @@ from launcher.commands.lock import check_lock, check_signature
 from launcher.commands.target import holds_port, sandbox_holding
 from launcher.docker_gateway import DockerGateway
 from launcher.errors import NotFound
-from launcher.images import images_for
+from launcher.images import PartImages, images_for
 from launcher.lockfile import LockError
 from launcher.policy.source import PolicySource, read_source
 from launcher.plan import Plan, make_plan
@@ -31,6 +31,17 @@ class Prepared:
     plan: Plan
     signer: Signer | None = None  # who signed the policy's lock, when it is signed
     locked: dict | None = None  # the lock the images were checked against (None: none, or --relock)
+    made_with: SpecInputs | None = None  # what the spec was made of besides the policy
+
+
+@dataclass(frozen=True)
+class SpecInputs:
+    """What a spec is made of besides the policy, each asked of the engine or
+    made once: the same images and keys on another subnet are the same sandbox."""
+    images: PartImages
+    keys: Secrets
+    gpus: str | tuple[str, ...] | None
+    volume_sizes_enforced: bool
 
 
 def port_holder(gateway: DockerGateway):
@@ -86,13 +97,25 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
         session_key=gateway.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
         or secrets.token_urlsafe(32),
         access_token=(None if new_token else current_token(gateway, policy.name)) or access.new_token())
-    subnets = gateway.subnets()
-    internal = resource_name(policy.name, "internal")
-    current = (subnets.pop(internal, None) or [None])[0]
-    subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
-    spec = build_spec(policy, images, keys, gpus, subnet, volume_sizes_enforced=sizes_enforced)
+    made_with = SpecInputs(images, keys, gpus, sizes_enforced)
+    spec = _spec(gateway, policy, made_with)
     locked = None if relock else source.locked()
-    return Prepared(policy, spec, _plan(gateway, spec, locked, image_ids), signer, locked)
+    return Prepared(policy, spec, _plan(gateway, spec, locked, image_ids), signer, locked, made_with)
+
+
+def on_another_subnet(gateway: DockerGateway, prepared: Prepared) -> Prepared:
+    """The sandbox prepared before, on a subnet free now (the one chosen was
+    taken meanwhile by another network): the policy's checks stand, since
+    its bytes are the ones checked; only the engine is looked at again."""
+    return replan(gateway, replace(prepared, spec=_spec(gateway, prepared.policy, prepared.made_with)))
+
+
+def _spec(gateway: DockerGateway, policy: Policy, made_with: SpecInputs) -> SandboxSpec:
+    subnets = gateway.subnets()
+    current = (subnets.pop(resource_name(policy.name, "internal"), None) or [None])[0]
+    subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
+    return build_spec(policy, made_with.images, made_with.keys, made_with.gpus, subnet,
+                      volume_sizes_enforced=made_with.volume_sizes_enforced)
 
 
 def replan(gateway: DockerGateway, prepared: Prepared) -> Prepared:

@@ -15,7 +15,7 @@ from launcher.commands.audit import keep_ingress_refusals, names_tried
 from launcher.commands.bundle import Bundle, is_bundle, open_bundle
 from launcher.commands.lock import current_lock, write_lock
 from launcher.commands.model import policy_warnings
-from launcher.commands.prepare import Prepared, prepare
+from launcher.commands.prepare import Prepared, on_another_subnet, prepare
 from launcher.commands.target import name_of
 from launcher.docker_gateway import DockerGateway
 from launcher.mutex import one_command_at_a_time
@@ -123,21 +123,20 @@ class TrustOptions:
 def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None, say: Say,
            on_build_line: Say | None, hash_progress: HashProgress | None, new_token: bool,
            started: float, trust: TrustOptions) -> UpResult:
+    prepared = prepare(gateway, source, ca_bundle, hash_progress, new_token=new_token,
+                       relock=trust.relock, allowed_signers=trust.allowed_signers, bundle=trust.bundle)
+    spec = prepared.spec
+    result = UpResult(spec.name, spec.url, prepared)
+    result.seconds["prepare"] = time.monotonic() - started
+    # Kept before anything starts, so that the owner can always get in.
+    access.save_token(spec.name, result.token)
+    for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None,
+                                   doc=source.document[0]):
+        say(str(warning))
+    for warning in kept_volume_sizes(gateway, spec):
+        say(warning)
+    mark = time.monotonic()
     for attempt in range(SUBNET_TRIES):
-        prepared = prepare(gateway, source, ca_bundle, hash_progress, new_token=new_token,
-                           relock=trust.relock, allowed_signers=trust.allowed_signers, bundle=trust.bundle)
-        spec = prepared.spec
-        result = UpResult(spec.name, spec.url, prepared)
-        result.seconds["prepare"] = time.monotonic() - started
-        # Kept before anything starts, so that the owner can always get in.
-        access.save_token(spec.name, result.token)
-        if attempt == 0:
-            for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None,
-                                           doc=source.document[0]):
-                say(str(warning))
-            for warning in kept_volume_sizes(gateway, spec):
-                say(warning)
-            mark = time.monotonic()
         if prepared.plan.verb_of("container", spec.container("ingress").name) in (RECREATE, REMOVE):
             keep_ingress_refusals(gateway, spec.name)  # before its container, and its log, go
         try:
@@ -151,6 +150,8 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
             if attempt == SUBNET_TRIES - 1:
                 raise
             say(f"{e}; choosing another")
+            prepared = result.prepared = on_another_subnet(gateway, prepared)
+            spec = prepared.spec
     result.seconds["apply"] = time.monotonic() - mark
     if trust.relock:
         path, _, unsigned = write_lock(prepared.policy.file,

@@ -4,10 +4,12 @@ import builtins
 import socket
 from pathlib import Path
 
+import docker.errors
 import pytest
 from typer.testing import CliRunner
 
 import launcher.access
+import launcher.commands.prepare
 import launcher.commands.up
 import launcher.commands.verify
 from launcher import build_records
@@ -41,10 +43,9 @@ class Answered:
         return False
 
 
-@pytest.fixture
-def quickstart(tmp_path, monkeypatch):
-    """A quick-start sandbox that is up as its policy says, on a stand-in
-    engine; its ingress port is held (as a running ingress holds it)."""
+def _quickstart_policy(tmp_path, monkeypatch, api: FakeApi) -> tuple[Path, int]:
+    """A quick-start policy whose images the stand-in engine has (built here
+    before), on a free port."""
     monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("SANDBOX_ALLOWED_SIGNERS", raising=False)
     monkeypatch.setattr(launcher.access, "open_ui", lambda *a, **k: Answered())  # the UI answers at once
@@ -54,9 +55,17 @@ def quickstart(tmp_path, monkeypatch):
     policy = tmp_path / "quickstart.yaml"
     policy.write_text((FIXTURES / "good" / "minimal.yaml").read_text().replace("18080", str(port)).replace(
         "../models/", f"{FIXTURES / 'models'}/"))
-    api = FakeApi()
     for image in images_for(load_policy(policy, check_port=False), use_gpu=False, ca_bundle=None).all():
-        build_records.save(image.tag, [], api.add_image(image.tag))  # built here before
+        build_records.save(image.tag, [], api.add_image(image.tag))
+    return policy, port
+
+
+@pytest.fixture
+def quickstart(tmp_path, monkeypatch):
+    """A quick-start sandbox that is up as its policy says, on a stand-in
+    engine; its ingress port is held (as a running ingress holds it)."""
+    api = FakeApi()
+    policy, port = _quickstart_policy(tmp_path, monkeypatch, api)
     gateway = DockerGateway(FakeClient(api))
     first = up(gateway, policy, timeout=5)
     with socket.socket() as held:
@@ -121,3 +130,33 @@ def test_the_parts_addresses_up_names_lookups_by_are_those_the_engine_gives(quic
     by_address = part_of_address_seen(first.prepared.spec, seen)
     assert sorted(by_address.values()) == ["backend", "dns", "frontend", "ingress"]
     assert by_address == parts_by_address(gateway, "minimal")
+
+
+class SubnetTakenMeanwhile(FakeApi):
+    """An engine on which another network takes the sandbox's subnet while
+    its images are built, once."""
+
+    def create_network(self, name, **kwargs):
+        config = (kwargs.get("ipam") or {}).get("Config") or []
+        if config and "other" not in self.networks_held:
+            subnet = config[0]["Subnet"]
+            self.networks_held["other"] = {"Name": "other", "Id": "other", "Labels": {}, "Containers": {},
+                                           "IPAM": {"Config": [{"Subnet": subnet}]}}
+            raise docker.errors.APIError(f"Pool overlaps with other one on this address space ({subnet})")
+        return super().create_network(name, **kwargs)
+
+
+def test_a_subnet_taken_meanwhile_is_chosen_again_without_checking_the_policy_again(tmp_path, monkeypatch):
+    api = SubnetTakenMeanwhile()
+    policy, _ = _quickstart_policy(tmp_path, monkeypatch, api)
+    loads, said = [], []
+    real_load = launcher.commands.prepare.load_policy
+    monkeypatch.setattr(launcher.commands.prepare, "load_policy",
+                        lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    result = up(DockerGateway(FakeClient(api)), policy, timeout=5, say=said.append)
+    taken = api.networks_held["other"]["IPAM"]["Config"][0]["Subnet"]
+    internal = api.networks_held["sandbox-minimal-internal"]["IPAM"]["Config"][0]["Subnet"]
+    assert internal != taken and internal in [n.subnet for n in result.prepared.spec.networks]
+    assert any(f"its subnet {taken} was taken meanwhile" in line for line in said), said
+    assert len(loads) == 1, "the policy (and its models' hashes) was checked again"
+    assert {c["State"]["Status"] for c in api.containers_held.values()} == {"running"}
