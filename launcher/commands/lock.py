@@ -126,12 +126,13 @@ def sign_policy(policy_file: str | Path, key: Path) -> tuple[Path, Signer]:
     return source.signature_file, signer
 
 
-def strict_problems(policy_file: str | Path, allowed_signers: Path | None) -> list[Problem]:
+def strict_problems(policy: str | Path | PolicySource, allowed_signers: Path | None) -> list[Problem]:
     """What `validate --strict` adds: a lock that pins this very policy, and a
-    good signature of it (by an allowed signer, when they are set)."""
-    name = str(policy_file)
+    good signature of it (by an allowed signer, when they are set). `policy`
+    is a policy file, or one read before with its lock and signature."""
+    name = policy.display if isinstance(policy, PolicySource) else str(policy)
     try:
-        source = read_source(policy_file)
+        source = policy if isinstance(policy, PolicySource) else read_source(policy)
         locked = source.locked()
         if locked is None:
             raise LockError(f"{source.lock_file}: no such lock; `sandbox lock` writes it")
@@ -145,7 +146,7 @@ def strict_problems(policy_file: str | Path, allowed_signers: Path | None) -> li
         return [Problem(name, 0, 0, "", str(e))]
     if source.signature is None:
         return [Problem(name, 0, 0, "", f"--strict needs a signature: no {source.signature_file.name}; "
-                                        f"`sandbox sign {policy_file} --key KEY`")]
+                                        f"`sandbox sign {name} --key KEY`")]
     return []
 
 

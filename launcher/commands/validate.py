@@ -6,8 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from launcher.errors import Problem, SandboxError
+from launcher.errors import PolicyError, Problem, SandboxError
+from launcher.lockfile import LockError
+from launcher.policy import loader
 from launcher.policy.files import HashProgress
+from launcher.policy.loader import Document
+from launcher.policy.model import Policy
+from launcher.policy.source import read_source
+from launcher.signing import SignatureError
 
 
 @dataclass(frozen=True)
@@ -31,20 +37,40 @@ def validate(files: list[Path], connect: Callable, *, check_port: bool = True, c
              hash_progress: HashProgress | None = None) -> Iterator[Checked]:
     """Each file checked, in turn. `connect` makes the gateway, asked only
     which sandbox holds a busy port."""
-    from launcher.commands.lock import strict_problems
     from launcher.commands.model import policy_warnings
-    from launcher.policy import check_policy_file
     from launcher.signing import allowed_signers_setting
     holder = _port_holder_if_engine(connect)
     trusted = allowed_signers_setting(allowed_signers) if strict else None
     for file in files:
-        policy, problems = check_policy_file(file, check_port=check_port, port_holder=holder,
-                                             hash_progress=hash_progress, check_model_files=check_model_files)
-        if strict and not problems:
-            problems = strict_problems(file, trusted)
-        warnings = policy_warnings(policy, policy.backend.gpu not in ("none", "auto"), display=str(file)) \
-            if policy and check_model_files else []
+        policy, problems, doc = _checked(file, strict, trusted, check_port=check_port, port_holder=holder,
+                                         hash_progress=hash_progress, check_model_files=check_model_files)
+        warnings = policy_warnings(policy, policy.backend.gpu not in ("none", "auto"), display=str(file),
+                                   doc=doc) if policy and check_model_files else []
         yield Checked(file, policy.name if policy else None, problems, warnings)
+
+
+def _checked(file: Path, strict: bool, trusted: Path | None,
+             **options) -> tuple[Policy | None, list[Problem], Document | None]:
+    """The policy's problems, then, with `strict`, its lock's and signature's,
+    and the document parsed (where warnings point): the policy is read and
+    parsed once (with its lock and signature), and those bytes are checked."""
+    from launcher.commands.lock import strict_problems
+    from launcher.policy import check_policy_file
+    source = None
+    if strict:
+        try:
+            source = read_source(file)
+        except PolicyError as e:
+            return None, e.problems, None
+        except (LockError, SignatureError) as e:
+            return None, [Problem(str(file), 0, 0, "", f"--strict needs a lock: {e}")], None
+        document = source.document
+    else:
+        document = loader.load(Path(file), display_name=str(file))
+    policy, problems = check_policy_file(file, document=document, **options)
+    if source and not problems:
+        problems = strict_problems(source, trusted)
+    return policy, problems, document[0]
 
 
 def _port_holder_if_engine(connect: Callable):

@@ -16,6 +16,7 @@ from launcher import build_records
 from launcher.commands.prepare import replan
 from launcher.commands.audit import parts_by_address
 from launcher.commands.up import part_of_address_seen, up, wait_until_ready
+from launcher.commands.validate import validate
 from launcher.commands.verify import verify
 from launcher.errors import NotFound
 from launcher.docker_gateway import DockerGateway
@@ -74,8 +75,8 @@ def quickstart(tmp_path, monkeypatch):
         yield api, policy, first
 
 
-def test_a_no_change_up_reads_its_policy_once_and_asks_the_engine_no_more_than_it_must(quickstart, monkeypatch):
-    api, policy, _ = quickstart
+def _count_reads(monkeypatch, policy: Path) -> tuple[list, list]:
+    """The opens of `policy` and the YAML parses made from now on."""
     reads, parses = [], []
     real_open, real_parse = builtins.open, loader.parse
 
@@ -90,6 +91,12 @@ def test_a_no_change_up_reads_its_policy_once_and_asks_the_engine_no_more_than_i
 
     monkeypatch.setattr(builtins, "open", counting_open)
     monkeypatch.setattr(loader, "parse", counting_parse)
+    return reads, parses
+
+
+def test_a_no_change_up_reads_its_policy_once_and_asks_the_engine_no_more_than_it_must(quickstart, monkeypatch):
+    api, policy, _ = quickstart
+    reads, parses = _count_reads(monkeypatch, policy)
     api.calls.clear()
     result = up(DockerGateway(FakeClient(api)), policy, timeout=5)  # each command has a gateway of its own
     assert all(action.verb == KEEP for action in result.prepared.plan.actions), result.prepared.plan
@@ -160,3 +167,13 @@ def test_a_subnet_taken_meanwhile_is_chosen_again_without_checking_the_policy_ag
     assert any(f"its subnet {taken} was taken meanwhile" in line for line in said), said
     assert len(loads) == 1, "the policy (and its models' hashes) was checked again"
     assert {c["State"]["Status"] for c in api.containers_held.values()} == {"running"}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_validate_reads_its_policy_once(tmp_path, monkeypatch, strict):
+    policy, _ = _quickstart_policy(tmp_path, monkeypatch, FakeApi())
+    reads, parses = _count_reads(monkeypatch, policy)
+    [checked] = validate([policy], connect=lambda: None, check_port=False, strict=strict)
+    assert [p.message for p in checked.problems] == (
+        [f"--strict needs a lock: {policy}.lock: no such lock; `sandbox lock` writes it"] if strict else [])
+    assert (len(reads), len(parses)) == (1, 1)
