@@ -78,7 +78,8 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
                          hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None,
                          volume_sizes_enforced=sizes_enforced)
     gpus = resolve_gpus(policy, gateway.state.engine_has_gpu() if policy.backend.gpu == "auto" else False)
-    if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.state.engine()["runtimes"]:
+    if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and (
+            "runsc" not in gateway.state.engine()["runtimes"]):
         raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
                        "Docker engine; `sandbox doctor` says how")
     if bundle and "-cuda:" not in bundle.images.backend.tag:

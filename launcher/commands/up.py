@@ -220,7 +220,8 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
         alive("dns")
         alive("backend")
         # As the sink itself runs once it has given up root.
-        code, output = gateway.containers.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key], user=NOBODY)
+        code, output = gateway.containers.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key],
+                                                  user=NOBODY)
         if code == 0:
             break
         if code == 3:

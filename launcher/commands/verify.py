@@ -161,8 +161,8 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     model = policy.models[0]
     facts.expected_sha = model.sha256
     facts.weights_sha_before = sha256_of(model.path)
-    _, written = gateway.containers.exec_in(spec.container("backend").name,
-                                 ["/opt/venv/bin/python", "-c", WRITE_WEIGHTS, f"/models/{model.alias}.gguf"])
+    _, written = gateway.containers.exec_in(
+        spec.container("backend").name, ["/opt/venv/bin/python", "-c", WRITE_WEIGHTS, f"/models/{model.alias}.gguf"])
     facts.weights_write = written.strip()
     facts.weights_sha_after = sha256_of(model.path)
 
@@ -235,8 +235,8 @@ def watching_processes(read: Callable[[], dict], run: Callable[[], T]) -> tuple[
 
 
 def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts) -> None:
-    code, output = gateway.containers.exec_in(container, ["python3", "-c", (IMAGES_DIR / "probe" / "probe.py").read_text(),
-                                               json.dumps({"processes": True})])
+    probe = (IMAGES_DIR / "probe" / "probe.py").read_text()
+    code, output = gateway.containers.exec_in(container, ["python3", "-c", probe, json.dumps({"processes": True})])
     try:
         # The front-end image's own python3 printed this: anything at all.
         seen = json.loads(output.strip().splitlines()[-1]) if code == 0 else None

@@ -99,9 +99,10 @@ def test_since_and_follow(gateway, noisy):
     markers = itertools.count()
 
     def follower_saw_a_marker() -> bool:
-        gateway.containers.exec_in(f"sandbox-{result.name}-frontend",
-                        ["python3", "-c", f"import socket\ntry: socket.gethostbyname('marker{next(markers)}.example')\n"
-                                          "except OSError: pass"])
+        gateway.containers.exec_in(
+            f"sandbox-{result.name}-frontend",
+            ["python3", "-c", f"import socket\ntry: socket.gethostbyname('marker{next(markers)}.example')\n"
+                              "except OSError: pass"])
         return any(str(e["name"]).startswith("marker") for e in seen)
     poll(follower_saw_a_marker, what="the follower to see a lookup")
     with ui(result, "phone-home", {}, timeout=60):

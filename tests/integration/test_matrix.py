@@ -156,7 +156,7 @@ def unsafe_verdicts(gateway, docker_client, tmp_path_factory):
         facts.front_door = try_front_door(door_port, name, "x" * 43)
         facts.expected_sha = facts.weights_sha_before = sha256_of(weights)
         facts.weights_write = gateway.containers.exec_in(unsafe.name, ["python3", "-c", WRITE_WEIGHTS,
-                                                            "/models/control.gguf"])[1].strip()
+                                                                       "/models/control.gguf"])[1].strip()
         facts.weights_sha_after = sha256_of(weights)
         facts.limits = {"frontend": gateway.state.limits(unsafe.name)}
         facts.ingress_bindings = gateway.state.container_state(unsafe.name)["ports"]

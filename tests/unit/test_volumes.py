@@ -148,7 +148,8 @@ def test_each_volume_an_image_declares_is_covered_by_a_bounded_tmpfs_of_the_part
     assert set(tmpfs) == {"/tmp", "/scratch"}  # the data volume and /tmp were mounted already
     options = tmpfs["/scratch"].split(",")
     assert "size=64m" in options and "uid=65534" in options and "gid=65534" in options and "noexec" in options
-    assert DockerGateway(Client(ImageApi(None))).applier._tmpfs_with_image_volumes_covered(frontend) == dict(frontend.tmpfs)
+    applier = DockerGateway(Client(ImageApi(None))).applier
+    assert applier._tmpfs_with_image_volumes_covered(frontend) == dict(frontend.tmpfs)
 
 
 class KeptVolumes:
