@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.overhead import MODEL, free_port  # noqa: E402
 from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
-from launcher.docker_gateway import DockerGateway  # noqa: E402
+from launcher.engine import DockerGateway  # noqa: E402
 
 MODES = ("lookups", "connections")
 # Run in the front-end: look up `n` new names one after another, as a UI
@@ -46,7 +46,7 @@ print(statistics.median(took))
 
 
 def memory_mib(gateway: DockerGateway, container: str) -> float:
-    return gateway.memory_usage(container) / 2**20
+    return gateway.state.memory_usage(container) / 2**20
 
 
 def one_round(gateway: DockerGateway, mode: str, names: int, directory: Path) -> dict:
@@ -63,7 +63,7 @@ def one_round(gateway: DockerGateway, mode: str, names: int, directory: Path) ->
     out = {"up_s": time.monotonic() - started}
     time.sleep(2)
     out["sink_mib"] = memory_mib(gateway, sink)
-    _, output = gateway.exec_in(frontend, ["python3", "-c", LOOKUPS, str(names)])
+    _, output = gateway.containers.exec_in(frontend, ["python3", "-c", LOOKUPS, str(names)])
     out["lookup_ms"] = float(output.strip().splitlines()[-1]) * 1000
     out["sink_after_mib"] = memory_mib(gateway, sink)
     down(gateway, policy["name"], volumes=True)

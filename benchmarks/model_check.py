@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.overhead import MODEL  # noqa: E402
-from launcher.docker_gateway import DockerGateway  # noqa: E402
+from launcher.engine import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
 from launcher.policy.files import sha256_of  # noqa: E402
 from launcher.spec import NOBODY  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
     client = docker.from_env(timeout=600)
     ca = Path(os.environ["SANDBOX_CA_BUNDLE"]) if os.environ.get("SANDBOX_CA_BUNDLE") else None
     image = recipe_image("llama-cpp", ca_bundle=ca).tag
-    if not DockerGateway(client).image_present(image):
+    if not DockerGateway(client).state.image_present(image):
         raise SystemExit(f"{image} is missing: run `sandbox up policies/quickstart.yaml` once first")
     with tempfile.TemporaryDirectory() as scratch:
         large = Path(scratch) / "large.bin"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
-from launcher.docker_gateway import DockerGateway  # noqa: E402
+from launcher.engine import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
 from launcher.policy.files import sha256_of  # noqa: E402
 
@@ -136,7 +136,7 @@ def main() -> None:
     gateway = DockerGateway(client)
     ca = Path(os.environ["SANDBOX_CA_BUNDLE"]) if os.environ.get("SANDBOX_CA_BUNDLE") else None
     image = recipe_image("llama-cpp", ca_bundle=ca).tag
-    if not gateway.image_present(image):
+    if not gateway.state.image_present(image):
         raise SystemExit(f"{image} is missing: run `sandbox up policies/quickstart.yaml` once first")
     base = baseline(client, image, args)
     box = sandboxed(client, gateway, args)

@@ -39,7 +39,7 @@ from launcher.access import open_ui  # noqa: E402
 from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
 from launcher.render.compose import render as compose_file  # noqa: E402
-from launcher.docker_gateway import DockerGateway  # noqa: E402
+from launcher.engine import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write three sentences about the sea."}]

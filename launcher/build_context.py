@@ -11,7 +11,7 @@ from pathlib import Path
 
 # Docker's own .dockerignore matcher, so that the launcher and the engine never
 # disagree on what is in a context. It is pure path matching; the engine itself
-# is only ever spoken to by launcher/docker_gateway.py.
+# is only ever spoken to by launcher/engine/.
 from docker.utils.build import exclude_paths
 
 CHUNK = 1024 * 1024

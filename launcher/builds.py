@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from launcher import build_records
-from launcher.docker_gateway import BuildEgress, DockerGateway
+from launcher.engine import DockerGateway
+from launcher.engine.build_proxy import BuildEgress
 from launcher.errors import NotFound, PolicyError, Problem
 from launcher.hostnet import host_ipv4_addresses
 from launcher.images import ImageBuild, PartImages, recipe_image
@@ -41,8 +42,8 @@ def build_and_record(gateway: DockerGateway, images: Iterable[ImageBuild], egres
     and the image ID it gave."""
     for image in images:
         say(f"building image {image.tag}")
-        contacts = gateway.build(image, on_build_line, egress=egress, say=say)
-        build_records.save(image.tag, contacts, gateway.image_id(image.tag))
+        contacts = gateway.builder.build(image, on_build_line, egress=egress, say=say)
+        build_records.save(image.tag, contacts, gateway.state.image_id(image.tag))
 
 
 def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | None,
@@ -61,13 +62,13 @@ def images_not_ours(gateway: DockerGateway, images: PartImages, locked: dict | N
 
 def image_ids_of(gateway: DockerGateway, images: PartImages) -> dict[str, str | None]:
     """Each image's ID on the engine (None: not here), asked once per tag."""
-    return {image.tag: gateway.image_id(image.tag) for image in images.all()}
+    return {image.tag: gateway.state.image_id(image.tag) for image in images.all()}
 
 
 def image_is_ours(gateway: DockerGateway, image: ImageBuild, pinned: str | None = None) -> bool:
     """Whether the image under `image.tag` may run (build_records.may_run);
     False too when there is none."""
-    image_id = gateway.image_id(image.tag)
+    image_id = gateway.state.image_id(image.tag)
     return image_id is not None and build_records.may_run(image.tag, image_id, pinned)
 
 
@@ -78,6 +79,6 @@ def build_planned(gateway: DockerGateway, images: PartImages, plan: Plan, egress
     for image in images.all():
         if plan.verb_of("image", image.tag) == BUILD:
             build_and_record(gateway, [image], egress, say, on_build_line)
-        elif not image.built_here and not gateway.image_present(image.tag):
+        elif not image.built_here and not gateway.state.image_present(image.tag):
             raise NotFound(f"the front-end image {image.tag} is not on this machine; "
                            f"`docker pull` or `docker load` it first")

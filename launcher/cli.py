@@ -36,7 +36,7 @@ CA_BUNDLE = typer.Option(
 
 
 def _gateway():
-    from launcher.docker_gateway import DockerGateway
+    from launcher.engine import DockerGateway
     return DockerGateway()
 
 

@@ -41,7 +41,7 @@ class Facts:
     """Everything `verify` observed; each field is filled by one step."""
 
     probe: dict = field(default_factory=dict)  # images/probe/probe.py's JSON
-    # The front-end's container as the engine describes it (DockerGateway.container_config).
+    # The front-end's container as the engine describes it (EngineState.container_config).
     frontend_config: dict = field(default_factory=dict)
     internal_network: str = ""  # the sandbox's internal network: the front-end's only one
     # pid -> {"command", "uid", "cap_eff", "no_new_privs", "seccomp"} of every front-end process,

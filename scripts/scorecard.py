@@ -42,7 +42,7 @@ from benchmarks.overhead import MODEL, free_port  # noqa: E402
 from launcher.commands.audit import audit  # noqa: E402
 from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
-from launcher.docker_gateway import DockerGateway  # noqa: E402
+from launcher.engine import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
 from launcher.recipes import FRONTEND_RECIPES  # noqa: E402
 
@@ -133,7 +133,7 @@ def recipe_as_image(frontend: dict) -> dict:
 
 
 def chats(gateway: DockerGateway, name: str) -> int:
-    return sum(CHATS in line for line in gateway.logs(f"sandbox-{name}-backend", tail=5000))
+    return sum(CHATS in line for line in gateway.containers.logs(f"sandbox-{name}-backend", tail=5000))
 
 
 def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, directory: Path, idle: float,

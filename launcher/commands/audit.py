@@ -21,7 +21,7 @@ from typing import Iterator
 
 from launcher import build_records
 from launcher.commands.target import resolve_name
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import NotFound, SandboxError
 from launcher.spec import AUDIT_DIR, PARTS, resource_name
 from launcher.text import json_records
@@ -40,7 +40,7 @@ def _kept(gateway: DockerGateway, name: str, kind: str, key: str) -> list[dict]:
     sink = resource_name(name, "dns")
     out = []
     for file in (f"{kind}.1.jsonl", f"{kind}.jsonl"):
-        data = gateway.read_file(sink, f"{AUDIT_DIR}/{file}")
+        data = gateway.containers.read_file(sink, f"{AUDIT_DIR}/{file}")
         if data:
             out += json_records(data.decode(errors="replace").splitlines(), key)
     return out
@@ -72,7 +72,7 @@ def summary_kept(gateway: DockerGateway, name: str) -> dict:
     first and the first body kept), the attempts per client at destinations
     not itemised, and the detail records per client the rate bound dropped.
     Empty where there is none yet, or it cannot be read."""
-    data = gateway.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/summary.json")
+    data = gateway.containers.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/summary.json")
     empty: dict = {"destinations": [], "more": {}, "dropped": {}}
     try:
         kept = json.loads(data) if data else empty
@@ -110,7 +110,7 @@ def _count(entry: dict, since: float | None, detail: dict[tuple, int]) -> tuple[
 def attempts(gateway: DockerGateway, name: str) -> int:
     """How many times a part tried to reach outside (names looked up,
     connections and datagrams), as the sink counted."""
-    data = gateway.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/counts.json")
+    data = gateway.containers.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/counts.json")
     try:
         counts = json.loads(data) if data else {}
         return int(counts.get("lookups", 0)) + int(counts.get("connections", 0))
@@ -125,7 +125,7 @@ def parts_by_address(gateway: DockerGateway, name: str) -> dict[str, str]:
     out = {}
     for part in PARTS:
         try:
-            address = gateway.addresses(resource_name(name, part)).get(internal)
+            address = gateway.state.addresses(resource_name(name, part)).get(internal)
         except NotFound:  # a part that is gone has no address to name
             continue
         if address:
@@ -177,7 +177,7 @@ def audit(gateway: DockerGateway, target: str | None = None, since: float | None
     name = resolve_name(gateway, target, "audit")
     builds = []
     for part in PARTS:
-        state = gateway.container_state(resource_name(name, part))
+        state = gateway.state.container_state(resource_name(name, part))
         record = build_records.load(state["image"]) if state else None
         if record and record["image"] not in [b["image"] for b in builds]:
             builds.append({**record, "parts": [part]})
@@ -219,14 +219,14 @@ def _logged_refusals(gateway: DockerGateway, name: str) -> list[str]:
     """The refusals in the ingress container's log, each line beginning with
     the engine's timestamp."""
     try:
-        lines = gateway.logs(resource_name(name, "ingress"), tail=AUDIT_LINES, timestamps=True)
+        lines = gateway.containers.logs(resource_name(name, "ingress"), tail=AUDIT_LINES, timestamps=True)
         return [line for line in lines if line.partition(" ")[2].startswith("ingress: refused ")]
     except NotFound:
         return []
 
 
 def _kept_refusals(gateway: DockerGateway, name: str) -> list[str]:
-    data = gateway.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/{INGRESS_KEPT}")
+    data = gateway.containers.read_file(resource_name(name, "dns"), f"{AUDIT_DIR}/{INGRESS_KEPT}")
     return data.decode(errors="replace").splitlines() if data else []
 
 
@@ -256,7 +256,7 @@ def keep_ingress_refusals(gateway: DockerGateway, name: str) -> None:
     """Before the ingress container goes (`down`, or `up` recreating it),
     its refusals go onto the audit volume, which outlives it like the sink's
     own records, until `down --volumes`; the oldest go past KEPT_BYTES."""
-    if gateway.container_state(resource_name(name, "dns")) is None:
+    if gateway.state.container_state(resource_name(name, "dns")) is None:
         return  # no sink, no volume to keep them on
     kept = _kept_refusals(gateway, name)
     new = _not_kept_yet(gateway, name, kept)
@@ -265,7 +265,7 @@ def keep_ingress_refusals(gateway: DockerGateway, name: str) -> None:
     data = "".join(line + "\n" for line in kept + new).encode()
     if len(data) > KEPT_BYTES:
         data = data[-KEPT_BYTES:].partition(b"\n")[2]
-    gateway.write_file(resource_name(name, "dns"), f"{AUDIT_DIR}/{INGRESS_KEPT}", data)
+    gateway.containers.write_file(resource_name(name, "dns"), f"{AUDIT_DIR}/{INGRESS_KEPT}", data)
 
 
 def _connection(entry: dict, part_of_address: dict[str, str]) -> dict:
@@ -350,7 +350,7 @@ def follow(gateway: DockerGateway, target: str | None = None) -> Iterator[dict]:
     interrupted: a lookup has "name" and "type", a connection "protocol"."""
     name = resolve_name(gateway, target, "audit --follow")
     part_of_address = parts_by_address(gateway, name)
-    for entry in json_records(gateway.logs(resource_name(name, "dns"), tail=0, follow=True), "time"):
+    for entry in json_records(gateway.containers.logs(resource_name(name, "dns"), tail=0, follow=True), "time"):
         if "protocol" in entry:
             yield _connection(entry, part_of_address)
         elif "type" in entry:

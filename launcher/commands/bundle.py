@@ -33,7 +33,7 @@ from typing import Callable
 from launcher import __version__, build_records
 from launcher.build_context import context_files
 from launcher.commands.lock import check_lock, check_signature
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import SandboxError
 from launcher.images import ImageBuild, PartImages, images_for
 from launcher.lockfile import MAX_LOCK_BYTES, MAX_SIGNATURE_BYTES, PART_ORDER
@@ -126,7 +126,7 @@ def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tupl
         tags = [locked["images"][part]["tag"] for part in PART_ORDER]
         say(f"saving {len(tags)} images")
         digest = hashlib.sha256()
-        for chunk in gateway.save_images(tags):
+        for chunk in gateway.state.save_images(tags):
             images_tar.write(chunk)
             digest.update(chunk)
         images_tar.flush()
@@ -230,21 +230,21 @@ def _open_bundle(gateway: DockerGateway, path: Path, file, allowed_signers: Path
             images_tar = unpacked / "images.tar"
             with open(images_tar, "rb") as saved:
                 _check_saved_images(saved, ids, path)
-                if all(gateway.image_id(tag) == image_id for tag, image_id in ids.items()):
+                if all(gateway.state.image_id(tag) == image_id for tag, image_id in ids.items()):
                     say("the bundle's images are on this engine already")
                 else:
                     saved.seek(0)
                     say(f"loading {len(ids)} images")
                     started = time.monotonic()
-                    before = {tag: gateway.image_id(tag) for tag in ids}
-                    gateway.load_images(saved)
+                    before = {tag: gateway.state.image_id(tag) for tag in ids}
+                    gateway.state.load_images(saved)
                     say(f"loaded in {time.monotonic() - started:.1f} s")
-                    wrong = [tag for tag, image_id in ids.items() if gateway.image_id(tag) != image_id]
+                    wrong = [tag for tag, image_id in ids.items() if gateway.state.image_id(tag) != image_id]
                     if wrong:
                         # Never reached when the checks above read images.tar as the
                         # engine does; should they not, the tags go back as they were.
                         for tag in wrong:
-                            gateway.put_tag(tag, before[tag])
+                            gateway.state.put_tag(tag, before[tag])
                         raise BundleError(f"{path}: after loading, {wrong[0]} was not the image its lock pins; "
                                           f"its tag was put back")
             images_tar.unlink()

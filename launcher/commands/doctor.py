@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.commands.target import sandbox_holding
-from launcher.docker_gateway import MIN_ENGINE
+from launcher.engine.state import MIN_ENGINE
 from launcher.errors import SandboxError
 from launcher.hostnet import route_localnet
 from launcher.images import BASE_IMAGE
@@ -35,7 +35,7 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
                             "start the Docker daemon (`sudo systemctl start docker`, or `dockerd &`)"))
         return checks + _port_checks(ports)
 
-    engine = gateway.engine()
+    engine = gateway.state.engine()
     version = engine["version"]
     try:
         major, minor = (int(x) for x in version.split(".")[:2])
@@ -45,7 +45,7 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
     checks.append(Check("engine", OK if recent else FAIL, f"Docker Engine {version} (API {engine['api_version']})",
                         "" if recent else f"install Docker Engine {MIN_ENGINE[0]}.{MIN_ENGINE[1]} or newer"))
 
-    if gateway.image_present(BASE_IMAGE):
+    if gateway.state.image_present(BASE_IMAGE):
         checks.append(Check("base image", OK, f"{BASE_IMAGE} is present"))
     else:
         checks.append(Check("base image", FAIL, f"{BASE_IMAGE} is missing; the images are built FROM it",
@@ -94,7 +94,7 @@ def doctor(connect, ports: tuple[int, ...] = (8080,)) -> list[Check]:
 def volume_size_check(gateway) -> Check:
     """Whether a front-end's data volume can be bounded here; `up` refuses
     an unbounded one unless its policy accepts it."""
-    enforced, why_not = gateway.volume_sizes()
+    enforced, why_not = gateway.state.volume_sizes()
     if enforced:
         return Check("volume sizes", OK, "the engine's storage enforces volume sizes: each data volume holds "
                                          "at most its policy's frontend.data_size, the audit volume a bound "

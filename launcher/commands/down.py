@@ -7,7 +7,7 @@ from typing import Callable
 from launcher import access
 from launcher.commands.audit import keep_ingress_refusals
 from launcher.commands.target import resolve_name
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import SandboxError
 from launcher.mutex import one_command_at_a_time
 from launcher.signing import forget_signer
@@ -23,7 +23,7 @@ def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
             except SandboxError as e:  # a sandbox half gone must still go
                 if say:
                     say(f"the ingress's refusals could not be kept: {e}")
-        removed = gateway.remove_sandbox(name, volumes=volumes, say=say)
+        removed = gateway.applier.remove_sandbox(name, volumes=volumes, say=say)
         forget_signer(name)  # nothing runs that anyone signed
         if volumes and access.saved_token(name):
             access.forget_token(name)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher.builds import build_and_record, build_egress, image_ids_of, images_not_ours
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import NotFound, Problem
 from launcher.images import PartImages, images_for
 from launcher.lockfile import LockError, drift, dump, lock_path, make_lock
@@ -78,11 +78,11 @@ def lock(gateway: DockerGateway, policy_file: str | Path, ca_bundle: Path | None
     source = read_source(policy_file)
     policy = load_policy(source.file, display=source.display, check_port=False, hash_progress=hash_progress,
                          raw=source.policy)
-    gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
+    gpus = resolve_gpus(policy, gateway.state.engine_has_gpu() if policy.backend.gpu == "auto" else False)
     images = images_for(policy, use_gpu=bool(gpus), ca_bundle=ca_bundle)
     # What the lock pins must be what the launcher built (or loaded checked).
     again = images_not_ours(gateway, images, None)
-    to_build = [i for i in images.all() if i.built_here and (i.tag in again or not gateway.image_present(i.tag))]
+    to_build = [i for i in images.all() if i.built_here and (i.tag in again or not gateway.state.image_present(i.tag))]
     if to_build:
         build_and_record(gateway, to_build, build_egress(ca_bundle), say, on_build_line)
     new = current_lock(gateway, policy, source.policy, images)

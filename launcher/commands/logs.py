@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from launcher.commands.target import resolve_name
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import NotFound, SandboxError
 from launcher.spec import PARTS, resource_name
 
@@ -32,4 +32,4 @@ def logs(gateway: DockerGateway, part: str, sandbox: str | None = None, tail: in
     if part not in PARTS:
         raise NotFound(f"no part named {part}; the parts are {', '.join(PARTS)}")
     name = resolve_name(gateway, sandbox, "logs", after=part)
-    return gateway.logs(resource_name(name, part), tail=tail, follow=follow)
+    return gateway.containers.logs(resource_name(name, part), tail=tail, follow=follow)

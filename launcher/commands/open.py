@@ -6,7 +6,7 @@ import webbrowser
 from launcher import access
 from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import NotFound
 from launcher.spec import resource_name
 
@@ -14,7 +14,7 @@ from launcher.spec import resource_name
 def access_link(gateway: DockerGateway, target: str | None) -> tuple[str, str]:
     """The sandbox's name and its access link."""
     name = resolve_name(gateway, target, "open")
-    state = gateway.container_state(resource_name(name, "ingress"))
+    state = gateway.state.container_state(resource_name(name, "ingress"))
     if not state or state["state"] != "running" or not state["ports"]:
         raise NotFound(f"sandbox {name} is not running; `sandbox up` it first")
     token = current_token(gateway, name)

@@ -11,7 +11,7 @@ from launcher.builds import image_ids_of, images_not_ours
 from launcher.commands.bundle import Bundle
 from launcher.commands.lock import check_lock, check_signature
 from launcher.commands.target import holds_port, sandbox_holding
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import PartImages, images_for
 from launcher.lockfile import LockError
@@ -70,15 +70,16 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
         raise LockError("--relock writes a new lock, which no allowed signer has signed: relock with "
                         "`sandbox lock`, have it signed, and run `up` again")
     signer = check_signature(source, trusted)
-    sizes_enforced, _ = gateway.volume_sizes()
+    sizes_enforced, _ = gateway.state.volume_sizes()
     # Where the engine cannot bound a volume, a policy that does not accept an
     # unbounded one is refused here, before anything is made or started.
     policy = load_policy(source.file, display=source.display, raw=source.policy, document=source.document,
                          port_holder=port_holder(gateway),
                          hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None,
                          volume_sizes_enforced=sizes_enforced)
-    gpus = resolve_gpus(policy, gateway.engine_has_gpu() if policy.backend.gpu == "auto" else False)
-    if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and "runsc" not in gateway.engine()["runtimes"]:
+    gpus = resolve_gpus(policy, gateway.state.engine_has_gpu() if policy.backend.gpu == "auto" else False)
+    if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and (
+            "runsc" not in gateway.state.engine()["runtimes"]):
         raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
                        "Docker engine; `sandbox doctor` says how")
     if bundle and "-cuda:" not in bundle.images.backend.tag:
@@ -91,10 +92,10 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
                    same_image_ids=bundle is not None, image_ids=image_ids)
     keys = Secrets(
         # The key the parts already share; if one part is gone, the other's.
-        api_key=gateway.running_env(policy.name, "backend", BACKEND_API_KEY_ENV)
-        or gateway.running_env(policy.name, "frontend", policy.frontend.backend_key_env)
+        api_key=gateway.state.running_env(policy.name, "backend", BACKEND_API_KEY_ENV)
+        or gateway.state.running_env(policy.name, "frontend", policy.frontend.backend_key_env)
         or secrets.token_urlsafe(32),
-        session_key=gateway.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
+        session_key=gateway.state.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
         or secrets.token_urlsafe(32),
         access_token=(None if new_token else current_token(gateway, policy.name)) or access.new_token())
     made_with = SpecInputs(images, keys, gpus, sizes_enforced)
@@ -111,7 +112,7 @@ def on_another_subnet(gateway: DockerGateway, prepared: Prepared) -> Prepared:
 
 
 def _spec(gateway: DockerGateway, policy: Policy, made_with: SpecInputs) -> SandboxSpec:
-    subnets = gateway.subnets()
+    subnets = gateway.state.subnets()
     current = (subnets.pop(resource_name(policy.name, "internal"), None) or [None])[0]
     subnet = choose_subnet(policy.name, [s for found in subnets.values() for s in found], current)
     return build_spec(policy, made_with.images, made_with.keys, made_with.gpus, subnet,
@@ -128,11 +129,11 @@ def replan(gateway: DockerGateway, prepared: Prepared) -> Prepared:
 def _plan(gateway: DockerGateway, spec: SandboxSpec, locked: dict | None, image_ids: dict[str, str | None]) -> Plan:
     again = images_not_ours(gateway, spec.images, locked, image_ids)
     present = frozenset(tag for tag, image_id in image_ids.items() if image_id is not None)
-    return make_plan(spec, replace(gateway.observe(spec.name), images=present, build_again=again))
+    return make_plan(spec, replace(gateway.state.observe(spec.name), images=present, build_again=again))
 
 
 def current_token(gateway: DockerGateway, name: str) -> str | None:
     """The sandbox's access token: the one its ingress runs with, else the one
     its owner kept from before (after a `down`)."""
-    return gateway.running_env(name, "ingress", access.TOKEN_ENV) or access.saved_token(name)
+    return gateway.state.running_env(name, "ingress", access.TOKEN_ENV) or access.saved_token(name)
 

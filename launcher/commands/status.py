@@ -8,14 +8,14 @@ from launcher import access
 from launcher.commands.audit import attempts
 from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import NotFound
 from launcher.signing import remembered_signer
 from launcher.spec import PARTS, resource_name
 
 
 def status(gateway: DockerGateway, target: str | None = None, memory: bool = False) -> list[dict]:
-    known = gateway.sandboxes()
+    known = gateway.state.sandboxes()
     names = sorted(known)
     if target:
         name = resolve_name(gateway, target)
@@ -27,20 +27,20 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
         parts = []
         url = None
         for part in PARTS:
-            state = gateway.container_state(resource_name(name, part))
+            state = gateway.state.container_state(resource_name(name, part))
             if state is None:
                 parts.append({"part": part, "state": "missing", "health": None})
                 continue
             entry = {"part": part, "container": state["name"], "state": state["state"],
                      "health": state["health"], "restarts": state["restarts"], "image": state["image"]}
             if memory and state["state"] == "running":
-                entry["memory_bytes"] = gateway.memory_usage(state["name"])
+                entry["memory_bytes"] = gateway.state.memory_usage(state["name"])
             parts.append(entry)
             if part == "ingress" and state["ports"]:
                 url = f"http://{state['ports'][0]}/"
         # A model deleted or moved while the sandbox runs: the backend still
         # reads the file it opened, but the next start cannot.
-        problems = [f"model file missing: {path}" for path in gateway.bind_sources(resource_name(name, "backend"))
+        problems = [f"model file missing: {path}" for path in gateway.state.bind_sources(resource_name(name, "backend"))
                     if not os.path.exists(path)]
         healthy = not problems and all(p["state"] == "running" and p["health"] in (None, "healthy") for p in parts)
         token = current_token(gateway, name)
@@ -50,6 +50,6 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
                     # Names looked up outside the sandbox, as its DNS sink counted them.
                     "attempts": attempts(gateway, name),
                     # What each volume holds, and its bound (none: unbounded).
-                    "volumes": gateway.volume_usage(name),
+                    "volumes": gateway.state.volume_usage(name),
                     "access_link": access.access_link(url, token) if url and token else None})
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import NotFound
 from launcher.policy.loader import Document, load
 from launcher.spec import resource_name
@@ -32,7 +32,7 @@ def resolve_name(gateway: DockerGateway, target: str | None, command: str = "sta
         return name
     if target:
         return target
-    found = sorted(gateway.sandboxes())
+    found = sorted(gateway.state.sandboxes())
     if len(found) == 1:
         return found[0]
     if not found:
@@ -43,10 +43,10 @@ def resolve_name(gateway: DockerGateway, target: str | None, command: str = "sta
 
 def holds_port(gateway: DockerGateway, name: str, port: int) -> bool:
     """Whether sandbox `name`'s ingress publishes 127.0.0.1:`port`."""
-    state = gateway.container_state(resource_name(name, "ingress"))
+    state = gateway.state.container_state(resource_name(name, "ingress"))
     return bool(state) and f"127.0.0.1:{port}" in state["ports"]
 
 
 def sandbox_holding(gateway: DockerGateway, port: int) -> str | None:
     """The sandbox whose ingress publishes 127.0.0.1:`port`, if one does."""
-    return next((name for name in sorted(gateway.sandboxes()) if holds_port(gateway, name, port)), None)
+    return next((name for name in sorted(gateway.state.sandboxes()) if holds_port(gateway, name, port)), None)

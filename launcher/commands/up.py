@@ -17,7 +17,7 @@ from launcher.commands.lock import current_lock, write_lock
 from launcher.commands.model import policy_warnings
 from launcher.commands.prepare import Prepared, on_another_subnet, prepare
 from launcher.commands.target import name_of
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.mutex import one_command_at_a_time
 from launcher.errors import ModelChanged, NotReady, SandboxError, SubnetTaken
 from launcher.lockfile import LockError
@@ -142,7 +142,7 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
         try:
             # Builds first: a failed build leaves the running sandbox as it was.
             build_planned(gateway, spec.images, prepared.plan, build_egress(ca_bundle), say, on_build_line)
-            gateway.apply(spec, prepared.plan, say=say, before_create=weights_unchanged)
+            gateway.applier.apply(spec, prepared.plan, say=say, before_create=weights_unchanged)
             break
         except SubnetTaken as e:
             # Another sandbox started while this one's images were built:
@@ -167,7 +167,7 @@ def kept_volume_sizes(gateway: DockerGateway, spec: SandboxSpec) -> list[str]:
     """A volume keeps the size it was made with (the engine cannot change
     it): one made before its policy's size, or unbounded before the engine
     could bound it, is said, with how to have it made anew."""
-    kept = {v["name"]: v["limit_bytes"] for v in gateway.volume_usage(spec.name, count_bytes=False)}
+    kept = {v["name"]: v["limit_bytes"] for v in gateway.state.volume_usage(spec.name, count_bytes=False)}
     out = []
     for volume in spec.volumes:
         if volume.size and volume.name in kept and kept[volume.name] != memory_bytes(volume.size):
@@ -202,7 +202,7 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
     deadline = time.monotonic() + timeout
     # A part that restarted before this `up` (and was kept) is not failing now;
     # one that restarts while we wait is.
-    restarts = {c.name: (gateway.container_state(c.name) or {}).get("restarts", 0) for c in spec.containers}
+    restarts = {c.name: (gateway.state.container_state(c.name) or {}).get("restarts", 0) for c in spec.containers}
 
     seen: dict[str, dict] = {}
 
@@ -220,12 +220,13 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
         alive("dns")
         alive("backend")
         # As the sink itself runs once it has given up root.
-        code, output = gateway.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key], user=NOBODY)
+        code, output = gateway.containers.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key],
+                                                  user=NOBODY)
         if code == 0:
             break
         if code == 3:
             raise NotReady("backend", f"it refused the front-end's API key: {output.strip()[-300:]}",
-                           gateway.log_tail(backend))
+                           gateway.containers.log_tail(backend))
         _check_deadline(gateway, deadline, "backend", backend, f"it did not list its models ({output.strip()})")
         time.sleep(POLL_SECONDS)
 
@@ -258,15 +259,15 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
 
 
 def _alive(gateway: DockerGateway, part: str, container: str, restarts_before: int) -> dict:
-    state = gateway.container_state(container)
+    state = gateway.state.container_state(container)
     if state is None:
         raise NotReady(part, f"its container {container} is gone", [])
     if state["state"] in ("exited", "dead") or state["restarts"] > restarts_before:
         raise NotReady(part, f"it stopped (exit code {state['exit_code']}, restarts {state['restarts']})",
-                       gateway.log_tail(container))
+                       gateway.containers.log_tail(container))
     return state
 
 
 def _check_deadline(gateway: DockerGateway, deadline: float, part: str, container: str, why: str) -> None:
     if time.monotonic() > deadline:
-        raise NotReady(part, f"timed out: {why}", gateway.log_tail(container))
+        raise NotReady(part, f"timed out: {why}", gateway.containers.log_tail(container))

@@ -25,7 +25,7 @@ from launcher import access
 from launcher.builds import build_and_record, build_egress, image_is_ours
 from launcher.commands.prepare import Prepared, prepare, replan
 from launcher.front_door import try_front_door
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import DockerFailure, NotFound
 from launcher.hostnet import (Canary, container_process, host_ipv4_addresses, host_resolvers, process_status,
                               route_localnet)
@@ -84,7 +84,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     that its policy is not read and checked (and its models hashed) again."""
     say = say or (lambda _m: None)
     name = resolve_name(gateway, target, "verify")
-    sandboxes = gateway.sandboxes()
+    sandboxes = gateway.state.sandboxes()
     if name not in sandboxes:
         raise NotFound(f"no sandbox named {name} on this engine")
     if prepared is not None and prepared.spec.name == name:
@@ -93,7 +93,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         prepared = prepare(gateway, sandboxes[name]["policy"], ca_bundle)
     spec, policy = prepared.spec, prepared.policy
     for part in PARTS:
-        state = gateway.container_state(resource_name(name, part))
+        state = gateway.state.container_state(resource_name(name, part))
         if not state or state["state"] != "running":
             raise NotFound(f"the {part} of sandbox {name} is not running; `sandbox up` it first")
 
@@ -105,7 +105,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     others = _other_sandbox_targets(gateway, name, sandboxes)
     facts.other_sandbox_targets = [f"{ip}:{port}" for ip, port in others]
     internal = resource_name(name, "internal")
-    ingress_ip = gateway.addresses(spec.container("ingress").name).get(internal)
+    ingress_ip = gateway.state.addresses(spec.container("ingress").name).get(internal)
 
     in_gvisor = spec.container("frontend").runtime == "runsc"
     # Ports of our own choosing, so that the sink's records of this run are told apart.
@@ -131,10 +131,10 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         }
         say("probing from the front-end's network")
         frontend = spec.container("frontend").name
-        facts.frontend_config = gateway.container_config(frontend)
+        facts.frontend_config = gateway.state.container_config(frontend)
 
         def probe() -> str:
-            return gateway.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
+            return gateway.containers.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
         if in_gvisor:
             output = probe()
         else:
@@ -149,7 +149,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
         _read_processes_inside(gateway, frontend, facts)
         # gVisor's kernel runs on the host as the sandbox process Docker knows
         # as the container's: its own restrictions are read there.
-        pid = gateway.container_state(frontend)["pid"]
+        pid = gateway.state.container_state(frontend)["pid"]
         facts.gvisor_sentry = process_status(pid) if pid else None
     _read_sink(gateway, name, spec.container("dns").name, started - 1, facts)
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
@@ -161,13 +161,13 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     model = policy.models[0]
     facts.expected_sha = model.sha256
     facts.weights_sha_before = sha256_of(model.path)
-    _, written = gateway.exec_in(spec.container("backend").name,
-                                 ["/opt/venv/bin/python", "-c", WRITE_WEIGHTS, f"/models/{model.alias}.gguf"])
+    _, written = gateway.containers.exec_in(
+        spec.container("backend").name, ["/opt/venv/bin/python", "-c", WRITE_WEIGHTS, f"/models/{model.alias}.gguf"])
     facts.weights_write = written.strip()
     facts.weights_sha_after = sha256_of(model.path)
 
-    facts.limits = {part: gateway.limits(resource_name(name, part)) for part in PARTS}
-    facts.ingress_bindings = gateway.container_state(spec.container("ingress").name)["ports"]
+    facts.limits = {part: gateway.state.limits(resource_name(name, part)) for part in PARTS}
+    facts.ingress_bindings = gateway.state.container_state(spec.container("ingress").name)["ports"]
     facts.route_localnet = route_localnet()
     drift = [f"{a.verb} {a.kind} {a.name}: {a.reason}" for a in prepared.plan.changes]
     return VerifyResult(name, judge(facts), drift)
@@ -199,7 +199,7 @@ def probe_result(output: str) -> dict:
 def _processes_from_host(gateway: DockerGateway, container: str, container_id: str) -> dict:
     """The container's processes, listed by the engine and read in the host's /proc."""
     found = {}
-    for pid in gateway.container_pids(container):
+    for pid in gateway.state.container_pids(container):
         seen = container_process(pid, container_id)
         if seen is not None:  # None: gone since the engine listed it
             found[str(pid)] = seen
@@ -235,8 +235,8 @@ def watching_processes(read: Callable[[], dict], run: Callable[[], T]) -> tuple[
 
 
 def _read_processes_inside(gateway: DockerGateway, container: str, facts: Facts) -> None:
-    code, output = gateway.exec_in(container, ["python3", "-c", (IMAGES_DIR / "probe" / "probe.py").read_text(),
-                                               json.dumps({"processes": True})])
+    probe = (IMAGES_DIR / "probe" / "probe.py").read_text()
+    code, output = gateway.containers.exec_in(container, ["python3", "-c", probe, json.dumps({"processes": True})])
     try:
         # The front-end image's own python3 printed this: anything at all.
         seen = json.loads(output.strip().splitlines()[-1]) if code == 0 else None
@@ -258,7 +258,7 @@ def _other_sandbox_targets(gateway: DockerGateway, name: str, sandboxes: dict) -
             continue
         for part, port in (("backend", BACKEND_PORT), ("frontend", 8080), ("ingress", INGRESS_PORT), ("dns", 53)):
             try:
-                addresses = gateway.addresses(resource_name(other, part))
+                addresses = gateway.state.addresses(resource_name(other, part))
             except NotFound:
                 continue
             targets += [(ip, port) for ip in addresses.values()]
@@ -289,7 +289,7 @@ def _read_sink(gateway: DockerGateway, name: str, sink: str, since: float, facts
 
 def _sink_names(gateway: DockerGateway, container: str) -> list[str]:
     """The names the sink was asked for (its connection records carry a name too, and no "type")."""
-    return [entry["name"] for entry in json_records(gateway.logs(container, tail=5000), "type")]
+    return [entry["name"] for entry in json_records(gateway.containers.logs(container, tail=5000), "type")]
 
 
 def _status_line(host: str, port: int, request_line: str) -> str:

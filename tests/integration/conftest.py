@@ -58,7 +58,7 @@ def docker_client(quickstart_model):
 
 @pytest.fixture(scope="session")
 def gateway(docker_client):
-    from launcher.docker_gateway import DockerGateway
+    from launcher.engine import DockerGateway
     return DockerGateway(docker_client)
 
 
@@ -89,15 +89,21 @@ def held_gateway(client):
     `.release` is set, and then answers "not ready" (the check is in
     launcher/commands/up.py). `.waiting` is set once `up` is there."""
     from launcher.commands.up import KEY_CHECK
-    from launcher.docker_gateway import DockerGateway
+    from launcher.engine import DockerGateway
+    from launcher.engine.containers import Containers
 
     class HeldGateway(DockerGateway):
         waiting, release = threading.Event(), threading.Event()
 
+        def __init__(self, client):
+            super().__init__(client)
+            self.containers = HeldContainers(client.api)
+
+    class HeldContainers(Containers):
         def exec_in(self, container, command, user=""):
             if KEY_CHECK in command:
-                self.waiting.set()
-                self.release.wait()
+                HeldGateway.waiting.set()
+                HeldGateway.release.wait()
                 return 1, "held by the test"
             return super().exec_in(container, command, user)
     return HeldGateway(client)
@@ -108,14 +114,14 @@ def held_gateway(client):
 HELD_UP = """
 import sys, threading
 from launcher.commands.up import KEY_CHECK
-from launcher.docker_gateway import DockerGateway
-exec_in = DockerGateway.exec_in
+from launcher.engine.containers import Containers
+exec_in = Containers.exec_in
 def held(self, container, command, user=""):
     if KEY_CHECK in command:
         print("held by the test", file=sys.stderr, flush=True)
         threading.Event().wait()
     return exec_in(self, container, command, user)
-DockerGateway.exec_in = held
+Containers.exec_in = held
 from launcher.cli import main
 main()
 """

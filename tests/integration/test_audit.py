@@ -74,7 +74,7 @@ def test_attempts_by_address_end_at_the_sink_and_are_recorded(gateway, noisy):
     udp = by_destination[("udp", "203.0.113.7", 9999)]
     assert tcp["parts"] == ["frontend"] and udp["parts"] == ["frontend"] and udp["said"] == ["14 B"]
     # What the UI printed it got: a connection (to the sink), a datagram sent; nothing came back.
-    logs = "\n".join(gateway.logs(f"sandbox-{result.name}-frontend", tail=200))
+    logs = "\n".join(gateway.containers.logs(f"sandbox-{result.name}-frontend", tail=200))
     assert '"attempt": "tcp 203.0.113.7:443", "result": "reached"' in logs
     [state] = status(gateway, result.name)
     assert state["attempts"] >= len(NAMES) + 2
@@ -99,9 +99,10 @@ def test_since_and_follow(gateway, noisy):
     markers = itertools.count()
 
     def follower_saw_a_marker() -> bool:
-        gateway.exec_in(f"sandbox-{result.name}-frontend",
-                        ["python3", "-c", f"import socket\ntry: socket.gethostbyname('marker{next(markers)}.example')\n"
-                                          "except OSError: pass"])
+        gateway.containers.exec_in(
+            f"sandbox-{result.name}-frontend",
+            ["python3", "-c", f"import socket\ntry: socket.gethostbyname('marker{next(markers)}.example')\n"
+                              "except OSError: pass"])
         return any(str(e["name"]).startswith("marker") for e in seen)
     poll(follower_saw_a_marker, what="the follower to see a lookup")
     with ui(result, "phone-home", {}, timeout=60):
@@ -149,7 +150,7 @@ def test_in_connections_mode_each_destination_shows_its_name_port_and_what_was_s
     answered = {n["name"]: n["answer"] for n in report["names"]}
     assert NAMES <= set(answered) and all(answered[n].startswith("198.1") for n in NAMES)
     # What the UI got: an answer, a connection, then nothing (closed): never the outside.
-    logs = "\n".join(gateway.logs(f"sandbox-{result.name}-frontend", tail=200))
+    logs = "\n".join(gateway.containers.logs(f"sandbox-{result.name}-frontend", tail=200))
     assert '"attempt": "lookup telemetry.noisy-ui.example", "result": "reached"' in logs
     for attempt in ("https api.noisy-ui.example", "http post collector.noisy-ui.example"):
         assert f'"attempt": "{attempt}", "result": "' in logs  # it tried, and got no answer
@@ -356,7 +357,7 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
     try:
         frontend = docker_client.containers.get(f"sandbox-{result.name}-frontend")
         sink_container = docker_client.containers.get(f"sandbox-{result.name}-dns")
-        sink_address = gateway.addresses(sink_container.name)[f"sandbox-{result.name}-internal"]
+        sink_address = gateway.state.addresses(sink_container.name)[f"sandbox-{result.name}-internal"]
         run = frontend.exec_run(["python3", "-c", FIRST])
         assert run.exit_code == 0, run.output.decode()[-2000:]
 

@@ -114,12 +114,12 @@ def test_without_the_link_the_page_says_how_to_get_in(sandbox, browser):
 
 def ui_log(gateway, result) -> str:
     """What reached the UI: the chat server logs every request it answers."""
-    return "\n".join(gateway.logs(f"sandbox-{result.name}-frontend", tail="all"))
+    return "\n".join(gateway.containers.logs(f"sandbox-{result.name}-frontend", tail="all"))
 
 
 def ingress_log(gateway, result) -> str:
     """What the ingress did not pass on: it logs only those."""
-    return "\n".join(gateway.logs(f"sandbox-{result.name}-ingress", tail="all"))
+    return "\n".join(gateway.containers.logs(f"sandbox-{result.name}-ingress", tail="all"))
 
 
 def reached_the_ui(gateway, result, target: str) -> bool:

@@ -70,8 +70,8 @@ USER 65534:65534
 @pytest.fixture(scope="module")
 def chat_image(gateway):
     image = recipe_image("chat", ca_bundle=ca_bundle())
-    if not gateway.image_present(image.tag):
-        gateway.build(image)
+    if not gateway.state.image_present(image.tag):
+        gateway.builder.build(image)
     return image.tag
 
 
@@ -130,9 +130,9 @@ def test_a_build_step_that_ignores_the_proxy_fails_saying_so(gateway, docker_cli
     (through / "Dockerfile").write_text(f"FROM debian:bookworm-slim\nRUN {APT_UPDATE}\n")
     image = _hashed(f"sandbox-test-through-proxy-{uuid.uuid4().hex[:8]}", through, "Dockerfile", None)
     try:
-        gateway.build(image, egress=build_egress(ca_bundle()))
+        gateway.builder.build(image, egress=build_egress(ca_bundle()))
     finally:
-        if gateway.image_present(image.tag):
+        if gateway.state.image_present(image.tag):
             docker_client.images.remove(image.tag, force=True)
 
     around = tmp_path / "around-the-proxy"
@@ -142,7 +142,7 @@ def test_a_build_step_that_ignores_the_proxy_fails_saying_so(gateway, docker_cli
         f"RUN env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY {APT_UPDATE}\n")
     image = _hashed("sandbox-test-no-proxy", around, "Dockerfile", None)
     with pytest.raises(BuildFailure) as failed:
-        gateway.build(image, egress=build_egress(ca_bundle()))
+        gateway.builder.build(image, egress=build_egress(ca_bundle()))
     assert "only through the sandbox's build proxy" in str(failed.value)
 
 
@@ -154,7 +154,7 @@ def test_a_killed_builds_proxy_and_network_are_swept(gateway, docker_client):
     import subprocess
     import uuid
 
-    from launcher.docker_gateway import LABEL_BUILD, LABEL_BUILD_OWNER
+    from launcher.engine.build_proxy import LABEL_BUILD, LABEL_BUILD_OWNER
     from launcher.images import BASE_IMAGE
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -170,7 +170,7 @@ def test_a_killed_builds_proxy_and_network_are_swept(gateway, docker_client):
         made.append(docker_client.networks.create(stale_network, internal=True, labels=stale))
         made.append(docker_client.networks.create(live_network, internal=True, labels=live))
         made.append(docker_client.containers.create(BASE_IMAGE, ["true"], name=stale_proxy, labels=stale))
-        removed = gateway.sweep_stale_builds()
+        removed = gateway.build_proxy.sweep_stale_builds()
         assert {stale_proxy, stale_network} <= set(removed)
         assert live_network not in removed
         left = {n.name for n in docker_client.networks.list(filters={"label": LABEL_BUILD})}
@@ -264,7 +264,7 @@ def test_what_the_engine_would_fetch_itself_is_refused_at_its_line_and_nothing_i
         # The build checks on its own too: `lock` and `verify` build without `up`'s reading of the policy.
         image = _hashed(f"sandbox-{name}-frontend", context, "Dockerfile", None)
         with pytest.raises(PolicyError) as refused_by_the_build:
-            gateway.build(image, egress=build_egress(ca_bundle()))
+            gateway.builder.build(image, egress=build_egress(ca_bundle()))
         seen_while_refused = list(canary.hits)
         made = labelled(docker_client, name)
         images = docker_client.images.list(name=f"sandbox-{name}-frontend")
@@ -296,7 +296,7 @@ def test_a_base_images_onbuild_trigger_is_checked_before_it_runs(gateway, docker
         try:
             image = _hashed("sandbox-test-onbuild-child", child, "Dockerfile", None)
             with pytest.raises(PolicyError) as refused:
-                gateway.build(image, egress=build_egress(ca_bundle()))
+                gateway.builder.build(image, egress=build_egress(ca_bundle()))
             seen_while_refused = list(canary.hits)
             unchecked = build_unchecked(docker_client, child)  # the control: the trigger does fetch
         finally:
@@ -387,7 +387,7 @@ def test_a_build_cannot_front_another_host_through_an_allowed_one(gateway, docke
     image = replace(_hashed("sandbox-test-fronting", tmp_path, "Dockerfile", None), allow_hosts=("pypi.org",))
     lines = []
     try:
-        contacts = gateway.build(image, on_line=lines.append, egress=build_egress(ca_bundle()))
+        contacts = gateway.builder.build(image, on_line=lines.append, egress=build_egress(ca_bundle()))
     finally:
         for built in docker_client.images.list(name="sandbox-test-fronting"):
             docker_client.images.remove(built.id, force=True)

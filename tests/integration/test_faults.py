@@ -18,7 +18,7 @@ from launcher.commands.down import down
 from launcher.commands.prepare import prepare
 from launcher.commands.status import status
 from launcher.commands.up import up
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import BuildFailure, DockerUnavailable, NotReady, PolicyError
 from launcher.images import ImageBuild
 from tests.integration.conftest import (ca_bundle, held_gateway, labelled, poll, ui, ui_json,
@@ -246,17 +246,17 @@ def test_the_disk_filling_during_an_image_build(small_engine, tmp_path):
     image = ImageBuild("sandbox-filler:1", context)
     lines: list[str] = []
     with pytest.raises(BuildFailure) as failed:
-        gateway.build(image, on_line=lines.append)
+        gateway.builder.build(image, on_line=lines.append)
     message = str(failed.value)
     # A clear error: which disk, that nothing was tagged, what to do.
     assert "No space left on device" in message or "no space left on device" in message
     assert f"the disk that holds Docker's images ({data_root}" in message
     assert "the image was not tagged" in message and "docker image prune" in message
     # No half-tagged image, no build container left holding the space.
-    assert not gateway.image_present(image.tag)
+    assert not gateway.state.image_present(image.tag)
     assert client.containers.list(all=True) == []
     assert shutil.disk_usage(data_root).free > 100 * 2**20
     # The engine is fine afterwards: a build that fits succeeds and is tagged.
     (context / "Dockerfile").write_text(f"FROM {BASE}\nRUN echo kept > /kept\n")
-    gateway.build(image)
-    assert gateway.image_present(image.tag)
+    gateway.builder.build(image)
+    assert gateway.state.image_present(image.tag)

@@ -23,7 +23,7 @@ def test_cuda_backend_offloads_its_layers(gateway, docker_client, tmp_path):
         for part in ("dns", "frontend", "ingress"):
             other = docker_client.api.inspect_container(f"sandbox-{result.name}-{part}")
             assert not other["HostConfig"]["DeviceRequests"], part
-        log = "\n".join(gateway.logs(f"sandbox-{result.name}-backend", tail="all"))
+        log = "\n".join(gateway.containers.logs(f"sandbox-{result.name}-backend", tail="all"))
         assert "offloaded" in log and "CUDA" in log, log[-3000:]
     finally:
         down(gateway, result.name, volumes=True)

@@ -77,8 +77,8 @@ def door(gateway, docker_client):
     ingress = recipe_image("ingress", ca_bundle=ca_bundle())
     chat = recipe_image("chat", ca_bundle=ca_bundle())
     for image in (ingress, chat):
-        if not gateway.image_present(image.tag):
-            gateway.build(image)
+        if not gateway.state.image_present(image.tag):
+            gateway.builder.build(image)
     run = uuid.uuid4().hex[:8]
     labels = {"io.sandbox.name": f"fuzz-{run}"}
     network = docker_client.networks.create(f"sandbox-fuzz-{run}", labels=labels)

@@ -131,7 +131,7 @@ def unsafe_verdicts(gateway, docker_client, tmp_path_factory):
         unsafe.exec_run(["python3", "-c", ONE_AT_A_TIME], detach=True)
         _answers(ui_port)
         _answers(door_port)
-        neighbour_ip = gateway.addresses(neighbour.name)[network.name]
+        neighbour_ip = gateway.state.addresses(neighbour.name)[network.name]
         target = ContainerSpec(part="frontend", name=unsafe.name, image=chat, user="0:0", networks=(),
                                cap_drop=(), security_opt=())
         facts = Facts(unique_name=unique, host_targets=host_ipv4_addresses(),
@@ -145,21 +145,21 @@ def unsafe_verdicts(gateway, docker_client, tmp_path_factory):
                            + [[r, 53, proto] for r in host_resolvers() for proto in ("udp", "tcp")],
                 "dns": [unique], "ipv6": [list(IPV6_TARGET)],
                 "http": [[neighbour_ip, 8080, line] for line in PROXY_REQUESTS], "self": True}
-            output = gateway.run_probe(name, image.tag, target, json.dumps(request))
+            output = gateway.containers.run_probe(name, image.tag, target, json.dumps(request))
             # The probe's connections to the canary were made before it printed: all are in.
             facts.canary_hits = canary.hits_until_now()
         facts.probe = probe_result(output)
-        facts.frontend_config = gateway.container_config(unsafe.name)
+        facts.frontend_config = gateway.state.container_config(unsafe.name)
         facts.processes = _processes_from_host(gateway, unsafe.name, facts.frontend_config["id"])
         assert facts.processes, "the control container's processes were not read from the host"
         facts.ingress_from_host = {line: _status_line("127.0.0.1", ui_port, line) for line in PROXY_REQUESTS}
         facts.front_door = try_front_door(door_port, name, "x" * 43)
         facts.expected_sha = facts.weights_sha_before = sha256_of(weights)
-        facts.weights_write = gateway.exec_in(unsafe.name, ["python3", "-c", WRITE_WEIGHTS,
-                                                            "/models/control.gguf"])[1].strip()
+        facts.weights_write = gateway.containers.exec_in(unsafe.name, ["python3", "-c", WRITE_WEIGHTS,
+                                                                       "/models/control.gguf"])[1].strip()
         facts.weights_sha_after = sha256_of(weights)
-        facts.limits = {"frontend": gateway.limits(unsafe.name)}
-        facts.ingress_bindings = gateway.container_state(unsafe.name)["ports"]
+        facts.limits = {"frontend": gateway.state.limits(unsafe.name)}
+        facts.ingress_bindings = gateway.state.container_state(unsafe.name)["ports"]
         facts.route_localnet = route_localnet()
         return ({row.attack: row for row in judge(facts)},
                 {row.attack: row for row in judge(_as_if_all_recorded(facts))}, facts)

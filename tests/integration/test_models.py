@@ -30,7 +30,7 @@ def test_the_estimate_matches_the_backends_measured_memory(gateway, sandbox):
     result, _ = sandbox
     ui_json(result, "api/chat", {"messages": [{"role": "user", "content": "Tell me about the sea."}],
                                  "max_tokens": 32})
-    measured = gateway.memory_usage(resource_name(result.name, "backend"))
+    measured = gateway.state.memory_usage(resource_name(result.name, "backend"))
     need = estimate(read_facts(MODEL), 2048)  # the quick-start policy's context_length
     print(f"estimate {gib(need.working)} working set (+{gib(need.weights)} weights), measured {gib(measured)}: "
           f"ratio {need.working / measured:.2f}")

@@ -28,7 +28,7 @@ def test_open_webui_comes_up_offline_and_lists_the_local_model(gateway, tmp_path
         assert forwarded(door["owner"]) and forwarded(door["own_websocket"]), door
         with ui(result, timeout=30) as response:
             assert b"<html" in response.read().lower()
-        backend_log = "\n".join(gateway.logs(f"sandbox-{policy['name']}-backend", tail=200))
+        backend_log = "\n".join(gateway.containers.logs(f"sandbox-{policy['name']}-backend", tail=200))
         assert "GET /v1/models" in backend_log
     finally:
         down(gateway, result.name, volumes=True)

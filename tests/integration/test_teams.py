@@ -224,7 +224,7 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
             # Untagged, not forced: bytes another tag names stay in the engine;
             # the load below still hands the engine every byte of images.tar.
             docker_client.images.remove(tag)
-        assert not any(gateway.image_present(tag) for tag in tags)
+        assert not any(gateway.state.image_present(tag) for tag in tags)
         said: list[str] = []
         try:
             result = up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed, say=said.append,
@@ -233,7 +233,7 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
             assert not any(m.startswith(("building image", "build: ")) for m in said), said
             assert any(m.startswith("loading 4 images") for m in said)
             for part, image in manifest["images"].items():
-                assert gateway.image_id(image["tag"]) == image["id"], part
+                assert gateway.state.image_id(image["tag"]) == image["id"], part
             assert str(tmp_path / "data") in str(result.prepared.policy.file)
             assert "hello" in chat(result, "hello")
             [report] = status(gateway, result.name)
@@ -260,7 +260,7 @@ def test_a_bundle_carries_the_sandbox_to_an_engine_without_its_images(gateway, d
 def crafted_images_tar(gateway, saved_tag: str, as_tag: str) -> bytes:
     """`docker save` of `saved_tag`, rewritten to name it `as_tag`: what an
     attacker puts in a bundle to load a stranger under one of our tags."""
-    source = io.BytesIO(b"".join(gateway.save_images([saved_tag])))
+    source = io.BytesIO(b"".join(gateway.state.save_images([saved_tag])))
     out = io.BytesIO()
     with tarfile.open(fileobj=source, mode="r:") as saved, tarfile.open(fileobj=out, mode="w:") as crafted:
         for member in saved:
@@ -319,7 +319,7 @@ def test_a_refused_bundle_changes_nothing_and_a_retagged_image_never_runs(gatewa
     path = write_policy(tmp_path)
     lock(gateway, path, ca_bundle())  # builds here (and records) what the lock pins
     target = json.loads(lockfile.lock_path(path).read_bytes())["images"]["ingress"]["tag"]
-    original = gateway.image_id(target)
+    original = gateway.state.image_id(target)
     name = f"sandbox-test-trojan:{uuid.uuid4().hex[:8]}"
     trojan_id = trojan(docker_client, name)
     bundle = tmp_path / "trojan.bundle"
@@ -328,20 +328,20 @@ def test_a_refused_bundle_changes_nothing_and_a_retagged_image_never_runs(gatewa
     try:
         with pytest.raises(SignatureError, match="not signed"):
             up(gateway, bundle, ca_bundle=ca_bundle(), allowed_signers=allowed)
-        assert gateway.image_id(target) == original  # the engine is as it was
+        assert gateway.state.image_id(target) == original  # the engine is as it was
 
         # Control: the same bundle, with no signers set, is one the user chose
         # to trust; it loads the trojan under our tag (so the attack above would
         # have worked had the load come first).
         open_bundle(gateway, bundle, None)
-        assert gateway.image_id(target) == trojan_id
+        assert gateway.state.image_id(target) == trojan_id
         # A plain policy then builds its own image again instead of running the bundle's.
         said: list[str] = []
         prepared = prepare(gateway, path, ca_bundle())
         assert ("build", "present, but not built here from its inputs: built again") in {
             (a.verb, a.reason) for a in prepared.plan.actions if a.name == target}
         lock(gateway, path, ca_bundle(), say=said.append)
-        assert f"building image {target}" in said and gateway.image_id(target) not in (trojan_id, None)
+        assert f"building image {target}" in said and gateway.state.image_id(target) not in (trojan_id, None)
 
         # A tag moved by hand (`docker tag`) to an image the launcher never made is refused, named.
         docker_client.images.get(trojan(docker_client, second)).tag(target)

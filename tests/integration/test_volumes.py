@@ -77,8 +77,8 @@ def test_an_accepted_unbounded_volume_starts_and_status_shows_it_grow(sandbox, g
     before = data["used_bytes"]
     assert before is not None
     frontend = result.prepared.spec.container("frontend")
-    code, output = gateway.exec_in(frontend.name, ["sh", "-c", "head -c 5242880 /dev/zero > /data/filler && sync"],
-                                   user=frontend.user)
+    code, output = gateway.containers.exec_in(
+        frontend.name, ["sh", "-c", "head -c 5242880 /dev/zero > /data/filler && sync"], user=frontend.user)
     assert code == 0, output
     deadline = time.monotonic() + 120
     while (used := volume_of(gateway, result.name, "data")["used_bytes"]) < before + 5 * MIB:
@@ -103,8 +103,8 @@ def test_the_front_end_cannot_write_past_its_volumes_size(gateway, docker_client
     result = up(gateway, path, ca_bundle=ca_bundle())
     try:
         frontend = result.prepared.spec.container("frontend")
-        code, output = gateway.exec_in(frontend.name, ["sh", "-c", "head -c 134217728 /dev/zero > /data/filler"],
-                                       user=frontend.user)
+        code, output = gateway.containers.exec_in(
+            frontend.name, ["sh", "-c", "head -c 134217728 /dev/zero > /data/filler"], user=frontend.user)
         assert code != 0 and "space" in output.lower(), output
         data = volume_of(gateway, name, "data")
         assert data["limit_bytes"] == 64 * MIB and data["used_bytes"] <= 64 * MIB
@@ -143,12 +143,12 @@ def test_a_volume_the_front_ends_image_declares_is_bounded_and_never_reaches_the
     try:
         started = up(gateway, path, ca_bundle=ca_bundle())
         frontend = started.prepared.spec.container("frontend")
-        code, output = gateway.exec_in(frontend.name, ["sh", "-c", "head -c 134217728 /dev/zero > /scratch/filler"],
-                                       user=frontend.user)
+        code, output = gateway.containers.exec_in(
+            frontend.name, ["sh", "-c", "head -c 134217728 /dev/zero > /scratch/filler"], user=frontend.user)
         assert code != 0 and "space" in output.lower(), output
-        code, output = gateway.exec_in(frontend.name,
-                                       ["sh", "-c", "rm /scratch/filler && head -c 1048576 /dev/zero > /scratch/small"],
-                                       user=frontend.user)
+        code, output = gateway.containers.exec_in(
+            frontend.name, ["sh", "-c", "rm /scratch/filler && head -c 1048576 /dev/zero > /scratch/small"],
+            user=frontend.user)
         assert code == 0, output  # control: it stays writable, within its bound
         mounts = docker_client.api.inspect_container(frontend.name)["Mounts"]
         assert not [m for m in mounts if m["Type"] == "volume"], mounts

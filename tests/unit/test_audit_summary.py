@@ -22,6 +22,7 @@ class Sink:
     def __init__(self, summary: bytes, lookups: list[dict] = (), connections: list[dict] = ()):
         self.files = {"summary.json": summary, "lookups.jsonl": "".join(json.dumps(e) + "\n" for e in lookups).encode(),
                       "connections.jsonl": "".join(json.dumps(e) + "\n" for e in connections).encode()}
+        self.containers = self  # the one door of the gateway the audit reads through
 
     def read_file(self, container: str, path: str) -> bytes | None:
         return self.files.get(path.rpartition("/")[2])

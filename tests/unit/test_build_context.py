@@ -8,7 +8,7 @@ import os
 import pytest
 
 from launcher.build_context import context_digest, context_files, context_problems
-from launcher.docker_gateway import _write_context
+from launcher.engine.context import write_context
 from launcher.errors import BuildFailure
 from launcher.images import _hashed
 
@@ -85,10 +85,10 @@ def test_the_context_sent_is_the_context_checked(tmp_path):
     (tmp_path / "link").symlink_to("app.py")
     image = _hashed("sandbox-t-frontend", tmp_path, "Dockerfile", None)
     dockerfile = (tmp_path / "Dockerfile").read_bytes()
-    _write_context(image, io.BytesIO(), dockerfile)  # control: unchanged, sent
+    write_context(image, io.BytesIO(), dockerfile)  # control: unchanged, sent
     (tmp_path / "app.py").write_text("print('swapped')\n")
     with pytest.raises(BuildFailure, match="a file of its build context changed after it was checked"):
-        _write_context(image, io.BytesIO(), dockerfile)
+        write_context(image, io.BytesIO(), dockerfile)
 
 
 def test_a_dockerfile_that_is_a_link_is_refused(tmp_path):
@@ -101,12 +101,12 @@ def test_a_dockerfile_that_is_a_link_is_refused(tmp_path):
     assert any("Dockerfile is not a plain file" in p for p in context_problems(tmp_path))
     image = _hashed("sandbox-t-frontend", tmp_path, "Dockerfile", None)
     with pytest.raises(BuildFailure, match="is not a plain file"):
-        _write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\nRUN echo unlocked\n")
+        write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\nRUN echo unlocked\n")
     # Control: the same Dockerfile as a plain file is sent, and only the checked bytes are.
     (tmp_path / "Dockerfile").unlink()
     (tmp_path / "Dockerfile").write_text("FROM debian:bookworm-slim\n")
     assert context_problems(tmp_path) == []
     image = _hashed("sandbox-t-frontend", tmp_path, "Dockerfile", None)
-    _write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\n")
+    write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\n")
     with pytest.raises(BuildFailure, match="changed after it was checked"):
-        _write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\nRUN echo unlocked\n")
+        write_context(image, io.BytesIO(), b"FROM debian:bookworm-slim\nRUN echo unlocked\n")

@@ -219,6 +219,7 @@ class StandInEngine:
         self.names = names
         self.ports = ports or {}  # the host port each sandbox's ingress publishes
         self.logs_asked: list[str] = []
+        self.state = self.containers = self  # the gateway's doors the commands use, in one stand-in
 
     def sandboxes(self) -> dict:
         return {name: {"policy": f"{name}.yaml", "containers": {}} for name in self.names}
@@ -295,7 +296,7 @@ def test_several_sandboxes_and_none_named_shows_the_command_that_names_one(monke
 
 
 def test_a_build_refused_its_mirror_prints_the_setting_with_the_mirrors_real_address():
-    from launcher.docker_gateway import _egress_hint
+    from launcher.engine.builder import _egress_hint
     from launcher.errors import BuildFailure
     failure = BuildFailure("sandbox-ui:1", "apt-get update failed", ["E: 403 Forbidden"])
     contacts = [{"verdict": "refused", "host": "mirror.lan", "port": 80, "addresses": ["10.1.2.3"],

@@ -3,6 +3,7 @@ exhaust Python's stack (json.loads and YAML's composer recurse once per
 level): each gives a clean error, or is passed over as unreadable, never a
 RecursionError traceback."""
 import hashlib
+from types import SimpleNamespace
 
 from typer.testing import CliRunner
 
@@ -62,7 +63,7 @@ def test_records_of_parts_nested_too_deep_are_passed_over():
         def read_file(self, container: str, path: str) -> bytes:
             return DEEP_JSON.encode()
 
-    assert attempts(Sink(), "demo") == 0
+    assert attempts(SimpleNamespace(containers=Sink()), "demo") == 0
 
 
 def test_a_front_end_whose_python_prints_nesting_too_deep_is_read_as_having_none(monkeypatch):
@@ -75,5 +76,5 @@ def test_a_front_end_whose_python_prints_nesting_too_deep_is_read_as_having_none
             return 0, DEEP_JSON + "\n"
 
     facts = Facts()
-    _read_processes_inside(FrontEnd(), "sandbox-demo-frontend", facts)
+    _read_processes_inside(SimpleNamespace(containers=FrontEnd()), "sandbox-demo-frontend", facts)
     assert "no python3" in facts.processes_note

@@ -10,6 +10,7 @@ class Engine:
     def __init__(self, version="20.10.24", runtimes=("runc",), cdi=(), base_image=True, volume_sizes=True):
         self.info = {"version": version, "api_version": "1.41", "runtimes": list(runtimes), "cdi_spec_dirs": list(cdi)}
         self.base_image = base_image
+        self.state = self  # the one door of the gateway doctor uses
         self.sizes = (True, "") if volume_sizes else (False, "create a test volume: quota size requested but no "
                                                              "quota support")
 

@@ -11,9 +11,9 @@ import requests.exceptions
 import urllib3.exceptions
 from typer.testing import CliRunner
 
-import launcher.docker_gateway
+import launcher.engine
 from launcher.cli import app
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.errors import DockerUnavailable
 from launcher.images import ImageBuild
 from launcher.plan import CREATE, Action, Plan
@@ -47,34 +47,34 @@ class DeadApi:
 
 SPEC = make_spec()
 CALLS = {
-    "engine": lambda g: g.engine(),
-    "volume_sizes": lambda g: g.volume_sizes(),
-    "volume_usage": lambda g: g.volume_usage("demo"),
-    "image_present": lambda g: g.image_present("sandbox-x:1"),
-    "image_id": lambda g: g.image_id("sandbox-x:1"),
-    "put_tag": lambda g: g.put_tag("sandbox-x:1", "sha256:1"),
-    "save_images": lambda g: list(g.save_images(["sandbox-x:1"])),
-    "load_images": lambda g: g.load_images(io.BytesIO(b"images")),
-    "observe": lambda g: g.observe("demo", ("sandbox-x:1",)),
-    "subnets": lambda g: g.subnets(),
-    "running_env": lambda g: g.running_env("demo", "backend", "KEY"),
-    "sandboxes": lambda g: g.sandboxes(),
-    "container_state": lambda g: g.container_state("sandbox-demo-backend"),
-    "bind_sources": lambda g: g.bind_sources("sandbox-demo-backend"),
-    "read_file": lambda g: g.read_file("sandbox-demo-dns", "/audit/summary.json"),
-    "write_file": lambda g: g.write_file("sandbox-demo-dns", "/audit/x", b"x"),
-    "memory_usage": lambda g: g.memory_usage("sandbox-demo-backend"),
-    "logs": lambda g: list(g.logs("sandbox-demo-backend")),
-    "log_tail": lambda g: g.log_tail("sandbox-demo-backend"),
-    "addresses": lambda g: g.addresses("sandbox-demo-ingress"),
-    "limits": lambda g: g.limits("sandbox-demo-backend"),
-    "exec_in": lambda g: g.exec_in("sandbox-demo-dns", ["true"]),
-    "container_config": lambda g: g.container_config("sandbox-demo-frontend"),
-    "container_pids": lambda g: g.container_pids("sandbox-demo-frontend"),
-    "run_probe": lambda g: g.run_probe("demo", "sandbox-probe:1", SPEC.container("frontend"), "{}"),
-    "sweep_stale_builds": lambda g: g.sweep_stale_builds(),
-    "remove_sandbox": lambda g: g.remove_sandbox("demo", volumes=True),
-    "apply": lambda g: g.apply(SPEC, Plan(tuple(Action(CREATE, "container", c.name, "missing")
+    "engine": lambda g: g.state.engine(),
+    "volume_sizes": lambda g: g.state.volume_sizes(),
+    "volume_usage": lambda g: g.state.volume_usage("demo"),
+    "image_present": lambda g: g.state.image_present("sandbox-x:1"),
+    "image_id": lambda g: g.state.image_id("sandbox-x:1"),
+    "put_tag": lambda g: g.state.put_tag("sandbox-x:1", "sha256:1"),
+    "save_images": lambda g: list(g.state.save_images(["sandbox-x:1"])),
+    "load_images": lambda g: g.state.load_images(io.BytesIO(b"images")),
+    "observe": lambda g: g.state.observe("demo", ("sandbox-x:1",)),
+    "subnets": lambda g: g.state.subnets(),
+    "running_env": lambda g: g.state.running_env("demo", "backend", "KEY"),
+    "sandboxes": lambda g: g.state.sandboxes(),
+    "container_state": lambda g: g.state.container_state("sandbox-demo-backend"),
+    "bind_sources": lambda g: g.state.bind_sources("sandbox-demo-backend"),
+    "read_file": lambda g: g.containers.read_file("sandbox-demo-dns", "/audit/summary.json"),
+    "write_file": lambda g: g.containers.write_file("sandbox-demo-dns", "/audit/x", b"x"),
+    "memory_usage": lambda g: g.state.memory_usage("sandbox-demo-backend"),
+    "logs": lambda g: list(g.containers.logs("sandbox-demo-backend")),
+    "log_tail": lambda g: g.containers.log_tail("sandbox-demo-backend"),
+    "addresses": lambda g: g.state.addresses("sandbox-demo-ingress"),
+    "limits": lambda g: g.state.limits("sandbox-demo-backend"),
+    "exec_in": lambda g: g.containers.exec_in("sandbox-demo-dns", ["true"]),
+    "container_config": lambda g: g.state.container_config("sandbox-demo-frontend"),
+    "container_pids": lambda g: g.state.container_pids("sandbox-demo-frontend"),
+    "run_probe": lambda g: g.containers.run_probe("demo", "sandbox-probe:1", SPEC.container("frontend"), "{}"),
+    "sweep_stale_builds": lambda g: g.build_proxy.sweep_stale_builds(),
+    "remove_sandbox": lambda g: g.applier.remove_sandbox("demo", volumes=True),
+    "apply": lambda g: g.applier.apply(SPEC, Plan(tuple(Action(CREATE, "container", c.name, "missing")
                                                for c in SPEC.containers))),
 }
 
@@ -97,7 +97,7 @@ def test_a_build_whose_engine_dies_mid_stream_says_so(tmp_path):
 
     api = DeadApi(DEAD[0], {"build": build})
     with pytest.raises(DockerUnavailable, match="does not answer"):
-        DockerGateway(Client(api)).build(ImageBuild("sandbox-x:1", context=tmp_path))
+        DockerGateway(Client(api)).builder.build(ImageBuild("sandbox-x:1", context=tmp_path))
 
 
 def test_the_cli_prints_one_line_and_no_traceback_when_the_engine_dies_mid_command(monkeypatch):
@@ -114,8 +114,8 @@ def test_the_cli_prints_one_line_and_no_traceback_when_the_engine_dies_mid_comma
 
 
 def engine_calls_outside_the_translation(source: str) -> list[int]:
-    """Lines that call the engine (self.api..., self.client..., docker....)
-    outside a `with _engine(...)` block."""
+    """Lines that call the engine (self.api..., api..., self.client...,
+    docker....) outside a `with engine_call(...)` block."""
     tree = ast.parse(source)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
 
@@ -129,13 +129,13 @@ def engine_calls_outside_the_translation(source: str) -> list[int]:
         if not isinstance(target, ast.Attribute):
             return False
         chain = ast.unparse(target)
-        return chain.startswith(("self.api.", "self.client.", "client.", "docker.from_env"))
+        return chain.startswith(("self.api.", "api.", "self.client.", "client.", "docker.from_env"))
 
     def translated(node) -> bool:
         while node in parents:
             node = parents[node]
             if isinstance(node, ast.With) and any(
-                    isinstance(item.context_expr, ast.Call) and ast.unparse(item.context_expr.func) == "_engine"
+                    isinstance(item.context_expr, ast.Call) and ast.unparse(item.context_expr.func) == "engine_call"
                     for item in node.items):
                 return True
         return False
@@ -145,7 +145,11 @@ def engine_calls_outside_the_translation(source: str) -> list[int]:
 
 
 def test_every_call_to_the_engine_is_inside_the_one_translation():
-    source = Path(launcher.docker_gateway.__file__).read_text()
-    assert engine_calls_outside_the_translation(source) == []
+    modules = sorted(Path(launcher.engine.__file__).parent.glob("*.py"))
+    assert len(modules) > 1
+    outside = {path.name: lines for path in modules
+               if (lines := engine_calls_outside_the_translation(path.read_text()))}
+    assert outside == {}
     # Control: the walk sees a call that is not.
     assert engine_calls_outside_the_translation("def f(self):\n    self.api.ping()\n") == [2]
+    assert engine_calls_outside_the_translation("def f(api):\n    api.remove_network('n')\n") == [2]

@@ -1,6 +1,6 @@
 """Image tags name build inputs: a CA bundle is not one."""
 from launcher import images
-from launcher.docker_gateway import _tls_hint
+from launcher.engine.builder import _tls_hint
 
 
 def test_the_ca_bundle_is_not_part_of_an_images_identity(tmp_path, monkeypatch):

@@ -308,7 +308,7 @@ def test_the_probes_one_json_result_is_taken():
 
 @pytest.mark.parametrize("frontend_user", ["65534:65534", "65533:65533", "65532:65532", "1000:1000"])
 def test_the_probe_runs_as_neither_the_front_ends_user_nor_root(frontend_user):
-    from launcher.docker_gateway import probe_user
+    from launcher.engine.containers import probe_user
     uid = probe_user(frontend_user).split(":")[0]
     assert uid not in ("0", frontend_user.split(":")[0])
 

@@ -19,7 +19,7 @@ from launcher.commands.up import part_of_address_seen, up, wait_until_ready
 from launcher.commands.validate import validate
 from launcher.commands.verify import verify
 from launcher.errors import NotFound
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.images import images_for
 from launcher.cli import app
 from launcher.plan import KEEP

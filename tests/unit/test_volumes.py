@@ -6,7 +6,7 @@ from dataclasses import replace
 import docker.errors
 import pytest
 
-from launcher.docker_gateway import DockerGateway
+from launcher.engine import DockerGateway
 from launcher.plan import CREATE, Action, Plan
 from launcher.policy import check_policy_file
 from launcher.spec import AUDIT_VOLUME_SIZE, memory_bytes
@@ -71,11 +71,11 @@ class Client:
 def test_volumes_are_created_with_the_size_option_where_the_engine_can_enforce_it():
     api = VolumeApi(quota=True)
     gateway = DockerGateway(Client(api))
-    assert gateway.volume_sizes() == (True, "")
+    assert gateway.state.volume_sizes() == (True, "")
     assert api.removed and set(api.removed) == {n for n in api.created if n.startswith("sandbox-size-probe-")}
     spec = make_spec(volume_sizes_enforced=True)
     plan = Plan(tuple(Action(CREATE, "volume", v.name, "missing") for v in spec.volumes))
-    gateway.apply(spec, plan)
+    gateway.applier.apply(spec, plan)
     assert api.created["sandbox-demo-data"]["driver_opts"] == {"size": "4g"}
     assert api.created["sandbox-demo-audit"]["driver_opts"] == {"size": AUDIT_VOLUME_SIZE}
     assert api.created["sandbox-demo-data"]["driver"] == "local"
@@ -83,11 +83,11 @@ def test_volumes_are_created_with_the_size_option_where_the_engine_can_enforce_i
 
 def test_an_engine_without_quota_support_is_found_out_and_gets_no_size():
     api = VolumeApi(quota=False)
-    enforced, why = DockerGateway(Client(api)).volume_sizes()
+    enforced, why = DockerGateway(Client(api)).state.volume_sizes()
     assert not enforced and "no quota support" in why and "sandbox-size-probe" not in why
     spec = make_spec(volume_sizes_enforced=False)
     plan = Plan(tuple(Action(CREATE, "volume", v.name, "missing") for v in spec.volumes))
-    DockerGateway(Client(api)).apply(spec, plan)
+    DockerGateway(Client(api)).applier.apply(spec, plan)
     assert api.created["sandbox-demo-data"]["driver_opts"] is None
 
 
@@ -144,16 +144,18 @@ def test_each_volume_an_image_declares_is_covered_by_a_bounded_tmpfs_of_the_part
     spec = make_spec()
     frontend = spec.container("frontend")  # mounts /data, has /tmp
     gateway = DockerGateway(Client(ImageApi({"/scratch": {}, "/data": {}, "/tmp/": {}})))
-    tmpfs = gateway._tmpfs_with_image_volumes_covered(frontend)
+    tmpfs = gateway.applier._tmpfs_with_image_volumes_covered(frontend)
     assert set(tmpfs) == {"/tmp", "/scratch"}  # the data volume and /tmp were mounted already
     options = tmpfs["/scratch"].split(",")
     assert "size=64m" in options and "uid=65534" in options and "gid=65534" in options and "noexec" in options
-    assert DockerGateway(Client(ImageApi(None)))._tmpfs_with_image_volumes_covered(frontend) == dict(frontend.tmpfs)
+    applier = DockerGateway(Client(ImageApi(None))).applier
+    assert applier._tmpfs_with_image_volumes_covered(frontend) == dict(frontend.tmpfs)
 
 
 class KeptVolumes:
     def __init__(self, limits):
         self.limits = limits
+        self.state = self  # the one door of the gateway kept_volume_sizes uses
 
     def volume_usage(self, name, count_bytes=True):
         assert not count_bytes  # `up` does not wait for the engine to count every volume's bytes

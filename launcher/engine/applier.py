@@ -1,0 +1,160 @@
+"""A Plan carried out on the engine: its networks, volumes and containers
+removed and created in an order that is always safe, and a whole sandbox
+removed."""
+from __future__ import annotations
+
+from typing import Callable
+
+import docker.errors
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool, Mount as DockerMount, Ulimit
+
+from launcher.engine.calls import Say, bounded_log, engine_call, quiet, remove_container, remove_network
+from launcher.errors import SubnetTaken
+from launcher.plan import CREATE, RECREATE, REMOVE, Plan
+from launcher.spec import (LABEL_PART, LABEL_SANDBOX, PARTS, ContainerSpec, NetworkSpec, SandboxSpec, VolumeSpec,
+                           image_volume_tmpfs, labels_for)
+
+NANO = 1_000_000_000
+
+
+class Applier:
+    def __init__(self, api):
+        self.api = api
+
+    def apply(self, spec: SandboxSpec, plan: Plan, say: Say | None = None,
+              before_create: Callable[[ContainerSpec], None] | None = None) -> None:
+        """Carry out a plan's removals and creations (its images are built
+        before: launcher/builds.py) in an order that is always safe: removals,
+        then creations in dependency order. `before_create` is called right
+        before each container is created, and may refuse it by raising."""
+        say = quiet(say)
+
+        for action in plan.actions:
+            if action.kind == "container" and action.verb in (RECREATE, REMOVE):
+                say(f"removing container {action.name} ({action.reason})")
+                remove_container(self.api, action.name)
+        for action in plan.actions:
+            if action.kind == "network" and action.verb in (RECREATE, REMOVE):
+                say(f"removing network {action.name} ({action.reason})")
+                remove_network(self.api, action.name)
+        for net in spec.networks:
+            if plan.verb_of("network", net.name) in (CREATE, RECREATE):
+                say(f"creating network {net.name}")
+                self._create_network(spec, net)
+        for volume in spec.volumes:
+            if plan.verb_of("volume", volume.name) == CREATE:
+                say(f"creating volume {volume.name}")
+                self._create_volume(spec, volume)
+        for container in sorted(spec.containers, key=lambda c: PARTS.index(c.part)):
+            if plan.verb_of("container", container.name) in (CREATE, RECREATE):
+                say(f"starting {container.part} ({container.name})")
+                if before_create:
+                    before_create(container)
+                self._create_and_start(spec, container)
+
+    def remove_sandbox(self, name: str, volumes: bool = False, say: Say | None = None) -> list[str]:
+        """Remove everything labelled with the sandbox's name; the data volume
+        only when asked. Returns what was removed."""
+        say = quiet(say)
+        label = f"{LABEL_SANDBOX}={name}"
+        removed = []
+        with engine_call(f"removing sandbox {name}"):
+            containers = self.api.containers(all=True, filters={"label": label})
+            # The ingress first, so the UI stops being reachable before it stops.
+            order = {"ingress": 0, "frontend": 1, "backend": 2, "dns": 3}
+            for c in sorted(containers, key=lambda c: order.get(c["Labels"].get(LABEL_PART), 3)):
+                cname = c["Names"][0].lstrip("/")
+                say(f"removing container {cname}")
+                remove_container(self.api, cname)
+                removed.append(f"container {cname}")
+            for n in self.api.networks(filters={"label": label}):
+                say(f"removing network {n['Name']}")
+                remove_network(self.api, n["Name"])
+                removed.append(f"network {n['Name']}")
+            if volumes:
+                for v in self.api.volumes(filters={"label": label})["Volumes"] or []:
+                    say(f"removing volume {v['Name']}")
+                    self.api.remove_volume(v["Name"], force=True)
+                    removed.append(f"volume {v['Name']}")
+        return removed
+
+    def _create_network(self, spec: SandboxSpec, net: NetworkSpec) -> None:
+        with engine_call(f"creating network {net.name}"):
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=net.subnet, gateway=net.gateway)]) if net.subnet else None
+            try:
+                self.api.create_network(net.name, driver="bridge", internal=net.internal,
+                                        options=dict(net.options), labels=labels_for(spec, net), ipam=ipam,
+                                        enable_ipv6=False, check_duplicate=True)
+            except docker.errors.APIError as e:
+                if net.subnet and "overlaps" in str(e.explanation or e).lower():
+                    raise SubnetTaken(f"creating network {net.name}: its subnet {net.subnet} was taken "
+                                      f"meanwhile by another network") from None
+                raise
+
+    def _create_volume(self, spec: SandboxSpec, volume: VolumeSpec) -> None:
+        with engine_call(f"creating volume {volume.name}"):
+            self.api.create_volume(volume.name, driver="local", labels=labels_for(spec, volume),
+                                   driver_opts={"size": volume.size} if volume.size else None)
+
+    def _create_and_start(self, spec: SandboxSpec, c: ContainerSpec) -> None:
+        device_requests = None
+        if c.gpus:
+            device_requests = [DeviceRequest(
+                driver="nvidia", count=-1 if c.gpus == "all" else None,
+                device_ids=None if c.gpus == "all" else list(c.gpus),
+                capabilities=[["gpu", *c.gpu_capabilities]])]
+        healthcheck = None
+        if c.healthcheck:
+            healthcheck = {"test": list(c.healthcheck), "interval": 2 * NANO, "timeout": 5 * NANO,
+                           "retries": 3, "start_period": 600 * NANO}
+        with engine_call(f"creating container {c.name}"):
+            host_config = self.api.create_host_config(
+                mounts=[DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
+                        for m in c.mounts],
+                tmpfs=self._tmpfs_with_image_volumes_covered(c),
+                port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
+                read_only=c.read_only,
+                cap_drop=list(c.cap_drop),
+                cap_add=list(c.cap_add) or None,
+                security_opt=list(c.security_opt),
+                privileged=c.privileged,
+                pids_limit=c.pids_limit,
+                mem_limit=c.memory,
+                memswap_limit=c.memory,  # no swap beyond the limit
+                nano_cpus=int(c.cpus * NANO),
+                restart_policy={"Name": c.restart[0], "MaximumRetryCount": c.restart[1]},
+                device_requests=device_requests,
+                dns=list(c.dns) or None,
+                sysctls=dict(c.sysctls) or None,
+                runtime=c.runtime,
+                init=c.init,
+                log_config=bounded_log(c.log_max_size, c.log_max_files),
+                shm_size=c.shm_size,
+                ulimits=[Ulimit(name=name, soft=soft, hard=hard) for name, soft, hard in c.ulimits] or None,
+            )
+            first, *rest = c.networks
+            networking = self.api.create_networking_config({first.network: self.api.create_endpoint_config(
+                aliases=list(first.aliases) or None, ipv4_address=first.ipv4_address)})
+            created = self.api.create_container(
+                image=c.image, command=list(c.command) if c.command else None, name=c.name, user=c.user,
+                environment=[f"{k}={v}" for k, v in c.env], labels=labels_for(spec, c),
+                ports=[p.container_port for p in c.ports] or None,
+                host_config=host_config, networking_config=networking, healthcheck=healthcheck,
+            )
+            for attachment in rest:
+                self.api.connect_container_to_network(created["Id"], attachment.network,
+                                                      aliases=list(attachment.aliases) or None,
+                                                      ipv4_address=attachment.ipv4_address)
+            self.api.start(created["Id"])
+
+    def _tmpfs_with_image_volumes_covered(self, c: ContainerSpec) -> dict[str, str]:
+        """The spec's tmpfs mounts, and a bounded one over each VOLUME the
+        image declares where the spec mounts nothing (image_volume_tmpfs)."""
+        with engine_call(f"inspecting image {c.image}"):
+            declared = (self.api.inspect_image(c.image).get("Config") or {}).get("Volumes") or {}
+        tmpfs = dict(c.tmpfs)
+        mounted = {m.target.rstrip("/") for m in c.mounts} | {t.rstrip("/") for t in tmpfs}
+        for path in sorted(declared):
+            if path.rstrip("/") not in mounted:
+                tmpfs[path] = image_volume_tmpfs(c.user)
+        return tmpfs
