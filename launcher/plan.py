@@ -30,6 +30,8 @@ class Action:
 class ObservedContainer:
     spec_hash: str
     state: str  # Docker's State.Status: running, exited, restarting, created...
+    env: dict = field(default_factory=dict, compare=False)  # the environment it was made with
+    ports: tuple = ()  # the host ports it publishes, "IP:PORT"
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ class Observed:
     # here (a bundle loaded it, or it predates the launcher's records): built
     # again from their inputs rather than run.
     build_again: frozenset = frozenset()
+
+    def env(self, container: str, variable: str) -> str | None:
+        """A variable a container of the sandbox was made with, if it is there."""
+        found = self.containers.get(container)
+        return found.env.get(variable) if found else None
 
 
 @dataclass(frozen=True)

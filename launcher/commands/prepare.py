@@ -10,13 +10,13 @@ from launcher import access
 from launcher.builds import image_ids_of, images_not_ours
 from launcher.commands.bundle import Bundle
 from launcher.commands.lock import check_lock, check_signature
-from launcher.commands.target import holds_port, sandbox_holding
+from launcher.commands.target import holds_port, name_of, sandbox_holding
 from launcher.engine import DockerGateway
 from launcher.errors import NotFound
 from launcher.images import PartImages, images_for
 from launcher.lockfile import LockError
 from launcher.policy.source import PolicySource, read_source
-from launcher.plan import Plan, make_plan
+from launcher.plan import Observed, Plan, make_plan
 from launcher.policy import Policy, load_policy
 from launcher.policy.files import HashProgress
 from launcher.signing import Signer, allowed_signers_setting
@@ -44,12 +44,17 @@ class SpecInputs:
     volume_sizes_enforced: bool
 
 
-def port_holder(gateway: DockerGateway):
+def port_holder(gateway: DockerGateway, seen: Observed | None = None):
     """Which sandbox's ingress holds a busy host port: the named sandbox's
-    own (then `up` may run again without complaint) is asked first, each
-    other one only when it is not."""
+    own (then `up` may run again without complaint) is asked first, from
+    what was `seen` of it when it was observed, each other one only when
+    it is not."""
     def holder(name: str, port: int) -> str | None:
-        if name and holds_port(gateway, name, port):
+        if seen is not None:
+            ingress = seen.containers.get(resource_name(name, "ingress"))
+            if ingress and f"127.0.0.1:{port}" in ingress.ports:
+                return name
+        elif name and holds_port(gateway, name, port):
             return name
         return sandbox_holding(gateway, port)
     return holder
@@ -70,11 +75,15 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
         raise LockError("--relock writes a new lock, which no allowed signer has signed: relock with "
                         "`sandbox lock`, have it signed, and run `up` again")
     signer = check_signature(source, trusted)
+    # The sandbox as the engine has it, looked at once: the port check, the
+    # keys its parts share and the plan all read this one observation.
+    name = name_of(source.document[0])
+    seen = gateway.state.observe(name) if name else Observed()
     sizes_enforced, _ = gateway.state.volume_sizes()
     # Where the engine cannot bound a volume, a policy that does not accept an
     # unbounded one is refused here, before anything is made or started.
     policy = load_policy(source.file, display=source.display, raw=source.policy, document=source.document,
-                         port_holder=port_holder(gateway),
+                         port_holder=port_holder(gateway, seen),
                          hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None,
                          volume_sizes_enforced=sizes_enforced)
     gpus = resolve_gpus(policy, gateway.state.engine_has_gpu() if policy.backend.gpu == "auto" else False)
@@ -90,18 +99,19 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
     if not relock:
         check_lock(gateway, policy, source, images, required=trusted is not None or bundle is not None,
                    same_image_ids=bundle is not None, image_ids=image_ids)
+    def running(part: str, variable: str) -> str | None:
+        return seen.env(resource_name(policy.name, part), variable)
     keys = Secrets(
         # The key the parts already share; if one part is gone, the other's.
-        api_key=gateway.state.running_env(policy.name, "backend", BACKEND_API_KEY_ENV)
-        or gateway.state.running_env(policy.name, "frontend", policy.frontend.backend_key_env)
+        api_key=running("backend", BACKEND_API_KEY_ENV) or running("frontend", policy.frontend.backend_key_env)
         or secrets.token_urlsafe(32),
-        session_key=gateway.state.running_env(policy.name, "frontend", FRONTEND_SESSION_KEY_ENV)
-        or secrets.token_urlsafe(32),
-        access_token=(None if new_token else current_token(gateway, policy.name)) or access.new_token())
+        session_key=running("frontend", FRONTEND_SESSION_KEY_ENV) or secrets.token_urlsafe(32),
+        access_token=(None if new_token else running("ingress", access.TOKEN_ENV) or access.saved_token(policy.name))
+        or access.new_token())
     made_with = SpecInputs(images, keys, gpus, sizes_enforced)
     spec = _spec(gateway, policy, made_with)
     locked = None if relock else source.locked()
-    return Prepared(policy, spec, _plan(gateway, spec, locked, image_ids), signer, locked, made_with)
+    return Prepared(policy, spec, _plan(gateway, spec, locked, image_ids, seen), signer, locked, made_with)
 
 
 def on_another_subnet(gateway: DockerGateway, prepared: Prepared) -> Prepared:
@@ -126,10 +136,13 @@ def replan(gateway: DockerGateway, prepared: Prepared) -> Prepared:
                                         image_ids_of(gateway, prepared.spec.images)))
 
 
-def _plan(gateway: DockerGateway, spec: SandboxSpec, locked: dict | None, image_ids: dict[str, str | None]) -> Plan:
+def _plan(gateway: DockerGateway, spec: SandboxSpec, locked: dict | None, image_ids: dict[str, str | None],
+          seen: Observed | None = None) -> Plan:
+    """The plan against what was `seen` of the sandbox (else the engine is looked at now)."""
     again = images_not_ours(gateway, spec.images, locked, image_ids)
     present = frozenset(tag for tag, image_id in image_ids.items() if image_id is not None)
-    return make_plan(spec, replace(gateway.state.observe(spec.name), images=present, build_again=again))
+    seen = seen if seen is not None else gateway.state.observe(spec.name)
+    return make_plan(spec, replace(seen, images=present, build_again=again))
 
 
 def current_token(gateway: DockerGateway, name: str) -> str | None:

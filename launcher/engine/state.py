@@ -116,18 +116,28 @@ class EngineState:
                     raise DockerFailure(f"loading images: the Docker engine said: {item['error']}")
 
     # ---- sandboxes and their containers -----------------------------------
-    def observe(self, name: str, images: tuple[str, ...] = ()) -> Observed:
+    def observe(self, name: str) -> Observed:
+        """What the engine has for sandbox `name`, in one look: its networks,
+        volumes and containers, each container with its environment (where
+        the parts' shared keys are kept) and the host ports it publishes."""
         label = f"{LABEL_SANDBOX}={name}"
         with engine_call(f"reading the state of sandbox {name}"):
             networks = {n["Name"]: n["Labels"].get(LABEL_HASH, "")
                         for n in self.api.networks(filters={"label": label})}
             volumes = frozenset(v["Name"] for v in (self.api.volumes(filters={"label": label})["Volumes"] or []))
-            containers = {}
-            for c in self.api.containers(all=True, filters={"label": label}):
-                containers[c["Names"][0].lstrip("/")] = ObservedContainer(
-                    spec_hash=c["Labels"].get(LABEL_HASH, ""), state=c["State"])
-        present = frozenset(tag for tag in images if self.image_present(tag))
-        return Observed(networks=networks, volumes=volumes, containers=containers, images=present)
+            listed = self.api.containers(all=True, filters={"label": label})
+        containers = {}
+        for c in listed:
+            container, attrs = c["Names"][0].lstrip("/"), None
+            with engine_call(f"inspecting {container}", missing_ok=True):
+                attrs = self.api.inspect_container(container)
+            if attrs is None:  # removed since it was listed
+                continue
+            containers[container] = ObservedContainer(
+                spec_hash=c["Labels"].get(LABEL_HASH, ""), state=attrs["State"]["Status"],
+                env=dict(item.partition("=")[::2] for item in attrs["Config"]["Env"] or []),
+                ports=tuple(_published(attrs)))
+        return Observed(networks=networks, volumes=volumes, containers=containers)
 
     def subnets(self) -> dict[str, list[str]]:
         """The IPv4 subnets of every network on the engine, by network name."""
@@ -172,9 +182,6 @@ class EngineState:
         if attrs is None:
             return None
         state = attrs["State"]
-        ports = []
-        for bindings in (attrs["HostConfig"].get("PortBindings") or {}).values():
-            ports += [f"{b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}" for b in bindings or []]
         return {
             "name": name,
             "state": state["Status"],
@@ -183,7 +190,7 @@ class EngineState:
             "restarts": attrs.get("RestartCount", 0),
             "started_at": state.get("StartedAt"),
             "image": attrs["Config"]["Image"],
-            "ports": ports,
+            "ports": _published(attrs),
             "pid": state.get("Pid"),
             "addresses": _addresses(attrs),
         }
@@ -260,3 +267,9 @@ def _addresses(attrs: dict) -> dict[str, str]:
 def _chunks(source, size: int = 4 * 2**20) -> Iterator[bytes]:
     while chunk := source.read(size):
         yield chunk
+
+
+def _published(attrs: dict) -> list[str]:
+    """The host ports a container publishes, as "IP:PORT"."""
+    return [f"{b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}"
+            for bindings in (attrs["HostConfig"].get("PortBindings") or {}).values() for b in bindings or []]

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from launcher.cli import app
+from launcher.plan import Observed, ObservedContainer
 from tests.conftest import FIXTURES
 
 runner = CliRunner()
@@ -230,6 +231,11 @@ class StandInEngine:
             return None
         ports = [f"127.0.0.1:{self.ports[name]}"] if name in self.ports else []
         return {"name": container, "state": "running", "ports": ports, "image": "sandbox-ingress:1"}
+
+    def observe(self, name: str) -> Observed:
+        ingress = self.container_state(f"sandbox-{name}-ingress")
+        return Observed(containers={ingress["name"]: ObservedContainer("", "running", ports=tuple(ingress["ports"]))}
+                        if ingress else {})
 
     def engine(self) -> dict:
         return {"version": "27.1.0", "api_version": "1.46", "runtimes": ["runc"], "cdi_spec_dirs": []}

@@ -55,7 +55,7 @@ CALLS = {
     "put_tag": lambda g: g.state.put_tag("sandbox-x:1", "sha256:1"),
     "save_images": lambda g: list(g.state.save_images(["sandbox-x:1"])),
     "load_images": lambda g: g.state.load_images(io.BytesIO(b"images")),
-    "observe": lambda g: g.state.observe("demo", ("sandbox-x:1",)),
+    "observe": lambda g: g.state.observe("demo"),
     "subnets": lambda g: g.state.subnets(),
     "running_env": lambda g: g.state.running_env("demo", "backend", "KEY"),
     "sandboxes": lambda g: g.state.sandboxes(),

@@ -13,7 +13,7 @@ import launcher.commands.prepare
 import launcher.commands.up
 import launcher.commands.verify
 from launcher import build_records
-from launcher.commands.prepare import replan
+from launcher.commands.prepare import prepare, replan
 from launcher.commands.audit import parts_by_address
 from launcher.commands.up import part_of_address_seen, up, wait_until_ready
 from launcher.commands.validate import validate
@@ -177,3 +177,12 @@ def test_validate_reads_its_policy_once(tmp_path, monkeypatch, strict):
     assert [p.message for p in checked.problems] == (
         [f"--strict needs a lock: {policy}.lock: no such lock; `sandbox lock` writes it"] if strict else [])
     assert (len(reads), len(parses)) == (1, 1)
+
+
+def test_prepare_looks_at_each_part_of_the_sandbox_once(quickstart):
+    api, policy, _ = quickstart
+    api.calls.clear()
+    prepared = prepare(DockerGateway(FakeClient(api)), policy)
+    inspected = [args[0] for name, args, _ in api.calls if name == "inspect_container"]
+    assert sorted(inspected) == sorted(c.name for c in prepared.spec.containers), inspected
+    assert [name for name, _, _ in api.calls].count("containers") == 1
