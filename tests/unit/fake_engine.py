@@ -1,15 +1,29 @@
 """A stand-in for the Docker engine in unit tests: a plain-Python client with
 the calls DockerGateway makes (on the client and on `client.api`), holding
 containers, networks, volumes and images in dicts, and recording every call.
-Enough for a quick-start sandbox to be observed, applied and waited for."""
+Enough for a quick-start sandbox to be observed, applied and waited for, and
+for what `verify`, `status`, `audit` and `down` read of it: containers'
+HostConfig and mounts as the engine reports them, files in containers, logs,
+processes, memory use, and what a container or an exec prints (`programs`,
+`execs`: plain functions a test gives)."""
 from __future__ import annotations
 
+import io
 import itertools
+import tarfile
+from typing import Callable
 
 import docker.errors
+import docker.utils
 
 # The SDK's helpers that build a request's body on this side: no request is made.
 NOT_REQUESTS = frozenset({"create_host_config", "create_networking_config", "create_endpoint_config"})
+# What a test calls to set the engine up: not the gateway's calls, so not recorded.
+SETTING_UP = frozenset({"requests", "add_image", "add_file", "add_log", "file"})
+# What a container run from an image prints: (exit code, stdout, stderr), from its command.
+Program = Callable[[list], "tuple[int, str, str]"]
+# What a command run in a container prints: (exit code, output), from the command.
+Exec = Callable[[list], "tuple[int, str]"]
 
 
 def _missing(what: str) -> docker.errors.NotFound:
@@ -36,11 +50,18 @@ class FakeApi:
         self.networks_held: dict[str, dict] = {}
         self.volumes_held: dict[str, dict] = {}
         self.images_held: dict[str, str] = {}  # tag -> image id
+        self.files_held: dict[str, dict[str, bytes]] = {}  # container name -> path -> bytes
+        self.logs_held: dict[str, list[tuple[str, str]]] = {}  # container -> (timestamp, line)
+        self.processes_held: dict[str, list[int]] = {}  # container -> the host's PIDs of its processes
+        self.memory_held: dict[str, tuple[int, int]] = {}  # container -> (usage, inactive file pages)
+        self.programs: dict[str, Program] = {}  # image tag -> what a container of it prints
+        self.execs: dict[str, Exec] = {}  # container -> what a command run in it prints
+        self._execs_made: dict[str, tuple] = {}  # exec id -> (container, command[, exit code])
         self._ids = itertools.count(1)
 
     def __getattribute__(self, name):
         value = object.__getattribute__(self, name)
-        if name.startswith("_") or not callable(value) or name in ("requests", "add_image"):
+        if name.startswith("_") or not callable(value) or name in SETTING_UP:
             return value
         calls = object.__getattribute__(self, "calls")
 
@@ -60,6 +81,15 @@ class FakeApi:
         image_id = f"sha256:{next(self._ids):064x}"
         self.images_held[tag] = image_id
         return image_id
+
+    def add_file(self, container: str, path: str, data: bytes) -> None:
+        self.files_held.setdefault(container, {})[path] = data
+
+    def file(self, container: str, path: str) -> bytes | None:
+        return self.files_held.get(container, {}).get(path)
+
+    def add_log(self, container: str, line: str, timestamp: str = "2026-11-29T20:55:01.000000000Z") -> None:
+        self.logs_held.setdefault(container, []).append((timestamp, line))
 
     # ---- the engine ----
     def ping(self):
@@ -130,23 +160,45 @@ class FakeApi:
 
     def create_container(self, image, command=None, name=None, user=None, environment=None, labels=None,
                          ports=None, host_config=None, networking_config=None, healthcheck=None):
+        host_config = host_config or {}
         bindings = {f"{port}/tcp": [{"HostIp": ip, "HostPort": str(host_port)}]
-                    for port, (ip, host_port) in ((host_config or {}).get("port_bindings") or {}).items()}
+                    for port, (ip, host_port) in (host_config.get("port_bindings") or {}).items()}
         networks = {network: {"IPAddress": (endpoint or {}).get("ipv4_address") or self._next_address()}
                     for network, endpoint in (networking_config or {}).items()}
+        memory = host_config.get("mem_limit")
         self.containers_held[name] = {
-            "Id": name, "Name": f"/{name}", "RestartCount": 0, "Mounts": [],
-            "Config": {"Image": image, "Env": list(environment or []), "Labels": dict(labels or {})},
+            "Id": name, "Name": f"/{name}", "RestartCount": 0,
+            "Mounts": [_mount_seen(m) for m in host_config.get("mounts") or []],
+            "Config": {"Image": image, "Cmd": list(command or []), "User": user or "",
+                       "Env": list(environment or []), "Labels": dict(labels or {})},
             "State": {"Status": "created", "ExitCode": 0, "StartedAt": "", "Pid": 0},
-            "HostConfig": {"PortBindings": bindings}, "NetworkSettings": {"Networks": networks}}
+            # As the engine reports the HostConfig it was given.
+            "HostConfig": {"PortBindings": bindings, "Privileged": bool(host_config.get("privileged")),
+                           "CapAdd": host_config.get("cap_add"), "CapDrop": host_config.get("cap_drop"),
+                           "SecurityOpt": host_config.get("security_opt"),
+                           "ReadonlyRootfs": bool(host_config.get("read_only")),
+                           "PidsLimit": host_config.get("pids_limit"),
+                           "Memory": docker.utils.parse_bytes(memory) if isinstance(memory, str) else memory or 0,
+                           "Runtime": host_config.get("runtime") or "runc"},
+            "NetworkSettings": {"Networks": networks}}
         return {"Id": name}
 
     def start(self, container):
         self.containers_held[container]["State"]["Status"] = "running"
 
+    def wait(self, container, timeout=None):
+        """The container's program run to its end: its output becomes its log."""
+        held = self._held(container)
+        program = self.programs.get(held["Config"]["Image"])
+        code, stdout, stderr = program(held["Config"]["Cmd"]) if program else (0, "", "")
+        held["State"].update(Status="exited", ExitCode=code)
+        held["Output"] = (stdout, stderr)
+        return {"StatusCode": code}
+
     def remove_container(self, container, force=False, v=False):
         if self.containers_held.pop(container, None) is None:
             raise _missing(f"container: {container}")
+        self.logs_held.pop(container, None)  # its files stay: those a test reads are on its volumes
 
     def containers(self, all=False, filters=None):
         return [{"Names": [c["Name"]], "Labels": c["Config"]["Labels"], "State": c["State"]["Status"]}
@@ -154,26 +206,79 @@ class FakeApi:
                 if _matches(c["Config"]["Labels"], filters) and (all or c["State"]["Status"] == "running")]
 
     def inspect_container(self, container):
+        return self._held(container)
+
+    def _held(self, container) -> dict:
+        """A container, looked up here: no request of the gateway's."""
         if container not in self.containers_held:
             raise _missing(f"container: {container}")
         return self.containers_held[container]
 
     def get_archive(self, container, path):
-        raise _missing(f"file: {path}")  # nothing written in a container here
+        self._held(container)
+        data = self.file(container, path)
+        if data is None:
+            raise _missing(f"file: {path}")
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            info = tarfile.TarInfo(path.rpartition("/")[2])
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return iter([out.getvalue()]), {"name": path.rpartition("/")[2], "size": len(data)}
 
-    def logs(self, container, stream=False, follow=False, tail=100, timestamps=False):
-        return b""
+    def put_archive(self, container, path, data):
+        self._held(container)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar:
+                self.add_file(container, f"{path.rstrip('/')}/{member.name}", tar.extractfile(member).read())
+        return True
 
-    # What is run in a container answers at once, and well.
+    def logs(self, container, stream=False, follow=False, tail=100, timestamps=False, stdout=True, stderr=True):
+        held = self._held(container)
+        if "Output" in held:  # a program that ran to its end
+            out, err = held["Output"]
+            return ((out if stdout else "") + (err if stderr else "")).encode()
+        lines = self.logs_held.get(container, [])
+        if not follow:  # followed, the lines held are those that come while following
+            lines = lines[-tail:] if isinstance(tail, int) and tail > 0 else [] if tail == 0 else lines
+        text = "".join(f"{stamp} {line}\n" if timestamps else f"{line}\n" for stamp, line in lines)
+        return iter([text.encode()]) if stream else text.encode()
+
+    def top(self, container):
+        self._held(container)
+        return {"Titles": ["UID", "PID", "PPID", "CMD"],
+                "Processes": [["65534", str(pid), "0", "server"] for pid in self.processes_held.get(container, [])]}
+
+    def stats(self, container, stream=False):
+        self._held(container)
+        usage, inactive = self.memory_held.get(container, (0, 0))
+        return {"memory_stats": {"usage": usage, "stats": {"inactive_file": inactive}}}
+
+    # What is run in a container answers at once: as `execs` says, else well and with nothing.
     def exec_create(self, container, command, user=""):
         self.inspect_container(container)
-        return {"Id": f"exec-{next(self._ids)}"}
+        exec_id = f"exec-{next(self._ids)}"
+        self._execs_made[exec_id] = (container, list(command))
+        return {"Id": exec_id}
 
     def exec_start(self, exec_id):
-        return b""
+        container, command = self._execs_made[exec_id]
+        answer = self.execs.get(container)
+        code, output = answer(command) if answer else (0, "")
+        self._execs_made[exec_id] = (container, command, code)
+        return output.encode()
 
     def exec_inspect(self, exec_id):
-        return {"ExitCode": 0}
+        return {"ExitCode": self._execs_made[exec_id][2]}
+
+
+def _mount_seen(mount: dict) -> dict:
+    """A mount as the engine reports it on a container (docker.types.Mount in)."""
+    source = mount.get("Source") or ""
+    if mount.get("Type") == "volume":
+        source = f"/var/lib/docker/volumes/{source}/_data"
+    return {"Type": mount.get("Type"), "Source": source, "Destination": mount.get("Target"),
+            "RW": not mount.get("ReadOnly")}
 
 
 class FakeClient:

@@ -1,10 +1,15 @@
 """Policies and specs for unit tests, made without Docker or model files."""
+import socket
 from dataclasses import replace
 from pathlib import Path
 
-from launcher.images import ImageBuild, PartImages
+import launcher.access
+from launcher import build_records
+from launcher.images import ImageBuild, PartImages, images_for
+from launcher.policy import load_policy
 from launcher.policy.model import Backend, Frontend, Model, Policy
 from launcher.spec import Secrets, build_spec
+from tests.conftest import FIXTURES
 
 
 def make_policy(**changes) -> Policy:
@@ -58,3 +63,30 @@ ingress:
   port: 18099
 """)
     return policy
+
+
+class Answered:
+    status = 200
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def quickstart_policy(tmp_path, monkeypatch, api) -> tuple[Path, int]:
+    """A quick-start policy whose images the stand-in engine `api` has (built
+    here before), on a free port."""
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("SANDBOX_ALLOWED_SIGNERS", raising=False)
+    monkeypatch.setattr(launcher.access, "open_ui", lambda *a, **k: Answered())  # the UI answers at once
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    policy = tmp_path / "quickstart.yaml"
+    policy.write_text((FIXTURES / "good" / "minimal.yaml").read_text().replace("18080", str(port)).replace(
+        "../models/", f"{FIXTURES / 'models'}/"))
+    for image in images_for(load_policy(policy, check_port=False), use_gpu=False, ca_bundle=None).all():
+        build_records.save(image.tag, [], api.add_image(image.tag))
+    return policy, port

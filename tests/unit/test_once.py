@@ -8,11 +8,9 @@ import docker.errors
 import pytest
 from typer.testing import CliRunner
 
-import launcher.access
 import launcher.commands.prepare
 import launcher.commands.up
 import launcher.commands.verify
-from launcher import build_records
 from launcher.commands.prepare import prepare, replan
 from launcher.commands.audit import parts_by_address
 from launcher.commands.up import part_of_address_seen, up, wait_until_ready
@@ -20,13 +18,11 @@ from launcher.commands.validate import validate
 from launcher.commands.verify import verify
 from launcher.errors import NotFound
 from launcher.engine import DockerGateway
-from launcher.images import images_for
 from launcher.cli import app
 from launcher.plan import KEEP
-from launcher.policy import load_policy
 from launcher.policy import loader
-from tests.conftest import FIXTURES
 from tests.unit.fake_engine import FakeApi, FakeClient
+from tests.unit.helpers import quickstart_policy
 
 # What a no-change `up` costs now; a change that makes it cost more fails here.
 POLICY_READS = 1
@@ -34,39 +30,12 @@ POLICY_PARSES = 1
 ENGINE_REQUESTS = 33
 
 
-class Answered:
-    status = 200
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _quickstart_policy(tmp_path, monkeypatch, api: FakeApi) -> tuple[Path, int]:
-    """A quick-start policy whose images the stand-in engine has (built here
-    before), on a free port."""
-    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.delenv("SANDBOX_ALLOWED_SIGNERS", raising=False)
-    monkeypatch.setattr(launcher.access, "open_ui", lambda *a, **k: Answered())  # the UI answers at once
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    policy = tmp_path / "quickstart.yaml"
-    policy.write_text((FIXTURES / "good" / "minimal.yaml").read_text().replace("18080", str(port)).replace(
-        "../models/", f"{FIXTURES / 'models'}/"))
-    for image in images_for(load_policy(policy, check_port=False), use_gpu=False, ca_bundle=None).all():
-        build_records.save(image.tag, [], api.add_image(image.tag))
-    return policy, port
-
-
 @pytest.fixture
 def quickstart(tmp_path, monkeypatch):
     """A quick-start sandbox that is up as its policy says, on a stand-in
     engine; its ingress port is held (as a running ingress holds it)."""
     api = FakeApi()
-    policy, port = _quickstart_policy(tmp_path, monkeypatch, api)
+    policy, port = quickstart_policy(tmp_path, monkeypatch, api)
     gateway = DockerGateway(FakeClient(api))
     first = up(gateway, policy, timeout=5)
     with socket.socket() as held:
@@ -155,7 +124,7 @@ class SubnetTakenMeanwhile(FakeApi):
 
 def test_a_subnet_taken_meanwhile_is_chosen_again_without_checking_the_policy_again(tmp_path, monkeypatch):
     api = SubnetTakenMeanwhile()
-    policy, _ = _quickstart_policy(tmp_path, monkeypatch, api)
+    policy, _ = quickstart_policy(tmp_path, monkeypatch, api)
     loads, said = [], []
     real_load = launcher.commands.prepare.load_policy
     monkeypatch.setattr(launcher.commands.prepare, "load_policy",
@@ -171,7 +140,7 @@ def test_a_subnet_taken_meanwhile_is_chosen_again_without_checking_the_policy_ag
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_validate_reads_its_policy_once(tmp_path, monkeypatch, strict):
-    policy, _ = _quickstart_policy(tmp_path, monkeypatch, FakeApi())
+    policy, _ = quickstart_policy(tmp_path, monkeypatch, FakeApi())
     reads, parses = _count_reads(monkeypatch, policy)
     [checked] = validate([policy], connect=lambda: None, check_port=False, strict=strict)
     assert [p.message for p in checked.problems] == (
