@@ -170,7 +170,9 @@ class FakeApi:
             "Id": name, "Name": f"/{name}", "RestartCount": 0,
             "Mounts": [_mount_seen(m) for m in host_config.get("mounts") or []],
             "Config": {"Image": image, "Cmd": list(command or []), "User": user or "",
-                       "Env": list(environment or []), "Labels": dict(labels or {})},
+                       # As the SDK sends it: a mapping becomes KEY=VALUE items.
+                       "Env": [f"{k}={v}" for k, v in environment.items()] if isinstance(environment, dict)
+                       else list(environment or []), "Labels": dict(labels or {})},
             "State": {"Status": "created", "ExitCode": 0, "StartedAt": "", "Pid": 0},
             # As the engine reports the HostConfig it was given.
             "HostConfig": {"PortBindings": bindings, "Privileged": bool(host_config.get("privileged")),
