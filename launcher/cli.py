@@ -29,6 +29,7 @@ ALLOWED_SIGNERS = typer.Option(
     help="Who may sign policies: an allowed-signers file in git's format. When set (here, in the "
          "environment, or as allowed_signers: in ~/.config/sandbox/config.yaml) only policies whose lock "
          "one of them signed run.")
+POLICY = typer.Argument(..., help="The policy file.")
 TARGET = typer.Argument(None, help="Sandbox name or policy file; may be left out when only one sandbox exists.")
 CA_BUNDLE = typer.Option(
     None, "--ca-bundle", envvar="SANDBOX_CA_BUNDLE", exists=True, dir_okay=False, resolve_path=True,
@@ -95,7 +96,7 @@ def validate(files: List[Path] = typer.Argument(..., help="Policy files to check
 
 @app.command()
 @handled
-def plan(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
+def plan(policy: Path = POLICY, ca_bundle: Optional[Path] = CA_BUNDLE,
          as_json: bool = JSON):
     """Show what `up` would build, create, recreate, keep or remove, and why. Changes nothing."""
     from launcher.commands.bundle import is_bundle
@@ -117,7 +118,7 @@ def plan(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle:
 
 @app.command()
 @handled
-def up(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
+def up(policy: Path = POLICY, ca_bundle: Optional[Path] = CA_BUNDLE,
        timeout: float = typer.Option(600, help="Seconds to wait for the backend and the UI to be ready."),
        then_verify: bool = typer.Option(False, "--verify", help="Run `sandbox verify` once it is up."),
        new_token: bool = typer.Option(False, "--new-token",
@@ -276,7 +277,7 @@ def status(target: Optional[str] = typer.Argument(None, help="Sandbox name or po
 
 @app.command()
 @handled
-def lock(policy: Path = typer.Argument(..., help="The policy file."), ca_bundle: Optional[Path] = CA_BUNDLE,
+def lock(policy: Path = POLICY, ca_bundle: Optional[Path] = CA_BUNDLE,
          as_json: bool = JSON):
     """Pin what a policy resolves to in POLICY.lock; `up` then refuses any drift from it.
 
@@ -320,7 +321,7 @@ def sign(policy: Path = typer.Argument(..., help="The policy file (its lock must
 
 @app.command("verify-signature")
 @handled
-def verify_signature(policy: Path = typer.Argument(..., help="The policy file."),
+def verify_signature(policy: Path = POLICY,
                      allowed_signers: Optional[Path] = ALLOWED_SIGNERS, as_json: bool = JSON):
     """Check that an allowed signer signed the policy's lock and that neither changed since.
 
@@ -360,7 +361,7 @@ def bundle(policy: Path = typer.Argument(..., help="The policy file (it must be 
 
 @app.command()
 @handled
-def render(policy: Path = typer.Argument(..., help="The policy file."),
+def render(policy: Path = POLICY,
            target: str = typer.Option(..., "--target", help="kubernetes or compose."),
            output: Optional[Path] = typer.Option(None, "-o", "--output", dir_okay=False,
                                                  help="Write here (readable by you only: it holds the "
