@@ -50,6 +50,8 @@ class FakeApi:
         self.networks_held: dict[str, dict] = {}
         self.volumes_held: dict[str, dict] = {}
         self.images_held: dict[str, str] = {}  # tag -> image id
+        self.build_outputs: dict[str, list[dict]] = {}  # tag -> what its build prints
+        self.contexts_built: dict[str, dict[str, bytes]] = {}  # tag -> the files of its build context
         self.files_held: dict[str, dict[str, bytes]] = {}  # container name -> path -> bytes
         self.logs_held: dict[str, list[tuple[str, str]]] = {}  # container -> (timestamp, line)
         self.processes_held: dict[str, list[int]] = {}  # container -> the host's PIDs of its processes
@@ -106,6 +108,26 @@ class FakeApi:
         if tag not in self.images_held:
             raise _missing(f"image: {tag}")
         return {"Id": self.images_held[tag], "Config": {"Volumes": None}}
+
+    def build(self, fileobj=None, custom_context=False, tag=None, dockerfile="Dockerfile", decode=False, **kwargs):
+        """A build: the context is read as the engine reads it; its output is
+        what `build_outputs[tag]` says (a list of chunks), and the image is
+        tagged only when no chunk is an error, as the engine does."""
+        with tarfile.open(fileobj=fileobj) as tar:
+            self.contexts_built[tag] = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        chunks = self.build_outputs.get(tag, [{"stream": "Step 1/1 : FROM scratch\n"}])
+
+        def output():
+            for chunk in chunks:
+                yield chunk
+                if "error" in chunk:
+                    return
+            self.add_image(tag)
+        return output()
+
+    def pull(self, image, stream=False, decode=False):
+        self.add_image(image)
+        return iter([{"status": f"Pulling from {image}"}, {"status": "Download complete"}])
 
     # ---- volumes ----
     def create_volume(self, name, driver="local", driver_opts=None, labels=None):
