@@ -363,6 +363,12 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
     config = {
         "host": "0.0.0.0",
         "port": BACKEND_PORT,
+        # By default the server ends a streamed answer whenever another
+        # request waits for the model, its own health check every 2 s
+        # included: a stream to the UI or an API client longer than that was
+        # cut short. Requests take turns instead (the ingress bounds how many
+        # of the API's wait).
+        "interrupt_requests": False,
         "models": [
             {
                 "model": f"/models/{m.alias}.gguf",

@@ -104,6 +104,8 @@ class Handler(BaseHTTPRequestHandler):
             body = {"messages": messages, "max_tokens": max_tokens}
             if request.get("model"):
                 body["model"] = str(request["model"])
+            if request.get("temperature") is not None:  # 0: the same answer each time
+                body["temperature"] = min(max(0.0, float(request["temperature"])), 2.0)
             stream = bool(request.get("stream"))
         except (ValueError, KeyError, TypeError):
             self.send_json(400, {"error": "expected {model, messages: [{role, content}]}"})

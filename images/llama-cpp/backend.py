@@ -8,8 +8,11 @@ passes in SANDBOX_BACKEND_CONFIG (JSON: host, port, models with their sha256,
 ...) with the API key from SANDBOX_API_KEY to the tmpfs, and runs
 llama-cpp-python's server on it: one config file serves several models.
 `check` is the check alone.
-`health` answers whether the server lists its models, which is the only
-readiness signal it has (there is no health route).
+`health` answers whether the server answers: it loads its first model
+before it listens, so an answer means the model is loaded. It asks the API's
+schema, a route that does not wait for the model: a check that queued behind
+a long answer would call a busy backend unhealthy (and, with the server's
+interrupt_requests on, it used to cut that answer short).
 """
 import hashlib
 import json
@@ -91,12 +94,8 @@ def check() -> int:
 
 def health() -> int:
     config = load_config()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{config['port']}/v1/models",
-        headers={"Authorization": f"Bearer {config['api_key']}"},
-    )
     try:
-        with urllib.request.urlopen(request, timeout=3) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{config['port']}/openapi.json", timeout=3) as response:
             return 0 if response.status == 200 else 1
     except OSError:
         return 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 
 from launcher.commands.prepare import prepare
 from launcher.commands.verify import WRITE_WEIGHTS
@@ -109,14 +111,61 @@ def test_the_weights_cannot_be_written_from_the_backend(sandbox, docker_client):
 def test_an_answer_streams_through_the_ingress_as_it_is_written(sandbox):
     result, _ = sandbox
     chunks = []
+    # Greedy, so that the answer is the same each run: sampled, the tiny
+    # model may end its answer at once, and the stream would not be shown.
     with ui(result, "api/chat", {"messages": [{"role": "user", "content": "Count from one to ten."}],
-                                 "max_tokens": 32, "stream": True}) as response:
+                                 "max_tokens": 32, "temperature": 0, "stream": True}) as response:
         assert response.headers["Content-Type"] == "text/event-stream"
         while chunk := response.read1(65536):
             chunks.append(chunk)
     events = [json.loads(part[6:]) for part in b"".join(chunks).decode().split("\n\n") if part.startswith("data: ")]
     deltas = [e["delta"] for e in events if "delta" in e]
-    assert len(deltas) > 1 and events[-1].get("done")
+    assert len(deltas) > 1 and events[-1].get("done"), events
     # Passed on piece by piece, not gathered by the ingress into one answer.
     assert len(chunks) > 1
     assert ui_json(result, "api/history", timeout=30)["messages"][-1]["content"] == "".join(deltas)
+
+
+ASK_FOR_MODELS = """
+import os, sys, time, urllib.request
+request = urllib.request.Request("http://127.0.0.1:8000/v1/models",
+                                 headers={"Authorization": "Bearer " + os.environ["SANDBOX_API_KEY"]})
+print(time.time(), flush=True)
+urllib.request.urlopen(request, timeout=120).read()
+"""
+
+
+def _streamed(result, on_first_delta=None) -> tuple[str, float]:
+    """A long greedy answer streamed through the ingress: its text, and when its last piece came."""
+    pieces, last = [], 0.0
+    with ui(result, "api/chat", {"messages": [{"role": "user", "content": "Count from 1 to 300, with commas."}],
+                                 "max_tokens": 400, "temperature": 0, "stream": True}) as response:
+        for raw in iter(response.readline, b""):
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            assert "error" not in event, event
+            if "delta" in event:
+                pieces.append(event["delta"])
+                last = time.time()
+                if on_first_delta and len(pieces) == 1:
+                    on_first_delta()
+    return "".join(pieces), last
+
+
+def test_a_request_while_an_answer_streams_waits_its_turn_and_does_not_cut_the_answer(sandbox, docker_client):
+    """Another request for the model (the backend's own health check every
+    2 s, the owner's API client) while an answer streams: the answer is the
+    same, whole, as without it (the server used to end the stream)."""
+    result, _ = sandbox
+    alone, _ = _streamed(result)
+    backend = docker_client.containers.get(f"sandbox-{result.name}-backend")
+    asked = []
+    asking = threading.Thread(target=lambda: asked.append(
+        backend.exec_run(["/opt/venv/bin/python", "-c", ASK_FOR_MODELS]).output.decode()))
+    with_another, last_piece = _streamed(result, on_first_delta=asking.start)
+    asking.join(150)
+    sent_at = float(asked[0].split()[0])
+    assert sent_at < last_piece, "the other request came after the answer: nothing was held"
+    assert with_another == alone and len(alone) > 100, (alone, with_another)

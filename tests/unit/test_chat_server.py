@@ -101,6 +101,14 @@ def test_max_tokens_is_capped_and_the_answer_kept(chat):
                                                         {"role": "assistant", "content": "hi"}]
 
 
+@pytest.mark.parametrize("asked, sent", [(0, 0.0), (9, 2.0), (-1, 0.0), (None, "absent")])
+def test_a_temperature_is_passed_on_within_bounds(chat, asked, sent):
+    FakeBackend.seen.clear()
+    body = json.dumps({"messages": [{"role": "user", "content": "hello"}], "temperature": asked}).encode()
+    assert post(chat, body, "application/json")[0] == 200
+    assert FakeBackend.seen[0].get("temperature", "absent") == sent
+
+
 def test_an_answer_streams_as_server_sent_events_and_is_kept_whole(chat):
     body = json.dumps({"messages": [{"role": "user", "content": "stream please"}], "stream": True}).encode()
     request = urllib.request.Request(chat + "/api/chat", data=body, headers={"Content-Type": "application/json"})
