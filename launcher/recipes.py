@@ -70,7 +70,12 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             # Its documents' embeddings come from an OpenAI-style server:
             # the backend's (embeddings_env), never the cloud its URL defaults to.
             "RAG_EMBEDDING_ENGINE": "openai",
-            "USE_SLIM_DOCKER": "true",
+            # The vectors stay in its data volume (Chroma, on disk): its slim
+            # mode takes only a remote database (pgvector) and fails every
+            # document, so it is off; the image has no torch for what slim
+            # would otherwise skip, and embeddings come from the backend.
+            "VECTOR_DB": "chroma",
+            "USE_SLIM_DOCKER": "false",
             "DATA_DIR": "/data",
             "STATIC_DIR": "/tmp/open-webui-static",
         },

@@ -49,13 +49,15 @@ QUESTION = "What is the secret code word? Answer with the code word only."
 
 def _webui(result, session: str, path: str, data: bytes | None = None, content_type: str = "application/json",
            timeout: float = 300) -> dict:
-    """Open WebUI's API through the ingress: the sandbox's cookie lets the
-    request in, Open WebUI's own session token (Authorization) signs it."""
+    """Open WebUI's API through the ingress as its page calls it: the
+    sandbox's cookie and the UI's own Origin let the request in, Open
+    WebUI's own session token (Authorization) signs it."""
     from launcher.access import cookie_name, open_ui
-    headers = {"Cookie": f"{cookie_name(result.name)}={result.token}", "Content-Type": content_type}
+    headers = {"Cookie": f"{cookie_name(result.name)}={result.token}", "Origin": result.url.rstrip("/"),
+               "Content-Type": content_type}
     if session:
         headers["Authorization"] = f"Bearer {session}"
-    with open_ui(result.url + path, None, data=data, headers=headers, timeout=timeout) as response:
+    with open_ui(result.url.rstrip("/") + path, None, data=data, headers=headers, timeout=timeout) as response:
         return json.load(response)
 
 

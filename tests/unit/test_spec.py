@@ -203,6 +203,7 @@ def test_open_webui_gets_the_embedding_server_locked_and_its_key_as_a_secret():
     assert f.env_value("RAG_OPENAI_API_BASE_URL") == "http://backend:8001/v1"
     assert f.env_value("RAG_OPENAI_API_KEY") == "secret" and "RAG_OPENAI_API_KEY" in f.secret_env
     assert f.env_value("RAG_EMBEDDING_MODEL") == "embed" and f.env_value("RAG_EMBEDDING_ENGINE") == "openai"
+    assert f.env_value("VECTOR_DB") == "chroma"  # in its data volume, not a database outside
     assert f.env_value("SANDBOX_EMBEDDINGS_BASE_URL") == "http://backend:8001/v1"
 
 
