@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class EmbeddingsEnv:
+    """The variables a UI reads its embedding server from: where, with which
+    key, and the model's name."""
+
+    url: str
+    key: str
+    model: str
+
+
+@dataclass(frozen=True)
 class FrontendRecipe:
     port: int
     backend_url_env: str
@@ -20,6 +30,19 @@ class FrontendRecipe:
     locked_env: dict = field(default_factory=dict)
     # The variable the UI signs its sessions with, given a key made per sandbox.
     session_key_env: str | None = None
+    # A UI that turns documents into vectors: pointed at the backend's
+    # embedding server, or, where the policy has no embedding model, at the
+    # backend still (its documents then fail inside the sandbox, with a
+    # warning from `validate`), never at the UI's default, a cloud. Locked
+    # like locked_env.
+    embeddings_env: EmbeddingsEnv | None = None
+
+    @property
+    def locked_names(self) -> frozenset[str]:
+        """The variables the launcher sets for this UI that a policy may not."""
+        embeddings = self.embeddings_env
+        return frozenset(self.locked_env) | (
+            {embeddings.url, embeddings.key, embeddings.model} if embeddings else set())
 
 
 FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
@@ -44,12 +67,21 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             "ENABLE_PIP_INSTALL_FRONTMATTER_REQUIREMENTS": "false",
             # Otherwise settings stored on first start override this environment later.
             "ENABLE_PERSISTENT_CONFIG": "False",
+            # Its documents' embeddings come from an OpenAI-style server:
+            # the backend's (embeddings_env), never the cloud its URL defaults to.
             "RAG_EMBEDDING_ENGINE": "openai",
-            "USE_SLIM_DOCKER": "true",
+            # The vectors stay in its data volume (Chroma, on disk): its slim
+            # mode takes only a remote database (pgvector) and fails every
+            # document, so it is off; the image has no torch for what slim
+            # would otherwise skip, and embeddings come from the backend.
+            "VECTOR_DB": "chroma",
+            "USE_SLIM_DOCKER": "false",
             "DATA_DIR": "/data",
             "STATIC_DIR": "/tmp/open-webui-static",
         },
         session_key_env="WEBUI_SECRET_KEY",
+        embeddings_env=EmbeddingsEnv(url="RAG_OPENAI_API_BASE_URL", key="RAG_OPENAI_API_KEY",
+                                     model="RAG_EMBEDDING_MODEL"),
     ),
 }
 

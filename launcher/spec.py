@@ -23,6 +23,10 @@ LABEL_HASH = "io.sandbox.spec-hash"
 LABEL_POLICY = "io.sandbox.policy"
 
 BACKEND_PORT = 8000
+# The embedding model's own server, in the backend's container: llama-cpp-
+# python's server keeps one model loaded, so with the chat model behind the
+# same server every document would make it reload.
+EMBEDDINGS_PORT = 8001
 INGRESS_PORT = 8080
 BACKEND_ALIAS = "backend"
 FRONTEND_ALIAS = "frontend"
@@ -32,6 +36,10 @@ RUNTIMES = {"runc": None, "gvisor": "runsc"}
 BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
 API_KEY_ID_ENV = "SANDBOX_API_KEY_ID"
 FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
+# Where every front-end finds the embedding server and the model's name, when
+# the policy has an embedding model (its key is the backend's).
+EMBEDDINGS_URL_ENV = "SANDBOX_EMBEDDINGS_BASE_URL"
+EMBEDDINGS_MODEL_ENV = "SANDBOX_EMBEDDINGS_MODEL"
 
 # Parts in the order they start: each depends only on those before it.
 PARTS = ("dns", "backend", "frontend", "ingress")
@@ -307,15 +315,27 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
     backend = _backend(policy, images, secrets, gpus, internal, dns)
     frontend_env = dict(f.env)
     secret_env = [f.backend_key_env, FRONTEND_SESSION_KEY_ENV]
+    backend_url = f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1"
+    embeddings_url = f"http://{BACKEND_ALIAS}:{EMBEDDINGS_PORT}/v1"
+    embedding_model = policy.embedding_model
+    if embedding_model:
+        frontend_env.update({EMBEDDINGS_URL_ENV: embeddings_url, EMBEDDINGS_MODEL_ENV: embedding_model.alias})
     if f.recipe:
         recipe = FRONTEND_RECIPES[f.recipe]
         frontend_env.update(recipe.locked_env)
         if recipe.session_key_env:
             frontend_env[recipe.session_key_env] = secrets.session_key
             secret_env.append(recipe.session_key_env)
+        if recipe.embeddings_env:
+            embeddings = recipe.embeddings_env
+            frontend_env[embeddings.url] = embeddings_url if embedding_model else backend_url
+            frontend_env[embeddings.key] = secrets.api_key
+            secret_env.append(embeddings.key)
+            if embedding_model:
+                frontend_env[embeddings.model] = embedding_model.alias
     frontend_env.update({
         "HOME": "/tmp",
-        f.backend_url_env: f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1",
+        f.backend_url_env: backend_url,
         f.backend_key_env: secrets.api_key,
         # In the spec hash where the key is not: the backend and the front-end
         # are recreated whenever their key is not the one they share.
@@ -360,7 +380,20 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
              dns: tuple[str, ...]) -> ContainerSpec:
     b = policy.backend
     threads = max(1, int(b.cpus))
-    config = {
+
+    def served(m) -> dict:
+        return {
+            "model": f"/models/{m.alias}.gguf",
+            # The backend checks the file against it at every start: Docker
+            # restarts it by itself, with whatever the host's file holds then.
+            "sha256": m.sha256,
+            "model_alias": m.alias,
+            "n_ctx": m.context_length,
+            "n_gpu_layers": b.gpu_layers if gpus else 0,
+            "n_threads": threads,
+            **({"chat_format": m.chat_format} if m.chat_format else {}),
+        }
+    config: dict = {
         "host": "0.0.0.0",
         "port": BACKEND_PORT,
         # By default the server ends a streamed answer whenever another
@@ -369,21 +402,13 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
         # cut short. Requests take turns instead (the ingress bounds how many
         # of the API's wait).
         "interrupt_requests": False,
-        "models": [
-            {
-                "model": f"/models/{m.alias}.gguf",
-                # The backend checks the file against it at every start: Docker
-                # restarts it by itself, with whatever the host's file holds then.
-                "sha256": m.sha256,
-                "model_alias": m.alias,
-                "n_ctx": m.context_length,
-                "n_gpu_layers": b.gpu_layers if gpus else 0,
-                "n_threads": threads,
-                **({"chat_format": m.chat_format} if m.chat_format else {}),
-            }
-            for m in policy.models
-        ],
+        "models": [served(m) for m in policy.chat_models],
     }
+    if policy.embedding_model:
+        # A second server in the same container, with the same key, mounts and
+        # checks (images/llama-cpp/backend.py).
+        config["embeddings"] = {"port": EMBEDDINGS_PORT,
+                                "model": {**served(policy.embedding_model), "embedding": True}}
     return ContainerSpec(
         part="backend", name=resource_name(policy.name, "backend"), image=images.backend.tag, user=NOBODY,
         networks=(Attachment(internal.name, (BACKEND_ALIAS,)),),

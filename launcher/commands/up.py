@@ -24,6 +24,7 @@ from launcher.lockfile import LockError
 from launcher.policy.source import PolicySource, read_source
 from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
+from launcher.policy.validate import embedding_warnings
 from launcher.signing import allowed_signers_setting, remember_signer
 from launcher.spec import (BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec,
                            memory_bytes, resource_name)
@@ -131,7 +132,7 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
     # Kept before anything starts, so that the owner can always get in.
     access.save_token(spec.name, result.token)
     for warning in policy_warnings(prepared.policy, on_gpu=spec.container("backend").gpus is not None,
-                                   doc=source.document[0]):
+                                   doc=source.document[0]) + embedding_warnings(prepared.policy, source.document[0]):
         say(str(warning))
     for warning in kept_volume_sizes(gateway, spec):
         say(warning)

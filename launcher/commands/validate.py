@@ -38,6 +38,7 @@ def validate(files: list[Path], connect: Callable, *, check_port: bool = True, c
     """Each file checked, in turn. `connect` makes the gateway, asked only
     which sandbox holds a busy port."""
     from launcher.commands.model import policy_warnings
+    from launcher.policy.validate import embedding_warnings
     from launcher.signing import allowed_signers_setting
     holder = _port_holder_if_engine(connect)
     trusted = allowed_signers_setting(allowed_signers) if strict else None
@@ -46,6 +47,7 @@ def validate(files: list[Path], connect: Callable, *, check_port: bool = True, c
                                          hash_progress=hash_progress, check_model_files=check_model_files)
         warnings = policy_warnings(policy, policy.backend.gpu not in ("none", "auto"), display=str(file),
                                    doc=doc) if policy and check_model_files else []
+        warnings += embedding_warnings(policy, doc, display=str(file)) if policy else []
         yield Checked(file, policy.name if policy else None, problems, warnings)
 
 

@@ -12,6 +12,9 @@ class Model:
     sha256: str
     context_length: int
     chat_format: str | None
+    # "chat", or "embeddings": the model a front-end's documents are turned
+    # into vectors with, served by a server of its own (launcher/spec.py).
+    role: str = "chat"
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,12 @@ class Policy:
     # Volumes that may run without a size limit where the engine cannot
     # enforce one (only "data"); elsewhere `up` refuses to start them.
     accept_unbounded_volumes: tuple[str, ...] = ()
+
+    @property
+    def chat_models(self) -> tuple[Model, ...]:
+        """The models offered for chat, the default first."""
+        return tuple(m for m in self.models if m.role == "chat")
+
+    @property
+    def embedding_model(self) -> Model | None:
+        return next((m for m in self.models if m.role == "embeddings"), None)

@@ -79,6 +79,7 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_holder:
 
     models = data.get("models")
     if isinstance(models, list):
+        problems += _role_problems(doc, models)
         seen: dict[str, int] = {}
         for i, m in enumerate(models):
             if not isinstance(m, dict):
@@ -147,7 +148,7 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_holder:
                     problems.append(doc.problem(("frontend", "env", name),
                                                 "is set by the launcher (the backend's URL and key); remove it",
                                                 prefer_key=True))
-                elif recipe and name in recipe.locked_env:
+                elif recipe and name in recipe.locked_names:
                     problems.append(doc.problem(
                         ("frontend", "env", name),
                         f"is fixed by the {frontend['recipe']} recipe to keep it offline; remove it",
@@ -169,6 +170,40 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_holder:
             problems.append(doc.problem(("ingress", "port"),
                                         f"port {port} on 127.0.0.1 is in use; stop what holds it or pick another"))
     return problems
+
+
+def _role_problems(doc: Document, models: list) -> list[Problem]:
+    """One server serves the embedding model, and at least one chat model is
+    left to chat with."""
+    problems = []
+    roles = [m.get("role", "chat") if isinstance(m, dict) else None for m in models]
+    embedding = [i for i, role in enumerate(roles) if role == "embeddings"]
+    for i in embedding[1:]:
+        problems.append(doc.problem(("models", i, "role"), f"only one model may have role: embeddings, and "
+                                                           f"models[{embedding[0]}] has it"))
+    if embedding and all(role == "embeddings" for role in roles):
+        problems.append(doc.problem(("models", embedding[0], "role"),
+                                    "no model is left to chat with: give another model (role: chat, the default)"))
+    for i in embedding:
+        if "chat_format" in models[i]:
+            problems.append(doc.problem(("models", i, "chat_format"),
+                                        "has no use for a model with role: embeddings; remove it", prefer_key=True))
+    return problems
+
+
+def embedding_warnings(policy: Policy, doc: Document | None, display: str | None = None) -> list[Problem]:
+    """What `validate` and `up` warn of: a front-end that reads documents
+    through an embedding model, with none in the policy. Not a problem: the
+    sandbox runs and chats; only the documents fail, inside it (the recipe
+    points them at the backend, never at a cloud)."""
+    recipe = FRONTEND_RECIPES.get(policy.frontend.recipe) if policy.frontend.recipe else None
+    if not recipe or not recipe.embeddings_env or policy.embedding_model:
+        return []
+    line, column = doc.mark(("frontend", "recipe")) if doc else (0, 0)
+    return [Problem(display or str(policy.file), line, column, "frontend.recipe",
+                    f"warning: {policy.frontend.recipe} turns uploaded documents into vectors with an embedding "
+                    f"model, and no model here has role: embeddings, so their processing will fail. Add one "
+                    f"under models with `role: embeddings` (docs/models.md names some)")]
 
 
 def _unbounded_volume_problems(doc: Document) -> list[Problem]:
@@ -225,7 +260,7 @@ def _to_policy(data: dict, file: Path, base: Path, model_paths: dict[str, Path])
     models = tuple(
         Model(alias=m["alias"], path=model_paths.get(m["path"]) or _resolve(base, m["path"]), sha256=m["sha256"],
               context_length=m.get("context_length", DEFAULT_CONTEXT_LENGTH),
-              chat_format=m.get("chat_format"))
+              chat_format=m.get("chat_format"), role=m.get("role", "chat"))
         for m in data["models"])
     b = {**BACKEND_DEFAULTS, **data.get("backend", {})}
     gpu = b["gpu"] if isinstance(b["gpu"], str) else tuple(str(d) for d in b["gpu"])

@@ -71,22 +71,25 @@ def render(spec: SandboxSpec, options: KubeOptions, model_files: dict[str, str])
                                  "resources": {"requests": {"storage": options.data_size}}}})
     # Services first: a pod gets the addresses of the Services that exist when it starts.
     for part in SERVED:
-        port = _port(spec, part)
+        ports = [{"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
+                 for name, port in _ports(spec, part)]
         objects.append({"apiVersion": "v1", "kind": "Service",
                         "metadata": {"name": part, "namespace": ns, "labels": {**labels, LABEL_PART: part}},
-                        "spec": {"type": "ClusterIP", "selector": {**labels, LABEL_PART: part},
-                                 "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}]}})
+                        "spec": {"type": "ClusterIP", "selector": {**labels, LABEL_PART: part}, "ports": ports}})
     for part in SERVED:
         objects.append(_deployment(spec, spec.container(part), ns, labels, options, model_files))
     return objects
 
 
-def _port(spec: SandboxSpec, part: str) -> int:
+def _ports(spec: SandboxSpec, part: str) -> list[tuple[str, int]]:
+    """The ports a part serves, by name: the backend's embedding server's too."""
     if part == "backend":
-        return int(json.loads(spec.container("backend").env_value("SANDBOX_BACKEND_CONFIG"))["port"])
+        config = json.loads(spec.container("backend").env_value("SANDBOX_BACKEND_CONFIG"))
+        embeddings = config.get("embeddings")
+        return [("http", int(config["port"]))] + ([("embeddings", int(embeddings["port"]))] if embeddings else [])
     if part == "frontend":
-        return int(spec.container("ingress").env_value("SANDBOX_UPSTREAM").rsplit(":", 1)[1])
-    return int(spec.container("ingress").env_value("SANDBOX_LISTEN_PORT"))
+        return [("http", int(spec.container("ingress").env_value("SANDBOX_UPSTREAM").rsplit(":", 1)[1]))]
+    return [("http", int(spec.container("ingress").env_value("SANDBOX_LISTEN_PORT")))]
 
 
 def secret_keys(spec: SandboxSpec) -> dict[str, str]:

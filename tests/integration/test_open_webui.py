@@ -2,14 +2,19 @@
 (about 2.5 GB, long to build), so this test is marked slow: `pytest -m slow`."""
 from __future__ import annotations
 
+import json
+import time
+import uuid
+
 import pytest
 import yaml
 
+from launcher.commands.audit import audit
 from launcher.commands.down import down
 from launcher.commands.up import up
 from launcher.front_door import try_front_door
 from launcher.matrix import forwarded
-from tests.integration.conftest import ca_bundle, ui, write_policy
+from tests.integration.conftest import MODEL, QUICKSTART, QUICKSTART_ALIAS, ca_bundle, poll, ui, write_policy
 
 
 @pytest.mark.slow
@@ -30,5 +35,69 @@ def test_open_webui_comes_up_offline_and_lists_the_local_model(gateway, tmp_path
             assert b"<html" in response.read().lower()
         backend_log = "\n".join(gateway.containers.logs(f"sandbox-{policy['name']}-backend", tail=200))
         assert "GET /v1/models" in backend_log
+    finally:
+        down(gateway, result.name, volumes=True)
+
+
+# A fact only the document holds, and a question the tiny model answers by
+# repeating what the retrieved text says.
+CODE_WORD = "PELICAN-7431"
+DOCUMENT = (f"Notes of the harbour office.\nThe secret code word is {CODE_WORD}.\n"
+            f"Remember: the secret code word is {CODE_WORD}.\n").encode()
+QUESTION = "What is the secret code word? Answer with the code word only."
+
+
+def _webui(result, session: str, path: str, data: bytes | None = None, content_type: str = "application/json",
+           timeout: float = 300) -> dict:
+    """Open WebUI's API through the ingress as its page calls it: the
+    sandbox's cookie and the UI's own Origin let the request in, Open
+    WebUI's own session token (Authorization) signs it."""
+    from launcher.access import cookie_name, open_ui
+    headers = {"Cookie": f"{cookie_name(result.name)}={result.token}", "Origin": result.url.rstrip("/"),
+               "Content-Type": content_type}
+    if session:
+        headers["Authorization"] = f"Bearer {session}"
+    with open_ui(result.url.rstrip("/") + path, None, data=data, headers=headers, timeout=timeout) as response:
+        return json.load(response)
+
+
+def _multipart(name: str, content: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: text/plain\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.slow
+def test_a_document_is_embedded_by_the_backend_and_answers_inside_the_sandbox(gateway, tmp_path):
+    models = yaml.safe_load(QUICKSTART.read_text())["models"]
+    models[0]["path"] = str(MODEL)
+    embedder = {**models[0], "alias": "smollm2-embed", "role": "embeddings"}
+    path = write_policy(tmp_path, models=models + [embedder], backend={"gpu": "none", "memory": "2g", "cpus": 2},
+                        frontend={"recipe": "open-webui", "env": {"WEBUI_AUTH": "False"}})
+    name = yaml.safe_load(path.read_text())["name"]
+    result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
+    try:
+        session = _webui(result, "", "/api/v1/auths/signin",
+                         json.dumps({"email": "", "password": ""}).encode())["token"]
+        started = time.time()
+        body, content_type = _multipart("harbour-notes.txt", DOCUMENT)
+        file_id = _webui(result, session, "/api/v1/files/", body, content_type)["id"]
+        status = poll(lambda: (s := _webui(result, session, f"/api/v1/files/{file_id}/process/status")["status"])
+                      in ("completed", "failed") and s, "the document's processing to end", seconds=300)
+        processed = time.time() - started
+        assert status == "completed", _webui(result, session, f"/api/v1/files/{file_id}")
+        reply = _webui(result, session, "/api/chat/completions", json.dumps({
+            "model": QUICKSTART_ALIAS, "stream": False, "params": {"temperature": 0},
+            "messages": [{"role": "user", "content": QUESTION}],
+            "files": [{"type": "file", "id": file_id}]}).encode())
+        answer = reply["choices"][0]["message"]["content"]
+        print(f"processed in {processed:.1f} s; answer: {answer!r}")
+        assert CODE_WORD in answer, reply
+        time.sleep(2)  # the sink writes its summary about once a second
+        report = audit(gateway, result.name, since=started - 1)
+        assert report["names"] == [] and report["destinations"] == [], report
+        backend_log = "\n".join(gateway.logs(f"sandbox-{name}-backend", tail=400))
+        assert "POST /v1/embeddings" in backend_log and "POST /v1/chat/completions" in backend_log
     finally:
         down(gateway, result.name, volumes=True)

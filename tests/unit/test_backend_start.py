@@ -69,3 +69,57 @@ def test_a_model_without_a_sha256_or_unreadable_is_refused(started, monkeypatch,
     assert f"refusing to start: {tmp_path / 'gone.gguf'}: cannot be read (No such file or directory)" in err
     assert f"refusing to start: {model}: no sha256 was given to check it against" in err
     assert "ran" not in did
+
+
+@pytest.fixture
+def with_embeddings(started, tmp_path, monkeypatch):
+    """The configuration with an embedding model too, and the servers the
+    start ran (each by its config file) in place of running them."""
+    model, server_config, did = started
+    embedder = tmp_path / "e.gguf"
+    embedder.write_bytes(b"GGUF" + b"vectors" * 1000)
+    config = json.loads(backend.os.environ["SANDBOX_BACKEND_CONFIG"])
+    config["embeddings"] = {"port": 8001, "model": {
+        "model": str(embedder), "sha256": hashlib.sha256(embedder.read_bytes()).hexdigest(),
+        "model_alias": "e", "n_ctx": 512, "embedding": True}}
+    monkeypatch.setenv("SANDBOX_BACKEND_CONFIG", json.dumps(config))
+    monkeypatch.setattr(backend, "EMBEDDINGS_CONFIG_PATH", str(tmp_path / "embeddings.json"))
+    monkeypatch.setattr(backend, "run_servers", lambda paths: did.setdefault("servers", paths) and 0)
+    # llama.cpp, asked by a process of its own, says the file names no pooling.
+    monkeypatch.setattr(backend.subprocess, "run", lambda argv, **kw: did.setdefault("asked", argv) and type(
+        "Done", (), {"stdout": json.dumps(["llama.pooling_type=int:1"]).encode()})())
+    return embedder, tmp_path / "embeddings.json", did
+
+
+def test_the_embedding_model_gets_a_server_of_its_own_with_embeddings_on(started, with_embeddings, capsys):
+    _, server_config, _ = started
+    embedder, embeddings_config, did = with_embeddings
+    with pytest.raises(SystemExit):
+        backend.serve()
+    assert did["servers"] == [str(server_config), str(embeddings_config)] and "ran" not in did
+    assert did["asked"][-2:] == ["pooling", str(embedder)]
+    chat = json.loads(server_config.read_text())
+    assert [m["model_alias"] for m in chat["models"]] == ["m"] and "embeddings" not in chat
+    own = json.loads(embeddings_config.read_text())
+    assert (own["port"], own["api_key"]) == (8001, "key")  # the same key as the chat server's
+    [entry] = own["models"]
+    assert entry["model"] == str(embedder) and entry["embedding"] is True and "sha256" not in entry
+    assert entry["kv_overrides"] == ["llama.pooling_type=int:1"]
+    assert f"backend: {embedder}: sha256 checked" in capsys.readouterr().err
+
+
+def test_an_embedding_model_changed_on_the_host_is_refused_and_no_server_runs(with_embeddings, capsys):
+    embedder, embeddings_config, did = with_embeddings
+    embedder.write_bytes(b"GGUF" + b"VECTORS" * 1000)
+    with pytest.raises(SystemExit) as exited:
+        backend.serve()
+    assert exited.value.code == 2 and "servers" not in did and "ran" not in did and not embeddings_config.exists()
+    assert f"refusing to start: {embedder}: its sha256 is" in capsys.readouterr().err
+
+
+def test_when_one_server_ends_the_other_is_stopped_and_the_backend_ends(monkeypatch):
+    # Two stand-in servers: one ends at once, the other would run for a minute.
+    monkeypatch.setattr(backend, "SERVER", [backend.sys.executable, "-c"])
+    started = backend.time.monotonic()
+    code = backend.run_servers(["import sys; sys.exit(3)", "import time; time.sleep(60)"])
+    assert code == 3 and backend.time.monotonic() - started < 30

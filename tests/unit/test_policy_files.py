@@ -168,3 +168,19 @@ def test_a_hard_link_in_a_build_context_is_refused_where_the_policy_names_the_co
     assert [str(p) for p in problems] == [
         f"{policy}:9:14 frontend.build.context: notes is a hard link: the same file has 2 names, which may be "
         "outside the build context; put a copy in instead"]
+
+
+
+def test_open_webui_without_an_embedding_model_is_warned_of_where_its_recipe_is_named(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from launcher.cli import app
+    without = (GOOD / "embeddings.yaml").read_text().replace("    role: embeddings\n", "")
+    (tmp_path / "p.yaml").write_text(without.replace("../models/", f"{FIXTURES / 'models'}/"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["validate", "--no-port-check", "p.yaml", str(GOOD / "embeddings.yaml")])
+    assert result.exit_code == 0, result.output  # a warning: the sandbox runs, only its documents would fail
+    warned = [line for line in result.stderr.splitlines() if "role: embeddings" in line]
+    assert len(warned) == 1 and warned[0].startswith("p.yaml:12:11 frontend.recipe: warning: open-webui "), warned
+    assert "processing will fail" in warned[0]

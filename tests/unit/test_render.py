@@ -195,3 +195,13 @@ def test_every_compose_file_passes_docker_compose_config(tmp_path, rendered):
     bad.write_text(text.replace("read_only: true", "read_only: maybe", 1))
     assert subprocess.run(["docker-compose", "-f", str(bad), "config", "-q"], capture_output=True,
                           check=False).returncode != 0
+
+
+def test_the_embedding_server_is_reached_at_its_own_port_on_a_cluster_too(rendered):
+    [(_, spec, objects, _)] = [r for r in rendered if r[0] == "open-webui.yaml"]
+    [service] = [o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "backend"]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", 8000), ("embeddings", 8001)]
+    [deployment] = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "frontend"]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RAG_OPENAI_API_BASE_URL"]["value"] == "http://$(BACKEND_SERVICE_HOST):8001/v1"
+    assert "secretKeyRef" in env["RAG_OPENAI_API_KEY"]["valueFrom"]

@@ -1,9 +1,11 @@
 """The SandboxSpec carries every guarantee of docs/threats.md; these tests read it."""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from launcher.policy.model import Model
 from launcher.spec import labels_for, resolve_gpus, spec_hash
 from tests.unit.helpers import make_policy, make_spec
 
@@ -173,3 +175,48 @@ def test_the_ingress_knows_the_sandbox_origin_and_token_but_the_hash_does_not_ho
     other = make_spec(token="b" * 43)
     changed = [c.part for c, o in zip(spec.containers, other.containers) if spec_hash(c) != spec_hash(o)]
     assert changed == ["ingress"]
+
+
+def with_embeddings(recipe="open-webui", **frontend):
+    base = make_policy()
+    embedder = Model("embed", Path("/models/embed.gguf"), "2" * 64, 512, None, role="embeddings")
+    return make_policy(models=base.models + (embedder,),
+                       frontend=replace(base.frontend, recipe=recipe, **frontend))
+
+
+def test_the_embedding_model_has_a_server_of_its_own_with_the_same_checks():
+    backend = make_spec(with_embeddings()).container("backend")
+    config = json.loads(backend.env_value("SANDBOX_BACKEND_CONFIG"))
+    # Not a chat model: the chat server never loads it, so documents never make the chat model reload.
+    assert [m["model_alias"] for m in config["models"]] == ["tiny", "other"]
+    assert config["embeddings"]["port"] == 8001 and config["embeddings"]["port"] != config["port"]
+    model = config["embeddings"]["model"]
+    assert (model["model_alias"], model["n_ctx"], model["embedding"]) == ("embed", 512, True)
+    # Mounted read-only like every model, with the sha256 the backend checks it against.
+    [mount] = [m for m in backend.mounts if m.target == model["model"]]
+    assert mount.read_only and mount.kind == "bind" and mount.sha256 == model["sha256"] == "2" * 64
+
+
+def test_open_webui_gets_the_embedding_server_locked_and_its_key_as_a_secret():
+    f = make_spec(with_embeddings(env=(("RAG_OPENAI_API_BASE_URL", "https://api.openai.com/v1"),)),
+                  api_key="secret").container("frontend")
+    assert f.env_value("RAG_OPENAI_API_BASE_URL") == "http://backend:8001/v1"
+    assert f.env_value("RAG_OPENAI_API_KEY") == "secret" and "RAG_OPENAI_API_KEY" in f.secret_env
+    assert f.env_value("RAG_EMBEDDING_MODEL") == "embed" and f.env_value("RAG_EMBEDDING_ENGINE") == "openai"
+    assert f.env_value("VECTOR_DB") == "chroma"  # in its data volume, not a database outside
+    assert f.env_value("SANDBOX_EMBEDDINGS_BASE_URL") == "http://backend:8001/v1"
+
+
+def test_open_webui_without_an_embedding_model_still_never_points_its_documents_at_a_cloud():
+    policy = make_policy(frontend=replace(make_policy().frontend, recipe="open-webui"))
+    f = make_spec(policy).container("frontend")
+    assert f.env_value("RAG_OPENAI_API_BASE_URL") == "http://backend:8000/v1"
+    assert f.env_value("RAG_EMBEDDING_MODEL") is None and f.env_value("SANDBOX_EMBEDDINGS_MODEL") is None
+    assert "embeddings" not in json.loads(make_spec(policy).container("backend").env_value("SANDBOX_BACKEND_CONFIG"))
+
+
+def test_a_frontend_of_ones_own_gets_the_embedding_server_and_alias():
+    f = make_spec(with_embeddings(recipe=None, image="my-ui:1")).container("frontend")
+    assert f.env_value("SANDBOX_EMBEDDINGS_BASE_URL") == "http://backend:8001/v1"
+    assert f.env_value("SANDBOX_EMBEDDINGS_MODEL") == "embed"
+    assert f.env_value("RAG_OPENAI_API_BASE_URL") is None
