@@ -14,8 +14,8 @@ import typer
 
 from launcher.errors import PolicyError, SandboxError
 from launcher.text import json_text, one_line, printable
-from launcher.views import (Progress, err, followed_line, out, print_actions, render_audit, render_status,
-                            render_verify)
+from launcher.views import (Progress, err, followed_line, out, print_actions, render_audit, render_env,
+                            render_status, render_verify)
 
 app = typer.Typer(
     help="Run a local llama.cpp backend and a chat front-end in a hardened Docker sandbox "
@@ -187,6 +187,18 @@ def open_ui(target: Optional[str] = TARGET,
         err.print("no browser could be started here; open this link yourself (it is your key to the sandbox):",
                   markup=False)
         out.print(link, markup=False)
+
+
+@app.command()
+@handled
+def env(target: Optional[str] = TARGET, as_json: bool = JSON):
+    """Print OPENAI_BASE_URL and OPENAI_API_KEY for the sandbox's OpenAI-compatible API (/v1/), as
+    `export` lines: `eval "$(sandbox env)"`, then run a script or an editor that uses the openai SDK.
+
+    The API key printed is the sandbox's access token: printing it is what this command is for, so
+    keep its output out of shared terminals, logs and files others can read."""
+    from launcher.commands.env import api_env
+    render_env(api_env(_gateway(), target), as_json)
 
 
 @app.command()

@@ -34,6 +34,7 @@ NOBODY = "65534:65534"
 # Policy runtime names -> the names the engine knows them by.
 RUNTIMES = {"runc": None, "gvisor": "runsc"}
 BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
+BACKEND_CONFIG_ENV = "SANDBOX_BACKEND_CONFIG"  # the backend's models, by alias (images/llama-cpp/backend.py)
 API_KEY_ID_ENV = "SANDBOX_API_KEY_ID"
 FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
 # Where every front-end finds the embedding server and the model's name, when
@@ -67,7 +68,7 @@ AUDIT_VOLUME_SIZE = "256m"
 class Secrets:
     """Made per sandbox and kept while it runs; never part of a spec hash."""
 
-    api_key: str  # the backend requires it; only the front-end is given it
+    api_key: str  # the backend requires it; only the front-end and the ingress (for /v1/) are given it
     session_key: str  # for front-ends that sign sessions (recipe.session_key_env)
     access_token: str  # the ingress lets only its holder in (launcher/access.py)
 
@@ -356,6 +357,12 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         networks=(Attachment(ingress_net.name, ()), Attachment(internal.name, ("ingress",))),
         env=(("SANDBOX_NAME", name),
              ("SANDBOX_UPSTREAM", f"{FRONTEND_ALIAS}:{f.port}"),
+             # The owner's scripts and editors reach the backend's API through
+             # the ingress (/v1/), which asks it with the front-end's key: the
+             # access token is never passed on.
+             ("SANDBOX_API_UPSTREAM", f"{BACKEND_ALIAS}:{BACKEND_PORT}"),
+             (BACKEND_API_KEY_ENV, secrets.api_key),
+             (API_KEY_ID_ENV, token_id(secrets.api_key)),
              ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),
              # It listens on none of its addresses in this network: no part can reach it.
              (INTERNAL_SUBNET_ENV, internal_subnet),
@@ -364,7 +371,7 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
              (TOKEN_ENV, secrets.access_token),
              # In the spec hash where the token is not: a new token recreates the ingress.
              ("SANDBOX_ACCESS_TOKEN_ID", token_id(secrets.access_token))),
-        secret_env=(TOKEN_ENV,),
+        secret_env=(BACKEND_API_KEY_ENV, TOKEN_ENV),
         ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
         memory="128m", cpus=0.5, pids_limit=64, dns=dns,
@@ -412,7 +419,7 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
     return ContainerSpec(
         part="backend", name=resource_name(policy.name, "backend"), image=images.backend.tag, user=NOBODY,
         networks=(Attachment(internal.name, (BACKEND_ALIAS,)),),
-        env=(("SANDBOX_BACKEND_CONFIG", json.dumps(config, sort_keys=True)),
+        env=((BACKEND_CONFIG_ENV, json.dumps(config, sort_keys=True)),
              (BACKEND_API_KEY_ENV, secrets.api_key),
              (API_KEY_ID_ENV, token_id(secrets.api_key))),
         secret_env=(BACKEND_API_KEY_ENV,),

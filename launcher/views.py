@@ -3,6 +3,7 @@ consoles every output passes through (escaping what parts and builds
 wrote), and the progress of long work."""
 from __future__ import annotations
 
+import shlex
 import time
 
 from rich.console import Console
@@ -109,6 +110,17 @@ def render_verify(result, as_json: bool) -> None:
     out.print(f"\nsandbox {result.name}: " + ("; ".join(said) or "every attack was stopped"), markup=False)
     if any(FRONTEND_WORD in r.checked_by for r in result.rows):
         out.print(f"rows checked by the {FRONTEND_WORD} rest on what the front-end itself said", markup=False)
+
+
+def render_env(result: dict, as_json: bool) -> None:
+    """`sandbox env`: lines a POSIX shell runs (`eval "$(sandbox env)"`)."""
+    if as_json:
+        out.print_json(data=result)
+        return
+    out.print(f"# sandbox {result['name']}'s API; models: {', '.join(result['models']) or 'none listed'}",
+              markup=False)
+    for key, value in result["env"].items():
+        out.print(f"export {key}={shlex.quote(value)}", markup=False)
 
 
 def render_audit(result: dict) -> None:

@@ -173,7 +173,47 @@ function requestLogged(r) {
     return withoutToken(r, logged + line.slice(from));
 }
 
+// The most tokens one answer of the API (/v1/) may ask for, as the `chat`
+// UI allows: one client's answer may not hold the backend for long.
+const MAX_TOKENS = 2048;
+
+// The body the backend gets for an API request: the client's, parsed here
+// and written out again, so the backend reads exactly what was checked, with
+// `max_tokens` (and `max_completion_tokens`, where sent) at most MAX_TOKENS.
+// Absent, null, not a number, or under 1 (which the backend reads as "up to
+// the context's end"), it is MAX_TOKENS too, but for /v1/completions, whose
+// absent value is the backend's own small default. A body that is no JSON
+// object is passed on empty, which the backend refuses. The body is at most
+// 1 MiB (client_max_body_size) and in memory (client_body_buffer_size).
+function apiBody(r) {
+    if (r.method !== 'POST') {
+        return '';
+    }
+    const raw = r.rawVariables.request_body;
+    let body;
+    try {
+        body = JSON.parse(raw ? raw.toString() : '');
+    } catch (e) {
+        return '';
+    }
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+        return '';
+    }
+    if (r.variables.api_route === 'embeddings') {
+        return JSON.stringify(body);
+    }
+    const bounded = (value) => typeof value === 'number' && value >= 1 && value <= MAX_TOKENS;
+    if (!bounded(body.max_tokens) && !(r.variables.api_route === 'completions' && !('max_tokens' in body))) {
+        body.max_tokens = MAX_TOKENS;
+    }
+    if ('max_completion_tokens' in body && !bounded(body.max_completion_tokens)) {
+        body.max_completion_tokens = MAX_TOKENS;
+    }
+    return JSON.stringify(body);
+}
+
 export default {
+    apiBody,
     upstreamCookie,
     dropSandboxSetCookies,
     login,

@@ -10,6 +10,8 @@ valid '^[A-Za-z0-9_-]{32,128}$' "${SANDBOX_ACCESS_TOKEN:-}" || fail "SANDBOX_ACC
 valid '^[0-9]{1,5}$' "${SANDBOX_PUBLIC_PORT:-}" || fail "SANDBOX_PUBLIC_PORT is missing"
 valid '^[0-9]{1,5}$' "${SANDBOX_LISTEN_PORT:-}" || fail "SANDBOX_LISTEN_PORT is missing"
 valid '^[a-z0-9.-]+:[0-9]{1,5}$' "${SANDBOX_UPSTREAM:-}" || fail "SANDBOX_UPSTREAM is not host:port"
+valid '^[a-z0-9.-]+:[0-9]{1,5}$' "${SANDBOX_API_UPSTREAM:-}" || fail "SANDBOX_API_UPSTREAM is not host:port"
+valid '^[A-Za-z0-9_-]{32,128}$' "${SANDBOX_API_KEY:-}" || fail "SANDBOX_API_KEY is missing or malformed"
 mkdir -p /tmp/nginx
 # The door is for the host only: nginx listens on this container's addresses
 # outside the sandbox's own network, none on it, so that no part can reach the
@@ -33,10 +35,11 @@ if [ -n "${SANDBOX_INTERNAL_SUBNET:-}" ]; then
   [ -n "$LISTEN" ] || fail "no address outside the sandbox's network ($SANDBOX_INTERNAL_SUBNET) to listen on"
 fi
 export SANDBOX_LISTEN="$LISTEN"
-# The token is read from the environment, never put on a command line: every
-# local user of the host can read the command lines of a container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM", names, " ") }
-     { for (i = 1; i <= 5; i++) gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@",
+# The token and the backend's key are read from the environment, never put on
+# a command line: every local user of the host can read the command lines of a
+# container's processes.
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY", names, " ") }
+     { for (i = 1; i <= 7; i++) gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@",
                                      ENVIRON["SANDBOX_" names[i]]); print }' \
     /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
 addresses=$(printf '%s\n' "$LISTEN" | sed 's/listen //; s/ default_server;//' | tr '\n' ' ')

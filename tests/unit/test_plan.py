@@ -50,12 +50,14 @@ def test_applied_spec_plans_no_change():
     assert {a.verb for a in plan.actions} == {"keep"}
 
 
-def test_a_new_key_recreates_both_parts_that_share_it():
+def test_a_new_key_recreates_every_part_that_shares_it():
     """Tried as a new user would: with the backend gone and the front-end kept,
-    up gave the backend a new key and left the front-end with the old one."""
+    up gave the backend a new key and left the front-end with the old one.
+    The ingress asks the backend's API with it too (/v1/)."""
     spec = make_spec(api_key="old")
     assert [(a.verb, a.name) for a in make_plan(make_spec(api_key="new"), observed_from(spec)).changes] == [
-        ("recreate", "sandbox-demo-backend"), ("recreate", "sandbox-demo-frontend")]
+        ("recreate", "sandbox-demo-backend"), ("recreate", "sandbox-demo-frontend"),
+        ("recreate", "sandbox-demo-ingress")]
     assert make_plan(make_spec(api_key="old"), observed_from(spec)).changes == ()
 
 

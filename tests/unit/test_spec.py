@@ -109,6 +109,8 @@ def test_backend_config_serves_every_model():
         ("tiny", 2048, 0), ("other", 4096, 0)]
     assert config["models"][1]["chat_format"] == "chatml"
     assert "api_key" not in config  # the key travels apart, so it stays out of hashes
+    # A stream is not cut short by the next request (the health check's every 2 s).
+    assert config["interrupt_requests"] is False
 
 
 def test_the_backend_is_given_the_sha256_of_each_file_it_mounts():
@@ -153,12 +155,24 @@ def test_hash_holds_no_secret_value_but_tells_when_the_shared_key_changed():
     a, b = make_spec(api_key="one" * 11), make_spec(api_key="two" * 11)
     assert "one" * 11 not in json.dumps([labels_for(a, c) for c in a.containers])
     changed = [c.part for c, d in zip(a.containers, b.containers) if spec_hash(c) != spec_hash(d)]
-    assert changed == ["backend", "frontend"]
+    assert changed == ["backend", "frontend", "ingress"]
     assert a.container("backend").env_value("SANDBOX_API_KEY_ID") == a.container("frontend").env_value(
-        "SANDBOX_API_KEY_ID")
+        "SANDBOX_API_KEY_ID") == a.container("ingress").env_value("SANDBOX_API_KEY_ID")
     changed = make_spec(make_policy(backend=replace(make_policy().backend, cpus=3.0)), api_key="one" * 11)
     assert spec_hash(changed.container("backend")) != spec_hash(a.container("backend"))
     assert spec_hash(changed.container("frontend")) == spec_hash(a.container("frontend"))
+
+
+def test_the_ingress_asks_the_backend_with_its_own_key_kept_out_of_the_hash():
+    """For the API at the front door (/v1/): the ingress is given the key
+    the backend and the front-end share, never the other way round."""
+    spec = make_spec(api_key="shared" * 8, token="a" * 43)
+    ingress = spec.container("ingress")
+    assert ingress.env_value("SANDBOX_API_UPSTREAM") == "backend:8000"
+    assert ingress.env_value("SANDBOX_API_KEY") == spec.container("backend").env_value("SANDBOX_API_KEY")
+    assert "SANDBOX_API_KEY" in ingress.secret_env
+    assert "shared" * 8 not in json.dumps([spec_hash(c) for c in spec.containers])
+    assert all("a" * 43 not in json.dumps(c.env) for c in spec.containers if c.part != "ingress")
 
 
 def test_the_ingress_knows_the_sandbox_origin_and_token_but_the_hash_does_not_hold_the_token():

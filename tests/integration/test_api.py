@@ -1,0 +1,164 @@
+"""The backend's OpenAI-compatible API at a live sandbox's front door
+(/v1/), used by the official `openai` package as an editor or a script
+would, with what `sandbox env` prints; and refused, with real curl, to
+everyone without the bearer token. Each refusal is followed by its control:
+the owner's same request, which the backend answers."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from launcher.commands.audit import audit
+from launcher.commands.env import api_env
+from tests.integration.conftest import QUICKSTART_ALIAS
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def api(sandbox, gateway):
+    """The `sandbox env` settings of the module's running sandbox."""
+    result, _ = sandbox
+    return api_env(gateway, result.name)["env"]
+
+
+@pytest.fixture(scope="module")
+def client(api):
+    return openai.OpenAI(base_url=api["OPENAI_BASE_URL"], api_key=api["OPENAI_API_KEY"], max_retries=0,
+                         timeout=120)
+
+
+def curl(*args: str) -> tuple[int, dict, str]:
+    """The status, headers and body curl got."""
+    program = shutil.which("curl")
+    if program is None:
+        pytest.skip("curl is not installed")
+    run = subprocess.run([program, "-s", "-i", "--max-time", "60", *args], capture_output=True, text=True,
+                         timeout=90)
+    head, _, body = run.stdout.replace("\r\n", "\n").partition("\n\n")
+    status_line, *lines = head.split("\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_the_openai_package_lists_the_policys_models(client):
+    assert [m.id for m in client.models.list()] == [QUICKSTART_ALIAS]
+
+
+def test_the_openai_package_streams_a_chat(client):
+    stream = client.chat.completions.create(
+        model=QUICKSTART_ALIAS, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, stream=True)
+    chunks = [c for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) >= 2 and text.strip(), chunks
+    # A plain completion too, its max_tokens kept as asked.
+    done = client.completions.create(model=QUICKSTART_ALIAS, prompt="Once upon a time", max_tokens=4)
+    assert 1 <= done.usage.completion_tokens <= 4
+
+
+def test_an_embedding_is_asked_of_the_backend(client, api):
+    """The quick-start policy loads its model without embeddings; the
+    request is passed on all the same and answered by the backend, not
+    refused by the ingress."""
+    try:
+        answer = client.embeddings.create(model=QUICKSTART_ALIAS, input="a sandboxed sentence")
+    except openai.APIStatusError as e:
+        # The backend's own answer, passed on: no refusal of the ingress.
+        assert "x-sandbox-refused" not in e.response.headers, e.response.headers
+    else:
+        assert len(answer.data) == 1 and len(answer.data[0].embedding) > 0
+    status, headers, body = curl("-H", f"Authorization: Bearer {api['OPENAI_API_KEY']}", "-H",
+                                 "Content-Type: application/json", "-d", json.dumps({"input": "x"}),
+                                 api["OPENAI_BASE_URL"] + "/embeddings")
+    assert "x-sandbox-refused" not in headers and status != 401, (status, body)
+
+
+def test_a_wrong_key_is_refused(api):
+    stranger = openai.OpenAI(base_url=api["OPENAI_BASE_URL"], api_key="x" * 43, max_retries=0, timeout=60)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.models.list()
+    assert refused.value.response.headers["x-sandbox-refused"] == "bad-token"
+
+
+def owner_reaches_the_backend(api) -> None:
+    status, headers, body = curl("-H", f"Authorization: Bearer {api['OPENAI_API_KEY']}",
+                                 api["OPENAI_BASE_URL"] + "/models")
+    assert status == 200 and json.loads(body)["data"][0]["id"] == QUICKSTART_ALIAS
+
+
+def test_no_token_is_refused(api):
+    status, headers, _ = curl(api["OPENAI_BASE_URL"] + "/models")
+    assert (status, headers.get("x-sandbox-refused")) == (401, "no-token")
+    owner_reaches_the_backend(api)
+
+
+def test_the_browsers_cookie_alone_is_refused(sandbox, api):
+    result, _ = sandbox
+    cookie = f"Cookie: sandbox-{result.name}={api['OPENAI_API_KEY']}"
+    status, headers, _ = curl("-H", cookie, api["OPENAI_BASE_URL"] + "/models")
+    assert (status, headers.get("x-sandbox-refused")) == (401, "no-token")
+    status, headers, _ = curl("-H", cookie, "-H", f"Origin: {result.url.rstrip('/')}", "-H",
+                              "Sec-Fetch-Site: same-origin", "-H", "Content-Type: application/json", "-d",
+                              json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+                              api["OPENAI_BASE_URL"] + "/chat/completions")
+    assert (status, headers.get("x-sandbox-refused")) == (401, "no-token")
+    # The control: the same cookie opens the UI.
+    status, _, _ = curl("-H", cookie, result.url + "api/history")
+    assert status == 200
+
+
+def test_a_foreign_host_is_refused_even_with_the_token(api):
+    port = api["OPENAI_BASE_URL"].split(":")[2].split("/")[0]
+    bearer = f"Authorization: Bearer {api['OPENAI_API_KEY']}"
+    status, headers, _ = curl("-H", f"Host: evil.example:{port}", "-H", bearer, api["OPENAI_BASE_URL"] + "/models")
+    assert (status, headers.get("x-sandbox-refused")) == (421, "foreign-host")
+    owner_reaches_the_backend(api)
+
+
+@pytest.mark.parametrize("query", ["sandbox_token", "api_key", "key"])
+def test_the_token_in_the_address_is_refused(api, query):
+    token = api["OPENAI_API_KEY"]
+    for extra in ((), ("-H", f"Authorization: Bearer {token}")):
+        status, headers, _ = curl(*extra, f"{api['OPENAI_BASE_URL']}/models?{query}={token}")
+        assert (status, headers.get("x-sandbox-refused")) == (401, "token-elsewhere")
+    owner_reaches_the_backend(api)
+
+
+def test_a_body_over_one_mib_is_refused(api, tmp_path):
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"model": QUICKSTART_ALIAS, "input": "x" * (1024 * 1024)}))
+    status, _, _ = curl("-H", f"Authorization: Bearer {api['OPENAI_API_KEY']}", "-H",
+                        "Content-Type: application/json", "--data-binary", f"@{big}",
+                        api["OPENAI_BASE_URL"] + "/embeddings")
+    assert status == 413
+    owner_reaches_the_backend(api)
+
+
+def test_a_cors_preflight_is_refused_with_no_cors_answer(api):
+    status, headers, _ = curl("-X", "OPTIONS", "-H", "Origin: http://evil.example", "-H",
+                              "Access-Control-Request-Method: POST", "-H",
+                              "Access-Control-Request-Headers: authorization, content-type",
+                              api["OPENAI_BASE_URL"] + "/chat/completions")
+    assert status in (403, 405) and not any(k.startswith("access-control-") for k in headers), headers
+    # The backend's own server answers a preflight with CORS headers for any
+    # origin: the owner's requests never bring them back.
+    status, headers, _ = curl("-H", f"Authorization: Bearer {api['OPENAI_API_KEY']}",
+                              api["OPENAI_BASE_URL"] + "/models")
+    assert status == 200 and not any(k.startswith("access-control-") for k in headers), headers
+
+
+def test_the_refusals_are_in_the_audit(sandbox, gateway):
+    result, _ = sandbox
+    deadline = time.monotonic() + 60
+    while True:
+        refused = [line for line in audit(gateway, result.name)["ingress_refused"] if "/v1/" in line]
+        reasons = {line.split("reason=")[1].split(" ")[0] for line in refused}
+        if {"no-token", "foreign-host", "token-elsewhere", "too-large", "bad-token"} <= reasons:
+            break
+        assert time.monotonic() < deadline, refused
+        time.sleep(0.5)
+    assert not any(result.token in line for line in refused)

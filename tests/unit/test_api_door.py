@@ -1,0 +1,254 @@
+"""The OpenAI-compatible API at the front door (/v1/), for the owner's bearer
+token only: the ingress's real configuration run by nginx with njs in front
+of a stand-in backend (tests/unit/real_ingress.py). Each refusal is shown
+with its control: the same request as the owner makes it reaches the
+backend, so a door that is simply shut passes none of these."""
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+import pytest
+
+from tests.unit.real_ingress import RealIngress, nginx_with_njs
+
+TOKEN = "t" * 43
+API_KEY = "k" * 43
+
+pytestmark = pytest.mark.skipif(not nginx_with_njs(), reason="nginx with njs (Debian's nginx and "
+                                "libnginx-mod-http-js, as in the ingress's image) is not installed")
+
+
+@pytest.fixture
+def ingress(tmp_path):
+    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY)
+    yield door
+    door.close()
+
+
+def ask(ingress, method: str, path: str, headers: dict | None = None, body: bytes | None = None,
+        host: str | None = None) -> tuple[int, dict, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", ingress.port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        connection.putheader("Host", host or f"127.0.0.1:{ingress.port}")
+        for key, value in (headers or {}).items():
+            connection.putheader(key, value)
+        if body is not None:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+OWNER = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
+
+
+def chat(ingress, payload: dict, headers: dict | None = None, path: str = "/v1/chat/completions"):
+    return ask(ingress, "POST", path, {**OWNER, **JSON, **(headers or {})}, json.dumps(payload).encode())
+
+
+def test_the_owners_bearer_reaches_the_backend_with_the_backends_own_key_and_nothing_else(ingress):
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {**OWNER, "Cookie": f"sandbox-demo={TOKEN}; ui=1",
+                                                          "Origin": f"http://127.0.0.1:{ingress.port}",
+                                                          "X-Other": "kept out"})
+    assert status == 200 and "x-sandbox-refused" not in headers
+    [seen] = ingress.backend.seen
+    assert seen["method"] == "GET" and seen["path"] == "/v1/models"
+    assert seen["headers"]["Authorization"] == f"Bearer {API_KEY}"
+    assert {k.lower() for k in seen["headers"]} <= {"host", "authorization", "accept", "content-length",
+                                                   "content-type"}
+    assert TOKEN not in json.dumps(seen["headers"])
+    for route in ("chat/completions", "completions", "embeddings"):
+        status, _, _ = chat(ingress, {"model": "tiny", "input": "x"}, path=f"/v1/{route}")
+        assert status == 200
+    assert [s["path"] for s in ingress.backend.seen] == ["/v1/models", "/v1/chat/completions", "/v1/completions",
+                                                         "/v1/embeddings"]
+    assert ingress.ui.seen == []
+
+
+def test_no_token_and_a_wrong_one_are_refused(ingress):
+    assert ask(ingress, "GET", "/v1/models")[0] == 401
+    status, headers, body = ask(ingress, "GET", "/v1/models", {"Authorization": "Bearer " + "x" * 43})
+    assert (status, headers["x-sandbox-refused"]) == (401, "bad-token")
+    status, headers, _ = chat(ingress, {"messages": []}, {"Authorization": ""})
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token")
+    assert ingress.backend.seen == []
+    # The control: the owner's token gets through.
+    assert ask(ingress, "GET", "/v1/models", OWNER)[0] == 200
+
+
+def test_the_browsers_cookie_alone_is_never_enough(ingress):
+    cookie = {"Cookie": f"sandbox-demo={TOKEN}"}
+    own_page = {**cookie, "Origin": f"http://127.0.0.1:{ingress.port}", "Sec-Fetch-Site": "same-origin"}
+    status, headers, body = ask(ingress, "GET", "/v1/models", cookie)
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token") and b"cookie is not enough" in body
+    status, headers, _ = ask(ingress, "POST", "/v1/chat/completions", {**own_page, **JSON}, b'{"messages": []}')
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token")
+    assert ingress.backend.seen == []
+    # The control: the same cookie opens the UI.
+    assert ask(ingress, "GET", "/", cookie)[0] == 200 and len(ingress.ui.seen) == 1
+
+
+def test_a_foreign_host_is_refused_even_with_the_token(ingress):
+    status, headers, _ = ask(ingress, "GET", "/v1/models", OWNER, host=f"evil.example:{ingress.port}")
+    assert (status, headers["x-sandbox-refused"]) == (421, "foreign-host")
+    assert ingress.backend.seen == []
+    assert ask(ingress, "GET", "/v1/models", OWNER, host=f"localhost:{ingress.port}")[0] == 200
+
+
+@pytest.mark.parametrize("path", [f"/v1/models?sandbox_token={TOKEN}", f"/v1/models?api_key={TOKEN}",
+                                  f"/v1/models?key=%{ord(TOKEN[0]):02X}{TOKEN[1:]}", "/v1/models?sandbox_token=x"])
+@pytest.mark.parametrize("with_bearer", [False, True])
+def test_the_token_is_never_taken_from_the_address(ingress, path, with_bearer):
+    status, headers, _ = ask(ingress, "GET", path, OWNER if with_bearer else {})
+    assert (status, headers["x-sandbox-refused"]) == (401, "token-elsewhere")
+    assert ingress.backend.seen == []
+    assert TOKEN not in ingress.log()
+    # The control: the bearer alone, and a query with no token in it, which
+    # the backend never sees.
+    assert ask(ingress, "GET", "/v1/models?limit=1", OWNER)[0] == 200
+    assert ingress.backend.seen[0]["path"] == "/v1/models"
+
+
+def test_the_token_in_another_header_is_refused(ingress):
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {"X-Api-Key": TOKEN})
+    assert (status, headers["x-sandbox-refused"]) == (401, "token-elsewhere")
+    assert ingress.backend.seen == []
+
+
+def test_no_cors_a_preflight_is_refused_and_the_backends_cors_headers_never_reach_the_client(ingress):
+    preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    status, headers, _ = ask(ingress, "OPTIONS", "/v1/chat/completions", preflight)
+    assert status in (403, 405) and not any(k.startswith("access-control-") for k in headers)
+    status, headers, _ = ask(ingress, "OPTIONS", "/v1/chat/completions", {**OWNER, **preflight, "Origin": ""})
+    assert (status, headers["x-sandbox-refused"]) == (405, "method")
+    assert ingress.backend.seen == []
+    # A page of another origin that somehow holds the token is refused too.
+    status, headers, _ = chat(ingress, {"messages": []}, {"Origin": "http://evil.example"})
+    assert (status, headers["x-sandbox-refused"]) == (403, "foreign-origin")
+    status, headers, _ = chat(ingress, {"messages": []}, {"Sec-Fetch-Site": "cross-site"})
+    assert (status, headers["x-sandbox-refused"]) == (403, "cross-site")
+    assert ingress.backend.seen == []
+    # The control: the owner's request reaches the backend, which answers
+    # with CORS headers and a cookie (as llama-cpp-python's server does);
+    # neither reaches the client.
+    status, headers, _ = chat(ingress, {"messages": []})
+    assert status == 200 and len(ingress.backend.seen) == 1
+    assert not any(k.startswith("access-control-") for k in headers) and "set-cookie" not in headers
+
+
+def test_a_body_over_one_mib_is_refused_before_the_backend(ingress):
+    padding = "x" * (1024 * 1024)
+    status, _, _ = chat(ingress, {"messages": [{"role": "user", "content": padding}]})
+    assert status == 413 and ingress.backend.seen == []
+    assert "status=413 reason=too-large" in ingress.log(waiting_for="status=413")
+    # The control: nearly as much gets through, whole.
+    status, _, _ = chat(ingress, {"messages": [{"role": "user", "content": padding[:1000 * 1024]}]})
+    assert status == 200
+    assert json.loads(ingress.backend.seen[0]["body"])["messages"][0]["content"] == padding[:1000 * 1024]
+
+
+@pytest.mark.parametrize("route, sent, gets", [
+    ("chat/completions", {"max_tokens": 99999}, 2048),
+    ("chat/completions", {"max_tokens": 100}, 100),
+    ("chat/completions", {}, 2048),  # absent: the backend would write up to the context's end
+    ("chat/completions", {"max_tokens": None}, 2048),
+    ("chat/completions", {"max_tokens": 0}, 2048),  # 0 and under: "no limit" to the backend
+    ("chat/completions", {"max_tokens": -1}, 2048),
+    ("chat/completions", {"max_tokens": "99999"}, 2048),  # the backend would read the string as a number
+    ("chat/completions", {"max_tokens": 1e300}, 2048),
+    ("completions", {"max_tokens": 99999}, 2048),
+    ("completions", {}, None),  # absent: the backend's own default, 16
+])
+def test_max_tokens_is_bounded(ingress, route, sent, gets):
+    status, _, _ = chat(ingress, {"model": "tiny", "prompt": "hi", **sent}, path=f"/v1/{route}")
+    assert status == 200
+    assert json.loads(ingress.backend.seen[0]["body"]).get("max_tokens") == gets
+
+
+def test_max_completion_tokens_is_bounded_where_sent(ingress):
+    chat(ingress, {"messages": [], "max_completion_tokens": 10 ** 6})
+    chat(ingress, {"messages": [], "max_completion_tokens": 50, "max_tokens": 50})
+    first, second = (json.loads(s["body"]) for s in ingress.backend.seen)
+    assert first["max_completion_tokens"] == 2048
+    assert second["max_completion_tokens"] == second["max_tokens"] == 50
+
+
+def test_the_backend_reads_the_body_as_the_ingress_read_it(ingress):
+    """A body the ingress cannot read as a JSON object reaches the backend
+    empty (which it refuses); a key written with escapes or twice is read
+    as the backend's parser reads it, so no max_tokens slips past."""
+    for raw in (b'{"messages": [', b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b"{\"max_tokens\": NaN}"):
+        ask(ingress, "POST", "/v1/chat/completions", {**OWNER, **JSON}, raw)
+    assert [s["body"] for s in ingress.backend.seen] == [b""] * 5
+    for raw in (b'{"max\\u005ftokens": 99999}', b'{"max_tokens": 5, "max_tokens": 99999}'):
+        ask(ingress, "POST", "/v1/chat/completions", {**OWNER, **JSON}, raw)
+    assert [json.loads(s["body"])["max_tokens"] for s in ingress.backend.seen[5:]] == [2048, 2048]
+    # Text outside ASCII arrives as it was sent.
+    chat(ingress, {"messages": [{"role": "user", "content": "café 日本 \U0001F600"}], "max_tokens": 5})
+    assert json.loads(ingress.backend.seen[-1]["body"])["messages"][0]["content"] == "café 日本 \U0001F600"
+
+
+def test_only_the_four_routes_reach_the_backend(ingress):
+    for method, path in (("GET", "/v1/chat/completions"), ("POST", "/v1/models"), ("DELETE", "/v1/models")):
+        status, headers, _ = ask(ingress, method, path, {**OWNER, **JSON}, b"{}" if method == "POST" else None)
+        assert (status, headers["x-sandbox-refused"]) == (405, "method"), (method, path)
+    # Other paths, under /v1/ too, are the UI's (with its own checks); none
+    # of the backend's other routes (/extras/tokenize, /docs) is reachable.
+    for path in ("/v1/other", "/v1/models/x", "/v1/models/../../extras/tokenize", "/extras/tokenize"):
+        ask(ingress, "GET", path, OWNER)
+    assert ingress.backend.seen == []
+    assert [s["path"] for s in ingress.ui.seen] == ["/v1/other", "/v1/models/x", "/v1/models/../../extras/tokenize",
+                                                    "/extras/tokenize"]
+
+
+def test_requests_in_progress_on_the_api_are_bounded_and_the_ui_still_answers(ingress):
+    release = threading.Event()
+    answer = ingress.backend.answer
+
+    def held(seen):
+        if b"hold" in seen["body"]:
+            release.wait(30)
+        return answer(seen)
+    ingress.backend.answer = held
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(chat(ingress, {"messages": [], "hold": 1})[0]))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = 100
+        while len(ingress.backend.seen) < 4 and deadline:
+            threading.Event().wait(0.05)
+            deadline -= 1
+        status, _, _ = chat(ingress, {"messages": []})
+        assert status == 429
+        assert "status=429 reason=too-many" in ingress.log(waiting_for="status=429")
+        # The UI is another door: still answered.
+        assert ask(ingress, "GET", "/", OWNER)[0] == 200
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert results == [200] * 4
+    # Once they are done, the next is served.
+    assert chat(ingress, {"messages": []})[0] == 200
+
+
+def test_refusals_are_logged_as_the_front_doors_are_without_the_token(ingress):
+    ask(ingress, "GET", "/v1/models", {"Cookie": f"sandbox-demo={TOKEN}"})
+    ask(ingress, "GET", f"/v1/models?sandbox_token={TOKEN}")
+    ask(ingress, "OPTIONS", "/v1/models")
+    ask(ingress, "GET", "/v1/models", OWNER)  # passed on: not logged
+    ask(ingress, "GET", "/v1/completions", OWNER)
+    lines = ingress.log(waiting_for="GET /v1/completions").splitlines()
+    assert [line.split(" reason=")[1].split(" ")[0] for line in lines] == ["no-token", "token-elsewhere", "method",
+                                                                                 "method"]
+    assert all(line.startswith("ingress: refused ") for line in lines)
+    assert TOKEN not in ingress.log() and 'request="GET /v1/models?sandbox_token=... HTTP/1.1"' in lines[1]
