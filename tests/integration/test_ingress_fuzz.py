@@ -24,6 +24,7 @@ from tests.integration.conftest import ca_bundle, free_port  # noqa: E402
 
 NAME = "fuzz"
 TOKEN = "F" * 20 + "uzz_token-" + "0" * 13
+BACKEND_KEY = "B" * 32  # the ingress asks the backend with it for /v1/; no backend here
 OTHER_TOKEN = "O" * 20 + "ther_token-" + "0" * 12  # another sandbox's, whose cookie the browser sends too
 # The recorder's answer to a path with SET_COOKIES_MARK in it (a mark the
 # fuzzed paths cannot have), and to an upgrade to a WebSocket there: the UI's
@@ -94,6 +95,7 @@ def door(gateway, docker_client):
         ingress_container = docker_client.containers.run(
             ingress.tag, name=f"sandbox-fuzz-{run}-ingress", detach=True, network=network.name, labels=labels,
             environment={"SANDBOX_NAME": NAME, "SANDBOX_UPSTREAM": "frontend:8080", "SANDBOX_LISTEN_PORT": "8080",
+                         "SANDBOX_API_UPSTREAM": "backend:8000", "SANDBOX_API_KEY": BACKEND_KEY,
                          "SANDBOX_PUBLIC_PORT": str(port), "SANDBOX_ACCESS_TOKEN": TOKEN},
             ports={"8080/tcp": ("127.0.0.1", port)}, **HARDENED)
         deadline = time.monotonic() + 30
@@ -136,10 +138,10 @@ def request(method: str, target: str, host: str | None, *, cookie: str | None = 
 
 def exchange(port: int, raw: bytes, timeout: float = 3) -> list[int]:
     """The status of each response on one connection."""
+    data = b""  # what came before the connection failed, if it did
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.sendall(raw)
-            data = b""
             while chunk := s.recv(65536):
                 data += chunk
     except OSError:
