@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 
-from launcher import access
-from launcher.commands.prepare import current_token
-from launcher.commands.target import resolve_name
+from launcher.commands.open import front_door
 from launcher.engine import DockerGateway
-from launcher.errors import NotFound
-from launcher.spec import BACKEND_CONFIG_ENV, resource_name
+from launcher.spec import BACKEND_CONFIG_ENV
 
 BASE_URL_ENV = "OPENAI_BASE_URL"
 API_KEY_ENV = "OPENAI_API_KEY"
@@ -20,16 +17,9 @@ API_KEY_ENV = "OPENAI_API_KEY"
 def api_env(gateway: DockerGateway, target: str | None) -> dict:
     """The sandbox's name, the models its API serves (the policy's aliases)
     and the variables: {"OPENAI_BASE_URL": ..., "OPENAI_API_KEY": TOKEN}."""
-    name = resolve_name(gateway, target, "env")
-    state = gateway.state.container_state(resource_name(name, "ingress"))
-    if not state or state["state"] != "running" or not state["ports"]:
-        raise NotFound(f"sandbox {name} is not running; `sandbox up` it first")
-    token = current_token(gateway, name)
-    if not token:
-        raise NotFound(f"no access token of sandbox {name} is readable here: it is kept in "
-                       f"{access.token_file(name)} of the user who started it")
+    name, address, token = front_door(gateway, target, "env")
     return {"name": name, "models": served_models(gateway, name),
-            "env": {BASE_URL_ENV: f"http://{state['ports'][0]}/v1", API_KEY_ENV: token}}
+            "env": {BASE_URL_ENV: f"http://{address}/v1", API_KEY_ENV: token}}
 
 
 def served_models(gateway: DockerGateway, name: str) -> list[str]:

@@ -11,9 +11,11 @@ from launcher.errors import NotFound
 from launcher.spec import resource_name
 
 
-def access_link(gateway: DockerGateway, target: str | None) -> tuple[str, str]:
-    """The sandbox's name and its access link."""
-    name = resolve_name(gateway, target, "open")
+def front_door(gateway: DockerGateway, target: str | None, command: str) -> tuple[str, str, str]:
+    """The sandbox's name, its front door's address (host:port) and the
+    owner's access token; NotFound when it is not running or the token is
+    not this user's to read."""
+    name = resolve_name(gateway, target, command)
     state = gateway.state.container_state(resource_name(name, "ingress"))
     if not state or state["state"] != "running" or not state["ports"]:
         raise NotFound(f"sandbox {name} is not running; `sandbox up` it first")
@@ -21,7 +23,13 @@ def access_link(gateway: DockerGateway, target: str | None) -> tuple[str, str]:
     if not token:
         raise NotFound(f"no access token of sandbox {name} is readable here: it is kept in "
                        f"{access.token_file(name)} of the user who started it")
-    return name, access.access_link(f"http://{state['ports'][0]}/", token)
+    return name, state["ports"][0], token
+
+
+def access_link(gateway: DockerGateway, target: str | None) -> tuple[str, str]:
+    """The sandbox's name and its access link."""
+    name, address, token = front_door(gateway, target, "open")
+    return name, access.access_link(f"http://{address}/", token)
 
 
 def open_in_browser(name: str, link: str) -> bool:
