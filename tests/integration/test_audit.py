@@ -256,13 +256,15 @@ except OSError:
 """
 
 # Then a flood, straight to the sink (DNS) and to outside addresses (the sink
-# takes those): queries cut short before their class, random bytes, tens of
-# thousands of long names; connections with `Content-Length: ²` and with
-# oversized headers. Halfway through, a real attempt, retried until its
-# lookup is answered (the flood may fill the sink's queue).
-FLOOD_AND_ERASE = """
-import os, socket, struct, sys, time
-sink = sys.argv[1]
+# takes those): queries cut short before their class, random bytes, thousands
+# of long names; connections with `Content-Length: ²` and with oversized
+# headers. It prints how many connections it made. The test floods in rounds
+# until the detail files have turned over: how many records a round gets
+# written depends on the sink's pace and the kernel's socket buffer, not on
+# the test.
+FLOOD = """
+import os, socket, struct, sys
+sink, round = sys.argv[1], int(sys.argv[2])
 
 def query(name):
     labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\\x00"
@@ -279,22 +281,23 @@ def connection(request):
         pass
 
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-def dns_flood(count):
-    for n in range(count):
-        udp.sendto(query(f"{n:06}" + ".long" * 45), (sink, 53))
-        if n % 10 == 0:
-            udp.sendto(query(f"cut{n}.example")[:-2], (sink, 53))
-            udp.sendto(os.urandom(40), (sink, 53))
+for n in range(15000):
+    udp.sendto(query(f"{round:02}{n:06}" + ".long" * 45), (sink, 53))
+    if n % 10 == 0:
+        udp.sendto(query(f"cut{n}.example")[:-2], (sink, 53))
+        udp.sendto(os.urandom(40), (sink, 53))
+for n in range(300):
+    if n % 2:
+        connection(b"POST /flood HTTP/1.1\\r\\nHost: flood.example\\r\\nContent-Length: \\xb2\\r\\n\\r\\nx")
+    else:
+        connection(b"GET /big HTTP/1.1\\r\\nHost: flood.example\\r\\nX-Big: " + b"y" * 60000 + b"\\r\\n\\r\\n")
+print("flooded", made)
+"""
 
-def http_flood(count):
-    for n in range(count):
-        if n % 2:
-            connection(b"POST /flood HTTP/1.1\\r\\nHost: flood.example\\r\\nContent-Length: \\xb2\\r\\n\\r\\nx")
-        else:
-            connection(b"GET /big HTTP/1.1\\r\\nHost: flood.example\\r\\nX-Big: " + b"y" * 60000 + b"\\r\\n\\r\\n")
-
-dns_flood(15000)
-http_flood(300)
+# Between rounds, a real attempt, retried until its lookup is answered (the
+# flood may fill the sink's queue).
+DURING = """
+import socket, time
 deadline = time.monotonic() + 120
 while True:
     try:
@@ -305,9 +308,6 @@ while True:
 with socket.create_connection((address, 80), timeout=10) as s:
     s.sendall(b"GET /during HTTP/1.1\\r\\nHost: during-the-flood.attacker.example\\r\\n\\r\\n")
     s.recv(1)
-dns_flood(15000)
-http_flood(300)
-print("flooded", made)
 """
 
 # The sink's detail files turn over at this many bytes in this test only (the
@@ -364,12 +364,34 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
         def upload(report: dict) -> dict | None:
             return next((d for d in report["destinations"] if d["name"] == "upload.attacker.example"), None)
         poll(lambda: upload(audit(gateway, result.name)))
-        run = frontend.exec_run(["python3", "-c", FLOOD_AND_ERASE, sink_address])
-        assert run.exit_code == 0 and b"flooded" in run.output, run.output.decode()[-2000:]
-        connections_made = int(run.output.decode().split()[-1])
+        import launcher.commands.audit
+
+        def detail_only() -> dict:  # the audit read without the sink's summary
+            with monkeypatch.context() as without_the_summary:
+                without_the_summary.setattr(launcher.commands.audit, "summary_kept",
+                                            lambda gateway, name: {"destinations": [], "more": {}, "dropped": {}})
+                return audit(gateway, result.name)
 
         def names(report: dict) -> dict:
             return {n["name"]: n for n in report["names"]}
+
+        connections_made, rounds = 0, iter(range(40))
+
+        def flood() -> None:
+            nonlocal connections_made
+            run = frontend.exec_run(["python3", "-c", FLOOD, sink_address, str(next(rounds))])
+            assert run.exit_code == 0 and b"flooded" in run.output, run.output.decode()[-2000:]
+            connections_made += int(run.output.decode().split()[-1])
+
+        def erased() -> bool:  # every detail record of the first lookup and the POST turned over
+            report = detail_only()
+            return "first-lookup.attacker.example" not in names(report) and upload(report) is None
+        flood()
+        run = frontend.exec_run(["python3", "-c", DURING])
+        assert run.exit_code == 0, run.output.decode()[-2000:]
+        while not erased():
+            flood()
+
         def flooded(report: dict) -> dict | None:
             return next((d for d in report["destinations"] if d["address"] == "203.0.113.20"), None)
 
@@ -381,13 +403,9 @@ def test_a_flood_of_malformed_and_oversized_attempts_neither_stops_the_sink_nor_
         assert "first-lookup.attacker.example" not in {e["name"] for e in report["lookups"]}
         assert not any(c["name"] == "upload.attacker.example" for c in report["connections"])
         # The control: read without the sink's summary, the audit has lost
-        # them, so the checks below would see an erasing flood.
-        import launcher.commands.audit
-        with monkeypatch.context() as without_the_summary:
-            without_the_summary.setattr(launcher.commands.audit, "summary_kept",
-                                        lambda gateway, name: {"destinations": [], "more": {}, "dropped": {}})
-            erased = audit(gateway, result.name)
-        assert "first-lookup.attacker.example" not in names(erased) and upload(erased) is None
+        # them (the rounds went on until it had), so the checks below would
+        # see an erasing flood.
+        assert erased()
         # The summary still has them, with exact counts, the POST with its body.
         first = names(report)["first-lookup.attacker.example"]
         assert first["count"] == 1 and first["parts"] == ["frontend"]
