@@ -3,6 +3,7 @@ removed and created in an order that is always safe, and a whole sandbox
 removed."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import docker.errors
@@ -45,12 +46,37 @@ class Applier:
             if plan.verb_of("volume", volume.name) == CREATE:
                 say(f"creating volume {volume.name}")
                 self._create_volume(spec, volume)
+        created = []
         for container in sorted(spec.containers, key=lambda c: PARTS.index(c.part)):
             if plan.verb_of("container", container.name) in (CREATE, RECREATE):
-                say(f"starting {container.part} ({container.name})")
                 if before_create:
                     before_create(container)
-                self._create_and_start(spec, container)
+                created.append((container, self._create(spec, container)))
+        self._start(created, say)
+
+    def _start(self, created: list[tuple[ContainerSpec, str]], say: Say) -> None:
+        """Start the created containers: the DNS sink first, since every other
+        part's first lookups go to it and must be answered and recorded; the
+        rest at once, as none needs another running to start (the ingress
+        finds the front-end by name at request time, the front-end asks the
+        backend when a user does)."""
+        first = [(c, cid) for c, cid in created if c.part == "dns"]
+        rest = [(c, cid) for c, cid in created if c.part != "dns"]
+
+        def start(container: ContainerSpec, container_id: str) -> None:
+            say(f"starting {container.part} ({container.name})")
+            with engine_call(f"starting container {container.name}"):
+                self.api.start(container_id)
+        for container, container_id in first:
+            start(container, container_id)
+        if len(rest) <= 1:
+            for container, container_id in rest:
+                start(container, container_id)
+            return
+        with ThreadPoolExecutor(max_workers=len(rest)) as pool:
+            started = [pool.submit(start, container, container_id) for container, container_id in rest]
+        for future in started:
+            future.result()  # the first failure, once every start has ended
 
     def remove_sandbox(self, name: str, volumes: bool = False, say: Say | None = None) -> list[str]:
         """Remove everything labelled with the sandbox's name; the data volume
@@ -96,7 +122,8 @@ class Applier:
             self.api.create_volume(volume.name, driver="local", labels=labels_for(spec, volume),
                                    driver_opts={"size": volume.size} if volume.size else None)
 
-    def _create_and_start(self, spec: SandboxSpec, c: ContainerSpec) -> None:
+    def _create(self, spec: SandboxSpec, c: ContainerSpec) -> str:
+        """Create a container on its networks, not started; its ID."""
         device_requests = None
         if c.gpus:
             device_requests = [DeviceRequest(
@@ -145,7 +172,7 @@ class Applier:
                 self.api.connect_container_to_network(created["Id"], attachment.network,
                                                       aliases=list(attachment.aliases) or None,
                                                       ipv4_address=attachment.ipv4_address)
-            self.api.start(created["Id"])
+        return created["Id"]
 
     def _tmpfs_with_image_volumes_covered(self, c: ContainerSpec) -> dict[str, str]:
         """The spec's tmpfs mounts, and a bounded one over each VOLUME the

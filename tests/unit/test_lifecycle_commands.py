@@ -325,3 +325,33 @@ def test_audit_on_the_command_line_as_json_and_text(cli_engine):
     assert [n["name"] for n in json.loads(as_json.stdout)["names"]] == ["evil.example"]
     text = runner.invoke(app, ["audit", "minimal"])
     assert text.exit_code == 0 and "evil.example" in text.stdout
+
+
+# ---- up's starts ---------------------------------------------------------
+
+def test_up_creates_every_part_then_starts_the_sink_before_the_others(tmp_path, monkeypatch):
+    api = FakeApi()
+    sandbox_on(api, tmp_path, monkeypatch)
+    order = [(name, kwargs.get("name") or args[0]) for name, args, kwargs in api.calls
+             if name in ("create_container", "start")]
+    creates = [i for i, (name, _) in enumerate(order) if name == "create_container"]
+    starts = [target for name, target in order if name == "start"]
+    assert len(creates) == 4 and max(creates) < min(i for i, (name, _) in enumerate(order) if name == "start")
+    assert starts[0] == SINK and sorted(starts[1:]) == sorted(set(CONTAINERS) - {SINK})
+
+
+class OneStartFails(FakeApi):
+    def start(self, container):
+        if container.endswith("-frontend"):
+            raise docker.errors.APIError("driver failed programming external connectivity",
+                                         explanation="driver failed programming external connectivity")
+        super().start(container)
+
+
+def test_a_part_that_fails_to_start_is_said_after_the_others_have_started(tmp_path, monkeypatch):
+    from launcher.errors import SandboxError
+    api = OneStartFails()
+    with pytest.raises(SandboxError, match="starting container sandbox-minimal-frontend"):
+        sandbox_on(api, tmp_path, monkeypatch)
+    running = {name for name, held in api.containers_held.items() if held["State"]["Status"] == "running"}
+    assert running == set(CONTAINERS) - {"sandbox-minimal-frontend"}
