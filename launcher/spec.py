@@ -34,6 +34,8 @@ NOBODY = "65534:65534"
 # Policy runtime names -> the names the engine knows them by.
 RUNTIMES = {"runc": None, "gvisor": "runsc"}
 BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
+# The ingress's: where the front-end listens (host:port on the internal network).
+UPSTREAM_ENV = "SANDBOX_UPSTREAM"
 BACKEND_CONFIG_ENV = "SANDBOX_BACKEND_CONFIG"  # the backend's models, by alias (images/llama-cpp/backend.py)
 API_KEY_ID_ENV = "SANDBOX_API_KEY_ID"
 FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
@@ -356,7 +358,7 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
         networks=(Attachment(ingress_net.name, ()), Attachment(internal.name, ("ingress",))),
         env=(("SANDBOX_NAME", name),
-             ("SANDBOX_UPSTREAM", f"{FRONTEND_ALIAS}:{f.port}"),
+             (UPSTREAM_ENV, f"{FRONTEND_ALIAS}:{f.port}"),
              # The owner's scripts and editors reach the backend's API through
              # the ingress (/v1/), which asks it with the front-end's key: the
              # access token is never passed on.

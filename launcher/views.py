@@ -233,7 +233,10 @@ def render_status(sandboxes: list[dict], memory: bool) -> None:
         for column in ("part", "state", "health", "restarts") + (("memory",) if memory else ()):
             table.add_column(column)
         for p in s["parts"]:
-            row = [p["part"], p["state"], p.get("health") or "-", str(p.get("restarts", "-"))]
+            health = p.get("health") or "-"
+            if p.get("health_by") == "up":  # the engine's first check is still to come
+                health += " (seen by up)"
+            row = [p["part"], p["state"], health, str(p.get("restarts", "-"))]
             if memory:
                 mem = p.get("memory_bytes")
                 row.append(f"{mem / 2**20:.0f} MiB" if mem else "-")

@@ -10,6 +10,7 @@ from launcher.commands.target import resolve_name
 from launcher.engine import DockerGateway
 from launcher.errors import SandboxError
 from launcher.mutex import one_command_at_a_time
+from launcher.readiness import forget_ready
 from launcher.signing import forget_signer
 
 
@@ -25,6 +26,7 @@ def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
                     say(f"the ingress's refusals could not be kept: {e}")
         removed = gateway.applier.remove_sandbox(name, volumes=volumes, say=say)
         forget_signer(name)  # nothing runs that anyone signed
+        forget_ready(name)
         if volumes and access.saved_token(name):
             access.forget_token(name)
             removed.append(f"access token {access.token_file(name)}")

@@ -10,6 +10,7 @@ from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
 from launcher.engine import DockerGateway
 from launcher.errors import NotFound
+from launcher.readiness import health_of, seen_ready
 from launcher.signing import remembered_signer
 from launcher.spec import PARTS, resource_name
 
@@ -26,13 +27,16 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
     for name in names:
         parts = []
         url = None
+        ready = seen_ready(name)
         for part in PARTS:
             state = gateway.state.container_state(resource_name(name, part))
             if state is None:
                 parts.append({"part": part, "state": "missing", "health": None})
                 continue
+            health, health_by = health_of(state, ready)
             entry = {"part": part, "container": state["name"], "state": state["state"],
-                     "health": state["health"], "restarts": state["restarts"], "image": state["image"]}
+                     "health": health, "health_by": health_by, "restarts": state["restarts"],
+                     "image": state["image"]}
             if memory and state["state"] == "running":
                 entry["memory_bytes"] = gateway.state.memory_usage(state["name"])
             parts.append(entry)

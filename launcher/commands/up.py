@@ -2,6 +2,7 @@
 backend lists its models and the UI answers through the ingress."""
 from __future__ import annotations
 
+import threading
 import time
 import urllib.error
 from contextlib import nullcontext
@@ -25,29 +26,51 @@ from launcher.policy.source import PolicySource, read_source
 from launcher.plan import RECREATE, REMOVE
 from launcher.policy.files import HashProgress, model_file_problem
 from launcher.policy.validate import embedding_warnings
+from launcher.readiness import remember_ready, seen_ready
 from launcher.signing import allowed_signers_setting, remember_signer
-from launcher.spec import (BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, ContainerSpec, SandboxSpec,
-                           memory_bytes, resource_name)
+from launcher.spec import (BACKEND_ALIAS, BACKEND_API_KEY_ENV, BACKEND_PORT, NOBODY, PARTS, UPSTREAM_ENV, ContainerSpec,
+                           SandboxSpec, memory_bytes, resource_name)
 
 Say = Callable[[str], None]
-POLL_SECONDS = 0.5
+# A readiness check is one local HTTP request: asked often, it costs little.
+POLL_SECONDS = 0.1
 # How many times `up` plans again when the subnet it chose is taken before it is made.
 SUBNET_TRIES = 3
-# Run inside the sandbox (by the DNS sink's python3): what the UI asks first,
-# with the UI's key. Exit 0: answered; 3: the key was refused; 4: not yet.
-KEY_CHECK = f"""
-import sys, urllib.error, urllib.request
-request = urllib.request.Request("http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1/models",
-                                 headers={{"Authorization": "Bearer " + sys.argv[1]}})
-try:
-    urllib.request.urlopen(request, timeout=5).read()
-except urllib.error.HTTPError as e:
-    print(e)
-    sys.exit(3 if e.code in (401, 403) else 4)
-except Exception as e:
-    print(e)
-    sys.exit(4)
+# Run inside the sandbox by the DNS sink's python3, as the sink runs once it
+# has given up root: waits, asking every 50 ms, until the backend lists its
+# models to the UI's key and then the UI answers its health path, both
+# straight over the sandbox's network (through the ingress, each try that
+# found nothing listening would be an error line in its log). Exit 0: both
+# answered; 3: the key was refused; 4: not yet after the seconds it was given.
+READY_CHECK = """
+import sys, time, urllib.error, urllib.request
+key, backend, ui, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+deadline, seen = time.monotonic() + seconds, "no answer yet"
+def ask(url, headers):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+            r.read()
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except Exception as e:
+        return str(e)
+for url, headers in ((backend, {"Authorization": "Bearer " + key}), (ui, {})):
+    while True:
+        answer = ask(url, headers)
+        if answer == 200:
+            break
+        if url == backend and answer in (401, 403):
+            print(f"{url}: {answer}")
+            sys.exit(3)
+        if time.monotonic() > deadline:
+            print(f"{url}: {answer}")
+            sys.exit(4)
+        time.sleep(0.05)
 """
+# The longest one readiness check runs before `up` starts another (the
+# engine's API ends a call it waits on for longer than a minute).
+READY_CHECK_SECONDS = 30
 
 
 @dataclass
@@ -202,43 +225,50 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
     """Each part's container state as last seen once all are ready, by part."""
     deadline = time.monotonic() + timeout
     # A part that restarted before this `up` (and was kept) is not failing now;
-    # one that restarts while we wait is.
-    restarts = {c.name: (gateway.state.container_state(c.name) or {}).get("restarts", 0) for c in spec.containers}
-
+    # one that restarts while we wait is: the first look gives each count.
+    restarts: dict[str, int] = {}
     seen: dict[str, dict] = {}
 
     def alive(part: str) -> dict:
-        seen[part] = _alive(gateway, part, spec.container(part).name, restarts[spec.container(part).name])
+        name = spec.container(part).name
+        seen[part] = _alive(gateway, part, name, restarts.get(name))
+        restarts.setdefault(name, seen[part]["restarts"])
         return seen[part]
 
-    backend = spec.container("backend").name
-    say("waiting for the backend to load the model")
-    # Ready is a real request over the sandbox's network with the front-end's
-    # key, asked as soon as the model may be loaded (Docker's healthcheck,
-    # which `status` shows, first runs only after its interval).
+    backend, frontend = spec.container("backend").name, spec.container("frontend").name
     key = spec.container("backend").env_value(BACKEND_API_KEY_ENV)
-    while True:
-        alive("dns")
-        alive("backend")
-        # As the sink itself runs once it has given up root.
-        code, output = gateway.containers.exec_in(spec.container("dns").name, ["python3", "-c", KEY_CHECK, key],
-                                                  user=NOBODY)
+    ui = f"http://{spec.container('ingress').env_value(UPSTREAM_ENV)}{spec.health_path}"
+    # Ready is real requests over the sandbox's network, the UI's first one
+    # with the UI's key, asked as soon as the model may be loaded (Docker's
+    # healthcheck, which `status` shows, first runs only after its interval).
+    # The check runs in the sink while this thread watches every part.
+    for part in PARTS:
+        alive(part)
+    # Parts an earlier `up` saw ready, in the same run of each container (a
+    # no-change `up`), are not asked again: only the front door is, below.
+    before = seen_ready(spec.name)
+    ready_before = all(before.get(state["name"]) == state["started_at"] for state in seen.values())
+    if not ready_before:
+        say("waiting for the backend to load the model and the UI to answer")
+    while not ready_before:
+        seconds = max(1.0, min(READY_CHECK_SECONDS, deadline - time.monotonic()))
+        sink = spec.container("dns").name
+        code, output = _watched(gateway, alive, deadline, sink, lambda: gateway.containers.exec_in(
+            sink,
+            ["python3", "-c", READY_CHECK, key, f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1/models", ui, str(seconds)],
+            user=NOBODY))
         if code == 0:
             break
         if code == 3:
             raise NotReady("backend", f"it refused the front-end's API key: {output.strip()[-300:]}",
                            gateway.containers.log_tail(backend))
-        _check_deadline(gateway, deadline, "backend", backend, f"it did not list its models ({output.strip()})")
-        time.sleep(POLL_SECONDS)
+        waited_for = ("backend", backend) if f"{BACKEND_ALIAS}:" in output else ("front-end", frontend)
+        _check_deadline(gateway, deadline, *waited_for, f"no answer in time ({output.strip()[-300:]})")
 
-    frontend = spec.container("frontend").name
+    # And once through the front door, as the user will come.
     url = spec.url.rstrip("/") + spec.health_path
     token = spec.container("ingress").env_value(access.TOKEN_ENV)
-    say(f"waiting for the UI to answer at {url}")
-    last_error = ""
     while True:
-        alive("frontend")
-        alive("ingress")
         try:
             with access.open_ui(url, token, timeout=5) as response:
                 if response.status == 200:
@@ -248,22 +278,50 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
             last_error = f"it answered {e.code}"
         except (OSError, ValueError) as e:
             last_error = f"no answer ({getattr(e, 'reason', e)})"
+        alive("ingress")
         _check_deadline(gateway, deadline, "front-end", frontend, f"{url}: {last_error}")
         time.sleep(POLL_SECONDS)
 
-    # Docker's own healthcheck, which `status` reports, runs on its interval:
-    # wait for it too, so that `status` right after `up` agrees.
-    while alive("backend")["health"] not in (None, "healthy"):
-        _check_deadline(gateway, deadline, "backend", backend, "its healthcheck did not pass")
-        time.sleep(POLL_SECONDS / 5)
+    # Docker's own healthcheck runs on its interval: `status` reads a part it
+    # has not checked yet as this wait saw it (launcher/readiness.py).
+    remember_ready(spec.name, seen)
     return seen
 
 
-def _alive(gateway: DockerGateway, part: str, container: str, restarts_before: int) -> dict:
+def _watched(gateway: DockerGateway, alive: Callable[[str], dict], deadline: float, sink: str,
+             check: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+    """`check()`'s answer, while every part is watched: a part that stops
+    or goes ends the wait at once, whatever the check is doing. The check
+    runs in a thread of its own, left to end by itself (its own deadline)
+    if the wait ends first."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["answer"] = check()
+        except BaseException as e:  # noqa: BLE001 - given to the waiting thread, after it has looked at the parts
+            outcome["error"] = e
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while True:
+        thread.join(POLL_SECONDS)
+        for part in PARTS:
+            alive(part)  # NotReady if it stopped or is gone
+        if not thread.is_alive():
+            break
+        # The check ends on its own by the deadline; this is in case the engine does not answer.
+        _check_deadline(gateway, deadline + 10, "DNS sink", sink, "the readiness check it runs did not end")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answer"]
+
+
+def _alive(gateway: DockerGateway, part: str, container: str, restarts_before: int | None) -> dict:
     state = gateway.state.container_state(container)
     if state is None:
         raise NotReady(part, f"its container {container} is gone", [])
-    if state["state"] in ("exited", "dead") or state["restarts"] > restarts_before:
+    restarted = restarts_before is not None and state["restarts"] > restarts_before
+    if state["state"] in ("exited", "dead") or restarted:
         raise NotReady(part, f"it stopped (exit code {state['exit_code']}, restarts {state['restarts']})",
                        gateway.containers.log_tail(container))
     return state

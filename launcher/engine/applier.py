@@ -3,7 +3,7 @@ removed and created in an order that is always safe, and a whole sandbox
 removed."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 import docker.errors
@@ -16,6 +16,8 @@ from launcher.spec import (LABEL_PART, LABEL_SANDBOX, PARTS, ContainerSpec, Netw
                            image_volume_tmpfs, labels_for)
 
 NANO = 1_000_000_000
+# Parts whose first moments go through the DNS sink: started once it has.
+AFTER_THE_SINK = frozenset({"frontend"})
 
 
 class Applier:
@@ -55,26 +57,24 @@ class Applier:
         self._start(created, say)
 
     def _start(self, created: list[tuple[ContainerSpec, str]], say: Say) -> None:
-        """Start the created containers: the DNS sink first, since every other
-        part's first lookups go to it and must be answered and recorded; the
-        rest at once, as none needs another running to start (the ingress
-        finds the front-end by name at request time, the front-end asks the
-        backend when a user does)."""
-        first = [(c, cid) for c, cid in created if c.part == "dns"]
-        rest = [(c, cid) for c, cid in created if c.part != "dns"]
-
+        """Start the created containers, each as soon as what it needs runs:
+        the front-end once the DNS sink has started, since its first lookups
+        go to the sink and must be answered and recorded; the sink, the
+        backend (whose model load is the longest wait of `up`) and the ingress
+        (which finds the front-end by name at request time) at once."""
         def start(container: ContainerSpec, container_id: str) -> None:
-            say(f"starting {container.part} ({container.name})")
             with engine_call(f"starting container {container.name}"):
                 self.api.start(container_id)
-        for container, container_id in first:
-            start(container, container_id)
-        if len(rest) <= 1:
-            for container, container_id in rest:
-                start(container, container_id)
-            return
-        with ThreadPoolExecutor(max_workers=len(rest)) as pool:
-            started = [pool.submit(start, container, container_id) for container, container_id in rest]
+
+        def submit(pool: ThreadPoolExecutor, container: ContainerSpec, container_id: str) -> Future:
+            say(f"starting {container.part} ({container.name})")  # said here, so that lines never interleave
+            return pool.submit(start, container, container_id)
+        later = [(c, cid) for c, cid in created if c.part in AFTER_THE_SINK]
+        with ThreadPoolExecutor(max_workers=max(len(created), 1)) as pool:
+            now = {c.part: submit(pool, c, cid) for c, cid in created if c.part not in AFTER_THE_SINK}
+            if "dns" in now:
+                now["dns"].result()
+            started = [*now.values(), *(submit(pool, c, cid) for c, cid in later)]
         for future in started:
             future.result()  # the first failure, once every start has ended
 

@@ -85,10 +85,10 @@ def ca_bundle() -> Path | None:
 
 def held_gateway(client):
     """A gateway with which `up` is held in its wait for the backend, however
-    fast the model loads: its readiness check does not answer until
-    `.release` is set, and then answers "not ready" (the check is in
-    launcher/commands/up.py). `.waiting` is set once `up` is there."""
-    from launcher.commands.up import KEY_CHECK
+    fast the model loads: its readiness check (READY_CHECK, in
+    launcher/commands/up.py) does not answer until `.release` is set, and
+    then answers "not yet". `.waiting` is set once `up` is there."""
+    from launcher.commands.up import READY_CHECK
     from launcher.engine import DockerGateway
     from launcher.engine.containers import Containers
 
@@ -101,10 +101,10 @@ def held_gateway(client):
 
     class HeldContainers(Containers):
         def exec_in(self, container, command, user=""):
-            if KEY_CHECK in command:
+            if READY_CHECK in command:
                 HeldGateway.waiting.set()
                 HeldGateway.release.wait()
-                return 1, "held by the test"
+                return 4, "held by the test"
             return super().exec_in(container, command, user)
     return HeldGateway(client)
 
@@ -113,11 +113,11 @@ def held_gateway(client):
 # line on stderr once it is.
 HELD_UP = """
 import sys, threading
-from launcher.commands.up import KEY_CHECK
+from launcher.commands.up import READY_CHECK
 from launcher.engine.containers import Containers
 exec_in = Containers.exec_in
 def held(self, container, command, user=""):
-    if KEY_CHECK in command:
+    if READY_CHECK in command:
         print("held by the test", file=sys.stderr, flush=True)
         threading.Event().wait()
     return exec_in(self, container, command, user)

@@ -208,7 +208,8 @@ class FakeApi:
         return {"Id": name}
 
     def start(self, container):
-        self.containers_held[container]["State"]["Status"] = "running"
+        self.containers_held[container]["State"].update(
+            Status="running", StartedAt=f"2026-01-01T00:00:{next(self._ids) % 60:02}.000000001Z")
 
     def wait(self, container, timeout=None):
         """The container's program run to its end: its output becomes its log."""

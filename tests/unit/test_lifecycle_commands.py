@@ -329,15 +329,33 @@ def test_audit_on_the_command_line_as_json_and_text(cli_engine):
 
 # ---- up's starts ---------------------------------------------------------
 
-def test_up_creates_every_part_then_starts_the_sink_before_the_others(tmp_path, monkeypatch):
-    api = FakeApi()
+class HeldSink(FakeApi):
+    """An engine on which the sink's start is held until the backend's and the
+    ingress's have begun: if up waited for the sink before those, it never ends."""
+
+    def __init__(self):
+        import threading
+        super().__init__()
+        self.others_begun = threading.Barrier(3, timeout=10)
+
+    def start(self, container):
+        if container in (SINK, "sandbox-minimal-backend", "sandbox-minimal-ingress"):
+            self.others_begun.wait()  # broken (an error) when one of the three never comes
+        super().start(container)
+
+
+def test_up_creates_every_part_then_starts_the_front_end_only_once_the_sink_has_started(tmp_path, monkeypatch):
+    api = HeldSink()
     sandbox_on(api, tmp_path, monkeypatch)
     order = [(name, kwargs.get("name") or args[0]) for name, args, kwargs in api.calls
              if name in ("create_container", "start")]
     creates = [i for i, (name, _) in enumerate(order) if name == "create_container"]
     starts = [target for name, target in order if name == "start"]
     assert len(creates) == 4 and max(creates) < min(i for i, (name, _) in enumerate(order) if name == "start")
-    assert starts[0] == SINK and sorted(starts[1:]) == sorted(set(CONTAINERS) - {SINK})
+    assert sorted(starts) == sorted(CONTAINERS)
+    # The calls are recorded as they begin: the front-end's began after the
+    # sink's ended, which was after the backend's and the ingress's began.
+    assert starts[-1] == "sandbox-minimal-frontend"
 
 
 class OneStartFails(FakeApi):
@@ -355,3 +373,123 @@ def test_a_part_that_fails_to_start_is_said_after_the_others_have_started(tmp_pa
         sandbox_on(api, tmp_path, monkeypatch)
     running = {name for name, held in api.containers_held.items() if held["State"]["Status"] == "running"}
     assert running == set(CONTAINERS) - {"sandbox-minimal-frontend"}
+
+
+# ---- up's readiness check ----------------------------------------------------
+
+def _ready_check(answer):
+    """Execs in the sink: READY_CHECK answered by `answer`, the rest well."""
+    from launcher.commands.up import READY_CHECK
+    return lambda command: answer(command) if READY_CHECK in command else (0, "")
+
+
+def test_up_asks_the_backend_with_the_front_ends_key_then_the_ui_from_inside_the_sandbox(tmp_path, monkeypatch):
+    from launcher.commands.up import READY_CHECK
+    api = FakeApi()
+    asked = []
+    api.execs[SINK] = _ready_check(lambda command: asked.append(command) or (0, ""))
+    first = sandbox_on(api, tmp_path, monkeypatch).first
+    [command] = asked
+    key = first.prepared.spec.container("backend").env_value("SANDBOX_API_KEY")
+    assert command[:3] == ["python3", "-c", READY_CHECK] and command[3] == key
+    assert command[4] == "http://backend:8000/v1/models" and command[5] == "http://frontend:8080/health"
+    execs = [kwargs.get("user") or args[2] for name, args, kwargs in api.calls if name == "exec_create"]
+    assert execs == ["65534:65534"]  # as the sink runs once it has given up root
+
+
+def test_up_says_the_backend_refused_its_key_with_the_backends_log(tmp_path, monkeypatch):
+    from launcher.errors import NotReady
+    api = FakeApi()
+    api.execs[SINK] = _ready_check(lambda command: (3, "http://backend:8000/v1/models: 401"))
+    with pytest.raises(NotReady, match="the backend did not become ready: it refused the front-end's API key"):
+        sandbox_on(api, tmp_path, monkeypatch)
+
+
+def test_up_asks_again_until_its_deadline_and_names_what_did_not_answer(tmp_path, monkeypatch):
+    from launcher.errors import NotReady
+    api = FakeApi()
+    asked = []
+    api.execs[SINK] = _ready_check(lambda command: asked.append(command[6]) or (4, "http://frontend:8080/health: 502"))
+    policy, _ = quickstart_policy(tmp_path, monkeypatch, api)
+    with pytest.raises(NotReady, match=r"the front-end did not become ready: timed out: no answer in time "
+                                       r"\(http://frontend:8080/health: 502\)"):
+        up(DockerGateway(client=FakeClient(api)), policy, timeout=0.5)
+    assert len(asked) >= 1 and all(float(seconds) <= 30 for seconds in asked)
+
+
+def test_a_part_that_stops_while_up_waits_ends_the_wait_at_once(tmp_path, monkeypatch):
+    """The check is held (as a slow model holds it) while the front-end stops:
+    the wait ends with the front-end's reason, not the check's deadline."""
+    import threading
+
+    from launcher.errors import NotReady
+    api = FakeApi()
+    held = threading.Event()
+
+    def stopped_meanwhile(command):
+        api.containers_held["sandbox-minimal-frontend"]["State"].update(Status="exited", ExitCode=1)
+        held.wait(30)  # let go by the test once up has ended
+        return 4, "held"
+    api.execs[SINK] = _ready_check(stopped_meanwhile)
+    policy, _ = quickstart_policy(tmp_path, monkeypatch, api)
+    try:
+        with pytest.raises(NotReady, match="the frontend did not become ready: it stopped"):
+            up(DockerGateway(client=FakeClient(api)), policy, timeout=600)
+    finally:
+        held.set()
+
+
+# ---- status right after up -------------------------------------------------
+
+def _health_starting(api: FakeApi, container: str) -> None:
+    api.containers_held[container]["State"]["Health"] = {"Status": "starting"}
+
+
+def test_status_right_after_up_reads_a_part_the_engine_has_not_checked_yet_as_up_saw_it(sandbox):
+    _health_starting(sandbox.api, "sandbox-minimal-backend")
+    [report] = status(sandbox.gateway(), "minimal")
+    backend = next(p for p in report["parts"] if p["part"] == "backend")
+    assert backend["health"] == "healthy" and backend["health_by"] == "up" and report["healthy"]
+
+
+def test_a_part_started_again_since_up_saw_it_is_not_read_as_ready(sandbox):
+    _health_starting(sandbox.api, "sandbox-minimal-backend")
+    sandbox.api.containers_held["sandbox-minimal-backend"]["State"]["StartedAt"] = "2030-01-01T00:00:00Z"
+    [report] = status(sandbox.gateway(), "minimal")
+    backend = next(p for p in report["parts"] if p["part"] == "backend")
+    assert backend["health"] == "starting" and backend["health_by"] == "engine" and not report["healthy"]
+
+
+def test_the_engines_verdict_is_read_over_what_up_saw(sandbox):
+    sandbox.api.containers_held["sandbox-minimal-backend"]["State"]["Health"] = {"Status": "unhealthy"}
+    [report] = status(sandbox.gateway(), "minimal")
+    assert not report["healthy"]
+
+
+def test_after_down_nothing_up_saw_is_kept(sandbox):
+    from launcher.readiness import seen_ready
+    assert seen_ready("minimal")
+    down(sandbox.gateway(), "minimal")
+    assert seen_ready("minimal") == {}
+
+
+def test_a_part_that_restarts_while_up_waits_ends_the_wait(tmp_path, monkeypatch):
+    from launcher.errors import NotReady
+    api = FakeApi()
+
+    def restarted_meanwhile(command):
+        api.containers_held["sandbox-minimal-backend"]["RestartCount"] = 1
+        return 4, "http://backend:8000/v1/models: no answer"
+    api.execs[SINK] = _ready_check(restarted_meanwhile)
+    policy, _ = quickstart_policy(tmp_path, monkeypatch, api)
+    with pytest.raises(NotReady, match=r"the backend did not become ready: it stopped \(exit code 0, restarts 1\)"):
+        up(DockerGateway(client=FakeClient(api)), policy, timeout=600)
+
+
+def test_a_no_change_up_asks_only_the_front_door_but_a_part_started_anew_is_asked_again(sandbox):
+    sandbox.api.calls.clear()
+    up(sandbox.gateway(), sandbox.policy, timeout=5)
+    assert "exec_create" not in sandbox.api.requests()
+    sandbox.api.containers_held["sandbox-minimal-backend"]["State"]["StartedAt"] = "2030-01-01T00:00:00Z"
+    up(sandbox.gateway(), sandbox.policy, timeout=5)
+    assert "exec_create" in sandbox.api.requests()

@@ -27,7 +27,7 @@ from tests.unit.helpers import quickstart_policy
 # What a no-change `up` costs now; a change that makes it cost more fails here.
 POLICY_READS = 1
 POLICY_PARSES = 1
-ENGINE_REQUESTS = 33
+ENGINE_REQUESTS = 24
 
 
 @pytest.fixture
