@@ -78,6 +78,70 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             "USE_SLIM_DOCKER": "false",
             "DATA_DIR": "/data",
             "STATIC_DIR": "/tmp/open-webui-static",
+            # Each feature below would reach past the sandbox by default or
+            # once an admin fills in a URL: off, so that its switch in the UI
+            # reads off and nothing tries (the network would stop it anyway).
+            # Web search and its fetch_url tool ask a search engine and load
+            # the pages found; the permissions hide the search toggle and
+            # "attach a web page" (the server fetches that URL) from users.
+            "ENABLE_WEB_SEARCH": "false",
+            "USER_PERMISSIONS_FEATURES_WEB_SEARCH": "false",
+            "USER_PERMISSIONS_CHAT_WEB_UPLOAD": "false",
+            # Image generation and editing go to OpenAI's images API by
+            # default (or ComfyUI, AUTOMATIC1111, Gemini at an address given).
+            "ENABLE_IMAGE_GENERATION": "false",
+            "ENABLE_IMAGE_EDIT": "false",
+            "USER_PERMISSIONS_FEATURES_IMAGE_GENERATION": "false",
+            # Code execution and the code interpreter are on by default: Pyodide
+            # in the browser, which loads the packages it does not carry from a
+            # CDN, or a Jupyter server at an address given.
+            "ENABLE_CODE_EXECUTION": "false",
+            "ENABLE_CODE_INTERPRETER": "false",
+            "USER_PERMISSIONS_FEATURES_CODE_INTERPRETER": "false",
+            # Speech to text: its default engine ("") is a local Whisper whose
+            # model ("base") is downloaded from a model hub on first use; with
+            # no model named there is nothing to download, and dictation or an
+            # audio upload fails inside the sandbox. The other engines are
+            # clouds (OpenAI, Deepgram, Azure, Mistral).
+            "AUDIO_STT_ENGINE": "",
+            "WHISPER_MODEL": "",
+            "WHISPER_MODEL_AUTO_UPDATE": "false",
+            # Text to speech: "" leaves it to the browser's own voices and the
+            # server speaks nothing ("transformers" would fetch a model from a
+            # hub; the rest are clouds); realtime voice calls go to OpenAI.
+            "AUDIO_TTS_ENGINE": "",
+            "AUDIO_REALTIME_ENABLED": "false",
+            "USER_PERMISSIONS_CHAT_STT": "false",
+            "USER_PERMISSIONS_CHAT_TTS": "false",
+            "USER_PERMISSIONS_CHAT_CALL": "false",
+            # Direct connections: each user's browser calls model APIs of their
+            # own choosing; direct integrations, their own tool servers.
+            "ENABLE_DIRECT_CONNECTIONS": "false",
+            "ENABLE_DIRECT_INTEGRATIONS": "false",
+            "USER_PERMISSIONS_FEATURES_DIRECT_TOOL_SERVERS": "false",
+            # Tool servers (OpenAPI and MCP) and terminal servers are remote
+            # services the UI calls with the chat's content.
+            "ENABLE_TOOL_SERVERS": "false",
+            "TOOL_SERVER_CONNECTIONS": "[]",
+            "TERMINAL_SERVER_CONNECTIONS": "[]",
+            # Google Drive and OneDrive pickers load Google's and Microsoft's
+            # scripts and send their tokens there.
+            "ENABLE_GOOGLE_DRIVE_INTEGRATION": "false",
+            "ENABLE_ONEDRIVE_INTEGRATION": "false",
+            # Webhooks post sign-ups (WEBHOOK_URL) and users' chat events
+            # (their own webhooks) to Slack, Discord, Teams or any URL.
+            "WEBHOOK_URL": "",
+            "ENABLE_USER_WEBHOOKS": "false",
+            "USER_PERMISSIONS_FEATURES_USER_WEBHOOKS": "false",
+            # Sign-in through an outside provider (OAuth: Google, Microsoft,
+            # GitHub, OIDC, Feishu) or a directory (LDAP) on another machine.
+            "ENABLE_OAUTH": "false",
+            "ENABLE_OAUTH_SIGNUP": "false",
+            "ENABLE_LDAP": "false",
+            # Uploaded files stay in the data volume, not in S3, GCS or Azure.
+            "STORAGE_PROVIDER": "local",
+            # OpenTelemetry would export traces, metrics and logs to a collector.
+            "ENABLE_OTEL": "false",
         },
         session_key_env="WEBUI_SECRET_KEY",
         embeddings_env=EmbeddingsEnv(url="RAG_OPENAI_API_BASE_URL", key="RAG_OPENAI_API_KEY",

@@ -97,7 +97,47 @@ def test_a_document_is_embedded_by_the_backend_and_answers_inside_the_sandbox(ga
         time.sleep(2)  # the sink writes its summary about once a second
         report = audit(gateway, result.name, since=started - 1)
         assert report["names"] == [] and report["destinations"] == [], report
-        backend_log = "\n".join(gateway.logs(f"sandbox-{name}-backend", tail=400))
+        backend_log = "\n".join(gateway.containers.logs(f"sandbox-{name}-backend", tail=400))
         assert "POST /v1/embeddings" in backend_log and "POST /v1/chat/completions" in backend_log
+    finally:
+        down(gateway, result.name, volumes=True)
+
+
+# What Open WebUI 0.12.4's GET /api/config says of each feature the recipe
+# switches off (main.py, get_app_config: `features` and, for a signed-in
+# user, `audio`, `oauth` and the users' default `permissions`).
+FEATURES_OFF = ("enable_web_search", "enable_image_generation", "enable_code_execution",
+                "enable_code_interpreter", "enable_direct_connections", "enable_direct_integrations",
+                "enable_tool_servers", "enable_terminal_servers", "enable_google_drive_integration",
+                "enable_onedrive_integration", "enable_user_webhooks", "enable_community_sharing",
+                "enable_version_update_check", "enable_ldap")
+PERMISSIONS_OFF = {"features": ("web_search", "image_generation", "code_interpreter", "direct_tool_servers",
+                                "webhooks"),
+                   "chat": ("web_upload", "stt", "tts", "call")}
+
+
+@pytest.mark.slow
+def test_open_webui_shows_every_feature_that_would_reach_out_as_off(gateway, tmp_path):
+    path = write_policy(tmp_path, frontend={"recipe": "open-webui", "env": {"WEBUI_AUTH": "False"}})
+    result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
+    try:
+        started = time.time()
+        session = _webui(result, "", "/api/v1/auths/signin",
+                         json.dumps({"email": "", "password": ""}).encode())["token"]
+        # Signed in, as the page asks it: the features a signed-in user sees.
+        config = _webui(result, session, "/api/config")
+        features = config["features"]
+        assert {name: features.get(name, "missing") for name in FEATURES_OFF} == dict.fromkeys(FEATURES_OFF, False)
+        assert config["oauth"]["providers"] == {}
+        # Speech: no server engine for either (no Whisper model named, no voice
+        # service); realtime voice calls off.
+        audio = config["audio"]
+        assert (audio["stt"]["engine"], audio["tts"]["engine"], audio["realtime"]["enabled"]) == ("", "", False)
+        permissions = config["permissions"]
+        for group, names in PERMISSIONS_OFF.items():
+            assert {n: permissions[group].get(n, "missing") for n in names} == dict.fromkeys(names, False), group
+        time.sleep(2)  # the sink writes its summary about once a second
+        report = audit(gateway, result.name, since=started - 1)
+        assert report["names"] == [] and report["destinations"] == [], report
     finally:
         down(gateway, result.name, volumes=True)
