@@ -41,7 +41,6 @@ import sys
 import tempfile
 import time
 import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 

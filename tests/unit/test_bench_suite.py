@@ -4,7 +4,6 @@ sandbox with the same model, not with another setup; and the table it prints."""
 import json
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
