@@ -20,6 +20,19 @@ NANO = 1_000_000_000
 AFTER_THE_SINK = frozenset({"frontend"})
 
 
+def at_once(call: Callable, items: list) -> None:
+    """`call(item)` for every item at once (the engine does each in its own
+    time); the first failure is raised once every call has ended."""
+    if len(items) <= 1:
+        for item in items:
+            call(item)
+        return
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        calls = [pool.submit(call, item) for item in items]
+    for done in calls:
+        done.result()
+
+
 class Applier:
     def __init__(self, api):
         self.api = api
@@ -40,10 +53,10 @@ class Applier:
             if action.kind == "network" and action.verb in (RECREATE, REMOVE):
                 say(f"removing network {action.name} ({action.reason})")
                 remove_network(self.api, action.name)
-        for net in spec.networks:
-            if plan.verb_of("network", net.name) in (CREATE, RECREATE):
-                say(f"creating network {net.name}")
-                self._create_network(spec, net)
+        networks = [net for net in spec.networks if plan.verb_of("network", net.name) in (CREATE, RECREATE)]
+        for net in networks:
+            say(f"creating network {net.name}")
+        at_once(lambda net: self._create_network(spec, net), networks)
         for volume in spec.volumes:
             if plan.verb_of("volume", volume.name) == CREATE:
                 say(f"creating volume {volume.name}")
@@ -86,17 +99,23 @@ class Applier:
         removed = []
         with engine_call(f"removing sandbox {name}"):
             containers = self.api.containers(all=True, filters={"label": label})
-            # The ingress first, so the UI stops being reachable before it stops.
+            # The ingress first, so the UI stops being reachable before it
+            # stops; then the others at once.
             order = {"ingress": 0, "frontend": 1, "backend": 2, "dns": 3}
-            for c in sorted(containers, key=lambda c: order.get(c["Labels"].get(LABEL_PART), 3)):
-                cname = c["Names"][0].lstrip("/")
-                say(f"removing container {cname}")
-                remove_container(self.api, cname)
-                removed.append(f"container {cname}")
-            for n in self.api.networks(filters={"label": label}):
-                say(f"removing network {n['Name']}")
-                remove_network(self.api, n["Name"])
-                removed.append(f"network {n['Name']}")
+            parts = sorted(((c["Labels"].get(LABEL_PART), c["Names"][0].lstrip("/")) for c in containers),
+                           key=lambda part_name: order.get(part_name[0], 3))
+            first = [cname for part, cname in parts if part == "ingress"]
+            rest = [cname for part, cname in parts if part != "ingress"]
+            for group in (first, rest):
+                for cname in group:
+                    say(f"removing container {cname}")
+                at_once(lambda cname: remove_container(self.api, cname), group)
+                removed.extend(f"container {cname}" for cname in group)
+            networks = [n["Name"] for n in self.api.networks(filters={"label": label})]
+            for network in networks:
+                say(f"removing network {network}")
+            at_once(lambda network: remove_network(self.api, network), networks)
+            removed.extend(f"network {network}" for network in networks)
             if volumes:
                 for v in self.api.volumes(filters={"label": label})["Volumes"] or []:
                     say(f"removing volume {v['Name']}")
