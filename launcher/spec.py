@@ -361,6 +361,9 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
              # the ingress (/v1/), which asks it with the front-end's key: the
              # access token is never passed on.
              ("SANDBOX_API_UPSTREAM", f"{BACKEND_ALIAS}:{BACKEND_PORT}"),
+             # /v1/embeddings goes to the embedding model's own server; without
+             # one, the ingress answers that there is none.
+             *((("SANDBOX_EMBEDDINGS_UPSTREAM", f"{BACKEND_ALIAS}:{EMBEDDINGS_PORT}"),) if embedding_model else ()),
              (BACKEND_API_KEY_ENV, secrets.api_key),
              (API_KEY_ID_ENV, token_id(secrets.api_key)),
              ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),

@@ -84,16 +84,20 @@ class RealIngress:
     """nginx running the ingress's configuration on 127.0.0.1:`port`, with
     `backend` and `ui` as its upstreams; `log()` is its refusal log."""
 
-    def __init__(self, directory: Path, name: str, token: str, api_key: str):
+    def __init__(self, directory: Path, name: str, token: str, api_key: str, embeddings: bool = True):
+        """`embeddings`: the policy has an embedding model, whose server is
+        `self.embeddings` (else None, and the ingress has no such upstream)."""
         self.name, self.token, self.api_key = name, token, api_key
         self.directory = directory
         self.backend, self.ui = Recorder(backend_answer), Recorder(ui_answer)
+        self.embeddings = Recorder(backend_answer) if embeddings else None
         self.port = free_port()
         (directory / "body").mkdir(parents=True)
         shutil.copyfile(INGRESS / "sandbox.js", directory / "sandbox.js")
         values = {"NAME": name, "TOKEN": token, "PUBLIC_PORT": str(self.port),
                   "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address,
-                  "API_UPSTREAM": self.backend.address, "API_KEY": api_key}
+                  "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
+                  "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else ""}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)
@@ -138,7 +142,7 @@ class RealIngress:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process.stderr.close()
-        self.backend.shutdown()
-        self.ui.shutdown()
-        self.backend.server_close()
-        self.ui.server_close()
+        for part in (self.backend, self.ui, self.embeddings):
+            if part is not None:
+                part.shutdown()
+                part.server_close()

@@ -66,9 +66,61 @@ def test_the_owners_bearer_reaches_the_backend_with_the_backends_own_key_and_not
     for route in ("chat/completions", "completions", "embeddings"):
         status, _, _ = chat(ingress, {"model": "tiny", "input": "x"}, path=f"/v1/{route}")
         assert status == 200
-    assert [s["path"] for s in ingress.backend.seen] == ["/v1/models", "/v1/chat/completions", "/v1/completions",
-                                                         "/v1/embeddings"]
+    assert [s["path"] for s in ingress.backend.seen] == ["/v1/models", "/v1/chat/completions", "/v1/completions"]
+    assert [s["path"] for s in ingress.embeddings.seen] == ["/v1/embeddings"]
     assert ingress.ui.seen == []
+
+
+def test_embeddings_are_asked_of_the_embedding_models_own_server_with_the_backends_key(ingress):
+    status, headers, _ = chat(ingress, {"model": "embed", "input": ["a", "b"]}, path="/v1/embeddings")
+    assert status == 200 and "x-sandbox-refused" not in headers
+    [seen] = ingress.embeddings.seen
+    assert seen["path"] == "/v1/embeddings" and seen["headers"]["Authorization"] == f"Bearer {API_KEY}"
+    assert seen["headers"]["Host"] == ingress.embeddings.address
+    assert json.loads(seen["body"]) == {"model": "embed", "input": ["a", "b"]}
+    assert TOKEN not in json.dumps(seen["headers"])
+    # The chat server is never asked for them.
+    assert ingress.backend.seen == []
+    # Strangers are refused there as on every route.
+    status, headers, _ = ask(ingress, "POST", "/v1/embeddings", JSON, b'{"input": "x"}')
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token")
+    assert len(ingress.embeddings.seen) == 1
+
+
+@pytest.fixture
+def no_embeddings(tmp_path):
+    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, embeddings=False)
+    yield door
+    door.close()
+
+
+def test_without_an_embedding_model_the_ingress_answers_embeddings_with_a_404_that_says_so(no_embeddings):
+    status, headers, body = chat(no_embeddings, {"model": "tiny", "input": "x"}, path="/v1/embeddings")
+    assert status == 404 and headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert "no embedding model" in error["message"] and error["code"] == "no_embedding_model"
+    assert "x-sandbox-refused" not in headers
+    # Neither the chat server nor the UI is asked.
+    assert no_embeddings.backend.seen == [] and no_embeddings.ui.seen == []
+    # The other routes still reach the chat server.
+    assert chat(no_embeddings, {"messages": []})[0] == 200
+    assert [s["path"] for s in no_embeddings.backend.seen] == ["/v1/chat/completions"]
+
+
+def test_without_an_embedding_model_strangers_are_refused_before_they_learn_so(no_embeddings):
+    for headers in ({}, {"Authorization": "Bearer " + "x" * 43}, {"Cookie": f"sandbox-demo={TOKEN}"}):
+        status, answer, body = ask(no_embeddings, "POST", "/v1/embeddings", {**JSON, **headers}, b'{"input": "x"}')
+        assert status == 401 and answer["x-sandbox-refused"] in ("no-token", "bad-token"), headers
+        assert b"embedding" not in body
+    status, answer, _ = ask(no_embeddings, "GET", "/v1/embeddings", OWNER)
+    assert (status, answer["x-sandbox-refused"]) == (405, "method")
+    # The owner's answer is not a refusal: the log of refusals holds only the strangers'.
+    chat(no_embeddings, {"input": "x"}, path="/v1/embeddings")
+    ask(no_embeddings, "GET", "/v1/models")  # one more refusal, logged after the owner's answer
+    lines = no_embeddings.log(waiting_for="GET /v1/models").splitlines()
+    assert [line.split(" reason=")[1].split(" ")[0] for line in lines] == ["no-token", "bad-token", "no-token",
+                                                                          "method", "no-token"]
+    assert all(line.startswith("ingress: refused ") for line in lines)
 
 
 def test_no_token_and_a_wrong_one_are_refused(ingress):
