@@ -213,6 +213,19 @@ def followed_line(entry: dict) -> str:
     return printable(f"  {when}  {entry['part']} {did}")
 
 
+def api_call_lines(calls: list[dict]) -> list[str]:
+    """The owner's API calls in `status`: a line per kind of client and model."""
+    if not calls:
+        return []
+    total = sum(c["calls"] for c in calls)
+    lines = [f"  {total} API call(s) at /v1/:"]
+    for c in calls:
+        model = "no model named" if c["model"] == "-" else f"model {c['model']}"
+        failed = f" ({c['failed']} failed)" if c["failed"] else ""
+        lines.append(f"    {c['calls']} from {c['client']}, {model}{failed}")
+    return lines
+
+
 def render_status(sandboxes: list[dict], memory: bool) -> None:
     from launcher.models.facts import gib
     if not sandboxes:
@@ -229,6 +242,8 @@ def render_status(sandboxes: list[dict], memory: bool) -> None:
         if s.get("attempts"):
             out.print(f"  {s['attempts']} attempt(s) to reach outside, all stopped: `sandbox audit {s['name']}`",
                       markup=False)
+        for line in api_call_lines(s.get("api_calls") or []):
+            out.print(printable(line), markup=False)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("part", "state", "health", "restarts") + (("memory",) if memory else ()):
             table.add_column(column)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from launcher import access
-from launcher.commands.audit import attempts
+from launcher.commands.audit import api_calls, attempts
 from launcher.commands.prepare import current_token
 from launcher.commands.target import resolve_name
 from launcher.engine import DockerGateway
@@ -49,6 +49,9 @@ def status(gateway: DockerGateway, target: str | None = None, memory: bool = Fal
                     "signed_by": remembered_signer(name),
                     # Names looked up outside the sandbox, as its DNS sink counted them.
                     "attempts": attempts(gateway, name),
+                    # The owner's calls to the API at the front door, by kind
+                    # of client and model: counts, never contents.
+                    "api_calls": api_calls(gateway, name),
                     # What each volume holds, and its bound (none: unbounded).
                     "volumes": gateway.state.volume_usage(name),
                     "access_link": access.access_link(url, token) if url and token else None})

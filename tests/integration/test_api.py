@@ -14,6 +14,7 @@ import pytest
 
 from launcher.commands.audit import audit
 from launcher.commands.env import api_env
+from launcher.commands.status import status
 from tests.integration.conftest import QUICKSTART_ALIAS
 
 openai = pytest.importorskip("openai")
@@ -165,3 +166,34 @@ def test_the_refusals_are_in_the_audit(sandbox, gateway):
         assert time.monotonic() < deadline, refused
         time.sleep(0.5)
     assert not any(result.token in line for line in refused)
+
+
+def test_status_counts_the_owners_calls_by_client_and_model_never_their_contents(sandbox, gateway, client, api):
+    """Calls of the openai package and of curl are counted by kind and
+    model; refused requests are not calls."""
+    result, _ = sandbox
+
+    def counted() -> dict:
+        [shown] = status(gateway, result.name)
+        assert "a private word" not in json.dumps(shown) and result.token not in json.dumps(shown)
+        return {(c["client"], c["model"]): c for c in shown["api_calls"]}
+    before = counted()
+    empty = {"calls": 0, "failed": 0}
+    client.chat.completions.create(model=QUICKSTART_ALIAS, messages=[{"role": "user", "content": "a private word"}],
+                                   max_tokens=2)
+    bearer = f"Authorization: Bearer {api['OPENAI_API_KEY']}"
+    curl("-H", bearer, api["OPENAI_BASE_URL"] + "/models")
+    curl("-H", bearer, "-H", "Content-Type: application/json", "-d", json.dumps({"input": "x"}),
+         api["OPENAI_BASE_URL"] + "/embeddings")  # no embedding model: 404, a call that failed
+    curl(api["OPENAI_BASE_URL"] + "/models")  # refused: no call
+    deadline = time.monotonic() + 60
+    while True:
+        after = counted()
+        chats, curls = after.get(("openai-python", QUICKSTART_ALIAS), empty), after.get(("curl", "-"), empty)
+        if chats["calls"] > before.get(("openai-python", QUICKSTART_ALIAS), empty)["calls"] \
+                and curls["calls"] >= before.get(("curl", "-"), empty)["calls"] + 2:
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.5)
+    assert curls["calls"] == before.get(("curl", "-"), empty)["calls"] + 2
+    assert curls["failed"] == before.get(("curl", "-"), empty)["failed"] + 1

@@ -104,6 +104,7 @@ class RealIngress:
         text = (text.replace("/opt/ingress/sandbox.js", str(directory / "sandbox.js"))
                 .replace("pid /tmp/nginx.pid;", f"pid {directory}/nginx.pid;")
                 .replace("/tmp/nginx/", f"{directory}/")
+                .replace("access_log /dev/stdout api_calls", f"access_log {directory}/api.log api_calls")
                 .replace("access_log /dev/stdout", f"access_log {directory}/refused.log"))
         if os.geteuid() == 0:  # nginx's workers would otherwise become nobody, who cannot read these files
             text = "user root;\n" + text
@@ -126,10 +127,15 @@ class RealIngress:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def log(self, waiting_for: str = "", seconds: float = 10) -> str:
+    def api_log(self, waiting_for: str = "", seconds: float = 10) -> str:
+        """The log of the owner's API calls (in the image, on stdout with
+        the refusals), as `log` reads the refusals'."""
+        return self.log(waiting_for, seconds, "api.log")
+
+    def log(self, waiting_for: str = "", seconds: float = 10, file: str = "refused.log") -> str:
         """The refusal log; with `waiting_for`, once it holds that (nginx
         logs a refused request only when it is done with its connection)."""
-        path = self.directory / "refused.log"
+        path = self.directory / file
         deadline = time.monotonic() + seconds
         while True:
             text = path.read_text() if path.exists() else ""

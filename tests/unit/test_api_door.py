@@ -304,3 +304,60 @@ def test_refusals_are_logged_as_the_front_doors_are_without_the_token(ingress):
                                                                                  "method"]
     assert all(line.startswith("ingress: refused ") for line in lines)
     assert TOKEN not in ingress.log() and 'request="GET /v1/models?sandbox_token=... HTTP/1.1"' in lines[1]
+
+
+def test_each_of_the_owners_calls_is_logged_with_its_route_client_kind_model_and_status_and_nothing_more(ingress):
+    chat(ingress, {"model": "tiny", "messages": [{"role": "user", "content": "a secret prompt"}]},
+         {"User-Agent": "OpenAI/Python 1.99.1"})
+    chat(ingress, {"model": "embed", "input": "a secret text"}, {"User-Agent": "AsyncOpenAI/Python 1.2"},
+         path="/v1/embeddings")
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "curl/8.5.0"})
+    chat(ingress, {"prompt": "x"}, {"User-Agent": "llm/0.19 (and more)"}, path="/v1/completions")
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": "python-httpx/0.27"})
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": "Mozilla/5.0 (X11)"})
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": "my-own-tool status=999 model=x"})
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": ""})
+    lines = ingress.api_log(waiting_for="client=none").splitlines()
+    assert lines == [
+        "ingress: api call route=chat/completions client=openai-python model=tiny status=200",
+        "ingress: api call route=embeddings client=openai-python model=embed status=200",
+        "ingress: api call route=models client=curl model=- status=200",
+        "ingress: api call route=completions client=llm model=- status=200",
+        "ingress: api call route=chat/completions client=python model=tiny status=200",
+        "ingress: api call route=chat/completions client=browser model=tiny status=200",
+        "ingress: api call route=chat/completions client=other model=tiny status=200",
+        "ingress: api call route=chat/completions client=none model=tiny status=200",
+    ]
+    # Passed on, none of them is a refusal.
+    assert ingress.log(seconds=0) == ""
+
+
+@pytest.mark.parametrize("model", ["tiny status=500", "a" * 65, "", 7, None, ["tiny"], "caf\u00e9", "x\ny",
+                                   TOKEN[:10] + " route=models"])
+def test_a_model_name_that_is_not_a_plain_name_is_logged_as_other(ingress, model):
+    chat(ingress, {"model": model, "messages": []})
+    assert ingress.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=chat/completions client=none model=(other) status=200"]
+
+
+def test_a_model_name_as_it_came_is_logged_when_plain(ingress):
+    chat(ingress, {"model": "Qwen2.5-7B-Instruct:q4_k_m/v1.5+x_y", "messages": []}, {"User-Agent": "OpenAI/JS 4.0"})
+    assert ingress.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=chat/completions client=openai-node model=Qwen2.5-7B-Instruct:q4_k_m/v1.5+x_y "
+        "status=200"]
+
+
+def test_refused_calls_are_refusals_and_not_calls(ingress):
+    ask(ingress, "GET", "/v1/models", {"User-Agent": "curl/8"})
+    chat(ingress, {"model": "tiny", "messages": [{"role": "user", "content": "x" * (1024 * 1024)}]})
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "curl/8"})  # the control
+    assert ingress.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=models client=curl model=- status=200"]
+    assert [line.split(" reason=")[1].split(" ")[0] for line in ingress.log(waiting_for="too-large").splitlines()] == [
+        "no-token", "too-large"]
+
+
+def test_the_owners_embeddings_without_an_embedding_model_are_logged_as_calls_answered_404(no_embeddings):
+    chat(no_embeddings, {"model": "embed", "input": "x"}, {"User-Agent": "OpenAI/Python 1"}, path="/v1/embeddings")
+    assert no_embeddings.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=embeddings client=openai-python model=- status=404"]
