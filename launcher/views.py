@@ -239,6 +239,8 @@ def render_status(sandboxes: list[dict], memory: bool) -> None:
             out.print(printable(f"  signed by {who} ({signer.get('key')})"), markup=False)
         for problem in s["problems"]:
             out.print(printable(f"  {problem}"), markup=False)
+        if s.get("api_only"):
+            out.print(f"  API only (no front-end): `sandbox env {s['name']}` for its address and token", markup=False)
         if s.get("attempts"):
             out.print(f"  {s['attempts']} attempt(s) to reach outside, all stopped: `sandbox audit {s['name']}`",
                       markup=False)

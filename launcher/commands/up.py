@@ -67,6 +67,7 @@ class UpResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "url": self.url, "access_link": self.access_link, "token": self.token,
+                "api_only": self.prepared.spec.api_only,
                 "actions": [a.to_dict() for a in self.prepared.plan.actions],
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
@@ -231,13 +232,16 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
         _check_deadline(gateway, deadline, "backend", backend, f"it did not list its models ({output.strip()})")
         time.sleep(POLL_SECONDS)
 
-    frontend = spec.container("frontend").name
+    # Without a front-end (`frontend: none`), the API's model list through
+    # the front door, as an API client asks it.
+    waited = "ingress" if spec.api_only else "frontend"
+    frontend = spec.container(waited).name
     url = spec.url.rstrip("/") + spec.health_path
     token = spec.container("ingress").env_value(access.TOKEN_ENV)
-    say(f"waiting for the UI to answer at {url}")
+    say(f"waiting for the {'API' if spec.api_only else 'UI'} to answer at {url}")
     last_error = ""
     while True:
-        alive("frontend")
+        alive(waited)
         alive("ingress")
         try:
             with access.open_ui(url, token, timeout=5) as response:
@@ -248,7 +252,8 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
             last_error = f"it answered {e.code}"
         except (OSError, ValueError) as e:
             last_error = f"no answer ({getattr(e, 'reason', e)})"
-        _check_deadline(gateway, deadline, "front-end", frontend, f"{url}: {last_error}")
+        _check_deadline(gateway, deadline, "ingress" if spec.api_only else "front-end", frontend,
+                        f"{url}: {last_error}")
         time.sleep(POLL_SECONDS)
 
     # Docker's own healthcheck, which `status` reports, runs on its interval:

@@ -107,7 +107,10 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     internal = resource_name(name, "internal")
     ingress_ip = gateway.state.addresses(spec.container("ingress").name).get(internal)
 
-    in_gvisor = spec.container("frontend").runtime == "runsc"
+    # A sandbox with no front-end (`frontend: none`) is probed from its
+    # backend's network, the one other part that runs code of a stranger's.
+    probed = spec.container("backend" if spec.api_only else "frontend")
+    in_gvisor = probed.runtime == "runsc"
     # Ports of our own choosing, so that the sink's records of this run are told apart.
     by_address = [[ADDRESS_TARGET, random.randint(20000, 60000), "tcp"],
                   [ADDRESS_TARGET, random.randint(20000, 60000), "udp"]]
@@ -129,12 +132,13 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
             "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
             "self": True,
         }
-        say("probing from the front-end's network")
-        frontend = spec.container("frontend").name
+        say("probing from the backend's network (there is no front-end)" if spec.api_only
+            else "probing from the front-end's network")
+        frontend = probed.name
         facts.frontend_config = gateway.state.container_config(frontend)
 
         def probe() -> str:
-            return gateway.containers.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
+            return gateway.containers.run_probe(name, probe_image.tag, probed, json.dumps(request))
         if in_gvisor:
             output = probe()
         else:

@@ -84,9 +84,13 @@ class RealIngress:
     """nginx running the ingress's configuration on 127.0.0.1:`port`, with
     `backend` and `ui` as its upstreams; `log()` is its refusal log."""
 
-    def __init__(self, directory: Path, name: str, token: str, api_key: str, embeddings: bool = True):
+    def __init__(self, directory: Path, name: str, token: str, api_key: str, embeddings: bool = True,
+                 ui: bool = True):
         """`embeddings`: the policy has an embedding model, whose server is
-        `self.embeddings` (else None, and the ingress has no such upstream)."""
+        `self.embeddings` (else None, and the ingress has no such upstream).
+        `ui` False: an API-only sandbox's ingress (`frontend: none`), with no
+        upstream for its pages (the stand-in UI is there, to show that
+        nothing reaches it)."""
         self.name, self.token, self.api_key = name, token, api_key
         self.directory = directory
         self.backend, self.ui = Recorder(backend_answer), Recorder(ui_answer)
@@ -95,7 +99,7 @@ class RealIngress:
         (directory / "body").mkdir(parents=True)
         shutil.copyfile(INGRESS / "sandbox.js", directory / "sandbox.js")
         values = {"NAME": name, "TOKEN": token, "PUBLIC_PORT": str(self.port),
-                  "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address,
+                  "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address if ui else "",
                   "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
                   "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else ""}
         text = (INGRESS / "nginx.conf.template").read_text()

@@ -361,3 +361,44 @@ def test_the_owners_embeddings_without_an_embedding_model_are_logged_as_calls_an
     chat(no_embeddings, {"model": "embed", "input": "x"}, {"User-Agent": "OpenAI/Python 1"}, path="/v1/embeddings")
     assert no_embeddings.api_log(waiting_for="status=").splitlines() == [
         "ingress: api call route=embeddings client=openai-python model=- status=404"]
+
+
+@pytest.fixture
+def api_only(tmp_path):
+    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, ui=False)
+    yield door
+    door.close()
+
+
+def test_an_api_only_sandbox_serves_the_api_and_its_pages_say_so(api_only):
+    assert ask(api_only, "GET", "/v1/models", OWNER)[0] == 200
+    assert chat(api_only, {"model": "tiny", "messages": []})[0] == 200
+    assert [s["path"] for s in api_only.backend.seen] == ["/v1/models", "/v1/chat/completions"]
+    for method, path in (("GET", "/"), ("GET", "/index.html"), ("POST", "/api/chat"), ("GET", "/v1/other")):
+        status, headers, body = ask(api_only, method, path, {**OWNER, **JSON} if method == "POST" else OWNER,
+                                    b"{}" if method == "POST" else None)
+        assert status == 404 and "x-sandbox-refused" not in headers, (method, path)
+        assert b"serves only the OpenAI-compatible API" in body and b"sandbox env demo" in body
+        assert TOKEN.encode() not in body
+    assert api_only.ui.seen == []
+    # The owner's page answers are no refusals; the log of refusals stays empty.
+    ask(api_only, "GET", "/", host=f"evil.example:{api_only.port}")
+    log = api_only.log(waiting_for="foreign-host")
+    assert log.count("ingress: refused ") == 1 and "reason=foreign-host" in log
+
+
+def test_an_api_only_sandboxs_pages_refuse_strangers_as_any_sandboxs_do(api_only):
+    status, headers, body = ask(api_only, "GET", "/")
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token") and b"only the OpenAI" not in body
+    status, headers, _ = ask(api_only, "GET", "/", OWNER, host=f"evil.example:{api_only.port}")
+    assert (status, headers["x-sandbox-refused"]) == (421, "foreign-host")
+    status, headers, _ = ask(api_only, "POST", "/", {**OWNER, "Origin": "http://evil.example"}, b"{}")
+    assert (status, headers["x-sandbox-refused"]) == (403, "foreign-origin")
+    # The access link still trades the token for the cookie, which then shows the page.
+    status, headers, _ = ask(api_only, "GET", f"/?sandbox_token={TOKEN}")
+    assert status == 302 and f"sandbox-demo={TOKEN}" in headers["set-cookie"]
+    status, _, body = ask(api_only, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}"})
+    assert status == 404 and b"serves only" in body
+    # The cookie is never enough for the API itself.
+    assert ask(api_only, "GET", "/v1/models", {"Cookie": f"sandbox-demo={TOKEN}"})[0] == 401
+    assert api_only.ui.seen == [] and api_only.backend.seen == []
