@@ -402,3 +402,15 @@ def test_an_api_only_sandboxs_pages_refuse_strangers_as_any_sandboxs_do(api_only
     # The cookie is never enough for the API itself.
     assert ask(api_only, "GET", "/v1/models", {"Cookie": f"sandbox-demo={TOKEN}"})[0] == 401
     assert api_only.ui.seen == [] and api_only.backend.seen == []
+
+
+@pytest.mark.parametrize("path", ["/.sandbox-no-embeddings", "/.sandbox-api-only"])
+def test_the_pages_the_ingress_answers_itself_cannot_be_asked_for_directly_nor_escape_the_log(api_only, path):
+    status, _, body = ask(api_only, "GET", path, OWNER)
+    assert status == 404 and b"serves only" not in body and b"embedding" not in body
+    ask(api_only, "GET", path)
+    ask(api_only, "GET", "/v1/models")  # a refusal logged after both
+    lines = api_only.log(waiting_for="GET /v1/models").splitlines()
+    assert [line.split(" reason=")[0] for line in lines] == ["ingress: refused status=404"] * 2 + [
+        "ingress: refused status=401"]
+    assert api_only.api_log(seconds=0) == ""
