@@ -32,7 +32,7 @@ from launcher.hostnet import (Canary, container_process, host_ipv4_addresses, ho
 from launcher.images import recipe_image
 from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
-from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
+from launcher.spec import BACKEND_PORT, INGRESS_PORT, resource_name
 from launcher.text import json_records
 from launcher.matrix import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
 
@@ -92,7 +92,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     else:
         prepared = prepare(gateway, sandboxes[name]["policy"], ca_bundle)
     spec, policy = prepared.spec, prepared.policy
-    for part in PARTS:
+    for part in (c.part for c in spec.containers):  # an API-only sandbox has no front-end
         state = gateway.state.container_state(resource_name(name, part))
         if not state or state["state"] != "running":
             raise NotFound(f"the {part} of sandbox {name} is not running; `sandbox up` it first")
@@ -170,7 +170,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     facts.weights_write = written.strip()
     facts.weights_sha_after = sha256_of(model.path)
 
-    facts.limits = {part: gateway.state.limits(resource_name(name, part)) for part in PARTS}
+    facts.limits = {c.part: gateway.state.limits(c.name) for c in spec.containers}
     facts.ingress_bindings = gateway.state.container_state(spec.container("ingress").name)["ports"]
     facts.route_localnet = route_localnet()
     drift = [f"{a.verb} {a.kind} {a.name}: {a.reason}" for a in prepared.plan.changes]
