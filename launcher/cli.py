@@ -87,7 +87,7 @@ def validate(files: List[Path] = typer.Argument(..., help="Policy files to check
             for p in checked.problems + checked.warnings:
                 err.print(str(p), markup=False)
             if checked.ok:
-                out.print(f"{checked.file}: ok (sandbox {checked.name})", markup=False)
+                out.print(checked.summary, markup=False)
     if as_json:
         out.print_json(data={"ok": all(r.ok for r in results), "files": [r.to_dict() for r in results]})
     if not all(r.ok for r in results):
@@ -163,8 +163,13 @@ def up(policy: Path = POLICY, ca_bundle: Optional[Path] = CA_BUNDLE,
         changes = len(result.prepared.plan.changes)
         out.print(f"sandbox {result.name} is up ({changes} change(s), {result.seconds['total']:.1f} s)",
                   markup=False)
-        out.print(f"open {result.access_link}", markup=False)
-        out.print("(the link is your key to this sandbox: `sandbox open` opens it in your browser)", markup=False)
+        if result.prepared.spec.api_only:
+            out.print(f"it serves only the API, at {result.url}v1/ (no front-end): `sandbox env {result.name}` "
+                      "prints its address and token for your scripts and editor", markup=False)
+        else:
+            out.print(f"open {result.access_link}", markup=False)
+            out.print("(the link is your key to this sandbox: `sandbox open` opens it in your browser)",
+                      markup=False)
         if checked:
             out.print("")
             render_verify(checked, as_json=False)

@@ -42,11 +42,18 @@ class ImageBuild:
 class PartImages:
     dns: ImageBuild
     backend: ImageBuild
-    frontend: ImageBuild
+    frontend: ImageBuild | None  # None: an API-only sandbox (`frontend: none`) has no front-end
     ingress: ImageBuild
 
     def all(self) -> tuple[ImageBuild, ...]:
-        return (self.dns, self.backend, self.frontend, self.ingress)
+        return tuple(image for _, image in self.by_part())
+
+    def by_part(self) -> tuple[tuple[str, ImageBuild], ...]:
+        """Each part's image, in the order the parts start; none for a part
+        the sandbox does not have."""
+        return tuple((part, image) for part, image in (("dns", self.dns), ("backend", self.backend),
+                                                       ("frontend", self.frontend), ("ingress", self.ingress))
+                     if image is not None)
 
 
 # Where Linux distributions keep the host's trusted CAs (Debian, Fedora).
@@ -70,7 +77,9 @@ def recipe_image(recipe: str, dockerfile: str = "Dockerfile", ca_bundle: Path | 
 
 def images_for(policy: Policy, use_gpu: bool, ca_bundle: Path | None) -> PartImages:
     f = policy.frontend
-    if f.recipe:
+    if f is None:
+        frontend = None
+    elif f.recipe:
         frontend = recipe_image(f.recipe, ca_bundle=ca_bundle)
     elif f.build_context:
         # Its build gets the same CAs as ours (as extra-ca.crt in its context):

@@ -60,8 +60,9 @@ def make_lock(policy: Policy, policy_bytes: bytes, images: PartImages, image_ids
         "launcher": __version__,
         "schema": {"id": schema().get("$id"), "policy_version": POLICY_VERSION},
         "policy": {"file": policy.file.name, "sha256": sha256_bytes(policy_bytes)},
+        # An API-only policy's has no frontend image.
         "images": {part: {"tag": image.tag, "inputs": image.inputs, "id": image_ids.get(image.tag)}
-                   for part, image in zip(PART_ORDER, images.all(), strict=True)},
+                   for part, image in images.by_part()},
         "models": [{"alias": m.alias, "sha256": m.sha256, "size": m.path.stat().st_size} for m in policy.models],
     }
 
@@ -105,7 +106,11 @@ def drift(locked: dict, current: dict, *, same_image_ids: bool = False) -> list[
         changes.append(f"the policy {now['file']}: its sha256 was {_short(was.get('sha256'))}, "
                        f"now {_short(now['sha256'])}")
     for part in PART_ORDER:
-        was, now = locked.get("images", {}).get(part, {}), current["images"][part]
+        was, now = locked.get("images", {}).get(part, {}), current["images"].get(part)
+        if now is None:
+            if was:
+                changes.append(f"the {part} image: locked {was.get('tag')}, and the policy now has no {part}")
+            continue
         if was.get("tag") != now["tag"] or was.get("inputs") != now["inputs"]:
             what = "its build inputs (Dockerfile, build context or recipe)" if now["inputs"] else "its image"
             changes.append(f"the {part} image: {what} changed: locked {was.get('tag')}, now {now['tag']}")

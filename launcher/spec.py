@@ -28,6 +28,9 @@ BACKEND_PORT = 8000
 # same server every document would make it reload.
 EMBEDDINGS_PORT = 8001
 INGRESS_PORT = 8080
+# What `up` waits for in a sandbox with no front-end (`frontend: none`): the
+# backend's model list, through the front door, as an API client asks it.
+API_HEALTH_PATH = "/v1/models"
 BACKEND_ALIAS = "backend"
 FRONTEND_ALIAS = "frontend"
 NOBODY = "65534:65534"
@@ -180,6 +183,11 @@ class SandboxSpec:
     def container(self, part: str) -> ContainerSpec:
         return next(c for c in self.containers if c.part == part)
 
+    @property
+    def api_only(self) -> bool:
+        """No front-end (`frontend: none`): the ingress serves the API alone."""
+        return not any(c.part == "frontend" for c in self.containers)
+
 
 def resource_name(sandbox: str, part: str) -> str:
     return f"sandbox-{sandbox}-{part}"
@@ -288,7 +296,7 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
     volumes: tuple[VolumeSpec, ...] = (audit,)
     frontend_mounts: tuple[Mount, ...] = ()
     f = policy.frontend
-    if f.data:
+    if f and f.data:
         data = VolumeSpec(name=resource_name(name, "data"), part="data",
                           size=f.data_size if volume_sizes_enforced else None)
         volumes = (audit, data)
@@ -316,11 +324,52 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         memory="64m", cpus=0.25, pids_limit=32,
     )
     backend = _backend(policy, images, secrets, gpus, internal, dns)
+    embedding_model = policy.embedding_model
+    # `frontend: none`: no front-end; the ingress serves the API alone.
+    frontend = _frontend(policy, images, secrets, internal, dns, frontend_mounts) if f else None
+    ingress = ContainerSpec(
+        part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
+        networks=(Attachment(ingress_net.name, ()), Attachment(internal.name, ("ingress",))),
+        env=(("SANDBOX_NAME", name),
+             # None for an API-only sandbox: its page routes say that it
+             # serves only the API (images/ingress/nginx.conf.template).
+             *(((UPSTREAM_ENV, f"{FRONTEND_ALIAS}:{f.port}"),) if f else ()),
+             # The owner's scripts and editors reach the backend's API through
+             # the ingress (/v1/), which asks it with the front-end's key: the
+             # access token is never passed on.
+             ("SANDBOX_API_UPSTREAM", f"{BACKEND_ALIAS}:{BACKEND_PORT}"),
+             # /v1/embeddings goes to the embedding model's own server; without
+             # one, the ingress answers that there is none.
+             *((("SANDBOX_EMBEDDINGS_UPSTREAM", f"{BACKEND_ALIAS}:{EMBEDDINGS_PORT}"),) if embedding_model else ()),
+             (BACKEND_API_KEY_ENV, secrets.api_key),
+             (API_KEY_ID_ENV, token_id(secrets.api_key)),
+             ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),
+             # It listens on none of its addresses in this network: no part can reach it.
+             (INTERNAL_SUBNET_ENV, internal_subnet),
+             # The Host and Origin it answers to: the sandbox's own, on the host.
+             ("SANDBOX_PUBLIC_PORT", str(policy.ingress_port)),
+             (TOKEN_ENV, secrets.access_token),
+             # In the spec hash where the token is not: a new token recreates the ingress.
+             ("SANDBOX_ACCESS_TOKEN_ID", token_id(secrets.access_token))),
+        secret_env=(BACKEND_API_KEY_ENV, TOKEN_ENV),
+        ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
+        tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
+        memory="128m", cpus=0.5, pids_limit=64, dns=dns,
+    )
+    return SandboxSpec(
+        name=name, policy_file=str(policy.file), networks=(internal, ingress_net), volumes=volumes,
+        images=images, containers=tuple(c for c in (sink, backend, frontend, ingress) if c is not None),
+        url=f"http://127.0.0.1:{policy.ingress_port}/", health_path=f.health_path if f else API_HEALTH_PATH,
+    )
+
+
+def _frontend(policy: Policy, images: PartImages, secrets: Secrets, internal: NetworkSpec, dns: tuple[str, ...],
+              frontend_mounts: tuple[Mount, ...]) -> ContainerSpec:
+    name, f, embedding_model = policy.name, policy.frontend, policy.embedding_model
     frontend_env = dict(f.env)
     secret_env = [f.backend_key_env, FRONTEND_SESSION_KEY_ENV]
     backend_url = f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1"
     embeddings_url = f"http://{BACKEND_ALIAS}:{EMBEDDINGS_PORT}/v1"
-    embedding_model = policy.embedding_model
     if embedding_model:
         frontend_env.update({EMBEDDINGS_URL_ENV: embeddings_url, EMBEDDINGS_MODEL_ENV: embedding_model.alias})
     if f.recipe:
@@ -346,42 +395,13 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         # Kept here so that `up` can give a recreated front-end the same key.
         FRONTEND_SESSION_KEY_ENV: secrets.session_key,
     })
-    frontend = ContainerSpec(
+    return ContainerSpec(
         part="frontend", name=resource_name(name, "frontend"), image=images.frontend.tag,
         user=f"{f.user}:{f.user}",
         networks=(Attachment(internal.name, (FRONTEND_ALIAS,)),),
         env=tuple(sorted(frontend_env.items())), secret_env=tuple(sorted(secret_env)),
         mounts=frontend_mounts, tmpfs=(("/tmp", "rw,nosuid,nodev,size=512m"),),
         memory=f.memory, cpus=f.cpus, pids_limit=512, dns=dns, runtime=RUNTIMES[f.runtime],
-    )
-    ingress = ContainerSpec(
-        part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
-        networks=(Attachment(ingress_net.name, ()), Attachment(internal.name, ("ingress",))),
-        env=(("SANDBOX_NAME", name),
-             (UPSTREAM_ENV, f"{FRONTEND_ALIAS}:{f.port}"),
-             # The owner's scripts and editors reach the backend's API through
-             # the ingress (/v1/), which asks it with the front-end's key: the
-             # access token is never passed on.
-             ("SANDBOX_API_UPSTREAM", f"{BACKEND_ALIAS}:{BACKEND_PORT}"),
-             (BACKEND_API_KEY_ENV, secrets.api_key),
-             (API_KEY_ID_ENV, token_id(secrets.api_key)),
-             ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),
-             # It listens on none of its addresses in this network: no part can reach it.
-             (INTERNAL_SUBNET_ENV, internal_subnet),
-             # The Host and Origin it answers to: the sandbox's own, on the host.
-             ("SANDBOX_PUBLIC_PORT", str(policy.ingress_port)),
-             (TOKEN_ENV, secrets.access_token),
-             # In the spec hash where the token is not: a new token recreates the ingress.
-             ("SANDBOX_ACCESS_TOKEN_ID", token_id(secrets.access_token))),
-        secret_env=(BACKEND_API_KEY_ENV, TOKEN_ENV),
-        ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
-        tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
-        memory="128m", cpus=0.5, pids_limit=64, dns=dns,
-    )
-    return SandboxSpec(
-        name=name, policy_file=str(policy.file), networks=(internal, ingress_net), volumes=volumes,
-        images=images, containers=(sink, backend, frontend, ingress),
-        url=f"http://127.0.0.1:{policy.ingress_port}/", health_path=f.health_path,
     )
 
 

@@ -213,6 +213,19 @@ def followed_line(entry: dict) -> str:
     return printable(f"  {when}  {entry['part']} {did}")
 
 
+def api_call_lines(calls: list[dict]) -> list[str]:
+    """The owner's API calls in `status`: a line per kind of client and model."""
+    if not calls:
+        return []
+    total = sum(c["calls"] for c in calls)
+    lines = [f"  {total} API call(s) at /v1/:"]
+    for c in calls:
+        model = "no model named" if c["model"] == "-" else f"model {c['model']}"
+        failed = f" ({c['failed']} failed)" if c["failed"] else ""
+        lines.append(f"    {c['calls']} from {c['client']}, {model}{failed}")
+    return lines
+
+
 def render_status(sandboxes: list[dict], memory: bool) -> None:
     from launcher.models.facts import gib
     if not sandboxes:
@@ -226,9 +239,13 @@ def render_status(sandboxes: list[dict], memory: bool) -> None:
             out.print(printable(f"  signed by {who} ({signer.get('key')})"), markup=False)
         for problem in s["problems"]:
             out.print(printable(f"  {problem}"), markup=False)
+        if s.get("api_only"):
+            out.print(f"  API only (no front-end): `sandbox env {s['name']}` for its address and token", markup=False)
         if s.get("attempts"):
             out.print(f"  {s['attempts']} attempt(s) to reach outside, all stopped: `sandbox audit {s['name']}`",
                       markup=False)
+        for line in api_call_lines(s.get("api_calls") or []):
+            out.print(printable(line), markup=False)
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("part", "state", "health", "restarts") + (("memory",) if memory else ()):
             table.add_column(column)

@@ -173,6 +173,24 @@ function requestLogged(r) {
     return withoutToken(r, logged + line.slice(from));
 }
 
+// The model a call asked for, as the log of API calls (`sandbox status`)
+// has it: a name of at most 64 letters, digits and ._:/+- as it came; any
+// other value (text that could pass for another field of the line, a
+// whole prompt, not a string) is "(other)".
+const MODEL_CHARACTERS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/+-';
+
+function modelLogged(model) {
+    if (typeof model !== 'string' || model.length < 1 || model.length > 64) {
+        return '(other)';
+    }
+    for (let i = 0; i < model.length; i++) {
+        if (!MODEL_CHARACTERS.includes(model[i])) {
+            return '(other)';
+        }
+    }
+    return model;
+}
+
 // The most tokens one answer of the API (/v1/) may ask for, as the `chat`
 // UI allows: one client's answer may not hold the backend for long.
 const MAX_TOKENS = 2048;
@@ -198,6 +216,9 @@ function apiBody(r) {
     }
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
         return '';
+    }
+    if ('model' in body) {
+        r.variables.api_model = modelLogged(body.model);
     }
     if (r.variables.api_route === 'embeddings') {
         return JSON.stringify(body);

@@ -9,9 +9,18 @@ valid '^[a-z][a-z0-9-]{0,29}$' "${SANDBOX_NAME:-}" || fail "SANDBOX_NAME is miss
 valid '^[A-Za-z0-9_-]{32,128}$' "${SANDBOX_ACCESS_TOKEN:-}" || fail "SANDBOX_ACCESS_TOKEN is missing or malformed"
 valid '^[0-9]{1,5}$' "${SANDBOX_PUBLIC_PORT:-}" || fail "SANDBOX_PUBLIC_PORT is missing"
 valid '^[0-9]{1,5}$' "${SANDBOX_LISTEN_PORT:-}" || fail "SANDBOX_LISTEN_PORT is missing"
-valid '^[a-z0-9.-]+:[0-9]{1,5}$' "${SANDBOX_UPSTREAM:-}" || fail "SANDBOX_UPSTREAM is not host:port"
+# No SANDBOX_UPSTREAM: a sandbox with no front-end (`frontend: none`), whose
+# page routes answer that it serves only the API.
+export SANDBOX_UPSTREAM="${SANDBOX_UPSTREAM:-}"
+[ -z "$SANDBOX_UPSTREAM" ] || valid '^[a-z0-9.-]+:[0-9]{1,5}$' "$SANDBOX_UPSTREAM" \
+  || fail "SANDBOX_UPSTREAM is not host:port"
 valid '^[a-z0-9.-]+:[0-9]{1,5}$' "${SANDBOX_API_UPSTREAM:-}" || fail "SANDBOX_API_UPSTREAM is not host:port"
 valid '^[A-Za-z0-9_-]{32,128}$' "${SANDBOX_API_KEY:-}" || fail "SANDBOX_API_KEY is missing or malformed"
+# The embedding model's own server, where the policy has one; without it,
+# /v1/embeddings is answered here (404), never asked of the chat server.
+export SANDBOX_EMBEDDINGS_UPSTREAM="${SANDBOX_EMBEDDINGS_UPSTREAM:-}"
+[ -z "$SANDBOX_EMBEDDINGS_UPSTREAM" ] || valid '^[a-z0-9.-]+:[0-9]{1,5}$' "$SANDBOX_EMBEDDINGS_UPSTREAM" \
+  || fail "SANDBOX_EMBEDDINGS_UPSTREAM is not host:port"
 mkdir -p /tmp/nginx
 # The door is for the host only: nginx listens on this container's addresses
 # outside the sandbox's own network, none on it, so that no part can reach the
@@ -38,12 +47,12 @@ export SANDBOX_LISTEN="$LISTEN"
 # The token and the backend's key are read from the environment, never put on
 # a command line: every local user of the host can read the command lines of a
 # container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY", names, " ") }
-     { for (i = 1; i <= 7; i++) gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@",
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM", names, " ") }
+     { for (i = 1; i <= 8; i++) gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@",
                                      ENVIRON["SANDBOX_" names[i]]); print }' \
     /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
 addresses=$(printf '%s\n' "$LISTEN" | sed 's/listen //; s/ default_server;//' | tr '\n' ' ')
-echo "ingress: listening on ${addresses}for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream $SANDBOX_UPSTREAM"
+echo "ingress: listening on ${addresses}for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream ${SANDBOX_UPSTREAM:-none (the API only)}"
 # Everything nginx writes passes through here on its way to the container's
 # log, which the token must never reach: nginx's own error lines quote the
 # request line and Host of the request at fault (a body too large, a UI that

@@ -29,8 +29,12 @@ from launcher.text import json_records
 # Logs are rotated (ContainerSpec.log_max_size); the audit reads at most this
 # many of their last lines.
 AUDIT_LINES = 100_000
-# The ingress's refusals, kept on the audit volume when its container goes.
+# The ingress's refusals and its log of the owner's API calls, kept on the
+# audit volume when its container goes (the file's name is from when it
+# held refusals only).
 INGRESS_KEPT = "ingress-refused.log"
+REFUSED = "ingress: refused "
+API_CALL = "ingress: api call "
 KEPT_BYTES = 8 * 1024 * 1024
 
 
@@ -216,11 +220,11 @@ def refusals_by_sender(lines: list[str], part_of_address: dict[str, str]) -> tup
 
 
 def _logged_refusals(gateway: DockerGateway, name: str) -> list[str]:
-    """The refusals in the ingress container's log, each line beginning with
-    the engine's timestamp."""
+    """The refusals and API calls in the ingress container's log, each line
+    beginning with the engine's timestamp."""
     try:
         lines = gateway.containers.logs(resource_name(name, "ingress"), tail=AUDIT_LINES, timestamps=True)
-        return [line for line in lines if line.partition(" ")[2].startswith("ingress: refused ")]
+        return [line for line in lines if line.partition(" ")[2].startswith((REFUSED, API_CALL))]
     except NotFound:
         return []
 
@@ -239,11 +243,58 @@ def _when(timestamp: str) -> float:
         return 0.0
 
 
-def ingress_refusals(gateway: DockerGateway, name: str) -> list[str]:
-    """Every request the ingress refused, oldest first, timestamped: those
-    kept on the audit volume from its earlier containers, then its log's."""
+def _ingress_lines(gateway: DockerGateway, name: str, kind: str) -> list[str]:
+    """The ingress's lines of one kind (REFUSED, API_CALL), oldest first,
+    timestamped: those kept on the audit volume from its earlier
+    containers, then its log's."""
     kept = _kept_refusals(gateway, name)
-    return kept + _not_kept_yet(gateway, name, kept)
+    return [line for line in kept + _not_kept_yet(gateway, name, kept) if line.partition(" ")[2].startswith(kind)]
+
+
+def ingress_refusals(gateway: DockerGateway, name: str) -> list[str]:
+    """Every request the ingress refused, oldest first, timestamped."""
+    return _ingress_lines(gateway, name, REFUSED)
+
+
+# What the ingress logs of each of the owner's API calls (images/ingress/
+# nginx.conf.template): the route, a kind of client, the model asked for and
+# the status, never what was asked or answered.
+API_CALL_FIELDS = ("route", "client", "model", "status")
+
+
+def api_call(line: str) -> dict | None:
+    """One API call's fields, from its log line (with or without the
+    engine's timestamp before it); None for any other line, or one whose
+    fields are not all there, each once and in their order."""
+    text = line if line.startswith(API_CALL) else line.partition(" ")[2]
+    text = text if text.startswith(API_CALL) else ""
+    fields = text.removeprefix(API_CALL).split(" ")
+    pairs = [field.partition("=") for field in fields]
+    if not text or [key for key, _, _ in pairs] != list(API_CALL_FIELDS) or not all(sep for _, sep, _ in pairs):
+        return None
+    call = {key: value for key, _, value in pairs}
+    return call if call["status"].isascii() and call["status"].isdigit() else None
+
+
+def count_api_calls(lines: list[str]) -> list[dict]:
+    """The owner's API calls counted by kind of client and model, most
+    first: how many, and how many of them failed (a status of 400 or more)."""
+    counts: dict[tuple[str, str], dict] = {}
+    for line in lines:
+        call = api_call(line)
+        if call is None:
+            continue
+        entry = counts.setdefault((call["client"], call["model"]), {"client": call["client"], "model": call["model"],
+                                                                    "calls": 0, "failed": 0})
+        entry["calls"] += 1
+        entry["failed"] += int(call["status"]) >= 400
+    return sorted(counts.values(), key=lambda e: (-e["calls"], e["client"], e["model"]))
+
+
+def api_calls(gateway: DockerGateway, name: str) -> list[dict]:
+    """The owner's calls to the API at the front door (/v1/), counted by
+    kind of client and model, since the sandbox's audit volume was made."""
+    return count_api_calls(_ingress_lines(gateway, name, API_CALL))
 
 
 def _not_kept_yet(gateway: DockerGateway, name: str, kept: list[str]) -> list[str]:
@@ -254,7 +305,7 @@ def _not_kept_yet(gateway: DockerGateway, name: str, kept: list[str]) -> list[st
 
 def keep_ingress_refusals(gateway: DockerGateway, name: str) -> None:
     """Before the ingress container goes (`down`, or `up` recreating it),
-    its refusals go onto the audit volume, which outlives it like the sink's
+    its refusals and API calls go onto the audit volume, which outlives it like the sink's
     own records, until `down --volumes`; the oldest go past KEPT_BYTES."""
     if gateway.state.container_state(resource_name(name, "dns")) is None:
         return  # no sink, no volume to keep them on

@@ -104,7 +104,7 @@ def make_bundle(gateway: DockerGateway, policy_file: str | Path, output: Path, *
                                              (f"policy/{source.lock_file.name}", source.lock)]
     if source.signature is not None:
         files.append((f"policy/{source.signature_file.name}", source.signature))
-    context = policy.frontend.build_context
+    context = policy.frontend.build_context if policy.frontend else None
     if context is not None:
         relative = context.relative_to(policy.file.parent)
         for rel in context_files(context, policy.frontend.build_dockerfile):
@@ -120,10 +120,16 @@ def make_bundle(gateway: DockerGateway, policy_file: str | Path, output: Path, *
         raise BundleError(f"cannot write {output}: {e.strerror or e}") from None
 
 
+def parts_of(images: dict) -> list[str]:
+    """The parts a lock or manifest names images for, in order: all four,
+    or all but the front-end for an API-only policy (`frontend: none`)."""
+    return [part for part in PART_ORDER if part in images]
+
+
 def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tuple[str, Path | bytes]], output: Path,
                   say: Say) -> dict:
     with tempfile.NamedTemporaryFile(dir=output.parent, prefix=".images-", suffix=".tar") as images_tar:
-        tags = [locked["images"][part]["tag"] for part in PART_ORDER]
+        tags = [locked["images"][part]["tag"] for part in parts_of(locked["images"])]
         say(f"saving {len(tags)} images")
         digest = hashlib.sha256()
         for chunk in gateway.state.save_images(tags):
@@ -138,7 +144,7 @@ def _write_bundle(gateway: DockerGateway, policy, locked: dict, files: list[tupl
         manifest = {"bundle": BUNDLE_FORMAT, "launcher": __version__, "name": policy.name,
                     "policy": f"policy/{policy.file.name}",
                     "images": {part: {"tag": locked["images"][part]["tag"], "id": locked["images"][part]["id"]}
-                               for part in PART_ORDER},
+                               for part in parts_of(locked["images"])},
                     "files": entries}
         partial = output.with_name(output.name + ".partial")
         say(f"writing {output}")
@@ -207,12 +213,12 @@ def _open_bundle(gateway: DockerGateway, path: Path, file, allowed_signers: Path
         locked = source.locked()
         if locked.get("policy", {}).get("sha256") != source.policy_sha256:
             raise BundleError(f"{path}: its policy is not the one its lock pins")
-        if not isinstance(locked.get("images"), dict) or any(
+        if not isinstance(locked.get("images"), dict) or set(locked["images"]) != set(manifest["images"]) or any(
                 not isinstance(locked["images"].get(part), dict)
                 or {k: locked["images"][part].get(k) for k in ("tag", "id")} != manifest["images"][part]
-                for part in PART_ORDER):
+                for part in parts_of(manifest["images"])):
             raise BundleError(f"{path}: its images are not the ones its lock pins")
-        ids = {locked["images"][p]["tag"]: locked["images"][p]["id"] for p in PART_ORDER}
+        ids = {locked["images"][p]["tag"]: locked["images"][p]["id"] for p in parts_of(locked["images"])}
 
         needed = sum(m.size for m in members.values())
         root = unpack_root()
@@ -256,8 +262,8 @@ def _open_bundle(gateway: DockerGateway, path: Path, file, allowed_signers: Path
             shutil.rmtree(unpacked, ignore_errors=True)
             raise
 
-    images = PartImages(*(ImageBuild(tag=locked["images"][p]["tag"], inputs=locked["images"][p]["inputs"])
-                          for p in PART_ORDER))
+    images = PartImages(**{p: ImageBuild(tag=locked["images"][p]["tag"], inputs=locked["images"][p]["inputs"])
+                           if p in locked["images"] else None for p in PART_ORDER})
     model_paths = {}
     for written, sha in policy_models(source):
         carried = target / "models" / f"{sha}.gguf"
@@ -295,9 +301,9 @@ def _manifest(path: Path, raw: bytes) -> dict:
     if not isinstance(manifest.get("name"), str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,29}", manifest["name"]):
         raise BundleError(f"{path}: its manifest has no valid sandbox name")
     images = manifest.get("images")
-    if not isinstance(images, dict) or set(images) != set(PART_ORDER) or any(
+    if not isinstance(images, dict) or set(images) not in (set(PART_ORDER), set(PART_ORDER) - {"frontend"}) or any(
             not isinstance(i, dict) or set(i) != {"tag", "id"} for i in images.values()):
-        raise BundleError(f"{path}: its manifest does not name the four images")
+        raise BundleError(f"{path}: its manifest does not name the four images (three, without a front-end)")
     return manifest
 
 

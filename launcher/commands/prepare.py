@@ -87,7 +87,7 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
                          hash_progress=hash_progress, model_paths=bundle.model_paths if bundle else None,
                          volume_sizes_enforced=sizes_enforced)
     gpus = resolve_gpus(policy, gateway.state.engine_has_gpu() if policy.backend.gpu == "auto" else False)
-    if "gvisor" in (policy.backend.runtime, policy.frontend.runtime) and (
+    if "gvisor" in (policy.backend.runtime, policy.frontend.runtime if policy.frontend else None) and (
             "runsc" not in gateway.state.engine()["runtimes"]):
         raise NotFound("the policy asks for runtime: gvisor, but gVisor (runsc) is not registered with the "
                        "Docker engine; `sandbox doctor` says how")
@@ -103,7 +103,8 @@ def prepare(gateway: DockerGateway, policy: str | Path | PolicySource, ca_bundle
         return seen.env(resource_name(policy.name, part), variable)
     keys = Secrets(
         # The key the parts already share; if one part is gone, the other's.
-        api_key=running("backend", BACKEND_API_KEY_ENV) or running("frontend", policy.frontend.backend_key_env)
+        api_key=running("backend", BACKEND_API_KEY_ENV)
+        or (running("frontend", policy.frontend.backend_key_env) if policy.frontend else None)
         or secrets.token_urlsafe(32),
         session_key=running("frontend", FRONTEND_SESSION_KEY_ENV) or secrets.token_urlsafe(32),
         access_token=(None if new_token else running("ingress", access.TOKEN_ENV) or access.saved_token(policy.name))

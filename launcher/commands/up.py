@@ -40,12 +40,13 @@ SUBNET_TRIES = 3
 # has given up root: waits, asking every 50 ms, until the backend lists its
 # models to the UI's key and then the UI answers its health path, both
 # straight over the sandbox's network (through the ingress, each try that
-# found nothing listening would be an error line in its log). Exit 0: both
+# found nothing listening would be an error line in its log); an empty UI
+# address (an API-only sandbox) asks the backend alone. Exit 0: both
 # answered; 3: the key was refused; 4: not yet after the seconds it was given.
 READY_CHECK = """
 import sys, time, urllib.error, urllib.request
 key, backend, ui, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-deadline, seen = time.monotonic() + seconds, "no answer yet"
+deadline = time.monotonic() + seconds
 def ask(url, headers):
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
@@ -55,7 +56,7 @@ def ask(url, headers):
         return e.code
     except Exception as e:
         return str(e)
-for url, headers in ((backend, {"Authorization": "Bearer " + key}), (ui, {})):
+for url, headers in ((backend, {"Authorization": "Bearer " + key}), *(((ui, {}),) if ui else ())):
     while True:
         answer = ask(url, headers)
         if answer == 200:
@@ -90,6 +91,7 @@ class UpResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "url": self.url, "access_link": self.access_link, "token": self.token,
+                "api_only": self.prepared.spec.api_only,
                 "actions": [a.to_dict() for a in self.prepared.plan.actions],
                 "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
 
@@ -235,37 +237,44 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
         restarts.setdefault(name, seen[part]["restarts"])
         return seen[part]
 
-    backend, frontend = spec.container("backend").name, spec.container("frontend").name
+    parts = [part for part in PARTS if any(c.part == part for c in spec.containers)]
+    backend = spec.container("backend").name
     key = spec.container("backend").env_value(BACKEND_API_KEY_ENV)
-    ui = f"http://{spec.container('ingress').env_value(UPSTREAM_ENV)}{spec.health_path}"
+    # Without a front-end (`frontend: none`) there is no UI to ask: the
+    # backend, then the API through the front door.
+    ui = "" if spec.api_only else f"http://{spec.container('ingress').env_value(UPSTREAM_ENV)}{spec.health_path}"
+    waited_part, waited_as = ("ingress", "ingress") if spec.api_only else ("frontend", "front-end")
+    waited = spec.container(waited_part).name
     # Ready is real requests over the sandbox's network, the UI's first one
     # with the UI's key, asked as soon as the model may be loaded (Docker's
     # healthcheck, which `status` shows, first runs only after its interval).
     # The check runs in the sink while this thread watches every part.
-    for part in PARTS:
+    for part in parts:
         alive(part)
     # Parts an earlier `up` saw ready, in the same run of each container (a
     # no-change `up`), are not asked again: only the front door is, below.
     before = seen_ready(spec.name)
     ready_before = all(before.get(state["name"]) == state["started_at"] for state in seen.values())
     if not ready_before:
-        say("waiting for the backend to load the model and the UI to answer")
+        say("waiting for the backend to load the model" + ("" if spec.api_only else " and the UI to answer"))
     while not ready_before:
         seconds = max(1.0, min(READY_CHECK_SECONDS, deadline - time.monotonic()))
         sink = spec.container("dns").name
-        code, output = _watched(gateway, alive, deadline, sink, lambda: gateway.containers.exec_in(
-            sink,
-            ["python3", "-c", READY_CHECK, key, f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1/models", ui, str(seconds)],
-            user=NOBODY))
+        code, output = _watched(gateway, lambda: [alive(part) for part in parts], deadline, sink,
+                                lambda: gateway.containers.exec_in(
+                                    sink, ["python3", "-c", READY_CHECK, key,
+                                           f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1/models", ui, str(seconds)],
+                                    user=NOBODY))
         if code == 0:
             break
         if code == 3:
             raise NotReady("backend", f"it refused the front-end's API key: {output.strip()[-300:]}",
                            gateway.containers.log_tail(backend))
-        waited_for = ("backend", backend) if f"{BACKEND_ALIAS}:" in output else ("front-end", frontend)
+        waited_for = ("backend", backend) if f"{BACKEND_ALIAS}:" in output else (waited_as, waited)
         _check_deadline(gateway, deadline, *waited_for, f"no answer in time ({output.strip()[-300:]})")
 
-    # And once through the front door, as the user will come.
+    # And once through the front door, as the user (or, API only, an API
+    # client) will come.
     url = spec.url.rstrip("/") + spec.health_path
     token = spec.container("ingress").env_value(access.TOKEN_ENV)
     while True:
@@ -279,7 +288,7 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
         except (OSError, ValueError) as e:
             last_error = f"no answer ({getattr(e, 'reason', e)})"
         alive("ingress")
-        _check_deadline(gateway, deadline, "front-end", frontend, f"{url}: {last_error}")
+        _check_deadline(gateway, deadline, waited_as, waited, f"{url}: {last_error}")
         time.sleep(POLL_SECONDS)
 
     # Docker's own healthcheck runs on its interval: `status` reads a part it
@@ -288,7 +297,7 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
     return seen
 
 
-def _watched(gateway: DockerGateway, alive: Callable[[str], dict], deadline: float, sink: str,
+def _watched(gateway: DockerGateway, all_alive: Callable[[], object], deadline: float, sink: str,
              check: Callable[[], tuple[int, str]]) -> tuple[int, str]:
     """`check()`'s answer, while every part is watched: a part that stops
     or goes ends the wait at once, whatever the check is doing. The check
@@ -305,8 +314,7 @@ def _watched(gateway: DockerGateway, alive: Callable[[str], dict], deadline: flo
     thread.start()
     while True:
         thread.join(POLL_SECONDS)
-        for part in PARTS:
-            alive(part)  # NotReady if it stopped or is gone
+        all_alive()  # NotReady if a part stopped or is gone
         if not thread.is_alive():
             break
         # The check ends on its own by the deadline; this is in case the engine does not answer.

@@ -22,13 +22,23 @@ class Checked:
     name: str | None  # the sandbox's, when the policy is good
     problems: list[Problem]
     warnings: list[Problem]
+    api_only: bool = False  # `frontend: none`: no UI, the API at /v1/ only
+
+    @property
+    def summary(self) -> str:
+        """What `validate` says of a good policy."""
+        if not self.api_only:
+            return f"{self.file}: ok (sandbox {self.name})"
+        return (f"{self.file}: ok (sandbox {self.name}, API only: frontend is none, so no front-end runs and its "
+                f"front door serves only the OpenAI-compatible API at /v1/; `sandbox env {self.name}` prints "
+                f"its address and token)")
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"file": str(self.file), "ok": self.ok, "name": self.name,
+        return {"file": str(self.file), "ok": self.ok, "name": self.name, "api_only": self.api_only,
                 "problems": [p.to_dict() for p in self.problems], "warnings": [w.to_dict() for w in self.warnings]}
 
 
@@ -48,7 +58,8 @@ def validate(files: list[Path], connect: Callable, *, check_port: bool = True, c
         warnings = policy_warnings(policy, policy.backend.gpu not in ("none", "auto"), display=str(file),
                                    doc=doc) if policy and check_model_files else []
         warnings += embedding_warnings(policy, doc, display=str(file)) if policy else []
-        yield Checked(file, policy.name if policy else None, problems, warnings)
+        yield Checked(file, policy.name if policy else None, problems, warnings,
+                      api_only=bool(policy and policy.api_only))
 
 
 def _checked(file: Path, strict: bool, trusted: Path | None,

@@ -32,7 +32,7 @@ from launcher.hostnet import (Canary, container_process, host_ipv4_addresses, ho
 from launcher.images import recipe_image
 from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
-from launcher.spec import BACKEND_PORT, INGRESS_PORT, PARTS, resource_name
+from launcher.spec import BACKEND_PORT, INGRESS_PORT, resource_name
 from launcher.text import json_records
 from launcher.matrix import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
 
@@ -92,7 +92,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     else:
         prepared = prepare(gateway, sandboxes[name]["policy"], ca_bundle)
     spec, policy = prepared.spec, prepared.policy
-    for part in PARTS:
+    for part in (c.part for c in spec.containers):  # an API-only sandbox has no front-end
         state = gateway.state.container_state(resource_name(name, part))
         if not state or state["state"] != "running":
             raise NotFound(f"the {part} of sandbox {name} is not running; `sandbox up` it first")
@@ -107,7 +107,10 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     internal = resource_name(name, "internal")
     ingress_ip = gateway.state.addresses(spec.container("ingress").name).get(internal)
 
-    in_gvisor = spec.container("frontend").runtime == "runsc"
+    # A sandbox with no front-end (`frontend: none`) is probed from its
+    # backend's network, the one other part that runs code of a stranger's.
+    probed = spec.container("backend" if spec.api_only else "frontend")
+    in_gvisor = probed.runtime == "runsc"
     # Ports of our own choosing, so that the sink's records of this run are told apart.
     by_address = [[ADDRESS_TARGET, random.randint(20000, 60000), "tcp"],
                   [ADDRESS_TARGET, random.randint(20000, 60000), "udp"]]
@@ -129,12 +132,13 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
             "http": [[ingress_ip, INGRESS_PORT, line] for line in PROXY_REQUESTS] if ingress_ip else [],
             "self": True,
         }
-        say("probing from the front-end's network")
-        frontend = spec.container("frontend").name
+        say("probing from the backend's network (there is no front-end)" if spec.api_only
+            else "probing from the front-end's network")
+        frontend = probed.name
         facts.frontend_config = gateway.state.container_config(frontend)
 
         def probe() -> str:
-            return gateway.containers.run_probe(name, probe_image.tag, spec.container("frontend"), json.dumps(request))
+            return gateway.containers.run_probe(name, probe_image.tag, probed, json.dumps(request))
         if in_gvisor:
             output = probe()
         else:
@@ -166,7 +170,7 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     facts.weights_write = written.strip()
     facts.weights_sha_after = sha256_of(model.path)
 
-    facts.limits = {part: gateway.state.limits(resource_name(name, part)) for part in PARTS}
+    facts.limits = {c.part: gateway.state.limits(c.name) for c in spec.containers}
     facts.ingress_bindings = gateway.state.container_state(spec.container("ingress").name)["ports"]
     facts.route_localnet = route_localnet()
     drift = [f"{a.verb} {a.kind} {a.name}: {a.reason}" for a in prepared.plan.changes]

@@ -54,7 +54,9 @@ class Policy:
     name: str
     models: tuple[Model, ...]
     backend: Backend
-    frontend: Frontend
+    # None: `frontend: none`, a sandbox that serves only the API (/v1/) at
+    # its front door, with no UI and no front-end container.
+    frontend: Frontend | None
     ingress_port: int
     # What outside names resolve to (schemas/policy.schema.json, "audit"):
     # "lookups", no such name; "connections", an address only the sink answers.
@@ -62,6 +64,10 @@ class Policy:
     # Volumes that may run without a size limit where the engine cannot
     # enforce one (only "data"); elsewhere `up` refuses to start them.
     accept_unbounded_volumes: tuple[str, ...] = ()
+
+    @property
+    def api_only(self) -> bool:
+        return self.frontend is None
 
     @property
     def chat_models(self) -> tuple[Model, ...]:

@@ -47,7 +47,7 @@ def _explain(error, doc: Document) -> list[Problem]:
         hint = f"; known fields here: {', '.join(sorted(known))}" if known else ""
         return [doc.problem(path + (k,), f"unknown field{hint}", prefer_key=True) for k in extra]
     if v == "required" and isinstance(value, dict):
-        return [doc.problem(path, f"missing required field '{name}'")
+        return [doc.problem(path, f"missing required field '{name}'{_REQUIRED_HINTS.get(path + (name,), '')}")
                 for name in error.validator_value if name not in value]
     if "propertyNames" in error.relative_schema_path:
         return [doc.problem(path, f"{value!r} {s.get('x-message', 'is not an allowed name')}")]
@@ -86,6 +86,12 @@ def _explain(error, doc: Document) -> list[Problem]:
     if v == "pattern":
         return [doc.problem(path, f"must match {error.validator_value}")]
     return [doc.problem(path, error.message)]
+
+
+# What a missing field may be, where it is not plain: a sandbox without a
+# UI says so, rather than leave `frontend` out by mistake.
+_REQUIRED_HINTS = {("frontend",): " (a mapping with recipe, build or image; or `frontend: none` for a sandbox that "
+                                  "serves only the API)"}
 
 
 def _describe(value) -> str:

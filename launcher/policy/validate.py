@@ -196,7 +196,7 @@ def embedding_warnings(policy: Policy, doc: Document | None, display: str | None
     through an embedding model, with none in the policy. Not a problem: the
     sandbox runs and chats; only the documents fail, inside it (the recipe
     points them at the backend, never at a cloud)."""
-    recipe = FRONTEND_RECIPES.get(policy.frontend.recipe) if policy.frontend.recipe else None
+    recipe = FRONTEND_RECIPES.get(policy.frontend.recipe) if policy.frontend and policy.frontend.recipe else None
     if not recipe or not recipe.embeddings_env or policy.embedding_model:
         return []
     line, column = doc.mark(("frontend", "recipe")) if doc else (0, 0)
@@ -267,9 +267,16 @@ def _to_policy(data: dict, file: Path, base: Path, model_paths: dict[str, Path])
     backend = Backend(gpu=gpu, gpu_layers=b["gpu_layers"], memory=b["memory"], cpus=float(b["cpus"]),
                       runtime=b["runtime"])
     f = data["frontend"]
+    return Policy(file=file, name=data["name"], models=models, backend=backend,
+                  frontend=None if f == "none" else _frontend(f, base), ingress_port=data["ingress"]["port"],
+                  audit=data.get("audit", "lookups"),
+                  accept_unbounded_volumes=tuple(data.get("accept_unbounded_volumes", ())))
+
+
+def _frontend(f: dict, base: Path) -> Frontend:
     defaults = FRONTEND_RECIPES.get(f.get("recipe"), CUSTOM_FRONTEND)
     build = f.get("build")
-    frontend = Frontend(
+    return Frontend(
         recipe=f.get("recipe"),
         build_context=_resolve(base, build["context"]) if build else None,
         build_dockerfile=build.get("dockerfile", "Dockerfile") if build else "Dockerfile",
@@ -287,6 +294,3 @@ def _to_policy(data: dict, file: Path, base: Path, model_paths: dict[str, Path])
         build_allow_hosts=tuple(build.get("allow_hosts", ())) if build else (),
         data_size=f.get("data_size", DEFAULT_DATA_SIZE),
     )
-    return Policy(file=file, name=data["name"], models=models, backend=backend,
-                  frontend=frontend, ingress_port=data["ingress"]["port"], audit=data.get("audit", "lookups"),
-                  accept_unbounded_volumes=tuple(data.get("accept_unbounded_volumes", ())))

@@ -63,20 +63,21 @@ def render(spec: SandboxSpec, options: KubeOptions, model_files: dict[str, str])
         _secret(spec, ns, labels),
         *_network_policies(ns, labels),
     ]
-    frontend = spec.container("frontend")
-    if any(m.kind == "volume" for m in frontend.mounts):
+    # An API-only sandbox (`frontend: none`) has no front-end, nor its data.
+    served = [part for part in SERVED if any(c.part == part for c in spec.containers)]
+    if any(m.kind == "volume" for c in spec.containers if c.part == "frontend" for m in c.mounts):
         objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                         "metadata": {"name": "data", "namespace": ns, "labels": {**labels, LABEL_PART: "data"}},
                         "spec": {"accessModes": ["ReadWriteOnce"],
                                  "resources": {"requests": {"storage": options.data_size}}}})
     # Services first: a pod gets the addresses of the Services that exist when it starts.
-    for part in SERVED:
+    for part in served:
         ports = [{"name": name, "port": port, "targetPort": port, "protocol": "TCP"}
                  for name, port in _ports(spec, part)]
         objects.append({"apiVersion": "v1", "kind": "Service",
                         "metadata": {"name": part, "namespace": ns, "labels": {**labels, LABEL_PART: part}},
                         "spec": {"type": "ClusterIP", "selector": {**labels, LABEL_PART: part}, "ports": ports}})
-    for part in SERVED:
+    for part in served:
         objects.append(_deployment(spec, spec.container(part), ns, labels, options, model_files))
     return objects
 

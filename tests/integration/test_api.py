@@ -14,6 +14,7 @@ import pytest
 
 from launcher.commands.audit import audit
 from launcher.commands.env import api_env
+from launcher.commands.status import status
 from tests.integration.conftest import QUICKSTART_ALIAS
 
 openai = pytest.importorskip("openai")
@@ -60,21 +61,24 @@ def test_the_openai_package_streams_a_chat(client):
     assert 1 <= done.usage.completion_tokens <= 4
 
 
-def test_an_embedding_is_asked_of_the_backend(client, api):
-    """The quick-start policy loads its model without embeddings; the
-    request is passed on all the same and answered by the backend, not
-    refused by the ingress."""
-    try:
-        answer = client.embeddings.create(model=QUICKSTART_ALIAS, input="a sandboxed sentence")
-    except openai.APIStatusError as e:
-        # The backend's own answer, passed on: no refusal of the ingress.
-        assert "x-sandbox-refused" not in e.response.headers, e.response.headers
-    else:
-        assert len(answer.data) == 1 and len(answer.data[0].embedding) > 0
+def test_without_an_embedding_model_an_embedding_is_answered_404_by_the_ingress(client, api):
+    """The quick-start policy has no model with `role: embeddings`: the
+    ingress says so itself, to the owner only, and never asks the chat
+    model's server for vectors."""
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.embeddings.create(model=QUICKSTART_ALIAS, input="a sandboxed sentence")
+    assert "x-sandbox-refused" not in missing.value.response.headers
+    assert missing.value.body["code"] == "no_embedding_model", missing.value.body
+    assert "no embedding model" in missing.value.body["message"]
     status, headers, body = curl("-H", f"Authorization: Bearer {api['OPENAI_API_KEY']}", "-H",
                                  "Content-Type: application/json", "-d", json.dumps({"input": "x"}),
                                  api["OPENAI_BASE_URL"] + "/embeddings")
-    assert "x-sandbox-refused" not in headers and status != 401, (status, body)
+    assert status == 404 and "x-sandbox-refused" not in headers, (status, body)
+    assert json.loads(body)["error"]["code"] == "no_embedding_model"
+    # A stranger learns nothing of it: refused as on every route.
+    status, headers, body = curl("-H", "Content-Type: application/json", "-d", json.dumps({"input": "x"}),
+                                 api["OPENAI_BASE_URL"] + "/embeddings")
+    assert (status, headers.get("x-sandbox-refused")) == (401, "no-token") and "embedding" not in body
 
 
 def test_a_wrong_key_is_refused(api):
@@ -162,3 +166,34 @@ def test_the_refusals_are_in_the_audit(sandbox, gateway):
         assert time.monotonic() < deadline, refused
         time.sleep(0.5)
     assert not any(result.token in line for line in refused)
+
+
+def test_status_counts_the_owners_calls_by_client_and_model_never_their_contents(sandbox, gateway, client, api):
+    """Calls of the openai package and of curl are counted by kind and
+    model; refused requests are not calls."""
+    result, _ = sandbox
+
+    def counted() -> dict:
+        [shown] = status(gateway, result.name)
+        assert "a private word" not in json.dumps(shown)  # (status gives the token by design: not checked)
+        return {(c["client"], c["model"]): c for c in shown["api_calls"]}
+    before = counted()
+    empty = {"calls": 0, "failed": 0}
+    client.chat.completions.create(model=QUICKSTART_ALIAS, messages=[{"role": "user", "content": "a private word"}],
+                                   max_tokens=2)
+    bearer = f"Authorization: Bearer {api['OPENAI_API_KEY']}"
+    curl("-H", bearer, api["OPENAI_BASE_URL"] + "/models")
+    curl("-H", bearer, "-H", "Content-Type: application/json", "-d", json.dumps({"input": "x"}),
+         api["OPENAI_BASE_URL"] + "/embeddings")  # no embedding model: 404, a call that failed
+    curl(api["OPENAI_BASE_URL"] + "/models")  # refused: no call
+    deadline = time.monotonic() + 60
+    while True:
+        after = counted()
+        chats, curls = after.get(("openai-python", QUICKSTART_ALIAS), empty), after.get(("curl", "-"), empty)
+        if chats["calls"] > before.get(("openai-python", QUICKSTART_ALIAS), empty)["calls"] \
+                and curls["calls"] >= before.get(("curl", "-"), empty)["calls"] + 2:
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.5)
+    assert curls["calls"] == before.get(("curl", "-"), empty)["calls"] + 2
+    assert curls["failed"] == before.get(("curl", "-"), empty)["failed"] + 1

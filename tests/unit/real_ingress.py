@@ -84,22 +84,31 @@ class RealIngress:
     """nginx running the ingress's configuration on 127.0.0.1:`port`, with
     `backend` and `ui` as its upstreams; `log()` is its refusal log."""
 
-    def __init__(self, directory: Path, name: str, token: str, api_key: str):
+    def __init__(self, directory: Path, name: str, token: str, api_key: str, embeddings: bool = True,
+                 ui: bool = True):
+        """`embeddings`: the policy has an embedding model, whose server is
+        `self.embeddings` (else None, and the ingress has no such upstream).
+        `ui` False: an API-only sandbox's ingress (`frontend: none`), with no
+        upstream for its pages (the stand-in UI is there, to show that
+        nothing reaches it)."""
         self.name, self.token, self.api_key = name, token, api_key
         self.directory = directory
         self.backend, self.ui = Recorder(backend_answer), Recorder(ui_answer)
+        self.embeddings = Recorder(backend_answer) if embeddings else None
         self.port = free_port()
         (directory / "body").mkdir(parents=True)
         shutil.copyfile(INGRESS / "sandbox.js", directory / "sandbox.js")
         values = {"NAME": name, "TOKEN": token, "PUBLIC_PORT": str(self.port),
-                  "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address,
-                  "API_UPSTREAM": self.backend.address, "API_KEY": api_key}
+                  "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address if ui else "",
+                  "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
+                  "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else ""}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)
         text = (text.replace("/opt/ingress/sandbox.js", str(directory / "sandbox.js"))
                 .replace("pid /tmp/nginx.pid;", f"pid {directory}/nginx.pid;")
                 .replace("/tmp/nginx/", f"{directory}/")
+                .replace("access_log /dev/stdout api_calls", f"access_log {directory}/api.log api_calls")
                 .replace("access_log /dev/stdout", f"access_log {directory}/refused.log"))
         if os.geteuid() == 0:  # nginx's workers would otherwise become nobody, who cannot read these files
             text = "user root;\n" + text
@@ -122,10 +131,15 @@ class RealIngress:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def log(self, waiting_for: str = "", seconds: float = 10) -> str:
+    def api_log(self, waiting_for: str = "", seconds: float = 10) -> str:
+        """The log of the owner's API calls (in the image, on stdout with
+        the refusals), as `log` reads the refusals'."""
+        return self.log(waiting_for, seconds, "api.log")
+
+    def log(self, waiting_for: str = "", seconds: float = 10, file: str = "refused.log") -> str:
         """The refusal log; with `waiting_for`, once it holds that (nginx
         logs a refused request only when it is done with its connection)."""
-        path = self.directory / "refused.log"
+        path = self.directory / file
         deadline = time.monotonic() + seconds
         while True:
             text = path.read_text() if path.exists() else ""
@@ -138,7 +152,7 @@ class RealIngress:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process.stderr.close()
-        self.backend.shutdown()
-        self.ui.shutdown()
-        self.backend.server_close()
-        self.ui.server_close()
+        for part in (self.backend, self.ui, self.embeddings):
+            if part is not None:
+                part.shutdown()
+                part.server_close()

@@ -66,9 +66,61 @@ def test_the_owners_bearer_reaches_the_backend_with_the_backends_own_key_and_not
     for route in ("chat/completions", "completions", "embeddings"):
         status, _, _ = chat(ingress, {"model": "tiny", "input": "x"}, path=f"/v1/{route}")
         assert status == 200
-    assert [s["path"] for s in ingress.backend.seen] == ["/v1/models", "/v1/chat/completions", "/v1/completions",
-                                                         "/v1/embeddings"]
+    assert [s["path"] for s in ingress.backend.seen] == ["/v1/models", "/v1/chat/completions", "/v1/completions"]
+    assert [s["path"] for s in ingress.embeddings.seen] == ["/v1/embeddings"]
     assert ingress.ui.seen == []
+
+
+def test_embeddings_are_asked_of_the_embedding_models_own_server_with_the_backends_key(ingress):
+    status, headers, _ = chat(ingress, {"model": "embed", "input": ["a", "b"]}, path="/v1/embeddings")
+    assert status == 200 and "x-sandbox-refused" not in headers
+    [seen] = ingress.embeddings.seen
+    assert seen["path"] == "/v1/embeddings" and seen["headers"]["Authorization"] == f"Bearer {API_KEY}"
+    assert seen["headers"]["Host"] == ingress.embeddings.address
+    assert json.loads(seen["body"]) == {"model": "embed", "input": ["a", "b"]}
+    assert TOKEN not in json.dumps(seen["headers"])
+    # The chat server is never asked for them.
+    assert ingress.backend.seen == []
+    # Strangers are refused there as on every route.
+    status, headers, _ = ask(ingress, "POST", "/v1/embeddings", JSON, b'{"input": "x"}')
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token")
+    assert len(ingress.embeddings.seen) == 1
+
+
+@pytest.fixture
+def no_embeddings(tmp_path):
+    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, embeddings=False)
+    yield door
+    door.close()
+
+
+def test_without_an_embedding_model_the_ingress_answers_embeddings_with_a_404_that_says_so(no_embeddings):
+    status, headers, body = chat(no_embeddings, {"model": "tiny", "input": "x"}, path="/v1/embeddings")
+    assert status == 404 and headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert "no embedding model" in error["message"] and error["code"] == "no_embedding_model"
+    assert "x-sandbox-refused" not in headers
+    # Neither the chat server nor the UI is asked.
+    assert no_embeddings.backend.seen == [] and no_embeddings.ui.seen == []
+    # The other routes still reach the chat server.
+    assert chat(no_embeddings, {"messages": []})[0] == 200
+    assert [s["path"] for s in no_embeddings.backend.seen] == ["/v1/chat/completions"]
+
+
+def test_without_an_embedding_model_strangers_are_refused_before_they_learn_so(no_embeddings):
+    for headers in ({}, {"Authorization": "Bearer " + "x" * 43}, {"Cookie": f"sandbox-demo={TOKEN}"}):
+        status, answer, body = ask(no_embeddings, "POST", "/v1/embeddings", {**JSON, **headers}, b'{"input": "x"}')
+        assert status == 401 and answer["x-sandbox-refused"] in ("no-token", "bad-token"), headers
+        assert b"embedding" not in body
+    status, answer, _ = ask(no_embeddings, "GET", "/v1/embeddings", OWNER)
+    assert (status, answer["x-sandbox-refused"]) == (405, "method")
+    # The owner's answer is not a refusal: the log of refusals holds only the strangers'.
+    chat(no_embeddings, {"input": "x"}, path="/v1/embeddings")
+    ask(no_embeddings, "GET", "/v1/models")  # one more refusal, logged after the owner's answer
+    lines = no_embeddings.log(waiting_for="GET /v1/models").splitlines()
+    assert [line.split(" reason=")[1].split(" ")[0] for line in lines] == ["no-token", "bad-token", "no-token",
+                                                                          "method", "no-token"]
+    assert all(line.startswith("ingress: refused ") for line in lines)
 
 
 def test_no_token_and_a_wrong_one_are_refused(ingress):
@@ -252,3 +304,113 @@ def test_refusals_are_logged_as_the_front_doors_are_without_the_token(ingress):
                                                                                  "method"]
     assert all(line.startswith("ingress: refused ") for line in lines)
     assert TOKEN not in ingress.log() and 'request="GET /v1/models?sandbox_token=... HTTP/1.1"' in lines[1]
+
+
+def test_each_of_the_owners_calls_is_logged_with_its_route_client_kind_model_and_status_and_nothing_more(ingress):
+    chat(ingress, {"model": "tiny", "messages": [{"role": "user", "content": "a secret prompt"}]},
+         {"User-Agent": "OpenAI/Python 1.99.1"})
+    chat(ingress, {"model": "embed", "input": "a secret text"}, {"User-Agent": "AsyncOpenAI/Python 1.2"},
+         path="/v1/embeddings")
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "curl/8.5.0"})
+    chat(ingress, {"prompt": "x"}, {"User-Agent": "llm/0.19 (and more)"}, path="/v1/completions")
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": "python-httpx/0.27"})
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": "Mozilla/5.0 (X11)"})
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": "my-own-tool status=999 model=x"})
+    chat(ingress, {"model": "tiny", "messages": []}, {"User-Agent": ""})
+    lines = ingress.api_log(waiting_for="client=none").splitlines()
+    assert lines == [
+        "ingress: api call route=chat/completions client=openai-python model=tiny status=200",
+        "ingress: api call route=embeddings client=openai-python model=embed status=200",
+        "ingress: api call route=models client=curl model=- status=200",
+        "ingress: api call route=completions client=llm model=- status=200",
+        "ingress: api call route=chat/completions client=python model=tiny status=200",
+        "ingress: api call route=chat/completions client=browser model=tiny status=200",
+        "ingress: api call route=chat/completions client=other model=tiny status=200",
+        "ingress: api call route=chat/completions client=none model=tiny status=200",
+    ]
+    # Passed on, none of them is a refusal.
+    assert ingress.log(seconds=0) == ""
+
+
+@pytest.mark.parametrize("model", ["tiny status=500", "a" * 65, "", 7, None, ["tiny"], "caf\u00e9", "x\ny",
+                                   TOKEN[:10] + " route=models"])
+def test_a_model_name_that_is_not_a_plain_name_is_logged_as_other(ingress, model):
+    chat(ingress, {"model": model, "messages": []})
+    assert ingress.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=chat/completions client=none model=(other) status=200"]
+
+
+def test_a_model_name_as_it_came_is_logged_when_plain(ingress):
+    chat(ingress, {"model": "Qwen2.5-7B-Instruct:q4_k_m/v1.5+x_y", "messages": []}, {"User-Agent": "OpenAI/JS 4.0"})
+    assert ingress.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=chat/completions client=openai-node model=Qwen2.5-7B-Instruct:q4_k_m/v1.5+x_y "
+        "status=200"]
+
+
+def test_refused_calls_are_refusals_and_not_calls(ingress):
+    ask(ingress, "GET", "/v1/models", {"User-Agent": "curl/8"})
+    chat(ingress, {"model": "tiny", "messages": [{"role": "user", "content": "x" * (1024 * 1024)}]})
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "curl/8"})  # the control
+    assert ingress.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=models client=curl model=- status=200"]
+    assert [line.split(" reason=")[1].split(" ")[0] for line in ingress.log(waiting_for="too-large").splitlines()] == [
+        "no-token", "too-large"]
+
+
+def test_the_owners_embeddings_without_an_embedding_model_are_logged_as_calls_answered_404(no_embeddings):
+    chat(no_embeddings, {"model": "embed", "input": "x"}, {"User-Agent": "OpenAI/Python 1"}, path="/v1/embeddings")
+    assert no_embeddings.api_log(waiting_for="status=").splitlines() == [
+        "ingress: api call route=embeddings client=openai-python model=- status=404"]
+
+
+@pytest.fixture
+def api_only(tmp_path):
+    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, ui=False)
+    yield door
+    door.close()
+
+
+def test_an_api_only_sandbox_serves_the_api_and_its_pages_say_so(api_only):
+    assert ask(api_only, "GET", "/v1/models", OWNER)[0] == 200
+    assert chat(api_only, {"model": "tiny", "messages": []})[0] == 200
+    assert [s["path"] for s in api_only.backend.seen] == ["/v1/models", "/v1/chat/completions"]
+    for method, path in (("GET", "/"), ("GET", "/index.html"), ("POST", "/api/chat"), ("GET", "/v1/other")):
+        status, headers, body = ask(api_only, method, path, {**OWNER, **JSON} if method == "POST" else OWNER,
+                                    b"{}" if method == "POST" else None)
+        assert status == 404 and "x-sandbox-refused" not in headers, (method, path)
+        assert b"serves only the OpenAI-compatible API" in body and b"sandbox env demo" in body
+        assert TOKEN.encode() not in body
+    assert api_only.ui.seen == []
+    # The owner's page answers are no refusals; the log of refusals stays empty.
+    ask(api_only, "GET", "/", host=f"evil.example:{api_only.port}")
+    log = api_only.log(waiting_for="foreign-host")
+    assert log.count("ingress: refused ") == 1 and "reason=foreign-host" in log
+
+
+def test_an_api_only_sandboxs_pages_refuse_strangers_as_any_sandboxs_do(api_only):
+    status, headers, body = ask(api_only, "GET", "/")
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token") and b"only the OpenAI" not in body
+    status, headers, _ = ask(api_only, "GET", "/", OWNER, host=f"evil.example:{api_only.port}")
+    assert (status, headers["x-sandbox-refused"]) == (421, "foreign-host")
+    status, headers, _ = ask(api_only, "POST", "/", {**OWNER, "Origin": "http://evil.example"}, b"{}")
+    assert (status, headers["x-sandbox-refused"]) == (403, "foreign-origin")
+    # The access link still trades the token for the cookie, which then shows the page.
+    status, headers, _ = ask(api_only, "GET", f"/?sandbox_token={TOKEN}")
+    assert status == 302 and f"sandbox-demo={TOKEN}" in headers["set-cookie"]
+    status, _, body = ask(api_only, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}"})
+    assert status == 404 and b"serves only" in body
+    # The cookie is never enough for the API itself.
+    assert ask(api_only, "GET", "/v1/models", {"Cookie": f"sandbox-demo={TOKEN}"})[0] == 401
+    assert api_only.ui.seen == [] and api_only.backend.seen == []
+
+
+@pytest.mark.parametrize("path", ["/.sandbox-no-embeddings", "/.sandbox-api-only"])
+def test_the_pages_the_ingress_answers_itself_cannot_be_asked_for_directly_nor_escape_the_log(api_only, path):
+    status, _, body = ask(api_only, "GET", path, OWNER)
+    assert status == 404 and b"serves only" not in body and b"embedding" not in body
+    ask(api_only, "GET", path)
+    ask(api_only, "GET", "/v1/models")  # a refusal logged after both
+    lines = api_only.log(waiting_for="GET /v1/models").splitlines()
+    assert [line.split(" reason=")[0] for line in lines] == ["ingress: refused status=404"] * 2 + [
+        "ingress: refused status=401"]
+    assert api_only.api_log(seconds=0) == ""

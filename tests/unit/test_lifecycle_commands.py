@@ -147,6 +147,26 @@ def test_status_of_a_sandbox_that_is_up(sandbox):
     assert "memory_bytes" not in shown["parts"][0]
 
 
+def test_status_counts_the_owners_api_calls_by_client_and_model_kept_and_logged(sandbox):
+    assert status(sandbox.gateway(), "minimal")[0]["api_calls"] == []
+    call = "ingress: api call route=chat/completions client=openai-python model=tiny status=200"
+    sandbox.api.add_log("sandbox-minimal-ingress", call, timestamp="2026-12-01T03:00:00.000000001Z")
+    sandbox.api.add_log("sandbox-minimal-ingress", "ingress: refused status=401 reason=no-token",
+                        timestamp="2026-12-01T03:00:01.000000001Z")
+    # Those of an ingress container that is gone were kept on the audit volume.
+    kept = "2026-11-30T10:00:00.000000001Z ingress: api call route=models client=curl model=- status=200\n"
+    sandbox.api.add_file(SINK, f"{AUDIT_DIR}/{INGRESS_KEPT}", kept.encode())
+    [shown] = status(sandbox.gateway(), "minimal")
+    assert shown["api_calls"] == [{"client": "curl", "model": "-", "calls": 1, "failed": 0},
+                                  {"client": "openai-python", "model": "tiny", "calls": 1, "failed": 0}]
+    # The audit's refusals are refusals only.
+    assert [line.split(" reason=")[1] for line in audit(sandbox.gateway(), "minimal")["ingress_refused"]] == [
+        "no-token"]
+    # `down` keeps the calls with the refusals.
+    down(sandbox.gateway(), "minimal")
+    assert call in sandbox.api.file(SINK, f"{AUDIT_DIR}/{INGRESS_KEPT}").decode()
+
+
 def test_status_with_memory_shows_what_each_running_part_uses_without_the_page_cache(sandbox):
     sandbox.api.memory_held["sandbox-minimal-backend"] = (300 * 2**20, 100 * 2**20)
     sandbox.api.containers_held["sandbox-minimal-frontend"]["State"]["Status"] = "exited"
@@ -184,8 +204,12 @@ def test_status_on_the_command_line_exits_1_when_a_sandbox_is_not_healthy(cli_en
     healthy = runner.invoke(app, ["status"])
     assert healthy.exit_code == 0, healthy.output
     assert "minimal" in healthy.stdout and f"http://127.0.0.1:{cli_engine.port}/" in healthy.stdout
+    cli_engine.api.add_log("sandbox-minimal-ingress",
+                           "ingress: api call route=chat/completions client=curl model=tiny status=200")
+    assert "1 from curl, model tiny" in runner.invoke(app, ["status"]).stdout
     as_json = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert [s["name"] for s in as_json["sandboxes"]] == ["minimal"]
+    assert as_json["sandboxes"][0]["api_calls"] == [{"client": "curl", "model": "tiny", "calls": 1, "failed": 0}]
     assert as_json["sandboxes"][0]["token"] == cli_engine.first.token
     cli_engine.api.containers_held["sandbox-minimal-backend"]["State"]["Status"] = "exited"
     assert runner.invoke(app, ["status", "--memory"]).exit_code == 1

@@ -40,6 +40,12 @@ def variants(tmp_path: Path) -> list[tuple[Path, int]]:
     return out
 
 
+def quick_start(rendered):
+    """The quick start's renders: a sandbox with every part (policies/ also
+    holds one with no front-end)."""
+    return next(r for r in rendered if Path(r[0]).name == "quickstart.yaml")
+
+
 @pytest.fixture
 def rendered(tmp_path):
     out = []
@@ -58,7 +64,7 @@ def test_every_manifest_passes_the_kubernetes_schema(rendered):
         for o in objects:
             kubernetes_validate.validate(o, version, strict=True)  # raises on any unknown or wrong field
     # Control: the validator does refuse a wrong manifest.
-    broken = copy.deepcopy(next(o for o in rendered[0][2] if o["kind"] == "Deployment"))
+    broken = copy.deepcopy(next(o for o in quick_start(rendered)[2] if o["kind"] == "Deployment"))
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] = "yes"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, version, strict=True)
@@ -128,7 +134,7 @@ def test_the_weights_are_read_only_and_checked_before_the_backend_starts(rendere
     configuration, at every start (images/llama-cpp/backend.py): on every
     target, that configuration carries the policy's sha256 for the file
     mounted at that path."""
-    _, spec, objects, compose_file = rendered[0]
+    _, spec, objects, compose_file = quick_start(rendered)
     backend = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == "backend")
     pod = backend["spec"]["template"]["spec"]
     model = spec.container("backend").mounts[0]
@@ -155,7 +161,7 @@ def test_no_pod_reaches_anything_but_its_peers(rendered):
 
 
 def test_secrets_are_in_the_secret_only(rendered):
-    _, spec, objects, _ = rendered[0]
+    _, spec, objects, _ = quick_start(rendered)
     [secret] = [o for o in objects if o["kind"] == "Secret"]
     values = set(secret["stringData"].values())
     assert len(values) == 3
@@ -169,7 +175,7 @@ def test_the_outputs_grant_what_the_spec_grants(rendered):
         assert grants.from_kubernetes(objects) == grants.on_kubernetes(intended), name
         assert grants.from_compose(compose_file) == intended, name
     # Control: a manifest that grants more is told apart.
-    _, spec, objects, compose_file = rendered[0]
+    _, spec, objects, compose_file = quick_start(rendered)
     looser = copy.deepcopy(objects)
     frontend = next(o for o in looser if o["kind"] == "Deployment" and o["metadata"]["name"] == "frontend")
     frontend["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False

@@ -211,6 +211,12 @@ def test_the_embedding_model_has_a_server_of_its_own_with_the_same_checks():
     assert mount.read_only and mount.kind == "bind" and mount.sha256 == model["sha256"] == "2" * 64
 
 
+def test_the_ingress_sends_embeddings_to_the_embedding_server_only_where_the_policy_has_one():
+    assert make_spec(with_embeddings()).container("ingress").env_value("SANDBOX_EMBEDDINGS_UPSTREAM") == "backend:8001"
+    # None: the ingress answers /v1/embeddings itself (images/ingress/nginx.conf.template).
+    assert make_spec().container("ingress").env_value("SANDBOX_EMBEDDINGS_UPSTREAM") is None
+
+
 def test_open_webui_gets_the_embedding_server_locked_and_its_key_as_a_secret():
     f = make_spec(with_embeddings(env=(("RAG_OPENAI_API_BASE_URL", "https://api.openai.com/v1"),)),
                   api_key="secret").container("frontend")

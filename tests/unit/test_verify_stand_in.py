@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 import launcher.commands.verify
@@ -184,3 +185,40 @@ def test_verify_on_the_command_line_prints_each_row_and_exits_by_the_verdicts(sa
     broken = CliRunner().invoke(app, ["verify", "minimal"])
     assert broken.exit_code == 1
     assert "write the weights" in broken.stdout and "FAIL" in broken.stdout
+
+
+BACKEND = "sandbox-minimal-backend"
+
+
+@pytest.fixture
+def api_only(tmp_path, monkeypatch):
+    """The same sandbox with `frontend: none`: no front-end to probe from."""
+    api = FakeApi()
+    policy, port = quickstart_policy(tmp_path, monkeypatch, api)
+    data = yaml.safe_load(policy.read_text())
+    data["frontend"] = "none"
+    policy.write_text(yaml.safe_dump(data))
+    first = up(DockerGateway(client=FakeClient(api)), policy, timeout=5)
+    probe = recipe_image("probe", ca_bundle=None)
+    build_records.save(probe.tag, [], api.add_image(probe.tag))
+    backend_ip = api.containers_held[BACKEND]["NetworkSettings"]["Networks"]["sandbox-minimal-internal"]["IPAddress"]
+    api.programs[probe.tag] = healthy_probe(Sink(api, backend_ip))
+    api.execs[BACKEND] = lambda command: (0, "EROFS EROFS EROFS\n")
+    api.processes_held[BACKEND] = [4101]
+    monkeypatch.setattr(launcher.commands.verify, "container_process",
+                        lambda pid, container_id: PROCESS if container_id == BACKEND else None)
+    monkeypatch.setattr(launcher.commands.verify, "host_ipv4_addresses", lambda: ["192.0.2.2"])
+    monkeypatch.setattr(launcher.commands.verify, "host_resolvers", lambda: ["10.0.0.53"])
+    monkeypatch.setattr(launcher.commands.verify, "route_localnet", lambda: {"all": "0", "lo": "0"})
+    with StandInIngress("minimal", first.token, port=port):
+        yield Up(api, policy, port, first)
+
+
+def test_an_api_only_sandbox_is_probed_from_its_backends_network_and_passes(api_only):
+    said = []
+    result = verify(api_only.gateway(), "minimal", say=said.append)
+    assert {a: v for a, v in verdicts(result).items() if v != "PASS"} == {"other sandboxes": "SKIP"}
+    assert "probing from the backend's network (there is no front-end)" in said
+    [(_, created)] = [(a, k) for name, a, k in api_only.api.calls
+                      if name == "create_container" and k.get("name") == "sandbox-minimal-probe"]
+    assert created["host_config"]["network_mode"] == f"container:{BACKEND}"
