@@ -45,8 +45,10 @@ def swap_after_the_check(model: Path):
     """A `say` for `up` that changes the model once the policy was checked,
     before the backend that mounts it is created."""
     def say(message: str) -> None:
-        if message.startswith("starting dns"):
+        if message.startswith("creating network") and not said:  # the plan is being carried out: no container yet
+            said.append(message)
             tamper(model)
+    said: list[str] = []
     return say
 
 
