@@ -197,8 +197,8 @@ const MAX_TOKENS = 2048;
 
 // The body the backend gets for an API request: the client's, parsed here
 // and written out again, so the backend reads exactly what was checked, with
-// `max_tokens` (and `max_completion_tokens`, where sent) at most MAX_TOKENS.
-// Absent, null, not a number, or under 1 (which the backend reads as "up to
+// `max_tokens` (and `max_completion_tokens`, where sent) at most MAX_TOKENS
+// and no `grammar`. Absent, null, not a number, or under 1 (which the backend reads as "up to
 // the context's end"), it is MAX_TOKENS too, but for /v1/completions, whose
 // absent value is the backend's own small default. A body that is no JSON
 // object is passed on empty, which the backend refuses. The body is at most
@@ -223,6 +223,10 @@ function apiBody(r) {
     if (r.variables.api_route === 'embeddings') {
         return JSON.stringify(body);
     }
+    // llama.cpp's own `grammar` (no OpenAI client sends it): a malformed one
+    // ends the backend's server process (llama-cpp-python 0.3), so one call
+    // could keep the UI's chat down; `response_format` still constrains answers.
+    delete body.grammar;
     const bounded = (value) => typeof value === 'number' && value >= 1 && value <= MAX_TOKENS;
     if (!bounded(body.max_tokens) && !(r.variables.api_route === 'completions' && !('max_tokens' in body))) {
         body.max_tokens = MAX_TOKENS;

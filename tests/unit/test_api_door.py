@@ -414,3 +414,15 @@ def test_the_pages_the_ingress_answers_itself_cannot_be_asked_for_directly_nor_e
     assert [line.split(" reason=")[0] for line in lines] == ["ingress: refused status=404"] * 2 + [
         "ingress: refused status=401"]
     assert api_only.api_log(seconds=0) == ""
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+def test_a_grammar_never_reaches_the_backend(ingress, route):
+    """Tried as an attacker would: one call with `"grammar": "root ::= ("`
+    ended the backend's server (llama-cpp-python cannot parse it), and a
+    loop of them kept the UI's chat down. The rest of the body is passed on."""
+    status, _, _ = chat(ingress, {"prompt": "hi", "messages": [], "grammar": "root ::= (", "temperature": 0},
+                        path=f"/v1/{route}")
+    assert status == 200
+    passed = json.loads(ingress.backend.seen[0]["body"])
+    assert "grammar" not in passed and passed["temperature"] == 0
