@@ -18,6 +18,9 @@ and its spread (min-max) over the rounds:
 2. time to the first streamed piece of an answer through the UI;
 3. streamed pieces per second through the UI;
 4. the same pieces per second against the bare backend;
+4a. a streamed chat through the API at the front door
+   (/v1/chat/completions, the bearer token), against the bare backend:
+   time to the first piece and pieces (tokens) per second;
 5. an `up` with nothing to change (the sandbox only);
 6. `down` (the volumes kept);
 7. the phases of the sandbox's `up` (prepare, apply, ready, total).
@@ -195,6 +198,13 @@ class Sandbox:
     def stream(self):
         return stream_call(self.result.url, self.result.token, self.max_tokens)
 
+    def api_stream(self):
+        """A streamed chat as an API client makes it: /v1/chat/completions at
+        the front door, with the bearer token, the same body as the bare
+        backend's."""
+        return chat_completions_stream(self.result.url + "v1/chat/completions",
+                                       {"Authorization": f"Bearer {self.result.token}"}, self.max_tokens)
+
     def down(self, volumes: bool = False) -> float:
         started = time.monotonic()
         down(self.gateway, self.name, volumes=volumes)
@@ -276,12 +286,14 @@ def bare_backend(client):
         container.remove(force=True)
 
 
-def bare_stream(port: int, auth: dict, max_tokens: int):
+def chat_completions_stream(url: str, auth: dict, max_tokens: int):
+    """A streamed chat to an OpenAI-compatible /v1/chat/completions: the
+    bare backend's, or the sandbox's front door (Sandbox.api_stream)."""
     body = json.dumps({"messages": PROMPT, "max_tokens": max_tokens, "temperature": TEMPERATURE,
                        "stream": True}).encode()
 
     def call():
-        with open_ui(f"http://127.0.0.1:{port}/v1/chat/completions", None, data=body,
+        with open_ui(url, None, data=body,
                      headers={"Content-Type": "application/json", **auth}, timeout=300) as r:
             return stream_events(r)
     return call
@@ -299,6 +311,9 @@ FIGURES = (
     ("ttft", "time to first streamed piece", "ms", "by hand"),
     ("rate", "streamed pieces per second", "pieces/s", "by hand"),
     ("rate_bare", "streamed pieces per second, against the bare backend", "pieces/s", "bare backend"),
+    ("api_ttft", "time to first streamed piece, /v1/chat/completions with the bearer token", "ms", "bare backend"),
+    ("api_rate", "streamed pieces (tokens) per second, /v1/chat/completions with the bearer token", "pieces/s",
+     "bare backend"),
     ("up_unchanged", "`up` with nothing to change", "s", None),
     ("down", "`down` (volumes kept)", "s", "by hand"),
     ("prepare", "phase of `up`: prepare", "s", None),
@@ -306,6 +321,10 @@ FIGURES = (
     ("ready", "phase of `up`: ready", "s", None),
     ("total", "phase of `up`: total", "s", None),
 )
+
+
+# Which of the bare backend's figures a "bare backend" figure is set against.
+BARE_FIGURE = {"rate_bare": "rate", "api_ttft": "ttft", "api_rate": "rate"}
 
 
 def figures(rounds: list[dict]) -> list[dict]:
@@ -318,7 +337,7 @@ def figures(rounds: list[dict]) -> list[dict]:
         if baseline == "by hand":
             base = spread([r["by_hand"][key] for r in rounds])
         elif baseline == "bare backend":
-            base = spread([r["bare"]["rate"] for r in rounds])
+            base = spread([r["bare"][BARE_FIGURE[key]] for r in rounds])
         out.append({"figure": key, "label": label, "unit": unit, "baseline_name": baseline,
                     "sandbox": box, "baseline": base,
                     "ratio": box["median"] / base["median"] if base else None})
@@ -395,6 +414,10 @@ def run(args) -> dict:
                                                                                    "total")})
                         figures_of["up_unchanged"] = sandbox.up_unchanged()
                         streamed = measure(sandbox.stream(), args.requests)
+                        api = measure(sandbox.api_stream(), args.requests)
+                        figures_of["api_ttft"] = statistics.median(api["ttft_ms"])
+                        figures_of["api_rate"] = statistics.median(api["pieces_per_s"])
+                        this["requests"]["api"] = api
                         figures_of["down"] = sandbox.down()
                     else:
                         figures_of = this["by_hand"]
@@ -405,7 +428,8 @@ def run(args) -> dict:
                     figures_of["rate"] = statistics.median(streamed["pieces_per_s"])
                     this["requests"][who] = streamed
                 with bare_backend(client) as (port, auth):
-                    streamed = measure(bare_stream(port, auth, args.max_tokens), args.requests)
+                    streamed = measure(chat_completions_stream(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                               auth, args.max_tokens), args.requests)
                 this["bare"] = {"ttft": statistics.median(streamed["ttft_ms"]),
                                 "rate": statistics.median(streamed["pieces_per_s"])}
                 this["requests"]["bare"] = streamed

@@ -6,16 +6,19 @@ the owner's same request, which the backend answers."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
+import yaml
 
 from launcher.commands.audit import audit
 from launcher.commands.env import api_env
 from launcher.commands.status import status
-from tests.integration.conftest import QUICKSTART_ALIAS
+from tests.integration.conftest import QUICKSTART_ALIAS, poll
 
 openai = pytest.importorskip("openai")
 
@@ -197,3 +200,38 @@ def test_status_counts_the_owners_calls_by_client_and_model_never_their_contents
         time.sleep(0.5)
     assert curls["calls"] == before.get(("curl", "-"), empty)["calls"] + 2
     assert curls["failed"] == before.get(("curl", "-"), empty)["failed"] + 1
+
+
+def test_the_llm_cli_set_up_as_docs_editors_says_answers_and_is_counted_as_llm(sandbox, gateway, api, tmp_path):
+    """`llm` (llm.datasette.io) with the sandbox as an OpenAI-compatible
+    model, configured exactly as docs/editors.md shows: its own directory
+    (LLM_USER_PATH, so the user's is never read or changed), the model in
+    extra-openai-models.yaml, the token stored with `llm keys set`."""
+    pytest.importorskip("llm")
+    result, _ = sandbox
+    directory = tmp_path / "llm"
+    directory.mkdir()
+    (directory / "extra-openai-models.yaml").write_text(yaml.safe_dump([{
+        "model_id": "sandbox", "model_name": QUICKSTART_ALIAS, "api_base": api["OPENAI_BASE_URL"],
+        "api_key_name": "sandbox",
+        # llm calls through the openai package, whose User-Agent it keeps:
+        # this names the client as llm in `sandbox status`.
+        "headers": {"User-Agent": "llm/sandbox"}}]))
+    environment = {**os.environ, "LLM_USER_PATH": str(directory)}
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LLM_OPENAI_SHOW_RESPONSES"):
+        environment.pop(name, None)  # the stored key and the file alone must be enough
+    llm = [sys.executable, "-m", "llm"]
+    # The token on stdin, as `llm keys set` asks for it: never on a command
+    # line, which every local user can read.
+    subprocess.run([*llm, "keys", "set", "sandbox"], input=api["OPENAI_API_KEY"] + "\n", text=True,
+                   env=environment, capture_output=True, timeout=60, check=True)
+
+    def counted() -> int:
+        [shown] = status(gateway, result.name)
+        return sum(c["calls"] for c in shown["api_calls"] if c["client"] == "llm")
+    before = counted()
+    run = subprocess.run([*llm, "-m", "sandbox", "say hi"], env=environment, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and run.stdout.strip(), (run.returncode, run.stdout, run.stderr)
+    assert api["OPENAI_API_KEY"] not in run.stdout + run.stderr
+    poll(lambda: counted() == before + 1, what=lambda: f"one more llm call than {before}: {counted()}")

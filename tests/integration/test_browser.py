@@ -5,6 +5,7 @@ would: a page on another port of this machine, and a rebound name."""
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import re
 import shutil
@@ -12,11 +13,12 @@ import subprocess
 import sys
 import threading
 import urllib.error
+import urllib.request
 import uuid
 
 import pytest
 
-from tests.integration.conftest import poll, ui, ui_json
+from tests.integration.conftest import QUICKSTART_ALIAS, poll, ui, ui_json
 from tests.support import recording_browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -322,3 +324,93 @@ def test_the_page_cannot_make_the_browser_reach_elsewhere(leaky_sandbox, browser
     finally:
         canary.shutdown()
         plain.shutdown()
+
+
+# What a page does to the sandbox's API with the browser's cookie: read the
+# model list and ask for a chat. The chat's body is text/plain, a "simple"
+# request that the browser sends without a preflight, so that the ingress
+# itself must refuse it (a JSON body would be stopped by the refused
+# preflight before the request left the browser). The page reports what it
+# could read of each answer.
+TRY_THE_API = """async ([origin, model]) => {
+  const tried = async (path, init) => {
+    try {
+      const r = await fetch(origin + path, {credentials: "include", ...init});
+      return {status: r.status, refused: r.headers.get("x-sandbox-refused"), body: await r.text()};
+    } catch (e) {
+      return {blocked: String(e)};
+    }
+  };
+  return {
+    models: await tried("/v1/models", {}),
+    chat: await tried("/v1/chat/completions", {method: "POST", headers: {"Content-Type": "text/plain"},
+      body: JSON.stringify({model, messages: [{role: "user", content: "PAGE"}], max_tokens: 2})}),
+  };
+}"""
+
+
+def test_a_page_on_another_origin_cannot_use_the_api_with_the_owners_cookie(sandbox, owner_page, gateway):
+    """docs/threats.md, "API from a web page (CORS)": the browser holds the
+    owner's cookie and a page on another port of this machine (the same
+    site, so the SameSite cookie goes along) calls /v1/ with it. Both calls
+    are refused by the ingress, the page reads neither answer, and nothing
+    reaches the backend. Controls: the same calls from the sandbox's own
+    origin, with the cookie alone, are refused too (the cookie is never
+    enough for /v1/), and the same request with the bearer token, made by
+    the test, is answered."""
+    from launcher.commands.audit import audit
+    from launcher.commands.env import api_env
+    from launcher.commands.status import status
+
+    result, _ = sandbox
+    origin = result.url.rstrip("/")
+    assert f"sandbox-{result.name}" in {c["name"] for c in owner_page.context.cookies()}
+
+    def calls() -> dict:
+        [shown] = status(gateway, result.name)
+        return {(c["client"], c["model"]): c["calls"] for c in shown["api_calls"]}
+    before = calls()
+
+    server = serve_page(b"<!doctype html><title>a page on another port</title><body>")
+    foreign = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        owner_page.goto(foreign + "/")
+        tried = owner_page.evaluate(TRY_THE_API, [origin, QUICKSTART_ALIAS])
+    finally:
+        server.shutdown()
+    # No CORS answer: the browser keeps every answer from the page.
+    assert set(tried["models"]) == {"blocked"} and set(tried["chat"]) == {"blocked"}, tried
+    # The ingress refused both, from that origin, and says so in the audit.
+    def refused_from_the_page() -> dict:
+        lines = [line for line in audit(gateway, result.name)["ingress_refused"] if f'origin="{foreign}"' in line]
+        found = {route: [line for line in lines if f" /v1/{route} " in line]
+                 for route in ("models", "chat/completions")}
+        return found if all(found.values()) else None
+    refused = poll(refused_from_the_page, what="the page's two API calls in the audit")
+    assert all(re.search(r"status=403 reason=(cross-site|foreign-origin) ", line)
+               for lines in refused.values() for line in lines), refused
+
+    # Control: the sandbox's own page, the same cookie, the same calls: the
+    # page reads the answer, and it is the refusal.
+    owner_page.goto(result.url)
+    own = owner_page.evaluate(TRY_THE_API, [origin, QUICKSTART_ALIAS])
+    assert (own["models"]["status"], own["models"]["refused"]) == (401, "no-token"), own
+    assert (own["chat"]["status"], own["chat"]["refused"]) == (401, "no-token"), own
+    assert QUICKSTART_ALIAS not in own["models"]["body"], own
+
+    # Control: the bearer token, from the test (never the page), is answered.
+    env = api_env(gateway, result.name)["env"]
+    request = urllib.request.Request(env["OPENAI_BASE_URL"] + "/models",
+                                     headers={"Authorization": f"Bearer {env['OPENAI_API_KEY']}"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.status == 200 and json.load(answer)["data"][0]["id"] == QUICKSTART_ALIAS
+
+    # The backend got only the control: the ingress counts every call it
+    # passes on, and the count grew by that one alone (it is logged after
+    # the page's, so once it shows, theirs would have).
+    def grown_since_before() -> dict | None:
+        now = calls()
+        return now if sum(now.values()) > sum(before.values()) else None
+    after = poll(grown_since_before, what="the bearer call counted")
+    grown = {key: n - before.get(key, 0) for key, n in after.items() if n != before.get(key, 0)}
+    assert grown == {("python", "-"): 1}, (before, after)

@@ -58,7 +58,8 @@ def test_docker_compose_reads_the_by_hand_file(tmp_path):
 
 def test_the_table_gives_each_figure_its_median_spread_and_ratio():
     def side(up, rate, down):
-        return {"up": up, "ttft": 30.0, "rate": rate, "rate_bare": rate, "up_unchanged": 1.0, "down": down,
+        return {"up": up, "ttft": 30.0, "rate": rate, "rate_bare": rate, "api_ttft": 25.0, "api_rate": rate + 2,
+                "up_unchanged": 1.0, "down": down,
                 "prepare": 0.1, "apply": 2.0, "ready": 1.0, "total": 3.1}
     rounds = [{"sandbox": side(4.0, 40.0, 0.8), "by_hand": side(2.0, 50.0, 1.6), "bare": {"ttft": 20.0, "rate": 80.0},
                "requests": {"sandbox": {"ttft_ms": [30.0, 31.0], "pieces_per_s": [40.0, 41.0]},
@@ -74,6 +75,9 @@ def test_the_table_gives_each_figure_its_median_spread_and_ratio():
     by_key = {f["figure"]: f for f in result["figures"]}
     assert by_key["up"]["sandbox"]["median"] == 4.5 and by_key["up"]["ratio"] == pytest.approx(4.5 / 2.5)
     assert by_key["rate_bare"]["ratio"] == pytest.approx(42.0 / 80.0)
+    # The API at the front door is set against the bare backend's own figures.
+    assert by_key["api_ttft"]["ratio"] == pytest.approx(25.0 / 20.0)
+    assert by_key["api_rate"]["ratio"] == pytest.approx(44.0 / 80.0)
     assert by_key["up_unchanged"]["baseline"] is None
     text = suite.table(result)
     assert "| warm `up` until a one-token chat answers (s) | 4.50 (4.00-5.00) | 2.50 (2.00-3.00) | 1.80 |" in text
