@@ -302,6 +302,10 @@ def main() -> None:
             webui = WebUI(result)
             for i in range(1, args.rounds + 1):
                 rounds.append(one_round(webui, i, args.size, args.timeout, say))
+        except KeyboardInterrupt:  # Ctrl-C: the rounds done so far still make a table
+            if not rounds:
+                raise
+            say(f"interrupted: {len(rounds)} round(s) of {args.rounds} done")
         finally:
             if not args.keep:
                 down(gateway, NAME, volumes=True)
