@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -290,6 +291,13 @@ def main() -> None:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    # SIGTERM, and SIGINT where a background job started with it ignored,
+    # stop the run the way Ctrl-C does: the sandbox is still taken down.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     gateway = DockerGateway()
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory() as directory:
@@ -302,7 +310,7 @@ def main() -> None:
             webui = WebUI(result)
             for i in range(1, args.rounds + 1):
                 rounds.append(one_round(webui, i, args.size, args.timeout, say))
-        except KeyboardInterrupt:  # Ctrl-C: the rounds done so far still make a table
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the rounds done so far still make a table
             if not rounds:
                 raise
             say(f"interrupted: {len(rounds)} round(s) of {args.rounds} done")
