@@ -9,7 +9,7 @@ import json
 from typer.testing import CliRunner
 
 from launcher.cli import app
-from launcher.spec import INGRESS_HEALTH_PORT, SINK_HEALTH_NAME
+from launcher.spec import INGRESS_HEALTH_PORT, SINK_HEALTH_NAME, ingress_healthcheck
 from tests.integration.conftest import poll
 
 runner = CliRunner()
@@ -63,10 +63,34 @@ def test_no_part_reaches_the_ingress_health_listener(sandbox, docker_client):
     ingress = docker_client.api.inspect_container(f"sandbox-{result.name}-ingress")
     addresses = [n["IPAddress"] for n in ingress["NetworkSettings"]["Networks"].values() if n["IPAddress"]]
     assert addresses
+    # A connection to its address outside the sandbox's network goes the way
+    # of every outside address, to the sink, which accepts it, records it and
+    # answers nothing; inside it, nothing listens on that port. Either way no
+    # HTTP answer: nginx's listener is on the ingress's 127.0.0.1 only.
     probe = ("import socket,sys\nfor a in sys.argv[1:]:\n"
-             "    s=socket.socket(); s.settimeout(3)\n"
-             f"    print(a, s.connect_ex((a,{INGRESS_HEALTH_PORT})))\n")
+             "    s=socket.socket(); s.settimeout(5)\n"
+             "    try:\n"
+             f"        s.connect((a,{INGRESS_HEALTH_PORT}))\n"
+             "        s.sendall(b'GET /.sandbox-health HTTP/1.0\\r\\nHost: health\\r\\n\\r\\n')\n"
+             "        print(a, repr(s.recv(64)))\n"
+             "    except OSError as e:\n"
+             "        print(a, 'refused', e.errno)\n")
     code, output = docker_client.containers.get(f"sandbox-{result.name}-frontend").exec_run(
         ["python3", "-c", probe, *addresses])
     assert code == 0, output
-    assert all(line.split()[1] != "0" for line in output.decode().splitlines()), output
+    lines = output.decode().splitlines()
+    assert len(lines) == len(addresses) and not any("HTTP/" in line for line in lines), output
+    # Control: inside the ingress, the healthcheck's own request is answered.
+    code, output = docker_client.containers.get(f"sandbox-{result.name}-ingress").exec_run(
+        list(ingress_healthcheck(INGRESS_HEALTH_PORT)[1:]))
+    assert code == 0, output
+    # And the host, which has a route to the ingress's own network (and none
+    # to the internal one): refused there.
+    import socket
+    for network, settings in ingress["NetworkSettings"]["Networks"].items():
+        if not network.endswith("-ingress"):
+            continue
+        address = settings["IPAddress"]
+        with socket.socket() as s:
+            s.settimeout(5)
+            assert s.connect_ex((address, INGRESS_HEALTH_PORT)) != 0, address
