@@ -28,6 +28,26 @@ BACKEND_PORT = 8000
 # same server every document would make it reload.
 EMBEDDINGS_PORT = 8001
 INGRESS_PORT = 8080
+# The ingress's healthcheck listener: 127.0.0.1 inside its own container only
+# (images/ingress/nginx.conf.template), never published, never on a network.
+INGRESS_HEALTH_PORT = 8081
+# How often Docker runs each new healthcheck. Each run is a process started in
+# the part's container, taken from the part's own CPU share (the sink has a
+# quarter of a CPU; the quick start runs on 2 cores). The backend keeps its
+# 2 s (`up` and the UI want to know at once when its model is loaded); the
+# others answer from their first second and seldom fail alone, so a Python
+# start every 30 s (the sink, the front-end: tens of milliseconds of CPU,
+# about 0.1% of a core) and a shell builtin every 15 s (the ingress, which
+# starts no interpreter, though its request reaches the UI) are enough to see
+# a part that stopped answering within a minute or two (3 failures in a row).
+# `up` never waits for them: it asks each part itself (launcher/readiness.py).
+SINK_HEALTH_INTERVAL_S = 30
+FRONTEND_HEALTH_INTERVAL_S = 30
+INGRESS_HEALTH_INTERVAL_S = 15
+# The one name the sink answers without recording it, and only when its own
+# healthcheck asks it over TCP from 127.0.0.1 inside the sink's container
+# (images/dns-sink/sink.py says why no part can).
+SINK_HEALTH_NAME = "sink-health.sandbox.invalid"
 # What `up` waits for in a sandbox with no front-end (`frontend: none`): the
 # backend's model list, through the front door, as an API client asks it.
 API_HEALTH_PATH = "/v1/models"
@@ -139,6 +159,9 @@ class ContainerSpec:
     gpus: str | tuple[str, ...] | None = None  # None: no GPU; "all"; or device ids
     gpu_capabilities: tuple[str, ...] = ()
     healthcheck: tuple[str, ...] | None = None
+    # Seconds between runs of the healthcheck; None: every 2 s (the backend's,
+    # whose hash this field, added later, leaves alone: see spec_hash).
+    health_interval_s: int | None = None
     dns: tuple[str, ...] = ()  # the sandbox's DNS sink: no name resolves outside
     sysctls: tuple[tuple[str, str], ...] = ()
     runtime: str | None = None  # None: the engine's default (runc); "runsc": gVisor
@@ -198,6 +221,8 @@ def spec_hash(resource) -> str:
     out, so a kept secret never forces a recreate and never shows in a label."""
     data = asdict(resource)
     if isinstance(resource, ContainerSpec):
+        if data["health_interval_s"] is None:
+            del data["health_interval_s"]  # as before the field was added: no needless recreate
         data["env"] = [[k, "<secret>" if k in resource.secret_env else v] for k, v in resource.env]
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -322,6 +347,10 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         sysctls=(("net.ipv4.ip_unprivileged_port_start", "53"),),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=4m"),),
         memory="64m", cpus=0.25, pids_limit=32,
+        # One lookup over TCP from 127.0.0.1 for the one name the sink leaves
+        # unrecorded there: its own check is no part's attempt to reach out.
+        healthcheck=("CMD", "python3", "-I", "/opt/dns-sink/health.py"),
+        health_interval_s=SINK_HEALTH_INTERVAL_S,
     )
     backend = _backend(policy, images, secrets, gpus, internal, dns)
     embedding_model = policy.embedding_model
@@ -344,6 +373,9 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
              (BACKEND_API_KEY_ENV, secrets.api_key),
              (API_KEY_ID_ENV, token_id(secrets.api_key)),
              ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),
+             # Its healthcheck's listener, on 127.0.0.1 only, and the UI's path it asks.
+             ("SANDBOX_HEALTH_PORT", str(INGRESS_HEALTH_PORT)),
+             *((("SANDBOX_UPSTREAM_HEALTH_PATH", f.health_path),) if f else ()),
              # It listens on none of its addresses in this network: no part can reach it.
              (INTERNAL_SUBNET_ENV, internal_subnet),
              # The Host and Origin it answers to: the sandbox's own, on the host.
@@ -355,12 +387,41 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
         ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
         memory="128m", cpus=0.5, pids_limit=64, dns=dns,
+        # Through to the UI (or, API only, to the backend's /v1/models by the
+        # API's route), asked of nginx's listener on 127.0.0.1 only. The image
+        # has no curl or wget; bash's /dev/tcp is a builtin: no process but bash.
+        healthcheck=ingress_healthcheck(INGRESS_HEALTH_PORT),
+        health_interval_s=INGRESS_HEALTH_INTERVAL_S,
     )
     return SandboxSpec(
         name=name, policy_file=str(policy.file), networks=(internal, ingress_net), volumes=volumes,
         images=images, containers=tuple(c for c in (sink, backend, frontend, ingress) if c is not None),
         url=f"http://127.0.0.1:{policy.ingress_port}/", health_path=f.health_path if f else API_HEALTH_PATH,
     )
+
+
+def ingress_healthcheck(port: int) -> tuple[str, ...]:
+    """The ingress's healthcheck: one request to its health listener, healthy
+    on a 200 (nginx answers 502 or 504 while the UI or backend does not)."""
+    script = (f"exec 3<>/dev/tcp/127.0.0.1/{port} || exit 1; "
+              "printf 'GET /.sandbox-health HTTP/1.0\\r\\nHost: health\\r\\n\\r\\n' >&3; "
+              "IFS= read -r -t 5 status <&3 || exit 1; "
+              'case "$status" in "HTTP/1.1 200 "*) exit 0;; *) exit 1;; esac')
+    return ("CMD", "/bin/bash", "-c", script)
+
+
+def frontend_healthcheck(f) -> tuple[str, ...] | None:
+    """A recipe's front-end: its own health path, asked by the image's
+    python3 (both recipes' images have Debian's) on 127.0.0.1, with no proxy
+    and nothing but the standard library. A front-end the user brings has no
+    tool we know of in its image: no healthcheck (docs/policy.md)."""
+    if not f.recipe:
+        return None
+    script = ("import http.client,sys\n"
+              f"c=http.client.HTTPConnection('127.0.0.1',{f.port},timeout=4)\n"
+              f"c.request('GET',{f.health_path!r})\n"
+              "sys.exit(0 if c.getresponse().status==200 else 1)")
+    return ("CMD", "python3", "-I", "-c", script)
 
 
 def _frontend(policy: Policy, images: PartImages, secrets: Secrets, internal: NetworkSpec, dns: tuple[str, ...],
@@ -402,6 +463,8 @@ def _frontend(policy: Policy, images: PartImages, secrets: Secrets, internal: Ne
         env=tuple(sorted(frontend_env.items())), secret_env=tuple(sorted(secret_env)),
         mounts=frontend_mounts, tmpfs=(("/tmp", "rw,nosuid,nodev,size=512m"),),
         memory=f.memory, cpus=f.cpus, pids_limit=512, dns=dns, runtime=RUNTIMES[f.runtime],
+        healthcheck=frontend_healthcheck(f),
+        health_interval_s=FRONTEND_HEALTH_INTERVAL_S if f.recipe else None,
     )
 
 

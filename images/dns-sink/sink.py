@@ -105,6 +105,16 @@ IP_TRANSPARENT, IP_RECVORIGDSTADDR = 19, 20  # linux/in.h
 # the sink recording. Past these, a connection is recorded unread and closed.
 READERS = threading.BoundedSemaphore(16)
 DNS_TCP_READERS = threading.BoundedSemaphore(4)  # past these a TCP query is dropped; UDP still answers
+# The container's own healthcheck (images/dns-sink/health.py) asks this name,
+# over TCP from 127.0.0.1 to 127.0.0.1: answered, and not recorded, since it
+# is no part's attempt to reach outside and the audit is evidence. Only a
+# process inside the sink's own network namespace can be both ends of such a
+# connection (the kernel drops a loopback source or destination arriving on
+# any other interface, and a spoofed one could not complete TCP's handshake);
+# the parts cannot run anything there. Asked any other way (over UDP, or
+# from any other address), the name is recorded like every other.
+HEALTH_NAME = "sink-health.sandbox.invalid"
+LOOPBACK = "127.0.0.1"
 log_lock = threading.Lock()
 counts = {"lookups": 0, "connections": 0}
 stopping = threading.Event()
@@ -487,6 +497,23 @@ def serve_udp(sock):
             pass
 
 
+def own_health_check(query: bytes, peer, local):
+    """The reply to the container's own healthcheck (NXDOMAIN, with no side
+    effect: nothing recorded, no address given), or None for any other query."""
+    if str(peer[0]) != LOOPBACK or str(local[0]) != LOOPBACK:
+        return None
+    try:
+        message = dns.message.from_wire(query)
+    except Exception:  # noqa: BLE001 - not the healthcheck's query: served, and recorded, as any other
+        return None
+    if (len(message.question) != 1 or message.opcode() != dns.opcode.QUERY
+            or message.question[0].name.to_text(omit_final_dot=True).lower() != HEALTH_NAME):
+        return None
+    response = dns.message.make_response(message, recursion_available=True)
+    response.set_rcode(dns.rcode.NXDOMAIN)
+    return response.to_wire()
+
+
 def serve_tcp_client(conn, peer):
     with conn:
         conn.settimeout(5)
@@ -502,6 +529,17 @@ def serve_tcp_client(conn, peer):
             pass
         if not query:
             return  # nothing asked: a connection opened and closed
+        try:
+            local = conn.getsockname()
+        except OSError:
+            local = (None,)
+        health = own_health_check(query, peer, local)
+        if health is not None:
+            try:
+                conn.sendall(struct.pack("!H", len(health)) + health)
+            except OSError:
+                pass
+            return
         try:
             reply, said = answer(query)
         except Exception as error:  # noqa: BLE001 - recorded as malformed

@@ -14,6 +14,14 @@ valid '^[0-9]{1,5}$' "${SANDBOX_LISTEN_PORT:-}" || fail "SANDBOX_LISTEN_PORT is 
 export SANDBOX_UPSTREAM="${SANDBOX_UPSTREAM:-}"
 [ -z "$SANDBOX_UPSTREAM" ] || valid '^[a-z0-9.-]+:[0-9]{1,5}$' "$SANDBOX_UPSTREAM" \
   || fail "SANDBOX_UPSTREAM is not host:port"
+# The healthcheck's own listener, on 127.0.0.1 only (nginx.conf.template),
+# and the UI's path it asks; never the door's port.
+valid '^[0-9]{1,5}$' "${SANDBOX_HEALTH_PORT:-}" || fail "SANDBOX_HEALTH_PORT is missing"
+[ "$SANDBOX_HEALTH_PORT" != "$SANDBOX_LISTEN_PORT" ] || fail "SANDBOX_HEALTH_PORT is the door's port"
+export SANDBOX_UPSTREAM_HEALTH_PATH="${SANDBOX_UPSTREAM_HEALTH_PATH:-/}"
+# As the policy's schema has it: no quote, space, $ or ; that nginx would read.
+valid '^/[A-Za-z0-9._~/?=&%-]{0,254}$' "$SANDBOX_UPSTREAM_HEALTH_PATH" \
+  || fail "SANDBOX_UPSTREAM_HEALTH_PATH is not a URL path"
 valid '^[a-z0-9.-]+:[0-9]{1,5}$' "${SANDBOX_API_UPSTREAM:-}" || fail "SANDBOX_API_UPSTREAM is not host:port"
 valid '^[A-Za-z0-9_-]{32,128}$' "${SANDBOX_API_KEY:-}" || fail "SANDBOX_API_KEY is missing or malformed"
 # The embedding model's own server, where the policy has one; without it,
@@ -47,9 +55,11 @@ export SANDBOX_LISTEN="$LISTEN"
 # The token and the backend's key are read from the environment, never put on
 # a command line: every local user of the host can read the command lines of a
 # container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM", names, " ") }
-     { for (i = 1; i <= 8; i++) gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@",
-                                     ENVIRON["SANDBOX_" names[i]]); print }' \
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH", names, " ") }
+     { for (i = 1; i <= 10; i++) { value = ENVIRON["SANDBOX_" names[i]]
+                                   gsub(/&/, "\\\\&", value)  # a literal & (a health path may have one), not the match
+                                   gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@", value) }
+       print }' \
     /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
 addresses=$(printf '%s\n' "$LISTEN" | sed 's/listen //; s/ default_server;//' | tr '\n' ' ')
 echo "ingress: listening on ${addresses}for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream ${SANDBOX_UPSTREAM:-none (the API only)}"

@@ -151,7 +151,7 @@ class Applier:
                 capabilities=[["gpu", *c.gpu_capabilities]])]
         healthcheck = None
         if c.healthcheck:
-            healthcheck = {"test": list(c.healthcheck), "interval": 2 * NANO, "timeout": 5 * NANO,
+            healthcheck = {"test": list(c.healthcheck), "interval": (c.health_interval_s or 2) * NANO, "timeout": 5 * NANO,
                            "retries": 3, "start_period": 600 * NANO}
         with engine_call(f"creating container {c.name}"):
             host_config = self.api.create_host_config(

@@ -70,7 +70,9 @@ def _service(spec: SandboxSpec, c: ContainerSpec, networks: dict[str, str], volu
             {"type": m.kind, "source": volumes.get(m.source, m.source), "target": m.target,
              "read_only": m.read_only} for m in c.mounts]
     if c.healthcheck:
-        service["healthcheck"] = {"test": list(c.healthcheck), "interval": "2s", "timeout": "5s", "retries": 3,
+        # Compose reads $NAME in the file as its own variables: the ingress's
+        # check names a shell variable ($status), passed on as $$.
+        service["healthcheck"] = {"test": [part.replace("$", "$$") for part in c.healthcheck], "interval": f"{c.health_interval_s or 2}s", "timeout": "5s", "retries": 3,
                                   "start_period": "600s"}
     if c.gpus:
         device = {"driver": "nvidia", "capabilities": ["gpu", *c.gpu_capabilities]}

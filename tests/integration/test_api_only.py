@@ -107,3 +107,18 @@ def test_status_counts_its_api_calls(api_only, gateway, client):
             break
         assert time.monotonic() < deadline, (before, after)
         time.sleep(0.5)
+
+
+def test_docker_reports_its_three_parts_healthy_the_ingress_by_the_backends_models(api_only, gateway, docker_client):
+    """The ingress's own healthcheck asks the backend's /v1/models by the
+    API's route (there is no UI); the sink's and the backend's their own."""
+    from tests.integration.conftest import poll
+    result, _ = api_only
+
+    def health() -> dict:
+        return {part: (docker_client.api.inspect_container(f"sandbox-{result.name}-{part}")["State"].get("Health")
+                       or {}).get("Status") for part in ("dns", "backend", "ingress")}
+    poll(lambda: set(health().values()) == {"healthy"}, lambda: f"every part healthy: {health()}", seconds=180)
+    [report] = status(gateway, result.name)
+    assert report["healthy"] and {p["part"]: p["health"] for p in report["parts"]} == {
+        "dns": "healthy", "backend": "healthy", "ingress": "healthy"}

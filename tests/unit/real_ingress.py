@@ -96,12 +96,16 @@ class RealIngress:
         self.backend, self.ui = Recorder(backend_answer), Recorder(ui_answer)
         self.embeddings = Recorder(backend_answer) if embeddings else None
         self.port = free_port()
+        # The healthcheck's listener, on 127.0.0.1 as in the image (where the
+        # door is on the container's other addresses, here on 127.0.0.1 too).
+        self.health_port = free_port()
         (directory / "body").mkdir(parents=True)
         shutil.copyfile(INGRESS / "sandbox.js", directory / "sandbox.js")
         values = {"NAME": name, "TOKEN": token, "PUBLIC_PORT": str(self.port),
                   "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address if ui else "",
                   "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
-                  "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else ""}
+                  "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else "",
+                  "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health"}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)

@@ -201,3 +201,69 @@ def test_a_lookup_is_recorded_before_it_is_answered():
         proc.kill()
         proc.wait(5)
         os.close(write_end)
+
+
+HEALTH = Path(__file__).resolve().parents[2] / "images" / "dns-sink" / "health.py"
+HEALTH_NAME = "sink-health.sandbox.invalid"
+
+
+def tcp_ask(port: int, name: str, source: str = "127.0.0.1", to: str = "127.0.0.1") -> bytes:
+    with socket.socket() as s:
+        s.settimeout(3)
+        s.bind((source, 0))
+        s.connect((to, port))
+        q = query(name)
+        s.sendall(struct.pack("!H", len(q)) + q)
+        size = struct.unpack("!H", s.recv(2))[0]
+        return s.recv(size)
+
+
+def next_name(proc) -> str:
+    """The name of the next lookup the sink recorded: a marker asked after the
+    query under test shows whether that query was recorded before it."""
+    return json.loads(proc.stdout.readline())["name"]
+
+
+def test_its_own_healthcheck_is_answered_and_not_recorded(sink):
+    port, proc = sink
+    # The healthcheck as the image runs it: healthy, and nothing recorded.
+    assert subprocess.run([sys.executable, str(HEALTH), str(port)], timeout=10).returncode == 0
+    reply = tcp_ask(port, HEALTH_NAME)
+    assert reply[3] & 0xF == 3  # NXDOMAIN
+    tcp_ask(port, "marker.example")
+    assert next_name(proc) == "marker.example"
+
+
+def test_the_health_name_from_any_other_address_or_over_udp_is_recorded(sink):
+    port, proc = sink
+    # Another source address (a part's would be on the internal network;
+    # 127.0.0.2 is the one a test can send from), and another destination.
+    tcp_ask(port, HEALTH_NAME, source="127.0.0.2")
+    assert next_name(proc) == HEALTH_NAME
+    tcp_ask(port, HEALTH_NAME, to="127.0.0.3")
+    assert next_name(proc) == HEALTH_NAME
+    # Over UDP, whose source address is the sender's word: recorded even from 127.0.0.1.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(3)
+        s.sendto(query(HEALTH_NAME), ("127.0.0.1", port))
+        assert s.recvfrom(512)[0][3] & 0xF == 3
+    assert next_name(proc) == HEALTH_NAME
+    # Any other name from 127.0.0.1 over TCP: recorded.
+    tcp_ask(port, "sink-health.sandbox.invalid.example")
+    assert next_name(proc) == "sink-health.sandbox.invalid.example"
+
+
+def test_the_health_name_in_connections_mode_gets_no_address_and_no_record(answering_sink):
+    port, proc, *_ = answering_sink
+    reply = tcp_ask(port, HEALTH_NAME)
+    assert reply[3] & 0xF == 3 and struct.unpack("!H", reply[6:8])[0] == 0  # NXDOMAIN, no answer
+    tcp_ask(port, "marker.example")
+    assert next_name(proc) == "marker.example"
+
+
+def test_the_healthcheck_fails_where_nothing_answers():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert subprocess.run([sys.executable, str(HEALTH), str(port)], timeout=10,
+                          capture_output=True).returncode != 0
