@@ -160,6 +160,7 @@ def main() -> None:
                 name=f"sandbox-bench-{run}-{kind.replace(' ', '-')}", labels=labels, network=network.name,
                 environment={"SANDBOX_NAME": "bench", "SANDBOX_UPSTREAM": "frontend:8080",
                              "SANDBOX_API_UPSTREAM": "backend:8000", "SANDBOX_API_KEY": "B" * 32,
+                             "SANDBOX_HEALTH_PORT": "8081",
                              "SANDBOX_LISTEN_PORT": "8080", "SANDBOX_PUBLIC_PORT": str(port),
                              "SANDBOX_ACCESS_TOKEN": TOKEN} if checked else {},
                 ports={"8080/tcp": ("127.0.0.1", port)}, **HARDENED))

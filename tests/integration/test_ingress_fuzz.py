@@ -96,6 +96,7 @@ def door(gateway, docker_client):
             ingress.tag, name=f"sandbox-fuzz-{run}-ingress", detach=True, network=network.name, labels=labels,
             environment={"SANDBOX_NAME": NAME, "SANDBOX_UPSTREAM": "frontend:8080", "SANDBOX_LISTEN_PORT": "8080",
                          "SANDBOX_API_UPSTREAM": "backend:8000", "SANDBOX_API_KEY": BACKEND_KEY,
+                         "SANDBOX_HEALTH_PORT": "8081",
                          "SANDBOX_PUBLIC_PORT": str(port), "SANDBOX_ACCESS_TOKEN": TOKEN},
             ports={"8080/tcp": ("127.0.0.1", port)}, **HARDENED)
         deadline = time.monotonic() + 30
