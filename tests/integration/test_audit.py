@@ -68,16 +68,21 @@ def test_up_says_what_was_tried_while_starting_and_status_counts_it(gateway, noi
 
 def test_attempts_by_address_end_at_the_sink_and_are_recorded(gateway, noisy):
     result, _, _ = noisy
-    report = poll(lambda: len((r := audit(gateway, result.name))["destinations"]) >= 2 and r)
-    by_destination = {(d["protocol"], d["address"], d["port"]): d for d in report["destinations"]}
-    tcp = by_destination[("tcp", "203.0.113.7", 443)]
-    udp = by_destination[("udp", "203.0.113.7", 9999)]
+    wanted = {("tcp", "203.0.113.7", 443), ("udp", "203.0.113.7", 9999)}
+
+    def by_destination(report: dict) -> dict:
+        return {(d["protocol"], d["address"], d["port"]): d for d in report["destinations"]}
+    # The UI makes these attempts in its own time, maybe after `up` has
+    # seen it ready: awaited by what they are, not by how many there are.
+    found = poll(lambda: wanted <= set(seen := by_destination(audit(gateway, result.name))) and seen,
+                 lambda: f"both attempts by address; seen {sorted(by_destination(audit(gateway, result.name)))}")
+    tcp, udp = found[("tcp", "203.0.113.7", 443)], found[("udp", "203.0.113.7", 9999)]
     assert tcp["parts"] == ["frontend"] and udp["parts"] == ["frontend"] and udp["said"] == ["14 B"]
     # What the UI printed it got: a connection (to the sink), a datagram sent; nothing came back.
     logs = "\n".join(gateway.containers.logs(f"sandbox-{result.name}-frontend", tail=200))
     assert '"attempt": "tcp 203.0.113.7:443", "result": "reached"' in logs
-    [state] = status(gateway, result.name)
-    assert state["attempts"] >= len(NAMES) + 2
+    poll(lambda: status(gateway, result.name)[0]["attempts"] >= len(NAMES) + 2,
+         lambda: f"status to count them; it counts {status(gateway, result.name)[0]['attempts']}")
 
 
 def test_since_and_follow(gateway, noisy):
