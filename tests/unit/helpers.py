@@ -3,6 +3,8 @@ import socket
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
 import launcher.access
 from launcher import build_records
 from launcher.images import ImageBuild, PartImages, images_for
@@ -75,9 +77,10 @@ class Answered:
         return False
 
 
-def quickstart_policy(tmp_path, monkeypatch, api) -> tuple[Path, int]:
+def quickstart_policy(tmp_path, monkeypatch, api, frontend: str | None = None) -> tuple[Path, int]:
     """A quick-start policy whose images the stand-in engine `api` has (built
-    here before), on a free port."""
+    here before), on a free port; with `frontend` (say "none") in place of
+    its own."""
     monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.delenv("SANDBOX_ALLOWED_SIGNERS", raising=False)
     monkeypatch.setattr(launcher.access, "open_ui", lambda *a, **k: Answered())  # the UI answers at once
@@ -87,6 +90,10 @@ def quickstart_policy(tmp_path, monkeypatch, api) -> tuple[Path, int]:
     policy = tmp_path / "quickstart.yaml"
     policy.write_text((FIXTURES / "good" / "minimal.yaml").read_text().replace("18080", str(port)).replace(
         "../models/", f"{FIXTURES / 'models'}/"))
+    if frontend is not None:
+        data = yaml.safe_load(policy.read_text())
+        data["frontend"] = frontend
+        policy.write_text(yaml.safe_dump(data))
     for image in images_for(load_policy(policy, check_port=False), use_gpu=False, ca_bundle=None).all():
         build_records.save(image.tag, [], api.add_image(image.tag))
     return policy, port

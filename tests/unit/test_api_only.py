@@ -103,10 +103,7 @@ def test_kubernetes_gets_no_front_end_pod():
 
 def test_up_waits_for_the_api_and_status_shows_a_healthy_sandbox_with_no_front_end(tmp_path, monkeypatch):
     api = FakeApi()
-    path, port = quickstart_policy(tmp_path, monkeypatch, api)
-    policy = yaml.safe_load(path.read_text())
-    policy["frontend"] = "none"
-    path.write_text(yaml.safe_dump(policy))
+    path, port = quickstart_policy(tmp_path, monkeypatch, api, frontend="none")
     said, asked = [], []
     api.execs["sandbox-minimal-dns"] = lambda command: asked.append(command) or (0, "")
     result = up(DockerGateway(client=FakeClient(api)), path, timeout=5, say=said.append)

@@ -260,10 +260,52 @@ frontend:
 """
 
 
-def assert_open_webui_locks(tmp_path, locked: dict, tried: dict):
+# Each networked feature of Open WebUI that the recipe locks off (docs/frontends.md):
+# the recipe's values, and what a policy tries instead (a switch turned on, or,
+# where given, a cloud engine or an outside address).
+OPEN_WEBUI_LOCKS = {
+    "web search and fetching a web page": {
+        "ENABLE_WEB_SEARCH": "false", "USER_PERMISSIONS_FEATURES_WEB_SEARCH": "false",
+        "USER_PERMISSIONS_CHAT_WEB_UPLOAD": "false"},
+    "image generation and editing": {
+        "ENABLE_IMAGE_GENERATION": "false", "ENABLE_IMAGE_EDIT": "false",
+        "USER_PERMISSIONS_FEATURES_IMAGE_GENERATION": "false"},
+    "code execution and the code interpreter": {
+        "ENABLE_CODE_EXECUTION": "false", "ENABLE_CODE_INTERPRETER": "false",
+        "USER_PERMISSIONS_FEATURES_CODE_INTERPRETER": "false"},
+    "speech to text: no cloud engine, no model to download": {
+        "AUDIO_STT_ENGINE": ("", "openai"), "WHISPER_MODEL": ("", "base"), "WHISPER_MODEL_AUTO_UPDATE": "false",
+        "USER_PERMISSIONS_CHAT_STT": "false"},
+    "text to speech and voice calls: no server engine": {
+        "AUDIO_TTS_ENGINE": ("", "transformers"), "AUDIO_REALTIME_ENABLED": "false",
+        "USER_PERMISSIONS_CHAT_TTS": "false", "USER_PERMISSIONS_CHAT_CALL": "false"},
+    "direct connections": {
+        "ENABLE_DIRECT_CONNECTIONS": "false", "ENABLE_DIRECT_INTEGRATIONS": "false",
+        "USER_PERMISSIONS_FEATURES_DIRECT_TOOL_SERVERS": "false"},
+    "tool and terminal servers, none can be added": {
+        "ENABLE_TOOL_SERVERS": "false",
+        "TOOL_SERVER_CONNECTIONS": ("[]", '[{"url": "https://tools.example.com", "type": "openapi"}]'),
+        "TERMINAL_SERVER_CONNECTIONS": ("[]", '[{"url": "https://terminal.example.com"}]')},
+    "Google Drive and OneDrive": {
+        "ENABLE_GOOGLE_DRIVE_INTEGRATION": "false", "ENABLE_ONEDRIVE_INTEGRATION": "false"},
+    "webhooks for sign-ups or chats": {
+        "WEBHOOK_URL": ("", "https://hooks.example.com/signups"), "ENABLE_USER_WEBHOOKS": "false",
+        "USER_PERMISSIONS_FEATURES_USER_WEBHOOKS": "false"},
+    "sign-in through an outside provider or directory": {
+        "ENABLE_OAUTH": "false", "ENABLE_OAUTH_SIGNUP": "false", "ENABLE_LDAP": "false"},
+    "uploads kept in its volume, no telemetry exported": {
+        "STORAGE_PROVIDER": ("local", "s3"), "ENABLE_OTEL": "false"},
+}
+
+
+@pytest.mark.parametrize("feature", OPEN_WEBUI_LOCKS)
+def test_an_open_webui_feature_that_reaches_for_the_network_is_off_and_stays_off(tmp_path, feature):
     from launcher.policy import check_policy_file
     from launcher.recipes import FRONTEND_RECIPES
-    assert set(tried) == set(locked)
+    pairs = {name: value if isinstance(value, tuple) else (value, "true")
+             for name, value in OPEN_WEBUI_LOCKS[feature].items()}
+    locked = {name: pair[0] for name, pair in pairs.items()}
+    tried = {name: pair[1] for name, pair in pairs.items()}
     recipe = FRONTEND_RECIPES["open-webui"]
     assert {name: recipe.locked_env.get(name) for name in locked} == locked
     assert set(locked) <= recipe.locked_names
@@ -278,103 +320,3 @@ def assert_open_webui_locks(tmp_path, locked: dict, tried: dict):
     assert policy is None
     assert sorted((p.field, p.message) for p in problems) == sorted(
         (f"frontend.env.{name}", "is fixed by the open-webui recipe to keep it offline; remove it") for name in tried)
-
-
-def test_open_webui_web_search_and_fetching_a_web_page_are_off_and_stay_off(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "ENABLE_WEB_SEARCH": "false", "USER_PERMISSIONS_FEATURES_WEB_SEARCH": "false",
-        "USER_PERMISSIONS_CHAT_WEB_UPLOAD": "false",
-    }, {
-        "ENABLE_WEB_SEARCH": "true", "USER_PERMISSIONS_FEATURES_WEB_SEARCH": "true",
-        "USER_PERMISSIONS_CHAT_WEB_UPLOAD": "true",
-    })
-
-
-def test_open_webui_image_generation_and_editing_are_off_and_stay_off(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "ENABLE_IMAGE_GENERATION": "false", "ENABLE_IMAGE_EDIT": "false",
-        "USER_PERMISSIONS_FEATURES_IMAGE_GENERATION": "false",
-    }, {
-        "ENABLE_IMAGE_GENERATION": "true", "ENABLE_IMAGE_EDIT": "true",
-        "USER_PERMISSIONS_FEATURES_IMAGE_GENERATION": "true",
-    })
-
-
-def test_open_webui_code_execution_and_the_code_interpreter_are_off_and_stay_off(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "ENABLE_CODE_EXECUTION": "false", "ENABLE_CODE_INTERPRETER": "false",
-        "USER_PERMISSIONS_FEATURES_CODE_INTERPRETER": "false",
-    }, {
-        "ENABLE_CODE_EXECUTION": "true", "ENABLE_CODE_INTERPRETER": "true",
-        "USER_PERMISSIONS_FEATURES_CODE_INTERPRETER": "true",
-    })
-
-
-def test_open_webui_speech_to_text_has_no_cloud_engine_and_no_model_to_download(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "AUDIO_STT_ENGINE": "", "WHISPER_MODEL": "", "WHISPER_MODEL_AUTO_UPDATE": "false",
-        "USER_PERMISSIONS_CHAT_STT": "false",
-    }, {
-        "AUDIO_STT_ENGINE": "openai", "WHISPER_MODEL": "base", "WHISPER_MODEL_AUTO_UPDATE": "true",
-        "USER_PERMISSIONS_CHAT_STT": "true",
-    })
-
-
-def test_open_webui_text_to_speech_and_voice_calls_have_no_server_engine(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "AUDIO_TTS_ENGINE": "", "AUDIO_REALTIME_ENABLED": "false",
-        "USER_PERMISSIONS_CHAT_TTS": "false", "USER_PERMISSIONS_CHAT_CALL": "false",
-    }, {
-        "AUDIO_TTS_ENGINE": "transformers", "AUDIO_REALTIME_ENABLED": "true",
-        "USER_PERMISSIONS_CHAT_TTS": "true", "USER_PERMISSIONS_CHAT_CALL": "true",
-    })
-
-
-def test_open_webui_direct_connections_are_off_and_stay_off(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "ENABLE_DIRECT_CONNECTIONS": "false", "ENABLE_DIRECT_INTEGRATIONS": "false",
-        "USER_PERMISSIONS_FEATURES_DIRECT_TOOL_SERVERS": "false",
-    }, {
-        "ENABLE_DIRECT_CONNECTIONS": "true", "ENABLE_DIRECT_INTEGRATIONS": "true",
-        "USER_PERMISSIONS_FEATURES_DIRECT_TOOL_SERVERS": "true",
-    })
-
-
-def test_open_webui_has_no_tool_or_terminal_server_and_none_can_be_added(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "ENABLE_TOOL_SERVERS": "false", "TOOL_SERVER_CONNECTIONS": "[]", "TERMINAL_SERVER_CONNECTIONS": "[]",
-    }, {
-        "ENABLE_TOOL_SERVERS": "true",
-        "TOOL_SERVER_CONNECTIONS": '[{"url": "https://tools.example.com", "type": "openapi"}]',
-        "TERMINAL_SERVER_CONNECTIONS": '[{"url": "https://terminal.example.com"}]',
-    })
-
-
-def test_open_webui_google_drive_and_onedrive_are_off_and_stay_off(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "ENABLE_GOOGLE_DRIVE_INTEGRATION": "false", "ENABLE_ONEDRIVE_INTEGRATION": "false",
-    }, {
-        "ENABLE_GOOGLE_DRIVE_INTEGRATION": "true", "ENABLE_ONEDRIVE_INTEGRATION": "true",
-    })
-
-
-def test_open_webui_sends_no_webhook_for_sign_ups_or_chats(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "WEBHOOK_URL": "", "ENABLE_USER_WEBHOOKS": "false", "USER_PERMISSIONS_FEATURES_USER_WEBHOOKS": "false",
-    }, {
-        "WEBHOOK_URL": "https://hooks.example.com/signups", "ENABLE_USER_WEBHOOKS": "true",
-        "USER_PERMISSIONS_FEATURES_USER_WEBHOOKS": "true",
-    })
-
-
-def test_open_webui_signs_in_through_no_outside_provider_or_directory(tmp_path):
-    assert_open_webui_locks(tmp_path, {
-        "ENABLE_OAUTH": "false", "ENABLE_OAUTH_SIGNUP": "false", "ENABLE_LDAP": "false",
-    }, {
-        "ENABLE_OAUTH": "true", "ENABLE_OAUTH_SIGNUP": "true", "ENABLE_LDAP": "true",
-    })
-
-
-def test_open_webui_keeps_uploads_in_its_volume_and_exports_no_telemetry(tmp_path):
-    assert_open_webui_locks(tmp_path, {"STORAGE_PROVIDER": "local", "ENABLE_OTEL": "false"},
-                            {"STORAGE_PROVIDER": "s3", "ENABLE_OTEL": "true"})

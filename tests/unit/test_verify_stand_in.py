@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 import launcher.commands.verify
@@ -93,17 +92,23 @@ class Up:
 def sandbox(tmp_path, monkeypatch):
     """A quick-start sandbox up on the stand-in engine, its ingress answering
     on its port, and the host as verify reads it."""
+    yield from up_on_the_stand_in(tmp_path, monkeypatch, probed=FRONTEND, processes=[4101, 4102])
+
+
+def up_on_the_stand_in(tmp_path, monkeypatch, probed: str, processes: list[int], frontend: str | None = None):
+    """The sandbox up, verify's probe answering from the container `probed`
+    (whose processes verify reads), with `frontend` in place of the policy's."""
     api = FakeApi()
-    policy, port = quickstart_policy(tmp_path, monkeypatch, api)
+    policy, port = quickstart_policy(tmp_path, monkeypatch, api, frontend=frontend)
     first = up(DockerGateway(client=FakeClient(api)), policy, timeout=5)
     probe = recipe_image("probe", ca_bundle=None)
     build_records.save(probe.tag, [], api.add_image(probe.tag))  # built by the launcher before
-    frontend_ip = api.containers_held[FRONTEND]["NetworkSettings"]["Networks"]["sandbox-minimal-internal"]["IPAddress"]
-    api.programs[probe.tag] = healthy_probe(Sink(api, frontend_ip))
+    probed_ip = api.containers_held[probed]["NetworkSettings"]["Networks"]["sandbox-minimal-internal"]["IPAddress"]
+    api.programs[probe.tag] = healthy_probe(Sink(api, probed_ip))
     api.execs["sandbox-minimal-backend"] = lambda command: (0, "EROFS EROFS EROFS\n")
-    api.processes_held[FRONTEND] = [4101, 4102]
+    api.processes_held[probed] = processes
     monkeypatch.setattr(launcher.commands.verify, "container_process",
-                        lambda pid, container_id: PROCESS if container_id == FRONTEND else None)
+                        lambda pid, container_id: PROCESS if container_id == probed else None)
     monkeypatch.setattr(launcher.commands.verify, "host_ipv4_addresses", lambda: ["192.0.2.2"])
     monkeypatch.setattr(launcher.commands.verify, "host_resolvers", lambda: ["10.0.0.53"])
     monkeypatch.setattr(launcher.commands.verify, "route_localnet", lambda: {"all": "0", "lo": "0"})
@@ -193,25 +198,7 @@ BACKEND = "sandbox-minimal-backend"
 @pytest.fixture
 def api_only(tmp_path, monkeypatch):
     """The same sandbox with `frontend: none`: no front-end to probe from."""
-    api = FakeApi()
-    policy, port = quickstart_policy(tmp_path, monkeypatch, api)
-    data = yaml.safe_load(policy.read_text())
-    data["frontend"] = "none"
-    policy.write_text(yaml.safe_dump(data))
-    first = up(DockerGateway(client=FakeClient(api)), policy, timeout=5)
-    probe = recipe_image("probe", ca_bundle=None)
-    build_records.save(probe.tag, [], api.add_image(probe.tag))
-    backend_ip = api.containers_held[BACKEND]["NetworkSettings"]["Networks"]["sandbox-minimal-internal"]["IPAddress"]
-    api.programs[probe.tag] = healthy_probe(Sink(api, backend_ip))
-    api.execs[BACKEND] = lambda command: (0, "EROFS EROFS EROFS\n")
-    api.processes_held[BACKEND] = [4101]
-    monkeypatch.setattr(launcher.commands.verify, "container_process",
-                        lambda pid, container_id: PROCESS if container_id == BACKEND else None)
-    monkeypatch.setattr(launcher.commands.verify, "host_ipv4_addresses", lambda: ["192.0.2.2"])
-    monkeypatch.setattr(launcher.commands.verify, "host_resolvers", lambda: ["10.0.0.53"])
-    monkeypatch.setattr(launcher.commands.verify, "route_localnet", lambda: {"all": "0", "lo": "0"})
-    with StandInIngress("minimal", first.token, port=port):
-        yield Up(api, policy, port, first)
+    yield from up_on_the_stand_in(tmp_path, monkeypatch, probed=BACKEND, processes=[4101], frontend="none")
 
 
 def test_an_api_only_sandbox_is_probed_from_its_backends_network_and_passes(api_only):
