@@ -53,7 +53,7 @@ def chat(ingress, payload: dict, headers: dict | None = None, path: str = "/v1/c
 
 
 def test_the_owners_bearer_reaches_the_backend_with_the_backends_own_key_and_nothing_else(ingress):
-    status, headers, _ = ask(ingress, "GET", "/v1/models", {**OWNER, "Cookie": f"sandbox-demo={TOKEN}; ui=1",
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {**OWNER, "Cookie": "sandbox-other=x; ui=1",
                                                           "Origin": f"http://127.0.0.1:{ingress.port}",
                                                           "X-Other": "kept out"})
     assert status == 200 and "x-sandbox-refused" not in headers
@@ -171,6 +171,40 @@ def test_the_token_in_another_header_is_refused(ingress):
     status, headers, _ = ask(ingress, "GET", "/v1/models", {"X-Api-Key": TOKEN})
     assert (status, headers["x-sandbox-refused"]) == (401, "token-elsewhere")
     assert ingress.backend.seen == []
+
+
+@pytest.mark.parametrize("where", [
+    {"Cookie": f"sandbox-demo={TOKEN}"},  # as the browser keeps it
+    {"Cookie": f"ui=1; session={TOKEN}"},
+    {TOKEN: "1"},  # a header's name
+    {f"X-{TOKEN}": "1"},
+])
+def test_the_token_anywhere_but_the_bearer_is_refused_next_to_a_valid_bearer(ingress, where):
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {**OWNER, **where})
+    assert (status, headers["x-sandbox-refused"]) == (401, "token-elsewhere")
+    assert ingress.backend.seen == []
+    assert TOKEN not in ingress.log(waiting_for="token-elsewhere")
+
+
+def test_a_second_authorization_header_with_the_token_is_refused(ingress):
+    connection = http.client.HTTPConnection("127.0.0.1", ingress.port, timeout=30)
+    connection.putrequest("GET", "/v1/models", skip_host=True)
+    connection.putheader("Host", f"127.0.0.1:{ingress.port}")
+    connection.putheader("Authorization", f"Bearer {TOKEN}")
+    connection.putheader("Authorization", f"Bearer {TOKEN}")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 400  # nginx's own refusal of a repeated Authorization header
+    connection.close()
+    assert ingress.backend.seen == []
+
+
+def test_the_bearer_with_cookies_of_its_own_gets_through_and_the_cookie_alone_is_no_token(ingress):
+    """The controls of the two above: a cookie without the token beside the
+    bearer, and the browser's cookie alone (the cookie is not enough)."""
+    assert ask(ingress, "GET", "/v1/models", {**OWNER, "Cookie": "ui=1; sandbox-other=x"})[0] == 200
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {"Cookie": f"sandbox-demo={TOKEN}"})
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token")
 
 
 def test_no_cors_a_preflight_is_refused_and_the_backends_cors_headers_never_reach_the_client(ingress):
