@@ -260,6 +260,11 @@ function apiBody(r) {
     if ('model' in body) {
         r.variables.api_model = modelLogged(body.model);
     }
+    // Without a model the backend answers with its default's file path
+    // (/models/NAME.gguf); named, with the policy's alias, as /v1/models lists it.
+    if ((body.model === undefined || body.model === null) && r.variables.api_default_model) {
+        body.model = r.variables.api_default_model;
+    }
     if (r.variables.api_route === 'embeddings') {
         return JSON.stringify(body);
     }

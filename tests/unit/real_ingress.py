@@ -106,7 +106,8 @@ class RealIngress:
                   "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address if ui else "",
                   "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
                   "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else "",
-                  "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health"}
+                  "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health",
+                  "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else ""}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)

@@ -258,6 +258,16 @@ def test_max_tokens_is_bounded(ingress, route, sent, gets):
     assert json.loads(ingress.backend.seen[0]["body"]).get("max_tokens") == gets
 
 
+def test_a_call_that_names_no_model_is_given_the_policys_alias(ingress):
+    """Else the backend answers with its default model's file path."""
+    chat(ingress, {"messages": []})
+    chat(ingress, {"prompt": "x", "model": None}, path="/v1/completions")
+    chat(ingress, {"input": "x"}, path="/v1/embeddings")
+    chat(ingress, {"messages": [], "model": "other"})  # the control: a model named is kept
+    assert [json.loads(s["body"])["model"] for s in ingress.backend.seen] == ["tiny", "tiny", "other"]
+    assert json.loads(ingress.embeddings.seen[0]["body"])["model"] == "embed"
+
+
 def test_max_completion_tokens_is_bounded_where_sent(ingress):
     chat(ingress, {"messages": [], "max_completion_tokens": 10 ** 6})
     chat(ingress, {"messages": [], "max_completion_tokens": 50, "max_tokens": 50})
@@ -316,8 +326,12 @@ def test_requests_in_progress_on_the_api_are_bounded_and_the_ui_still_answers(in
         status, _, _ = chat(ingress, {"messages": []})
         assert status == 429
         assert "status=429 reason=too-many" in ingress.log(waiting_for="status=429")
-        # The UI is another door: still answered.
-        assert ask(ingress, "GET", "/", OWNER)[0] == 200
+        # The bearer on the UI's routes is bounded with the API: a script
+        # cannot go round the bound through the UI's own chat.
+        status, headers, _ = ask(ingress, "POST", "/api/chat/completions", {**OWNER, **JSON}, b"{}")
+        assert status == 429 and ingress.ui.seen == []
+        # The browser's UI is another door: still answered.
+        assert ask(ingress, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}"})[0] == 200
     finally:
         release.set()
         for thread in threads:
@@ -325,6 +339,46 @@ def test_requests_in_progress_on_the_api_are_bounded_and_the_ui_still_answers(in
     assert results == [200] * 4
     # Once they are done, the next is served.
     assert chat(ingress, {"messages": []})[0] == 200
+
+
+def test_the_bearer_on_the_uis_routes_is_bounded_with_the_api(ingress):
+    """Requests held at the UI with the bearer fill the API's bound too."""
+    release = threading.Event()
+
+    def held(seen):
+        release.wait(30)
+        return 200, [], b"the UI"
+    ingress.ui.answer = held
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ask(ingress, "GET", "/api/chats", OWNER)[0]))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = 100
+        while len(ingress.ui.seen) < 4 and deadline:
+            threading.Event().wait(0.05)
+            deadline -= 1
+        status, headers, _ = ask(ingress, "GET", "/v1/models", OWNER)
+        assert status == 429 and ingress.backend.seen == []
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert results == [200] * 4
+    assert ask(ingress, "GET", "/v1/models", OWNER)[0] == 200
+
+
+def test_the_bearers_requests_on_the_uis_routes_are_counted_as_calls_the_cookies_and_the_launchers_are_not(ingress):
+    ask(ingress, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}", "User-Agent": "Mozilla/5.0"})  # the browser's
+    ask(ingress, "GET", "/api/models", {**OWNER, "User-Agent": "sandbox-launcher"})  # `up`'s own check
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "sandbox-launcher"})
+    ask(ingress, "POST", "/api/chat/completions", {**OWNER, **JSON, "User-Agent": "curl/8.5.0"}, b"{}")
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "curl/8.5.0"})
+    lines = ingress.api_log(waiting_for="route=models").splitlines()
+    assert lines == ["ingress: api call route=ui client=curl model=- status=200",
+                     "ingress: api call route=models client=curl model=- status=200"]
+    assert len(ingress.ui.seen) == 3  # all of them reached it: counted or not, none was refused
 
 
 def test_refusals_are_logged_as_the_front_doors_are_without_the_token(ingress):
