@@ -202,6 +202,24 @@ def test_status_counts_the_owners_calls_by_client_and_model_never_their_contents
     assert curls["failed"] == before.get(("curl", "-"), empty)["failed"] + 1
 
 
+def test_the_bearer_on_the_uis_routes_is_counted_as_a_call_and_the_browsers_cookie_is_not(sandbox, gateway, api):
+    """Scripts may use the UI's own routes with the bearer: those are the
+    owner's calls too (route=ui), bounded with the API's; the browser's
+    requests are not calls."""
+    result, _ = sandbox
+
+    def scripts() -> dict:
+        [shown] = status(gateway, result.name)
+        return next((c for c in shown["api_calls"] if (c["client"], c["model"]) == ("python", "-")), {"calls": 0})
+    before = scripts()["calls"]
+    agent = "User-Agent: python-requests/2.32"
+    assert curl("-H", agent, "-H", f"Cookie: sandbox-{result.name}={api['OPENAI_API_KEY']}",
+                result.url + "api/history")[0] == 200  # the browser's: logged before the next, never counted
+    assert curl("-H", agent, "-H", f"Authorization: Bearer {api['OPENAI_API_KEY']}", result.url + "api/history")[0] == 200
+    poll(lambda: scripts()["calls"] >= before + 1, lambda: f"the bearer's UI call counted: {scripts()}")
+    assert scripts()["calls"] == before + 1
+
+
 def test_the_llm_cli_set_up_as_docs_editors_says_answers_and_is_counted_as_llm(sandbox, gateway, api, tmp_path):
     """`llm` (llm.datasette.io) with the sandbox as an OpenAI-compatible
     model, configured exactly as docs/editors.md shows: its own directory
