@@ -215,7 +215,8 @@ def test_the_bearer_on_the_uis_routes_is_counted_as_a_call_and_the_browsers_cook
     agent = "User-Agent: python-requests/2.32"
     assert curl("-H", agent, "-H", f"Cookie: sandbox-{result.name}={api['OPENAI_API_KEY']}",
                 result.url + "api/history")[0] == 200  # the browser's: logged before the next, never counted
-    assert curl("-H", agent, "-H", f"Authorization: Bearer {api['OPENAI_API_KEY']}", result.url + "api/history")[0] == 200
+    bearer = f"Authorization: Bearer {api['OPENAI_API_KEY']}"
+    assert curl("-H", agent, "-H", bearer, result.url + "api/history")[0] == 200
     poll(lambda: scripts()["calls"] >= before + 1, lambda: f"the bearer's UI call counted: {scripts()}")
     assert scripts()["calls"] == before + 1
 
