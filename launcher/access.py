@@ -20,6 +20,10 @@ from launcher.private import private_directory, write_private
 
 TOKEN_ENV = "SANDBOX_ACCESS_TOKEN"
 LINK_PARAMETER = "sandbox_token"
+# The User-Agent of the launcher's own requests through the front door
+# (`up`'s check, `verify`'s controls): the ingress does not count them as
+# the owner's API calls (images/ingress/nginx.conf.template).
+LAUNCHER_AGENT = "sandbox-launcher"
 
 
 def cookie_name(sandbox: str) -> str:
@@ -111,9 +115,10 @@ def write_open_page(sandbox: str, link: str) -> Path:
 
 def open_ui(url: str, token: str | None = None, data: bytes | None = None,
             headers: dict | None = None, timeout: float = 30):
-    """A request to a sandbox's UI as its owner: with the bearer token and
-    never through a proxy from the environment (127.0.0.1 is this machine)."""
-    headers = dict(headers or {})
+    """A request to a sandbox's UI as its owner, by the launcher itself: with
+    the bearer token and never through a proxy from the environment
+    (127.0.0.1 is this machine)."""
+    headers = {"User-Agent": LAUNCHER_AGENT, **(headers or {})}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers)

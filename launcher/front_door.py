@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 
-from launcher.access import cookie_name
+from launcher.access import LAUNCHER_AGENT, cookie_name
 
 FOREIGN_ORIGIN = "http://evil.example"
 FLOOD_CONNECTIONS = 300
@@ -32,7 +32,9 @@ def _exchange(port: int, raw: bytes, timeout: float = 10, first_only: bool = Fal
 
 
 def _request(method: str, host: str, headers: dict, body: bytes = b"") -> bytes:
-    lines = [f"{method} / HTTP/1.1", f"Host: {host}"] + [f"{k}: {v}" for k, v in headers.items()]
+    # The launcher's own: the owner's controls here are not the owner's calls.
+    lines = [f"{method} / HTTP/1.1", f"Host: {host}", f"User-Agent: {LAUNCHER_AGENT}"] + [
+        f"{k}: {v}" for k, v in headers.items()]
     if body or method == "POST":
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body

@@ -51,6 +51,10 @@ SINK_HEALTH_NAME = "sink-health.sandbox.invalid"
 # What `up` waits for in a sandbox with no front-end (`frontend: none`): the
 # backend's model list, through the front door, as an API client asks it.
 API_HEALTH_PATH = "/v1/models"
+# The ingress's: the aliases of the chat and the embedding model that a call
+# to the API naming none gets.
+CHAT_MODEL_ENV = "SANDBOX_CHAT_MODEL"
+EMBEDDING_MODEL_ENV = "SANDBOX_EMBEDDING_MODEL"
 BACKEND_ALIAS = "backend"
 FRONTEND_ALIAS = "frontend"
 NOBODY = "65534:65534"
@@ -370,6 +374,10 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
              # /v1/embeddings goes to the embedding model's own server; without
              # one, the ingress answers that there is none.
              *((("SANDBOX_EMBEDDINGS_UPSTREAM", f"{BACKEND_ALIAS}:{EMBEDDINGS_PORT}"),) if embedding_model else ()),
+             # The aliases a call that names no model is given (the backend's
+             # default models): its answer names the alias, not a file.
+             *(((CHAT_MODEL_ENV, policy.chat_models[0].alias),) if policy.chat_models else ()),
+             *(((EMBEDDING_MODEL_ENV, embedding_model.alias),) if embedding_model else ()),
              (BACKEND_API_KEY_ENV, secrets.api_key),
              (API_KEY_ID_ENV, token_id(secrets.api_key)),
              ("SANDBOX_LISTEN_PORT", str(INGRESS_PORT)),

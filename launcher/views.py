@@ -117,7 +117,8 @@ def render_env(result: dict, as_json: bool) -> None:
     if as_json:
         out.print_json(data=result)
         return
-    out.print(f"# sandbox {result['name']}'s API; models: {', '.join(result['models']) or 'none listed'}",
+    embeddings = f"; embedding model: {result['embedding_model']}" if result.get("embedding_model") else ""
+    out.print(f"# sandbox {result['name']}'s API; models: {', '.join(result['models']) or 'none listed'}{embeddings}",
               markup=False)
     for key, value in result["env"].items():
         out.print(f"export {key}={shlex.quote(value)}", markup=False)

@@ -14,6 +14,8 @@
 // all before it serves anyone else: every step here takes time (and memory)
 // in proportion to the length, never to its square.
 
+import fs from 'fs';
+
 // One character per byte of a Buffer (as r.rawVariables gives), or of a
 // string's UTF-8 form (where a byte that is not UTF-8 becomes U+FFFD's
 // three): ASCII stays as it came. A chunk at a time: built a character at a
@@ -142,6 +144,18 @@ function elsewhereInHeaders(r) {
         && carriesToken(r, header[1]));
 }
 
+// Where an API request (/v1/) carries the token: "elsewhere" wherever it
+// is but the Authorization header (the address, a header's name or value,
+// a cookie sent with a bearer), else "none". (nginx itself refuses a second
+// Authorization header.) A cookie alone is the browser's, sent on every
+// request to 127.0.0.1: that is no-token (the cookie is never enough).
+function apiTokenPlace(r) {
+    const bearerSent = r.variables.authorization_sent === '1';
+    const elsewhere = login(r) !== 'none' || r.rawHeadersIn.some((header) => carriesToken(r, header[0])
+        || (header[0].toLowerCase() === 'cookie' && bearerSent && carriesToken(r, header[1])));
+    return elsewhere ? 'elsewhere' : 'none';
+}
+
 // The Authorization header the front-end gets: none that carries the token,
 // in whatever form ("BEARER T", "Bearer T, Bearer x", encoded).
 function upstreamAuthorization(r) {
@@ -171,6 +185,32 @@ function requestLogged(r) {
         }
     });
     return withoutToken(r, logged + line.slice(from));
+}
+
+// Refusals are counted by reason in a file each (one worker, which runs
+// this to the end before it serves anyone else: no two requests race on a
+// count). The n-th refusal of a reason is logged where n is at most
+// ITEMISED, or ITEMISED times a power of two: a flood of any size writes a
+// few dozen lines, so that it never pushes the owner's API calls and the
+// first refusals of each kind out of the log `status` and `audit` read. Its
+// line says which refusal of its reason it was (nth=); "" for a request
+// that is not logged.
+const ITEMISED = 100;
+
+function refusedNth(r) {
+    if (r.variables.not_forwarded !== '1') {
+        return '';
+    }
+    const file = r.variables.refusal_counts + r.variables.reason;
+    let n = 1;
+    try {
+        n = (parseInt(fs.readFileSync(file, 'utf8'), 10) || 0) + 1;
+    } catch (e) {
+        // none of this reason yet
+    }
+    fs.writeFileSync(file, String(n));
+    const doubling = n % ITEMISED === 0 && ((n / ITEMISED) & (n / ITEMISED - 1)) === 0;
+    return n <= ITEMISED || doubling ? String(n) : '';
 }
 
 // The model a call asked for, as the log of API calls (`sandbox status`)
@@ -220,6 +260,11 @@ function apiBody(r) {
     if ('model' in body) {
         r.variables.api_model = modelLogged(body.model);
     }
+    // Without a model the backend answers with its default's file path
+    // (/models/NAME.gguf); named, with the policy's alias, as /v1/models lists it.
+    if ((body.model === undefined || body.model === null) && r.variables.api_default_model) {
+        body.model = r.variables.api_default_model;
+    }
     if (r.variables.api_route === 'embeddings') {
         return JSON.stringify(body);
     }
@@ -239,6 +284,8 @@ function apiBody(r) {
 
 export default {
     apiBody,
+    apiTokenPlace,
+    refusedNth,
     upstreamCookie,
     dropSandboxSetCookies,
     login,

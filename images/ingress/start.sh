@@ -29,6 +29,13 @@ valid '^[A-Za-z0-9_-]{32,128}$' "${SANDBOX_API_KEY:-}" || fail "SANDBOX_API_KEY 
 export SANDBOX_EMBEDDINGS_UPSTREAM="${SANDBOX_EMBEDDINGS_UPSTREAM:-}"
 [ -z "$SANDBOX_EMBEDDINGS_UPSTREAM" ] || valid '^[a-z0-9.-]+:[0-9]{1,5}$' "$SANDBOX_EMBEDDINGS_UPSTREAM" \
   || fail "SANDBOX_EMBEDDINGS_UPSTREAM is not host:port"
+# The aliases given to a call that names no model (the policy's schema's
+# form), where the launcher gives them.
+for model in SANDBOX_CHAT_MODEL SANDBOX_EMBEDDING_MODEL; do
+  eval "value=\${$model:-}"
+  [ -z "$value" ] || valid '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' "$value" || fail "$model is not a model alias"
+  export "$model=$value"
+done
 mkdir -p /tmp/nginx
 # The door is for the host only: nginx listens on this container's addresses
 # outside the sandbox's own network, none on it, so that no part can reach the
@@ -55,8 +62,8 @@ export SANDBOX_LISTEN="$LISTEN"
 # The token and the backend's key are read from the environment, never put on
 # a command line: every local user of the host can read the command lines of a
 # container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH", names, " ") }
-     { for (i = 1; i <= 10; i++) { value = ENVIRON["SANDBOX_" names[i]]
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL", names, " ") }
+     { for (i = 1; i <= 12; i++) { value = ENVIRON["SANDBOX_" names[i]]
                                    gsub(/&/, "\\\\&", value)  # a literal & (a health path may have one), not the match
                                    gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@", value) }
        print }' \
@@ -82,6 +89,12 @@ LC_ALL=C awk -W interactive '
     }
     return out
   }
+  # nginx says so of every request whose Content-Length is over the bound,
+  # before any rule of ours runs: any local program, with no token, could
+  # fill the log with it. The first 100 are kept; the refusal log has each
+  # (413), counted and bounded (sandbox.js, refusedNth).
+  /^[0-9\/]+ [0-9:]+ \[error\] [0-9]+#[0-9]+: \*[0-9]+ client intended to send too large body: / {
+    if (++too_large > 100) next }
   { line = $0
     while ((at = index(line, token)) > 0)
       line = substr(line, 1, at - 1) "..." substr(line, at + length(token))

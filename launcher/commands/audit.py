@@ -211,7 +211,9 @@ def refusals_by_sender(lines: list[str], part_of_address: dict[str, str]) -> tup
     wall is broken."""
     from_host, from_parts = [], []
     for line in lines:
-        peer = line.rpartition(" peer=")[2] if " peer=" in line else ""
+        # The last " peer=" is the ingress's own field (a request's text
+        # comes before it), followed only by the refusal's nth=.
+        peer = line.rpartition(" peer=")[2].partition(" ")[0] if " peer=" in line else ""
         if peer in part_of_address:
             from_parts.append({"part": part_of_address[peer], "line": line})
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import yaml
 from launcher.commands.audit import audit
 from launcher.commands.env import api_env
 from launcher.commands.status import status
+from launcher.spec import resource_name
 from tests.integration.conftest import QUICKSTART_ALIAS, poll
 
 openai = pytest.importorskip("openai")
@@ -200,6 +202,48 @@ def test_status_counts_the_owners_calls_by_client_and_model_never_their_contents
         time.sleep(0.5)
     assert curls["calls"] == before.get(("curl", "-"), empty)["calls"] + 2
     assert curls["failed"] == before.get(("curl", "-"), empty)["failed"] + 1
+
+
+def test_the_bearer_on_the_uis_routes_is_counted_as_a_call_and_the_browsers_cookie_is_not(sandbox, gateway, api):
+    """Scripts may use the UI's own routes with the bearer: those are the
+    owner's calls too (route=ui), bounded with the API's; the browser's
+    requests are not calls."""
+    result, _ = sandbox
+
+    def scripts() -> dict:
+        [shown] = status(gateway, result.name)
+        return next((c for c in shown["api_calls"] if (c["client"], c["model"]) == ("python", "-")), {"calls": 0})
+    before = scripts()["calls"]
+    agent = "User-Agent: python-requests/2.32"
+    assert curl("-H", agent, "-H", f"Cookie: sandbox-{result.name}={api['OPENAI_API_KEY']}",
+                result.url + "api/history")[0] == 200  # the browser's: logged before the next, never counted
+    bearer = f"Authorization: Bearer {api['OPENAI_API_KEY']}"
+    assert curl("-H", agent, "-H", bearer, result.url + "api/history")[0] == 200
+    poll(lambda: scripts()["calls"] >= before + 1, lambda: f"the bearer's UI call counted: {scripts()}")
+    assert scripts()["calls"] == before + 1
+
+
+def test_a_strangers_oversize_bodies_write_a_bounded_number_of_nginxs_own_lines(sandbox, gateway, api):
+    """nginx turns away a Content-Length over the bound before any rule runs,
+    and said so in its own log line for each: any local program, with no
+    token, could flood the log `status` and `audit` read with them. The
+    first 100 are kept; each is a refusal line (counted, bounded)."""
+    result, _ = sandbox
+    port = int(api["OPENAI_BASE_URL"].split(":")[2].split("/")[0])
+    for path in ["/v1/chat/completions", "/"] * 60:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 500000000\r\n"
+                      f"Connection: close\r\n\r\n".encode())
+            assert s.recv(4096).startswith(b"HTTP/1.1 413 ")
+    # Refused as a foreign Host, whose first refusals are logged (the no-token
+    # ones above are past their first 100), after them.
+    curl("-H", "Host: evil.example", f"http://127.0.0.1:{port}/after-the-oversize-bodies")
+
+    def log() -> list[str]:
+        return list(gateway.containers.logs(resource_name(result.name, "ingress"), tail=1000))
+    poll(lambda: any("/after-the-oversize-bodies" in line for line in log()), "the last refusal logged")
+    assert 0 < len([line for line in log() if "client intended to send too large body" in line]) <= 100
+    assert [line for line in log() if line.startswith("ingress: refused status=413 ")]
 
 
 def test_the_llm_cli_set_up_as_docs_editors_says_answers_and_is_counted_as_llm(sandbox, gateway, api, tmp_path):

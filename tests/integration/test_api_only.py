@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -59,6 +60,28 @@ def test_it_runs_the_backend_the_sink_and_the_ingress_and_no_front_end(api_only,
     [shown] = status(gateway, result.name)
     assert shown["api_only"] is True and shown["healthy"] is True, shown
     assert [p["part"] for p in shown["parts"]] == ["dns", "backend", "ingress"]
+
+
+def test_ups_own_check_of_the_front_door_is_not_counted_as_a_call(api_only, gateway):
+    """`up` asked /v1/models through the ingress before it returned; no
+    test has called the API yet. The control that calls are counted at all
+    is test_status_counts_its_api_calls."""
+    result, _ = api_only
+    [shown] = status(gateway, result.name)
+    assert shown["api_calls"] == []
+
+
+def test_env_gives_the_embedding_models_alias_and_a_call_naming_no_model_is_answered_with_the_alias(api_only, gateway):
+    result, _ = api_only
+    env = api_env(gateway, result.name)["env"]
+    assert env["SANDBOX_EMBEDDING_MODEL"] == "smollm2-embed"
+    for route, body, alias in (("chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+                                "smollm2"), ("embeddings", {"input": "a sentence"}, "smollm2-embed")):
+        request = urllib.request.Request(f"{env['OPENAI_BASE_URL']}/{route}", data=json.dumps(body).encode(),
+                                         headers={"Authorization": f"Bearer {env['OPENAI_API_KEY']}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=120) as answer:
+            assert json.loads(answer.read())["model"] == alias, route
 
 
 def test_the_openai_package_chats_through_the_api(client):

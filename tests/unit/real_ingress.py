@@ -85,12 +85,13 @@ class RealIngress:
     `backend` and `ui` as its upstreams; `log()` is its refusal log."""
 
     def __init__(self, directory: Path, name: str, token: str, api_key: str, embeddings: bool = True,
-                 ui: bool = True):
+                 ui: bool = True, one_log: bool = False):
         """`embeddings`: the policy has an embedding model, whose server is
         `self.embeddings` (else None, and the ingress has no such upstream).
         `ui` False: an API-only sandbox's ingress (`frontend: none`), with no
         upstream for its pages (the stand-in UI is there, to show that
-        nothing reaches it)."""
+        nothing reaches it). `one_log`: the API calls go into the refusal
+        log, as in the image, where both are the container's log."""
         self.name, self.token, self.api_key = name, token, api_key
         self.directory = directory
         self.backend, self.ui = Recorder(backend_answer), Recorder(ui_answer)
@@ -105,14 +106,16 @@ class RealIngress:
                   "LISTEN": f"listen 127.0.0.1:{self.port} default_server;", "UPSTREAM": self.ui.address if ui else "",
                   "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
                   "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else "",
-                  "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health"}
+                  "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health",
+                  "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else ""}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)
         text = (text.replace("/opt/ingress/sandbox.js", str(directory / "sandbox.js"))
                 .replace("pid /tmp/nginx.pid;", f"pid {directory}/nginx.pid;")
                 .replace("/tmp/nginx/", f"{directory}/")
-                .replace("access_log /dev/stdout api_calls", f"access_log {directory}/api.log api_calls")
+                .replace("access_log /dev/stdout api_calls",
+                         f"access_log {directory}/{'refused' if one_log else 'api'}.log api_calls")
                 .replace("access_log /dev/stdout", f"access_log {directory}/refused.log"))
         if os.geteuid() == 0:  # nginx's workers would otherwise become nobody, who cannot read these files
             text = "user root;\n" + text

@@ -53,7 +53,7 @@ def chat(ingress, payload: dict, headers: dict | None = None, path: str = "/v1/c
 
 
 def test_the_owners_bearer_reaches_the_backend_with_the_backends_own_key_and_nothing_else(ingress):
-    status, headers, _ = ask(ingress, "GET", "/v1/models", {**OWNER, "Cookie": f"sandbox-demo={TOKEN}; ui=1",
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {**OWNER, "Cookie": "sandbox-other=x; ui=1",
                                                           "Origin": f"http://127.0.0.1:{ingress.port}",
                                                           "X-Other": "kept out"})
     assert status == 200 and "x-sandbox-refused" not in headers
@@ -173,6 +173,40 @@ def test_the_token_in_another_header_is_refused(ingress):
     assert ingress.backend.seen == []
 
 
+@pytest.mark.parametrize("where", [
+    {"Cookie": f"sandbox-demo={TOKEN}"},  # as the browser keeps it
+    {"Cookie": f"ui=1; session={TOKEN}"},
+    {TOKEN: "1"},  # a header's name
+    {f"X-{TOKEN}": "1"},
+])
+def test_the_token_anywhere_but_the_bearer_is_refused_next_to_a_valid_bearer(ingress, where):
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {**OWNER, **where})
+    assert (status, headers["x-sandbox-refused"]) == (401, "token-elsewhere")
+    assert ingress.backend.seen == []
+    assert TOKEN not in ingress.log(waiting_for="token-elsewhere")
+
+
+def test_a_second_authorization_header_with_the_token_is_refused(ingress):
+    connection = http.client.HTTPConnection("127.0.0.1", ingress.port, timeout=30)
+    connection.putrequest("GET", "/v1/models", skip_host=True)
+    connection.putheader("Host", f"127.0.0.1:{ingress.port}")
+    connection.putheader("Authorization", f"Bearer {TOKEN}")
+    connection.putheader("Authorization", f"Bearer {TOKEN}")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 400  # nginx's own refusal of a repeated Authorization header
+    connection.close()
+    assert ingress.backend.seen == []
+
+
+def test_the_bearer_with_cookies_of_its_own_gets_through_and_the_cookie_alone_is_no_token(ingress):
+    """The controls of the two above: a cookie without the token beside the
+    bearer, and the browser's cookie alone (the cookie is not enough)."""
+    assert ask(ingress, "GET", "/v1/models", {**OWNER, "Cookie": "ui=1; sandbox-other=x"})[0] == 200
+    status, headers, _ = ask(ingress, "GET", "/v1/models", {"Cookie": f"sandbox-demo={TOKEN}"})
+    assert (status, headers["x-sandbox-refused"]) == (401, "no-token")
+
+
 def test_no_cors_a_preflight_is_refused_and_the_backends_cors_headers_never_reach_the_client(ingress):
     preflight = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization, content-type"}
@@ -222,6 +256,16 @@ def test_max_tokens_is_bounded(ingress, route, sent, gets):
     status, _, _ = chat(ingress, {"model": "tiny", "prompt": "hi", **sent}, path=f"/v1/{route}")
     assert status == 200
     assert json.loads(ingress.backend.seen[0]["body"]).get("max_tokens") == gets
+
+
+def test_a_call_that_names_no_model_is_given_the_policys_alias(ingress):
+    """Else the backend answers with its default model's file path."""
+    chat(ingress, {"messages": []})
+    chat(ingress, {"prompt": "x", "model": None}, path="/v1/completions")
+    chat(ingress, {"input": "x"}, path="/v1/embeddings")
+    chat(ingress, {"messages": [], "model": "other"})  # the control: a model named is kept
+    assert [json.loads(s["body"])["model"] for s in ingress.backend.seen] == ["tiny", "tiny", "other"]
+    assert json.loads(ingress.embeddings.seen[0]["body"])["model"] == "embed"
 
 
 def test_max_completion_tokens_is_bounded_where_sent(ingress):
@@ -282,8 +326,12 @@ def test_requests_in_progress_on_the_api_are_bounded_and_the_ui_still_answers(in
         status, _, _ = chat(ingress, {"messages": []})
         assert status == 429
         assert "status=429 reason=too-many" in ingress.log(waiting_for="status=429")
-        # The UI is another door: still answered.
-        assert ask(ingress, "GET", "/", OWNER)[0] == 200
+        # The bearer on the UI's routes is bounded with the API: a script
+        # cannot go round the bound through the UI's own chat.
+        status, headers, _ = ask(ingress, "POST", "/api/chat/completions", {**OWNER, **JSON}, b"{}")
+        assert status == 429 and ingress.ui.seen == []
+        # The browser's UI is another door: still answered.
+        assert ask(ingress, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}"})[0] == 200
     finally:
         release.set()
         for thread in threads:
@@ -291,6 +339,46 @@ def test_requests_in_progress_on_the_api_are_bounded_and_the_ui_still_answers(in
     assert results == [200] * 4
     # Once they are done, the next is served.
     assert chat(ingress, {"messages": []})[0] == 200
+
+
+def test_the_bearer_on_the_uis_routes_is_bounded_with_the_api(ingress):
+    """Requests held at the UI with the bearer fill the API's bound too."""
+    release = threading.Event()
+
+    def held(seen):
+        release.wait(30)
+        return 200, [], b"the UI"
+    ingress.ui.answer = held
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ask(ingress, "GET", "/api/chats", OWNER)[0]))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = 100
+        while len(ingress.ui.seen) < 4 and deadline:
+            threading.Event().wait(0.05)
+            deadline -= 1
+        status, headers, _ = ask(ingress, "GET", "/v1/models", OWNER)
+        assert status == 429 and ingress.backend.seen == []
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert results == [200] * 4
+    assert ask(ingress, "GET", "/v1/models", OWNER)[0] == 200
+
+
+def test_the_bearers_requests_on_the_uis_routes_are_counted_as_calls_the_cookies_and_the_launchers_are_not(ingress):
+    ask(ingress, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}", "User-Agent": "Mozilla/5.0"})  # the browser's
+    ask(ingress, "GET", "/api/models", {**OWNER, "User-Agent": "sandbox-launcher"})  # `up`'s own check
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "sandbox-launcher"})
+    ask(ingress, "POST", "/api/chat/completions", {**OWNER, **JSON, "User-Agent": "curl/8.5.0"}, b"{}")
+    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "curl/8.5.0"})
+    lines = ingress.api_log(waiting_for="route=models").splitlines()
+    assert lines == ["ingress: api call route=ui client=curl model=- status=200",
+                     "ingress: api call route=models client=curl model=- status=200"]
+    assert len(ingress.ui.seen) == 3  # all of them reached it: counted or not, none was refused
 
 
 def test_refusals_are_logged_as_the_front_doors_are_without_the_token(ingress):

@@ -14,6 +14,7 @@ from launcher.commands.env import api_env
 from launcher.commands.up import up
 from launcher.engine import DockerGateway
 from launcher.errors import NotFound
+from launcher.spec import BACKEND_CONFIG_ENV
 from tests.unit.fake_engine import FakeApi, FakeClient
 from tests.unit.helpers import quickstart_policy
 
@@ -34,8 +35,26 @@ def running(tmp_path, monkeypatch):
 def test_env_gives_the_api_address_the_token_and_the_policys_model_names(running):
     api, port, token = running
     assert api_env(DockerGateway(client=FakeClient(api)), None) == {
-        "name": "minimal", "models": ["tiny"],
+        "name": "minimal", "models": ["tiny"], "embedding_model": None,
         "env": {"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": token}}
+
+
+def test_env_gives_the_embedding_models_alias_where_there_is_one(running):
+    api, port, token = running
+    env = api.containers_held["sandbox-minimal-backend"]["Config"]["Env"]
+    [at] = [i for i, e in enumerate(env) if e.startswith(f"{BACKEND_CONFIG_ENV}=")]
+    config = json.loads(env[at].partition("=")[2])
+    config["embeddings"] = {"port": 8081, "model": {**config["models"][0], "model_alias": "embed", "embedding": True}}
+    env[at] = f"{BACKEND_CONFIG_ENV}={json.dumps(config)}"
+    printed = runner.invoke(app, ["env"])
+    assert printed.stdout == (f"# sandbox minimal's API; models: tiny; embedding model: embed\n"
+                              f"export OPENAI_BASE_URL=http://127.0.0.1:{port}/v1\n"
+                              f"export OPENAI_API_KEY={token}\n"
+                              f"export SANDBOX_EMBEDDING_MODEL=embed\n")
+    as_json = json.loads(runner.invoke(app, ["env", "--json"]).stdout)
+    assert as_json["embedding_model"] == as_json["env"]["SANDBOX_EMBEDDING_MODEL"] == "embed"
+    assert (as_json["env"]["OPENAI_BASE_URL"], as_json["env"]["OPENAI_API_KEY"]) == (f"http://127.0.0.1:{port}/v1",
+                                                                                     token)
 
 
 def test_env_names_the_sandbox_as_every_command_does(running, tmp_path):
