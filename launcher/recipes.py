@@ -75,7 +75,7 @@ GENERIC_CSP = (
 # theme set before first paint, SvelteKit's bootstrap): allowed by their
 # sha256 alone, so that no other inline script or handler runs. The hashes
 # are of that version's page; a new version's page must be hashed again
-# (tests/integration/test_open_webui.py fails on a violation).
+# (tests/integration/test_csp.py fails on the violation).
 OPEN_WEBUI_SCRIPT_HASHES = (
     "'sha256-IwbGmoRaOLT2V3cavVXQBCapN9X3Jy2mX1vd0rYDIHI='",  # resizeIframe()
     "'sha256-It9GaEgTLvfKtN2mqG9Md+/YfVSXfsb6ydMhyK60VcE='",  # the theme and splash, before first paint
@@ -196,13 +196,14 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
         session_key_env="WEBUI_SECRET_KEY",
         csp=(
             ("default-src", "'self'"),
-            # No 'unsafe-inline', no 'unsafe-eval': its page, the chat, its
-            # settings run without them. Pyodide's wasm ('wasm-unsafe-eval')
-            # is for the code interpreter, which the recipe turns off.
+            # No 'unsafe-inline', no 'unsafe-eval': its page, a chat and a
+            # stored chat run without them (tests/integration/test_csp.py).
+            # Pyodide's wasm ('wasm-unsafe-eval') is the code interpreter's,
+            # which the recipe turns off.
             ("script-src", "'self' " + " ".join(OPEN_WEBUI_SCRIPT_HASHES)),
-            # Svelte writes style elements and attributes at run time: with
-            # 'self' alone its page breaks (docs/security.md). Styles cannot
-            # run script; what they could fetch stays in this origin.
+            # Svelte writes style elements and attributes as it runs: under
+            # 'self' alone Chromium refused 13 of them (docs/security.md).
+            # Styles run no script; what they could fetch stays in this origin.
             ("style-src", "'self' 'unsafe-inline'"),
             # Pasted and uploaded images, avatars and audio are shown from
             # data: and blob: URLs the page makes itself.
@@ -212,8 +213,8 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             # Its socket.io connection (older browsers match ws: to 'self' by name only).
             ("connect-src", "'self' @ORIGIN_WS@"),
             ("worker-src", "'self' blob:"),
-            # Code blocks and artifacts are previewed in frames of its own
-            # making; a blob: or srcdoc frame inherits this policy.
+            # Previews (code, artifacts) are frames it makes itself; a blob:
+            # or srcdoc frame inherits this policy.
             ("frame-src", "'self' blob:"),
             ("object-src", "'none'"),
             ("base-uri", "'none'"),
