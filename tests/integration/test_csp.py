@@ -153,6 +153,8 @@ def _open_webui_chat_with(result, session: str, content: str) -> str:
 
 @pytest.mark.slow
 def test_open_webui_works_under_its_policy_and_an_answer_carrying_html_runs_nothing(gateway, browser, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # there: the browser fixture has it
+
     from launcher.commands.down import down
     from launcher.commands.up import up
     path = write_policy(tmp_path, frontend={"recipe": "open-webui", "env": {"WEBUI_AUTH": "False"}})
@@ -166,7 +168,15 @@ def test_open_webui_works_under_its_policy_and_an_answer_carrying_html_runs_noth
         response = page.goto(result.access_link)
         assert csp_headers(response) == [content_security_policy(FRONTEND_RECIPES["open-webui"], port_of(result))]
         # (1) It works: its page starts (its three inline scripts are the hashed ones), and a chat is answered.
-        page.wait_for_selector("#chat-input", timeout=120_000)
+        failed = []
+        page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
+        try:
+            page.wait_for_selector("#chat-input", timeout=120_000)
+        except PlaywrightTimeout:
+            # Say why: a violation, or a load the browser broke off (ERR_NETWORK_CHANGED
+            # when another network comes or goes on a busy engine).
+            pytest.fail(f"Open WebUI's page did not start: violations {page.evaluate('() => window.violations')}, "
+                        f"failed requests {failed}")
         page.keyboard.press("Escape")  # its "what's new" dialog, shown on a first visit
         page.locator("#chat-input").focus()
         page.keyboard.type("Say hello in one word.")
