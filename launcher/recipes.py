@@ -36,6 +36,12 @@ class FrontendRecipe:
     # warning from `validate`), never at the UI's default, a cloud. Locked
     # like locked_env.
     embeddings_env: EmbeddingsEnv | None = None
+    # The Content-Security-Policy the ingress sends with the UI's pages, as
+    # (directive, sources) pairs; "@ORIGIN_WS@" stands for the sandbox's own
+    # ws:// addresses (content_security_policy). Each recipe's is the
+    # tightest its UI was seen to work under (docs/security.md, "The page's
+    # scripts"); a UI the user brings gets GENERIC_CSP.
+    csp: tuple[tuple[str, str], ...] = ()
 
     @property
     def locked_names(self) -> frozenset[str]:
@@ -45,10 +51,54 @@ class FrontendRecipe:
             {embeddings.url, embeddings.key, embeddings.model} if embeddings else set())
 
 
+# A UI the user brings: kept to its own origin, but with inline and eval'd
+# scripts, data: and blob:, which such UIs are built on (we cannot know which
+# it needs). An answer it renders as HTML can run there: docs/threats.md.
+GENERIC_CSP = (
+    ("default-src", "'self'"),
+    ("script-src", "'self' 'unsafe-inline' 'unsafe-eval' blob:"),
+    ("style-src", "'self' 'unsafe-inline'"),
+    ("img-src", "'self' data: blob:"),
+    ("font-src", "'self' data:"),
+    ("media-src", "'self' data: blob:"),
+    ("connect-src", "'self' data: blob: @ORIGIN_WS@"),
+    ("worker-src", "'self' blob:"),
+    ("child-src", "'self' blob: data:"),
+    ("frame-src", "'self' blob: data:"),
+    ("object-src", "'none'"),
+    ("base-uri", "'self'"),
+    ("form-action", "'self'"),
+    ("frame-ancestors", "'self'"),
+)
+
+# Open WebUI 0.12.4's index.html has three inline scripts (a helper, the
+# theme set before first paint, SvelteKit's bootstrap): allowed by their
+# sha256 alone, so that no other inline script or handler runs. The hashes
+# are of that version's page; a new version's page must be hashed again
+# (tests/integration/test_csp.py fails on the violation).
+OPEN_WEBUI_SCRIPT_HASHES = (
+    "'sha256-IwbGmoRaOLT2V3cavVXQBCapN9X3Jy2mX1vd0rYDIHI='",  # resizeIframe()
+    "'sha256-It9GaEgTLvfKtN2mqG9Md+/YfVSXfsb6ydMhyK60VcE='",  # the theme and splash, before first paint
+    "'sha256-uEmebYzd4RnkHQrSHRLK3VqQ8E2A6msE0daQYAl79s4='",  # SvelteKit's start
+)
+
 FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
     "chat": FrontendRecipe(
         port=8080, backend_url_env="OPENAI_API_BASE_URL", backend_key_env="OPENAI_API_KEY",
         data="/data", user=65534, health_path="/health", memory="256m", cpus=1.0,
+        # One page, its script and its style, all files of its own
+        # (images/chat): no inline script or style, no eval, no frames, no
+        # images but its own; it calls only its own /api/.
+        csp=(
+            ("default-src", "'none'"),
+            ("script-src", "'self'"),
+            ("style-src", "'self'"),
+            ("img-src", "'self'"),
+            ("connect-src", "'self'"),
+            ("base-uri", "'none'"),
+            ("form-action", "'none'"),
+            ("frame-ancestors", "'none'"),
+        ),
     ),
     "open-webui": FrontendRecipe(
         port=8080, backend_url_env="OPENAI_API_BASE_URL", backend_key_env="OPENAI_API_KEY",
@@ -144,6 +194,33 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             "ENABLE_OTEL": "false",
         },
         session_key_env="WEBUI_SECRET_KEY",
+        csp=(
+            ("default-src", "'self'"),
+            # No 'unsafe-inline', no 'unsafe-eval': its page, a chat and a
+            # stored chat run without them (tests/integration/test_csp.py).
+            # Pyodide's wasm ('wasm-unsafe-eval') is the code interpreter's,
+            # which the recipe turns off.
+            ("script-src", "'self' " + " ".join(OPEN_WEBUI_SCRIPT_HASHES)),
+            # Svelte writes style elements and attributes as it runs: under
+            # 'self' alone Chromium refused 13 of them (docs/security.md).
+            # Styles run no script; what they could fetch stays in this origin.
+            ("style-src", "'self' 'unsafe-inline'"),
+            # Pasted and uploaded images, avatars and audio are shown from
+            # data: and blob: URLs the page makes itself.
+            ("img-src", "'self' data: blob:"),
+            ("font-src", "'self' data:"),
+            ("media-src", "'self' data: blob:"),
+            # Its socket.io connection (older browsers match ws: to 'self' by name only).
+            ("connect-src", "'self' @ORIGIN_WS@"),
+            ("worker-src", "'self' blob:"),
+            # Previews (code, artifacts) are frames it makes itself; a blob:
+            # or srcdoc frame inherits this policy.
+            ("frame-src", "'self' blob:"),
+            ("object-src", "'none'"),
+            ("base-uri", "'none'"),
+            ("form-action", "'self'"),
+            ("frame-ancestors", "'none'"),
+        ),
         embeddings_env=EmbeddingsEnv(url="RAG_OPENAI_API_BASE_URL", key="RAG_OPENAI_API_KEY",
                                      model="RAG_EMBEDDING_MODEL"),
     ),
@@ -152,5 +229,15 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
 # Defaults for a front-end the user brings (frontend.build or frontend.image).
 CUSTOM_FRONTEND = FrontendRecipe(
     port=8080, backend_url_env="OPENAI_API_BASE_URL", backend_key_env="OPENAI_API_KEY",
-    data=None, user=65534, health_path="/", memory="1g", cpus=1.0,
+    data=None, user=65534, health_path="/", memory="1g", cpus=1.0, csp=GENERIC_CSP,
 )
+
+# A sandbox with no UI (`frontend: none`): its page routes answer in text.
+API_ONLY_CSP = (("default-src", "'none'"), ("frame-ancestors", "'none'"))
+
+
+def content_security_policy(recipe: FrontendRecipe | None, port: int) -> str:
+    """The header's value for a UI served at 127.0.0.1:`port` (None: no UI)."""
+    directives = recipe.csp if recipe else API_ONLY_CSP
+    own_ws = f"ws://127.0.0.1:{port} ws://localhost:{port}"
+    return "; ".join(f"{name} {sources.replace('@ORIGIN_WS@', own_ws)}" for name, sources in directives)

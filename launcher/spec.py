@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from launcher.access import TOKEN_ENV, token_id
 from launcher.images import PartImages
 from launcher.policy.model import Policy
-from launcher.recipes import FRONTEND_RECIPES
+from launcher.recipes import CUSTOM_FRONTEND, FRONTEND_RECIPES, content_security_policy
 
 LABEL_SANDBOX = "io.sandbox.name"
 LABEL_PART = "io.sandbox.part"
@@ -63,6 +63,7 @@ RUNTIMES = {"runc": None, "gvisor": "runsc"}
 BACKEND_API_KEY_ENV = "SANDBOX_API_KEY"
 # The ingress's: where the front-end listens (host:port on the internal network).
 UPSTREAM_ENV = "SANDBOX_UPSTREAM"
+CSP_ENV = "SANDBOX_CSP"
 BACKEND_CONFIG_ENV = "SANDBOX_BACKEND_CONFIG"  # the backend's models, by alias (images/llama-cpp/backend.py)
 API_KEY_ID_ENV = "SANDBOX_API_KEY_ID"
 FRONTEND_SESSION_KEY_ENV = "SANDBOX_SESSION_KEY"
@@ -388,6 +389,11 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
              (INTERNAL_SUBNET_ENV, internal_subnet),
              # The Host and Origin it answers to: the sandbox's own, on the host.
              ("SANDBOX_PUBLIC_PORT", str(policy.ingress_port)),
+             # The Content-Security-Policy of the UI's pages: its recipe's
+             # (launcher/recipes.py), the generic one for a UI the user brings.
+             (CSP_ENV, content_security_policy(
+                 (FRONTEND_RECIPES[f.recipe] if f.recipe else CUSTOM_FRONTEND) if f else None,
+                 policy.ingress_port)),
              (TOKEN_ENV, secrets.access_token),
              # In the spec hash where the token is not: a new token recreates the ingress.
              ("SANDBOX_ACCESS_TOKEN_ID", token_id(secrets.access_token))),

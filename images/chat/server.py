@@ -1,4 +1,4 @@
-"""The `chat` front-end: serves one page and relays its calls to the backend's
+"""The `chat` front-end: serves one page (with its script and style) and relays its calls to the backend's
 OpenAI-compatible API (OPENAI_API_BASE_URL, OPENAI_API_KEY). The conversation
 is kept in $CHAT_DATA/history.jsonl, so it survives a restart of the sandbox.
 With "stream": true an answer comes as server-sent events as it is written."""
@@ -14,7 +14,18 @@ BASE_URL = os.environ.get("OPENAI_API_BASE_URL", "http://backend:8000/v1").rstri
 API_KEY = os.environ.get("OPENAI_API_KEY", "")
 PORT = int(os.environ.get("CHAT_PORT", "8080"))
 HISTORY = os.path.join(os.environ.get("CHAT_DATA", "/data"), "history.jsonl")
-PAGE = open(os.path.join(os.path.dirname(__file__), "index.html"), "rb").read()
+HERE = os.path.dirname(__file__)
+# The page, its script and its style, each a file of its own: the page has no
+# inline script or style, so that its Content-Security-Policy can refuse every
+# inline one (an answer rendered as HTML by mistake would run nothing).
+FILES = {path: (open(os.path.join(HERE, name), "rb").read(), content_type) for path, name, content_type in (
+    ("/", "index.html", "text/html; charset=utf-8"),
+    ("/app.js", "app.js", "text/javascript; charset=utf-8"),
+    ("/app.css", "app.css", "text/css; charset=utf-8"))}
+# The same as the ingress's for this recipe (launcher/recipes.py): the page is
+# kept to it even when served without the ingress.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 MAX_BODY = 1024 * 1024
 # One answer may not hold the backend for long: a page (or a script) asking
 # for more gets this many tokens.
@@ -61,13 +72,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path == "/":
+        if self.path in FILES:
+            body, content_type = FILES[self.path]
             self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Security-Policy", PAGE_CSP)
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
-            self.wfile.write(PAGE)
+            self.wfile.write(body)
         elif self.path == "/health":
             self.send_json(200, {"status": "ok"})
         elif self.path == "/api/models":

@@ -4,7 +4,9 @@
 set -eu
 umask 077
 fail() { echo "ingress: $*" >&2; exit 2; }
-valid() { printf '%s' "$2" | grep -Eq "$1"; }
+# grep matches line by line: a value with a newline in it is refused first,
+# or "good\nanything" would pass on its first line.
+valid() { [ "$(printf '%s' "$2" | wc -l)" -eq 0 ] && printf '%s' "$2" | grep -Eq "$1"; }
 valid '^[a-z][a-z0-9-]{0,29}$' "${SANDBOX_NAME:-}" || fail "SANDBOX_NAME is missing or not a sandbox name"
 valid '^[A-Za-z0-9_-]{32,128}$' "${SANDBOX_ACCESS_TOKEN:-}" || fail "SANDBOX_ACCESS_TOKEN is missing or malformed"
 valid '^[0-9]{1,5}$' "${SANDBOX_PUBLIC_PORT:-}" || fail "SANDBOX_PUBLIC_PORT is missing"
@@ -36,6 +38,12 @@ for model in SANDBOX_CHAT_MODEL SANDBOX_EMBEDDING_MODEL; do
   [ -z "$value" ] || valid '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' "$value" || fail "$model is not a model alias"
   export "$model=$value"
 done
+# The UI's Content-Security-Policy, written into a quoted nginx string: no
+# double quote, backslash, $, brace or newline, nothing a header may not hold.
+# (The length is checked apart: grep -E builds a machine the size of a
+# bounded repetition, and {1,4000} runs it out of the container's memory.)
+valid "^[A-Za-z0-9 ':;/.*+=_-]+\$" "${SANDBOX_CSP:-}" && [ "${#SANDBOX_CSP}" -le 4000 ] \
+  || fail "SANDBOX_CSP is missing or not a policy"
 mkdir -p /tmp/nginx
 # The door is for the host only: nginx listens on this container's addresses
 # outside the sandbox's own network, none on it, so that no part can reach the
@@ -62,8 +70,8 @@ export SANDBOX_LISTEN="$LISTEN"
 # The token and the backend's key are read from the environment, never put on
 # a command line: every local user of the host can read the command lines of a
 # container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL", names, " ") }
-     { for (i = 1; i <= 12; i++) { value = ENVIRON["SANDBOX_" names[i]]
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL CSP", names, " ") }
+     { for (i = 1; i <= 13; i++) { value = ENVIRON["SANDBOX_" names[i]]
                                    gsub(/&/, "\\\\&", value)  # a literal & (a health path may have one), not the match
                                    gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@", value) }
        print }' \

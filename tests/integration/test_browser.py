@@ -41,15 +41,29 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def owner_page(sandbox, browser):
-    """A browser the owner logged in with the access link."""
+def logged_in(sandbox, browser, **options):
     result, _ = sandbox
-    context = browser.new_context()
+    context = browser.new_context(**options)
     page = context.new_page()
     page.goto(result.access_link)
     yield page
     context.close()
+
+
+@pytest.fixture
+def owner_page(sandbox, browser):
+    """A browser the owner logged in with the access link."""
+    yield from logged_in(sandbox, browser)
+
+
+@pytest.fixture
+def owner_page_past_csp(sandbox, browser):
+    """The same, told to set pages' Content-Security-Policy aside: the
+    chat page's own allows no frame (its frame-src falls back to
+    default-src 'none'), so a form sent into a frame from it would be
+    stopped in the browser, never reaching the ingress whose rules a
+    test's control is about."""
+    yield from logged_in(sandbox, browser, bypass_csp=True)
 
 
 def test_a_message_typed_in_the_page_is_answered(sandbox, browser, tmp_path):
@@ -220,7 +234,7 @@ def probe_targets(tag: str) -> dict[str, str]:
             "ws": f"/ws?probe={tag}-ws", "form": f"/api/chat?probe={tag}-form"}
 
 
-def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, owner_page, gateway):
+def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, owner_page_past_csp, gateway):
     """Another port of 127.0.0.1 is the same *site*: the SameSite cookie goes
     along, so the ingress itself must refuse. The browser's own rules keep a
     cross-origin read from the page whatever the ingress does, so what counts
@@ -231,8 +245,8 @@ def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, ow
     origin = result.url.rstrip("/")
 
     own = uuid.uuid4().hex[:8]
-    owner_page.goto(result.url)
-    results = owner_page.evaluate(TRY_THE_SANDBOX, [origin, own])
+    owner_page_past_csp.goto(result.url)
+    results = owner_page_past_csp.evaluate(TRY_THE_SANDBOX, [origin, own])
     assert results["read"].startswith("read: "), results  # the UI's answer (it knows no such path)
     for target in probe_targets(own).values():
         poll(lambda target=target: reached_the_ui(gateway, result, target), what=f"{target} at the UI")
@@ -240,8 +254,8 @@ def test_a_page_on_another_port_cannot_read_post_or_open_a_websocket(sandbox, ow
     tag = uuid.uuid4().hex[:8]
     server = serve_page(b"<!doctype html><title>a page on another port</title><body>")
     try:
-        owner_page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
-        results = owner_page.evaluate(TRY_THE_SANDBOX, [origin, tag])
+        owner_page_past_csp.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        results = owner_page_past_csp.evaluate(TRY_THE_SANDBOX, [origin, tag])
     finally:
         server.shutdown()
     assert results["read"].startswith("blocked"), results

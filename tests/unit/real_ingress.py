@@ -85,13 +85,15 @@ class RealIngress:
     `backend` and `ui` as its upstreams; `log()` is its refusal log."""
 
     def __init__(self, directory: Path, name: str, token: str, api_key: str, embeddings: bool = True,
-                 ui: bool = True, one_log: bool = False):
+                 ui: bool = True, one_log: bool = False, csp: str = "default-src 'self'", ui_answer=ui_answer):
         """`embeddings`: the policy has an embedding model, whose server is
         `self.embeddings` (else None, and the ingress has no such upstream).
         `ui` False: an API-only sandbox's ingress (`frontend: none`), with no
         upstream for its pages (the stand-in UI is there, to show that
         nothing reaches it). `one_log`: the API calls go into the refusal
-        log, as in the image, where both are the container's log."""
+        log, as in the image, where both are the container's log. `csp`:
+        the UI's Content-Security-Policy, as the launcher gives it;
+        `ui_answer`: what the stand-in UI answers."""
         self.name, self.token, self.api_key = name, token, api_key
         self.directory = directory
         self.backend, self.ui = Recorder(backend_answer), Recorder(ui_answer)
@@ -107,7 +109,7 @@ class RealIngress:
                   "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
                   "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else "",
                   "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health",
-                  "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else ""}
+                  "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else "", "CSP": csp}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)

@@ -1,0 +1,97 @@
+"""The Content-Security-Policy each UI's pages get (launcher/recipes.py), as
+the spec carries it to the ingress and the ingress's own nginx configuration
+sends it. tests/integration/test_csp.py tries them in Chromium."""
+from __future__ import annotations
+
+import re
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from launcher.recipes import (CUSTOM_FRONTEND, FRONTEND_RECIPES, GENERIC_CSP, OPEN_WEBUI_SCRIPT_HASHES,
+                              content_security_policy)
+from tests.unit.helpers import TOKEN, make_policy, make_spec
+from tests.unit.test_health import start_sh
+from tests.unit.real_ingress import RealIngress, nginx_with_njs
+
+CHAT = Path(__file__).resolve().parents[2] / "images" / "chat"
+
+
+def directives(policy: str) -> dict[str, list[str]]:
+    return {name: sources for name, *sources in (part.split() for part in policy.split("; "))}
+
+
+def ingress_csp(policy) -> str:
+    return make_spec(policy).container("ingress").env_value("SANDBOX_CSP")
+
+
+def test_the_chat_recipe_allows_only_its_own_files():
+    assert ingress_csp(make_policy()) == (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def test_open_webui_runs_its_three_hashed_inline_scripts_and_no_other():
+    policy = make_policy(frontend=replace(make_policy().frontend, recipe="open-webui"))
+    csp = directives(ingress_csp(policy))
+    assert csp["script-src"] == ["'self'", *OPEN_WEBUI_SCRIPT_HASHES] and len(OPEN_WEBUI_SCRIPT_HASHES) == 3
+    # Its socket.io connection, to this sandbox's own address only.
+    assert csp["connect-src"] == ["'self'", "ws://127.0.0.1:18080", "ws://localhost:18080"]
+    assert csp["object-src"] == ["'none'"] and csp["base-uri"] == ["'none'"]
+    assert csp["frame-ancestors"] == ["'none'"]
+
+
+@pytest.mark.parametrize("recipe", sorted(FRONTEND_RECIPES))
+def test_no_recipe_runs_inline_or_evald_script(recipe):
+    csp = directives(content_security_policy(FRONTEND_RECIPES[recipe], 8080))
+    scripts = csp.get("script-src", csp["default-src"])
+    assert not {"'unsafe-inline'", "'unsafe-eval'", "'unsafe-hashes'", "blob:", "data:", "*"} & set(scripts), scripts
+    # Every kind of request is named or falls back to default-src, which allows this origin at most.
+    assert set(csp["default-src"]) <= {"'self'", "'none'"}
+
+
+def test_a_brought_ui_keeps_the_generic_policy_and_an_api_only_sandbox_none():
+    brought = make_policy(frontend=replace(make_policy().frontend, recipe=None, image="my-ui:1", data=None))
+    assert ingress_csp(brought) == content_security_policy(CUSTOM_FRONTEND, 18080)
+    assert CUSTOM_FRONTEND.csp == GENERIC_CSP and "'unsafe-inline'" in directives(ingress_csp(brought))["script-src"]
+    assert ingress_csp(make_policy(frontend=None)) == "default-src 'none'; frame-ancestors 'none'"
+
+
+def test_the_chat_page_has_no_inline_script_style_or_handler():
+    page = (CHAT / "index.html").read_text()
+    assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", page) == []
+    assert "<style" not in page and not re.search(r"\sstyle\s*=", page)
+    assert not re.search(r"\son[a-z]+\s*=", page)
+    assert re.findall(r'<script src="([^"]+)"', page) == ["/app.js"]
+    assert 'href="/app.css"' in page
+
+
+def test_the_chat_server_sends_the_same_policy_as_the_ingress():
+    """Served without the ingress too (a developer's run), the page is kept to its recipe's policy."""
+    source = (CHAT / "server.py").read_text()
+    namespace: dict = {}
+    exec(re.search(r"^PAGE_CSP = \(.*?\)\n", source, re.S | re.M).group(0), namespace)
+    assert namespace["PAGE_CSP"] == content_security_policy(FRONTEND_RECIPES["chat"], 8080)
+
+
+@pytest.mark.skipif(not nginx_with_njs(), reason="nginx with njs (Debian's nginx and libnginx-mod-http-js)")
+@pytest.mark.parametrize("recipe", ["chat", "open-webui", None])
+def test_the_ingress_sends_the_policy_it_is_given_on_the_uis_pages(tmp_path, recipe):
+    csp = content_security_policy(FRONTEND_RECIPES[recipe] if recipe else CUSTOM_FRONTEND, 8080)
+    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43, csp=csp)
+    try:
+        request = urllib.request.Request(door.url + "/", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers.get_all("Content-Security-Policy") == [csp]
+    finally:
+        door.close()
+
+
+@pytest.mark.parametrize("csp", [None, "", "default-src 'self'\"; add_header X 1; \"", "default-src $host",
+                                 "default-src 'self'\nX: 1", "default-src 'self'" + " a" * 2000])
+def test_the_ingress_refuses_a_policy_that_would_change_its_configuration(csp):
+    """Each recipe's policy passes the same check: tests/integration/test_csp.py starts the ingress with it."""
+    run = start_sh(SANDBOX_HEALTH_PORT="8081", **({"SANDBOX_CSP": csp} if csp is not None else {}))
+    assert run.returncode == 2 and "SANDBOX_CSP is missing or not a policy" in run.stderr, run.stderr
