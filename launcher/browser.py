@@ -144,9 +144,12 @@ def start(browser: Browser, profile: Path, origin: str, page: Path) -> None:
                            f"`sandbox open --system-browser` or `--print`") from None
 
 
-# Polled in the page until it is the sandbox's page, loaded, answered 200.
-LOADED = """(() => { const n = performance.getEntriesByType("navigation")[0];
-  return location.origin === ORIGIN && document.readyState === "complete" && !!n && n.responseStatus === 200; })()"""
+# Polled in the page until it is the sandbox's page, loaded, answered 200
+# ("loaded"), or the browser's page for a failed load ("failed").
+LOADED = """(() => { if (location.protocol === "chrome-error:") return "failed";
+  const n = performance.getEntriesByType("navigation")[0];
+  return location.origin === ORIGIN && document.readyState === "complete" && !!n && n.responseStatus === 200
+    ? "loaded" : "waiting"; })()"""
 
 
 class DevTools:
@@ -201,8 +204,8 @@ class Window:
 def run_headless(browser: Browser, profile: Path, origin: str, page: Path, hold) -> bool:
     """The locked window, headless, on `page`: once the sandbox's page has
     loaded (answered 200), `hold(window)` is called and the window closed
-    when it returns. True when the page loaded, False when it did not within
-    LOAD_LIMIT (or the browser closed first)."""
+    when it returns. True when the page loaded, False when it failed to, did
+    not within LOAD_LIMIT, or the browser closed first."""
     prepare_profile(profile)
     to_read, to_browser = os.pipe()
     from_browser, to_write = os.pipe()
@@ -254,7 +257,8 @@ def wait_until_loaded(devtools: DevTools, origin: str) -> Window | None:
                 continue
             window = Window(devtools, devtools.call("Target.attachToTarget", targetId=pages[0]["targetId"],
                                                     flatten=True)["sessionId"])
-        if window.evaluate(check) is True:
-            return window
+        state = window.evaluate(check)
+        if state != "waiting":
+            return window if state == "loaded" else None
         time.sleep(0.2)
     return None
