@@ -210,12 +210,16 @@ def run_headless(browser: Browser, profile: Path, origin: str, page: Path, hold)
     to_read, to_browser = os.pipe()
     from_browser, to_write = os.pipe()
     # The child's fds 3 and 4 are the pipe's ends, as --remote-debugging-pipe expects.
-    process = subprocess.Popen(
-        [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=True), page.as_uri()],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write))
-    os.close(to_read)
-    os.close(to_write)
+    try:
+        process = subprocess.Popen(
+            [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=True), page.as_uri()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write))
+    except OSError as e:
+        raise SandboxError(f"{browser.path} could not be started ({e.strerror})") from None
+    finally:
+        os.close(to_read)
+        os.close(to_write)
     devtools = DevTools(to_browser, from_browser)
     window = None
     try:

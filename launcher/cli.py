@@ -200,7 +200,9 @@ def open_ui(target: Optional[str] = TARGET,
     elif headless:
         found, loaded = open_headless(name, link, seconds)
         if not loaded:
-            raise SandboxError(f"sandbox {name}'s page did not load in the locked window ({found.path})")
+            # A window of this sandbox already open holds its profile: the new one hands over to it and ends.
+            raise SandboxError(f"sandbox {name}'s page did not load in the locked window ({found.path}); "
+                               f"if a window of it is open already, close it first")
         err.print(f"opened sandbox {name} in a locked headless {found.kind} window ({found.path}); "
                   f"the page loaded and was closed after {seconds:g} s", markup=False)
     elif system_browser:
