@@ -12,6 +12,7 @@ import html
 import os
 import re
 import secrets
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -69,6 +70,12 @@ def open_page(sandbox: str) -> Path:
     return token_file(sandbox).with_name("open.html")
 
 
+def browser_profile(sandbox: str) -> Path:
+    """The locked window's browser profile (launcher/browser.py): it keeps
+    the sandbox's cookie, which is the token, so it lives and goes with it."""
+    return token_file(sandbox).with_name("browser")
+
+
 def saved_token(sandbox: str) -> str | None:
     try:
         token = token_file(sandbox).read_text().strip()
@@ -87,6 +94,7 @@ def forget_token(sandbox: str) -> None:
     path = token_file(sandbox)
     path.unlink(missing_ok=True)
     open_page(sandbox).unlink(missing_ok=True)
+    shutil.rmtree(browser_profile(sandbox), ignore_errors=True)
     try:
         path.parent.rmdir()
     except OSError:

@@ -180,18 +180,42 @@ def up(policy: Path = POLICY, ca_bundle: Optional[Path] = CA_BUNDLE,
 @app.command("open")
 @handled
 def open_ui(target: Optional[str] = TARGET,
-            print_only: bool = typer.Option(False, "--print", help="Print the access link; open no browser.")):
-    """Open a sandbox's UI in your browser, with its access link (which logs the browser in)."""
-    from launcher.commands.open import access_link, open_in_browser
+            print_only: bool = typer.Option(False, "--print", help="Print the access link; open no browser."),
+            system_browser: bool = typer.Option(False, "--system-browser",
+                                                help="Open your usual browser, which the UI's page can lead elsewhere."),
+            headless: bool = typer.Option(False, "--headless", help="Open the locked window headless (for scripts)."),
+            seconds: float = typer.Option(0.0, "--for", min=0, help="With --headless: keep the loaded page open "
+                                                                     "this many seconds, then close it.")):
+    """Open a sandbox's UI in a locked browser window of its own (a Chromium profile that reaches the sandbox and
+    nothing else), logged in with its access link."""
+    from launcher.commands.open import (SYSTEM_BROWSER_CAVEAT, access_link, open_headless, open_in_browser,
+                                        open_locked, origin)
+    if sum((print_only, system_browser, headless)) > 1:
+        raise SandboxError("choose one of --print, --system-browser and --headless")
+    if seconds and not headless:
+        raise SandboxError("--for goes with --headless (a window you see stays until you close it)")
     name, link = access_link(_gateway(), target)
     if print_only:
         out.print(link, markup=False)
-    elif open_in_browser(name, link):
-        err.print(f"opened sandbox {name} in your browser", markup=False)
+    elif headless:
+        found, loaded = open_headless(name, link, seconds)
+        if not loaded:
+            # A window of this sandbox already open holds its profile: the new one hands over to it and ends.
+            raise SandboxError(f"sandbox {name}'s page did not load in the locked window ({found.path}); "
+                               f"if a window of it is open already, close it first")
+        err.print(f"opened sandbox {name} in a locked headless {found.kind} window ({found.path}); "
+                  f"the page loaded and was closed after {seconds:g} s", markup=False)
+    elif system_browser:
+        if open_in_browser(name, link):
+            err.print(f"opened sandbox {name} in {SYSTEM_BROWSER_CAVEAT}", markup=False)
+        else:
+            err.print("no browser could be started here; open this link yourself (it is your key to the sandbox):",
+                      markup=False)
+            out.print(link, markup=False)
     else:
-        err.print("no browser could be started here; open this link yourself (it is your key to the sandbox):",
-                  markup=False)
-        out.print(link, markup=False)
+        found, profile = open_locked(name, link)
+        err.print(f"opened sandbox {name} in a locked {found.kind} window ({found.path}, profile {profile}): "
+                  f"it reaches {origin(link)} and nothing else", markup=False)
 
 
 @app.command()

@@ -101,8 +101,10 @@ def test_sandbox_open_logs_the_browser_in_without_the_token_on_its_command_line(
     argument is on the command line for every local user to read)."""
     result, _ = sandbox
     environment, record = recording_browser.install(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "launcher", "open", result.name], capture_output=True, text=True,
-                         env={**os.environ, **environment}, timeout=60, check=False)
+    # The user's usual browser ($BROWSER), as --system-browser opens it; the
+    # locked window starts on the same page (test_window.py).
+    run = subprocess.run([sys.executable, "-m", "launcher", "open", result.name, "--system-browser"],
+                         capture_output=True, text=True, env={**os.environ, **environment}, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     assert result.token not in run.stdout + run.stderr
     seen = recording_browser.recorded(record)

@@ -16,8 +16,9 @@ if url.startswith("file://"):
     path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)
     record.update(page=open(path).read(), mode=stat.S_IMODE(os.stat(path).st_mode),
                   directory_mode=stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode))
-with open(os.environ["RECORD"], "w") as f:
+with open(os.environ["RECORD"] + ".part", "w") as f:  # whole or not there, for a test that waits for it
     json.dump(record, f)
+os.replace(os.environ["RECORD"] + ".part", os.environ["RECORD"])
 """
 
 

@@ -127,9 +127,11 @@ def test_open_starts_the_browser_on_an_owner_only_page_never_with_the_token(reco
     link = access.access_link("http://127.0.0.1:8080/", token)
     monkeypatch.setattr("launcher.cli._gateway", lambda: None)
     monkeypatch.setattr(launcher.commands.open, "access_link", lambda gateway, target: ("demo", link))
-    result = CliRunner().invoke(app, ["open", "demo"])
+    result = CliRunner().invoke(app, ["open", "demo", "--system-browser"])
     assert result.exit_code == 0, result.output
-    assert token not in result.stdout and "opened sandbox demo in your browser" in result.stderr
+    assert token not in result.stdout and "opened sandbox demo in your usual browser" in result.stderr
+    # It says, in one line, what that browser cannot stop.
+    assert "can still navigate it, open popups and send WebRTC datagrams" in result.stderr.replace("\n", " ")
     seen = recording_browser()
     page = access.open_page("demo")
     assert seen["cmdline"][-1] == page.as_uri() and not any(token in arg for arg in seen["cmdline"])

@@ -1,0 +1,268 @@
+"""A locked browser window for one sandbox's UI (`sandbox open`).
+
+The UI's page runs in a browser on the host, with the internet around it.
+The ingress's Content-Security-Policy keeps its fetches, images and sockets
+home, but no header stops a page from navigating the window elsewhere,
+opening a popup, or sending WebRTC's STUN datagrams (docs/security.md, "The
+page in a window of its own"). So `sandbox open` starts Chromium (or Chrome)
+on a profile of the sandbox's own, under its state directory, owner-only:
+
+- every request that is not for the sandbox's origin goes to a proxy
+  address that answers nothing (PROXY): navigation, popups, forms, links,
+  prefetch, a service worker's fetch, beacons and the browser's own pings
+  get no further than a refused connection on this machine; other ports of
+  127.0.0.1 (other sandboxes, local services) are proxied too;
+- names are never resolved (the host resolver maps every one to nothing);
+- the profile's preferences turn off WebRTC's non-proxied UDP (the command
+  line switch for it did not stop STUN datagrams in Chromium 156; the
+  preference did), prediction (prefetch and preconnect), safe browsing,
+  suggestions and metrics; the flags turn off extensions, sync, component
+  update and background networking.
+
+The token never goes on the browser's command line: the window is started
+on the owner-only page that leads on to the access link (access.py)."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.errors import SandboxError
+from launcher.private import private_directory, write_private
+
+# Where the window sends every request that is not for the sandbox: the
+# discard port of 127.0.0.1, which nothing answers on an ordinary machine and
+# which only root may listen on. SANDBOX_OPEN_PROXY names another (the tests
+# put a recording proxy there, to see that the browser sends nothing of its own).
+PROXY = "127.0.0.1:9"
+PROXY_ENV = "SANDBOX_OPEN_PROXY"
+# The browsers that can be locked so, by the names they go by.
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+# How long a headless window may take to load the page before it counts as failed.
+LOAD_LIMIT = 60.0
+
+
+@dataclass(frozen=True)
+class Browser:
+    kind: str
+    path: str
+
+
+def find_browser(which=shutil.which) -> Browser | None:
+    """The first Chromium or Chrome on PATH, or None."""
+    for name in CHROMIUM_NAMES:
+        path = which(name)
+        if path:
+            return Browser("chromium", path)
+    return None
+
+
+# The profile's preferences (Default/Preferences): what the command line
+# cannot set, or sets less surely.
+PREFERENCES = {
+    "webrtc": {"ip_handling_policy": "disable_non_proxied_udp", "nonproxied_udp_enabled": False,
+               "multiple_routes_enabled": False},
+    "net": {"network_prediction_options": 2},  # never: no prefetch, preconnect or DNS prefetch
+    "dns_prefetching": {"enabled": False},
+    "safebrowsing": {"enabled": False, "enhanced": False},
+    "search": {"suggest_enabled": False},
+    "alternate_error_pages": {"enabled": False},
+    "translate": {"enabled": False},
+    "signin": {"allowed": False},
+    "credentials_enable_service": False,
+    "browser": {"check_default_browser": False},
+}
+# The browser's own state (Local State): no usage statistics or crash reports.
+LOCAL_STATE = {"user_experience_metrics": {"reporting_enabled": False}}
+
+
+def chromium_flags(profile: Path, origin: str, proxy: str, headless: bool) -> list[str]:
+    """The command line of the locked window for `origin` (http://127.0.0.1:PORT)."""
+    host = origin.removeprefix("http://").rstrip("/")
+    flags = [
+        f"--user-data-dir={profile}",
+        f"--proxy-server=http://{proxy}",
+        # `<-loopback>` takes away the bypass every loopback address has by
+        # default: only the sandbox's own origin is reached directly.
+        f"--proxy-bypass-list=<-loopback>;{host}",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-extensions", "--disable-default-apps", "--disable-breakpad",
+        "--disable-client-side-phishing-detection", "--disable-domain-reliability",
+        "--safebrowsing-disable-auto-update", "--metrics-recording-only", "--no-pings",
+        "--disable-component-extensions-with-background-pages", "--disable-field-trial-config",
+        "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,Translate,MediaRouter,"
+        "DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,"
+        "InterestFeedContentSuggestions,PreconnectToSearch,Prerender2,LensOverlay,"
+        "HappinessTrackingSurveysForDesktop",
+        # Even with the switches above, Chromium 156 still asked the proxy for
+        # update.googleapis.com (component updates) and accounts.google.com
+        # (sign-in) on every start: their addresses are moved to the discard
+        # port, which Chromium itself refuses to connect to (an unsafe port).
+        f"--component-updater=url-source=http://{PROXY}",
+        f"--gaia-url=http://{PROXY}",
+        "--no-first-run", "--no-default-browser-check", "--password-store=basic",
+    ]
+    if headless:
+        flags += ["--headless", "--remote-debugging-pipe"]
+    else:
+        flags += ["--new-window"]
+    if os.geteuid() == 0:  # Chromium refuses to start as root with its own sandbox on
+        flags.append("--no-sandbox")
+    return flags
+
+
+def prepare_profile(profile: Path) -> Path:
+    """The profile directory, owner-only, with the locked preferences written
+    over whatever the browser last kept there."""
+    private_directory(profile)
+    write_private(private_directory(profile / "Default") / "Preferences", json.dumps(PREFERENCES))
+    write_private(profile / "Local State", json.dumps(LOCAL_STATE))
+    return profile
+
+
+def proxy_address() -> str:
+    return os.environ.get(PROXY_ENV) or PROXY
+
+
+def start(browser: Browser, profile: Path, origin: str, page: Path) -> None:
+    """The locked window, on `page` (the owner-only file that leads on to the
+    access link), left running for the user."""
+    prepare_profile(profile)
+    try:
+        subprocess.Popen([browser.path, *chromium_flags(profile, origin, proxy_address(), headless=False),
+                          page.as_uri()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as e:
+        raise SandboxError(f"{browser.path} could not be started ({e.strerror}); "
+                           f"`sandbox open --system-browser` or `--print`") from None
+
+
+# Polled in the page until it is the sandbox's page, loaded, answered 200
+# ("loaded"), or the browser's page for a failed load ("failed").
+LOADED = """(() => { if (location.protocol === "chrome-error:") return "failed";
+  const n = performance.getEntriesByType("navigation")[0];
+  return location.origin === ORIGIN && document.readyState === "complete" && !!n && n.responseStatus === 200
+    ? "loaded" : "waiting"; })()"""
+
+
+class DevTools:
+    """Chromium's DevTools protocol over the pipe --remote-debugging-pipe
+    opens (fds 3 and 4: messages of JSON ended by a NUL byte)."""
+
+    def __init__(self, to_browser: int, from_browser: int):
+        self.writer, self.reader = os.fdopen(to_browser, "wb"), os.fdopen(from_browser, "rb")
+        self.next_id = 0
+
+    def call(self, method: str, session: str | None = None, **params) -> dict:
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        self.writer.write(json.dumps(message).encode() + b"\0")
+        self.writer.flush()
+        while True:  # events come between; only this call's answer is wanted
+            answer = self.read()
+            if answer.get("id") == self.next_id:
+                if "error" in answer:
+                    raise SandboxError(f"the browser refused {method}: {answer['error'].get('message')}")
+                return answer.get("result", {})
+
+    def read(self) -> dict:
+        data = bytearray()
+        while not data.endswith(b"\0"):
+            byte = self.reader.read(1)
+            if not byte:
+                raise SandboxError("the browser closed before the page loaded")
+            data += byte
+        return json.loads(data[:-1])
+
+
+class Window:
+    """The headless window's page, through DevTools: what `hold` is given."""
+
+    def __init__(self, devtools: DevTools, session: str):
+        self.devtools, self.session = devtools, session
+
+    def evaluate(self, expression: str, gesture: bool = False):
+        """The value of `expression` in the page (awaited if a promise);
+        with `gesture`, run as if the user had just clicked."""
+        result = self.devtools.call("Runtime.evaluate", self.session, expression=expression, returnByValue=True,
+                                    awaitPromise=True, userGesture=gesture)
+        return result.get("result", {}).get("value")
+
+    def navigate(self, url: str) -> None:
+        self.devtools.call("Page.navigate", self.session, url=url)
+
+
+def run_headless(browser: Browser, profile: Path, origin: str, page: Path, hold) -> bool:
+    """The locked window, headless, on `page`: once the sandbox's page has
+    loaded (answered 200), `hold(window)` is called and the window closed
+    when it returns. True when the page loaded, False when it failed to, did
+    not within LOAD_LIMIT, or the browser closed first."""
+    prepare_profile(profile)
+    to_read, to_browser = os.pipe()
+    from_browser, to_write = os.pipe()
+    # The child's fds 3 and 4 are the pipe's ends, as --remote-debugging-pipe expects.
+    try:
+        process = subprocess.Popen(
+            [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=True), page.as_uri()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write))
+    except OSError as e:
+        raise SandboxError(f"{browser.path} could not be started ({e.strerror})") from None
+    finally:
+        os.close(to_read)
+        os.close(to_write)
+    devtools = DevTools(to_browser, from_browser)
+    window = None
+    try:
+        window = wait_until_loaded(devtools, origin.rstrip("/"))
+        if window:
+            hold(window)
+    except SandboxError:
+        if window is not None:  # it loaded, and went away in the time asked for
+            raise
+    finally:
+        try:
+            devtools.call("Browser.close")
+        except (SandboxError, OSError):
+            pass  # closed already
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return window is not None
+
+
+def pipe_ends_at_3_and_4(to_read: int, to_write: int) -> None:
+    # Moved above 4 first: either end may itself be fd 3 or 4.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_read, to_write)]
+    os.dup2(high[0], 3)
+    os.dup2(high[1], 4)
+
+
+def wait_until_loaded(devtools: DevTools, origin: str) -> Window | None:
+    deadline = time.monotonic() + LOAD_LIMIT
+    check = LOADED.replace("ORIGIN", json.dumps(origin))
+    window = None
+    while time.monotonic() < deadline:
+        if window is None:  # the window's page, once the browser has made it
+            pages = [t for t in devtools.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+            if not pages:
+                time.sleep(0.2)
+                continue
+            window = Window(devtools, devtools.call("Target.attachToTarget", targetId=pages[0]["targetId"],
+                                                    flatten=True)["sessionId"])
+        state = window.evaluate(check)
+        if state != "waiting":
+            return window if state == "loaded" else None
+        time.sleep(0.2)
+    return None

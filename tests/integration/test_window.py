@@ -1,0 +1,247 @@
+"""`sandbox open`'s locked window (launcher/browser.py), in real Chromium,
+against a hostile UI of ours (tests/fixtures/hostile-ui: the `chat` UI whose
+page tries every way out of the browser a page has, each to a canary on this
+machine, with a secret in it). In the sandbox's window nothing arrives at the
+canary and the chat still answers; the browser's own background requests,
+recorded by a proxy that answers nothing, are none. Control: the same page in
+a plain profile reaches the canary each way."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import uuid
+from pathlib import Path
+
+import pytest
+
+from launcher import access, browser
+from launcher.errors import SandboxError
+from tests.integration.conftest import FIXTURES_BAD, QUICKSTART_ALIAS, ROOT, ca_bundle, poll, ui, \
+    write_policy
+from tests.integration.test_browser import serve
+from tests.support.canary import Canary, Recorder
+
+CHROMIUM = browser.find_browser()
+# The ways the page tries, in order. The navigating ones leave the page (in
+# the locked window, for the browser's error page): it is loaded anew for each.
+WAYS = ("prefetch", "webrtc", "window.open", "form", "service worker", "beacon", "navigate", "refresh", "click")
+# What each way, where it gets through, asks the canary for ("webrtc": a STUN
+# datagram). The page's preconnect and dns-prefetch are tried with its
+# prefetch, but showed nothing even in a plain profile: only the prefetch is awaited.
+ARRIVES_AS = {"prefetch": {"prefetch"}, "webrtc": {"webrtc"}, "window.open": {"popup"},
+              "form": {"form"}, "service worker": {"worker"}, "beacon": {"beacon"}, "navigate": {"navigate"},
+              "refresh": {"refresh"}, "click": {"click"}}
+EVERY_WAY = set().union(*ARRIVES_AS.values())
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def hostile(gateway, tmp_path_factory):
+    """A real sandbox whose UI is the hostile one, served through the real ingress."""
+    from launcher.commands.down import down
+    from launcher.commands.up import up
+    directory = tmp_path_factory.mktemp("hostile")
+    shutil.copytree(FIXTURES_BAD.parent / "hostile-ui", directory / "hostile-ui")
+    for name in ("server.py", "index.html"):  # the chat UI as shipped, under the hostile page
+        shutil.copy(ROOT / "images" / "chat" / name, directory / "hostile-ui" / name)
+    result = up(gateway, write_policy(directory, frontend={"build": {"context": "hostile-ui"},
+                                                          "health_path": "/health"}), ca_bundle=ca_bundle())
+    yield result
+    down(gateway, result.name, volumes=True)
+
+
+@pytest.fixture
+def canary():
+    listening = Canary(uuid.uuid4().hex)
+    yield listening
+    listening.close()
+
+
+@pytest.fixture
+def proxy(monkeypatch):
+    """The locked window's proxy, recording what the browser asks it for."""
+    recorder = Recorder()
+    monkeypatch.setenv(browser.PROXY_ENV, recorder.address)
+    yield recorder
+    recorder.close()
+
+
+def plain_copy(result):
+    """The hostile UI as a server on another port: each path fetched from the
+    sandbox, served without the ingress's headers (its Content-Security-Policy
+    stops some ways on its own; here only the window may)."""
+    import http.server
+
+    class Plain(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            try:
+                with ui(result, self.path.lstrip("/"), timeout=30) as answer:
+                    status, body, kind = answer.status, answer.read(), answer.headers["Content-Type"]
+            except urllib.error.HTTPError as e:  # the UI's own answer (a favicon it has not)
+                status, body, kind = e.code, e.read(), e.headers["Content-Type"] or "text/plain"
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:
+                pass  # the browser went on without it
+
+        def log_message(self, *args):
+            pass
+    return serve(Plain)
+
+
+def try_every_way(window, origin: str, canary: Canary, seen, shown: set[str]) -> None:
+    """Each way, on the page loaded anew, as if the user had clicked; held
+    until `seen()` (the ways that arrived where they are looked for) has it,
+    for the ways in `shown` (those that show there)."""
+    for way in WAYS:
+        load_anew(window, origin)
+        answer = window.evaluate(f"tryWay({json.dumps(way)}, {json.dumps(canary.for_the_page())})", gesture=True)
+        if way == "webrtc":
+            assert answer == "complete"  # gathering is over: every STUN datagram is sent
+        shows = (ARRIVES_AS[way] - {"webrtc"}) & shown
+        if shows:
+            poll(lambda: shows <= seen(), what=lambda: f"{way} as {shows}; seen: {seen()}")
+
+
+# On the document it leaves, the test marks it stale; on the browser's error
+# page for a way's failed navigation, it says so.
+FRESH = """location.protocol === "chrome-error:" ? "error"
+  : !window.stale && typeof tryWay === "function" && document.readyState === "complete" """
+
+
+def load_anew(window, origin: str) -> None:
+    """The page, loaded anew: a new document, not the one before still there
+    while the navigation is under way."""
+    def go():
+        window.evaluate("window.stale = true")
+        window.navigate(origin + "/")
+
+    def fresh():
+        try:
+            state = window.evaluate(FRESH)
+        except SandboxError:  # evaluated while the document was being replaced
+            return False
+        if state == "error":  # the last way's failed navigation landed after ours: again
+            go()
+        return state is True
+    go()
+    poll(fresh, what="the page loaded anew")
+
+
+class Playwright:
+    """A plain profile's page, as try_every_way drives a window (no gesture
+    needed: Playwright's Chromium blocks no popups)."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def navigate(self, url):
+        try:
+            self.page.goto(url)
+        except Exception as e:  # noqa: BLE001 - its own error type: interrupted, load_anew goes again
+            if "interrupted" not in str(e):
+                raise
+
+    def evaluate(self, expression, gesture=False):
+        try:
+            return self.page.evaluate(expression)
+        except Exception as e:  # noqa: BLE001
+            if "context was destroyed" in str(e):
+                raise SandboxError(str(e)) from None  # as the window says it
+            raise
+
+
+def test_a_plain_profile_reaches_the_canary_every_way(hostile, canary):
+    """The control: the page, served without the ingress's headers, in a
+    plain Chromium profile: every way arrives, with the secret."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    server = plain_copy(hostile)
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with sync_api.sync_playwright() as p:
+            plain = p.chromium.launch(executable_path=CHROMIUM.path, args=["--no-sandbox"])
+            page = plain.new_context().new_page()
+            try_every_way(Playwright(page), origin, canary, canary.reached, EVERY_WAY)
+            poll(lambda: EVERY_WAY <= canary.reached(), what=lambda: f"every way; seen {canary.reached()}")
+            plain.close()
+    finally:
+        server.shutdown()
+    assert all(canary.secret in line for line in canary.tcp.lines if line), canary.tcp.lines
+
+
+def test_the_locked_window_alone_stops_every_way_and_sends_nothing_of_its_own(hostile, canary, proxy, tmp_path):
+    """The same page without the ingress's headers, in the locked window (its
+    origin that of the copy): nothing reaches the canary. Each way that leaves
+    the page is held until the proxy has it, so it was tried and stopped
+    there; the proxy was asked for nothing else."""
+    server = plain_copy(hostile)
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    page = tmp_path / "open.html"
+    page.write_text(access.OPEN_PAGE.format(link=origin + "/", name="copy"))
+
+    def arrived():  # at the proxy, or, where the window let it through, at the canary
+        return canary.through(proxy)[0] | canary.reached()
+    try:
+        loaded = browser.run_headless(CHROMIUM, tmp_path / "profile", origin, page, lambda window: try_every_way(
+            window, origin, canary, arrived, EVERY_WAY - {"webrtc"}))
+    finally:
+        server.shutdown()
+    assert loaded
+    assert canary.reached() == set() and canary.tcp.lines == [], canary.tcp.lines
+    assert canary.through(proxy)[1] == [], "the browser's own requests"
+
+
+def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(hostile, canary, proxy):
+    """Through the real ingress, in the window `sandbox open` opens (its
+    profile in the sandbox's state directory, started on the owner-only page
+    that leads on to the access link): nothing reaches the canary, the
+    navigations were tried (at the proxy), and the chat answers."""
+    name, link = hostile.name, hostile.access_link
+    origin = hostile.url.rstrip("/")
+    chats = []
+
+    def hold(window):
+        # The ingress's CSP stops the others in the page: only these leave it.
+        try_every_way(window, origin, canary, lambda: canary.through(proxy)[0] | canary.reached(),
+                      {"popup", "navigate", "refresh", "click"})
+        window.navigate(origin + "/")
+        poll(lambda: window.evaluate("document.readyState === 'complete'"), what="the page, once more")
+        chats.append(window.evaluate(f"""fetch("/api/chat", {{method: "POST", headers: {{"Content-Type":
+          "application/json"}}, body: JSON.stringify({{model: "{QUICKSTART_ALIAS}", max_tokens: 8,
+          messages: [{{role: "user", content: "Say hello."}}]}})}}).then(r => r.json())"""))
+    assert browser.run_headless(CHROMIUM, access.browser_profile(name), origin, access.write_open_page(name, link),
+                                hold)
+    [chat] = chats  # the model's answer, as the chat server gives it (test_quickstart.py)
+    assert chat["model"] == QUICKSTART_ALIAS and chat["reply"]["role"] == "assistant", chat
+    assert chat["reply"]["content"].strip() and chat["usage"]["completion_tokens"] > 0, chat
+    assert canary.reached() == set() and canary.tcp.lines == [], canary.tcp.lines
+    assert canary.through(proxy)[1] == [], "the browser's own requests"
+
+
+def test_sandbox_open_headless_says_it_loaded_and_keeps_the_token_off_the_command_line(hostile, proxy):
+    run = subprocess.run([sys.executable, "-m", "launcher", "open", hostile.name, "--headless", "--for", "0"],
+                         capture_output=True, text=True, timeout=180, check=False, env=dict(os.environ))
+    assert run.returncode == 0, run.stderr
+    assert f"opened sandbox {hostile.name} in a locked headless chromium window ({CHROMIUM.path})" in run.stderr
+    assert hostile.token not in run.stdout + run.stderr
+    profile = access.browser_profile(hostile.name)
+    assert profile.stat().st_mode & 0o777 == 0o700 and profile.parent == access.token_file(hostile.name).parent
+
+
+def test_headless_fails_when_the_page_does_not_load(tmp_path, proxy):
+    """Exit 0 means the page loaded: a window whose page cannot load (nothing
+    listens at its origin) is a failure, said as one."""
+    from tests.integration.conftest import free_port
+    origin = f"http://127.0.0.1:{free_port()}"
+    page = tmp_path / "open.html"
+    page.write_text(access.OPEN_PAGE.format(link=origin + "/", name="none"))
+    assert not browser.run_headless(CHROMIUM, tmp_path / "profile", origin, page, lambda window: None)

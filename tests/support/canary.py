@@ -1,0 +1,102 @@
+"""Listeners on this machine for what a page tries to reach: a canary (TCP,
+recording the first line of each connection, or that one was opened; and
+UDP, recording each datagram) and a proxy that records what a browser asks
+it for and answers nothing."""
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import urllib.parse
+
+
+class Recorder(socketserver.ThreadingTCPServer):
+    """A TCP listener on a free port of 127.0.0.1: `lines` holds the first
+    line of each connection ("" for one that sent nothing before closing);
+    it answers `answer` (nothing, by default) and closes."""
+    daemon_threads = True
+
+    def __init__(self, answer: bytes = b""):
+        self.lines: list[str] = []
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(handler):
+                handler.request.settimeout(10)
+                try:
+                    line = handler.request.makefile("rb").readline(4096)
+                except OSError:
+                    line = b""
+                self.lines.append(line.decode("latin-1").strip())
+                try:
+                    handler.request.sendall(answer)
+                except OSError:
+                    pass
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class Datagrams:
+    """A UDP listener on a free port of 127.0.0.1: `received` counts datagrams."""
+
+    def __init__(self):
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.received = 0
+        threading.Thread(target=self._receive, daemon=True).start()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                self.socket.recvfrom(65536)
+            except OSError:
+                return
+            self.received += 1
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def way_of(request_line: str) -> str:
+    """"GET /popup?SECRET HTTP/1.1", or the same through a proxy with the
+    whole URL: "popup"."""
+    target = request_line.split()[1]
+    return urllib.parse.urlsplit(target).path.lstrip("/")
+
+
+class Canary:
+    """Where a page's tries would arrive: `tcp` (paths asked for, and
+    connections that asked nothing, as ""), `udp` (STUN datagrams)."""
+
+    def __init__(self, secret: str):
+        self.secret = secret
+        # 204: a navigation that gets it stays on the page, which goes on.
+        self.tcp, self.udp = Recorder(b"HTTP/1.1 204 No Content\r\n\r\n"), Datagrams()
+
+    def for_the_page(self) -> dict:
+        return {"tcp": f"http://{self.tcp.address}", "udp": self.udp.port, "secret": self.secret}
+
+    def reached(self) -> set[str]:
+        """The ways that arrived: each TCP path, and "webrtc"."""
+        ways = {way_of(line) for line in self.tcp.lines if len(line.split()) > 1}
+        if self.udp.received:
+            ways.add("webrtc")
+        return ways
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.udp.close()
+
+    def through(self, proxy: Recorder) -> tuple[set[str], list[str]]:
+        """What `proxy` was asked for: the ways to this canary, and every
+        other request (the browser's own)."""
+        to_me = [line for line in proxy.lines if f"http://{self.tcp.address}/" in line]
+        return {way_of(line) for line in to_me}, [line for line in proxy.lines if line and line not in to_me]

@@ -1,0 +1,113 @@
+"""`sandbox open`'s locked window (launcher/browser.py): which browser is
+found, and the command line, profile and preferences it is started with.
+The stand-in browser records what it was started with; that the settings
+stop a hostile page is tested in real Chromium (tests/integration/test_window.py)."""
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from launcher import access, browser
+from launcher.cli import app
+from tests.support import recording_browser as recording
+
+LINK_BASE = "http://127.0.0.1:8080/"
+
+
+def test_the_first_chromium_or_chrome_on_the_path_is_found():
+    on_path = {"google-chrome": "/opt/google/chrome/google-chrome", "chromium": "/usr/bin/chromium"}
+    assert browser.find_browser(on_path.get) == browser.Browser("chromium", "/usr/bin/chromium")
+    assert browser.find_browser({"google-chrome": "/opt/chrome"}.get) == browser.Browser("chromium", "/opt/chrome")
+    assert browser.find_browser({}.get) is None
+
+
+def test_the_flags_reach_the_sandbox_directly_and_send_everything_else_to_the_dead_proxy(tmp_path):
+    flags = browser.chromium_flags(tmp_path, "http://127.0.0.1:8080", "127.0.0.1:9", headless=False)
+    assert f"--user-data-dir={tmp_path}" in flags and "--proxy-server=http://127.0.0.1:9" in flags
+    # Only the sandbox's origin is bypassed: without `<-loopback>` every
+    # port of 127.0.0.1 (other sandboxes, the canary of the tests) would be.
+    assert "--proxy-bypass-list=<-loopback>;127.0.0.1:8080" in flags
+    assert "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1" in flags
+    for off in ("--disable-extensions", "--disable-sync", "--disable-component-update",
+                "--disable-background-networking", "--metrics-recording-only", "--no-pings"):
+        assert off in flags
+    assert not any("remote-debugging" in flag for flag in flags)
+    headless = browser.chromium_flags(tmp_path, "http://127.0.0.1:8080", "127.0.0.1:9", headless=True)
+    assert "--headless" in headless and "--remote-debugging-pipe" in headless
+
+
+def test_the_profile_is_owner_only_with_webrtc_udp_and_prediction_off(tmp_path):
+    profile = browser.prepare_profile(tmp_path / "state" / "demo" / "browser")
+    assert stat.S_IMODE(profile.stat().st_mode) == 0o700
+    preferences = profile / "Default" / "Preferences"
+    assert stat.S_IMODE(preferences.stat().st_mode) == 0o600
+    written = json.loads(preferences.read_text())
+    assert written["webrtc"] == {"ip_handling_policy": "disable_non_proxied_udp", "nonproxied_udp_enabled": False,
+                                 "multiple_routes_enabled": False}
+    assert written["net"]["network_prediction_options"] == 2 and written["safebrowsing"]["enabled"] is False
+    assert json.loads((profile / "Local State").read_text())["user_experience_metrics"]["reporting_enabled"] is False
+    # What the browser kept there since is written over at the next start.
+    preferences.write_text(json.dumps({"webrtc": {"ip_handling_policy": "default"}}))
+    browser.prepare_profile(profile)
+    assert json.loads(preferences.read_text())["webrtc"]["ip_handling_policy"] == "disable_non_proxied_udp"
+
+
+@pytest.fixture
+def open_demo(tmp_path, monkeypatch):
+    """`sandbox open demo ARGS` against a running sandbox "demo" (the engine
+    stood in for), with PATH holding only what the test puts in tmp/bin."""
+    import launcher.commands.open
+    token = access.new_token()
+    monkeypatch.setenv("SANDBOX_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    (tmp_path / "bin").mkdir()
+    monkeypatch.delenv(browser.PROXY_ENV, raising=False)
+    monkeypatch.setattr("launcher.cli._gateway", lambda: None)
+    link = access.access_link(LINK_BASE, token)
+    monkeypatch.setattr(launcher.commands.open, "access_link", lambda gateway, target: ("demo", link))
+    return lambda *args: (CliRunner().invoke(app, ["open", "demo", *args]), token)
+
+
+def test_open_starts_a_locked_chromium_with_no_token_on_its_command_line(open_demo, tmp_path, monkeypatch):
+    environment, record = recording.install(tmp_path)
+    shutil.move(environment["BROWSER"], tmp_path / "bin" / "chromium")
+    monkeypatch.setenv("RECORD", environment["RECORD"])
+    result, token = open_demo()
+    assert result.exit_code == 0, result.output
+    assert "opened sandbox demo in a locked chromium window" in result.stderr and token not in result.output
+    deadline = time.monotonic() + 60
+    while not record.exists() and time.monotonic() < deadline:  # the browser is started, not waited for
+        time.sleep(0.1)
+    seen = recording.recorded(record)
+    profile = access.browser_profile("demo")
+    assert not any(token in arg for arg in seen["cmdline"])
+    # After the stand-in's python and script: the locked flags, then the page.
+    assert seen["cmdline"][2:-1] == browser.chromium_flags(profile, "http://127.0.0.1:8080", browser.PROXY, False)
+    assert seen["cmdline"][-1] == access.open_page("demo").as_uri() and seen["mode"] == 0o600
+    assert profile.parent == access.token_file("demo").parent and stat.S_IMODE(profile.stat().st_mode) == 0o700
+    # `down --volumes` forgets the profile (its cookie is the token) with the token.
+    access.forget_token("demo")
+    assert not profile.exists() and not profile.parent.exists()
+
+
+def test_without_a_browser_open_says_what_to_do_instead(open_demo):
+    result, token = open_demo()
+    assert result.exit_code == 1 and not result.stdout
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error: no Chromium or Chrome found on PATH")
+    assert "sandbox open --system-browser" in message and "sandbox open --print" in message
+    assert "Traceback" not in result.output and token not in result.output
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--print", "--system-browser"], "choose one of --print, --system-browser and --headless"),
+    (["--for", "5"], "--for goes with --headless"),
+])
+def test_options_that_do_not_go_together_are_refused_in_one_line(open_demo, args, said):
+    result, _ = open_demo(*args)
+    assert result.exit_code == 1 and said in result.stderr and "Traceback" not in result.output
