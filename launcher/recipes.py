@@ -28,6 +28,9 @@ class FrontendRecipe:
     # Set by the launcher on every start and not overridable by a policy: the
     # switches that keep the UI from trying to reach anything but the backend.
     locked_env: dict = field(default_factory=dict)
+    # Set by the launcher unless the policy's env names them: settings that
+    # suit the small models a sandbox runs on a CPU, not safety switches.
+    default_env: dict = field(default_factory=dict)
     # The variable the UI signs its sessions with, given a key made per sandbox.
     session_key_env: str | None = None
     # A UI that turns documents into vectors: pointed at the backend's
@@ -192,6 +195,16 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             "STORAGE_PROVIDER": "local",
             # OpenTelemetry would export traces, metrics and logs to a collector.
             "ENABLE_OTEL": "false",
+        },
+        default_env={
+            # With a document attached, Open WebUI first asks the chat model
+            # to write search queries and searches with those: a whole chat
+            # call before the answer's first token, and the quick-start
+            # model's queries came back empty, so nothing was retrieved
+            # ("all queries were None or empty" in its log). Off, the
+            # user's message itself is the query. A policy with a model that
+            # writes good queries may turn it back on.
+            "ENABLE_RETRIEVAL_QUERY_GENERATION": "false",
         },
         session_key_env="WEBUI_SECRET_KEY",
         csp=(

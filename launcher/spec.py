@@ -441,14 +441,14 @@ def frontend_healthcheck(f) -> tuple[str, ...] | None:
 def _frontend(policy: Policy, images: PartImages, secrets: Secrets, internal: NetworkSpec, dns: tuple[str, ...],
               frontend_mounts: tuple[Mount, ...]) -> ContainerSpec:
     name, f, embedding_model = policy.name, policy.frontend, policy.embedding_model
-    frontend_env = dict(f.env)
+    recipe = FRONTEND_RECIPES[f.recipe] if f.recipe else None
+    frontend_env = {**(recipe.default_env if recipe else {}), **dict(f.env)}
     secret_env = [f.backend_key_env, FRONTEND_SESSION_KEY_ENV]
     backend_url = f"http://{BACKEND_ALIAS}:{BACKEND_PORT}/v1"
     embeddings_url = f"http://{BACKEND_ALIAS}:{EMBEDDINGS_PORT}/v1"
     if embedding_model:
         frontend_env.update({EMBEDDINGS_URL_ENV: embeddings_url, EMBEDDINGS_MODEL_ENV: embedding_model.alias})
-    if f.recipe:
-        recipe = FRONTEND_RECIPES[f.recipe]
+    if recipe:
         frontend_env.update(recipe.locked_env)
         if recipe.session_key_env:
             frontend_env[recipe.session_key_env] = secrets.session_key

@@ -8,9 +8,13 @@ records (`sandbox audit`) say what the UI's server tried to reach; the
 browser says what the page asked it to fetch from anywhere but the sandbox
 (each such request is recorded and stopped in the browser, so none leaves).
 Every UI runs with its defaults and, where one exists, with the preset of
-its vetted policy.
+its vetted policy. A UI that answers from documents (Open WebUI) then has a
+document step: a short file uploaded with its own upload control, and a
+question only the file answers; it passes when the UI retrieved the file's
+text for it inside the sandbox (the embedding model in the backend) and
+nothing tried to reach outside meanwhile.
 
-    python scripts/scorecard.py [--ui gradio --ui streamlit ...] [--idle 60]
+    python scripts/scorecard.py [--ui gradio --ui streamlit ...] [--settings preset] [--idle 60]
                                 [--json results.json] [--write docs/frontends.md]
     python scripts/scorecard.py --from-json a.json b.json --write docs/frontends.md
 
@@ -47,6 +51,11 @@ from launcher.images import recipe_image  # noqa: E402
 from launcher.recipes import FRONTEND_RECIPES  # noqa: E402
 
 MESSAGE = "Say hello in one word."
+# The document step: a fact only the file holds, and a question on it.
+CODE_WORD = "PELICAN-7431"
+DOCUMENT = (f"Notes of the harbour office.\nThe secret code word is {CODE_WORD}.\n"
+            f"Remember: the secret code word is {CODE_WORD}.\n")
+QUESTION = "What is the secret code word? Answer with the code word only."
 CHATS = '"POST /v1/chat/completions'  # the backend's access log line of one chat
 BEGIN, END = "<!-- scorecard:begin -->", "<!-- scorecard:end -->"
 # Of a recipe's settings, those its image needs to start on a read-only root:
@@ -63,6 +72,9 @@ class UI:
     send: str | None = None  # a button to click; None: press Enter
     dismiss: str | None = None  # what a person clicks away first (a "what's new" dialog), if it shows
     recipe_is_preset: bool = False  # defaults: the recipe's image without the settings it locks
+    # The document step, for a UI that has one: what opens its attach menu
+    # and that menu's item whose file chooser uploads.
+    upload: tuple[str, str] | None = None
     about: str = ""
 
     @property
@@ -73,6 +85,7 @@ class UI:
 UIS = (
     UI("chat", "quickstart.yaml", "#input", send="#send", about="our recipe (images/chat)"),
     UI("open-webui", "open-webui.yaml", "#chat-input", recipe_is_preset=True, dismiss="text=Okay, Let's Go!",
+       upload=("#input-menu-button", "Upload Files"),
        about="open-webui 0.12.4, our recipe; defaults: the same image without the recipe's settings"),
     UI("gradio", "gradio.yaml", "textarea", ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"),
        about="gradio 6.31.0, ChatInterface (policies/ui/gradio)"),
@@ -92,6 +105,8 @@ class Run:
     names: list = field(default_factory=list)  # [{"name", "count", "parts"}]
     destinations: list = field(default_factory=list)  # as `sandbox audit` gives them
     page_requests: list = field(default_factory=list)  # [{"host", "kind", "count"}]
+    # The document step: "" (the UI has none), "passed", or what went wrong.
+    document: str = ""
     error: str = ""
 
 
@@ -103,7 +118,8 @@ def policy_for(ui: UI, settings: str, directory: Path) -> Path:
     policy["name"] = f"score-{ui.name}-{settings}"[:30]
     policy["ingress"]["port"] = free_port()
     policy["audit"] = "connections"
-    policy["models"][0]["path"] = str(MODEL)
+    for model in policy["models"]:  # the vetted policies' models, the embedding model too, are the quick-start file
+        model["path"] = str(MODEL)
     frontend = policy["frontend"]
     if "build" in frontend:  # a context must lie beside its policy: a copy (the layers come from the cache)
         copy = directory / f"{policy['name']}-context"
@@ -198,6 +214,9 @@ def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, director
         run.chat_answered = chats(gateway, name) > before
         say(f"  chat {'answered' if run.chat_answered else 'NOT answered'}; idle for {idle:.0f} s")
         time.sleep(idle)
+        if ui.upload:
+            run.document = document_step(gateway, page, ui, result, directory, asked)
+            say(f"  document: {run.document}")
         context.close()
         report = audit(gateway, name)
         run.names = [{k: n[k] for k in ("name", "count", "parts")} for n in report["names"]]
@@ -212,6 +231,54 @@ def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, director
         except Exception:  # noqa: BLE001
             pass
     return run
+
+
+def document_step(gateway: DockerGateway, page, ui: UI, result, directory: Path, asked: dict) -> str:
+    """Upload DOCUMENT in the chat of step 2 with the UI's own control, ask QUESTION:
+    "passed" when the UI retrieved the file's text for the answer and
+    neither its server nor its page tried to reach outside meanwhile; else
+    what went wrong. Open WebUI's saved chat (read by the page, with its own
+    session) holds the sources it put before the question: the check does
+    not rest on the small model's wording."""
+    from playwright.sync_api import Error as PlaywrightError
+    started, asked_before = time.time(), sum(asked.values())
+    document = directory / "harbour-notes.txt"
+    document.write_text(DOCUMENT)
+    opener, item = ui.upload
+    try:
+        # In the chat of step 2, once its answer is whole (Open WebUI sends
+        # nothing while one is streaming): a new chat would load the whole
+        # page again through the measuring route, minutes on a loaded machine.
+        page.wait_for_selector("button[aria-label='Regenerate']", timeout=600_000)
+        page.click(opener)
+        with page.expect_response(lambda r: "/process/status" in r.url, timeout=300_000) as processing:
+            with page.expect_file_chooser() as chooser:
+                page.get_by_role("menuitem", name=item).click()
+            chooser.value.set_files(str(document))
+        if '"completed"' not in processing.value.body().decode():
+            return "not processed"
+        page.click(ui.input)
+        page.keyboard.type(QUESTION)
+        page.keyboard.press("Enter")
+        chat_id = page.url.rsplit("/c/", 1)[1]
+
+        def retrieved() -> bool:
+            """The file's chunk among the sources saved with an answer of the chat."""
+            chat = page.evaluate("""async id => (await fetch(`/api/v1/chats/${id}`,
+                {headers: {Authorization: `Bearer ${localStorage.token}`}})).json()""", chat_id)
+            return any(CODE_WORD in document for m in chat["chat"]["history"]["messages"].values()
+                       for source in m.get("sources") or [] for document in source.get("document") or [])
+        deadline = time.monotonic() + 600
+        while not (found := retrieved()) and time.monotonic() < deadline:
+            time.sleep(2)
+    except (PlaywrightError, IndexError) as e:
+        return f"failed: {str(e).splitlines()[0][:200]}"
+    time.sleep(2)  # the sink writes its summary about once a second
+    report = audit(gateway, result.name, since=started - 1)
+    tried = len(report["names"]) + len(report["destinations"]) + sum(asked.values()) - asked_before
+    if found and tried == 0:
+        return "passed"
+    return f"{'retrieved' if found else 'not retrieved'}, {tried} attempt(s) outward"
 
 
 def reached(run: Run) -> str:
@@ -235,11 +302,12 @@ def page_asked(run: Run) -> str:
 
 def table(runs: list[Run]) -> str:
     lines = ["| UI | settings | ready in | chat | its server tried to reach (all ended at the sink) "
-             "| its page tried to have the browser fetch (stopped) |",
-             "|---|---|---|---|---|---|"]
+             "| its page tried to have the browser fetch (stopped) | document |",
+             "|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r.ui} | {r.settings} | {'' if r.started_s is None else f'{r.started_s} s'} "
-                     f"| {'answered' if r.chat_answered else 'no answer'} | {reached(r)} | {page_asked(r)} |")
+                     f"| {'answered' if r.chat_answered else 'no answer'} | {reached(r)} | {page_asked(r)} "
+                     f"| {r.document or 'n/a'} |")
     lines.append("")
     shown = {r.ui for r in runs}
     for u in UIS:
@@ -260,6 +328,8 @@ def write_into(document: Path, text: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ui", action="append", choices=[u.name for u in UIS], help="only these (repeatable)")
+    parser.add_argument("--settings", action="append", choices=("defaults", "preset"),
+                        help="only these runs of each UI (repeatable)")
     parser.add_argument("--idle", type=float, default=60, help="seconds idle after the chat (default 60)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--write", type=Path, help="put the table into this file, between its markers")
@@ -287,7 +357,7 @@ def main() -> int:
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         for ui in chosen:
-            for settings in ui.settings:
+            for settings in [s for s in ui.settings if not args.settings or s in args.settings]:
                 say(f"{ui.name}, {settings}")
                 runs.append(one_session(gateway, browser, ui, settings, Path(directory), args.idle, say))
         browser.close()
@@ -297,7 +367,10 @@ def main() -> int:
         args.json.write_text(json.dumps([r.__dict__ for r in runs], indent=2, default=str))
     if args.write:
         write_into(args.write, text)
-    return 0 if all(r.chat_answered and not r.error for r in runs) else 1
+    # A UI run with its defaults may fail the document step (Open WebUI's
+    # would fetch an embedding model): that is what the table is for.
+    return 0 if all(r.chat_answered and not r.error and (r.document in ("", "passed") or r.settings == "defaults")
+                    for r in runs) else 1
 
 
 if __name__ == "__main__":

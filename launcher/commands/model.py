@@ -37,6 +37,7 @@ from launcher.models.facts import (
     check_gguf,
     read_facts,
     this_machine,
+    together,
 )
 from launcher.models.policy_edit import ModelEntry, model_entry, set_model_file
 from launcher.models.sources import (
@@ -339,7 +340,7 @@ def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None,
         doc, _ = load(policy.file)
     name = display or str(policy.file)
     machine = this_machine()
-    warnings, refused = [], []
+    warnings, refused, needs = [], [], {}
     for i, model in enumerate(policy.models):
         try:
             facts = facts_for(model.path, model.sha256)
@@ -351,9 +352,20 @@ def policy_warnings(policy: Policy, on_gpu: bool, display: str | None = None,
         said = context_warning(facts, model.context_length)
         if said:
             warnings.append(Problem(name, *where, f"models[{i}].context_length", f"warning: {said}"))
-        for said in fit_warnings(estimate(facts, model.context_length), policy.backend.memory, machine, on_gpu):
-            place = doc.mark(("backend", "memory")) if doc else (0, 0)
-            warnings.append(Problem(name, *place, f"models[{i}]", f"warning: {said}"))
+        needs[i] = estimate(facts, model.context_length)
     if refused:
         raise PolicyError(refused)
+    # The embedding model stays loaded in its own server beside whichever
+    # chat model is loaded (one at a time), in the same container: each chat
+    # model is weighed with it, and it is not weighed alone.
+    embedding = next((i for i, m in enumerate(policy.models) if m.role == "embeddings"), None)
+    for i, need in needs.items():
+        if i == embedding:
+            continue
+        beside = f"with the embedding model (models[{embedding}]) loaded beside it, " if embedding is not None else ""
+        if embedding is not None:
+            need = together(need, needs[embedding])
+        for said in fit_warnings(need, policy.backend.memory, machine, on_gpu):
+            place = doc.mark(("backend", "memory")) if doc else (0, 0)
+            warnings.append(Problem(name, *place, f"models[{i}]", f"warning: {beside}{said}"))
     return warnings

@@ -329,6 +329,13 @@ def estimate(facts: GgufFacts, context: int) -> Estimate:
     return Estimate(context, facts.tensor_bytes, kv, buffers, SERVER_BYTES)
 
 
+def together(first: Estimate, second: Estimate) -> Estimate:
+    """Two models served at once, each by its own server (a chat model and
+    the embedding model): what both need, at the first one's context."""
+    return Estimate(first.context, first.weights + second.weights, first.kv_cache + second.kv_cache,
+                    first.buffers + second.buffers, first.server + second.server)
+
+
 def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 

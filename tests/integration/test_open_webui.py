@@ -14,6 +14,7 @@ from launcher.commands.down import down
 from launcher.commands.up import up
 from launcher.front_door import try_front_door
 from launcher.matrix import forwarded
+from tests.integration.test_browser import browser  # noqa: F401 (the fixture)
 from tests.integration.conftest import MODEL, QUICKSTART, QUICKSTART_ALIAS, ca_bundle, poll, ui, write_policy
 
 
@@ -68,13 +69,19 @@ def _multipart(name: str, content: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-@pytest.mark.slow
-def test_a_document_is_embedded_by_the_backend_and_answers_inside_the_sandbox(gateway, tmp_path):
+def documents_policy(tmp_path):
+    """Open WebUI (its login off) with the quick-start model for chat and
+    again as the embedding model."""
     models = yaml.safe_load(QUICKSTART.read_text())["models"]
     models[0]["path"] = str(MODEL)
     embedder = {**models[0], "alias": "smollm2-embed", "role": "embeddings"}
-    path = write_policy(tmp_path, models=models + [embedder], backend={"gpu": "none", "memory": "2g", "cpus": 2},
+    return write_policy(tmp_path, models=models + [embedder], backend={"gpu": "none", "memory": "2g", "cpus": 2},
                         frontend={"recipe": "open-webui", "env": {"WEBUI_AUTH": "False"}})
+
+
+@pytest.mark.slow
+def test_a_document_is_embedded_by_the_backend_and_answers_inside_the_sandbox(gateway, tmp_path):
+    path = documents_policy(tmp_path)
     name = yaml.safe_load(path.read_text())["name"]
     result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
     try:
@@ -101,6 +108,81 @@ def test_a_document_is_embedded_by_the_backend_and_answers_inside_the_sandbox(ga
         assert "POST /v1/embeddings" in backend_log and "POST /v1/chat/completions" in backend_log
     finally:
         down(gateway, result.name, volumes=True)
+
+
+def ask_in_the_page(page, question: str) -> tuple[str, list[dict]]:
+    """Type a question into Open WebUI's chat input and send it, as a user
+    does; the answer as the page shows it once whole (its Regenerate button
+    comes with the finished answer), and the sources Open WebUI retrieved for
+    it, from the chat it saved (read by the page, with its own session)."""
+    page.click("#chat-input")
+    page.keyboard.type(question)
+    page.click("#send-message-button")
+    page.wait_for_selector("button[aria-label='Regenerate']", timeout=600_000)
+    answer = page.locator("#response-content-container").last.inner_text()
+    chat_id = page.url.rsplit("/c/", 1)[1]
+    chat = page.evaluate("""async id => (await fetch(`/api/v1/chats/${id}`,
+        {headers: {Authorization: `Bearer ${localStorage.token}`}})).json()""", chat_id)
+    messages = chat["chat"]["history"]["messages"].values()
+    [reply] = [m for m in messages if m["role"] == "assistant"]
+    return answer, reply.get("sources") or []
+
+
+def sources_text(sources: list[dict]) -> str:
+    return "\n".join(document for source in sources for document in source.get("document") or [])
+
+
+@pytest.mark.slow
+def test_a_document_uploaded_in_the_page_answers_a_question_inside_the_sandbox(gateway, tmp_path, browser):
+    """In Chromium through the access link: the user attaches a file with the
+    chat input's own "+" menu (Upload Files) and asks what only the file says.
+    Control: the same question in a new chat without the file."""
+    path = documents_policy(tmp_path)
+    name = yaml.safe_load(path.read_text())["name"]
+    document = tmp_path / "harbour-notes.txt"
+    document.write_bytes(DOCUMENT)
+    result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
+    context = browser.new_context()
+    try:
+        started = time.time()
+        page = context.new_page()
+        page.goto(result.access_link)
+        page.wait_for_selector("#chat-input", timeout=300_000)
+        whats_new = page.get_by_role("button", name="Okay, Let's Go!")  # its changelog, on a first visit
+        if whats_new.is_visible():
+            whats_new.click()
+
+        answer_alone, sources_alone = ask_in_the_page(page, QUESTION)
+        assert sources_alone == [] and CODE_WORD not in answer_alone, (answer_alone, sources_alone)
+        embedded_before = backend_log(gateway, name).count("POST /v1/embeddings")
+
+        page.goto(result.url)  # a new chat
+        page.wait_for_selector("#chat-input", timeout=120_000)
+        page.click("#input-menu-button")
+        # The page follows the file's processing on a stream that ends with it.
+        with page.expect_response(lambda r: "/process/status" in r.url, timeout=120_000) as processing:
+            with page.expect_file_chooser() as chooser:
+                page.get_by_role("menuitem", name="Upload Files").click()
+            chooser.value.set_files(str(document))
+        assert '"completed"' in processing.value.body().decode(), processing.value.body()
+        answer, sources = ask_in_the_page(page, QUESTION)
+        print(f"without the document: {answer_alone!r}; with it: {answer!r}")
+        # Retrieved: the chunk Open WebUI put before the question holds the fact...
+        assert CODE_WORD in sources_text(sources), sources
+        # ...and the model answered from it.
+        assert CODE_WORD in answer, answer
+        # The document's chunk and the question were embedded by the backend.
+        assert backend_log(gateway, name).count("POST /v1/embeddings") >= embedded_before + 2
+        time.sleep(2)  # the sink writes its summary about once a second
+        report = audit(gateway, result.name, since=started - 1)
+        assert report["names"] == [] and report["destinations"] == [], report
+    finally:
+        context.close()
+        down(gateway, result.name, volumes=True)
+
+
+def backend_log(gateway, name: str) -> str:
+    return "\n".join(gateway.containers.logs(f"sandbox-{name}-backend", tail=2000))
 
 
 # What Open WebUI 0.12.4's GET /api/config says of each feature the recipe

@@ -32,3 +32,22 @@ def test_the_scorecard_measures_a_ui_and_writes_its_table(tmp_path, quickstart_m
     text = document.read_text()
     assert "old table" not in text and text.startswith("before\n") and text.endswith("after\n")
     assert "| chat | defaults |" in text and "| answered | nothing | nothing |" in text
+
+
+@pytest.mark.slow
+def test_the_scorecard_document_step_passes_for_open_webuis_recipe(tmp_path, quickstart_model):
+    """Open WebUI's vetted policy: a file uploaded with its own control is
+    retrieved for the question, and nothing tried outward."""
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not CHROMIUM:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
+    measured = tmp_path / "runs.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "scorecard.py"), "--ui", "open-webui",
+                           "--settings", "preset", "--idle", "1", "--json", str(measured)],
+                          capture_output=True, text=True, timeout=1800)
+    print(done.stdout)
+    [run] = json.loads(measured.read_text())
+    assert (run["settings"], run["chat_answered"], run["error"], run["document"]) == ("preset", True, "", "passed"), \
+        done.stderr[-3000:]
+    assert run["destinations"] == [] and run["page_requests"] == []
+    assert done.returncode == 0 and "| passed |" in done.stdout, done.stderr[-3000:]

@@ -207,3 +207,49 @@ def test_facts_for_a_pinned_sha256_come_from_the_bytes_hashed(tmp_path):
     make_gguf(model, context_length=1024)  # other bytes at the same path
     with pytest.raises(GgufError, match=f"not the {sha} the policy pins"):
         facts_for(model, sha)
+
+
+def test_validate_weighs_the_chat_model_with_the_embedding_model_loaded_beside_it(tmp_path, monkeypatch):
+    """Each fits backend.memory alone, both do not: the embedding model's own
+    server keeps it loaded while the chat model answers. Control: the same two
+    as chat models, loaded one at a time, fit."""
+    import hashlib
+    model = make_gguf(tmp_path / "m.gguf", context_length=1024, layers=30, embedding=576, heads=9, kv_heads=3,
+                      vocab=49152)
+    one = estimate(read_facts(model), 1024).total
+    limit = (one * 3 // 2) // 2**20  # MiB: between one model's need and two models'
+    assert one < limit * 2**20 < 2 * one
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+
+    def validate(second_role: str):
+        (tmp_path / "p.yaml").write_text(f"""version: 1
+name: both
+models:
+  - alias: chat
+    path: m.gguf
+    sha256: {sha}
+    context_length: 1024
+  - alias: embed
+    path: m.gguf
+    sha256: {sha}
+    context_length: 1024
+    role: {second_role}
+backend:
+  gpu: none
+  memory: {limit}m
+frontend:
+  recipe: open-webui
+ingress:
+  port: 18099
+""")
+        result = runner.invoke(app, ["validate", "--no-port-check", "p.yaml"])
+        assert result.exit_code == 0, result.output
+        return result.stderr
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    [warning] = [line for line in validate("embeddings").splitlines() if "backend.memory" in line]
+    assert warning.startswith("p.yaml:15:11 models[0]: warning: with the embedding model (models[1]) loaded beside "
+                              "it, needs about"), warning
+    assert f"more than backend.memory {limit}m" in warning
+    assert "backend.memory" not in validate("chat")

@@ -29,6 +29,8 @@ def test_each_variant_is_a_valid_policy_that_differs_only_as_it_says(ui, tmp_pat
         _, problems = check_policy_file(path, check_port=False, check_model_files=False)
         assert [str(p) for p in problems] == []
         assert policy["audit"] == "connections"
+        # Every model (open-webui's embedding model too) is found from the copy's own directory.
+        assert [m["path"] for m in policy["models"]] == [str(scorecard.MODEL)] * len(vetted["models"])
         env = policy["frontend"].get("env", {})
         if settings == "preset":
             assert policy["frontend"] == {**vetted["frontend"], **{k: policy["frontend"][k] for k in ("build",)

@@ -227,6 +227,17 @@ def test_open_webui_gets_the_embedding_server_locked_and_its_key_as_a_secret():
     assert f.env_value("SANDBOX_EMBEDDINGS_BASE_URL") == "http://backend:8001/v1"
 
 
+def test_open_webui_searches_a_document_with_the_users_message_unless_the_policy_says_otherwise():
+    # Query generation by the chat model is off by default (the quick-start
+    # model's queries came back empty: nothing retrieved); not a lock.
+    f = make_spec(with_embeddings()).container("frontend")
+    assert f.env_value("ENABLE_RETRIEVAL_QUERY_GENERATION") == "false"
+    f = make_spec(with_embeddings(env=(("ENABLE_RETRIEVAL_QUERY_GENERATION", "true"),))).container("frontend")
+    assert f.env_value("ENABLE_RETRIEVAL_QUERY_GENERATION") == "true"
+    # Open WebUI's alone: no other UI is given it.
+    assert make_spec().container("frontend").env_value("ENABLE_RETRIEVAL_QUERY_GENERATION") is None
+
+
 def test_open_webui_without_an_embedding_model_still_never_points_its_documents_at_a_cloud():
     policy = make_policy(frontend=replace(make_policy().frontend, recipe="open-webui"))
     f = make_spec(policy).container("frontend")
