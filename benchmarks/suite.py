@@ -153,9 +153,9 @@ def by_hand_frontend_env(recipe: str, policy_env: dict, embedding_alias: str | N
     """What the by-hand front-end is told besides the backend's address and
     key: the policy's own variables, and for a recipe that has them the
     switches that keep the UI offline (for Open WebUI, those its
-    documentation lists for an offline install; without them it spends its
-    start trying to reach the internet, and the baseline would be slower for
-    it), its session key and the embedding server."""
+    documentation lists for an offline install; without them it reaches for
+    the internet as it starts, which could only slow the baseline), its
+    session key and the embedding server."""
     found = FRONTEND_RECIPES[recipe]
     env = {**policy_env, **found.locked_env}
     if found.session_key_env:
