@@ -87,9 +87,12 @@ def test_the_by_hand_ui_is_published_on_loopback_and_waits_for_the_backends_heal
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="needs docker-compose (Debian: apt-get install "
                                                                 "docker-compose); .ci/run installs it")
-def test_docker_compose_reads_the_by_hand_file(tmp_path):
+@pytest.mark.parametrize("recipe", ["chat", "open-webui"])
+def test_docker_compose_reads_the_by_hand_file(tmp_path, recipe):
+    embedding = "tiny-embed" if recipe == "open-webui" else None
     path = tmp_path / "docker-compose.yml"
-    path.write_text(yaml.safe_dump(by_hand()))
+    path.write_text(yaml.safe_dump(by_hand(embedding_alias=embedding,
+                                           frontend_env=suite.by_hand_frontend_env(recipe, {}, embedding))))
     run = subprocess.run(["docker-compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
                          check=False)
     assert run.returncode == 0, run.stderr
