@@ -5,6 +5,10 @@ bearer token, one as the cookie) and the same image and nginx with a plain
 pass-through configuration, all three in front of the same tiny upstream.
 Rounds alternate between them so that machine noise falls on all. Prints the median and p90 latency of a request
 on a kept-alive connection and of one on a new connection, and the ratios.
+A fourth ingress, the pass-through one with its connections to the upstream
+kept alive (an `upstream` block with `keepalive`, which resolves the name once,
+at start), shows what a new connection from the ingress to the UI for every
+request costs (docs/benchmarks.md, "The front door's checks").
 Needs the engine and the images (`sandbox up` once).
 
     python benchmarks/ingress.py [--requests 2000] [--rounds 5]
@@ -33,6 +37,10 @@ UPSTREAM = r"""
 import http.server
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Its headers and body go out in two writes: with Nagle's algorithm the
+    # second waits for the ACK of the first, which nginx delays (40 ms) on a
+    # connection it keeps alive; the kept-alive upstream would time that.
+    disable_nagle_algorithm = True
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Length", "2")
@@ -42,7 +50,9 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 """
-# The baseline: the same nginx, passing everything to the same upstream.
+# The baseline: the same nginx, passing everything to the same upstream,
+# found as the ingress finds it, by name at request time: a new connection
+# to the upstream for each request.
 PLAIN = r"""
 mkdir -p /tmp/nginx && cat > /tmp/nginx/nginx.conf <<'EOF'
 worker_processes 1;
@@ -71,6 +81,12 @@ http {
 EOF
 exec nginx -e stderr -c /tmp/nginx/nginx.conf -g 'daemon off;'
 """
+# The same, its upstream connections kept alive between requests.
+KEPT = (PLAIN.replace('        set $upstream "frontend:8080";\n', '')
+        .replace("    server {\n", "    upstream kept { server frontend:8080; keepalive 16; }\n    server {\n", 1)
+        .replace("proxy_pass http://$upstream;", "proxy_pass http://kept;"))
+assert KEPT != PLAIN and "$upstream" not in KEPT
+PASS_THROUGH = {"no checks": PLAIN, "no checks, upstream kept alive": KEPT}
 HARDENED = dict(read_only=True, cap_drop=["ALL"], security_opt=["no-new-privileges:true"], user="65534:65534",
                 tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=16m"})
 
@@ -152,12 +168,14 @@ def main() -> None:
         containers.append(upstream)
         network.connect(upstream, aliases=["frontend"])
         # One ingress per kind, so that each carries the same load.
-        ports = {kind: free_port() for kind in ("no checks", "token as bearer", "token as cookie")}
+        ports = {kind: free_port() for kind in ("no checks", "no checks, upstream kept alive", "token as bearer",
+                                                "token as cookie")}
         for kind, port in ports.items():
-            checked = kind != "no checks"
+            checked = kind not in PASS_THROUGH
             containers.append(client.containers.run(
-                ingress, entrypoint=None if checked else ["/bin/sh", "-c", PLAIN], detach=True,
-                name=f"sandbox-bench-{run}-{kind.replace(' ', '-')}", labels=labels, network=network.name,
+                ingress, entrypoint=None if checked else ["/bin/sh", "-c", PASS_THROUGH[kind]], detach=True,
+                name=f"sandbox-bench-{run}-{kind.replace(' ', '-').replace(',', '')}", labels=labels,
+                network=network.name,
                 environment={"SANDBOX_NAME": "bench", "SANDBOX_UPSTREAM": "frontend:8080",
                              "SANDBOX_API_UPSTREAM": "backend:8000", "SANDBOX_API_KEY": "B" * 32,
                              "SANDBOX_HEALTH_PORT": "8081",
@@ -167,6 +185,8 @@ def main() -> None:
         own = {kind: f"127.0.0.1:{port}" for kind, port in ports.items()}
         kinds = {
             "no checks": (ports["no checks"], {"Host": own["no checks"]}),
+            "no checks, upstream kept alive": (ports["no checks, upstream kept alive"],
+                                               {"Host": own["no checks, upstream kept alive"]}),
             "token as bearer": (ports["token as bearer"], {"Host": own["token as bearer"],
                                                            "Authorization": f"Bearer {TOKEN}"}),
             "token as cookie": (ports["token as cookie"], {"Host": own["token as cookie"],
@@ -186,12 +206,12 @@ def main() -> None:
             container.remove(force=True)
         network.remove()
 
-    print(f"{'request':<16}{'ingress':<18}{'median us':>10}{'p90 us':>10}{'ratio':>8}")
+    print(f"{'request':<16}{'ingress':<32}{'median us':>10}{'p90 us':>10}{'ratio':>8}")
     for mode in ("kept-alive", "new connection"):
         base, _ = summary(results["no checks"][mode])
         for kind in kinds:
             median, p90 = summary(results[kind][mode])
-            print(f"{mode:<16}{kind:<18}{median:>10.0f}{p90:>10.0f}{median / base:>8.2f}")
+            print(f"{mode:<16}{kind:<32}{median:>10.0f}{p90:>10.0f}{median / base:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@ that owes nothing to our code, in one run:
 
 - `--baseline by-hand` (the default, and the only one so far): a compose file
   written here by hand, not by the launcher: the same backend image, model and
-  settings and the same `chat` front-end image, on a plain bridge network,
+  settings and the same front-end image (the policy's recipe: `chat` for the
+  quick start, Open WebUI for `--policy policies/open-webui.yaml`, given the
+  recipe's offline switches and the backend's embedding server, as its
+  documentation has a careful user do), on a plain bridge network,
   the UI published on 127.0.0.1 directly, the UI started once the backend's
   healthcheck (its /v1/models, every second) passes; run by `docker-compose`
   (Debian's v1);
@@ -29,7 +32,8 @@ Needs the engine, the images (`sandbox up policies/quickstart.yaml` once),
 the quick-start model and `docker-compose`. docs/benchmarks.md keeps the
 last table.
 
-    python benchmarks/suite.py [--rounds 3] [--requests 8] [--max-tokens 64] [--json]
+    python benchmarks/suite.py [--policy policies/quickstart.yaml] [--rounds 3] [--requests 8]
+                               [--max-tokens 64] [--json]
 """
 from __future__ import annotations
 
@@ -53,12 +57,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.documents import WebUI  # noqa: E402
 from benchmarks.overhead import MODEL, free_port, run_plain_backend, wait_for  # noqa: E402
 from launcher.access import open_ui  # noqa: E402
 from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
 from launcher.engine import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
+from launcher.recipes import FRONTEND_RECIPES  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write three sentences about the sea."}]
 # Temperature 0: every path gets the same answer, so the pieces per second
@@ -73,26 +79,40 @@ COMPOSE_VERSION = "2.4"
 # The goal issue 25 sets for `sandbox down`.
 DOWN_TARGET_S = 1.0
 UP_TIMEOUT_S = 300
+# The backend's ports: the chat server's, and the embedding model's own
+# server beside it (launcher/spec.py), in both setups.
+BACKEND_PORT = 8000
+EMBEDDINGS_PORT = 8001
+# Open WebUI signs its sessions with this; any string does by hand.
+BY_HAND_SESSION_KEY = "by-hand-session"
 
 
 # The baseline: written here, from the policy's plain values.
 
 def by_hand_compose(*, backend_image: str, frontend_image: str, model: Path, alias: str, sha256: str,
-                    context_length: int, cpus: float, memory: str, port: int, api_key: str = BY_HAND_KEY) -> dict:
+                    context_length: int, cpus: float, memory: str, port: int, api_key: str = BY_HAND_KEY,
+                    embedding_alias: str | None = None, frontend_env: dict | None = None) -> dict:
     """The compose file someone would write by hand for the same model served
     the same way: the backend given the settings the launcher gives it (the
     image refuses to start without the model's sha256, as in a sandbox), the
     policy's CPU and memory for the backend, the front-end told the backend's
-    address and key. None of the sandbox around them: no DNS sink, no
-    ingress, no internal network, no hardening."""
+    address and key, and `frontend_env` (by_hand_frontend_env). With
+    `embedding_alias`, the same file served as the embedding model too, on
+    the backend's second server, as a policy with `role: embeddings` has it.
+    None of the sandbox around them: no DNS sink, no ingress, no internal
+    network, no hardening."""
+    def served(name: str) -> dict:
+        return {"model": f"/models/{name}.gguf", "sha256": sha256, "model_alias": name,
+                "n_ctx": context_length, "n_gpu_layers": 0, "n_threads": max(1, int(cpus))}
     config = {
-        "host": "0.0.0.0", "port": 8000,
+        "host": "0.0.0.0", "port": BACKEND_PORT,
         # As in a sandbox: a streamed answer is not cut short when the
         # healthcheck asks meanwhile.
         "interrupt_requests": False,
-        "models": [{"model": f"/models/{alias}.gguf", "sha256": sha256, "model_alias": alias,
-                    "n_ctx": context_length, "n_gpu_layers": 0, "n_threads": max(1, int(cpus))}],
+        "models": [served(alias)],
     }
+    if embedding_alias:
+        config["embeddings"] = {"port": EMBEDDINGS_PORT, "model": {**served(embedding_alias), "embedding": True}}
     # The backend image has no curl: its own Python asks.
     probe = ("import sys, urllib.request as u; "
              "u.urlopen(u.Request('http://127.0.0.1:8000/v1/models', "
@@ -104,7 +124,7 @@ def by_hand_compose(*, backend_image: str, frontend_image: str, model: Path, ali
                 "image": backend_image,
                 "environment": {"SANDBOX_BACKEND_CONFIG": json.dumps(config, sort_keys=True),
                                 "SANDBOX_API_KEY": api_key},
-                "volumes": [f"{model}:/models/{alias}.gguf:ro"],
+                "volumes": [f"{model}:/models/{name}.gguf:ro" for name in (alias, embedding_alias) if name],
                 "cpus": cpus, "mem_limit": memory,
                 # An init, so that `down` stops each container at its SIGTERM
                 # rather than killing it 10 s later (the chat server, PID 1
@@ -115,7 +135,9 @@ def by_hand_compose(*, backend_image: str, frontend_image: str, model: Path, ali
             },
             "frontend": {
                 "image": frontend_image,
-                "environment": {"OPENAI_API_BASE_URL": "http://backend:8000/v1", "OPENAI_API_KEY": api_key},
+                "environment": {**(frontend_env or {}),
+                                "OPENAI_API_BASE_URL": f"http://backend:{BACKEND_PORT}/v1",
+                                "OPENAI_API_KEY": api_key},
                 "volumes": ["data:/data"],
                 "ports": [f"127.0.0.1:{port}:8080"],
                 "init": True,
@@ -126,26 +148,118 @@ def by_hand_compose(*, backend_image: str, frontend_image: str, model: Path, ali
     }
 
 
+def by_hand_frontend_env(recipe: str, policy_env: dict, embedding_alias: str | None,
+                         api_key: str = BY_HAND_KEY) -> dict:
+    """What the by-hand front-end is told besides the backend's address and
+    key: the policy's own variables, and for a recipe that has them the
+    switches that keep the UI offline (for Open WebUI, those its
+    documentation lists for an offline install; without them it reaches for
+    the internet as it starts, which could only slow the baseline), its
+    session key and the embedding server."""
+    found = FRONTEND_RECIPES[recipe]
+    env = {**policy_env, **found.locked_env}
+    if found.session_key_env:
+        env[found.session_key_env] = BY_HAND_SESSION_KEY
+    if found.embeddings_env:
+        embeddings = found.embeddings_env
+        port = EMBEDDINGS_PORT if embedding_alias else BACKEND_PORT
+        env[embeddings.url] = f"http://backend:{port}/v1"
+        env[embeddings.key] = api_key
+        if embedding_alias:
+            env[embeddings.model] = embedding_alias
+    return env
+
+
+class ChatFrontend:
+    """The `chat` front-end: its /api/chat, its own events. A sandbox's is
+    asked with the bearer token, the by-hand one with nothing."""
+
+    def answers(self, url: str, name: str | None, token: str | None) -> bool:
+        with open_ui(url + "api/chat", token, data=json.dumps(ONE_TOKEN_CHAT).encode(),
+                     headers={"Content-Type": "application/json"}, timeout=30) as r:
+            return r.status == 200 and json.load(r).get("reply") is not None
+
+    def stream(self, url: str, name: str | None, token: str | None, max_tokens: int):
+        return stream_call(url, token, max_tokens)
+
+
+class OpenWebUIFrontend:
+    """Open WebUI, through its API as its page calls it (benchmarks/documents.py):
+    signed in (its login off), /api/chat/completions, OpenAI's events. A
+    sandbox's is asked with the access cookie and its own Origin."""
+
+    def __init__(self, alias: str):
+        self.alias = alias
+
+    def body(self, max_tokens: int, stream: bool, messages: list) -> bytes:
+        return json.dumps({"model": self.alias, "messages": messages, "stream": stream,
+                           "max_tokens": max_tokens, "temperature": TEMPERATURE}).encode()
+
+    def answers(self, url: str, name: str | None, token: str | None) -> bool:
+        webui = WebUI(url, name, token)
+        with webui.open("/api/chat/completions", self.body(1, False, ONE_TOKEN_CHAT["messages"]), timeout=30) as r:
+            return r.status == 200 and bool(json.load(r).get("choices"))
+
+    def stream(self, url: str, name: str | None, token: str | None, max_tokens: int):
+        webui = WebUI(url, name, token)
+        body = self.body(max_tokens, True, PROMPT)
+
+        def call():
+            with webui.open("/api/chat/completions", body, timeout=300) as r:
+                return stream_events(r)
+        return call
+
+
+def frontend_of(policy: dict):
+    recipe = policy["frontend"]["recipe"]
+    if recipe == "chat":
+        return ChatFrontend()
+    if recipe == "open-webui":
+        return OpenWebUIFrontend(chat_alias(policy))
+    raise SystemExit(f"the suite runs the chat and open-webui recipes, not {recipe!r}")
+
+
+def chat_alias(policy: dict) -> str:
+    return next(m["alias"] for m in policy["models"] if m.get("role", "chat") == "chat")
+
+
+def embedding_alias(policy: dict) -> str | None:
+    return next((m["alias"] for m in policy["models"] if m.get("role") == "embeddings"), None)
+
+
+def bench_policy(policy: dict, name: str, port: int, model: Path) -> dict:
+    """The policy benchmarked: its own name and port, every model the
+    benchmark's file, no GPU (the by-hand backend has none)."""
+    return {**policy, "name": name, "ingress": {**policy["ingress"], "port": port},
+            "backend": {**policy["backend"], "gpu": "none"},
+            "models": [{**m, "path": str(model)} for m in policy["models"]]}
+
+
 class ByHand:
     """The by-hand compose project: `up` until a one-token chat answers,
     streaming straight to the published UI, `down` keeping the volume."""
 
     def __init__(self, directory: Path, policy: dict, max_tokens: int):
         self.port = free_port()
-        model = policy["models"][0]
+        model = next(m for m in policy["models"] if m["alias"] == chat_alias(policy))
         digest = hashlib.sha256()
         with MODEL.open("rb") as f:
             while chunk := f.read(1 << 22):
                 digest.update(chunk)
         sha256 = digest.hexdigest()
+        recipe = policy["frontend"]["recipe"]
+        embedding = embedding_alias(policy)
         self.file = directory / "docker-compose.yml"
         self.file.write_text(yaml.safe_dump(by_hand_compose(
-            backend_image=recipe_image("llama-cpp").tag, frontend_image=recipe_image("chat").tag,
-            model=MODEL, alias=model["alias"], sha256=sha256, context_length=model["context_length"],
-            cpus=float(policy["backend"]["cpus"]), memory=policy["backend"]["memory"], port=self.port)))
+            backend_image=recipe_image("llama-cpp").tag, frontend_image=recipe_image(recipe).tag,
+            model=MODEL, alias=chat_alias(policy), sha256=sha256, context_length=model["context_length"],
+            cpus=float(policy["backend"]["cpus"]), memory=policy["backend"]["memory"], port=self.port,
+            embedding_alias=embedding,
+            frontend_env=by_hand_frontend_env(recipe, policy["frontend"].get("env", {}), embedding))))
         self.project = f"byhand{self.port}"
         self.url = f"http://127.0.0.1:{self.port}/"
         self.max_tokens = max_tokens
+        self.ui = frontend_of(policy)
 
     def compose(self, *args: str) -> None:
         subprocess.run(["docker-compose", "-p", self.project, "-f", str(self.file), *args],
@@ -154,11 +268,11 @@ class ByHand:
     def up(self) -> float:
         started = time.monotonic()
         self.compose("up", "-d")
-        first_answer(self.url, None)
+        first_answer(self.ui, self.url, None, None)
         return time.monotonic() - started
 
     def stream(self):
-        return stream_call(self.url, None, self.max_tokens)
+        return self.ui.stream(self.url, None, None, self.max_tokens)
 
     def down(self, volumes: bool = False) -> float:
         started = time.monotonic()
@@ -167,12 +281,11 @@ class ByHand:
 
 
 class Sandbox:
-    """The quick-start sandbox on the benchmark's model, name and port."""
+    """The policy's sandbox on the benchmark's model, name and port."""
 
     def __init__(self, directory: Path, policy: dict, max_tokens: int, gateway):
-        policy = {**policy, "name": f"bench-{free_port()}",
-                  "ingress": {**policy["ingress"], "port": free_port()},
-                  "models": [{**policy["models"][0], "path": str(MODEL)}]}
+        policy = bench_policy(policy, f"bench-{free_port()}", free_port(), MODEL)
+        self.ui = frontend_of(policy)
         self.path = directory / "bench.yaml"
         self.path.write_text(yaml.safe_dump(policy))
         self.name = policy["name"]
@@ -183,7 +296,7 @@ class Sandbox:
     def up(self) -> float:
         started = time.monotonic()
         self.result = up(self.gateway, self.path)
-        first_answer(self.result.url, self.result.token)
+        first_answer(self.ui, self.result.url, self.name, self.result.token)
         return time.monotonic() - started
 
     def up_unchanged(self) -> float:
@@ -196,7 +309,7 @@ class Sandbox:
         return seconds
 
     def stream(self):
-        return stream_call(self.result.url, self.result.token, self.max_tokens)
+        return self.ui.stream(self.result.url, self.name, self.result.token, self.max_tokens)
 
     def api_stream(self):
         """A streamed chat as an API client makes it: /v1/chat/completions at
@@ -214,19 +327,17 @@ class Sandbox:
 # Talking to a UI: the sandbox's through its ingress with the access token,
 # the by-hand one on its published port (token None).
 
-def first_answer(url: str, token: str | None, timeout: float = UP_TIMEOUT_S) -> None:
+def first_answer(ui, url: str, name: str | None, token: str | None, timeout: float = UP_TIMEOUT_S) -> None:
     """Until a one-token chat through the UI answers."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
-            with open_ui(url + "api/chat", token, data=json.dumps(ONE_TOKEN_CHAT).encode(),
-                         headers={"Content-Type": "application/json"}, timeout=30) as r:
-                if r.status == 200 and json.load(r).get("reply") is not None:
-                    return
+            if ui.answers(url, name, token):
+                return
         except urllib.error.HTTPError as e:
             last = f"it answered {e.code}"
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, KeyError) as e:
             last = str(e)
         time.sleep(0.05)
     raise SystemExit(f"{url}: no answer to a chat within {timeout} s ({last})")
@@ -383,14 +494,15 @@ def table(result: dict) -> str:
                   f"{name} {cell(each[f'{who} ttft_ms'], 'ms')}" for who, name in WHO.items()),
               "  pieces/s: " + ", ".join(
                   f"{name} {cell(each[f'{who} pieces_per_s'], 'pieces/s')}" for who, name in WHO.items()),
-              f"{m['cpus']} CPUs, Docker Engine {m['engine']}, {m['compose']}"]
+              f"{m['cpus']} CPUs, Docker Engine {m['engine']}, {m['compose']}"
+              + (f"; policy {result['policy']}" if result.get("policy") else "")]
     return "\n".join(lines)
 
 
 def run(args) -> dict:
     client = docker.from_env()
     gateway = DockerGateway(client)
-    policy = yaml.safe_load((ROOT / "policies" / "quickstart.yaml").read_text())
+    policy = yaml.safe_load(args.policy.read_text())
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "by-hand").mkdir()
@@ -443,7 +555,7 @@ def run(args) -> dict:
                 by_hand.down(volumes=True)
     engine = client.version()
     compose = subprocess.run(["docker-compose", "version", "--short"], capture_output=True, text=True).stdout.strip()
-    return {"baseline": args.baseline, "rounds": args.rounds, "requests": args.requests,
+    return {"baseline": args.baseline, "policy": args.policy.name, "rounds": args.rounds, "requests": args.requests,
             "max_tokens": args.max_tokens,
             "machine": {"cpus": os.cpu_count(), "engine": engine.get("Version"),
                         "compose": f"docker-compose {compose}"},
@@ -454,6 +566,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", choices=["by-hand"], default="by-hand",
                         help="what the sandbox is measured against: a compose file written by hand")
+    parser.add_argument("--policy", type=Path, default=ROOT / "policies" / "quickstart.yaml",
+                        help="the sandbox measured: its recipe (chat or open-webui), models' settings, CPUs and "
+                             "memory; every model is served from the quick-start file")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -461,6 +576,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not shutil.which("docker-compose"):
         raise SystemExit("docker-compose is needed for the baseline (Debian: apt-get install docker-compose)")
+    if not args.policy.is_file():
+        raise SystemExit(f"{args.policy}: no such policy file")
     if not MODEL.exists():
         raise SystemExit(f"{MODEL} is missing: bash scripts/fetch-quickstart-model.sh")
     result = run(args)

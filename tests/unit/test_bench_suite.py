@@ -4,6 +4,7 @@ sandbox with the same model, not with another setup; and the table it prints."""
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,44 @@ def test_the_by_hand_backend_serves_the_model_as_a_sandbox_does():
         assert services["frontend"]["environment"][name] == frontend.env_value(name)
 
 
+def test_the_by_hand_open_webui_is_told_what_a_sandboxs_is():
+    """--policy policies/open-webui.yaml: the backend serves the embedding
+    model on its second server as a sandbox's does, and Open WebUI is given
+    the same offline switches, policy variables and embedding server; only
+    the sandbox's own variables and the session key's value differ."""
+    tiny = Model("tiny", Path("/models/tiny.gguf"), "0" * 64, 2048, None)
+    policy = make_policy(models=(tiny, replace(tiny, alias="tiny-embed", role="embeddings")),
+                         frontend=replace(make_policy().frontend, recipe="open-webui", user=1000, memory="2g",
+                                          cpus=2.0, env=(("WEBUI_AUTH", "False"),)))
+    spec = make_spec(policy)
+    backend, frontend = (spec.container(p) for p in ("backend", "frontend"))
+    services = by_hand(embedding_alias="tiny-embed", frontend_image="sandbox-open-webui:ccc",
+                       frontend_env=suite.by_hand_frontend_env("open-webui", {"WEBUI_AUTH": "False"},
+                                                               "tiny-embed", api_key="key-1"))["services"]
+    assert (json.loads(services["backend"]["environment"]["SANDBOX_BACKEND_CONFIG"])
+            == json.loads(backend.env_value("SANDBOX_BACKEND_CONFIG")))
+    assert sorted(services["backend"]["volumes"]) == sorted(f"{m.source}:{m.target}:ro" for m in backend.mounts)
+    theirs = dict(frontend.env)
+    ours = services["frontend"]["environment"]
+    sandbox_only = {name for name in theirs if name.startswith("SANDBOX_")} | {"HOME"}
+    assert set(ours) == set(theirs) - sandbox_only
+    assert {k: v for k, v in ours.items() if k != "WEBUI_SECRET_KEY"} == {
+        k: v for k, v in theirs.items() if k in ours and k != "WEBUI_SECRET_KEY"}
+    assert ours["WEBUI_SECRET_KEY"]
+
+
+def test_the_benchmarked_policy_serves_every_model_from_the_benchmarks_file_on_no_gpu():
+    policy = yaml.safe_load((Path(suite.ROOT) / "policies" / "open-webui.yaml").read_text())
+    bench = suite.bench_policy(policy, "bench-1", 18300, Path("/m/q.gguf"))
+    assert (bench["name"], bench["ingress"]["port"], bench["backend"]["gpu"]) == ("bench-1", 18300, "none")
+    assert [m["path"] for m in bench["models"]] == ["/m/q.gguf", "/m/q.gguf"]
+    assert (suite.chat_alias(bench), suite.embedding_alias(bench)) == ("smollm2", "smollm2-embed")
+    assert isinstance(suite.frontend_of(bench), suite.OpenWebUIFrontend)
+    quickstart = yaml.safe_load((Path(suite.ROOT) / "policies" / "quickstart.yaml").read_text())
+    assert suite.embedding_alias(quickstart) is None
+    assert isinstance(suite.frontend_of(quickstart), suite.ChatFrontend)
+
+
 def test_the_by_hand_ui_is_published_on_loopback_and_waits_for_the_backends_healthcheck():
     compose = by_hand(port=18181)
     assert compose["version"] == "2.4"
@@ -48,9 +87,12 @@ def test_the_by_hand_ui_is_published_on_loopback_and_waits_for_the_backends_heal
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="needs docker-compose (Debian: apt-get install "
                                                                 "docker-compose); .ci/run installs it")
-def test_docker_compose_reads_the_by_hand_file(tmp_path):
+@pytest.mark.parametrize("recipe", ["chat", "open-webui"])
+def test_docker_compose_reads_the_by_hand_file(tmp_path, recipe):
+    embedding = "tiny-embed" if recipe == "open-webui" else None
     path = tmp_path / "docker-compose.yml"
-    path.write_text(yaml.safe_dump(by_hand()))
+    path.write_text(yaml.safe_dump(by_hand(embedding_alias=embedding,
+                                           frontend_env=suite.by_hand_frontend_env(recipe, {}, embedding))))
     run = subprocess.run(["docker-compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
                          check=False)
     assert run.returncode == 0, run.stderr
