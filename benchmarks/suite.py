@@ -154,10 +154,10 @@ def by_hand_frontend_env(recipe: str, policy_env: dict, embedding_alias: str | N
     key: the policy's own variables, and for a recipe that has them the
     switches that keep the UI offline (for Open WebUI, those its
     documentation lists for an offline install; without them it reaches for
-    the internet as it starts, which could only slow the baseline), its
-    session key and the embedding server."""
+    the internet as it starts, which could only slow the baseline), the
+    recipe's defaults, its session key and the embedding server."""
     found = FRONTEND_RECIPES[recipe]
-    env = {**policy_env, **found.locked_env}
+    env = {**found.default_env, **policy_env, **found.locked_env}
     if found.session_key_env:
         env[found.session_key_env] = BY_HAND_SESSION_KEY
     if found.embeddings_env:

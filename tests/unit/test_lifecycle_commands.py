@@ -259,12 +259,13 @@ def test_open_on_the_command_line_prints_the_link_or_says_why_not(cli_engine, mo
     printed = runner.invoke(app, ["open", "--print"])
     assert (printed.exit_code, printed.stdout) == (0, link + "\n")
     monkeypatch.setattr(launcher.commands.open.webbrowser, "open", lambda uri: False)
-    no_browser = runner.invoke(app, ["open", "minimal"])
+    # The user's usual browser (the locked window has tests of its own).
+    no_browser = runner.invoke(app, ["open", "minimal", "--system-browser"])
     assert no_browser.exit_code == 0 and no_browser.stdout == link + "\n"
     assert "no browser could be started here" in no_browser.stderr
     monkeypatch.setattr(launcher.commands.open.webbrowser, "open", lambda uri: True)
-    opened = runner.invoke(app, ["open"])
-    assert (opened.stdout, opened.stderr) == ("", "opened sandbox minimal in your browser\n")
+    opened = runner.invoke(app, ["open", "--system-browser"])
+    assert opened.stdout == "" and opened.stderr.startswith("opened sandbox minimal in your usual browser: ")
     runner.invoke(app, ["down"])
     stopped = runner.invoke(app, ["open"])
     assert (stopped.exit_code, stopped.stderr) == (
