@@ -111,3 +111,73 @@ def test_without_a_browser_open_says_what_to_do_instead(open_demo):
 def test_options_that_do_not_go_together_are_refused_in_one_line(open_demo, args, said):
     result, _ = open_demo(*args)
     assert result.exit_code == 1 and said in result.stderr and "Traceback" not in result.output
+
+
+# ---- the headless window, in real Chromium, against a page of the test's own
+
+class Page:
+    """A plain HTTP server on 127.0.0.1 answering every GET with `status`."""
+
+    def __init__(self, status: int):
+        import http.server
+        import threading
+
+        class Answer(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = b"<!DOCTYPE html><title>ui</title><p id=ui>the UI</p>"
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def chromium():
+    found = browser.find_browser()
+    if found is None:
+        pytest.skip("no Chromium or Chrome on PATH")
+    return found
+
+
+def leading_page(tmp_path, origin: str):
+    """The owner-only page that leads the window on, as `sandbox open` writes it."""
+    page = tmp_path / "open.html"
+    page.write_text(f'<!DOCTYPE html><meta http-equiv="refresh" content="0;url={origin}/">')
+    return page
+
+
+def test_the_headless_window_holds_the_loaded_page_and_then_closes(tmp_path, chromium):
+    ui = Page(200)
+    held = []
+    try:
+        loaded = browser.run_headless(chromium, tmp_path / "profile", ui.origin + "/", leading_page(tmp_path, ui.origin),
+                                      lambda window: held.append(window.evaluate("document.getElementById('ui').textContent")))
+    finally:
+        ui.close()
+    assert loaded is True and held == ["the UI"]
+
+
+def test_the_headless_window_says_a_page_that_did_not_load_did_not(tmp_path, chromium, monkeypatch):
+    # Long enough for Chromium to start and load on a busy machine: a 503
+    # taken for loaded would be seen well within it.
+    monkeypatch.setattr(browser, "LOAD_LIMIT", 15.0)
+    ui = Page(503)  # the sandbox's door answered, but not with its page
+    held = []
+    try:
+        loaded = browser.run_headless(chromium, tmp_path / "profile", ui.origin + "/", leading_page(tmp_path, ui.origin),
+                                      held.append)
+    finally:
+        ui.close()
+    assert loaded is False and held == []
