@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from launcher.images import recipe_image  # noqa: E402
+from launcher.recipes import CUSTOM_FRONTEND, content_security_policy  # noqa: E402
 
 TOKEN = "b" * 43
 UPSTREAM = r"""
@@ -179,6 +180,7 @@ def main() -> None:
                 environment={"SANDBOX_NAME": "bench", "SANDBOX_UPSTREAM": "frontend:8080",
                              "SANDBOX_API_UPSTREAM": "backend:8000", "SANDBOX_API_KEY": "B" * 32,
                              "SANDBOX_HEALTH_PORT": "8081",
+                             "SANDBOX_CSP": content_security_policy(CUSTOM_FRONTEND, port),
                              "SANDBOX_LISTEN_PORT": "8080", "SANDBOX_PUBLIC_PORT": str(port),
                              "SANDBOX_ACCESS_TOKEN": TOKEN} if checked else {},
                 ports={"8080/tcp": ("127.0.0.1", port)}, **HARDENED))

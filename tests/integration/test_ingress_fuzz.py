@@ -20,6 +20,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from launcher.images import recipe_image  # noqa: E402
+from launcher.recipes import CUSTOM_FRONTEND, content_security_policy  # noqa: E402
 from tests.integration.conftest import ca_bundle, free_port  # noqa: E402
 
 NAME = "fuzz"
@@ -97,6 +98,7 @@ def door(gateway, docker_client):
             environment={"SANDBOX_NAME": NAME, "SANDBOX_UPSTREAM": "frontend:8080", "SANDBOX_LISTEN_PORT": "8080",
                          "SANDBOX_API_UPSTREAM": "backend:8000", "SANDBOX_API_KEY": BACKEND_KEY,
                          "SANDBOX_HEALTH_PORT": "8081",
+                         "SANDBOX_CSP": content_security_policy(CUSTOM_FRONTEND, port),
                          "SANDBOX_PUBLIC_PORT": str(port), "SANDBOX_ACCESS_TOKEN": TOKEN},
             ports={"8080/tcp": ("127.0.0.1", port)}, **HARDENED)
         deadline = time.monotonic() + 30
