@@ -47,7 +47,7 @@ def hostile(gateway, tmp_path_factory):
     from launcher.commands.up import up
     directory = tmp_path_factory.mktemp("hostile")
     shutil.copytree(FIXTURES_BAD.parent / "hostile-ui", directory / "hostile-ui")
-    for name in ("server.py", "index.html"):  # the chat UI as shipped, under the hostile page
+    for name in ("server.py", "index.html", "app.js", "app.css"):  # the chat UI as shipped, under the hostile page
         shutil.copy(ROOT / "images" / "chat" / name, directory / "hostile-ui" / name)
     result = up(gateway, write_policy(directory, frontend={"build": {"context": "hostile-ui"},
                                                           "health_path": "/health"}), ca_bundle=ca_bundle())
