@@ -94,9 +94,12 @@ def test_a_model_deleted_while_the_sandbox_runs(gateway, own_model):
 
 
 def _server_pids(container) -> list[int]:
-    """The backend's server processes, as this machine numbers them."""
+    """The backend's server processes, as this machine numbers them (not
+    its healthcheck, `sandbox-backend health`, which ends on its own every
+    2 s and would be gone by the time it is signalled)."""
     top = container.top(ps_args="-eo pid,args")
-    return [int(p[0]) for p in top["Processes"] if "llama_cpp.server" in p[1] or "sandbox-backend" in p[1]]
+    return [int(p[0]) for p in top["Processes"]
+            if ("llama_cpp.server" in p[1] or "sandbox-backend" in p[1]) and not p[1].endswith(" health")]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="stopping the backend's server from the host takes root")
