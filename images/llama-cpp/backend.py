@@ -14,7 +14,8 @@ under this process, and when either ends the other is stopped and the
 container ends, for Docker to restart it whole.
 `check` is the check alone; `pooling PATH`, the settings the embedding
 model needs to give one vector per text.
-`health` answers whether the servers answer: each loads its model before it
+`server CONFIG` is llama-cpp-python's server with its grammars guarded (see
+guard_grammars). `health` answers whether the servers answer: each loads its model before it
 listens, so an answer means the model is loaded. It asks the API's schema, a
 route that does not wait for the model: a check that queued behind a long
 answer would call a busy backend unhealthy (and, with the server's
@@ -25,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +35,17 @@ import urllib.request
 
 CONFIG_PATH = "/tmp/llama-cpp-config.json"
 EMBEDDINGS_CONFIG_PATH = "/tmp/llama-cpp-embeddings.json"
-SERVER = [sys.executable, "-m", "llama_cpp.server", "--config_file"]
+SERVER = [sys.executable, os.path.abspath(__file__), "server"]
+# The most repetitions a JSON schema a request sends (`response_format`,
+# `tools`) may ask for, in minItems/maxItems/minLength/maxLength or a
+# pattern's {m,n}: llama-cpp-python writes each out in the grammar, and
+# "at most n" as n nested groups, which llama.cpp's parser descends one
+# stack frame each (maxLength 100000 ended the server). llama.cpp's own
+# grammar syntax stops at 2000 repetitions.
+MAX_REPETITIONS = 1000
+# The longest grammar llama.cpp is given to parse (a request's body is at
+# most 1 MiB; its grammar grows from the schema's repetitions).
+MAX_GRAMMAR_CHARACTERS = 4 * 1024 * 1024
 # How long a server is given to end on SIGTERM before it is killed.
 STOP_SECONDS = 10
 CHUNK = 4 * 1024 * 1024
@@ -184,6 +196,103 @@ def serve() -> None:
         sys.exit(code if code >= 0 else 128 - code)  # killed by a signal: 128 + its number, as a shell says
 
 
+REPETITION_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+QUANTIFIER = re.compile(r"\{([^}]*)\}")
+
+
+def schema_problem(schema) -> str | None:
+    """Why a JSON schema a request sent may not become a grammar, or None.
+    Walked without recursion: a deeply nested schema must not end this
+    process either (the converter's own recursion ends in a RecursionError,
+    which the server answers)."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in REPETITION_KEYWORDS and isinstance(value, (int, float)) and value > MAX_REPETITIONS:
+                    return f"{key} is {value}: at most {MAX_REPETITIONS} repetitions"
+                if key == "pattern" and isinstance(value, str):
+                    for quantifier in QUANTIFIER.findall(value):
+                        for number in quantifier.split(","):
+                            if number.strip().isdigit() and int(number) > MAX_REPETITIONS:
+                                return f"pattern repeats {{{quantifier}}}: at most {MAX_REPETITIONS} repetitions"
+                stack.append(value)
+    return None
+
+
+class GrammarRefused(ValueError):
+    """A request's grammar (its JSON schema, or the grammar itself) that
+    llama.cpp would not survive or cannot parse."""
+    PREFIX = "refused as a grammar: "
+
+    def __init__(self, why: str):
+        super().__init__(self.PREFIX + why)
+
+
+def guard_grammars() -> None:
+    """Every grammar a request makes (from `response_format`, `tools`,
+    `functions`, llama.cpp's `grammar`) is checked before and after
+    llama.cpp parses it, in this process, before the server starts.
+    llama-cpp-python 0.3 hands llama.cpp a grammar it cannot parse and
+    uses the NULL it gets back: a schema with `"pattern": "^\\q$"` ended
+    the server process (SIGSEGV), and with it every chat. Now the request is
+    answered 400 and the server goes on. Where both run, the ingress takes
+    `grammar` out of API bodies as well; this covers the UI's routes too."""
+    import llama_cpp.llama_cpp as library
+    from llama_cpp import llama_grammar
+    from llama_cpp.server.errors import ErrorResponse, RouteErrorHandler
+
+    convert = llama_grammar.json_schema_to_gbnf
+
+    def checked_conversion(schema: str, *args, **kwargs) -> str:
+        try:
+            problem = schema_problem(json.loads(schema))
+        except ValueError:
+            problem = None  # the converter says what is wrong
+        # Not raised here: the chat formats catch a failed conversion and
+        # constrain the answer to any JSON instead, dropping the caller's
+        # schema without a word. The refusal travels as the grammar and is
+        # raised where llama.cpp would be given it.
+        return GrammarRefused.PREFIX + problem if problem else convert(schema, *args, **kwargs)
+    # Looked up by name at each call, by LlamaGrammar.from_json_schema and the chat formats alike.
+    llama_grammar.json_schema_to_gbnf = checked_conversion
+
+    def checked_parse(name: str):
+        parse = getattr(library, name)
+
+        def checked(vocab, grammar: bytes, *args):
+            if grammar.startswith(GrammarRefused.PREFIX.encode()):
+                raise GrammarRefused(grammar.decode()[len(GrammarRefused.PREFIX):])
+            if len(grammar) > MAX_GRAMMAR_CHARACTERS:
+                raise GrammarRefused(f"{len(grammar)} characters, at most {MAX_GRAMMAR_CHARACTERS}")
+            sampler = parse(vocab, grammar, *args)
+            if not sampler:  # llama.cpp's "error parsing grammar" (said on stderr)
+                raise GrammarRefused("llama.cpp cannot parse it")
+            return sampler
+        setattr(library, name, checked)
+    for name in ("llama_sampler_init_grammar", "llama_sampler_init_grammar_lazy_patterns",
+                 "llama_sampler_init_grammar_lazy"):
+        if hasattr(library, name):
+            checked_parse(name)
+
+    def refused(body, match):
+        return 400, ErrorResponse(message=match.string, type="invalid_request_error", param="response_format",
+                                  code=None)
+    # The server's own error handler answers by the message: this one is the client's mistake, not a 500.
+    RouteErrorHandler.pattern_and_formatters[re.compile(re.escape(GrammarRefused.PREFIX))] = refused
+
+
+def server(config_path: str) -> None:
+    """llama-cpp-python's server on one config file, its grammars guarded."""
+    guard_grammars()
+    from llama_cpp.server.__main__ import main
+    sys.argv = ["llama_cpp.server", "--config_file", config_path]
+    main()
+
+
 def check() -> int:
     problems = model_problems(load_config())
     refuse(problems)
@@ -209,6 +318,9 @@ if __name__ == "__main__":
         sys.exit(health())
     if command == "check":
         sys.exit(check())
+    if command == "server":
+        server(sys.argv[2])
+        sys.exit(0)
     if command == "pooling":
         print(json.dumps(pooling_overrides(sys.argv[2])))
         sys.exit(0)

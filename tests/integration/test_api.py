@@ -137,6 +137,47 @@ def test_the_token_in_the_address_is_refused(api, query):
     owner_reaches_the_backend(api)
 
 
+def backend_started_at(docker_client, result) -> tuple[str, int]:
+    """When the backend's container last started, and how often Docker
+    restarted it: a server process that ends takes the container with it."""
+    attrs = docker_client.containers.get(f"sandbox-{result.name}-backend").attrs
+    return attrs["State"]["StartedAt"], attrs["RestartCount"]
+
+
+ANSWER_SCHEMA_OF = {
+    "response_format": lambda schema: {"response_format": {"type": "json_object", "schema": schema}},
+    "tools": lambda schema: {"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": schema}, "required": ["a"]}}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}}},
+}
+
+
+@pytest.mark.parametrize("place", sorted(ANSWER_SCHEMA_OF))
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "pattern": "^\\q$"},  # llama.cpp cannot parse the grammar: its server ended (SIGSEGV)
+    {"type": "string", "maxLength": 100000},  # 100,000 nested groups: its parser's stack
+], ids=["unparsable-pattern", "deep-repetition"])
+def test_a_schema_that_llama_cpp_cannot_take_is_refused_and_the_backend_goes_on(sandbox, docker_client, client,
+                                                                               place, schema):
+    """Tried as an attacker would: the owner's API client sends
+    `response_format` with a JSON schema whose pattern is "^\\q$" (or a
+    function's parameters with one): llama-cpp-python made it a grammar
+    llama.cpp could not parse and used what it got back; the backend's
+    server ended (502, RestartCount 0 -> 1), and every chat with it."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    messages = [{"role": "user", "content": "Say a word."}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=4,
+                                       **ANSWER_SCHEMA_OF[place](schema))
+    assert "refused as a grammar" in str(refused.value), refused.value
+    # Control, at once and on the same server: a schema it can take constrains an answer.
+    answer = client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=8,
+                                            **ANSWER_SCHEMA_OF[place]({"type": "string", "maxLength": 5}))
+    assert answer.choices, answer
+    assert backend_started_at(docker_client, result) == before
+
+
 def test_a_body_over_one_mib_is_refused(api, tmp_path):
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"model": QUICKSTART_ALIAS, "input": "x" * (1024 * 1024)}))

@@ -37,7 +37,7 @@ def started(tmp_path, monkeypatch):
 def test_an_unchanged_model_is_loaded_and_the_server_gets_its_own_settings_only(started, capsys):
     model, server_config, did = started
     backend.serve()
-    assert did["ran"][-2:] == ["--config_file", str(server_config)] and "paused" not in did
+    assert did["ran"][-2:] == ["server", str(server_config)] and "paused" not in did
     [entry] = json.loads(server_config.read_text())["models"]
     assert entry["model"] == str(model) and "sha256" not in entry  # llama's settings refuse unknown keys
     assert f"backend: {model}: sha256 checked" in capsys.readouterr().err
@@ -123,3 +123,23 @@ def test_when_one_server_ends_the_other_is_stopped_and_the_backend_ends(monkeypa
     started = backend.time.monotonic()
     code = backend.run_servers(["import sys; sys.exit(3)", "import time; time.sleep(60)"])
     assert code == 3 and backend.time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("schema, refused", [
+    ({"type": "string", "maxLength": 1001}, "maxLength is 1001"),
+    ({"type": "array", "items": {"type": "string", "minLength": 10**9}}, "minLength is 1000000000"),
+    ({"properties": {"a": {"type": "string", "pattern": "^a{2,5000}$"}}}, "pattern repeats {2,5000}"),
+    ({"anyOf": [{"type": "string"}, {"type": "string", "pattern": "(ab){100000}"}]}, "pattern repeats {100000}"),
+])
+def test_a_schema_asking_for_more_repetitions_than_llama_cpp_parses_is_refused(schema, refused):
+    assert refused in backend.schema_problem(schema)
+
+
+def test_a_schema_within_bounds_passes_however_deeply_nested():
+    assert backend.schema_problem({"type": "object", "properties": {
+        "a": {"type": "string", "maxLength": 1000, "pattern": "^[a-z]{1,20}$"},
+        "b": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 10}}}) is None
+    deep = {}
+    for _ in range(100_000):  # walked without recursion: no RecursionError here
+        deep = {"items": deep}
+    assert backend.schema_problem(deep) is None
