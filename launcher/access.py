@@ -21,10 +21,13 @@ from launcher.private import private_directory, write_private
 
 TOKEN_ENV = "SANDBOX_ACCESS_TOKEN"
 LINK_PARAMETER = "sandbox_token"
-# The User-Agent of the launcher's own requests through the front door
-# (`up`'s check, `verify`'s controls): the ingress does not count them as
-# the owner's API calls (images/ingress/nginx.conf.template).
+# The launcher's own requests through the front door (`up`'s check,
+# `verify`'s controls) say so with this User-Agent, for people reading, and
+# prove it with LAUNCHER_HEADER: the ingress counts only those as not the
+# owner's API calls (images/ingress/nginx.conf.template), so a client cannot
+# hide its calls from `status` by its User-Agent.
 LAUNCHER_AGENT = "sandbox-launcher"
+LAUNCHER_HEADER = "X-Sandbox-Launcher"
 
 
 def cookie_name(sandbox: str) -> str:
@@ -40,6 +43,14 @@ def token_id(token: str) -> str:
     """A short fingerprint of the token: it changes when the token does (so a
     new token recreates the ingress) and says nothing about the token."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def launcher_mark(token: str, api_key: str) -> str:
+    """LAUNCHER_HEADER's value: made of the access token and the backend's
+    key, which only the launcher and the ingress hold both of. An API client
+    holds the token, the front-end the key: neither can make it
+    (images/ingress/start.sh makes the same)."""
+    return hashlib.sha256(f"sandbox-launcher:{api_key}:{token}".encode()).hexdigest()[:32]
 
 
 def access_link(url: str, token: str) -> str:
@@ -122,11 +133,11 @@ def write_open_page(sandbox: str, link: str) -> Path:
 
 
 def open_ui(url: str, token: str | None = None, data: bytes | None = None,
-            headers: dict | None = None, timeout: float = 30):
+            headers: dict | None = None, timeout: float = 30, mark: str | None = None):
     """A request to a sandbox's UI as its owner, by the launcher itself: with
-    the bearer token and never through a proxy from the environment
-    (127.0.0.1 is this machine)."""
-    headers = {"User-Agent": LAUNCHER_AGENT, **(headers or {})}
+    the bearer token, its launcher_mark, and never through a proxy from the
+    environment (127.0.0.1 is this machine)."""
+    headers = {"User-Agent": LAUNCHER_AGENT, **({LAUNCHER_HEADER: mark} if mark else {}), **(headers or {})}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(url, data=data, headers=headers)

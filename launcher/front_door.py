@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 
-from launcher.access import LAUNCHER_AGENT, cookie_name
+from launcher.access import LAUNCHER_AGENT, LAUNCHER_HEADER, cookie_name
 
 FOREIGN_ORIGIN = "http://evil.example"
 FLOOD_CONNECTIONS = 300
@@ -32,7 +32,6 @@ def _exchange(port: int, raw: bytes, timeout: float = 10, first_only: bool = Fal
 
 
 def _request(method: str, host: str, headers: dict, body: bytes = b"") -> bytes:
-    # The launcher's own: the owner's controls here are not the owner's calls.
     lines = [f"{method} / HTTP/1.1", f"Host: {host}", f"User-Agent: {LAUNCHER_AGENT}"] + [
         f"{k}: {v}" for k, v in headers.items()]
     if body or method == "POST":
@@ -88,11 +87,17 @@ def _one(port: int, raw: bytes) -> dict:
     return answers[0] if answers else {"status": None, "refused": None, "error": "no answer"}
 
 
-def try_front_door(port: int, sandbox: str, token: str) -> dict:
+def owner_headers(token: str, mark: str | None) -> dict:
+    """The bearer token, and the launcher's mark where it is known: the
+    owner's controls here are the launcher's, not the owner's API calls."""
+    return {"Authorization": f"Bearer {token}", **({LAUNCHER_HEADER: mark} if mark else {})}
+
+
+def try_front_door(port: int, sandbox: str, token: str, mark: str | None = None) -> dict:
     own = f"127.0.0.1:{port}"
     own_origin = f"http://{own}"
     cookie = f"{cookie_name(sandbox)}={token}"
-    bearer = {"Authorization": f"Bearer {token}", "Connection": "close"}
+    bearer = {**owner_headers(token, mark), "Connection": "close"}
     with_cookie = {"Cookie": cookie, "Connection": "close"}
     websocket = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Cookie": cookie}
@@ -117,15 +122,15 @@ def try_front_door(port: int, sandbox: str, token: str) -> dict:
             "Content-Type": "application/json"}, b"{}")),
         "cross_site_websocket": _one(port, _request("GET", own, {**websocket, "Origin": FOREIGN_ORIGIN})),
         "own_websocket": _one(port, _request("GET", own, {**websocket, "Origin": own_origin})),
-        "pipelined": pipelined_proxy_requests(port, token),
-        "flood": slow_client_flood(port, token),
+        "pipelined": pipelined_proxy_requests(port, token, mark),
+        "flood": slow_client_flood(port, token, mark=mark),
     }
 
 
-def pipelined_proxy_requests(port: int, token: str) -> list[dict]:
+def pipelined_proxy_requests(port: int, token: str, mark: str | None = None) -> list[dict]:
     """A good request and, on the same connection, two proxy requests."""
     own = f"127.0.0.1:{port}"
-    raw = (_request("GET", own, {"Authorization": f"Bearer {token}"})
+    raw = (_request("GET", own, owner_headers(token, mark))
            + b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
            + f"GET http://example.com/ HTTP/1.1\r\nHost: {own}\r\n\r\n".encode())
     try:
@@ -134,7 +139,7 @@ def pipelined_proxy_requests(port: int, token: str) -> list[dict]:
         return [{"status": None, "refused": None, "error": str(e)}]
 
 
-def slow_client_flood(port: int, token: str, connections: int = FLOOD_CONNECTIONS) -> dict:
+def slow_client_flood(port: int, token: str, connections: int = FLOOD_CONNECTIONS, mark: str | None = None) -> dict:
     """Hundreds of connections that each send half a request and wait, while
     the owner asks for the UI. Counts how many of the flood were still open
     when the owner was done: the control that the flood really happened."""
@@ -152,8 +157,7 @@ def slow_client_flood(port: int, token: str, connections: int = FLOOD_CONNECTION
     owner = []
     for _ in range(OWNER_TRIES):
         started = time.monotonic()
-        answer = _one(port, _request("GET", f"127.0.0.1:{port}",
-                                     {"Authorization": f"Bearer {token}", "Connection": "close"}))
+        answer = _one(port, _request("GET", f"127.0.0.1:{port}", {**owner_headers(token, mark), "Connection": "close"}))
         owner.append({**answer, "seconds": round(time.monotonic() - started, 3)})
     still_open = 0
     for s in flood:

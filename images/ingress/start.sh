@@ -67,11 +67,16 @@ if [ -n "${SANDBOX_INTERNAL_SUBNET:-}" ]; then
   [ -n "$LISTEN" ] || fail "no address outside the sandbox's network ($SANDBOX_INTERNAL_SUBNET) to listen on"
 fi
 export SANDBOX_LISTEN="$LISTEN"
+# The launcher's own requests carry this (launcher/access.py, launcher_mark):
+# made of the token and the backend's key, which no API client (the token)
+# or front-end (the key) holds both of.
+SANDBOX_LAUNCHER_MARK=$(printf 'sandbox-launcher:%s:%s' "$SANDBOX_API_KEY" "$SANDBOX_ACCESS_TOKEN" | sha256sum | cut -c1-32)
+export SANDBOX_LAUNCHER_MARK
 # The token and the backend's key are read from the environment, never put on
 # a command line: every local user of the host can read the command lines of a
 # container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL CSP", names, " ") }
-     { for (i = 1; i <= 13; i++) { value = ENVIRON["SANDBOX_" names[i]]
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL CSP LAUNCHER_MARK", names, " ") }
+     { for (i = 1; i <= 14; i++) { value = ENVIRON["SANDBOX_" names[i]]
                                    gsub(/&/, "\\\\&", value)  # a literal & (a health path may have one), not the match
                                    gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@", value) }
        print }' \

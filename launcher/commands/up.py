@@ -277,9 +277,10 @@ def wait_until_ready(gateway: DockerGateway, spec: SandboxSpec, timeout: float, 
     # client) will come.
     url = spec.url.rstrip("/") + spec.health_path
     token = spec.container("ingress").env_value(access.TOKEN_ENV)
+    mark = access.launcher_mark(token, spec.container("ingress").env_value(BACKEND_API_KEY_ENV))
     while True:
         try:
-            with access.open_ui(url, token, timeout=5) as response:
+            with access.open_ui(url, token, timeout=5, mark=mark) as response:
                 if response.status == 200:
                     break
                 last_error = f"it answered {response.status}"

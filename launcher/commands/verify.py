@@ -32,7 +32,7 @@ from launcher.hostnet import (Canary, container_process, host_ipv4_addresses, ho
 from launcher.images import recipe_image
 from launcher.resources import IMAGES_DIR
 from launcher.policy.files import sha256_of
-from launcher.spec import BACKEND_PORT, INGRESS_PORT, resource_name
+from launcher.spec import BACKEND_API_KEY_ENV, BACKEND_PORT, INGRESS_PORT, resource_name
 from launcher.text import json_records
 from launcher.matrix import ADDRESS_TARGET, FAIL, FRONTEND_WORD, INCONCLUSIVE, Facts, Row, judge
 
@@ -158,8 +158,9 @@ def verify(gateway: DockerGateway, target: str | None = None, ca_bundle: Path | 
     _read_sink(gateway, name, spec.container("dns").name, started - 1, facts)
     facts.ingress_from_host = {line: _status_line("127.0.0.1", policy.ingress_port, line) for line in PROXY_REQUESTS}
     say("trying the front door from this machine: foreign Host, no token, cross-site, pipelined, slow clients")
-    facts.front_door = try_front_door(policy.ingress_port, name,
-                                      spec.container("ingress").env_value(access.TOKEN_ENV))
+    token = spec.container("ingress").env_value(access.TOKEN_ENV)
+    facts.front_door = try_front_door(policy.ingress_port, name, token, access.launcher_mark(
+        token, spec.container("ingress").env_value(BACKEND_API_KEY_ENV)))
 
     say("trying to write the weights from inside the backend")
     model = policy.models[0]

@@ -15,6 +15,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from launcher.access import launcher_mark
+
 INGRESS = Path(__file__).resolve().parents[2] / "images" / "ingress"
 NGINX = "/usr/sbin/nginx"
 JS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
@@ -109,7 +111,8 @@ class RealIngress:
                   "API_UPSTREAM": self.backend.address, "API_KEY": api_key,
                   "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else "",
                   "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health",
-                  "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else "", "CSP": csp}
+                  "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else "", "CSP": csp,
+                  "LAUNCHER_MARK": launcher_mark(token, api_key)}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
 import threading
 
 import pytest
 
-from tests.unit.real_ingress import RealIngress, nginx_with_njs
+from launcher.access import LAUNCHER_AGENT, LAUNCHER_HEADER, launcher_mark
+from tests.unit.real_ingress import INGRESS, RealIngress, nginx_with_njs
 
 TOKEN = "t" * 43
 API_KEY = "k" * 43
@@ -370,15 +373,47 @@ def test_the_bearer_on_the_uis_routes_is_bounded_with_the_api(ingress):
 
 
 def test_the_bearers_requests_on_the_uis_routes_are_counted_as_calls_the_cookies_and_the_launchers_are_not(ingress):
+    launcher = {**OWNER, "User-Agent": LAUNCHER_AGENT, LAUNCHER_HEADER: launcher_mark(TOKEN, API_KEY)}
     ask(ingress, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}", "User-Agent": "Mozilla/5.0"})  # the browser's
-    ask(ingress, "GET", "/api/models", {**OWNER, "User-Agent": "sandbox-launcher"})  # `up`'s own check
-    ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "sandbox-launcher"})
+    ask(ingress, "GET", "/api/models", launcher)  # `up`'s own check
+    ask(ingress, "GET", "/v1/models", launcher)
     ask(ingress, "POST", "/api/chat/completions", {**OWNER, **JSON, "User-Agent": "curl/8.5.0"}, b"{}")
     ask(ingress, "GET", "/v1/models", {**OWNER, "User-Agent": "curl/8.5.0"})
     lines = ingress.api_log(waiting_for="route=models").splitlines()
     assert lines == ["ingress: api call route=ui client=curl model=- status=200",
                      "ingress: api call route=models client=curl model=- status=200"]
     assert len(ingress.ui.seen) == 3  # all of them reached it: counted or not, none was refused
+    # The mark is the ingress's to read: the UI never sees it.
+    assert all(LAUNCHER_HEADER.lower() not in {k.lower() for k in seen["headers"]} for seen in ingress.ui.seen)
+
+
+@pytest.mark.parametrize("posing", [
+    {"User-Agent": LAUNCHER_AGENT},  # the launcher's User-Agent, which once was all it took
+    {"User-Agent": LAUNCHER_AGENT, LAUNCHER_HEADER: launcher_mark(TOKEN, "another key")},
+    {"User-Agent": LAUNCHER_AGENT, LAUNCHER_HEADER: launcher_mark(TOKEN, API_KEY) + "0"},
+], ids=["user-agent", "mark-of-another-key", "mark-and-more"])
+def test_a_client_posing_as_the_launcher_is_still_counted(ingress, posing):
+    """Tried as an attacker would: a client holding the token sends
+    `User-Agent: sandbox-launcher` and its calls vanish from `status`. Only
+    the launcher's mark, made of the token and the backend's key (which no
+    API client holds), keeps a call out of the count."""
+    ask(ingress, "GET", "/v1/models", {**OWNER, **posing})
+    ask(ingress, "POST", "/api/chat/completions", {**OWNER, **JSON, **posing}, b"{}")
+    lines = ingress.api_log(waiting_for="route=ui").splitlines()
+    assert lines == ["ingress: api call route=models client=other model=- status=200",
+                     "ingress: api call route=ui client=other model=- status=200"]
+
+
+def test_the_ingress_makes_the_launchers_mark_as_the_launcher_does():
+    """start.sh makes the mark the ingress expects with sh and sha256sum;
+    the launcher makes it in Python: the same, or `up`'s and `verify`'s own
+    requests would be counted as the owner's."""
+    line = next(line for line in (INGRESS / "start.sh").read_text().splitlines()
+                if line.startswith("SANDBOX_LAUNCHER_MARK="))
+    made = subprocess.run(["sh", "-c", f'{line}; printf %s "$SANDBOX_LAUNCHER_MARK"'], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], "SANDBOX_API_KEY": API_KEY, "SANDBOX_ACCESS_TOKEN": TOKEN},
+                          check=True).stdout
+    assert made == launcher_mark(TOKEN, API_KEY) and len(made) == 32
 
 
 def test_refusals_are_logged_as_the_front_doors_are_without_the_token(ingress):
