@@ -10,6 +10,7 @@ Open WebUI chat): the same code renders it as one being written, and the
 tiny model cannot be made to write it word for word."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -51,14 +52,23 @@ def watched_page(browser):  # noqa: F811 (the fixture's value)
     return context, context.new_page()
 
 
-def test_the_chat_page_works_under_its_policy_and_an_answer_carrying_html_runs_nothing(sandbox, browser, gateway):
-    result, _ = sandbox
+@contextlib.contextmanager
+def watched_beside_a_canary(browser):  # noqa: F811 (the fixture's value)
+    """A watched page, a canary on this machine for a hostile answer to
+    reach (its address), and a tag of the answer's own."""
     canary = serve(Canary)
     Canary.hits.clear()
-    to = f"http://127.0.0.1:{canary.server_address[1]}"
-    tag = uuid.uuid4().hex[:8]
     context, page = watched_page(browser)
     try:
+        yield page, f"http://127.0.0.1:{canary.server_address[1]}", uuid.uuid4().hex[:8]
+    finally:
+        context.close()
+        canary.shutdown()
+
+
+def test_the_chat_page_works_under_its_policy_and_an_answer_carrying_html_runs_nothing(sandbox, browser, gateway):
+    result, _ = sandbox
+    with watched_beside_a_canary(browser) as (page, to, tag):
         response = page.goto(result.access_link)
         assert content_security_policy(FRONTEND_RECIPES["chat"], port_of(result)) in csp_headers(response)
         # (1) It works: a message typed is answered, and nothing on the way is refused.
@@ -85,9 +95,6 @@ def test_the_chat_page_works_under_its_policy_and_an_answer_carrying_html_runs_n
         assert page.evaluate("() => document.querySelectorAll('#log img, #log script, #log a').length") == 0
         assert page.evaluate(RAN) == [None, None]
         assert page.evaluate("() => window.violations") == [] and Canary.hits == []
-    finally:
-        context.close()
-        canary.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -159,48 +166,42 @@ def test_open_webui_works_under_its_policy_and_an_answer_carrying_html_runs_noth
     from launcher.commands.up import up
     path = write_policy(tmp_path, frontend={"recipe": "open-webui", "env": {"WEBUI_AUTH": "False"}})
     result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
-    canary = serve(Canary)
-    Canary.hits.clear()
-    to = f"http://127.0.0.1:{canary.server_address[1]}"
-    tag = uuid.uuid4().hex[:8]
-    context, page = watched_page(browser)
     try:
-        response = page.goto(result.access_link)
-        assert csp_headers(response) == [content_security_policy(FRONTEND_RECIPES["open-webui"], port_of(result))]
-        # (1) It works: its page starts (its three inline scripts are the hashed ones), and a chat is answered.
-        failed = []
-        page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
-        try:
-            page.wait_for_selector("#chat-input", timeout=120_000)
-        except PlaywrightTimeout:
-            # Say why: a violation, or a load the browser broke off (ERR_NETWORK_CHANGED
-            # when another network comes or goes on a busy engine).
-            pytest.fail(f"Open WebUI's page did not start: violations {page.evaluate('() => window.violations')}, "
-                        f"failed requests {failed}")
-        page.keyboard.press("Escape")  # its "what's new" dialog, shown on a first visit
-        page.locator("#chat-input").focus()
-        page.keyboard.type("Say hello in one word.")
-        page.keyboard.press("Enter")
-        page.wait_for_function("() => { const e = [...document.querySelectorAll('#response-content-container')]"
-                               ".pop(); return e && e.textContent.trim().length > 0; }", timeout=180_000)
-        assert page.evaluate("() => window.violations") == []
+        with watched_beside_a_canary(browser) as (page, to, tag):
+            response = page.goto(result.access_link)
+            assert csp_headers(response) == [content_security_policy(FRONTEND_RECIPES["open-webui"], port_of(result))]
+            # (1) It works: its page starts (its three inline scripts are the hashed ones), and a chat is answered.
+            failed = []
+            page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
+            try:
+                page.wait_for_selector("#chat-input", timeout=120_000)
+            except PlaywrightTimeout:
+                # Say why: a violation, or a load the browser broke off (ERR_NETWORK_CHANGED
+                # when another network comes or goes on a busy engine).
+                pytest.fail(f"Open WebUI's page did not start: violations {page.evaluate('() => window.violations')}, "
+                            f"failed requests {failed}")
+            page.keyboard.press("Escape")  # its "what's new" dialog, shown on a first visit
+            page.locator("#chat-input").focus()
+            page.keyboard.type("Say hello in one word.")
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => { const e = [...document.querySelectorAll('#response-content-container')]"
+                                   ".pop(); return e && e.textContent.trim().length > 0; }", timeout=180_000)
+            assert page.evaluate("() => window.violations") == []
 
-        # (2) A hostile answer, shown by the page: Open WebUI escapes the HTML
-        # (the control above shows what its policy does where a UI does not);
-        # the markdown image is refused by img-src and never fetched.
-        chat = _open_webui_chat_with(result, _open_webui_signed_in(result), hostile_answer(tag, to))
-        page.goto(f"{result.url}c/{chat}")
-        page.wait_for_selector(f"text=HOSTILE-{tag}", timeout=60_000)
-        page.wait_for_function(f"() => window.violations.some(v => v.blocked.endsWith('/md-image-{tag}'))",
-                               timeout=30_000)
-        assert page.evaluate(RAN) == [None, None]
-        container = "[...document.querySelectorAll('#response-content-container')].pop()"
-        assert page.evaluate(f"() => {container}.querySelectorAll('script, [onerror]').length") == 0
-        # What was refused: the image, and handlers the page's own code tried on the answer's HTML.
-        refused = page.evaluate("() => window.violations")
-        assert {v["directive"] for v in refused} <= {"img-src", "script-src-attr", "script-src-elem"}, refused
-        assert Canary.hits == []
+            # (2) A hostile answer, shown by the page: Open WebUI escapes the HTML
+            # (the control above shows what its policy does where a UI does not);
+            # the markdown image is refused by img-src and never fetched.
+            chat = _open_webui_chat_with(result, _open_webui_signed_in(result), hostile_answer(tag, to))
+            page.goto(f"{result.url}c/{chat}")
+            page.wait_for_selector(f"text=HOSTILE-{tag}", timeout=60_000)
+            page.wait_for_function(f"() => window.violations.some(v => v.blocked.endsWith('/md-image-{tag}'))",
+                                   timeout=30_000)
+            assert page.evaluate(RAN) == [None, None]
+            container = "[...document.querySelectorAll('#response-content-container')].pop()"
+            assert page.evaluate(f"() => {container}.querySelectorAll('script, [onerror]').length") == 0
+            # What was refused: the image, and handlers the page's own code tried on the answer's HTML.
+            refused = page.evaluate("() => window.violations")
+            assert {v["directive"] for v in refused} <= {"img-src", "script-src-attr", "script-src-elem"}, refused
+            assert Canary.hits == []
     finally:
-        context.close()
-        canary.shutdown()
         down(gateway, result.name, volumes=True)

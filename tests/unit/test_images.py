@@ -49,3 +49,25 @@ def test_a_front_end_the_user_builds_gets_the_ca_bundle_too(tmp_path, monkeypatc
     monkeypatch.setenv("SANDBOX_HOST_CA", "0")
     assert images.images_for(policy, use_gpu=False, ca_bundle=None).frontend.ca_bundle is None
     assert images.images_for(policy, use_gpu=False, ca_bundle=None).frontend.tag == built.tag
+
+
+PYTHON_STANZA = """FROM debian:bookworm-slim
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends python3 \\
+ && rm -rf /var/lib/apt/lists/*
+"""
+
+
+def test_the_small_python_images_share_one_cached_layer():
+    """The `chat` image and the tests' own front-ends each begin with the
+    same stanza, word for word, on purpose: Docker keys its build cache on
+    the base and the instruction's text, so the one apt-get layer is built
+    once on a bare engine and shared by all. A stanza that drifts (a package
+    added in one) rebuilds it for that image alone."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    dockerfiles = [root / "images" / "chat" / "Dockerfile",
+                   *sorted((root / "tests" / "fixtures").glob("*-ui/Dockerfile"))]
+    assert len(dockerfiles) >= 6
+    drifted = [str(path.relative_to(root)) for path in dockerfiles if PYTHON_STANZA not in path.read_text()]
+    assert drifted == []
