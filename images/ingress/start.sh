@@ -83,36 +83,8 @@ awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM A
     /opt/ingress/nginx.conf.template > /tmp/nginx/nginx.conf
 addresses=$(printf '%s\n' "$LISTEN" | sed 's/listen //; s/ default_server;//' | tr '\n' ' ')
 echo "ingress: listening on ${addresses}for http://127.0.0.1:$SANDBOX_PUBLIC_PORT/, upstream ${SANDBOX_UPSTREAM:-none (the API only)}"
-# Everything nginx writes passes through here on its way to the container's
-# log, which the token must never reach: nginx's own error lines quote the
-# request line and Host of the request at fault (a body too large, a UI that
-# is down), and only the refusal log's fields go through sandbox.js.
-# A line that carries the token percent-encoded (a Host or Referer of
-# %XX escapes) is left out whole.
+# Everything nginx writes passes through log-filter.awk on its way to the
+# container's log, which the token must never reach.
 rm -f /tmp/nginx/log && mkfifo /tmp/nginx/log
-LC_ALL=C awk -W interactive '
-  BEGIN { token = ENVIRON["SANDBOX_ACCESS_TOKEN"]
-          for (i = 1; i < 256; i++) byte[sprintf("%02x", i)] = sprintf("%c", i) }
-  function decoded(s,    out, i, pair) {
-    out = ""
-    for (i = 1; i <= length(s); i++) {
-      pair = tolower(substr(s, i + 1, 2))
-      if (substr(s, i, 1) == "%" && pair in byte) { out = out byte[pair]; i += 2 }
-      else out = out substr(s, i, 1)
-    }
-    return out
-  }
-  # nginx says so of every request whose Content-Length is over the bound,
-  # before any rule of ours runs: any local program, with no token, could
-  # fill the log with it. The first 100 are kept; the refusal log has each
-  # (413), counted and bounded (sandbox.js, refusedNth).
-  /^[0-9\/]+ [0-9:]+ \[error\] [0-9]+#[0-9]+: \*[0-9]+ client intended to send too large body: / {
-    if (++too_large > 100) next }
-  { line = $0
-    while ((at = index(line, token)) > 0)
-      line = substr(line, 1, at - 1) "..." substr(line, at + length(token))
-    plain = line
-    for (round = 0; round < 4; round++) { again = decoded(plain); if (again == plain) break; plain = again }
-    if (index(plain, token) > 0) line = "ingress: a line of nginx'"'"'s log left out: it carries the access token"
-    print line; fflush() }' < /tmp/nginx/log &
+LC_ALL=C awk -W interactive -f /opt/ingress/log-filter.awk < /tmp/nginx/log &
 exec nginx -e stderr -c /tmp/nginx/nginx.conf -g 'daemon off;' > /tmp/nginx/log 2>&1
