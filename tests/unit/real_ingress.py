@@ -159,6 +159,12 @@ class RealIngress:
                 return text
             time.sleep(0.05)
 
+    def __enter__(self) -> "RealIngress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -25,9 +25,8 @@ pytestmark = pytest.mark.skipif(not nginx_with_njs(), reason="nginx with njs (De
 
 @pytest.fixture
 def ingress(tmp_path):
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY)
-    yield door
-    door.close()
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY) as door:
+        yield door
 
 
 def ask(ingress, method: str, path: str, headers: dict | None = None, body: bytes | None = None,
@@ -92,9 +91,8 @@ def test_embeddings_are_asked_of_the_embedding_models_own_server_with_the_backen
 
 @pytest.fixture
 def no_embeddings(tmp_path):
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, embeddings=False)
-    yield door
-    door.close()
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, embeddings=False) as door:
+        yield door
 
 
 def test_without_an_embedding_model_the_ingress_answers_embeddings_with_a_404_that_says_so(no_embeddings):
@@ -488,9 +486,8 @@ def test_the_owners_embeddings_without_an_embedding_model_are_logged_as_calls_an
 
 @pytest.fixture
 def api_only(tmp_path):
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, ui=False)
-    yield door
-    door.close()
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, ui=False) as door:
+        yield door
 
 
 def test_an_api_only_sandbox_serves_the_api_and_its_pages_say_so(api_only):

@@ -80,13 +80,10 @@ def test_the_chat_server_sends_the_same_policy_as_the_ingress():
 @pytest.mark.parametrize("recipe", ["chat", "open-webui", None])
 def test_the_ingress_sends_the_policy_it_is_given_on_the_uis_pages(tmp_path, recipe):
     csp = content_security_policy(FRONTEND_RECIPES[recipe] if recipe else CUSTOM_FRONTEND, 8080)
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43, csp=csp)
-    try:
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43, csp=csp) as door:
         request = urllib.request.Request(door.url + "/", headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.headers.get_all("Content-Security-Policy") == [csp]
-    finally:
-        door.close()
 
 
 @pytest.mark.parametrize("csp", [None, "", "default-src 'self'\"; add_header X 1; \"", "default-src $host",

@@ -172,8 +172,7 @@ def ask_door(door: RealIngress, path: str, headers: dict | None = None) -> int:
 
 @needs_nginx
 def test_the_ingress_check_asks_the_ui_health_path_with_nothing_of_the_owners(tmp_path):
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY)
-    try:
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY) as door:
         assert run_check(door) == 0
         assert [s["path"] for s in door.ui.seen] == ["/health"]
         headers = {k.lower() for k in door.ui.seen[0]["headers"]}
@@ -187,26 +186,20 @@ def test_the_ingress_check_asks_the_ui_health_path_with_nothing_of_the_owners(tm
         assert run_check(door) != 0
         # Nothing of it is in the owner's logs.
         assert "health" not in door.log() and "health" not in door.api_log()
-    finally:
-        door.close()
 
 
 @needs_nginx
 def test_an_api_only_ingress_check_asks_the_backends_models_by_the_apis_route(tmp_path):
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, ui=False)
-    try:
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, ui=False) as door:
         assert run_check(door) == 0
         assert [s["path"] for s in door.backend.seen] == ["/v1/models"]
         assert door.backend.seen[0]["headers"]["Authorization"] == f"Bearer {API_KEY}"
         assert door.ui.seen == []
-    finally:
-        door.close()
 
 
 @needs_nginx
 def test_the_health_path_on_the_door_is_no_way_past_it(tmp_path):
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY)
-    try:
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY) as door:
         # Without the token, refused as any path is; with it, just a path of the UI's.
         assert ask_door(door, "/.sandbox-health") == 401
         assert door.ui.seen == []
@@ -217,5 +210,3 @@ def test_the_health_path_on_the_door_is_no_way_past_it(tmp_path):
         c.request("GET", "/")
         assert c.getresponse().status == 404
         c.close()
-    finally:
-        door.close()

@@ -47,9 +47,8 @@ def refused_flood(port: int, requests: int, head: bytes | None = None, status: i
 
 @pytest.fixture
 def ingress(tmp_path):
-    door = RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, one_log=True)
-    yield door
-    door.close()
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, one_log=True) as door:
+        yield door
 
 
 def test_a_flood_of_refusals_does_not_push_the_owners_calls_and_first_refusals_out_of_the_log(ingress):
