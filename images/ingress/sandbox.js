@@ -229,7 +229,10 @@ function requestLogged(r) {
 // few dozen lines, so that it never pushes the owner's API calls and the
 // first refusals of each kind out of the log `status` and `audit` read. Its
 // line says which refusal of its reason it was (nth=); "" for a request
-// that is not logged.
+// that is not logged. Every use of the access link is logged, whatever
+// its count: only the token's holder can make one, and `sandbox open`
+// (launcher/browser.py) learns from its line that a window without a
+// remote protocol got to the sandbox.
 const ITEMISED = 100;
 
 function refusedNth(r) {
@@ -245,7 +248,7 @@ function refusedNth(r) {
     }
     fs.writeFileSync(file, String(n));
     const doubling = n % ITEMISED === 0 && ((n / ITEMISED) & (n / ITEMISED - 1)) === 0;
-    return n <= ITEMISED || doubling ? String(n) : '';
+    return n <= ITEMISED || doubling || r.variables.reason === 'login' ? String(n) : '';
 }
 
 // The model a call asked for, as the log of API calls (`sandbox status`)

@@ -116,3 +116,14 @@ def test_oversized_refusals_write_short_lines_and_leave_the_owners_calls_in_the_
                                       {"client": "openai-python", "model": "tiny", "calls": 1, "failed": 0}]
     from_host, from_parts = refusals_by_sender(flooded, {"127.0.0.1": "frontend"})
     assert from_host == [] and [p["part"] for p in from_parts] == ["frontend"] * len(flooded)
+
+
+def test_every_use_of_the_access_link_is_logged_past_the_itemised_count(ingress):
+    """`sandbox open` in Firefox (no remote protocol) knows the window got to
+    the sandbox by the access link's line (launcher/browser.py): the 150th
+    use is logged like the first. Only the token's holder makes them."""
+    for _ in range(150):
+        assert ask(ingress, "GET", f"/?sandbox_token={TOKEN}", {"Sec-Fetch-Site": "none"})[0] == 302
+    ask(ingress, "GET", "/the-end", host="evil.example")
+    used = [line for line in ingress.log(waiting_for="/the-end").splitlines() if "access link used:" in line]
+    assert [line.rpartition(" nth=")[2] for line in used] == [str(n) for n in range(1, 151)]
