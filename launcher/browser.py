@@ -43,6 +43,8 @@ PROXY = "127.0.0.1:9"
 PROXY_ENV = "SANDBOX_OPEN_PROXY"
 # The browsers that can be locked so, by the names they go by.
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+FIREFOX_NAMES = ("firefox", "firefox-esr")
+KINDS = {"chromium": CHROMIUM_NAMES, "firefox": FIREFOX_NAMES}
 # How long a headless window may take to load the page before it counts as failed.
 LOAD_LIMIT = 60.0
 
@@ -53,12 +55,14 @@ class Browser:
     path: str
 
 
-def find_browser(which=shutil.which) -> Browser | None:
-    """The first Chromium or Chrome on PATH, or None."""
-    for name in CHROMIUM_NAMES:
-        path = which(name)
-        if path:
-            return Browser("chromium", path)
+def find_browser(which=shutil.which, kind: str | None = None) -> Browser | None:
+    """The first Chromium or Chrome on PATH, else the first Firefox; with
+    `kind` ("chromium", "firefox"), only that kind. None where there is none."""
+    for each in [kind] if kind else list(KINDS):
+        for name in KINDS[each]:
+            path = which(name)
+            if path:
+                return Browser(each, path)
     return None
 
 
@@ -134,10 +138,14 @@ def proxy_address() -> str:
 def start(browser: Browser, profile: Path, origin: str, page: Path) -> None:
     """The locked window, on `page` (the owner-only file that leads on to the
     access link), left running for the user."""
-    prepare_profile(profile)
+    if browser.kind == "firefox":
+        prepare_firefox_profile(profile, origin, proxy_address())
+        command = firefox_command(browser, profile, page, headless=False)
+    else:
+        prepare_profile(profile)
+        command = [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=False), page.as_uri()]
     try:
-        subprocess.Popen([browser.path, *chromium_flags(profile, origin, proxy_address(), headless=False),
-                          page.as_uri()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError as e:
         raise SandboxError(f"{browser.path} could not be started ({e.strerror}); "
@@ -266,3 +274,152 @@ def wait_until_loaded(devtools: DevTools, origin: str) -> Window | None:
             return window if state == "loaded" else None
         time.sleep(0.2)
     return None
+
+
+# Firefox. Its remote protocols (Marionette, WebDriver BiDi) listen on a TCP
+# port, which any local process could connect to and drive the window, cookie
+# and all: the launcher opens none. The window is started on the same
+# owner-only page that leads on to the access link; a headless one is known
+# to have got to the sandbox by the ingress's log of the access link's use
+# (launcher/commands/open.py), and is ended when its time is up.
+
+def firefox_preferences(origin: str, proxy: str) -> dict:
+    """The profile's user.js, which Firefox reads at every start over what
+    it kept (prefs.js): every request but those for `origin`
+    (http://127.0.0.1:PORT) goes to `proxy`, and the browser's own
+    services, each of which would ask somewhere of its own, are off."""
+    host = origin.removeprefix("http://").rstrip("/")
+    proxy_host, _, proxy_port = proxy.rpartition(":")
+    return {
+        # Every protocol through the proxy that answers nothing; loopback
+        # too (by default Firefox never proxies it), but the sandbox's origin.
+        "network.proxy.type": 1,
+        "network.proxy.http": proxy_host, "network.proxy.http_port": int(proxy_port),
+        "network.proxy.ssl": proxy_host, "network.proxy.ssl_port": int(proxy_port),
+        "network.proxy.share_proxy_settings": True,
+        "network.proxy.socks": "", "network.proxy.socks_remote_dns": True,
+        "network.proxy.no_proxies_on": host,
+        "network.proxy.allow_hijacking_localhost": True,
+        # Where the proxy fails, a few of Firefox's own requests go direct.
+        "network.proxy.failover_direct": False,
+        "network.trr.mode": 5,  # no DNS over HTTPS
+        # WebRTC sends its datagrams around any proxy: it is taken away.
+        "media.peerconnection.enabled": False,
+        "media.peerconnection.ice.default_address_only": True,
+        # Nothing fetched or connected to ahead of a click.
+        "network.dns.disablePrefetch": True, "network.dns.disablePrefetchFromHTTPS": True,
+        "network.prefetch-next": False, "network.predictor.enabled": False,
+        "network.predictor.enable-prefetch": False, "network.http.speculative-parallel-limit": 0,
+        "network.early-hints.enabled": False, "network.early-hints.preconnect.enabled": False,
+        "browser.urlbar.speculativeConnect.enabled": False, "browser.places.speculativeConnect.enabled": False,
+        "browser.search.suggest.enabled": False, "browser.urlbar.suggest.searches": False,
+        "browser.urlbar.quicksuggest.enabled": False, "browser.topsites.contile.enabled": False,
+        # No captive-portal or connectivity checks.
+        "network.captive-portal-service.enabled": False, "network.connectivity-service.enabled": False,
+        "captivedetect.canonicalURL": "",
+        # No updates, of the browser, its add-ons, system add-ons and plugins (OpenH264).
+        "app.update.enabled": False, "app.update.auto": False, "app.update.service.enabled": False,
+        "app.update.background.enabled": False,
+        "extensions.update.enabled": False, "extensions.update.autoUpdateDefault": False,
+        "extensions.systemAddon.update.enabled": False, "extensions.getAddons.cache.enabled": False,
+        "extensions.blocklist.enabled": False,
+        "media.gmp-manager.url": "", "media.gmp-manager.updateEnabled": False, "media.gmp-provider.enabled": False,
+        "media.gmp-manager.chromiumUpdateUrl": "", "media.eme.enabled": False,
+        "media.gmp-gmpopenh264.enabled": False, "media.gmp-widevinecdm.enabled": False,
+        # No telemetry, data reporting or crash reports.
+        "toolkit.telemetry.enabled": False, "toolkit.telemetry.unified": False,
+        "toolkit.telemetry.archive.enabled": False, "toolkit.telemetry.server": "",
+        "toolkit.coverage.opt-out": True, "toolkit.coverage.endpoint.base": "",
+        "datareporting.healthreport.uploadEnabled": False, "datareporting.policy.dataSubmissionEnabled": False,
+        "datareporting.usage.uploadEnabled": False,
+        "browser.ping-centre.telemetry": False, "browser.crashReports.unsubmittedCheck.autoSubmit2": False,
+        "breakpad.reportURL": "",
+        # No safe browsing or tracking-protection lists.
+        "browser.safebrowsing.malware.enabled": False, "browser.safebrowsing.phishing.enabled": False,
+        "browser.safebrowsing.downloads.enabled": False, "browser.safebrowsing.downloads.remote.enabled": False,
+        "browser.safebrowsing.blockedURIs.enabled": False, "browser.safebrowsing.update.enabled": False,
+        "browser.safebrowsing.provider.google4.updateURL": "", "browser.safebrowsing.provider.google.updateURL": "",
+        "browser.safebrowsing.provider.mozilla.updateURL": "",
+        "privacy.trackingprotection.enabled": False, "privacy.trackingprotection.pbmode.enabled": False,
+        # Nothing that reads remote settings (certificate revocation
+        # lists, intermediates, translations, MITM priming, breach alerts).
+        # (Release builds ignore services.settings.server: remote settings
+        # still ask for their server, of the dead proxy; docs/security.md.)
+        "security.remote_settings.crlite_filters.enabled": False,
+        "security.remote_settings.intermediates.enabled": False, "security.pki.crlite_mode": 0,
+        "security.certerrors.mitm.priming.enabled": False, "browser.translations.enable": False,
+        "signon.management.page.breach-alerts.enabled": False, "signon.rememberSignons": False,
+        "browser.ml.enable": False,
+        # No OCSP or CRL fetches.
+        "security.OCSP.enabled": 0, "security.OCSP.require": False,
+        # No studies or experiments (Normandy, Nimbus).
+        "app.normandy.enabled": False, "app.normandy.api_url": "", "app.shield.optoutstudies.enabled": False,
+        "messaging-system.rsexperimentloader.enabled": False, "nimbus.enabled": False,
+        # No push, Firefox accounts or sync.
+        "dom.push.enabled": False, "dom.push.connection.enabled": False, "dom.push.serverURL": "",
+        "identity.fxaccounts.enabled": False, "services.sync.engine.addons": False,
+        # No Pocket, new-tab page or its fetches, geolocation or region lookups.
+        "extensions.pocket.enabled": False, "browser.newtabpage.enabled": False, "browser.newtab.preload": False,
+        "browser.newtabpage.activity-stream.feeds.section.topstories": False,
+        "browser.newtabpage.activity-stream.feeds.topsites": False,
+        "browser.newtabpage.activity-stream.feeds.telemetry": False,
+        "browser.newtabpage.activity-stream.telemetry": False,
+        "browser.newtabpage.activity-stream.default.sites": "",
+        "browser.newtabpage.activity-stream.asrouter.userprefs.cfr.addons": False,
+        "browser.newtabpage.activity-stream.asrouter.userprefs.cfr.features": False,
+        "geo.enabled": False, "geo.provider.network.url": "", "browser.region.update.enabled": False,
+        "browser.region.network.url": "", "browser.search.update": False, "browser.search.geoip.url": "",
+        "browser.discovery.enabled": False, "browser.uitour.enabled": False, "doh-rollout.disable-heuristics": True,
+        # No first-run, welcome or what's-new pages; no default-browser check.
+        "browser.aboutwelcome.enabled": False, "trailhead.firstrun.didSeeAboutWelcome": True,
+        "browser.startup.homepage_override.mstone": "ignore", "startup.homepage_welcome_url": "",
+        "startup.homepage_welcome_url.additional": "", "datareporting.policy.firstRunURL": "",
+        "browser.startup.page": 0, "browser.startup.homepage": "about:blank",
+        "browser.shell.checkDefaultBrowser": False, "browser.sessionstore.resume_from_crash": False,
+    }
+
+
+def user_js(preferences: dict) -> str:
+    return "".join(f"user_pref({json.dumps(name)}, {json.dumps(value)});\n" for name, value in preferences.items())
+
+
+def prepare_firefox_profile(profile: Path, origin: str, proxy: str) -> Path:
+    """The profile directory, owner-only, with user.js written anew."""
+    private_directory(profile)
+    write_private(profile / "user.js", user_js(firefox_preferences(origin, proxy)))
+    return profile
+
+
+def firefox_command(found: Browser, profile: Path, page: Path, headless: bool) -> list[str]:
+    # --no-remote/--new-instance: a Firefox already running with another
+    # profile must not take the page over into its own unlocked windows.
+    return [found.path, "--profile", str(profile), "--no-remote", "--new-instance",
+            *(["--headless"] if headless else []), page.as_uri()]
+
+
+def run_firefox_headless(found: Browser, profile: Path, origin: str, page: Path, reached, seconds: float,
+                         limit: float = LOAD_LIMIT) -> bool:
+    """The locked Firefox window, headless, on `page`; True once `reached()`
+    says the window got to the sandbox (polled, within `limit`), and then
+    kept `seconds` more; False if it did not, or Firefox ended first."""
+    prepare_firefox_profile(profile, origin, proxy_address())
+    try:
+        process = subprocess.Popen(firefox_command(found, profile, page, headless=True), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as e:
+        raise SandboxError(f"{found.path} could not be started ({e.strerror})") from None
+    try:
+        deadline = time.monotonic() + limit
+        while not reached():
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        time.sleep(seconds)  # the time asked for, with the page open
+        return True
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -185,26 +185,33 @@ def open_ui(target: Optional[str] = TARGET,
                                                 help="Open your usual browser, which the UI's page can lead elsewhere."),
             headless: bool = typer.Option(False, "--headless", help="Open the locked window headless (for scripts)."),
             seconds: float = typer.Option(0.0, "--for", min=0, help="With --headless: keep the loaded page open "
-                                                                     "this many seconds, then close it.")):
-    """Open a sandbox's UI in a locked browser window of its own (a Chromium profile that reaches the sandbox and
-    nothing else), logged in with its access link."""
+                                                                     "this many seconds, then close it."),
+            browser_kind: Optional[str] = typer.Option(None, "--browser", metavar="chromium|firefox",
+                                                       help="The locked window's browser (default: Chromium or "
+                                                            "Chrome where found, else Firefox).")):
+    """Open a sandbox's UI in a locked browser window of its own (a Chromium or Firefox profile that reaches the
+    sandbox and nothing else), logged in with its access link."""
     from launcher.commands.open import (SYSTEM_BROWSER_CAVEAT, access_link, open_headless, open_in_browser,
                                         open_locked, origin)
     if sum((print_only, system_browser, headless)) > 1:
         raise SandboxError("choose one of --print, --system-browser and --headless")
     if seconds and not headless:
         raise SandboxError("--for goes with --headless (a window you see stays until you close it)")
+    if browser_kind and (print_only or system_browser):
+        raise SandboxError("--browser chooses the locked window's browser: not with --print or --system-browser")
     name, link = access_link(_gateway(), target)
     if print_only:
         out.print(link, markup=False)
     elif headless:
-        found, loaded = open_headless(name, link, seconds)
+        found, loaded = open_headless(_gateway(), name, link, seconds, browser_kind)
         if not loaded:
             # A window of this sandbox already open holds its profile: the new one hands over to it and ends.
             raise SandboxError(f"sandbox {name}'s page did not load in the locked window ({found.path}); "
                                f"if a window of it is open already, close it first")
+        # Firefox is not asked (launcher/browser.py): what is known is that the ingress let the window in.
+        got = "the page loaded" if found.kind == "chromium" else "the ingress let it in by the access link"
         err.print(f"opened sandbox {name} in a locked headless {found.kind} window ({found.path}); "
-                  f"the page loaded and was closed after {seconds:g} s", markup=False)
+                  f"{got} and it was closed after {seconds:g} s", markup=False)
     elif system_browser:
         if open_in_browser(name, link):
             err.print(f"opened sandbox {name} in {SYSTEM_BROWSER_CAVEAT}", markup=False)
@@ -213,7 +220,7 @@ def open_ui(target: Optional[str] = TARGET,
                       markup=False)
             out.print(link, markup=False)
     else:
-        found, profile = open_locked(name, link)
+        found, profile = open_locked(name, link, browser_kind)
         err.print(f"opened sandbox {name} in a locked {found.kind} window ({found.path}, profile {profile}): "
                   f"it reaches {origin(link)} and nothing else", markup=False)
 

@@ -45,32 +45,61 @@ SYSTEM_BROWSER_CAVEAT = ("your usual browser: the UI's page can still navigate i
                          "datagrams to anywhere (docs/security.md); plain `sandbox open` locks a window to the sandbox")
 
 
-def locked_browser() -> browser.Browser:
-    found = browser.find_browser()
+def locked_browser(kind: str | None = None) -> browser.Browser:
+    if kind is not None and kind not in browser.KINDS:
+        raise SandboxError(f"--browser is one of {', '.join(browser.KINDS)}, not {kind!r}")
+    found = browser.find_browser(kind=kind)
     if not found:
-        raise SandboxError("no Chromium or Chrome found on PATH to open a locked window in; "
+        wanted = kind.capitalize() if kind else "Chromium, Chrome or Firefox"
+        raise SandboxError(f"no {wanted} found on PATH to open a locked window in; "
                            "`sandbox open --system-browser` opens your usual browser (which the UI's page can lead "
                            "elsewhere), `sandbox open --print` prints the link")
     return found
 
 
-def open_locked(name: str, link: str) -> tuple[browser.Browser, str]:
+def open_locked(name: str, link: str, kind: str | None = None) -> tuple[browser.Browser, str]:
     """The sandbox's UI in a window of its own browser profile, which can
     reach the sandbox's origin and nothing else (launcher/browser.py): the
     browser used, and its profile's directory."""
-    found = locked_browser()
+    found = locked_browser(kind)
     profile = access.browser_profile(name)
     browser.start(found, profile, origin(link), access.write_open_page(name, link))
     return found, str(profile)
 
 
-def open_headless(name: str, link: str, seconds: float) -> tuple[browser.Browser, bool]:
+def open_headless(gateway: DockerGateway, name: str, link: str, seconds: float,
+                  kind: str | None = None) -> tuple[browser.Browser, bool]:
     """The same locked window, headless, kept open `seconds` once the page has
-    loaded: the browser used, and whether the page loaded."""
-    found = locked_browser()
-    loaded = browser.run_headless(found, access.browser_profile(name), origin(link),
-                                  access.write_open_page(name, link), lambda window: time.sleep(seconds))
+    loaded (Chromium) or the access link was used (Firefox, which has no
+    remote protocol but on a TCP port: the ingress's log says so): the
+    browser used, and whether it got so far."""
+    found = locked_browser(kind)
+    profile, page = access.browser_profile(name), access.write_open_page(name, link)
+    if found.kind == "firefox":
+        since = time.time()
+        loaded = browser.run_firefox_headless(found, profile, origin(link), page,
+                                              lambda: access_link_used_since(gateway, name, since), seconds)
+    else:
+        loaded = browser.run_headless(found, profile, origin(link), page, lambda window: time.sleep(seconds))
     return found, loaded
+
+
+# The ingress's line for each use of the access link (images/ingress/
+# nginx.conf.template: every one is logged, sandbox.js).
+ACCESS_LINK_USED = "ingress: access link used: status=302 reason=login "
+# Its log's last lines read for it: refusals are logged a few dozen lines at
+# most however many there are, so a flood cannot push this one out.
+LOG_LINES_READ = 1000
+
+
+def access_link_used_since(gateway: DockerGateway, name: str, since: float) -> bool:
+    """Whether the ingress answered the access link with its cookie (302)
+    at `since` or later: a browser came to the sandbox with the token and
+    was let in. It says nothing of the page after."""
+    from launcher.commands.audit import _when
+    lines = gateway.containers.logs(resource_name(name, "ingress"), tail=LOG_LINES_READ, timestamps=True)
+    return any(text.startswith(ACCESS_LINK_USED) and _when(stamp) >= since
+               for stamp, _, text in (line.partition(" ") for line in lines))
 
 
 def origin(link: str) -> str:

@@ -26,6 +26,59 @@ def test_the_first_chromium_or_chrome_on_the_path_is_found():
     assert browser.find_browser({}.get) is None
 
 
+def test_firefox_is_found_where_no_chromium_is_or_when_asked_for():
+    on_path = {"firefox-esr": "/usr/bin/firefox-esr", "chromium": "/usr/bin/chromium"}
+    assert browser.find_browser(on_path.get) == browser.Browser("chromium", "/usr/bin/chromium")
+    assert browser.find_browser(on_path.get, kind="firefox") == browser.Browser("firefox", "/usr/bin/firefox-esr")
+    assert browser.find_browser({"firefox-esr": "/usr/bin/firefox-esr"}.get) == \
+        browser.Browser("firefox", "/usr/bin/firefox-esr")
+    assert browser.find_browser({"firefox": "/usr/bin/firefox"}.get, kind="chromium") is None
+
+
+def test_firefoxs_user_js_sends_all_but_the_sandbox_to_the_dead_proxy_and_turns_its_services_off():
+    prefs = browser.firefox_preferences("http://127.0.0.1:8080/", "127.0.0.1:9")
+    assert {k: prefs[k] for k in ("network.proxy.type", "network.proxy.http", "network.proxy.http_port",
+                                  "network.proxy.ssl", "network.proxy.ssl_port", "network.proxy.no_proxies_on",
+                                  "network.proxy.allow_hijacking_localhost", "network.proxy.failover_direct")} == {
+        "network.proxy.type": 1, "network.proxy.http": "127.0.0.1", "network.proxy.http_port": 9,
+        "network.proxy.ssl": "127.0.0.1", "network.proxy.ssl_port": 9,
+        # Only the sandbox's own port: other sandboxes and local services are proxied.
+        "network.proxy.no_proxies_on": "127.0.0.1:8080",
+        "network.proxy.allow_hijacking_localhost": True, "network.proxy.failover_direct": False}
+    off = {"media.peerconnection.enabled": False, "network.dns.disablePrefetch": True,
+           "network.prefetch-next": False, "network.predictor.enabled": False,
+           "network.http.speculative-parallel-limit": 0, "network.captive-portal-service.enabled": False,
+           "network.connectivity-service.enabled": False, "app.update.enabled": False,
+           "toolkit.telemetry.enabled": False, "datareporting.healthreport.uploadEnabled": False,
+           "browser.safebrowsing.malware.enabled": False, "browser.safebrowsing.phishing.enabled": False,
+           "extensions.update.enabled": False, "app.normandy.enabled": False,
+           "app.shield.optoutstudies.enabled": False, "dom.push.enabled": False,
+           "identity.fxaccounts.enabled": False, "extensions.pocket.enabled": False,
+           "browser.newtabpage.enabled": False, "security.OCSP.enabled": 0,
+           "security.remote_settings.crlite_filters.enabled": False, "browser.aboutwelcome.enabled": False,
+           "browser.startup.homepage_override.mstone": "ignore", "network.trr.mode": 5}
+    assert {k: prefs.get(k) for k in off} == off
+
+
+def test_firefoxs_profile_is_owner_only_and_its_user_js_written_anew(tmp_path):
+    profile = browser.prepare_firefox_profile(tmp_path / "state" / "demo" / "browser", "http://127.0.0.1:8080",
+                                              "127.0.0.1:9")
+    user_js = profile / "user.js"
+    assert stat.S_IMODE(profile.stat().st_mode) == 0o700 and stat.S_IMODE(user_js.stat().st_mode) == 0o600
+    assert 'user_pref("network.proxy.no_proxies_on", "127.0.0.1:8080");' in user_js.read_text().splitlines()
+    user_js.write_text('user_pref("network.proxy.type", 0);\n')
+    browser.prepare_firefox_profile(profile, "http://127.0.0.1:8080", "127.0.0.1:9")
+    assert 'user_pref("network.proxy.type", 1);' in user_js.read_text().splitlines()
+
+
+def test_firefox_is_started_on_the_page_with_no_remote_protocol(tmp_path):
+    found = browser.Browser("firefox", "/usr/bin/firefox")
+    command = browser.firefox_command(found, tmp_path, tmp_path / "open.html", headless=True)
+    assert command == ["/usr/bin/firefox", "--profile", str(tmp_path), "--no-remote", "--new-instance",
+                       "--headless", (tmp_path / "open.html").as_uri()]
+    assert not any(word in arg for arg in command for word in ("marionette", "remote-debugging", "sandbox_token"))
+
+
 def test_the_flags_reach_the_sandbox_directly_and_send_everything_else_to_the_dead_proxy(tmp_path):
     flags = browser.chromium_flags(tmp_path, "http://127.0.0.1:8080", "127.0.0.1:9", headless=False)
     assert f"--user-data-dir={tmp_path}" in flags and "--proxy-server=http://127.0.0.1:9" in flags
@@ -95,11 +148,51 @@ def test_open_starts_a_locked_chromium_with_no_token_on_its_command_line(open_de
     assert not profile.exists() and not profile.parent.exists()
 
 
+def test_open_starts_a_locked_firefox_when_asked_with_no_token_on_its_command_line(open_demo, tmp_path,
+                                                                                     monkeypatch):
+    environment, record = recording.install(tmp_path)
+    shutil.copy(environment["BROWSER"], tmp_path / "bin" / "chromium")
+    shutil.move(environment["BROWSER"], tmp_path / "bin" / "firefox")
+    monkeypatch.setenv("RECORD", environment["RECORD"])
+    result, token = open_demo("--browser", "firefox")
+    assert result.exit_code == 0, result.output
+    assert "opened sandbox demo in a locked firefox window" in result.stderr and token not in result.output
+    deadline = time.monotonic() + 60
+    while not record.exists() and time.monotonic() < deadline:  # the browser is started, not waited for
+        time.sleep(0.1)
+    seen = recording.recorded(record)
+    profile = access.browser_profile("demo")
+    assert not any(token in arg for arg in seen["cmdline"])
+    assert seen["cmdline"][1:] == [str(tmp_path / "bin" / "firefox"), "--profile", str(profile), "--no-remote",
+                                   "--new-instance", access.open_page("demo").as_uri()]
+    assert seen["mode"] == 0o600 and token in seen["page"]
+    assert 'user_pref("network.proxy.no_proxies_on", "127.0.0.1:8080");' in (profile / "user.js").read_text()
+
+
+def test_the_access_links_use_since_the_window_started_is_what_counts(monkeypatch):
+    from launcher.commands import open as opening
+    log = ["2026-12-01T10:00:00.000000000Z ingress: access link used: status=302 reason=login "
+           'request="GET /?sandbox_token=[token] HTTP/1.1" host="127.0.0.1:8080" nth=1',
+           "2026-12-01T10:00:05.000000000Z ingress: refused status=401 reason=no-token nth=1"]
+
+    class Containers:
+        def logs(self, name, tail, timestamps):
+            assert name.endswith("ingress") and timestamps
+            return log
+
+    class Gateway:
+        containers = Containers()
+    import datetime
+    at = datetime.datetime(2026, 12, 1, 10, 0, tzinfo=datetime.timezone.utc).timestamp()
+    assert opening.access_link_used_since(Gateway(), "demo", at - 1)
+    assert not opening.access_link_used_since(Gateway(), "demo", at + 1)  # an earlier window's
+
+
 def test_without_a_browser_open_says_what_to_do_instead(open_demo):
     result, token = open_demo()
     assert result.exit_code == 1 and not result.stdout
     message = " ".join(result.stderr.split())
-    assert message.startswith("error: no Chromium or Chrome found on PATH")
+    assert message.startswith("error: no Chromium, Chrome or Firefox found on PATH")
     assert "sandbox open --system-browser" in message and "sandbox open --print" in message
     assert "Traceback" not in result.output and token not in result.output
 
@@ -107,6 +200,8 @@ def test_without_a_browser_open_says_what_to_do_instead(open_demo):
 @pytest.mark.parametrize("args, said", [
     (["--print", "--system-browser"], "choose one of --print, --system-browser and --headless"),
     (["--for", "5"], "--for goes with --headless"),
+    (["--browser", "lynx"], "--browser is one of chromium, firefox, not 'lynx'"),
+    (["--print", "--browser", "firefox"], "--browser chooses the locked window's browser"),
 ])
 def test_options_that_do_not_go_together_are_refused_in_one_line(open_demo, args, said):
     result, _ = open_demo(*args)
