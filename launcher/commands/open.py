@@ -85,8 +85,10 @@ def open_headless(gateway: DockerGateway, name: str, link: str, seconds: float,
 
 
 # The ingress's line for each use of the access link (images/ingress/
-# nginx.conf.template: every one is logged, sandbox.js).
-ACCESS_LINK_USED = "ingress: access link used: status=302 reason=login "
+# nginx.conf.template: every one is logged, sandbox.js), answered with the
+# cookie: a redirect (302), or, for a link opened from elsewhere (a file
+# page, as here), the page that goes on (200).
+ACCESS_LINK_USED = "ingress: access link used: "
 # Its log's last lines read for it: refusals are logged a few dozen lines at
 # most however many there are, so a flood cannot push this one out.
 LOG_LINES_READ = 1000
@@ -98,7 +100,7 @@ def access_link_used_since(gateway: DockerGateway, name: str, since: float) -> b
     was let in. It says nothing of the page after."""
     from launcher.commands.audit import _when
     lines = gateway.containers.logs(resource_name(name, "ingress"), tail=LOG_LINES_READ, timestamps=True)
-    return any(text.startswith(ACCESS_LINK_USED) and _when(stamp) >= since
+    return any(text.startswith(ACCESS_LINK_USED) and " reason=login " in text and _when(stamp) >= since
                for stamp, _, text in (line.partition(" ") for line in lines))
 
 

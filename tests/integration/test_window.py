@@ -25,7 +25,14 @@ from tests.integration.conftest import FIXTURES_BAD, QUICKSTART_ALIAS, ROOT, ca_
 from tests.integration.test_browser import serve
 from tests.support.canary import Canary, Recorder
 
-CHROMIUM = browser.find_browser()
+CHROMIUM = browser.find_browser(kind="chromium")
+FIREFOX = browser.find_browser(kind="firefox")
+# The locked window's tests run in each browser found (CI installs both).
+BROWSERS = [pytest.param(found, id=found.kind) for found in (CHROMIUM, FIREFOX) if found]
+# Firefox's own requests that no preference stops: remote settings, whose
+# server a release build takes from no preference (docs/security.md). They
+# end at the dead proxy like the page's.
+FIREFOX_OWN = {"CONNECT firefox.settings.services.mozilla.com:443 HTTP/1.1"}
 # The ways the page tries, in order. The navigating ones leave the page (in
 # the locked window, for the browser's error page): it is loaded anew for each.
 WAYS = ("prefetch", "webrtc", "window.open", "form", "service worker", "beacon", "navigate", "refresh", "click")
@@ -37,7 +44,8 @@ ARRIVES_AS = {"prefetch": {"prefetch"}, "webrtc": {"webrtc"}, "window.open": {"p
               "refresh": {"refresh"}, "click": {"click"}}
 EVERY_WAY = set().union(*ARRIVES_AS.values())
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(not BROWSERS, reason="no chromium or firefox on this machine "
+                                                     "(apt-get install chromium firefox-esr)")
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +113,19 @@ def try_every_way(window, origin: str, canary: Canary, seen, shown: set[str]) ->
     for way in WAYS:
         load_anew(window, origin)
         answer = window.evaluate(f"tryWay({json.dumps(way)}, {json.dumps(canary.for_the_page())})", gesture=True)
-        if way == "webrtc":
-            assert answer == "complete"  # gathering is over: every STUN datagram is sent
+        if way == "webrtc" and getattr(window, "awaits", True):
+            # Gathering is over: every STUN datagram is sent; or (the locked
+            # Firefox) the page has no WebRTC at all.
+            assert answer == "complete" or window.evaluate("typeof RTCPeerConnection === 'undefined'"), answer
         shows = (ARRIVES_AS[way] - {"webrtc"}) & shown
         if shows:
             poll(lambda: shows <= seen(), what=lambda: f"{way} as {shows}; seen: {seen()}")
 
 
 # On the document it leaves, the test marks it stale; on the browser's error
-# page for a way's failed navigation, it says so.
-FRESH = """location.protocol === "chrome-error:" ? "error"
+# page for a way's failed navigation (Chromium's chrome-error:, Firefox's
+# about:neterror), it says so.
+FRESH = """["chrome-error:", "about:"].includes(location.protocol) ? "error"
   : !window.stale && typeof tryWay === "function" && document.readyState === "complete" """
 
 
@@ -160,6 +171,59 @@ class Playwright:
             raise
 
 
+def locked_window(found, profile, origin: str, page, hold) -> bool:
+    """The locked window of `found` on `page`, `hold(window)` once the
+    sandbox's page has loaded: Chromium's through its DevTools pipe, as
+    `sandbox open --headless` runs it; Firefox's on the profile the launcher
+    writes, with Marionette added for the test to drive it."""
+    if found.kind == "chromium":
+        return browser.run_headless(found, profile, origin, page, hold)
+    from tests.support.marionette import Marionette
+    browser.prepare_firefox_profile(profile, origin, browser.proxy_address())
+    window = Marionette(browser.firefox_command(found, profile, page, headless=True), profile)
+    try:
+        poll(lambda: window.evaluate(f"location.origin === {json.dumps(origin.rstrip('/'))} "
+                                     "&& document.readyState === 'complete'"), what="the sandbox's page")
+        hold(window)
+    finally:
+        window.close()
+    return True
+
+
+def own_requests(found, proxy, canary) -> list[str]:
+    """What the browser asked the proxy for of its own, but what it always asks."""
+    return [line for line in canary.through(proxy)[1] if not (found.kind == "firefox" and line in FIREFOX_OWN)]
+
+
+# A plain Firefox profile: its defaults but one. Firefox sends no STUN to a
+# loopback address by default, and the canary listens on one (a page's real
+# STUN server is anywhere): the control lets it.
+FIREFOX_PLAIN = 'user_pref("media.peerconnection.ice.loopback", true);\n'
+
+
+
+@pytest.mark.skipif(FIREFOX is None, reason="no firefox on this machine (apt-get install firefox-esr)")
+def test_a_plain_firefox_profile_reaches_the_canary(hostile, canary, tmp_path):
+    """Firefox's control: the same page in a plain Firefox profile reaches
+    the canary every way, with the secret."""
+    from tests.support.marionette import Marionette
+    server = plain_copy(hostile)
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    page = tmp_path / "open.html"
+    page.write_text(access.OPEN_PAGE.format(link=origin + "/", name="copy"))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "user.js").write_text(FIREFOX_PLAIN)
+    window = Marionette(browser.firefox_command(FIREFOX, tmp_path / "plain", page, headless=True), tmp_path / "plain",
+                        awaits=False)
+    try:
+        try_every_way(window, origin, canary, canary.reached, EVERY_WAY)
+        poll(lambda: EVERY_WAY <= canary.reached(), what=lambda: f"every way; seen {canary.reached()}")
+    finally:
+        window.close()
+        server.shutdown()
+    assert all(canary.secret in line for line in canary.tcp.lines if line), canary.tcp.lines
+
+
 def test_a_plain_profile_reaches_the_canary_every_way(hostile, canary):
     """The control: the page, served without the ingress's headers, in a
     plain Chromium profile: every way arrives, with the secret."""
@@ -168,6 +232,8 @@ def test_a_plain_profile_reaches_the_canary_every_way(hostile, canary):
     origin = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         with sync_api.sync_playwright() as p:
+            if CHROMIUM is None:
+                pytest.skip("no chromium on this machine (apt-get install chromium)")
             plain = p.chromium.launch(executable_path=CHROMIUM.path, args=["--no-sandbox"])
             page = plain.new_context().new_page()
             try_every_way(Playwright(page), origin, canary, canary.reached, EVERY_WAY)
@@ -178,7 +244,9 @@ def test_a_plain_profile_reaches_the_canary_every_way(hostile, canary):
     assert all(canary.secret in line for line in canary.tcp.lines if line), canary.tcp.lines
 
 
-def test_the_locked_window_alone_stops_every_way_and_sends_nothing_of_its_own(hostile, canary, proxy, tmp_path):
+@pytest.mark.parametrize("found", BROWSERS)
+def test_the_locked_window_alone_stops_every_way_and_sends_nothing_of_its_own(found, hostile, canary, proxy,
+                                                                                   tmp_path):
     """The same page without the ingress's headers, in the locked window (its
     origin that of the copy): nothing reaches the canary. Each way that leaves
     the page is held until the proxy has it, so it was tried and stopped
@@ -191,16 +259,25 @@ def test_the_locked_window_alone_stops_every_way_and_sends_nothing_of_its_own(ho
     def arrived():  # at the proxy, or, where the window let it through, at the canary
         return canary.through(proxy)[0] | canary.reached()
     try:
-        loaded = browser.run_headless(CHROMIUM, tmp_path / "profile", origin, page, lambda window: try_every_way(
-            window, origin, canary, arrived, EVERY_WAY - {"webrtc"}))
+        # Firefox's locked profile sends no prefetch at all: it shows nowhere.
+        shown = EVERY_WAY - {"webrtc"} - ({"prefetch"} if found.kind == "firefox" else set())
+        def hold(window):
+            if found.kind == "firefox":
+                # The canary, on loopback, would not get Firefox's STUN even
+                # with WebRTC on (it sends none to loopback by default): what
+                # stops a real STUN server's is that the page has no WebRTC.
+                assert window.evaluate("typeof RTCPeerConnection") == "undefined"
+            try_every_way(window, origin, canary, arrived, shown)
+        loaded = locked_window(found, tmp_path / "profile", origin, page, hold)
     finally:
         server.shutdown()
     assert loaded
     assert canary.reached() == set() and canary.tcp.lines == [], canary.tcp.lines
-    assert canary.through(proxy)[1] == [], "the browser's own requests"
+    assert own_requests(found, proxy, canary) == [], "the browser's own requests"
 
 
-def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(hostile, canary, proxy):
+@pytest.mark.parametrize("found", BROWSERS)
+def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, hostile, canary, proxy):
     """Through the real ingress, in the window `sandbox open` opens (its
     profile in the sandbox's state directory, started on the owner-only page
     that leads on to the access link): nothing reaches the canary, the
@@ -215,26 +292,41 @@ def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(hostile, ca
                       {"popup", "navigate", "refresh", "click"})
         window.navigate(origin + "/")
         poll(lambda: window.evaluate("document.readyState === 'complete'"), what="the page, once more")
-        chats.append(window.evaluate(f"""fetch("/api/chat", {{method: "POST", headers: {{"Content-Type":
-          "application/json"}}, body: JSON.stringify({{model: "{QUICKSTART_ALIAS}", max_tokens: 8,
-          messages: [{{role: "user", content: "Say hello."}}]}})}}).then(r => r.json())"""))
-    assert browser.run_headless(CHROMIUM, access.browser_profile(name), origin, access.write_open_page(name, link),
-                                hold)
+        # The page's own fetch (in Firefox, not that of Marionette's script
+        # sandbox, which is not the page's origin), its answer as text.
+        chats.append(json.loads(window.evaluate(f"""(window.wrappedJSObject || window).fetch("/api/chat", {{
+          method: "POST", headers: {{"Content-Type": "application/json"}}, body: JSON.stringify({{
+          model: "{QUICKSTART_ALIAS}", max_tokens: 8, messages: [{{role: "user", content: "Say hello."}}]}})}})
+          .then(r => r.text())""")))
+    assert locked_window(found, access.browser_profile(name), origin, access.write_open_page(name, link), hold)
     [chat] = chats  # the model's answer, as the chat server gives it (test_quickstart.py)
     assert chat["model"] == QUICKSTART_ALIAS and chat["reply"]["role"] == "assistant", chat
     assert chat["reply"]["content"].strip() and chat["usage"]["completion_tokens"] > 0, chat
     assert canary.reached() == set() and canary.tcp.lines == [], canary.tcp.lines
-    assert canary.through(proxy)[1] == [], "the browser's own requests"
+    assert own_requests(found, proxy, canary) == [], "the browser's own requests"
 
 
-def test_sandbox_open_headless_says_it_loaded_and_keeps_the_token_off_the_command_line(hostile, proxy):
-    run = subprocess.run([sys.executable, "-m", "launcher", "open", hostile.name, "--headless", "--for", "0"],
+@pytest.mark.parametrize("found", BROWSERS)
+def test_sandbox_open_headless_says_it_loaded_and_keeps_the_token_off_the_command_line(found, hostile, proxy):
+    run = subprocess.run([sys.executable, "-m", "launcher", "open", hostile.name, "--headless", "--for", "0",
+                          "--browser", found.kind],
                          capture_output=True, text=True, timeout=180, check=False, env=dict(os.environ))
     assert run.returncode == 0, run.stderr
-    assert f"opened sandbox {hostile.name} in a locked headless chromium window ({CHROMIUM.path})" in run.stderr
+    assert f"opened sandbox {hostile.name} in a locked headless {found.kind} window ({found.path})" in run.stderr
     assert hostile.token not in run.stdout + run.stderr
     profile = access.browser_profile(hostile.name)
     assert profile.stat().st_mode & 0o777 == 0o700 and profile.parent == access.token_file(hostile.name).parent
+
+
+@pytest.mark.skipif(FIREFOX is None, reason="no firefox on this machine (apt-get install firefox-esr)")
+def test_headless_firefox_fails_when_the_ingress_does_not_let_it_in(gateway, hostile, proxy):
+    """Firefox's window is known to have got in by the ingress's log of the
+    access link's use: a link with a token not the sandbox's is refused, not
+    logged so, and the window counts as failed."""
+    from launcher.commands.open import open_headless
+    wrong = access.access_link(hostile.url, access.new_token())
+    found, loaded = open_headless(gateway, hostile.name, wrong, 0, "firefox")
+    assert found == FIREFOX and loaded is False
 
 
 def test_headless_fails_when_the_page_does_not_load(tmp_path, proxy):
@@ -244,4 +336,6 @@ def test_headless_fails_when_the_page_does_not_load(tmp_path, proxy):
     origin = f"http://127.0.0.1:{free_port()}"
     page = tmp_path / "open.html"
     page.write_text(access.OPEN_PAGE.format(link=origin + "/", name="none"))
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (apt-get install chromium)")
     assert not browser.run_headless(CHROMIUM, tmp_path / "profile", origin, page, lambda window: None)

@@ -171,7 +171,7 @@ def test_open_starts_a_locked_firefox_when_asked_with_no_token_on_its_command_li
 
 def test_the_access_links_use_since_the_window_started_is_what_counts(monkeypatch):
     from launcher.commands import open as opening
-    log = ["2026-12-01T10:00:00.000000000Z ingress: access link used: status=302 reason=login "
+    log = ["2026-12-01T10:00:00.000000000Z ingress: access link used: status=200 reason=login "
            'request="GET /?sandbox_token=[token] HTTP/1.1" host="127.0.0.1:8080" nth=1',
            "2026-12-01T10:00:05.000000000Z ingress: refused status=401 reason=no-token nth=1"]
 
