@@ -216,9 +216,12 @@ class Page:
     def __init__(self, status: int):
         import http.server
         import threading
+        self.asked: list[str] = []
+        asked = self.asked
 
         class Answer(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                asked.append(self.path)
                 body = b"<!DOCTYPE html><title>ui</title><p id=ui>the UI</p>"
                 self.send_response(status)
                 self.send_header("Content-Type", "text/html")
@@ -276,3 +279,36 @@ def test_the_headless_window_says_a_page_that_did_not_load_did_not(tmp_path, chr
     finally:
         ui.close()
     assert loaded is False and held == []
+
+
+@pytest.fixture
+def firefox():
+    found = browser.find_browser(kind="firefox")
+    if found is None:
+        pytest.skip("no Firefox on PATH")
+    return found
+
+
+def test_the_headless_firefox_window_is_held_once_it_got_there_and_then_closed(tmp_path, firefox, monkeypatch):
+    """Real Firefox on the locked profile, led on by the page to a UI of the
+    test's own: held once `reached` says so (here: the UI was asked for its
+    page, as the ingress's log says it of the access link), then ended."""
+    ui = Page(200)
+    monkeypatch.setenv(browser.PROXY_ENV, browser.PROXY)
+    try:
+        loaded = browser.run_firefox_headless(firefox, tmp_path / "profile", ui.origin,
+                                              leading_page(tmp_path, ui.origin), lambda: "/" in ui.asked, 0)
+    finally:
+        ui.close()
+    assert loaded is True and "/" in ui.asked
+    assert 'user_pref("network.proxy.type", 1);' in (tmp_path / "profile" / "user.js").read_text().splitlines()
+
+
+def test_the_headless_firefox_window_that_never_got_there_is_a_failure(tmp_path, firefox):
+    ui = Page(200)
+    try:
+        loaded = browser.run_firefox_headless(firefox, tmp_path / "profile", ui.origin,
+                                              leading_page(tmp_path, ui.origin), lambda: False, 0, limit=10)
+    finally:
+        ui.close()
+    assert loaded is False
