@@ -19,6 +19,9 @@ on a profile of the sandbox's own, under its state directory, owner-only:
   suggestions and metrics; the flags turn off extensions, sync, component
   update and background networking.
 
+Where no Chromium is found (or `--browser firefox`), Firefox, its profile
+locked by a user.js to the same effect (below, "Firefox").
+
 The token never goes on the browser's command line: the window is started
 on the owner-only page that leads on to the access link (access.py)."""
 from __future__ import annotations
