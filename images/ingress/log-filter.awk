@@ -33,12 +33,25 @@ function decoded(s,    parts, n, i, pair) {
   return joined(parts, 1, n)
 }
 
-# nginx says so of every request whose Content-Length is over the bound,
-# before any rule of ours runs: any local program, with no token, could
-# fill the log with it. The first 100 are kept; the refusal log has each
-# (413), counted and bounded (sandbox.js, refusedNth).
-/^[0-9\/]+ [0-9:]+ \[error\] [0-9]+#[0-9]+: \*[0-9]+ client intended to send too large body: / {
-  if (++too_large > 100) next }
+# nginx's own lines ("2026/12/01 10:00:00 [error] 7#7: *12 MESSAGE, client:
+# ..."): any local program, with no token, makes it write some, as often as
+# it likes (a body over the bound: "client intended to send too large
+# body"; more connections than it takes: "worker_connections are not
+# enough"), and could fill the log with them, pushing the owner's records
+# out. So each kind is kept for its first 100 lines, then one at each
+# doubling (the 128th, the 256th, ...), as the refusals are (sandbox.js,
+# refusedNth). The kind is the message's words before the first "," ":" or
+# quote, numbers made N: nginx's own text, before any of a client's.
+match($0, /^[0-9\/]+ [0-9:]+ \[[a-z]+\] [0-9]+#[0-9]+: (\*[0-9]+ )?/) {
+  kind = substr($0, RLENGTH + 1, 100)
+  sub(/[,:"].*/, "", kind)
+  gsub(/[0-9]+/, "N", kind)
+  if (++lines_of[kind] > 100) {
+    if (!(kind in next_kept)) next_kept[kind] = 128
+    if (lines_of[kind] < next_kept[kind]) next
+    next_kept[kind] *= 2
+  }
+}
 
 { line = $0
   # The token is letters, digits, "_" and "-" (start.sh checks it): all

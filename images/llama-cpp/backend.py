@@ -46,6 +46,11 @@ MAX_REPETITIONS = 1000
 # The longest grammar llama.cpp is given to parse (a request's body is at
 # most 1 MiB; its grammar grows from the schema's repetitions).
 MAX_GRAMMAR_CHARACTERS = 4 * 1024 * 1024
+# The deepest its groups may nest: a schema within MAX_REPETITIONS nests
+# them about as deep; whatever way a request finds past the schema's check
+# (llama-cpp-python's converter and its chat formats are large), llama.cpp's
+# parser is not given a grammar deep enough to end it.
+MAX_GRAMMAR_DEPTH = 2 * MAX_REPETITIONS
 # How long a server is given to end on SIGTERM before it is killed.
 STOP_SECONDS = 10
 CHUNK = 4 * 1024 * 1024
@@ -200,6 +205,44 @@ REPETITION_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength", "minPro
 QUANTIFIER = re.compile(r"\{([^}]*)\}")
 
 
+def quantifier_numbers(quantifier: str) -> list[int]:
+    """The numbers of a pattern's {m,n}, read as the converter reads them:
+    by int(), which takes "+100000" and "100_000" too (a check that took
+    digits only let those by, and the server ended)."""
+    numbers = []
+    for part in quantifier.split(","):
+        try:
+            numbers.append(int(part))
+        except ValueError:
+            pass  # the converter refuses it itself
+    return numbers
+
+
+def grammar_depth(grammar: bytes) -> int:
+    """How deeply a GBNF grammar's groups nest, outside its strings, its
+    character classes and its comments: llama.cpp's parser descends a stack
+    frame for each."""
+    depth = deepest = 0
+    i, n = 0, len(grammar)
+    while i < n:
+        c = grammar[i]
+        if c in b'"[':
+            close = b'"' if c == ord('"') else b"]"
+            i += 1
+            while i < n and grammar[i] != close[0]:
+                i += 2 if grammar[i] == ord("\\") else 1
+        elif c == ord("#"):
+            while i < n and grammar[i] != ord("\n"):
+                i += 1
+        elif c == ord("("):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c == ord(")"):
+            depth -= 1
+        i += 1
+    return deepest
+
+
 def schema_problem(schema) -> str | None:
     """Why a JSON schema a request sent may not become a grammar, or None.
     Walked without recursion: a deeply nested schema must not end this
@@ -216,9 +259,8 @@ def schema_problem(schema) -> str | None:
                     return f"{key} is {value}: at most {MAX_REPETITIONS} repetitions"
                 if key == "pattern" and isinstance(value, str):
                     for quantifier in QUANTIFIER.findall(value):
-                        for number in quantifier.split(","):
-                            if number.strip().isdigit() and int(number) > MAX_REPETITIONS:
-                                return f"pattern repeats {{{quantifier}}}: at most {MAX_REPETITIONS} repetitions"
+                        if any(number > MAX_REPETITIONS for number in quantifier_numbers(quantifier)):
+                            return f"pattern repeats {{{quantifier}}}: at most {MAX_REPETITIONS} repetitions"
                 stack.append(value)
     return None
 
@@ -268,6 +310,8 @@ def guard_grammars() -> None:
                 raise GrammarRefused(grammar.decode()[len(GrammarRefused.PREFIX):])
             if len(grammar) > MAX_GRAMMAR_CHARACTERS:
                 raise GrammarRefused(f"{len(grammar)} characters, at most {MAX_GRAMMAR_CHARACTERS}")
+            if (depth := grammar_depth(grammar)) > MAX_GRAMMAR_DEPTH:
+                raise GrammarRefused(f"its groups nest {depth} deep, at most {MAX_GRAMMAR_DEPTH}")
             sampler = parse(vocab, grammar, *args)
             if not sampler:  # llama.cpp's "error parsing grammar" (said on stderr)
                 raise GrammarRefused("llama.cpp cannot parse it")

@@ -78,6 +78,15 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 """
 
 
+def backend_server_pids(container) -> list[int]:
+    """The backend's server processes, as this machine numbers them (not
+    its healthcheck, `sandbox-backend health`, which ends on its own every
+    2 s and would be gone by the time it is signalled)."""
+    top = container.top(ps_args="-eo pid,args")
+    return [int(p[0]) for p in top["Processes"]
+            if ("llama_cpp.server" in p[1] or "sandbox-backend" in p[1]) and not p[1].endswith(" health")]
+
+
 def ca_bundle() -> Path | None:
     value = os.environ.get("SANDBOX_CA_BUNDLE")
     return Path(value) if value else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from launcher.commands.audit import audit
 from launcher.commands.env import api_env
 from launcher.commands.status import status
 from launcher.spec import resource_name
-from tests.integration.conftest import QUICKSTART_ALIAS, poll
+from tests.integration.conftest import QUICKSTART_ALIAS, backend_server_pids, poll
 
 openai = pytest.importorskip("openai")
 
@@ -156,7 +157,8 @@ ANSWER_SCHEMA_OF = {
 @pytest.mark.parametrize("schema", [
     {"type": "string", "pattern": "^\\q$"},  # llama.cpp cannot parse the grammar: its server ended (SIGSEGV)
     {"type": "string", "maxLength": 100000},  # 100,000 nested groups: its parser's stack
-], ids=["unparsable-pattern", "deep-repetition"])
+    {"type": "string", "pattern": "^a{0,+100000}$"},  # the same, in a number a digits-only check let by
+], ids=["unparsable-pattern", "deep-repetition", "signed-repetition"])
 def test_a_schema_that_llama_cpp_cannot_take_is_refused_and_the_backend_goes_on(sandbox, docker_client, client,
                                                                                place, schema):
     """Tried as an attacker would: the owner's API client sends
@@ -171,9 +173,9 @@ def test_a_schema_that_llama_cpp_cannot_take_is_refused_and_the_backend_goes_on(
         client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=4,
                                        **ANSWER_SCHEMA_OF[place](schema))
     assert "refused as a grammar" in str(refused.value), refused.value
-    # Control, at once and on the same server: a schema it can take constrains an answer.
+    # Control, at once and on the same server: a schema it can take, as deep as allowed, constrains an answer.
     answer = client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=8,
-                                            **ANSWER_SCHEMA_OF[place]({"type": "string", "maxLength": 5}))
+                                            **ANSWER_SCHEMA_OF[place]({"type": "string", "maxLength": 1000}))
     assert answer.choices, answer
     assert backend_started_at(docker_client, result) == before
 
@@ -326,3 +328,77 @@ def test_the_llm_cli_set_up_as_docs_editors_says_answers_and_is_counted_as_llm(s
     assert run.returncode == 0 and run.stdout.strip(), (run.returncode, run.stdout, run.stderr)
     assert api["OPENAI_API_KEY"] not in run.stdout + run.stderr
     poll(lambda: counted() == before + 1, what=lambda: f"one more llm call than {before}: {counted()}")
+
+
+FLOOD_CONNECTIONS = 2100
+# Request headers of 15,800 bytes: each takes one of nginx's large header buffers.
+HALF_A_REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\n" + b"".join(
+    b"X-Filler-%d: " % i + b"a" * 15_800 + b"\r\n" for i in range(4))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="holding the backend's server from the host takes root")
+def test_half_sent_requests_with_large_headers_cannot_kill_the_ingress_under_the_owners_answer(
+        sandbox, docker_client, gateway, api):
+    """Tried as an attacker would, with no token: 2,100 connections, each
+    sending a request line, the Host and four 15.8 KB headers and then
+    nothing, while the owner's streamed answer was coming: nginx's worker was
+    killed for memory (the container's 128 MiB), the owner's answer ended
+    with no more bytes, and it was never counted. The answer is held at its
+    first piece (the backend's server stopped) for as long as the flood is
+    in place, so the flood meets it in progress."""
+    import resource
+    result, _ = sandbox
+    port = int(api["OPENAI_BASE_URL"].split(":")[2].split("/")[0])
+    backend = docker_client.containers.get(f"sandbox-{result.name}-backend")
+    ingress = f"sandbox-{result.name}-ingress"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < FLOOD_CONNECTIONS + 100:
+        pytest.skip(f"this process may open {hard} files, fewer than the flood's connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, FLOOD_CONNECTIONS + 100), hard))
+
+    def logged_since_start() -> list[str]:
+        return list(gateway.containers.logs(ingress, tail="all"))[before:]
+    before = len(list(gateway.containers.logs(ingress, tail="all")))
+    answer = socket.create_connection(("127.0.0.1", port), timeout=120)
+    body = json.dumps({"model": QUICKSTART_ALIAS, "messages": [{"role": "user", "content": "Tell a story."}],
+                       "max_tokens": 64, "stream": True}).encode()
+    answer.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                   % (port, api["OPENAI_API_KEY"].encode(), len(body)) + body)
+    servers = backend_server_pids(backend)
+    received = b""
+    while b"data: " not in received:  # the answer has begun
+        received += answer.recv(65536)
+    for pid in servers:
+        os.kill(pid, signal.SIGSTOP)
+    flood = []
+    try:
+        for _ in range(FLOOD_CONNECTIONS):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                flood.append(s)
+                s.sendall(HALF_A_REQUEST.replace(b"PORT", b"%d" % port))
+            except OSError:
+                pass
+        # Held until nginx has taken all it can: it says so when a connection finds no room.
+        poll(lambda: any("worker_connections are not enough" in line or "exited on signal" in line
+                         for line in logged_since_start()),
+             "the ingress to be full", 60)
+        # And while the flood is held, each connection nginx took has its headers read into its buffers.
+        poll(lambda: docker_client.api.stats(ingress, stream=False)["memory_stats"]["usage"] > 60 * 2**20
+             or any("exited on signal" in line for line in logged_since_start()),
+             "the flood's headers in the ingress's memory", 60)
+    finally:
+        for pid in servers:
+            os.kill(pid, signal.SIGCONT)
+    try:
+        while chunk := answer.recv(65536):
+            received += chunk
+    finally:
+        answer.close()
+        for s in flood:
+            s.close()
+    logged = logged_since_start()
+    assert not [line for line in logged if "exited on signal" in line]
+    assert b"data: [DONE]" in received, received[-300:]
+    assert sum("worker_connections are not enough" in line for line in logged) <= 110  # 100, then at each doubling

@@ -21,7 +21,7 @@ from launcher.commands.up import up
 from launcher.engine import DockerGateway
 from launcher.errors import BuildFailure, DockerUnavailable, NotReady, PolicyError
 from launcher.images import ImageBuild
-from tests.integration.conftest import (ca_bundle, held_gateway, labelled, poll, ui, ui_json,
+from tests.integration.conftest import (backend_server_pids, ca_bundle, held_gateway, labelled, poll, ui, ui_json,
                                        write_policy)
 
 
@@ -93,15 +93,6 @@ def test_a_model_deleted_while_the_sandbox_runs(gateway, own_model):
         down(gateway, result.name, volumes=True)
 
 
-def _server_pids(container) -> list[int]:
-    """The backend's server processes, as this machine numbers them (not
-    its healthcheck, `sandbox-backend health`, which ends on its own every
-    2 s and would be gone by the time it is signalled)."""
-    top = container.top(ps_args="-eo pid,args")
-    return [int(p[0]) for p in top["Processes"]
-            if ("llama_cpp.server" in p[1] or "sandbox-backend" in p[1]) and not p[1].endswith(" health")]
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="stopping the backend's server from the host takes root")
 def test_the_backend_killed_mid_answer(gateway, docker_client, tmp_path):
     path = write_policy(tmp_path)
@@ -109,7 +100,7 @@ def test_the_backend_killed_mid_answer(gateway, docker_client, tmp_path):
     backend = docker_client.containers.get(f"sandbox-{result.name}-backend")
     try:
         remember(result, "before the fault")
-        servers = _server_pids(backend)
+        servers = backend_server_pids(backend)
         assert servers, backend.top()
         with ui(result, "api/chat", {"messages": [{"role": "user", "content": "Tell a long story about the sea."}],
                                      "max_tokens": 1024, "stream": True}, timeout=120) as response:

@@ -130,6 +130,10 @@ def test_when_one_server_ends_the_other_is_stopped_and_the_backend_ends(monkeypa
     ({"type": "array", "items": {"type": "string", "minLength": 10**9}}, "minLength is 1000000000"),
     ({"properties": {"a": {"type": "string", "pattern": "^a{2,5000}$"}}}, "pattern repeats {2,5000}"),
     ({"anyOf": [{"type": "string"}, {"type": "string", "pattern": "(ab){100000}"}]}, "pattern repeats {100000}"),
+    # Tried as an attacker would: numbers int() reads, which a digits-only check let by (the server ended).
+    ({"type": "string", "pattern": "^a{0,+100000}$"}, "pattern repeats {0,+100000}"),
+    ({"type": "string", "pattern": "^a{0,100_000}$"}, "pattern repeats {0,100_000}"),
+    ({"type": "string", "pattern": "^a{ 100000 }$"}, "pattern repeats { 100000 }"),
 ])
 def test_a_schema_asking_for_more_repetitions_than_llama_cpp_parses_is_refused(schema, refused):
     assert refused in backend.schema_problem(schema)
@@ -143,3 +147,12 @@ def test_a_schema_within_bounds_passes_however_deeply_nested():
     for _ in range(100_000):  # walked without recursion: no RecursionError here
         deep = {"items": deep}
     assert backend.schema_problem(deep) is None
+
+
+def test_a_grammars_depth_counts_its_groups_not_the_brackets_in_its_strings_classes_or_comments():
+    assert backend.grammar_depth(b'root ::= ("a" ("b" ("c")?)?)?') == 3
+    assert backend.grammar_depth(b'root ::= "((((" [(((] "\\"(((" x  # (((((\nx ::= ("y")') == 1
+    nested = b"root ::= " + b'("a" ' * 100_000 + b")?" * 100_000  # what maxLength 100000 became
+    assert backend.grammar_depth(nested) == 100_000 > backend.MAX_GRAMMAR_DEPTH
+    allowed = b"root ::= " + b'("a" ' * backend.MAX_REPETITIONS + b")?" * backend.MAX_REPETITIONS
+    assert backend.grammar_depth(allowed) <= backend.MAX_GRAMMAR_DEPTH

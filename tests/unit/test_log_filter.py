@@ -61,10 +61,20 @@ def test_a_long_line_that_carries_the_token_encoded_is_left_out_whole():
     assert out == [LEFT_OUT.encode()] * 4 + [noise.encode()]
 
 
-def test_too_large_body_lines_are_kept_for_the_first_100_only():
+def test_each_kind_of_nginxs_own_lines_is_kept_for_its_first_100_then_at_each_doubling():
+    """Tried as an attacker would: 2,100 connections held open, each half a
+    request, against nginx's 1,024: it wrote "worker_connections are not
+    enough" for each one it could not take, as a flood of bodies over the
+    bound writes "client intended to send too large body", any local
+    program as often as it likes: the owner's records were pushed out of
+    the log. Kept: the first 100 of each kind, then the 128th, 256th, ...
+    whatever numbers and client text each line carries."""
     too_large = (b"2026/12/01 10:00:00 [error] 7#7: *N client intended to send too large body: "
-                 b"100000000000 bytes, client: 127.0.0.1, server: _, request: \"POST /?" + TOKEN.encode()
+                 b"SIZE bytes, client: 127.0.0.1, server: _, request: \"POST /?" + TOKEN.encode()
                  + b" HTTP/1.1\", host: \"" + encoded(TOKEN).encode() + b"\"")
+    not_enough = b"2026/12/01 10:00:00 [alert] 7#7: 1024 worker_connections are not enough while accepting new connection"
     other = b"2026/12/01 10:00:01 [error] 7#7: *999 connect() failed (111: Connection refused)"
-    out = filtered([too_large.replace(b"*N", b"*%d" % n) for n in range(1, 151)] + [other])
-    assert out == [LEFT_OUT.encode()] * 100 + [other]
+    lines = [too_large.replace(b"*N", b"*%d" % n).replace(b"SIZE", b"%d" % (2 ** 20 + n)) for n in range(1, 301)]
+    lines += [not_enough] * 600 + [other]
+    out = filtered(lines)
+    assert out == [LEFT_OUT.encode()] * 102 + [not_enough] * 103 + [other]  # 100, 128, 256; 100, 128, 256, 512

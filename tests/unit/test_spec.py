@@ -331,3 +331,27 @@ def test_an_open_webui_feature_that_reaches_for_the_network_is_off_and_stays_off
     assert policy is None
     assert sorted((p.field, p.message) for p in problems) == sorted(
         (f"frontend.env.{name}", "is fixed by the open-webui recipe to keep it offline; remove it") for name in tried)
+
+
+def test_the_ingress_can_hold_its_most_connections_within_its_memory():
+    """Tried as an attacker would: 2,100 connections of a local program,
+    each half a request with four 15.8 KB headers, filled the header buffers
+    of nginx's 2,048 connections (136 MiB) past the ingress's 128 MiB: its
+    worker was killed for memory, and the owner's answer in progress with
+    it. Every connection nginx takes may hold its buffers at once; with its
+    /tmp (a tmpfs, counted in the same memory) and 24 MiB for nginx itself,
+    that must fit."""
+    import re
+    from launcher.spec import memory_bytes
+    template = (Path(__file__).resolve().parents[2] / "images" / "ingress" / "nginx.conf.template").read_text()
+    kib = {"k": 1024, "m": 1024 * 1024}
+
+    def size(text: str) -> int:
+        return int(text[:-1]) * kib[text[-1]]
+    connections = int(re.search(r"worker_connections (\d+);", template)[1])
+    first = size(re.search(r"client_header_buffer_size (\d+[km]);", template)[1])
+    count, large = re.search(r"large_client_header_buffers (\d+) (\d+[km]);", template).groups()
+    ingress = make_spec(make_policy()).container("ingress")
+    tmpfs = memory_bytes(dict(ingress.tmpfs)["/tmp"].rpartition("size=")[2])
+    worst = connections * (first + int(count) * size(large)) + tmpfs + 24 * 2**20
+    assert worst <= memory_bytes(ingress.memory), f"{worst / 2**20:.0f} MiB"
