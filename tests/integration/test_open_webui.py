@@ -216,6 +216,8 @@ def test_open_webui_shows_every_feature_that_would_reach_out_as_off(gateway, tmp
         # service); realtime voice calls off.
         audio = config["audio"]
         assert (audio["stt"]["engine"], audio["tts"]["engine"], audio["realtime"]["enabled"]) == ("", "", False)
+        # "Attach Webpage" out of a user's menu (an admin still sees it: docs/frontends.md).
+        assert config["ui"]["visibility"] == {"chat.attach_webpage": False}, config["ui"]
         permissions = config["permissions"]
         for group, names in PERMISSIONS_OFF.items():
             assert {n: permissions[group].get(n, "missing") for n in names} == dict.fromkeys(names, False), group
