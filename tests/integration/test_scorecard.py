@@ -51,5 +51,5 @@ def test_the_scorecard_document_step_passes_for_open_webuis_recipe(tmp_path, qui
     [run] = json.loads(measured.read_text())
     assert (run["settings"], run["chat_answered"], run["error"], run["document"]) == ("preset", True, "", "passed"), \
         done.stderr[-3000:]
-    assert run["destinations"] == [] and run["page_requests"] == []
-    assert done.returncode == 0 and "| passed |" in done.stdout, done.stderr[-3000:]
+    assert run["destinations"] == [] and run["page_requests"] == [] and run["window_requests"] == []
+    assert done.returncode == 0 and "| passed | nothing |" in done.stdout, done.stderr[-3000:]
