@@ -205,6 +205,14 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             # user's message itself is the query. A policy with a model that
             # writes good queries may turn it back on.
             "ENABLE_RETRIEVAL_QUERY_GENERATION": "false",
+            # "Attach Webpage" has the server fetch a URL, which cannot work
+            # here; USER_PERMISSIONS_CHAT_WEB_UPLOAD (locked) only greys it
+            # out for users, this takes it out of their + menu. Open WebUI
+            # 0.12.4 shows every control to an admin whatever this says
+            # (isControlVisible in its page), so the one user of a sandbox
+            # with WEBUI_AUTH off still sees it (docs/frontends.md). A
+            # default, not a lock: a policy may hide other controls with it.
+            "UI_VISIBILITY": '{"chat.attach_webpage": false}',
         },
         session_key_env="WEBUI_SECRET_KEY",
         csp=(

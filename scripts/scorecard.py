@@ -12,24 +12,33 @@ its vetted policy. A UI that answers from documents (Open WebUI) then has a
 document step: a short file uploaded with its own upload control, and a
 question only the file answers; it passes when the UI retrieved the file's
 text for it inside the sandbox (the embedding model in the backend) and
-nothing tried to reach outside meanwhile.
+nothing tried to reach outside meanwhile. Last, the page is opened once more
+in the sandbox's own locked window (`sandbox open NAME --headless --for
+SECONDS`) with a proxy that records what the window asks it for in place of
+the discard address it sends everything else to: the hosts the page tried
+there (launcher/browser.py).
 
     python scripts/scorecard.py [--ui gradio --ui streamlit ...] [--settings preset] [--idle 60]
-                                [--json results.json] [--write docs/frontends.md]
+                                [--window-for 30] [--json results.json] [--write docs/frontends.md]
+    python scripts/scorecard.py --window-only [--ui ...] --write docs/frontends.md
     python scripts/scorecard.py --from-json a.json b.json --write docs/frontends.md
 
 Needs the engine, chromium and playwright (the `browser` extra), the
 quick-start model, and the package index for the first builds. `--write`
 replaces the table between the scorecard markers of that file;
-`--from-json` makes the table from earlier runs' measurements instead.
+`--from-json` makes the table from earlier runs' measurements instead;
+`--window-only` runs only the locked window's step and fills in that
+column of the table already there, leaving the others as measured before.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +57,9 @@ from launcher.commands.down import down  # noqa: E402
 from launcher.commands.up import up  # noqa: E402
 from launcher.engine import DockerGateway  # noqa: E402
 from launcher.images import recipe_image  # noqa: E402
+from launcher.browser import PROXY_ENV  # noqa: E402
 from launcher.recipes import FRONTEND_RECIPES  # noqa: E402
+from tests.support.canary import Recorder, hosts_asked  # noqa: E402 - test_window.py's proxy
 
 MESSAGE = "Say hello in one word."
 # The document step: a fact only the file holds, and a question on it.
@@ -61,6 +72,7 @@ BEGIN, END = "<!-- scorecard:begin -->", "<!-- scorecard:end -->"
 # Of a recipe's settings, those its image needs to start on a read-only root:
 # a recipe's "defaults" run keeps these and drops the rest.
 RUN_READ_ONLY = ("DATA_DIR", "STATIC_DIR")
+WINDOW_HEADER = "its page tried in the locked window (`sandbox open`)"
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,8 @@ class Run:
     page_requests: list = field(default_factory=list)  # [{"host", "kind", "count"}]
     # The document step: "" (the UI has none), "passed", or what went wrong.
     document: str = ""
+    # The locked window's step: [{"host", "count"}] asked of its proxy; None: not measured.
+    window_requests: list | None = None
     error: str = ""
 
 
@@ -153,7 +167,7 @@ def chats(gateway: DockerGateway, name: str) -> int:
 
 
 def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, directory: Path, idle: float,
-                say) -> Run:
+                window_for: float, say) -> Run:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     run = Run(ui.name, settings)
     path = policy_for(ui, settings, directory)
@@ -162,6 +176,10 @@ def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, director
     try:
         result = up(gateway, path, say=lambda m: say(f"  {m}"), timeout=900)
         run.started_s = round(time.monotonic() - began, 1)
+        if browser is None:  # --window-only
+            run.window_requests = window_step(name, window_for)
+            say(f"  locked window: {window_asked(run)}")
+            return run
         origin = urlsplit(result.url).netloc
         asked: dict[tuple[str, str], int] = {}
 
@@ -222,6 +240,8 @@ def one_session(gateway: DockerGateway, browser, ui: UI, settings: str, director
         run.names = [{k: n[k] for k in ("name", "count", "parts")} for n in report["names"]]
         run.destinations = report["destinations"]
         run.page_requests = [{"host": h, "kind": k, "count": c} for (h, k), c in sorted(asked.items())]
+        run.window_requests = window_step(name, window_for)
+        say(f"  locked window: {window_asked(run)}")
     except Exception as e:  # noqa: BLE001 - a UI that fails is a row of the table, not the end of it
         run.error = f"{e.__class__.__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         say(f"  failed: {run.error}")
@@ -281,6 +301,29 @@ def document_step(gateway: DockerGateway, page, ui: UI, result, directory: Path,
     return f"{'retrieved' if found else 'not retrieved'}, {tried} attempt(s) outward"
 
 
+def window_step(name: str, seconds: float) -> list[dict]:
+    """The sandbox's page in its own locked window, headless, held `seconds`
+    once loaded, with a recording proxy where the window sends every request
+    that is not for the sandbox (it answers nothing, so nothing goes
+    further): what the window asked it for, by host."""
+    proxy = Recorder()
+    try:
+        done = subprocess.run([sys.executable, "-m", "launcher", "open", name, "--headless", "--for", str(seconds)],
+                              capture_output=True, text=True, timeout=seconds + 300, cwd=ROOT,
+                              env={**os.environ, PROXY_ENV: proxy.address})
+        if done.returncode != 0:
+            raise RuntimeError(f"sandbox open: {(done.stderr.strip().splitlines() or ['failed'])[-1]}")
+        return hosts_asked(proxy.lines)
+    finally:
+        proxy.close()
+
+
+def window_asked(run: Run) -> str:
+    if run.window_requests is None:
+        return f"(failed: {run.error})" if run.error else "not measured"
+    return "<br>".join(f"`{w['host']}` x{w['count']}" for w in run.window_requests) or "nothing"
+
+
 def reached(run: Run) -> str:
     """What the UI's server tried, one destination per item."""
     if run.error:
@@ -302,12 +345,12 @@ def page_asked(run: Run) -> str:
 
 def table(runs: list[Run]) -> str:
     lines = ["| UI | settings | ready in | chat | its server tried to reach (all ended at the sink) "
-             "| its page tried to have the browser fetch (stopped) | document |",
-             "|---|---|---|---|---|---|---|"]
+             f"| its page tried to have the browser fetch (stopped) | document | {WINDOW_HEADER} |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(f"| {r.ui} | {r.settings} | {'' if r.started_s is None else f'{r.started_s} s'} "
                      f"| {'answered' if r.chat_answered else 'no answer'} | {reached(r)} | {page_asked(r)} "
-                     f"| {r.document or 'n/a'} |")
+                     f"| {r.document or 'n/a'} | {window_asked(r)} |")
     lines.append("")
     shown = {r.ui for r in runs}
     for u in UIS:
@@ -315,6 +358,33 @@ def table(runs: list[Run]) -> str:
             preset = ", ".join(u.preset) or ("the recipe" if u.recipe_is_preset else "none")
             lines.append(f"- {u.name}: {u.about}; preset: {preset}")
     return "\n".join(lines)
+
+
+def fill_window_column(text: str, runs: list[Run]) -> str:
+    """The scorecard's table (`text`, as table() writes it, or one from
+    before the window column: the column is added, "not measured") with
+    each run's window cell put in its row (the UI and settings); the other
+    cells as they were."""
+    lines = text.split("\n")
+    rows = [i for i, line in enumerate(lines) if line.startswith("|")]
+    header, separator, body = rows[0], rows[1], rows[2:]
+    had = WINDOW_HEADER in lines[header]
+    cells = {(r.ui, r.settings): window_asked(r) for r in runs}
+    if not had:
+        lines[header] += f" {WINDOW_HEADER} |"
+        lines[separator] += "---|"
+    for i in body:
+        row = [cell.strip() for cell in lines[i].strip().strip("|").split(" | ")]
+        cell = cells.get((row[0], row[1]), row[-1] if had else "not measured")
+        lines[i] = "| " + " | ".join(row[:-1] if had else row) + f" | {cell} |"
+    return "\n".join(lines)
+
+
+def read_table(document: Path) -> str:
+    match = re.search(re.escape(BEGIN) + "\n(.*?)\n" + re.escape(END), document.read_text(), re.S)
+    if not match:
+        raise SystemExit(f"{document}: no {BEGIN} ... {END} markers to read between")
+    return match.group(1)
 
 
 def write_into(document: Path, text: str) -> None:
@@ -331,6 +401,10 @@ def main() -> int:
     parser.add_argument("--settings", action="append", choices=("defaults", "preset"),
                         help="only these runs of each UI (repeatable)")
     parser.add_argument("--idle", type=float, default=60, help="seconds idle after the chat (default 60)")
+    parser.add_argument("--window-for", type=float, default=30,
+                        help="seconds the locked window is held once its page has loaded (default 30)")
+    parser.add_argument("--window-only", action="store_true",
+                        help="only the locked window's step; --write fills in that column of the table there")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--write", type=Path, help="put the table into this file, between its markers")
     parser.add_argument("--from-json", type=Path, nargs="+", help="no runs: the table of these measurements")
@@ -346,12 +420,24 @@ def main() -> int:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         raise SystemExit("needs chromium (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     gateway = DockerGateway()
     chosen = [u for u in UIS if not args.ui or u.name in args.ui]
     runs: list[Run] = []
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.window_only:
+        with tempfile.TemporaryDirectory() as directory:
+            for ui in chosen:
+                for settings in [s for s in ui.settings if not args.settings or s in args.settings]:
+                    say(f"{ui.name}, {settings}: the locked window only")
+                    runs.append(one_session(gateway, None, ui, settings, Path(directory), 0, args.window_for, say))
+        if args.json:
+            args.json.write_text(json.dumps([r.__dict__ for r in runs], indent=2, default=str))
+        if args.write:
+            write_into(args.write, fill_window_column(read_table(args.write), runs))
+            print(read_table(args.write))
+        return 0 if all(not r.error for r in runs) else 1
+    from playwright.sync_api import sync_playwright
+
     with tempfile.TemporaryDirectory() as directory, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -359,7 +445,8 @@ def main() -> int:
         for ui in chosen:
             for settings in [s for s in ui.settings if not args.settings or s in args.settings]:
                 say(f"{ui.name}, {settings}")
-                runs.append(one_session(gateway, browser, ui, settings, Path(directory), args.idle, say))
+                runs.append(one_session(gateway, browser, ui, settings, Path(directory), args.idle,
+                                        args.window_for, say))
         browser.close()
     text = table(runs)
     print(text)

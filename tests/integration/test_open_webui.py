@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -215,6 +216,8 @@ def test_open_webui_shows_every_feature_that_would_reach_out_as_off(gateway, tmp
         # service); realtime voice calls off.
         audio = config["audio"]
         assert (audio["stt"]["engine"], audio["tts"]["engine"], audio["realtime"]["enabled"]) == ("", "", False)
+        # "Attach Webpage" out of a user's menu (an admin still sees it: docs/frontends.md).
+        assert config["ui"]["visibility"] == {"chat.attach_webpage": False}, config["ui"]
         permissions = config["permissions"]
         for group, names in PERMISSIONS_OFF.items():
             assert {n: permissions[group].get(n, "missing") for n in names} == dict.fromkeys(names, False), group
@@ -222,4 +225,49 @@ def test_open_webui_shows_every_feature_that_would_reach_out_as_off(gateway, tmp
         report = audit(gateway, result.name, since=started - 1)
         assert report["names"] == [] and report["destinations"] == [], report
     finally:
+        down(gateway, result.name, volumes=True)
+
+
+# An address only the test gives: whatever asks for it, asks because the page's user attached it.
+ATTACHED_PAGE = "http://attached-page.example/harbour-notes"
+
+
+@pytest.mark.slow
+def test_the_admins_menu_still_offers_attach_webpage_whose_fetch_ends_at_the_sink(gateway, tmp_path, browser):
+    """With `WEBUI_AUTH` off the one user is an admin, and Open WebUI 0.12.4
+    shows an admin "Attach Webpage" and the microphone whatever the recipe's
+    switches say (its page decides: docs/frontends.md). In Chromium, the
+    admin attaches a web page: the page says it could not read it, and the
+    server's attempt ended at the sink, a name asked (recorded) and nothing
+    connected. Upload Files is offered beside it (a document's upload and
+    retrieval: the test above)."""
+    path = write_policy(tmp_path, frontend={"recipe": "open-webui", "env": {"WEBUI_AUTH": "False"}})
+    result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(result.access_link)
+        page.wait_for_selector("#chat-input", timeout=300_000)
+        whats_new = page.get_by_role("button", name="Okay, Let's Go!")  # its changelog, on a first visit
+        if whats_new.is_visible():
+            whats_new.click()
+        assert page.locator("#voice-input-button").count() == 1  # the microphone, for the admin
+        page.click("#input-menu-button")
+        page.wait_for_selector("[role=menuitem]")
+        offered = page.locator("[role=menuitem]").all_inner_texts()
+        # If a version hides it from admins, docs/frontends.md has to say so.
+        assert "Attach Webpage" in offered and "Upload Files" in offered, offered
+        started = time.time()
+        page.get_by_role("menuitem", name="Attach Webpage").click()
+        page.fill("#webpage-url", ATTACHED_PAGE)
+        page.get_by_role("button", name="Add").click()
+        # Held until the server has given up on it: the page says so.
+        page.get_by_text(f"Could not read content from {ATTACHED_PAGE}").wait_for(timeout=120_000)
+        host = urllib.parse.urlsplit(ATTACHED_PAGE).hostname
+        report = poll(lambda: (r := audit(gateway, result.name, since=started - 1))["names"] and r,
+                      "the sink to record the attached page's name", seconds=120)
+        assert [(n["name"], n["parts"]) for n in report["names"]] == [(host, ["frontend"])], report
+        assert report["destinations"] == [], report  # "no such name": nothing connected, anywhere
+    finally:
+        context.close()
         down(gateway, result.name, volumes=True)

@@ -29,9 +29,11 @@ def test_the_scorecard_measures_a_ui_and_writes_its_table(tmp_path, quickstart_m
     [run] = json.loads(measured.read_text())
     assert (run["ui"], run["settings"], run["chat_answered"], run["error"]) == ("chat", "defaults", True, "")
     assert run["destinations"] == [] and run["page_requests"] == []  # our own recipe tries nothing
+    # Its page in the locked window (`sandbox open`) asked the window's proxy for nothing either.
+    assert run["window_requests"] == []
     text = document.read_text()
     assert "old table" not in text and text.startswith("before\n") and text.endswith("after\n")
-    assert "| chat | defaults |" in text and "| answered | nothing | nothing |" in text
+    assert "| chat | defaults |" in text and "| answered | nothing | nothing | n/a | nothing |" in text
 
 
 @pytest.mark.slow
@@ -49,5 +51,5 @@ def test_the_scorecard_document_step_passes_for_open_webuis_recipe(tmp_path, qui
     [run] = json.loads(measured.read_text())
     assert (run["settings"], run["chat_answered"], run["error"], run["document"]) == ("preset", True, "", "passed"), \
         done.stderr[-3000:]
-    assert run["destinations"] == [] and run["page_requests"] == []
-    assert done.returncode == 0 and "| passed |" in done.stdout, done.stderr[-3000:]
+    assert run["destinations"] == [] and run["page_requests"] == [] and run["window_requests"] == []
+    assert done.returncode == 0 and "| passed | nothing |" in done.stdout, done.stderr[-3000:]

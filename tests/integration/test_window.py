@@ -23,7 +23,7 @@ from launcher.errors import SandboxError
 from tests.integration.conftest import FIXTURES_BAD, QUICKSTART_ALIAS, ROOT, ca_bundle, poll, ui, \
     write_policy
 from tests.integration.test_browser import serve
-from tests.support.canary import Canary, Recorder
+from tests.support.canary import Canary, Recorder, hosts_asked
 
 CHROMIUM = browser.find_browser(kind="chromium")
 FIREFOX = browser.find_browser(kind="firefox")
@@ -304,6 +304,12 @@ def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, host
     assert chat["reply"]["content"].strip() and chat["usage"]["completion_tokens"] > 0, chat
     assert canary.reached() == set() and canary.tcp.lines == [], canary.tcp.lines
     assert own_requests(found, proxy, canary) == [], "the browser's own requests"
+    # What the scorecard's window column reads from the same proxy
+    # (scripts/scorecard.py): the page's tries, by host; for our own UIs it
+    # read nothing, and here it does.
+    to_canary = [line for line in proxy.lines if canary.tcp.address in line]
+    assert to_canary and {"host": canary.tcp.address, "count": len(to_canary)} in hosts_asked(proxy.lines), \
+        proxy.lines
 
 
 @pytest.mark.parametrize("found", BROWSERS)

@@ -4,6 +4,7 @@ UDP, recording each datagram) and a proxy that records what a browser asks
 it for and answers nothing."""
 from __future__ import annotations
 
+import collections
 import socket
 import socketserver
 import threading
@@ -70,6 +71,22 @@ def way_of(request_line: str) -> str:
     whole URL: "popup"."""
     target = request_line.split()[1]
     return urllib.parse.urlsplit(target).path.lstrip("/")
+
+
+def hosts_asked(lines: list[str]) -> list[dict]:
+    """The hosts a proxy was asked for (its Recorder's lines: "CONNECT
+    host:443 HTTP/1.1", "GET http://host/path HTTP/1.1"; "" for a connection
+    that asked nothing), counted, most asked first."""
+    hosts = collections.Counter()
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 2:
+            hosts["(a connection that asked nothing)"] += 1
+        elif parts[0] == "CONNECT":
+            hosts[parts[1]] += 1
+        else:
+            hosts[urllib.parse.urlsplit(parts[1]).netloc or parts[1]] += 1
+    return [{"host": h, "count": c} for h, c in sorted(hosts.items(), key=lambda hc: (-hc[1], hc[0]))]
 
 
 class Canary:

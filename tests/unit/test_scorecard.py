@@ -11,6 +11,7 @@ import yaml
 
 from launcher.policy import check_policy_file
 from launcher.recipes import FRONTEND_RECIPES
+from tests.support.canary import hosts_asked
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("scorecard", ROOT / "scripts" / "scorecard.py")
@@ -55,3 +56,44 @@ def test_the_table_shows_each_destination_with_what_was_said():
     assert "`only.looked.up (looked up only) x2`" in row and "`fonts.googleapis.com` (stylesheet) x1" in row
     failed = scorecard.table([scorecard.Run("chainlit", "defaults", error="NotReady: no answer")])
     assert "(failed: NotReady: no answer)" in failed
+
+
+def test_the_window_proxy_lines_are_counted_by_host():
+    lines = ["CONNECT fonts.googleapis.com:443 HTTP/1.1", "GET http://data.example/ping?x=1 HTTP/1.1",
+             "CONNECT fonts.googleapis.com:443 HTTP/1.1", ""]
+    assert hosts_asked(lines) == [{"host": "fonts.googleapis.com:443", "count": 2},
+                                            {"host": "(a connection that asked nothing)", "count": 1},
+                                            {"host": "data.example", "count": 1}]
+    assert hosts_asked([]) == []
+
+
+OLD_TABLE = """| UI | settings | ready in | chat | server | page | document |
+|---|---|---|---|---|---|---|
+| chat | defaults | 9.3 s | answered | nothing | nothing | n/a |
+| open-webui | preset | 28.4 s | answered | nothing | nothing | passed |
+
+- chat: our recipe (images/chat); preset: none"""
+
+
+def test_the_window_column_is_added_to_an_older_table_and_filled_for_the_runs_measured():
+    measured = scorecard.Run("open-webui", "preset", window_requests=[])
+    text = scorecard.fill_window_column(OLD_TABLE, [measured])
+    lines = text.splitlines()
+    assert lines[0].endswith(f"| document | {scorecard.WINDOW_HEADER} |") and lines[1] == "|---" * 8 + "|"
+    assert lines[2] == "| chat | defaults | 9.3 s | answered | nothing | nothing | n/a | not measured |"
+    assert lines[3] == "| open-webui | preset | 28.4 s | answered | nothing | nothing | passed | nothing |"
+    assert lines[4:] == ["", "- chat: our recipe (images/chat); preset: none"]
+    # Again, on the table with the column: only the measured row's last cell changes.
+    again = scorecard.fill_window_column(text, [scorecard.Run("chat", "defaults", window_requests=[
+        {"host": "example.org:443", "count": 3}])])
+    assert again.splitlines()[2].endswith("| n/a | `example.org:443` x3 |")
+    assert again.splitlines()[0] == lines[0] and again.splitlines()[3:] == lines[3:]
+
+
+def test_the_table_says_what_the_window_asked_or_that_it_was_not_measured():
+    rows = scorecard.table([scorecard.Run("chat", "defaults", 9.0, True, window_requests=[]),
+                            scorecard.Run("gradio", "defaults", 9.0, True),
+                            scorecard.Run("chainlit", "defaults", error="NotReady: no answer")]).splitlines()
+    assert scorecard.WINDOW_HEADER in rows[0]
+    assert rows[2].endswith("| n/a | nothing |") and rows[3].endswith("| n/a | not measured |")
+    assert rows[4].endswith("| (failed: NotReady: no answer) |")

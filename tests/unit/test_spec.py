@@ -238,6 +238,14 @@ def test_open_webui_searches_a_document_with_the_users_message_unless_the_policy
     assert make_spec().container("frontend").env_value("ENABLE_RETRIEVAL_QUERY_GENERATION") is None
 
 
+def test_open_webui_takes_attach_webpage_out_of_its_users_menu_unless_the_policy_says_otherwise():
+    f = make_spec(with_embeddings()).container("frontend")
+    assert json.loads(f.env_value("UI_VISIBILITY")) == {"chat.attach_webpage": False}
+    f = make_spec(with_embeddings(env=(("UI_VISIBILITY", '{"chat.compare": false}'),))).container("frontend")
+    assert f.env_value("UI_VISIBILITY") == '{"chat.compare": false}'
+    assert make_spec().container("frontend").env_value("UI_VISIBILITY") is None
+
+
 def test_open_webui_without_an_embedding_model_still_never_points_its_documents_at_a_cloud():
     policy = make_policy(frontend=replace(make_policy().frontend, recipe="open-webui"))
     f = make_spec(policy).container("frontend")
