@@ -2,10 +2,12 @@
 history survives, and a changed policy recreates only what changed."""
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
 
 import pytest
 import yaml
@@ -13,7 +15,7 @@ import yaml
 from launcher.commands.down import down
 from launcher.commands.prepare import prepare
 from launcher.commands.up import up
-from tests.integration.conftest import HELD_UP, answered, ca_bundle, labelled, ui_json, write_policy
+from tests.integration.conftest import HELD_UP, answered, ca_bundle, labelled, ui, ui_json, write_policy
 
 
 def chat(result, text: str) -> dict:
@@ -41,6 +43,36 @@ def test_down_keeps_only_the_data_and_up_brings_the_history_back(gateway, docker
     finally:
         down(gateway, name, volumes=True)
     assert labelled(docker_client, name) == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_down_closes_the_front_door_before_the_ui_begins_to_stop(gateway, docker_client, tmp_path):
+    """Held where `down` begins to remove the UI (its line is said right
+    before): the ingress has ended, so a request at the front door gets no
+    answer, while the UI still runs. Then nothing labelled is left but the
+    volumes."""
+    result = up(gateway, write_policy(tmp_path), ca_bundle=ca_bundle())
+    name = result.name
+    seen = {}
+
+    def at(line: str) -> None:
+        if line == f"removing container sandbox-{name}-frontend":
+            seen["ui"] = docker_client.api.inspect_container(f"sandbox-{name}-frontend")["State"]["Status"]
+            try:
+                with ui(result, timeout=60) as response:
+                    seen["front door"] = f"answered {response.status}"
+            except urllib.error.HTTPError as e:  # an answer all the same: the ingress's refusal
+                seen["front door"] = f"answered {e.code}"
+            except (OSError, http.client.HTTPException):  # refused, or closed with no answer
+                seen["front door"] = "no answer"
+    try:
+        with ui(result) as response:
+            assert response.status == 200  # the control: it answers until `down`
+        down(gateway, name, say=at)
+        assert seen == {"ui": "running", "front door": "no answer"}
+        assert labelled(docker_client, name) == {"containers": [], "networks": [],
+                                                 "volumes": [f"sandbox-{name}-audit", f"sandbox-{name}-data"]}
+    finally:
+        down(gateway, name, volumes=True)
 
 
 def test_changed_policy_recreates_only_what_changed(gateway, docker_client, tmp_path):
