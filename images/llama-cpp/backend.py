@@ -51,6 +51,17 @@ MAX_GRAMMAR_CHARACTERS = 4 * 1024 * 1024
 # (llama-cpp-python's converter and its chat formats are large), llama.cpp's
 # parser is not given a grammar deep enough to end it.
 MAX_GRAMMAR_DEPTH = 2 * MAX_REPETITIONS
+# The most CPU time one token's sampling may take. llama.cpp's grammar
+# sampler follows every way the answer so far can be read; a pattern that
+# can be read in very many ways ("^(a{0,1000}){0,1000}$", within every bound
+# above) makes that grow past any limit inside one call into llama.cpp,
+# which then holds the model, and every chat, for hours. No check of a
+# schema tells all such patterns apart, so a call that has used this much
+# CPU ends the server instead, as a crash would: Docker restarts the backend
+# and the UI has its chat back. CPU time, not time on the clock: a loaded
+# machine, or a server stopped by a signal, does not count. (A token's
+# sampling takes milliseconds.)
+MAX_SAMPLING_CPU_SECONDS = 30
 # How long a server is given to end on SIGTERM before it is killed.
 STOP_SECONDS = 10
 CHUNK = 4 * 1024 * 1024
@@ -329,9 +340,51 @@ def guard_grammars() -> None:
     RouteErrorHandler.pattern_and_formatters[re.compile(re.escape(GrammarRefused.PREFIX))] = refused
 
 
+def watch_sampling() -> None:
+    """Every call into llama.cpp that samples or accepts a token is timed by
+    the CPU its thread uses; one past MAX_SAMPLING_CPU_SECONDS ends this
+    process (exit 70), said on stderr."""
+    import threading
+
+    import llama_cpp.llama_cpp as library
+    in_progress: dict[int, tuple[int, float]] = {}  # thread: its CPU clock, and its reading at the call
+
+    def timed(name: str) -> None:
+        call = getattr(library, name)
+
+        def watched(*args):
+            thread = threading.get_ident()
+            clock = time.pthread_getcpuclockid(thread)
+            in_progress[thread] = (clock, time.clock_gettime(clock))
+            try:
+                return call(*args)
+            finally:
+                in_progress.pop(thread, None)
+        setattr(library, name, watched)
+    for name in ("llama_sampler_sample", "llama_sampler_accept"):
+        timed(name)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1)
+            for clock, started in list(in_progress.values()):
+                try:
+                    used = time.clock_gettime(clock) - started
+                except OSError:  # its thread has ended
+                    continue
+                if used > MAX_SAMPLING_CPU_SECONDS:
+                    print(f"backend: one token's sampling has used {used:.0f} s of CPU (a grammar that can be "
+                          f"read in too many ways): ending the server, which Docker restarts",
+                          file=sys.stderr, flush=True)
+                    os._exit(70)
+    threading.Thread(target=watch, name="sampling-watch", daemon=True).start()
+
+
 def server(config_path: str) -> None:
-    """llama-cpp-python's server on one config file, its grammars guarded."""
+    """llama-cpp-python's server on one config file, its grammars guarded
+    and its sampling watched."""
     guard_grammars()
+    watch_sampling()
     from llama_cpp.server.__main__ import main
     sys.argv = ["llama_cpp.server", "--config_file", config_path]
     main()

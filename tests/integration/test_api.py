@@ -180,6 +180,34 @@ def test_a_schema_that_llama_cpp_cannot_take_is_refused_and_the_backend_goes_on(
     assert backend_started_at(docker_client, result) == before
 
 
+def test_a_pattern_read_in_too_many_ways_ends_the_server_which_comes_back(sandbox, docker_client, gateway, client):
+    """Tried as an attacker would: `"pattern": "^(a{0,1000}){0,1000}$"`,
+    within every bound on a schema, yet a string of a's can be read in a
+    number of ways past counting: llama.cpp's grammar sampler worked on one
+    token for over 9 minutes at full CPU, holding the model, and every chat
+    of the UI timed out while the backend's healthcheck (which does not wait
+    for the model) said healthy. Now a token's sampling may use 30 s of CPU:
+    the server ends, says why, Docker restarts the backend, and chats are
+    answered again."""
+    result, _ = sandbox
+    _, restarts = backend_started_at(docker_client, result)
+    messages = [{"role": "user", "content": "Say aaaa."}]
+    with pytest.raises(openai.InternalServerError):  # the ingress's 502: its backend ended under the call
+        client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=3, response_format={
+            "type": "json_object", "schema": {"type": "string", "pattern": "^(a{0,1000}){0,1000}$"}})
+
+    def answered():
+        try:
+            return client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=2)
+        except (openai.InternalServerError, openai.APIConnectionError):
+            return None
+    poll(answered, "the backend back after its restart", 300)
+    assert backend_started_at(docker_client, result)[1] == restarts + 1
+    backend = f"sandbox-{result.name}-backend"
+    logged = [line for line in gateway.containers.logs(backend, tail="all") if line.startswith("backend:")]
+    assert any("sampling has used" in line for line in logged), logged[-40:]
+
+
 def test_a_body_over_one_mib_is_refused(api, tmp_path):
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"model": QUICKSTART_ALIAS, "input": "x" * (1024 * 1024)}))
