@@ -17,7 +17,11 @@ on a profile of the sandbox's own, under its state directory, owner-only:
   line switch for it did not stop STUN datagrams in Chromium 156; the
   preference did), prediction (prefetch and preconnect), safe browsing,
   suggestions and metrics; the flags turn off extensions, sync, component
-  update and background networking.
+  update and background networking;
+- a page's WebTransport (HTTP/3 over UDP) to the sandbox's own host and port,
+  which the proxy exception lets by whatever the scheme, finds nothing
+  there: the sandbox holds that UDP port itself (launcher/spec.py), and
+  Chromium has no switch that turns WebTransport off.
 
 Where no Chromium is found (or `--browser firefox`), Firefox, its profile
 locked by a user.js to the same effect (below, "Firefox").
@@ -306,9 +310,19 @@ def firefox_preferences(origin: str, proxy: str) -> dict:
         # Where the proxy fails, a few of Firefox's own requests go direct.
         "network.proxy.failover_direct": False,
         "network.trr.mode": 5,  # no DNS over HTTPS
+        # Nor any name looked up by Firefox itself: its own services asked
+        # the host's resolver for their names (remote settings, telemetry)
+        # although their requests went to the proxy. The sandbox's origin
+        # and the proxy are addresses, which need no lookup.
+        "network.dns.disabled": True,
         # WebRTC sends its datagrams around any proxy: it is taken away.
         "media.peerconnection.enabled": False,
         "media.peerconnection.ice.default_address_only": True,
+        # So do WebTransport and HTTP/3 (QUIC, over UDP), to the sandbox's own
+        # host and port too, which the proxy exception above names whatever
+        # the scheme: taken away (the sandbox also holds that UDP port).
+        "network.webtransport.enabled": False, "network.webtransport.datagrams.enabled": False,
+        "network.http.http3.enable": False,
         # Nothing fetched or connected to ahead of a click.
         "network.dns.disablePrefetch": True, "network.dns.disablePrefetchFromHTTPS": True,
         "network.prefetch-next": False, "network.predictor.enabled": False,

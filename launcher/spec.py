@@ -143,6 +143,7 @@ class PortBinding:
     container_port: int
     host_ip: str
     host_port: int
+    protocol: str = "tcp"
 
 
 @dataclass(frozen=True)
@@ -398,7 +399,13 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
              # In the spec hash where the token is not: a new token recreates the ingress.
              ("SANDBOX_ACCESS_TOKEN_ID", token_id(secrets.access_token))),
         secret_env=(BACKEND_API_KEY_ENV, TOKEN_ENV),
-        ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),),
+        # UDP too, where nothing listens: while the sandbox runs, no other
+        # program can take UDP 127.0.0.1:PORT, where a page's WebTransport
+        # (HTTP/3) to its own origin's host and port would go, around the
+        # locked window's proxy and the Content-Security-Policy's 'self'
+        # alike; Chromium has no switch that turns WebTransport off.
+        ports=(PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port),
+               PortBinding(INGRESS_PORT, "127.0.0.1", policy.ingress_port, "udp")),
         tmpfs=(("/tmp", "rw,noexec,nosuid,nodev,size=16m"),),
         memory="128m", cpus=0.5, pids_limit=64, dns=dns,
         # Through to the UI (or, API only, to the backend's /v1/models by the

@@ -158,7 +158,7 @@ class Applier:
                 mounts=[DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
                         for m in c.mounts],
                 tmpfs=self._tmpfs_with_image_volumes_covered(c),
-                port_bindings={p.container_port: (p.host_ip, p.host_port) for p in c.ports},
+                port_bindings={f"{p.container_port}/{p.protocol}": (p.host_ip, p.host_port) for p in c.ports},
                 read_only=c.read_only,
                 cap_drop=list(c.cap_drop),
                 cap_add=list(c.cap_add) or None,
@@ -184,7 +184,7 @@ class Applier:
             created = self.api.create_container(
                 image=c.image, command=list(c.command) if c.command else None, name=c.name, user=c.user,
                 environment=[f"{k}={v}" for k, v in c.env], labels=labels_for(spec, c),
-                ports=[p.container_port for p in c.ports] or None,
+                ports=[(p.container_port, p.protocol) for p in c.ports] or None,
                 host_config=host_config, networking_config=networking, healthcheck=healthcheck,
             )
             for attachment in rest:

@@ -168,7 +168,8 @@ def _semantic_problems(doc: Document, base: Path, check_port: bool, port_holder:
                                         f"{holder}` frees it, or pick another port here"))
         elif 1 <= port <= 65535 and not holder and not port_is_free(port):
             problems.append(doc.problem(("ingress", "port"),
-                                        f"port {port} on 127.0.0.1 is in use; stop what holds it or pick another"))
+                                        f"port {port} on 127.0.0.1 is in use (TCP or UDP, both of which the sandbox "
+                                        "holds); stop what holds it or pick another"))
     return problems
 
 
@@ -239,14 +240,18 @@ def _resolve(base: Path, relative: str) -> Path:
 
 
 def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # As a server binds: closed connections lingering in TIME_WAIT (say,
-        # from a sandbox just taken down) do not make a port busy; a listener does.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+    """Whether 127.0.0.1:port is free for TCP and for UDP: the ingress holds both
+    (launcher/spec.py says why)."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:
+                # As a server binds: closed connections lingering in TIME_WAIT (say,
+                # from a sandbox just taken down) do not make a port busy; a listener does.
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
     return True
 
 

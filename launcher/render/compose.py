@@ -64,7 +64,8 @@ def _service(spec: SandboxSpec, c: ContainerSpec, networks: dict[str, str], volu
     if c.command:
         service["command"] = list(c.command)
     if c.ports:
-        service["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" for p in c.ports]
+        service["ports"] = [f"{p.host_ip}:{p.host_port}:{p.container_port}" + ("/udp" if p.protocol == "udp" else "")
+                            for p in c.ports]
     if c.mounts:
         service["volumes"] = [
             {"type": m.kind, "source": volumes.get(m.source, m.source), "target": m.target,

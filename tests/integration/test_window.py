@@ -35,13 +35,15 @@ BROWSERS = [pytest.param(found, id=found.kind) for found in (CHROMIUM, FIREFOX) 
 FIREFOX_OWN = {"CONNECT firefox.settings.services.mozilla.com:443 HTTP/1.1"}
 # The ways the page tries, in order. The navigating ones leave the page (in
 # the locked window, for the browser's error page): it is loaded anew for each.
-WAYS = ("prefetch", "webrtc", "window.open", "form", "service worker", "beacon", "navigate", "refresh", "click")
+WAYS = ("prefetch", "webrtc", "window.open", "form", "service worker", "beacon", "navigate", "refresh", "click",
+        "webtransport")
 # What each way, where it gets through, asks the canary for ("webrtc": a STUN
-# datagram). The page's preconnect and dns-prefetch are tried with its
+# datagram; "webtransport": a QUIC datagram to UDP on the page's own origin's
+# port, where the canary listens beside it). The page's preconnect and dns-prefetch are tried with its
 # prefetch, but showed nothing even in a plain profile: only the prefetch is awaited.
 ARRIVES_AS = {"prefetch": {"prefetch"}, "webrtc": {"webrtc"}, "window.open": {"popup"},
               "form": {"form"}, "service worker": {"worker"}, "beacon": {"beacon"}, "navigate": {"navigate"},
-              "refresh": {"refresh"}, "click": {"click"}}
+              "refresh": {"refresh"}, "click": {"click"}, "webtransport": {"webtransport"}}
 EVERY_WAY = set().union(*ARRIVES_AS.values())
 
 pytestmark = pytest.mark.skipif(not BROWSERS, reason="no chromium or firefox on this machine "
@@ -117,6 +119,9 @@ def try_every_way(window, origin: str, canary: Canary, seen, shown: set[str]) ->
             # Gathering is over: every STUN datagram is sent; or (the locked
             # Firefox) the page has no WebRTC at all.
             assert answer == "complete" or window.evaluate("typeof RTCPeerConnection === 'undefined'"), answer
+        if way == "webtransport" and getattr(window, "awaits", True):
+            # Its first datagram is sent; or (the locked Firefox) the page has no WebTransport.
+            assert answer in ("sent", "failed", "absent"), answer
         shows = (ARRIVES_AS[way] - {"webrtc"}) & shown
         if shows:
             poll(lambda: shows <= seen(), what=lambda: f"{way} as {shows}; seen: {seen()}")
@@ -171,16 +176,17 @@ class Playwright:
             raise
 
 
-def locked_window(found, profile, origin: str, page, hold) -> bool:
+def locked_window(found, profile, origin: str, page, hold, trace: Path | None = None) -> bool:
     """The locked window of `found` on `page`, `hold(window)` once the
     sandbox's page has loaded: Chromium's through its DevTools pipe, as
     `sandbox open --headless` runs it; Firefox's on the profile the launcher
-    writes, with Marionette added for the test to drive it."""
+    writes, with Marionette added for the test to drive it, and, with
+    `trace`, under strace, which writes there every connection it opens."""
     if found.kind == "chromium":
         return browser.run_headless(found, profile, origin, page, hold)
     from tests.support.marionette import Marionette
     browser.prepare_firefox_profile(profile, origin, browser.proxy_address())
-    window = Marionette(browser.firefox_command(found, profile, page, headless=True), profile)
+    window = Marionette(traced(browser.firefox_command(found, profile, page, headless=True), trace), profile)
     try:
         poll(lambda: window.evaluate(f"location.origin === {json.dumps(origin.rstrip('/'))} "
                                      "&& document.readyState === 'complete'"), what="the sandbox's page")
@@ -188,6 +194,22 @@ def locked_window(found, profile, origin: str, page, hold) -> bool:
     finally:
         window.close()
     return True
+
+
+def traced(command: list[str], trace: Path | None) -> list[str]:
+    """`command` under strace, which writes each process's every connect()
+    and send to `trace` (none: the command as it is)."""
+    if trace is None:
+        return command
+    strace = shutil.which("strace")
+    assert strace, "strace is not installed (apt-get install strace)"
+    return [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg,sendmmsg", "-o", str(trace), *command]
+
+
+def name_lookups(trace: Path) -> list[str]:
+    """The DNS queries in a trace: to port 53, or to systemd-resolved's socket."""
+    return [line for line in trace.read_text().splitlines()
+            if "htons(53)" in line or "/run/systemd/resolve/" in line]
 
 
 def own_requests(found, proxy, canary) -> list[str]:
@@ -205,19 +227,23 @@ FIREFOX_PLAIN = 'user_pref("media.peerconnection.ice.loopback", true);\n'
 @pytest.mark.skipif(FIREFOX is None, reason="no firefox on this machine (apt-get install firefox-esr)")
 def test_a_plain_firefox_profile_reaches_the_canary(hostile, canary, tmp_path):
     """Firefox's control: the same page in a plain Firefox profile reaches
-    the canary every way, with the secret."""
+    the canary every way, with the secret, and Firefox looks names up at the
+    host's resolver itself."""
     from tests.support.marionette import Marionette
     server = plain_copy(hostile)
     origin = f"http://127.0.0.1:{server.server_address[1]}"
+    assert canary.listen_beside(origin)
     page = tmp_path / "open.html"
     page.write_text(access.OPEN_PAGE.format(link=origin + "/", name="copy"))
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "user.js").write_text(FIREFOX_PLAIN)
-    window = Marionette(browser.firefox_command(FIREFOX, tmp_path / "plain", page, headless=True), tmp_path / "plain",
-                        awaits=False)
+    trace = tmp_path / "strace"
+    window = Marionette(traced(browser.firefox_command(FIREFOX, tmp_path / "plain", page, headless=True), trace),
+                        tmp_path / "plain", awaits=False)
     try:
         try_every_way(window, origin, canary, canary.reached, EVERY_WAY)
         poll(lambda: EVERY_WAY <= canary.reached(), what=lambda: f"every way; seen {canary.reached()}")
+        poll(lambda: name_lookups(trace), what="a name looked up by Firefox itself")
     finally:
         window.close()
         server.shutdown()
@@ -230,6 +256,7 @@ def test_a_plain_profile_reaches_the_canary_every_way(hostile, canary):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     server = plain_copy(hostile)
     origin = f"http://127.0.0.1:{server.server_address[1]}"
+    assert canary.listen_beside(origin)
     try:
         with sync_api.sync_playwright() as p:
             if CHROMIUM is None:
@@ -250,9 +277,13 @@ def test_the_locked_window_alone_stops_every_way_and_sends_nothing_of_its_own(fo
     """The same page without the ingress's headers, in the locked window (its
     origin that of the copy): nothing reaches the canary. Each way that leaves
     the page is held until the proxy has it, so it was tried and stopped
-    there; the proxy was asked for nothing else."""
+    there; the proxy was asked for nothing else. Chromium has no switch that
+    turns WebTransport off: what stops it there is the sandbox's hold on UDP
+    at its origin's port (the test below), so here only Firefox's is watched."""
     server = plain_copy(hostile)
     origin = f"http://127.0.0.1:{server.server_address[1]}"
+    if found.kind == "firefox":
+        assert canary.listen_beside(origin)
     page = tmp_path / "open.html"
     page.write_text(access.OPEN_PAGE.format(link=origin + "/", name="copy"))
 
@@ -260,7 +291,7 @@ def test_the_locked_window_alone_stops_every_way_and_sends_nothing_of_its_own(fo
         return canary.through(proxy)[0] | canary.reached()
     try:
         # Firefox's locked profile sends no prefetch at all: it shows nowhere.
-        shown = EVERY_WAY - {"webrtc"} - ({"prefetch"} if found.kind == "firefox" else set())
+        shown = EVERY_WAY - {"webrtc", "webtransport"} - ({"prefetch"} if found.kind == "firefox" else set())
         def hold(window):
             if found.kind == "firefox":
                 # The canary, on loopback, would not get Firefox's STUN even
@@ -281,10 +312,20 @@ def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, host
     """Through the real ingress, in the window `sandbox open` opens (its
     profile in the sandbox's state directory, started on the owner-only page
     that leads on to the access link): nothing reaches the canary, the
-    navigations were tried (at the proxy), and the chat answers."""
+    navigations were tried (at the proxy), and the chat answers.
+    Tried as an attacker would: a local program listened on UDP at the
+    sandbox's own address and port (the ingress published TCP only) and the
+    page's WebTransport to its own origin reached it, around the window's
+    proxy and the CSP's 'self', in both browsers. Now the sandbox holds that
+    UDP port: the canary cannot take it, even with SO_REUSEADDR and
+    SO_REUSEPORT. Tried as an attacker would: the locked Firefox looked
+    names of its own services up at the host's resolver (strace); now it
+    looks up none."""
     name, link = hostile.name, hostile.access_link
     origin = hostile.url.rstrip("/")
+    assert not canary.listen_beside(origin), "UDP at the sandbox's own address and port was free"
     chats = []
+    trace = access.browser_profile(name).parent / "strace" if found.kind == "firefox" else None
 
     def hold(window):
         # The ingress's CSP stops the others in the page: only these leave it.
@@ -298,7 +339,9 @@ def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, host
           method: "POST", headers: {{"Content-Type": "application/json"}}, body: JSON.stringify({{
           model: "{QUICKSTART_ALIAS}", max_tokens: 8, messages: [{{role: "user", content: "Say hello."}}]}})}})
           .then(r => r.text())""")))
-    assert locked_window(found, access.browser_profile(name), origin, access.write_open_page(name, link), hold)
+    assert locked_window(found, access.browser_profile(name), origin, access.write_open_page(name, link), hold, trace)
+    if trace:
+        assert name_lookups(trace) == [], name_lookups(trace)[:5]
     [chat] = chats  # the model's answer, as the chat server gives it (test_quickstart.py)
     assert chat["model"] == QUICKSTART_ALIAS and chat["reply"]["role"] == "assistant", chat
     assert chat["reply"]["content"].strip() and chat["usage"]["completion_tokens"] > 0, chat

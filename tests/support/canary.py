@@ -45,11 +45,20 @@ class Recorder(socketserver.ThreadingTCPServer):
 
 
 class Datagrams:
-    """A UDP listener on a free port of 127.0.0.1: `received` counts datagrams."""
+    """A UDP listener on 127.0.0.1 (a free port, by default): `received`
+    counts datagrams. OSError where the port is taken."""
 
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.socket.bind(("127.0.0.1", 0))
+        # As a program that would share a port with another bound there
+        # would (Linux lets it where both ask, as the same user).
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            self.socket.bind(("127.0.0.1", port))
+        except OSError:
+            self.socket.close()
+            raise
         self.port = self.socket.getsockname()[1]
         self.received = 0
         threading.Thread(target=self._receive, daemon=True).start()
@@ -91,26 +100,42 @@ def hosts_asked(lines: list[str]) -> list[dict]:
 
 class Canary:
     """Where a page's tries would arrive: `tcp` (paths asked for, and
-    connections that asked nothing, as ""), `udp` (STUN datagrams)."""
+    connections that asked nothing, as ""), `udp` (STUN datagrams) and, once
+    `listen_beside` has taken it, UDP on the page's own origin's port
+    (WebTransport's datagrams)."""
 
     def __init__(self, secret: str):
         self.secret = secret
         # 204: a navigation that gets it stays on the page, which goes on.
         self.tcp, self.udp = Recorder(b"HTTP/1.1 204 No Content\r\n\r\n"), Datagrams()
+        self.beside: Datagrams | None = None
+
+    def listen_beside(self, origin: str) -> bool:
+        """Listens on UDP at the host port of `origin` (http://127.0.0.1:PORT),
+        as any local program could; False where that port is taken."""
+        try:
+            self.beside = Datagrams(int(origin.rsplit(":", 1)[1].rstrip("/")))
+        except OSError:
+            return False
+        return True
 
     def for_the_page(self) -> dict:
         return {"tcp": f"http://{self.tcp.address}", "udp": self.udp.port, "secret": self.secret}
 
     def reached(self) -> set[str]:
-        """The ways that arrived: each TCP path, and "webrtc"."""
+        """The ways that arrived: each TCP path, "webrtc" and "webtransport"."""
         ways = {way_of(line) for line in self.tcp.lines if len(line.split()) > 1}
         if self.udp.received:
             ways.add("webrtc")
+        if self.beside and self.beside.received:
+            ways.add("webtransport")
         return ways
 
     def close(self) -> None:
         self.tcp.close()
         self.udp.close()
+        if self.beside:
+            self.beside.close()
 
     def through(self, proxy: Recorder) -> tuple[set[str], list[str]]:
         """What `proxy` was asked for: the ways to this canary, and every

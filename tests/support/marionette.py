@@ -6,6 +6,8 @@ through the DevTools pipe; `evaluate` and `navigate` as browser.Window has them.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -24,8 +26,10 @@ class Marionette:
         with open(profile / "user.js", "a") as f:
             f.write('user_pref("marionette.port", 0);\n')
         (profile / "MarionetteActivePort").unlink(missing_ok=True)
+        # Its own process group: closing ends every process of it, Firefox's
+        # under a tracer too (which, told to end, leaves its tracee running).
         self.process = subprocess.Popen([*command[:-1], "--marionette", command[-1]], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + limit
         port_file = profile / "MarionetteActivePort"
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -85,9 +89,13 @@ class Marionette:
         self.call("WebDriver:Navigate", url=url)
 
     def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        for signal_number in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, signal_number)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout=30)
+                return
+            except subprocess.TimeoutExpired:
+                continue

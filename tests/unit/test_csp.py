@@ -92,3 +92,29 @@ def test_the_ingress_refuses_a_policy_that_would_change_its_configuration(csp):
     """Each recipe's policy passes the same check: tests/integration/test_csp.py starts the ingress with it."""
     run = start_sh(SANDBOX_HEALTH_PORT="8081", **({"SANDBOX_CSP": csp} if csp is not None else {}))
     assert run.returncode == 2 and "SANDBOX_CSP is missing or not a policy" in run.stderr, run.stderr
+
+
+@pytest.mark.skipif(not nginx_with_njs(), reason="nginx with njs (Debian's nginx and libnginx-mod-http-js)")
+@pytest.mark.parametrize("request_line", ["GET /?{} HTTP/1.1", "GET / HTTP/1.1\r\nX: {}"], ids=["414", "400"])
+def test_nginxs_own_error_pages_carry_the_strictest_policy(tmp_path, request_line):
+    """Tried as an attacker would: a request line (or a header) past nginx's
+    buffers is answered by nginx itself, before any location's headers, so
+    the sandbox's origin served a document with no policy at all. Now such
+    an answer gets `default-src 'none'`; control: the page's own policy on
+    an ordinary request."""
+    import socket
+    csp = content_security_policy(FRONTEND_RECIPES["chat"], 8080)
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43, csp=csp) as door:
+        host = door.url.removeprefix("http://")
+        address, port = host.split(":")
+        with socket.create_connection((address, int(port)), timeout=10) as connection:
+            connection.sendall((request_line.format("a" * 40_000) + f"\r\nHost: {host}\r\n\r\n").encode())
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+        assert head[0].split()[1] in ("400", "414"), head
+        assert "Content-Security-Policy: default-src 'none'" in head, head
+        request = urllib.request.Request(door.url + "/", headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers.get_all("Content-Security-Policy") == [csp]

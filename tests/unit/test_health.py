@@ -73,7 +73,7 @@ def test_an_api_only_sandbox_checks_its_three_parts():
 def test_the_ingress_health_listener_is_never_published():
     ingress = make_spec().container("ingress")
     assert INGRESS_HEALTH_PORT != INGRESS_PORT
-    assert [p.container_port for p in ingress.ports] == [INGRESS_PORT]
+    assert {p.container_port for p in ingress.ports} == {INGRESS_PORT}
     assert ingress.env_value("SANDBOX_HEALTH_PORT") == str(INGRESS_HEALTH_PORT)
     assert ingress.env_value("SANDBOX_UPSTREAM_HEALTH_PATH") == "/health"
     assert f"/dev/tcp/127.0.0.1/{INGRESS_HEALTH_PORT}" in ingress.healthcheck[3]

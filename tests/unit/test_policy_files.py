@@ -78,12 +78,19 @@ def test_minimal_policy_takes_recipe_defaults(monkeypatch):
     assert (policy.frontend.data_size, policy.accept_unbounded_volumes) == ("4g", ())
 
 
-def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(tmp_path, monkeypatch):
+BUSY = "is in use (TCP or UDP, both of which the sandbox holds); stop what holds it or pick another"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(tmp_path, monkeypatch, kind):
+    """A port another program holds, by TCP or (where a page's WebTransport to
+    the sandbox's own origin would go) by UDP."""
     import socket
     monkeypatch.chdir(tmp_path)
-    with socket.socket() as s:
+    with socket.socket(type=socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        s.listen()
+        if kind == "tcp":
+            s.listen()
         port = s.getsockname()[1]
         # The model's path, made absolute, stays on its line: the problem's line and column are as in minimal.yaml.
         text = (GOOD / "minimal.yaml").read_text().replace("18080", str(port)).replace(
@@ -91,7 +98,7 @@ def test_busy_port_is_a_problem_unless_the_sandbox_holds_it(tmp_path, monkeypatc
         (tmp_path / "busy.yaml").write_text(text)
         _, problems = check_policy_file("busy.yaml")
         assert [str(p) for p in problems] == [
-            f"busy.yaml:10:9 ingress.port: port {port} on 127.0.0.1 is in use; stop what holds it or pick another"]
+            f"busy.yaml:10:9 ingress.port: port {port} on 127.0.0.1 {BUSY}"]
         _, problems = check_policy_file("busy.yaml", port_holder=lambda name, p: "minimal" if p == port else None)
         assert problems == []
         _, problems = check_policy_file("busy.yaml", port_holder=lambda name, p: "quickstart" if p == port else None)

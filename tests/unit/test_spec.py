@@ -87,7 +87,9 @@ def test_only_the_ingress_touches_the_ingress_network_and_binds_loopback():
         networks = [a.network for a in c.networks]
         if c.part == "ingress":
             assert networks == ["sandbox-demo-ingress", "sandbox-demo-internal"]
-            assert [(p.host_ip, p.host_port) for p in c.ports] == [("127.0.0.1", 18080)]
+            # UDP too, held where nothing listens (a page's WebTransport to its own origin would go there).
+            assert [(p.host_ip, p.host_port, p.protocol) for p in c.ports] == [("127.0.0.1", 18080, "tcp"),
+                                                                               ("127.0.0.1", 18080, "udp")]
         else:
             assert networks == ["sandbox-demo-internal"]
             assert c.ports == ()
