@@ -132,14 +132,19 @@ def write_open_page(sandbox: str, link: str) -> Path:
     return page
 
 
+def owner_headers(token: str | None, mark: str | None) -> dict:
+    """The bearer token (where given), and the launcher's mark where it is
+    known: the owner's requests the launcher makes itself (its checks and
+    controls), which are not counted as the owner's API calls."""
+    return {**({"Authorization": f"Bearer {token}"} if token else {}), **({LAUNCHER_HEADER: mark} if mark else {})}
+
+
 def open_ui(url: str, token: str | None = None, data: bytes | None = None,
             headers: dict | None = None, timeout: float = 30, mark: str | None = None):
     """A request to a sandbox's UI as its owner, by the launcher itself: with
     the bearer token, its launcher_mark, and never through a proxy from the
     environment (127.0.0.1 is this machine)."""
-    headers = {"User-Agent": LAUNCHER_AGENT, **({LAUNCHER_HEADER: mark} if mark else {}), **(headers or {})}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+    headers = {"User-Agent": LAUNCHER_AGENT, **(headers or {}), **owner_headers(token, mark)}
     request = urllib.request.Request(url, data=data, headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     return opener.open(request, timeout=timeout)

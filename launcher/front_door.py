@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 
-from launcher.access import LAUNCHER_AGENT, LAUNCHER_HEADER, cookie_name
+from launcher.access import LAUNCHER_AGENT, cookie_name, owner_headers
 
 FOREIGN_ORIGIN = "http://evil.example"
 FLOOD_CONNECTIONS = 300
@@ -85,12 +85,6 @@ def _one(port: int, raw: bytes) -> dict:
     except OSError as e:
         return {"status": None, "refused": None, "error": str(e)}
     return answers[0] if answers else {"status": None, "refused": None, "error": "no answer"}
-
-
-def owner_headers(token: str, mark: str | None) -> dict:
-    """The bearer token, and the launcher's mark where it is known: the
-    owner's controls here are the launcher's, not the owner's API calls."""
-    return {"Authorization": f"Bearer {token}", **({LAUNCHER_HEADER: mark} if mark else {})}
 
 
 def try_front_door(port: int, sandbox: str, token: str, mark: str | None = None) -> dict:

@@ -234,3 +234,22 @@ def other_user():
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
                        check=True)
     return pwd.getpwnam(OTHER_USER)
+
+
+def open_webui_page(page, link: str, timeout_ms: int = 300_000, why_not=None):
+    """Open WebUI's page opened at `link` (the access link) in Playwright's
+    `page`, ready for a chat: its input shown, its what's-new dialog (shown
+    on a first visit) closed. Where the input does not come, `why_not()`
+    (if given) says why, as the test's failure. The link's response."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    response = page.goto(link)
+    try:
+        page.wait_for_selector("#chat-input", timeout=timeout_ms)
+    except PlaywrightTimeout:
+        if why_not is None:
+            raise
+        pytest.fail(why_not())
+    whats_new = page.get_by_role("button", name="Okay, Let's Go!")
+    if whats_new.is_visible():
+        whats_new.click()
+    return response

@@ -20,7 +20,7 @@ from dataclasses import replace
 import pytest
 
 from launcher.recipes import CUSTOM_FRONTEND, FRONTEND_RECIPES, GENERIC_CSP, content_security_policy
-from tests.integration.conftest import FIXTURES_BAD, ca_bundle, write_policy
+from tests.integration.conftest import FIXTURES_BAD, ca_bundle, open_webui_page, write_policy
 from tests.integration.test_browser import Canary, browser, serve  # noqa: F401 (browser: the fixture)
 
 # Every violation the page's policy reports, as the page itself learns it.
@@ -160,27 +160,21 @@ def _open_webui_chat_with(result, session: str, content: str) -> str:
 
 @pytest.mark.slow
 def test_open_webui_works_under_its_policy_and_an_answer_carrying_html_runs_nothing(gateway, browser, tmp_path):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout  # there: the browser fixture has it
-
     from launcher.commands.down import down
     from launcher.commands.up import up
     path = write_policy(tmp_path, frontend={"recipe": "open-webui", "env": {"WEBUI_AUTH": "False"}})
     result = up(gateway, path, ca_bundle=ca_bundle(), timeout=1800)
     try:
         with watched_beside_a_canary(browser) as (page, to, tag):
-            response = page.goto(result.access_link)
-            assert csp_headers(response) == [content_security_policy(FRONTEND_RECIPES["open-webui"], port_of(result))]
             # (1) It works: its page starts (its three inline scripts are the hashed ones), and a chat is answered.
             failed = []
             page.on("requestfailed", lambda r: failed.append(f"{r.url} {r.failure}"))
-            try:
-                page.wait_for_selector("#chat-input", timeout=120_000)
-            except PlaywrightTimeout:
-                # Say why: a violation, or a load the browser broke off (ERR_NETWORK_CHANGED
-                # when another network comes or goes on a busy engine).
-                pytest.fail(f"Open WebUI's page did not start: violations {page.evaluate('() => window.violations')}, "
-                            f"failed requests {failed}")
-            page.keyboard.press("Escape")  # its "what's new" dialog, shown on a first visit
+            # Where it does not start, say why: a violation, or a load the browser broke
+            # off (ERR_NETWORK_CHANGED when another network comes or goes on a busy engine).
+            response = open_webui_page(page, result.access_link, 120_000, lambda: (
+                f"Open WebUI's page did not start: violations {page.evaluate('() => window.violations')}, "
+                f"failed requests {failed}"))
+            assert csp_headers(response) == [content_security_policy(FRONTEND_RECIPES["open-webui"], port_of(result))]
             page.locator("#chat-input").focus()
             page.keyboard.type("Say hello in one word.")
             page.keyboard.press("Enter")

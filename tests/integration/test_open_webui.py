@@ -16,7 +16,8 @@ from launcher.commands.up import up
 from launcher.front_door import try_front_door
 from launcher.matrix import forwarded
 from tests.integration.test_browser import browser  # noqa: F401 (the fixture)
-from tests.integration.conftest import MODEL, QUICKSTART, QUICKSTART_ALIAS, ca_bundle, poll, ui, write_policy
+from tests.integration.conftest import MODEL, QUICKSTART, QUICKSTART_ALIAS, ca_bundle, open_webui_page, poll, ui, \
+    write_policy
 
 
 @pytest.mark.slow
@@ -147,11 +148,7 @@ def test_a_document_uploaded_in_the_page_answers_a_question_inside_the_sandbox(g
     try:
         started = time.time()
         page = context.new_page()
-        page.goto(result.access_link)
-        page.wait_for_selector("#chat-input", timeout=300_000)
-        whats_new = page.get_by_role("button", name="Okay, Let's Go!")  # its changelog, on a first visit
-        if whats_new.is_visible():
-            whats_new.click()
+        open_webui_page(page, result.access_link)
 
         answer_alone, sources_alone = ask_in_the_page(page, QUESTION)
         assert sources_alone == [] and CODE_WORD not in answer_alone, (answer_alone, sources_alone)
@@ -246,11 +243,7 @@ def test_the_admins_menu_still_offers_attach_webpage_whose_fetch_ends_at_the_sin
     context = browser.new_context()
     try:
         page = context.new_page()
-        page.goto(result.access_link)
-        page.wait_for_selector("#chat-input", timeout=300_000)
-        whats_new = page.get_by_role("button", name="Okay, Let's Go!")  # its changelog, on a first visit
-        if whats_new.is_visible():
-            whats_new.click()
+        open_webui_page(page, result.access_link)
         assert page.locator("#voice-input-button").count() == 1  # the microphone, for the admin
         page.click("#input-menu-button")
         page.wait_for_selector("[role=menuitem]")

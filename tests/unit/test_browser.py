@@ -8,6 +8,7 @@ import json
 import shutil
 import stat
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -126,19 +127,28 @@ def open_demo(tmp_path, monkeypatch):
     return lambda *args: (CliRunner().invoke(app, ["open", "demo", *args]), token)
 
 
-def test_open_starts_a_locked_chromium_with_no_token_on_its_command_line(open_demo, tmp_path, monkeypatch):
+def started_as(kind: str, open_demo, tmp_path, monkeypatch, *args: str) -> tuple[dict, str, Path]:
+    """`sandbox open demo ARGS` with a stand-in `kind` on PATH (one that
+    records its command line and the page it is given; a Chromium stand-in
+    beside a Firefox one): what it recorded, the token, and the profile."""
     environment, record = recording.install(tmp_path)
-    shutil.move(environment["BROWSER"], tmp_path / "bin" / "chromium")
+    if kind == "firefox":
+        shutil.copy(environment["BROWSER"], tmp_path / "bin" / "chromium")
+    shutil.move(environment["BROWSER"], tmp_path / "bin" / kind)
     monkeypatch.setenv("RECORD", environment["RECORD"])
-    result, token = open_demo()
+    result, token = open_demo(*args)
     assert result.exit_code == 0, result.output
-    assert "opened sandbox demo in a locked chromium window" in result.stderr and token not in result.output
+    assert f"opened sandbox demo in a locked {kind} window" in result.stderr and token not in result.output
     deadline = time.monotonic() + 60
     while not record.exists() and time.monotonic() < deadline:  # the browser is started, not waited for
         time.sleep(0.1)
     seen = recording.recorded(record)
-    profile = access.browser_profile("demo")
     assert not any(token in arg for arg in seen["cmdline"])
+    return seen, token, access.browser_profile("demo")
+
+
+def test_open_starts_a_locked_chromium_with_no_token_on_its_command_line(open_demo, tmp_path, monkeypatch):
+    seen, _, profile = started_as("chromium", open_demo, tmp_path, monkeypatch)
     # After the stand-in's python and script: the locked flags, then the page.
     assert seen["cmdline"][2:-1] == browser.chromium_flags(profile, "http://127.0.0.1:8080", browser.PROXY, False)
     assert seen["cmdline"][-1] == access.open_page("demo").as_uri() and seen["mode"] == 0o600
@@ -150,19 +160,7 @@ def test_open_starts_a_locked_chromium_with_no_token_on_its_command_line(open_de
 
 def test_open_starts_a_locked_firefox_when_asked_with_no_token_on_its_command_line(open_demo, tmp_path,
                                                                                      monkeypatch):
-    environment, record = recording.install(tmp_path)
-    shutil.copy(environment["BROWSER"], tmp_path / "bin" / "chromium")
-    shutil.move(environment["BROWSER"], tmp_path / "bin" / "firefox")
-    monkeypatch.setenv("RECORD", environment["RECORD"])
-    result, token = open_demo("--browser", "firefox")
-    assert result.exit_code == 0, result.output
-    assert "opened sandbox demo in a locked firefox window" in result.stderr and token not in result.output
-    deadline = time.monotonic() + 60
-    while not record.exists() and time.monotonic() < deadline:  # the browser is started, not waited for
-        time.sleep(0.1)
-    seen = recording.recorded(record)
-    profile = access.browser_profile("demo")
-    assert not any(token in arg for arg in seen["cmdline"])
+    seen, token, profile = started_as("firefox", open_demo, tmp_path, monkeypatch, "--browser", "firefox")
     assert seen["cmdline"][1:] == [str(tmp_path / "bin" / "firefox"), "--profile", str(profile), "--no-remote",
                                    "--new-instance", access.open_page("demo").as_uri()]
     assert seen["mode"] == 0o600 and token in seen["page"]
