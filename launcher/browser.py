@@ -216,18 +216,21 @@ class Window:
         self.devtools.call("Page.navigate", self.session, url=url)
 
 
-def run_headless(browser: Browser, profile: Path, origin: str, page: Path, hold) -> bool:
-    """The locked window, headless, on `page`: once the sandbox's page has
-    loaded (answered 200), `hold(window)` is called and the window closed
-    when it returns. True when the page loaded, False when it failed to, did
-    not within LOAD_LIMIT, or the browser closed first."""
+def run_driven(browser: Browser, profile: Path, origin: str, page: Path, hold, headless: bool = True) -> bool:
+    """The locked window on `page`, driven through DevTools (headless, as
+    `sandbox open --headless` runs it; or, for the tests, on the display
+    with the same pipe added): once the sandbox's page has loaded (answered
+    200), `hold(window)` is called and the window closed when it returns.
+    True when the page loaded, False when it failed to, did not within
+    LOAD_LIMIT, or the browser closed first."""
     prepare_profile(profile)
     to_read, to_browser = os.pipe()
     from_browser, to_write = os.pipe()
     # The child's fds 3 and 4 are the pipe's ends, as --remote-debugging-pipe expects.
     try:
         process = subprocess.Popen(
-            [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=True), page.as_uri()],
+            [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=headless),
+             *([] if headless else ["--remote-debugging-pipe"]), page.as_uri()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write))
     except OSError as e:

@@ -80,7 +80,7 @@ def open_headless(gateway: DockerGateway, name: str, link: str, seconds: float,
         loaded = browser.run_firefox_headless(found, profile, origin(link), page,
                                               lambda: access_link_used_since(gateway, name, since), seconds)
     else:
-        loaded = browser.run_headless(found, profile, origin(link), page, lambda window: time.sleep(seconds))
+        loaded = browser.run_driven(found, profile, origin(link), page, lambda window: time.sleep(seconds))
     return found, loaded
 
 

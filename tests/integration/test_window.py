@@ -65,6 +65,26 @@ def hostile(gateway, tmp_path_factory):
     down(gateway, result.name, volumes=True)
 
 
+@pytest.fixture(scope="module")
+def display():
+    """A display of its own (Xvfb), for the window as the user gets it: on a
+    screen, not headless (which differs in what it starts)."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        pytest.skip("no Xvfb on this machine (apt-get install xvfb)")
+    read, write = os.pipe()
+    # -displayfd: Xvfb picks a free display and writes its number once it is ready.
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-nolisten", "tcp", "-screen", "0", "1280x800x24"],
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as ready:
+        number = ready.readline().strip()
+    assert number, "Xvfb did not start"
+    yield f":{number}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
 @pytest.fixture
 def canary():
     listening = Canary(uuid.uuid4().hex)
@@ -176,17 +196,18 @@ class Playwright:
             raise
 
 
-def locked_window(found, profile, origin: str, page, hold, trace: Path | None = None) -> bool:
+def locked_window(found, profile, origin: str, page, hold, trace: Path | None = None, headless: bool = True) -> bool:
     """The locked window of `found` on `page`, `hold(window)` once the
     sandbox's page has loaded: Chromium's through its DevTools pipe, as
     `sandbox open --headless` runs it; Firefox's on the profile the launcher
     writes, with Marionette added for the test to drive it, and, with
-    `trace`, under strace, which writes there every connection it opens."""
+    `trace`, under strace, which writes there every connection it opens.
+    Not `headless`: the window the user gets, on $DISPLAY."""
     if found.kind == "chromium":
-        return browser.run_headless(found, profile, origin, page, hold)
+        return browser.run_driven(found, profile, origin, page, hold, headless)
     from tests.support.marionette import Marionette
     browser.prepare_firefox_profile(profile, origin, browser.proxy_address())
-    window = Marionette(traced(browser.firefox_command(found, profile, page, headless=True), trace), profile)
+    window = Marionette(traced(browser.firefox_command(found, profile, page, headless=headless), trace), profile)
     try:
         poll(lambda: window.evaluate(f"location.origin === {json.dumps(origin.rstrip('/'))} "
                                      "&& document.readyState === 'complete'"), what="the sandbox's page")
@@ -308,11 +329,13 @@ def test_the_locked_window_alone_stops_every_way_and_sends_nothing_of_its_own(fo
 
 
 @pytest.mark.parametrize("found", BROWSERS)
-def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, hostile, canary, proxy):
+def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, hostile, canary, proxy, display,
+                                                                     monkeypatch):
     """Through the real ingress, in the window `sandbox open` opens (its
     profile in the sandbox's state directory, started on the owner-only page
-    that leads on to the access link): nothing reaches the canary, the
-    navigations were tried (at the proxy), and the chat answers.
+    that leads on to the access link), on a display as the user gets it, not
+    headless: nothing reaches the canary, the navigations were tried (at the
+    proxy), the browser asks nothing of its own, and the chat answers.
     Tried as an attacker would: a local program listened on UDP at the
     sandbox's own address and port (the ingress published TCP only) and the
     page's WebTransport to its own origin reached it, around the window's
@@ -339,7 +362,9 @@ def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, host
           method: "POST", headers: {{"Content-Type": "application/json"}}, body: JSON.stringify({{
           model: "{QUICKSTART_ALIAS}", max_tokens: 8, messages: [{{role: "user", content: "Say hello."}}]}})}})
           .then(r => r.text())""")))
-    assert locked_window(found, access.browser_profile(name), origin, access.write_open_page(name, link), hold, trace)
+    monkeypatch.setenv("DISPLAY", display)
+    assert locked_window(found, access.browser_profile(name), origin, access.write_open_page(name, link), hold, trace,
+                         headless=False)
     if trace:
         assert name_lookups(trace) == [], name_lookups(trace)[:5]
     [chat] = chats  # the model's answer, as the chat server gives it (test_quickstart.py)
@@ -387,4 +412,4 @@ def test_headless_fails_when_the_page_does_not_load(tmp_path, proxy):
     page.write_text(access.OPEN_PAGE.format(link=origin + "/", name="none"))
     if CHROMIUM is None:
         pytest.skip("no chromium on this machine (apt-get install chromium)")
-    assert not browser.run_headless(CHROMIUM, tmp_path / "profile", origin, page, lambda window: None)
+    assert not browser.run_driven(CHROMIUM, tmp_path / "profile", origin, page, lambda window: None)

@@ -258,7 +258,7 @@ def test_the_headless_window_holds_the_loaded_page_and_then_closes(tmp_path, chr
     ui = Page(200)
     held = []
     try:
-        loaded = browser.run_headless(chromium, tmp_path / "profile", ui.origin + "/", leading_page(tmp_path, ui.origin),
+        loaded = browser.run_driven(chromium, tmp_path / "profile", ui.origin + "/", leading_page(tmp_path, ui.origin),
                                       lambda window: held.append(window.evaluate("document.getElementById('ui').textContent")))
     finally:
         ui.close()
@@ -272,7 +272,7 @@ def test_the_headless_window_says_a_page_that_did_not_load_did_not(tmp_path, chr
     ui = Page(503)  # the sandbox's door answered, but not with its page
     held = []
     try:
-        loaded = browser.run_headless(chromium, tmp_path / "profile", ui.origin + "/", leading_page(tmp_path, ui.origin),
+        loaded = browser.run_driven(chromium, tmp_path / "profile", ui.origin + "/", leading_page(tmp_path, ui.origin),
                                       held.append)
     finally:
         ui.close()
