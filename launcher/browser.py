@@ -34,11 +34,13 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import access
 from launcher.errors import SandboxError
 from launcher.private import private_directory, write_private
 
@@ -443,3 +445,65 @@ def run_firefox_headless(found: Browser, profile: Path, origin: str, page: Path,
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# Closing. While a locked window is open, its page may ask for the sandbox's
+# origin at any time, with the cookie (the token) and whatever the user
+# types; once the ingress is gone, whoever takes 127.0.0.1:PORT would get
+# those. So `down`, and an `up` that replaces the ingress, close the window
+# first: the browser processes started on the sandbox's profile.
+
+CLOSE_SECONDS = 10
+
+
+def window_processes(profile: Path) -> list[int]:
+    """This user's browser processes started on `profile` (Chromium's
+    --user-data-dir, Firefox's --profile), from /proc."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                arguments = f.read().decode("utf-8", "replace").split("\0")
+        except OSError:  # ended meanwhile
+            continue
+        if f"--user-data-dir={profile}" in arguments or any(
+                argument == "--profile" and following == str(profile)
+                for argument, following in zip(arguments, arguments[1:])):
+            found.append(int(entry))
+    return found
+
+
+def close_windows(profile: Path) -> int:
+    """Ends the browser processes of the locked window on `profile` and
+    waits until they are gone (told to end, then killed); how many there were."""
+    started = window_processes(profile)
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        for pid in window_processes(profile):
+            try:
+                os.kill(pid, signal_number)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while window_processes(profile) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not window_processes(profile):
+            break
+    if window_processes(profile):
+        raise SandboxError(f"the locked window on {profile} did not end")
+    return len(started)
+
+
+def close_locked_window(sandbox: str, say=None) -> None:
+    """The sandbox's locked window closed, said where there was one."""
+    if closed := close_windows(access.browser_profile(sandbox)):
+        if say:
+            say(f"closed the locked window of sandbox {sandbox} ({closed} browser processes): "
+                f"`sandbox open {sandbox}` opens it again")

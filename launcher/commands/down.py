@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from launcher import access
+from launcher.browser import close_locked_window
 from launcher.commands.audit import keep_ingress_refusals
 from launcher.commands.target import resolve_name
 from launcher.engine import DockerGateway
@@ -18,6 +19,8 @@ def down(gateway: DockerGateway, target: str | None, volumes: bool = False,
          say: Callable[[str], None] | None = None) -> dict:
     name = resolve_name(gateway, target, "down")
     with one_command_at_a_time(name, say):
+        # Before the ingress goes: whoever took its port would get what the window sends.
+        close_locked_window(name, say)
         if not volumes:  # the audit volume stays, and with it what the ingress refused
             try:
                 keep_ingress_refusals(gateway, name)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from launcher import access
+from launcher.browser import close_locked_window
 from launcher.builds import build_egress, build_planned
 from launcher.commands.audit import keep_ingress_refusals, names_tried
 from launcher.commands.bundle import Bundle, is_bundle, open_bundle
@@ -165,6 +166,8 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
     for attempt in range(SUBNET_TRIES):
         if prepared.plan.verb_of("container", spec.container("ingress").name) in (RECREATE, REMOVE):
             keep_ingress_refusals(gateway, spec.name)  # before its container, and its log, go
+            # And the window, before its origin is free for anyone to take.
+            close_locked_window(spec.name, say)
         try:
             # Builds first: a failed build leaves the running sandbox as it was.
             build_planned(gateway, spec.images, prepared.plan, build_egress(ca_bundle), say, on_build_line)

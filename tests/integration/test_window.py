@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 import uuid
 from pathlib import Path
@@ -50,17 +51,20 @@ pytestmark = pytest.mark.skipif(not BROWSERS, reason="no chromium or firefox on 
                                                      "(apt-get install chromium firefox-esr)")
 
 
-@pytest.fixture(scope="module")
-def hostile(gateway, tmp_path_factory):
+def start_hostile(gateway, directory: Path):
     """A real sandbox whose UI is the hostile one, served through the real ingress."""
-    from launcher.commands.down import down
     from launcher.commands.up import up
-    directory = tmp_path_factory.mktemp("hostile")
     shutil.copytree(FIXTURES_BAD.parent / "hostile-ui", directory / "hostile-ui")
     for name in ("server.py", "index.html", "app.js", "app.css"):  # the chat UI as shipped, under the hostile page
         shutil.copy(ROOT / "images" / "chat" / name, directory / "hostile-ui" / name)
-    result = up(gateway, write_policy(directory, frontend={"build": {"context": "hostile-ui"},
-                                                          "health_path": "/health"}), ca_bundle=ca_bundle())
+    return up(gateway, write_policy(directory, frontend={"build": {"context": "hostile-ui"},
+                                                        "health_path": "/health"}), ca_bundle=ca_bundle())
+
+
+@pytest.fixture(scope="module")
+def hostile(gateway, tmp_path_factory):
+    from launcher.commands.down import down
+    result = start_hostile(gateway, tmp_path_factory.mktemp("hostile"))
     yield result
     down(gateway, result.name, volumes=True)
 
@@ -378,6 +382,42 @@ def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, host
     to_canary = [line for line in proxy.lines if canary.tcp.address in line]
     assert to_canary and {"host": canary.tcp.address, "count": len(to_canary)} in hosts_asked(proxy.lines), \
         proxy.lines
+
+
+@pytest.mark.parametrize("found", BROWSERS)
+def test_down_closes_the_window_before_its_origin_is_free_for_another_program(found, gateway, display, monkeypatch,
+                                                                               proxy, tmp_path):
+    """Tried as an attacker would: with the locked window open on a sandbox,
+    `sandbox down`; a local program waiting for 127.0.0.1:PORT took it
+    within a second of the ingress's removal, and the still-open window
+    sent it the page's requests (every second, the secret in them) with the
+    cookie, which is the access token, in both browsers. Now `down` closes
+    the window first: its processes are gone before the port is free, and
+    what then listens there gets nothing."""
+    from launcher.commands.down import down
+    result = start_hostile(gateway, tmp_path)
+    origin, profile = result.url.rstrip("/"), access.browser_profile(result.name)
+    listened = []
+
+    def hold(window):
+        assert window.evaluate(f"tryWay('keep sending', {json.dumps({'secret': 'SECRET'})})") == "sending"
+        down(gateway, result.name, volumes=True)
+        assert browser.window_processes(profile) == []
+        # The port is free now: as the other program would, listen there.
+        listener = Recorder(port=int(origin.rsplit(":", 1)[1]))
+        try:
+            time.sleep(3)  # the page asked five times a second while it was open
+        finally:
+            listener.close()
+        listened.extend(listener.lines)
+    monkeypatch.setenv("DISPLAY", display)
+    try:
+        locked_window(found, profile, origin, access.write_open_page(result.name, result.access_link), hold,
+                      headless=False)
+    finally:
+        if gateway.state.container_state(f"sandbox-{result.name}-ingress"):  # the test ended before its down
+            down(gateway, result.name, volumes=True)
+    assert listened == [], listened[:3]
 
 
 @pytest.mark.parametrize("found", BROWSERS)

@@ -12,12 +12,14 @@ import urllib.parse
 
 
 class Recorder(socketserver.ThreadingTCPServer):
-    """A TCP listener on a free port of 127.0.0.1: `lines` holds the first
+    """A TCP listener on 127.0.0.1 (a free port, by default): `lines` holds the first
     line of each connection ("" for one that sent nothing before closing);
     it answers `answer` (nothing, by default) and closes."""
     daemon_threads = True
+    # As a server takes a port that connections just closed linger on (TIME_WAIT).
+    allow_reuse_address = True
 
-    def __init__(self, answer: bytes = b""):
+    def __init__(self, answer: bytes = b"", port: int = 0):
         self.lines: list[str] = []
 
         class Handler(socketserver.BaseRequestHandler):
@@ -32,7 +34,7 @@ class Recorder(socketserver.ThreadingTCPServer):
                     handler.request.sendall(answer)
                 except OSError:
                     pass
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(("127.0.0.1", port), Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property

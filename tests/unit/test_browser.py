@@ -310,3 +310,36 @@ def test_the_headless_firefox_window_that_never_got_there_is_a_failure(tmp_path,
     finally:
         ui.close()
     assert loaded is False
+
+
+@pytest.mark.parametrize("arguments", [["--user-data-dir={profile}"], ["--profile", "{profile}"]],
+                         ids=["chromium", "firefox"])
+def test_closing_the_window_ends_the_processes_on_its_profile_and_no_other(tmp_path, monkeypatch, arguments):
+    """Each stands in for a browser (the locked window's own arguments), one
+    deaf to being told to end; another profile's window is left alone."""
+    import subprocess
+    monkeypatch.setattr(browser, "CLOSE_SECONDS", 1)  # how long the deaf one is given before it is killed
+    import sys
+    profile, other = tmp_path / "browser", tmp_path / "other" / "browser"
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+
+    def started(code, where):
+        return subprocess.Popen([sys.executable, "-c", code, *(a.format(profile=where) for a in arguments)])
+    windows = [started("import time; time.sleep(120)", profile), started(deaf, profile)]
+    elsewhere = started("import time; time.sleep(120)", other)
+    try:
+        def ignores_sigterm(pid):  # its handler set: SIGTERM's bit in the kernel's mask of ignored signals
+            status = Path(f"/proc/{pid}/status").read_text()
+            return int(status.split("SigIgn:")[1].split()[0], 16) & (1 << (15 - 1))
+        deadline = time.monotonic() + 30
+        while not ignores_sigterm(windows[1].pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(browser.window_processes(profile)) == sorted(w.pid for w in windows)
+        assert browser.close_windows(profile) == 2
+        assert browser.window_processes(profile) == [] and all(w.wait(10) is not None for w in windows)
+        assert elsewhere.poll() is None and browser.window_processes(other) == [elsewhere.pid]
+        assert browser.close_windows(tmp_path / "none") == 0
+    finally:
+        for process in (*windows, elsewhere):
+            process.kill()
+            process.wait()

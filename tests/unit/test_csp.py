@@ -4,6 +4,7 @@ sends it. tests/integration/test_csp.py tries them in Chromium."""
 from __future__ import annotations
 
 import re
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -118,3 +119,54 @@ def test_nginxs_own_error_pages_carry_the_strictest_policy(tmp_path, request_lin
         request = urllib.request.Request(door.url + "/", headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.headers.get_all("Content-Security-Policy") == [csp]
+
+
+def answer_of(url: str, method: str = "GET", headers: dict | None = None, body: bytes | None = None):
+    """The status and headers of the ingress's answer, whatever the status."""
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+@pytest.mark.skipif(not nginx_with_njs(), reason="nginx with njs (Debian's nginx and libnginx-mod-http-js)")
+def test_every_answer_of_the_sandboxs_origin_carries_a_policy(tmp_path):
+    """Tried as an attacker would: the page framed an answer of the
+    ingress's own under /v1/ (a 401, a 405, nginx's 413 page) or its
+    internal page, which carried no policy: from the frame, a fetch to any
+    site left the page's policy behind (in a plain Chromium it arrived).
+    Every answer of the sandbox's origin now carries one: the UI's on its
+    pages, `default-src 'none'` on every other."""
+    csp = content_security_policy(FRONTEND_RECIPES["chat"], 8080)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43, csp=csp) as door:
+        asked = {
+            "no token on /v1/": answer_of(door.url + "/v1/models"),
+            "the API's answer": answer_of(door.url + "/v1/models", headers=bearer),
+            "a method the API has not": answer_of(door.url + "/v1/models", "PUT", bearer, b"{}"),
+            "a body over 1 MiB": answer_of(door.url + "/v1/chat/completions", "POST",
+                                           {**bearer, "Content-Type": "application/json"}, b"x" * (2 << 20)),
+            "an internal page": answer_of(door.url + "/.sandbox-no-embeddings", headers=bearer),
+            "the login page, asked directly": answer_of(door.url + "/.sandbox-login", headers=bearer),
+        }
+        policies = {what: (status, headers.get_all("Content-Security-Policy")) for what, (status, headers, _)
+                    in asked.items()}
+        assert all(found == ["default-src 'none'"] for _, found in policies.values()), policies
+        assert policies["the API's answer"][0] == 200 and policies["a body over 1 MiB"][0] == 413, policies
+        # Control: the UI's page, its own policy.
+        assert answer_of(door.url + "/", headers=bearer)[1].get_all("Content-Security-Policy") == [csp]
+
+
+@pytest.mark.skipif(not nginx_with_njs(), reason="nginx with njs (Debian's nginx and libnginx-mod-http-js)")
+def test_the_ui_cannot_send_nginx_to_the_ingresss_own_pages(tmp_path):
+    """Tried as an attacker would: the UI answers with `X-Accel-Redirect`,
+    which nginx follows by default: to its internal login page, which gives
+    the access cookie, or to any other of its locations. The header is now
+    ignored: the UI's answer is what the browser gets."""
+    def redirecting(seen):
+        return 200, [("Content-Type", "text/plain"), ("X-Accel-Redirect", "/.sandbox-login")], b"the UI"
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43, ui_answer=redirecting) as door:
+        status, headers, body = answer_of(door.url + "/", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert (status, body) == (200, b"the UI") and not headers.get_all("Set-Cookie"), (status, dict(headers), body)
