@@ -272,8 +272,8 @@ def _chunks(source, size: int = 4 * 2**20) -> Iterator[bytes]:
 def _published(attrs: dict) -> list[str]:
     """The host ports a container publishes: TCP as "IP:PORT", first; others
     as "IP:PORT/udp"."""
-    published = [(port.endswith("/tcp") or "/" not in port, f"{b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}",
-                  port.partition("/")[2])
-                 for port, bindings in (attrs["HostConfig"].get("PortBindings") or {}).items() for b in bindings or []]
-    return [address if tcp else f"{address}/{protocol}"
-            for tcp, address, protocol in sorted(published, key=lambda p: not p[0])]
+    published = [((port.partition("/")[2] or "tcp"), f"{b.get('HostIp') or '0.0.0.0'}:{b['HostPort']}")
+                 for port, bindings in (attrs["HostConfig"].get("PortBindings") or {}).items()
+                 for b in bindings or []]
+    return ([address for protocol, address in published if protocol == "tcp"]
+            + [f"{address}/{protocol}" for protocol, address in published if protocol != "tcp"])

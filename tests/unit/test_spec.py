@@ -365,3 +365,13 @@ def test_the_ingress_can_hold_its_most_connections_within_its_memory():
     tmpfs = memory_bytes(dict(ingress.tmpfs)["/tmp"].rpartition("size=")[2])
     worst = connections * (first + int(count) * size(large)) + tmpfs + 24 * 2**20
     assert worst <= memory_bytes(ingress.memory), f"{worst / 2**20:.0f} MiB"
+
+
+def test_the_published_ports_read_back_tcp_first_and_udp_marked():
+    """As `status`, `open` and `verify` read the ingress's bindings: the TCP
+    one first and as "IP:PORT", whatever order the engine gives."""
+    from launcher.engine.state import _published
+    attrs = {"HostConfig": {"PortBindings": {"8080/udp": [{"HostIp": "127.0.0.1", "HostPort": "3000"}],
+                                             "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3000"}]}}}
+    assert _published(attrs) == ["127.0.0.1:3000", "127.0.0.1:3000/udp"]
+    assert _published({"HostConfig": {"PortBindings": None}}) == []
