@@ -7,11 +7,11 @@ opening a popup, or sending WebRTC's STUN datagrams (docs/security.md, "The
 page in a window of its own"). So `sandbox open` starts Chromium (or Chrome)
 on a profile of the sandbox's own, under its state directory, owner-only:
 
-- every request that is not for the sandbox's origin goes to a proxy
-  address that answers nothing (PROXY): navigation, popups, forms, links,
-  prefetch, a service worker's fetch, beacons and the browser's own pings
-  get no further than a refused connection on this machine; other ports of
-  127.0.0.1 (other sandboxes, local services) are proxied too;
+- every request that is not for the sandbox's origin goes to the sandbox's
+  own ingress as to a proxy, which refuses it (proxy_address): navigation,
+  popups, forms, links, prefetch, a service worker's fetch, beacons and the
+  browser's own pings get no further than a refusal on this machine; other
+  ports of 127.0.0.1 (other sandboxes, local services) are proxied too;
 - names are never resolved (the host resolver maps every one to nothing);
 - the profile's preferences turn off WebRTC's non-proxied UDP (the command
   line switch for it did not stop STUN datagrams in Chromium 156; the
@@ -44,12 +44,20 @@ from launcher import access
 from launcher.errors import SandboxError
 from launcher.private import private_directory, write_private
 
-# Where the window sends every request that is not for the sandbox: the
-# discard port of 127.0.0.1, which nothing answers on an ordinary machine and
-# which only root may listen on. SANDBOX_OPEN_PROXY names another (the tests
-# put a recording proxy there, to see that the browser sends nothing of its own).
-PROXY = "127.0.0.1:9"
+# Where the window sends every request that is not for the sandbox: to the
+# sandbox's own ingress, at its origin, as to a proxy, which it refuses (a
+# request for another site, or CONNECT: 400, logged `proxy-request`, so the
+# audit shows what the page tried). That address is the sandbox's own while
+# it runs, and the window is closed before the sandbox goes: no other
+# program can be there to receive what the window sends. (It was the discard
+# port, 127.0.0.1:9, on which a program allowed to bind low ports, or any
+# where the machine lowers that bound, could listen.) SANDBOX_OPEN_PROXY names
+# another (the tests put a recording proxy there, to see that the browser
+# sends nothing of its own).
 PROXY_ENV = "SANDBOX_OPEN_PROXY"
+# The discard port, which Chromium refuses to connect to (an unsafe port):
+# where the addresses of its own services that no switch turns off go.
+UNSAFE = "127.0.0.1:9"
 # The browsers that can be locked so, by the names they go by.
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 FIREFOX_NAMES = ("firefox", "firefox-esr")
@@ -118,8 +126,8 @@ def chromium_flags(profile: Path, origin: str, proxy: str, headless: bool) -> li
         # update.googleapis.com (component updates) and accounts.google.com
         # (sign-in) on every start: their addresses are moved to the discard
         # port, which Chromium itself refuses to connect to (an unsafe port).
-        f"--component-updater=url-source=http://{PROXY}",
-        f"--gaia-url=http://{PROXY}",
+        f"--component-updater=url-source=http://{UNSAFE}",
+        f"--gaia-url=http://{UNSAFE}",
         "--no-first-run", "--no-default-browser-check", "--password-store=basic",
     ]
     if headless:
@@ -140,19 +148,20 @@ def prepare_profile(profile: Path) -> Path:
     return profile
 
 
-def proxy_address() -> str:
-    return os.environ.get(PROXY_ENV) or PROXY
+def proxy_address(origin: str) -> str:
+    """The window's proxy: the sandbox's own origin (http://127.0.0.1:PORT), as host:port."""
+    return os.environ.get(PROXY_ENV) or origin.removeprefix("http://").rstrip("/")
 
 
 def start(browser: Browser, profile: Path, origin: str, page: Path) -> None:
     """The locked window, on `page` (the owner-only file that leads on to the
     access link), left running for the user."""
     if browser.kind == "firefox":
-        prepare_firefox_profile(profile, origin, proxy_address())
+        prepare_firefox_profile(profile, origin, proxy_address(origin))
         command = firefox_command(browser, profile, page, headless=False)
     else:
         prepare_profile(profile)
-        command = [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=False), page.as_uri()]
+        command = [browser.path, *chromium_flags(profile, origin, proxy_address(origin), headless=False), page.as_uri()]
     try:
         subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
@@ -231,7 +240,7 @@ def run_driven(browser: Browser, profile: Path, origin: str, page: Path, hold, h
     # The child's fds 3 and 4 are the pipe's ends, as --remote-debugging-pipe expects.
     try:
         process = subprocess.Popen(
-            [browser.path, *chromium_flags(profile, origin, proxy_address(), headless=headless),
+            [browser.path, *chromium_flags(profile, origin, proxy_address(origin), headless=headless),
              *([] if headless else ["--remote-debugging-pipe"]), page.as_uri()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write))
@@ -424,7 +433,7 @@ def run_firefox_headless(found: Browser, profile: Path, origin: str, page: Path,
     """The locked Firefox window, headless, on `page`; True once `reached()`
     says the window got to the sandbox (polled, within `limit`), and then
     kept `seconds` more; False if it did not, or Firefox ended first."""
-    prepare_firefox_profile(profile, origin, proxy_address())
+    prepare_firefox_profile(profile, origin, proxy_address(origin))
     try:
         process = subprocess.Popen(firefox_command(found, profile, page, headless=True), stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

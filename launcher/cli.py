@@ -199,11 +199,21 @@ def open_ui(target: Optional[str] = TARGET,
         raise SandboxError("--for goes with --headless (a window you see stays until you close it)")
     if browser_kind and (print_only or system_browser):
         raise SandboxError("--browser chooses the locked window's browser: not with --print or --system-browser")
-    name, link = access_link(_gateway(), target)
+    from launcher.commands.target import resolve_name
+    from launcher.mutex import one_command_at_a_time
+    name = resolve_name(_gateway(), target, "open")
+    # Not while an `up` or a `down` of the sandbox runs: either closes the
+    # sandbox's locked window before its ingress goes, and a window opened
+    # meanwhile would outlive it (docs/security.md).
+    with one_command_at_a_time(name, Progress().say):
+        name, link = access_link(_gateway(), name)
+        if headless:
+            found, loaded = open_headless(_gateway(), name, link, seconds, browser_kind)
+        elif not (print_only or system_browser):
+            found, profile = open_locked(name, link, browser_kind)
     if print_only:
         out.print(link, markup=False)
     elif headless:
-        found, loaded = open_headless(_gateway(), name, link, seconds, browser_kind)
         if not loaded:
             # A window of this sandbox already open holds its profile: the new one hands over to it and ends.
             raise SandboxError(f"sandbox {name}'s page did not load in the locked window ({found.path}); "
@@ -220,7 +230,6 @@ def open_ui(target: Optional[str] = TARGET,
                       markup=False)
             out.print(link, markup=False)
     else:
-        found, profile = open_locked(name, link, browser_kind)
         err.print(f"opened sandbox {name} in a locked {found.kind} window ({found.path}, profile {profile}): "
                   f"it reaches {origin(link)} and nothing else", markup=False)
 

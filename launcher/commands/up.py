@@ -164,13 +164,16 @@ def _apply(gateway: DockerGateway, source: PolicySource, ca_bundle: Path | None,
         say(warning)
     mark = time.monotonic()
     for attempt in range(SUBNET_TRIES):
-        if prepared.plan.verb_of("container", spec.container("ingress").name) in (RECREATE, REMOVE):
+        replaces_ingress = prepared.plan.verb_of("container", spec.container("ingress").name) in (RECREATE, REMOVE)
+        if replaces_ingress:
             keep_ingress_refusals(gateway, spec.name)  # before its container, and its log, go
-            # And the window, before its origin is free for anyone to take.
-            close_locked_window(spec.name, say)
         try:
             # Builds first: a failed build leaves the running sandbox as it was.
             build_planned(gateway, spec.images, prepared.plan, build_egress(ca_bundle), say, on_build_line)
+            if replaces_ingress:
+                # The window, just before its origin is free for anyone to
+                # take (`open` waits for this command: none opens meanwhile).
+                close_locked_window(spec.name, say)
             gateway.applier.apply(spec, prepared.plan, say=say, before_create=weights_unchanged)
             break
         except SubnetTaken as e:

@@ -210,7 +210,7 @@ def locked_window(found, profile, origin: str, page, hold, trace: Path | None = 
     if found.kind == "chromium":
         return browser.run_driven(found, profile, origin, page, hold, headless)
     from tests.support.marionette import Marionette
-    browser.prepare_firefox_profile(profile, origin, browser.proxy_address())
+    browser.prepare_firefox_profile(profile, origin, browser.proxy_address(origin))
     window = Marionette(traced(browser.firefox_command(found, profile, page, headless=headless), trace), profile)
     try:
         poll(lambda: window.evaluate(f"location.origin === {json.dumps(origin.rstrip('/'))} "
@@ -382,6 +382,37 @@ def test_in_the_sandboxs_window_nothing_arrives_and_the_chat_answers(found, host
     to_canary = [line for line in proxy.lines if canary.tcp.address in line]
     assert to_canary and {"host": canary.tcp.address, "count": len(to_canary)} in hosts_asked(proxy.lines), \
         proxy.lines
+
+
+@pytest.mark.parametrize("found", BROWSERS)
+def test_the_windows_proxy_is_the_sandboxs_own_ingress_which_refuses_and_logs_each_try(found, gateway, hostile,
+                                                                                     canary, monkeypatch):
+    """Tried as an attacker would: a program allowed to bind low ports (or
+    any, where the machine lowers that bound) listened on 127.0.0.1:9, the
+    discard port the window used as its proxy, and got the page's
+    navigation, the secret in it, in both browsers (Chromium sent the
+    sandbox's cookie too). Now the window's proxy is the sandbox's own
+    ingress, at the address the sandbox holds: the try is refused there and
+    logged (`proxy-request`), and what listens on port 9 gets nothing."""
+    monkeypatch.delenv(browser.PROXY_ENV, raising=False)
+    name, origin = hostile.name, hostile.url.rstrip("/")
+    discard = Recorder(port=9)  # as that program would (the tests run as root, who may bind it)
+    tried = f"{canary.tcp.address}/navigate?{canary.secret}"
+
+    def refused_at_the_ingress():
+        return [line for line in gateway.containers.logs(f"sandbox-{name}-ingress", tail=1000)
+                if "reason=proxy-request" in line and tried in line]
+
+    def hold(window):
+        load_anew(window, origin)
+        window.evaluate(f"tryWay('navigate', {json.dumps(canary.for_the_page())})", gesture=True)
+        poll(refused_at_the_ingress, what="the navigation, refused at the ingress as a proxy request")
+    try:
+        assert locked_window(found, access.browser_profile(name), origin, access.write_open_page(name, hostile.access_link),
+                             hold)
+    finally:
+        discard.close()
+    assert discard.lines == [] and canary.reached() == set(), (discard.lines, canary.reached())
 
 
 @pytest.mark.parametrize("found", BROWSERS)

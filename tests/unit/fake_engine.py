@@ -183,7 +183,8 @@ class FakeApi:
     def create_container(self, image, command=None, name=None, user=None, environment=None, labels=None,
                          ports=None, host_config=None, networking_config=None, healthcheck=None):
         host_config = host_config or {}
-        bindings = {f"{port}/tcp": [{"HostIp": ip, "HostPort": str(host_port)}]
+        # As the SDK names them: "8080/udp" as given, a bare port as TCP.
+        bindings = {(port if "/" in str(port) else f"{port}/tcp"): [{"HostIp": ip, "HostPort": str(host_port)}]
                     for port, (ip, host_port) in (host_config.get("port_bindings") or {}).items()}
         networks = {network: {"IPAddress": (endpoint or {}).get("ipv4_address") or self._next_address()}
                     for network, endpoint in (networking_config or {}).items()}

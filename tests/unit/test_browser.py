@@ -80,6 +80,15 @@ def test_firefox_is_started_on_the_page_with_no_remote_protocol(tmp_path):
     assert not any(word in arg for arg in command for word in ("marionette", "remote-debugging", "sandbox_token"))
 
 
+def test_the_windows_proxy_is_the_sandboxs_own_ingress_unless_another_is_named(monkeypatch):
+    """The sandbox's own address, which it holds while it runs and whose
+    ingress refuses proxy requests: not a port any other program could take."""
+    monkeypatch.delenv(browser.PROXY_ENV, raising=False)
+    assert browser.proxy_address("http://127.0.0.1:8080/") == "127.0.0.1:8080"
+    monkeypatch.setenv(browser.PROXY_ENV, "127.0.0.1:5555")
+    assert browser.proxy_address("http://127.0.0.1:8080/") == "127.0.0.1:5555"
+
+
 def test_the_flags_reach_the_sandbox_directly_and_send_everything_else_to_the_dead_proxy(tmp_path):
     flags = browser.chromium_flags(tmp_path, "http://127.0.0.1:8080", "127.0.0.1:9", headless=False)
     assert f"--user-data-dir={tmp_path}" in flags and "--proxy-server=http://127.0.0.1:9" in flags
@@ -150,7 +159,7 @@ def started_as(kind: str, open_demo, tmp_path, monkeypatch, *args: str) -> tuple
 def test_open_starts_a_locked_chromium_with_no_token_on_its_command_line(open_demo, tmp_path, monkeypatch):
     seen, _, profile = started_as("chromium", open_demo, tmp_path, monkeypatch)
     # After the stand-in's python and script: the locked flags, then the page.
-    assert seen["cmdline"][2:-1] == browser.chromium_flags(profile, "http://127.0.0.1:8080", browser.PROXY, False)
+    assert seen["cmdline"][2:-1] == browser.chromium_flags(profile, "http://127.0.0.1:8080", "127.0.0.1:8080", False)
     assert seen["cmdline"][-1] == access.open_page("demo").as_uri() and seen["mode"] == 0o600
     assert profile.parent == access.token_file("demo").parent and stat.S_IMODE(profile.stat().st_mode) == 0o700
     # `down --volumes` forgets the profile (its cookie is the token) with the token.
@@ -292,7 +301,7 @@ def test_the_headless_firefox_window_is_held_once_it_got_there_and_then_closed(t
     test's own: held once `reached` says so (here: the UI was asked for its
     page, as the ingress's log says it of the access link), then ended."""
     ui = Page(200)
-    monkeypatch.setenv(browser.PROXY_ENV, browser.PROXY)
+    monkeypatch.setenv(browser.PROXY_ENV, browser.UNSAFE)
     try:
         loaded = browser.run_firefox_headless(firefox, tmp_path / "profile", ui.origin,
                                               leading_page(tmp_path, ui.origin), lambda: "/" in ui.asked, 0)
