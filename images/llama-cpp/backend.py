@@ -429,7 +429,6 @@ def budget_calls() -> None:
     answered 200, ends instead). A call that passes its budget inside one
     token by TOKEN_OVERRUN_CPU_SECONDS ends this process (exit 70), said on
     stderr."""
-    import inspect
     import threading
 
     import llama_cpp.llama_cpp as library
@@ -440,12 +439,8 @@ def budget_calls() -> None:
     stepping: dict[int, CallCpu] = {}
 
     create = Llama._create_completion
-    signature = inspect.signature(create)
 
     def budgeted(self, *args, **kwargs):
-        stop = signature.bind(self, *args, **kwargs).arguments.get("stop")
-        if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
-            raise StopsRefused(len(stop))
         call, steps = CallCpu(), create(self, *args, **kwargs)
         try:
             while True:
@@ -510,15 +505,25 @@ def budget_calls() -> None:
             # error, which OpenAI clients raise (the server sends [DONE] after).
             yield {"error": error_of(str(e), type(e))}
 
-    def streams_end_with_the_error(method):
+    def raised(error: Exception):
+        raise error
+        yield
+
+    def refused_or_answered(method):
         def answered(self, *args, **kwargs):
+            # The client's own stop strings (a chat format adds its own later).
+            stop = kwargs.get("stop")
+            if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+                if kwargs.get("stream"):
+                    return with_error_event(raised(StopsRefused(len(stop))))
+                raise StopsRefused(len(stop))
             answer = method(self, *args, **kwargs)
             return answer if isinstance(answer, dict) else with_error_event(answer)
         return answered
-    # What the server's routes call, looked up on the class at each call (not
-    # create_completion: the chat formats read its chunks, as chunks).
+    # What the server's routes call, with keywords, looked up on the class at
+    # each call (not create_completion: the chat formats read its chunks).
     for name in ("__call__", "create_chat_completion"):
-        setattr(Llama, name, streams_end_with_the_error(getattr(Llama, name)))
+        setattr(Llama, name, refused_or_answered(getattr(Llama, name)))
 
     def watch() -> None:
         while True:
