@@ -6,7 +6,9 @@ with the model and the backend's settings (its 2 threads, 2 CPUs):
 
     docker run --rm --cpus 2 -v $PWD/models:/models:ro -v $PWD/benchmarks:/bench:ro \
         -v $PWD/images/llama-cpp:/backend:ro \
-        --entrypoint /opt/venv/bin/python IMAGE /bench/call_cpu.py /models/SmolLM2-135M-Instruct.Q4_1.gguf
+        --entrypoint /opt/venv/bin/python IMAGE /bench/call_cpu.py /models/SmolLM2-135M-Instruct.Q4_1.gguf [CASE...]
+
+CASE: those of CASES, or "attack"; all when none is named.
 """
 import importlib.util
 import json
@@ -44,7 +46,10 @@ ATTACK = {"response_format": {"type": "json_object", "schema": {"type": "string"
 
 llama = Llama(sys.argv[1], n_ctx=2048, n_threads=2, verbose=False)
 messages = [{"role": "user", "content": "Write a very long story, with many lines, about a lighthouse keeper."}]
+named = sys.argv[2:] or [*CASES, "attack"]
 for name, extra in CASES.items():
+    if name not in named:
+        continue
     for stream in (False, True):
         started, cpu = time.monotonic(), time.process_time()
         answer = llama.create_chat_completion(messages=messages, max_tokens=2048, stop=STOPS, stream=stream,
@@ -57,8 +62,9 @@ for name, extra in CASES.items():
                           "process_cpu_s": round(time.process_time() - cpu, 1),
                           "wall_s": round(time.monotonic() - started, 1)}), flush=True)
 # The attacker's pattern: a few tokens, to see what each costs here.
-answer = llama.create_chat_completion(messages=[{"role": "user", "content": "Say aaaa."}], max_tokens=4, **ATTACK)
-tokens = answer["usage"]["completion_tokens"]
-print(json.dumps({"case": "attack ^(a{0,20}){55}a{1000}$", "tokens": tokens,
-                  "outside_the_model_s": round(calls[-1].used(), 2),
-                  "per_token_s": round(calls[-1].used() / max(tokens, 1), 2)}), flush=True)
+if "attack" in named:
+    answer = llama.create_chat_completion(messages=[{"role": "user", "content": "Say aaaa."}], max_tokens=4, **ATTACK)
+    tokens = answer["usage"]["completion_tokens"]
+    print(json.dumps({"case": "attack ^(a{0,20}){55}a{1000}$", "tokens": tokens,
+                      "outside_the_model_s": round(calls[-1].used(), 2),
+                      "per_token_s": round(calls[-1].used() / max(tokens, 1), 2)}), flush=True)

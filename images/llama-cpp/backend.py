@@ -15,7 +15,8 @@ container ends, for Docker to restart it whole.
 `check` is the check alone; `pooling PATH`, the settings the embedding
 model needs to give one vector per text.
 `server CONFIG` is llama-cpp-python's server with its grammars guarded (see
-guard_grammars). `health` answers whether the servers answer: each loads its model before it
+guard_grammars) and each call's CPU budgeted (see budget_calls). `health`
+answers whether the servers answer: each loads its model before it
 listens, so an answer means the model is loaded. It asks the API's schema, a
 route that does not wait for the model: a check that queued behind a long
 answer would call a busy backend unhealthy (and, with the server's
@@ -30,6 +31,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -64,8 +66,9 @@ MAX_GRAMMAR_DEPTH = 2 * MAX_REPETITIONS
 # on whichever of the server's threads), and past it, the call is ended
 # before its next token and the server goes on. CPU time, not time on the
 # clock: a loaded machine, or a server stopped by a signal, does not count.
-# An answer of 2,048 tokens under a JSON schema with 4 stop strings uses
-# about SEE-BENCHMARKS of it on the quick-start model (docs/benchmarks.md).
+# An answer of 2,003 tokens (the most its context leaves) under a JSON
+# schema with 4 stop strings used 15 s of it on the quick-start model, plain
+# text 2 s (docs/benchmarks.md).
 CALL_CPU_SECONDS = 60
 # How far past CALL_CPU_SECONDS one token may take a call: a single call
 # into llama.cpp cannot be stopped from Python, so a call that passes both
@@ -372,7 +375,6 @@ class CallOverBudget(RuntimeError):
 
 
 def thread_cpu_clock() -> int:
-    import threading
     return time.pthread_getcpuclockid(threading.get_ident())
 
 
@@ -383,7 +385,6 @@ class CallCpu:
     Read by the watcher thread while a step runs, hence the lock."""
 
     def __init__(self, read=time.clock_gettime, clock_of=thread_cpu_clock):
-        import threading
         self.read, self.clock_of = read, clock_of
         self.lock = threading.Lock()
         self.spent = 0.0  # in its finished steps
@@ -424,13 +425,11 @@ class CallCpu:
 
 def budget_calls() -> None:
     """Every completion call is given CALL_CPU_SECONDS of CPU outside the
-    model's decode, and at most MAX_STOP_STRINGS stop strings; both answered
-    400 through the server's error handler (a streamed call, already
-    answered 200, ends instead). A call that passes its budget inside one
-    token by TOKEN_OVERRUN_CPU_SECONDS ends this process (exit 70), said on
-    stderr."""
-    import threading
-
+    model's decode, and at most MAX_STOP_STRINGS stop strings; past either
+    it is answered 400 through the server's error handler (a stream, already
+    answered 200, ends with the error as its last event) and the server goes
+    on. A call that passes its budget inside one token by
+    TOKEN_OVERRUN_CPU_SECONDS ends this process (exit 70), said on stderr."""
     import llama_cpp.llama_cpp as library
     from llama_cpp import Llama
     from llama_cpp.server.errors import ErrorResponse, RouteErrorHandler
