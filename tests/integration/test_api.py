@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -219,24 +220,38 @@ def test_a_pattern_read_in_too_many_ways_ends_the_server_which_comes_back(sandbo
     assert any("inside one token" in line for line in logged), logged[-40:]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
 def test_a_pattern_costly_on_every_token_is_ended_at_the_calls_budget_and_the_server_goes_on(
-        sandbox, docker_client, gateway, client):
+        sandbox, docker_client, gateway, client, stream):
     """Tried as an attacker would: `"pattern": "^(a{0,20}){55}a{1000}$"`
     costs the grammar sampler seconds of CPU on each token, each under the
     old per-token bound of 30 s: with max_tokens 2048 it held the model for
     hours (before: this call was still running when the client gave up).
     Now the call's CPU outside the model is summed, and past its budget the
     call is ended between two tokens with a 400 that says so; the same
-    server answers the next chat."""
+    server answers the next chat. A stream's pieces are made on whichever of
+    the server's threads, summed all the same; its last event is the error."""
     result, _ = sandbox
     before = backend_started_at(docker_client, result)
     messages = [{"role": "user", "content": "Say aaaa."}]
-    slow = client.with_options(timeout=600)  # a bound on the wait, not on speed
-    with pytest.raises(openai.BadRequestError) as ended:
-        slow.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=2048, response_format={
-            "type": "json_object", "schema": {"type": "string", "pattern": "^(a{0,20}){55}a{1000}$"}})
-    assert ended.value.body["code"] == "call_cpu_budget", ended.value.body
-    assert "the call used its 60 s of CPU outside the model" in ended.value.body["message"]
+    outcome = []
+
+    def call():
+        try:
+            answer = client.with_options(timeout=600).chat.completions.create(
+                model=QUICKSTART_ALIAS, messages=messages, max_tokens=2048, stream=stream, response_format={
+                    "type": "json_object", "schema": {"type": "string", "pattern": "^(a{0,20}){55}a{1000}$"}})
+            outcome.append(list(answer) if stream else answer)
+        except openai.APIError as e:
+            outcome.append(e)
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(600)  # a bound on the wait, not on speed: the budget ends the call long before
+    assert outcome, "the call was still running after 600 s"
+    [ended] = outcome
+    assert isinstance(ended, openai.APIError if stream else openai.BadRequestError), ended
+    assert ended.body["code"] == "call_cpu_budget", ended.body
+    assert "the call used its 60 s of CPU outside the model" in ended.body["message"]
     answered_after(client, messages)
     assert backend_started_at(docker_client, result) == before
     assert any("used its 60 s of CPU outside the model: ended" in line for line in backend_said(gateway, result))
