@@ -187,7 +187,7 @@ def backend_said(gateway, result) -> list[str]:
 
 
 def answered_after(client, messages):
-    """Answered at once by the same server: the model is free again."""
+    """A chat answered by the same server: the model is free again."""
     answer = client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=2)
     assert answer.choices and answer.usage.completion_tokens >= 1, answer
 
