@@ -261,11 +261,12 @@ def test_a_pattern_costly_on_every_token_is_ended_at_the_calls_budget_and_the_se
 def test_a_stop_list_of_many_strings_is_refused_before_any_token(sandbox, docker_client, client, stream):
     """Tried as an attacker would: `"stop": ["ac"] * 170000` (850 KB, within
     the 1 MiB body) made llama-cpp-python look for each string after every
-    token, 0.6 s of CPU a token in its Python: with max_tokens 2048 the model
-    was held for tens of minutes (before: this call was still running when
-    the client gave up). Now more than 64 stop strings are refused: 400 for
-    an answer; a stream, already answered 200, ends before its first
-    token."""
+    token, 0.6 s of CPU a token in its Python: with max_tokens 2048 (and
+    strings the answer never holds) the model was held for tens of minutes
+    (before: the list was taken, the answer and the stream's tokens came).
+    Now more than 64 stop strings are refused before any token: 400 for an
+    answer; a stream, already answered 200, has the error as its one
+    event."""
     result, _ = sandbox
     before = backend_started_at(docker_client, result)
     messages = [{"role": "user", "content": "Tell a long story."}]
