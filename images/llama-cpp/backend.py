@@ -15,7 +15,8 @@ container ends, for Docker to restart it whole.
 `check` is the check alone; `pooling PATH`, the settings the embedding
 model needs to give one vector per text.
 `server CONFIG` is llama-cpp-python's server with its grammars guarded (see
-guard_grammars). `health` answers whether the servers answer: each loads its model before it
+guard_grammars) and each call's CPU budgeted (see budget_calls). `health`
+answers whether the servers answer: each loads its model before it
 listens, so an answer means the model is loaded. It asks the API's schema, a
 route that does not wait for the model: a check that queued behind a long
 answer would call a busy backend unhealthy (and, with the server's
@@ -30,6 +31,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -51,17 +53,34 @@ MAX_GRAMMAR_CHARACTERS = 4 * 1024 * 1024
 # (llama-cpp-python's converter and its chat formats are large), llama.cpp's
 # parser is not given a grammar deep enough to end it.
 MAX_GRAMMAR_DEPTH = 2 * MAX_REPETITIONS
-# The most CPU time one token's sampling may take. llama.cpp's grammar
-# sampler follows every way the answer so far can be read; a pattern that
-# can be read in very many ways ("^(a{0,1000}){0,1000}$", within every bound
-# above) makes that grow past any limit inside one call into llama.cpp,
-# which then holds the model, and every chat, for hours. No check of a
-# schema tells all such patterns apart, so a call that has used this much
-# CPU ends the server instead, as a crash would: Docker restarts the backend
-# and the UI has its chat back. CPU time, not time on the clock: a loaded
-# machine, or a server stopped by a signal, does not count. (A token's
-# sampling takes milliseconds.)
-MAX_SAMPLING_CPU_SECONDS = 30
+# The most CPU time one completion call may use outside the model's decode
+# (llama_decode: the model's own work, which a longer answer or a larger
+# model takes more of, is not counted): following its grammar, checking its
+# stop strings, the server's own Python. llama.cpp's grammar sampler follows
+# every way the answer so far can be read; a pattern that can be read in
+# very many ways ("^(a{0,1000}){0,1000}$", within every bound above) held one
+# token for hours, and one tuned to 8-15 s a token ("^(a{0,20}){55}a{1000}$")
+# held the model, and every chat of the UI, for as long as its 2,048 tokens
+# took. No check of a schema tells all such patterns apart, so the call is
+# bounded instead: summed over the whole call (a streamed call's chunks run
+# on whichever of the server's threads), and past it, the call is ended
+# before its next token and the server goes on. CPU time, not time on the
+# clock: a loaded machine, or a server stopped by a signal, does not count.
+# An answer of 2,003 tokens (the most its context leaves) under a JSON
+# schema with 4 stop strings used 15 s of it on the quick-start model, plain
+# text 2 s (docs/benchmarks.md).
+CALL_CPU_SECONDS = 60
+# How far past CALL_CPU_SECONDS one token may take a call: a single call
+# into llama.cpp cannot be stopped from Python, so a call that passes both
+# ends the server instead, as a crash would (exit 70), and Docker restarts
+# the backend. Without this margin a call whose tokens each take seconds
+# would nearly always pass its budget inside a token, and the server would
+# restart where the call alone could have been ended.
+TOKEN_OVERRUN_CPU_SECONDS = 30
+# The most stop strings a call may give: each is looked for in the answer
+# after every token, in Python (170,000 of them took 0.6 s a token). OpenAI
+# takes 4; Open WebUI passes on those its user sets, so this is generous.
+MAX_STOP_STRINGS = 64
 # How long a server is given to end on SIGTERM before it is killed.
 STOP_SECONDS = 10
 CHUNK = 4 * 1024 * 1024
@@ -340,51 +359,192 @@ def guard_grammars() -> None:
     RouteErrorHandler.pattern_and_formatters[re.compile(re.escape(GrammarRefused.PREFIX))] = refused
 
 
-def watch_sampling() -> None:
-    """Every call into llama.cpp that samples or accepts a token is timed by
-    the CPU its thread uses; one past MAX_SAMPLING_CPU_SECONDS ends this
-    process (exit 70), said on stderr."""
-    import threading
+class StopsRefused(ValueError):
+    PREFIX = "refused: "
 
+    def __init__(self, count: int):
+        super().__init__(f"{self.PREFIX}{count} stop strings, at most {MAX_STOP_STRINGS}")
+
+
+class CallOverBudget(RuntimeError):
+    PREFIX = "ended: the call used its "
+
+    def __init__(self):
+        super().__init__(f"{self.PREFIX}{CALL_CPU_SECONDS} s of CPU outside the model (following its grammar, "
+                         f"checking its stop strings)")
+
+
+def thread_cpu_clock() -> int:
+    return time.pthread_getcpuclockid(threading.get_ident())
+
+
+class CallCpu:
+    """The CPU one completion call has used outside the model's decode, over
+    its steps (each a next() of its generator, on whichever thread runs it):
+    each step's CPU on its thread's clock, less the decodes within it.
+    Read by the watcher thread while a step runs, hence the lock."""
+
+    def __init__(self, read=time.clock_gettime, clock_of=thread_cpu_clock):
+        self.read, self.clock_of = read, clock_of
+        self.lock = threading.Lock()
+        self.spent = 0.0  # in its finished steps
+        self.step: tuple[int, float] | None = None  # the running step: its thread's clock, and its reading then
+        self.decoded = 0.0  # in the running step's finished decodes
+        self.decoding: float | None = None  # the clock's reading as the running decode began
+
+    def _used(self) -> float:
+        if self.step is None:
+            return self.spent
+        clock, started = self.step
+        now = self.read(clock)
+        decoding = now - self.decoding if self.decoding is not None else 0.0
+        return self.spent + (now - started) - self.decoded - decoding
+
+    def used(self) -> float:
+        with self.lock:
+            return self._used()
+
+    def begin_step(self) -> None:
+        clock = self.clock_of()
+        with self.lock:
+            self.step, self.decoded = (clock, self.read(clock)), 0.0
+
+    def end_step(self) -> None:
+        with self.lock:
+            self.spent, self.step = self._used(), None
+
+    def begin_decode(self) -> None:
+        with self.lock:
+            self.decoding = self.read(self.step[0])
+
+    def end_decode(self) -> None:
+        with self.lock:
+            self.decoded += self.read(self.step[0]) - self.decoding
+            self.decoding = None
+
+
+def budget_calls() -> None:
+    """Every completion call is given CALL_CPU_SECONDS of CPU outside the
+    model's decode, and at most MAX_STOP_STRINGS stop strings; past either
+    it is answered 400 through the server's error handler (a stream, already
+    answered 200, ends with the error as its last event) and the server goes
+    on. A call that passes its budget inside one token by
+    TOKEN_OVERRUN_CPU_SECONDS ends this process (exit 70), said on stderr."""
     import llama_cpp.llama_cpp as library
-    in_progress: dict[int, tuple[int, float]] = {}  # thread: its CPU clock, and its reading at the call
+    from llama_cpp import Llama
+    from llama_cpp.server.errors import ErrorResponse, RouteErrorHandler
+    # Thread: the call whose step runs on it. The server runs one call at a
+    # time per model, but a streamed call's steps move between its threads.
+    stepping: dict[int, CallCpu] = {}
 
-    def timed(name: str) -> None:
-        call = getattr(library, name)
+    create = Llama._create_completion
 
-        def watched(*args):
-            thread = threading.get_ident()
-            clock = time.pthread_getcpuclockid(thread)
-            in_progress[thread] = (clock, time.clock_gettime(clock))
-            try:
-                return call(*args)
-            finally:
-                in_progress.pop(thread, None)
-        setattr(library, name, watched)
-    for name in ("llama_sampler_sample", "llama_sampler_accept"):
-        timed(name)
+    def budgeted(self, *args, **kwargs):
+        call, steps = CallCpu(), create(self, *args, **kwargs)
+        try:
+            while True:
+                thread = threading.get_ident()
+                stepping[thread] = call
+                call.begin_step()
+                try:
+                    chunk = next(steps)
+                except StopIteration as done:
+                    return done.value
+                finally:
+                    call.end_step()
+                    del stepping[thread]
+                yield chunk
+        finally:
+            steps.close()
+    # Looked up on the class by create_completion at each call.
+    Llama._create_completion = budgeted
+
+    decode = library.llama_decode
+
+    def timed_decode(*args):
+        call = stepping.get(threading.get_ident())
+        if call is None:  # an embedding's
+            return decode(*args)
+        call.begin_decode()
+        try:
+            return decode(*args)
+        finally:
+            call.end_decode()
+    library.llama_decode = timed_decode
+
+    sample = library.llama_sampler_sample
+
+    def checked_sample(*args):
+        # Each token's sampling begins here: the call, between two tokens, is
+        # ended with an exception that leaves the model as after any answer.
+        call = stepping.get(threading.get_ident())
+        if call is not None and call.used() > CALL_CPU_SECONDS:
+            print(f"backend: a call used its {CALL_CPU_SECONDS} s of CPU outside the model: ended",
+                  file=sys.stderr, flush=True)
+            raise CallOverBudget()
+        return sample(*args)
+    library.llama_sampler_sample = checked_sample
+
+    # 400, not 429 or 5xx: the openai SDK retries those by itself, and each
+    # retry would hold the model as long again.
+    errors = {StopsRefused: ("stop", "too_many_stop_strings"), CallOverBudget: (None, "call_cpu_budget")}
+
+    def error_of(message: str, kind: type) -> ErrorResponse:
+        param, code = errors[kind]
+        return ErrorResponse(message=message, type="invalid_request_error", param=param, code=code)
+    for kind in errors:
+        RouteErrorHandler.pattern_and_formatters[re.compile("^" + re.escape(kind.PREFIX))] = (
+            lambda body, match, kind=kind: (400, error_of(match.string, kind)))
+
+    def with_error_event(chunks):
+        try:
+            yield from chunks
+        except tuple(errors) as e:
+            # A stream has been answered 200 already: its last event is the
+            # error, which OpenAI clients raise (the server sends [DONE] after).
+            yield {"error": error_of(str(e), type(e))}
+
+    def raised(error: Exception):
+        raise error
+        yield
+
+    def refused_or_answered(method):
+        def answered(self, *args, **kwargs):
+            # The client's own stop strings (a chat format adds its own later).
+            stop = kwargs.get("stop")
+            if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+                if kwargs.get("stream"):
+                    return with_error_event(raised(StopsRefused(len(stop))))
+                raise StopsRefused(len(stop))
+            answer = method(self, *args, **kwargs)
+            return answer if isinstance(answer, dict) else with_error_event(answer)
+        return answered
+    # What the server's routes call, with keywords, looked up on the class at
+    # each call (not create_completion: the chat formats read its chunks).
+    for name in ("__call__", "create_chat_completion"):
+        setattr(Llama, name, refused_or_answered(getattr(Llama, name)))
 
     def watch() -> None:
         while True:
             time.sleep(1)
-            for clock, started in list(in_progress.values()):
+            for call in list(stepping.values()):
                 try:
-                    used = time.clock_gettime(clock) - started
+                    used = call.used()
                 except OSError:  # its thread has ended
                     continue
-                if used > MAX_SAMPLING_CPU_SECONDS:
-                    print(f"backend: one token's sampling has used {used:.0f} s of CPU (a grammar that can be "
-                          f"read in too many ways): ending the server, which Docker restarts",
-                          file=sys.stderr, flush=True)
+                if used > CALL_CPU_SECONDS + TOKEN_OVERRUN_CPU_SECONDS:
+                    print(f"backend: a call has used {used:.0f} s of CPU outside the model, inside one token "
+                          f"(a grammar that can be read in too many ways): ending the server, which Docker "
+                          f"restarts", file=sys.stderr, flush=True)
                     os._exit(70)
-    threading.Thread(target=watch, name="sampling-watch", daemon=True).start()
+    threading.Thread(target=watch, name="call-budget-watch", daemon=True).start()
 
 
 def server(config_path: str) -> None:
     """llama-cpp-python's server on one config file, its grammars guarded
-    and its sampling watched."""
+    and its calls' CPU budgeted."""
     guard_grammars()
-    watch_sampling()
+    budget_calls()
     from llama_cpp.server.__main__ import main
     sys.argv = ["llama_cpp.server", "--config_file", config_path]
     main()

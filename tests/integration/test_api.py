@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -180,20 +181,32 @@ def test_a_schema_that_llama_cpp_cannot_take_is_refused_and_the_backend_goes_on(
     assert backend_started_at(docker_client, result) == before
 
 
+def backend_said(gateway, result) -> list[str]:
+    return [line for line in gateway.containers.logs(f"sandbox-{result.name}-backend", tail="all")
+            if line.startswith("backend:")]
+
+
+def answered_after(client, messages):
+    """A chat answered by the same server: the model is free again."""
+    answer = client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=2)
+    assert answer.choices and answer.usage.completion_tokens >= 1, answer
+
+
 def test_a_pattern_read_in_too_many_ways_ends_the_server_which_comes_back(sandbox, docker_client, gateway, client):
     """Tried as an attacker would: `"pattern": "^(a{0,1000}){0,1000}$"`,
     within every bound on a schema, yet a string of a's can be read in a
     number of ways past counting: llama.cpp's grammar sampler worked on one
     token for over 9 minutes at full CPU, holding the model, and every chat
     of the UI timed out while the backend's healthcheck (which does not wait
-    for the model) said healthy. Now a token's sampling may use 30 s of CPU:
-    the server ends, says why, Docker restarts the backend, and chats are
-    answered again."""
+    for the model) said healthy. No token boundary comes to end the call at,
+    so past its budget and a token's overrun of CPU the server ends, says
+    why, Docker restarts the backend, and chats are answered again."""
     result, _ = sandbox
     _, restarts = backend_started_at(docker_client, result)
     messages = [{"role": "user", "content": "Say aaaa."}]
+    slow = client.with_options(timeout=600)  # a bound on the wait, not on speed: the server ends long before
     with pytest.raises(openai.InternalServerError):  # the ingress's 502: its backend ended under the call
-        client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=3, response_format={
+        slow.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=3, response_format={
             "type": "json_object", "schema": {"type": "string", "pattern": "^(a{0,1000}){0,1000}$"}})
 
     def answered():
@@ -203,9 +216,74 @@ def test_a_pattern_read_in_too_many_ways_ends_the_server_which_comes_back(sandbo
             return None
     poll(answered, "the backend back after its restart", 300)
     assert backend_started_at(docker_client, result)[1] == restarts + 1
-    backend = f"sandbox-{result.name}-backend"
-    logged = [line for line in gateway.containers.logs(backend, tail="all") if line.startswith("backend:")]
-    assert any("sampling has used" in line for line in logged), logged[-40:]
+    logged = backend_said(gateway, result)
+    assert any("inside one token" in line for line in logged), logged[-40:]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+def test_a_pattern_costly_on_every_token_is_ended_at_the_calls_budget_and_the_server_goes_on(
+        sandbox, docker_client, gateway, client, stream):
+    """Tried as an attacker would: `"pattern": "^(a{0,20}){55}a{1000}$"`
+    costs the grammar sampler seconds of CPU on each token, each under the
+    old per-token bound of 30 s: with max_tokens 2048 it held the model for
+    hours (before: this call was still running when the client gave up).
+    Now the call's CPU outside the model is summed, and past its budget the
+    call is ended between two tokens with a 400 that says so; the same
+    server answers the next chat. A stream's pieces are made on whichever of
+    the server's threads, summed all the same; its last event is the error."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    messages = [{"role": "user", "content": "Say aaaa."}]
+    outcome = []
+
+    def call():
+        try:
+            answer = client.with_options(timeout=600).chat.completions.create(
+                model=QUICKSTART_ALIAS, messages=messages, max_tokens=2048, stream=stream, response_format={
+                    "type": "json_object", "schema": {"type": "string", "pattern": "^(a{0,20}){55}a{1000}$"}})
+            outcome.append(list(answer) if stream else answer)
+        except openai.APIError as e:
+            outcome.append(e)
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(600)  # a bound on the wait, not on speed: the budget ends the call long before
+    assert outcome, "the call was still running after 600 s"
+    [ended] = outcome
+    assert isinstance(ended, openai.APIError if stream else openai.BadRequestError), ended
+    assert ended.body["code"] == "call_cpu_budget", ended.body
+    assert "the call used its 60 s of CPU outside the model" in ended.body["message"]
+    answered_after(client, messages)
+    assert backend_started_at(docker_client, result) == before
+    assert any("used its 60 s of CPU outside the model: ended" in line for line in backend_said(gateway, result))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+def test_a_stop_list_of_many_strings_is_refused_before_any_token(sandbox, docker_client, client, stream):
+    """Tried as an attacker would: `"stop": ["ac"] * 170000` (850 KB, within
+    the 1 MiB body) made llama-cpp-python look for each string after every
+    token, 0.6 s of CPU a token in its Python: with max_tokens 2048 (and
+    strings the answer never holds) the model was held for tens of minutes
+    (before: the list was taken, the answer and the stream's tokens came).
+    Now more than 64 stop strings are refused before any token: 400 for an
+    answer; a stream, already answered 200, has the error as its one
+    event."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    messages = [{"role": "user", "content": "Tell a long story."}]
+    with pytest.raises(openai.APIError) as refused:
+        answer = client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=2048,
+                                                stop=["ac"] * 170_000, stream=stream)
+        for chunk in answer if stream else ():
+            assert not (chunk.choices and chunk.choices[0].delta.content), "a token came: the stop list was taken"
+        pytest.fail(f"answered: {answer}")
+    # A stream's error comes as its last event, after the 200.
+    assert isinstance(refused.value, openai.APIError if stream else openai.BadRequestError), refused.value
+    assert refused.value.body["code"] == "too_many_stop_strings", refused.value.body
+    assert refused.value.body["message"] == "refused: 170000 stop strings, at most 64", refused.value.body
+    answered_after(client, messages)
+    # Control: 64 stop strings are taken.
+    client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=4, stop=["ac"] * 64)
+    assert backend_started_at(docker_client, result) == before
 
 
 def test_a_body_over_one_mib_is_refused(api, tmp_path):

@@ -156,3 +156,44 @@ def test_a_grammars_depth_counts_its_groups_not_the_brackets_in_its_strings_clas
     assert backend.grammar_depth(nested) == 100_000 > backend.MAX_GRAMMAR_DEPTH
     allowed = b"root ::= " + b'("a" ' * backend.MAX_REPETITIONS + b")?" * backend.MAX_REPETITIONS
     assert backend.grammar_depth(allowed) <= backend.MAX_GRAMMAR_DEPTH
+
+
+class Clocks:
+    """CPU clocks of threads, moved by the test: each thread's clock is its id."""
+
+    def __init__(self):
+        self.readings, self.current = {}, 1
+
+    def read(self, clock):
+        return self.readings.setdefault(clock, 0.0)
+
+    def run(self, seconds, thread=None):
+        thread = self.current if thread is None else thread
+        self.readings[thread] = self.read(thread) + seconds
+
+
+def test_a_calls_cpu_is_summed_over_its_steps_on_any_thread_less_the_models_decode():
+    clocks = Clocks()
+    call = backend.CallCpu(read=clocks.read, clock_of=lambda: clocks.current)
+    clocks.run(100)  # before the call: not counted
+    call.begin_step()
+    clocks.run(2)
+    call.begin_decode()
+    clocks.run(50)  # the model's decode: not counted, whether it has ended or not
+    assert call.used() == 2
+    call.end_decode()
+    clocks.run(3)
+    call.end_step()
+    clocks.run(1000)  # between steps (the server's own, or another call's): not counted
+    assert call.used() == 5
+    clocks.current = 2  # a streamed call's next chunk, on another of the server's threads
+    clocks.run(7)
+    call.begin_step()
+    clocks.run(4)  # read while the step runs, as the watcher reads it
+    assert call.used() == 9
+    call.begin_decode()
+    clocks.run(1)
+    call.end_decode()
+    call.end_step()
+    assert call.used() == 9
+
