@@ -45,6 +45,16 @@ SERVER = [sys.executable, os.path.abspath(__file__), "server"]
 # stack frame each (maxLength 100000 ended the server). llama.cpp's own
 # grammar syntax stops at 2000 repetitions.
 MAX_REPETITIONS = 1000
+# The most repetitions a schema may ask for in all (each written out in the
+# grammar, some ten characters each): a pattern of 60,000 ".{0,1000}", each
+# within the bound above, became a grammar of some 600 MB as it was built,
+# and the server was killed for its memory before any check of the grammar.
+MAX_TOTAL_REPETITIONS = 10 * MAX_REPETITIONS
+# The most properties a schema may name in all: the converter looks for a
+# free rule name past every rule made so far, so names that come out alike
+# (27,000 properties named with punctuation) took it minutes of CPU, before
+# any token, holding the model.
+MAX_SCHEMA_PROPERTIES = 1000
 # The longest grammar llama.cpp is given to parse (a request's body is at
 # most 1 MiB; its grammar grows from the schema's repetitions).
 MAX_GRAMMAR_CHARACTERS = 4 * 1024 * 1024
@@ -274,23 +284,37 @@ def grammar_depth(grammar: bytes) -> int:
 
 
 def schema_problem(schema) -> str | None:
-    """Why a JSON schema a request sent may not become a grammar, or None.
-    Walked without recursion: a deeply nested schema must not end this
-    process either (the converter's own recursion ends in a RecursionError,
-    which the server answers)."""
+    """Why a JSON schema a request sent may not become a grammar, or None:
+    a repetition past MAX_REPETITIONS, repetitions past MAX_TOTAL_REPETITIONS
+    in all, or properties past MAX_SCHEMA_PROPERTIES, each of which would
+    cost the converter (not yet llama.cpp) memory or time beyond the call's
+    bounds. Walked without recursion: a deeply nested schema must not end
+    this process either (the converter's own recursion ends in a
+    RecursionError, which the server answers)."""
     stack = [schema]
+    repetitions = properties = 0
     while stack:
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
         elif isinstance(node, dict):
             for key, value in node.items():
-                if key in REPETITION_KEYWORDS and isinstance(value, (int, float)) and value > MAX_REPETITIONS:
-                    return f"{key} is {value}: at most {MAX_REPETITIONS} repetitions"
-                if key == "pattern" and isinstance(value, str):
-                    for quantifier in QUANTIFIER.findall(value):
-                        if any(number > MAX_REPETITIONS for number in quantifier_numbers(quantifier)):
-                            return f"pattern repeats {{{quantifier}}}: at most {MAX_REPETITIONS} repetitions"
+                asked = []  # (what is asked, how many times)
+                if key in REPETITION_KEYWORDS and isinstance(value, (int, float)):
+                    asked = [(f"{key} is {value}", value)]
+                elif key == "pattern" and isinstance(value, str):
+                    asked = [(f"pattern repeats {{{quantifier}}}", max(quantifier_numbers(quantifier), default=0))
+                             for quantifier in QUANTIFIER.findall(value)]
+                elif key == "properties" and isinstance(value, dict):
+                    properties += len(value)
+                    if properties > MAX_SCHEMA_PROPERTIES:
+                        return f"over {MAX_SCHEMA_PROPERTIES} properties in all"
+                for what, times in asked:
+                    if times > MAX_REPETITIONS:
+                        return f"{what}: at most {MAX_REPETITIONS} repetitions"
+                    repetitions += max(times, 0)
+                if repetitions > MAX_TOTAL_REPETITIONS:
+                    return f"over {MAX_TOTAL_REPETITIONS} repetitions in all"
                 stack.append(value)
     return None
 

@@ -159,7 +159,11 @@ ANSWER_SCHEMA_OF = {
     {"type": "string", "pattern": "^\\q$"},  # llama.cpp cannot parse the grammar: its server ended (SIGSEGV)
     {"type": "string", "maxLength": 100000},  # 100,000 nested groups: its parser's stack
     {"type": "string", "pattern": "^a{0,+100000}$"},  # the same, in a number a digits-only check let by
-], ids=["unparsable-pattern", "deep-repetition", "signed-repetition"])
+    # Each within the bound, but a grammar of some 600 MB as it was built: the server killed for its memory.
+    {"type": "string", "pattern": "^" + ".{0,1000}" * 60_000 + "$"},
+    # Names that come out alike: the converter looked past every rule for a free name, 111 s for 27,000.
+    {"type": "object", "properties": {f"!{i}": {"const": i} for i in range(27_000)}},
+], ids=["unparsable-pattern", "deep-repetition", "signed-repetition", "repetitions-in-all", "properties-in-all"])
 def test_a_schema_that_llama_cpp_cannot_take_is_refused_and_the_backend_goes_on(sandbox, docker_client, client,
                                                                                place, schema):
     """Tried as an attacker would: the owner's API client sends

@@ -197,3 +197,22 @@ def test_a_calls_cpu_is_summed_over_its_steps_on_any_thread_less_the_models_deco
     call.end_step()
     assert call.used() == 9
 
+
+
+@pytest.mark.parametrize("schema, refused", [
+    # Tried as an attacker would: each within the bound, 60,000 of them became a grammar of some 600 MB as it was
+    # built, and the server was killed for its memory (OOMKilled) before any check of the grammar.
+    ({"type": "string", "pattern": "^" + ".{0,1000}" * 60_000 + "$"}, "over 10000 repetitions in all"),
+    ({"type": "array", "items": [{"type": "string", "maxLength": 1000}] * 11}, "over 10000 repetitions in all"),
+    # Tried as an attacker would: 27,000 properties whose names come out alike held the converter for 111 s.
+    ({"type": "object", "properties": {f"!{i}": {"const": i} for i in range(27_000)}}, "over 1000 properties in all"),
+    ({"type": "object", "properties": {f"p{i}": {"type": "object", "properties": {f"q{j}": {} for j in range(40)}}
+                                      for i in range(30)}}, "over 1000 properties in all"),
+])
+def test_a_schema_asking_for_too_much_in_all_is_refused(schema, refused):
+    assert backend.schema_problem(schema) == refused
+
+
+def test_a_schema_at_the_bounds_in_all_passes():
+    assert backend.schema_problem({"type": "string", "pattern": "^" + ".{0,1000}" * 10 + "$"}) is None
+    assert backend.schema_problem({"type": "object", "properties": {f"p{i}": {} for i in range(1000)}}) is None
