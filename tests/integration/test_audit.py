@@ -60,8 +60,9 @@ def test_up_says_what_was_tried_while_starting_and_status_counts_it(gateway, noi
     [summary] = [m for m in said if m.startswith("while starting, parts tried to reach")]
     assert "telemetry.noisy-ui.example (frontend)" in summary and "each ended at the sink" in summary
     assert f"`sandbox audit {result.name}` shows all" in summary
-    [state] = status(gateway, result.name)
-    assert state["attempts"] >= len(NAMES)
+    # The sink writes its counts once a second, after the records `audit` read above: awaited, not raced.
+    [state] = poll(lambda: [s for s in status(gateway, result.name) if s["attempts"] >= len(NAMES)],
+                   lambda: f"status to count them; it counts {status(gateway, result.name)[0]['attempts']}", 30)
     text = runner.invoke(app, ["status", result.name]).stdout
     assert f"{state['attempts']} attempt(s) to reach outside, all stopped" in text
 
