@@ -170,3 +170,22 @@ def test_the_ui_cannot_send_nginx_to_the_ingresss_own_pages(tmp_path):
     with RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43, ui_answer=redirecting) as door:
         status, headers, body = answer_of(door.url + "/", headers={"Authorization": f"Bearer {TOKEN}"})
     assert (status, body) == (200, b"the UI") and not headers.get_all("Set-Cookie"), (status, dict(headers), body)
+
+
+@pytest.mark.skipif(not nginx_with_njs(), reason="nginx with njs (Debian's nginx and libnginx-mod-http-js)")
+@pytest.mark.parametrize("request_line", ["GET /.sandbox-login HTTP/1.1", "GET http://localhost:{port}/.sandbox-login HTTP/1.1",
+                                          "GET http://evil.example/.sandbox-login HTTP/1.1"],
+                         ids=["direct", "absolute-localhost", "absolute-elsewhere"])
+def test_the_internal_login_page_asked_for_directly_gives_no_cookie(tmp_path, request_line):
+    """Tried as an attacker would: any local program, with no token, asked
+    for the ingress's internal login page; nginx answered 404, but with the
+    page's Set-Cookie on it (`always`): the access token, in one GET."""
+    import socket
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, "k" * 43) as door:
+        with socket.create_connection(("127.0.0.1", door.port), timeout=10) as connection:
+            connection.sendall((request_line.format(port=door.port) + f"\r\nHost: 127.0.0.1:{door.port}\r\n"
+                                "Connection: close\r\n\r\n").encode())
+            answer = b""
+            while chunk := connection.recv(65536):
+                answer += chunk
+    assert TOKEN.encode() not in answer and b"set-cookie" not in answer.lower(), answer[:600]
