@@ -15,13 +15,15 @@ container ends, for Docker to restart it whole.
 `check` is the check alone; `pooling PATH`, the settings the embedding
 model needs to give one vector per text.
 `server CONFIG` is llama-cpp-python's server with its grammars guarded (see
-guard_grammars) and each call's CPU budgeted (see budget_calls). `health`
+guard_grammars), each call's CPU budgeted (see budget_calls) and a stream's
+wait for its reader bounded (see bound_reader_waits). `health`
 answers whether the servers answer: each loads its model before it
 listens, so an answer means the model is loaded. It asks the API's schema, a
 route that does not wait for the model: a check that queued behind a long
 answer would call a busy backend unhealthy (and, with the server's
 interrupt_requests on, it used to cut that answer short).
 """
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -72,9 +74,11 @@ MAX_GRAMMAR_DEPTH = 2 * MAX_REPETITIONS
 # token for hours, and one tuned to 8-15 s a token ("^(a{0,20}){55}a{1000}$")
 # held the model, and every chat of the UI, for as long as its 2,048 tokens
 # took. No check of a schema tells all such patterns apart, so the call is
-# bounded instead: summed over the whole call (a streamed call's chunks run
-# on whichever of the server's threads), and past it, the call is ended
-# before its next token and the server goes on. CPU time, not time on the
+# bounded instead: summed over the whole call, from its start (the chat
+# template and the prompt's tokens, before any token, count too) through
+# each of its chunks (a streamed call's run on whichever of the server's
+# threads), and past it, the call is ended before its next token and the
+# server goes on. CPU time, not time on the
 # clock: a loaded machine, or a server stopped by a signal, does not count.
 # An answer of 2,003 tokens (the most its context leaves) under a JSON
 # schema with 4 stop strings used 15 s of it on the quick-start model, plain
@@ -87,6 +91,13 @@ CALL_CPU_SECONDS = 60
 # would nearly always pass its budget inside a token, and the server would
 # restart where the call alone could have been ended.
 TOKEN_OVERRUN_CPU_SECONDS = 30
+# The longest a streamed call may wait, in all, for its reader to take its
+# chunks: the server holds the model until the stream's last chunk is taken,
+# so a client that read a few bytes now and then (never idle long enough for
+# the ingress's send_timeout) held it, and every chat of the UI, for as long
+# as it liked once the answer outgrew the buffers between them. Time on the
+# clock: the reader's, not the server's, CPU.
+READER_WAIT_SECONDS = 60
 # The most stop strings a call may give: each is looked for in the answer
 # after every token, in Python (170,000 of them took 0.6 s a token). OpenAI
 # takes 4; Open WebUI passes on those its user sets, so this is generous.
@@ -394,8 +405,8 @@ class CallOverBudget(RuntimeError):
     PREFIX = "ended: the call used its "
 
     def __init__(self):
-        super().__init__(f"{self.PREFIX}{CALL_CPU_SECONDS} s of CPU outside the model (following its grammar, "
-                         f"checking its stop strings)")
+        super().__init__(f"{self.PREFIX}{CALL_CPU_SECONDS} s of CPU outside the model (its chat template, "
+                         f"following its grammar, its logprobs, checking its stop strings)")
 
 
 def thread_cpu_clock() -> int:
@@ -447,6 +458,52 @@ class CallCpu:
             self.decoding = None
 
 
+class Steps:
+    """Which call each of the server's threads is running a step of. A
+    call's steps: the wrapped method's own work before it returns (the chat
+    template, the prompt's tokens: a 1 MiB body of 30,000 empty messages
+    took the template 16 s) and then each next() of the chunks it returns,
+    on whichever thread. A step within a step of the same call (the
+    completion's own generator, run inside the chat format's) is counted
+    once, by the outer."""
+
+    def __init__(self):
+        self.running: dict[int, CallCpu] = {}
+
+    def current(self) -> CallCpu | None:
+        return self.running.get(threading.get_ident())
+
+    def calls(self) -> list[CallCpu]:
+        return list(self.running.values())
+
+    @contextlib.contextmanager
+    def of(self, call: CallCpu):
+        thread = threading.get_ident()
+        if self.running.get(thread) is call:
+            yield
+            return
+        self.running[thread] = call
+        call.begin_step()
+        try:
+            yield
+        finally:
+            call.end_step()
+            del self.running[thread]
+
+    def stepped(self, call: CallCpu, chunks):
+        """The chunks, each made in a step of the call."""
+        try:
+            while True:
+                with self.of(call):
+                    try:
+                        chunk = next(chunks)
+                    except StopIteration as done:
+                        return done.value
+                yield chunk
+        finally:
+            chunks.close()
+
+
 def budget_calls() -> None:
     """Every completion call is given CALL_CPU_SECONDS of CPU outside the
     model's decode, and at most MAX_STOP_STRINGS stop strings; past either
@@ -457,36 +514,22 @@ def budget_calls() -> None:
     import llama_cpp.llama_cpp as library
     from llama_cpp import Llama
     from llama_cpp.server.errors import ErrorResponse, RouteErrorHandler
-    # Thread: the call whose step runs on it. The server runs one call at a
-    # time per model, but a streamed call's steps move between its threads.
-    stepping: dict[int, CallCpu] = {}
+    # The server runs one call at a time per model, but a streamed call's
+    # steps move between its threads.
+    steps = Steps()
 
     create = Llama._create_completion
 
     def budgeted(self, *args, **kwargs):
-        call, steps = CallCpu(), create(self, *args, **kwargs)
-        try:
-            while True:
-                thread = threading.get_ident()
-                stepping[thread] = call
-                call.begin_step()
-                try:
-                    chunk = next(steps)
-                except StopIteration as done:
-                    return done.value
-                finally:
-                    call.end_step()
-                    del stepping[thread]
-                yield chunk
-        finally:
-            steps.close()
+        # Within a server's call, a step of it; called otherwise, a call of its own.
+        return steps.stepped(steps.current() or CallCpu(), create(self, *args, **kwargs))
     # Looked up on the class by create_completion at each call.
     Llama._create_completion = budgeted
 
     decode = library.llama_decode
 
     def timed_decode(*args):
-        call = stepping.get(threading.get_ident())
+        call = steps.current()
         if call is None:  # an embedding's
             return decode(*args)
         call.begin_decode()
@@ -501,7 +544,7 @@ def budget_calls() -> None:
     def checked_sample(*args):
         # Each token's sampling begins here: the call, between two tokens, is
         # ended with an exception that leaves the model as after any answer.
-        call = stepping.get(threading.get_ident())
+        call = steps.current()
         if call is not None and call.used() > CALL_CPU_SECONDS:
             print(f"backend: a call used its {CALL_CPU_SECONDS} s of CPU outside the model: ended",
                   file=sys.stderr, flush=True)
@@ -540,8 +583,10 @@ def budget_calls() -> None:
                 if kwargs.get("stream"):
                     return with_error_event(raised(StopsRefused(len(stop))))
                 raise StopsRefused(len(stop))
-            answer = method(self, *args, **kwargs)
-            return answer if isinstance(answer, dict) else with_error_event(answer)
+            call = steps.current() or CallCpu()
+            with steps.of(call):  # the chat template, counted before the first token
+                answer = method(self, *args, **kwargs)
+            return answer if isinstance(answer, dict) else with_error_event(steps.stepped(call, answer))
         return answered
     # What the server's routes call, with keywords, looked up on the class at
     # each call (not create_completion: the chat formats read its chunks).
@@ -551,7 +596,7 @@ def budget_calls() -> None:
     def watch() -> None:
         while True:
             time.sleep(1)
-            for call in list(stepping.values()):
+            for call in steps.calls():
                 try:
                     used = call.used()
                 except OSError:  # its thread has ended
@@ -564,11 +609,51 @@ def budget_calls() -> None:
     threading.Thread(target=watch, name="call-budget-watch", daemon=True).start()
 
 
+class ReaderWaited:
+    """The stream a streamed call's chunks are sent into, on their way to
+    its reader, that ends the call once it has waited READER_WAIT_SECONDS in
+    all for the reader to take them."""
+
+    def __init__(self, stream, seconds: float = READER_WAIT_SECONDS):
+        self.stream, self.left = stream, seconds
+
+    async def __aenter__(self):
+        await self.stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc):
+        return await self.stream.__aexit__(*exc)
+
+    async def send(self, item) -> None:
+        import anyio
+        started = time.monotonic()
+        with anyio.move_on_after(self.left) as waited:
+            await self.stream.send(item)
+        self.left -= time.monotonic() - started
+        if waited.cancelled_caught:
+            print(f"backend: a stream's reader took its chunks too slowly ({READER_WAIT_SECONDS} s waited in "
+                  f"all): ended, the model freed", file=sys.stderr, flush=True)
+            # As the server ends a stream whose client went away: the model is let go.
+            raise anyio.get_cancelled_exc_class()()
+
+
+def bound_reader_waits() -> None:
+    """Every streamed call's chunks go to its reader through ReaderWaited.
+    The server's routes look its publisher up by name at each call."""
+    from llama_cpp.server import app
+    publish = app.get_event_publisher
+
+    async def published(*args, inner_send_chan, **kwargs):
+        return await publish(*args, inner_send_chan=ReaderWaited(inner_send_chan), **kwargs)
+    app.get_event_publisher = published
+
+
 def server(config_path: str) -> None:
-    """llama-cpp-python's server on one config file, its grammars guarded
-    and its calls' CPU budgeted."""
+    """llama-cpp-python's server on one config file, its grammars guarded,
+    its calls' CPU budgeted and their waits for a reader bounded."""
     guard_grammars()
     budget_calls()
+    bound_reader_waits()
     from llama_cpp.server.__main__ import main
     sys.argv = ["llama_cpp.server", "--config_file", config_path]
     main()

@@ -5,6 +5,7 @@ everyone without the bearer token. Each refusal is followed by its control:
 the owner's same request, which the backend answers."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -287,6 +288,88 @@ def test_a_stop_list_of_many_strings_is_refused_before_any_token(sandbox, docker
     answered_after(client, messages)
     # Control: 64 stop strings are taken.
     client.chat.completions.create(model=QUICKSTART_ALIAS, messages=messages, max_tokens=4, stop=["ac"] * 64)
+    assert backend_started_at(docker_client, result) == before
+
+
+class SlowReader(threading.Thread):
+    """A client of the API that reads its stream 4 KiB every 5 s (never idle
+    for the ingress's send_timeout), through a small receive buffer, from
+    the ingress's own address: the port Docker publishes on 127.0.0.1 is
+    relayed by its userland proxy, whose socket buffers on the host's side
+    took megabytes before the reader was ever slow."""
+
+    def __init__(self, api, address: tuple[str, int], body: dict):
+        super().__init__(daemon=True)
+        door = api["OPENAI_BASE_URL"].removeprefix("http://").split("/")[0]
+        payload = json.dumps(body).encode()
+        self.request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\n"
+                        f"Authorization: Bearer {api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
+        self.address, self.started_reading = address, threading.Event()
+
+    def run(self):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            sock.connect(self.address)
+            sock.sendall(self.request)
+            while sock.recv(4096):
+                self.started_reading.set()
+                time.sleep(5)
+
+
+SMALL_TCP_BUFFERS = {"net.ipv4.tcp_rmem": "4096 8192 16384", "net.ipv4.tcp_wmem": "4096 8192 16384"}
+
+
+@contextlib.contextmanager
+def small_tcp_buffers(docker_client, containers: list[str]):
+    """The containers' network namespaces with small TCP buffers, as on a
+    machine short of memory: a stream outgrows them in seconds. Put back
+    after."""
+    namespaces = [["nsenter", "-t", str(docker_client.containers.get(name).attrs["State"]["Pid"]), "-n"]
+                  for name in containers]
+    before = [{key: subprocess.run([*enter, "sysctl", "-n", key], capture_output=True, text=True,
+                                   check=True).stdout.split() for key in SMALL_TCP_BUFFERS} for enter in namespaces]
+    try:
+        for enter in namespaces:
+            subprocess.run([*enter, "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in SMALL_TCP_BUFFERS.items())],
+                           check=True)
+        yield
+    finally:
+        for enter, values in zip(namespaces, before):
+            subprocess.run([*enter, "sysctl", "-q", "-w", *(f"{k}={' '.join(v)}" for k, v in values.items())],
+                           check=True)
+
+
+def test_a_stream_read_slowly_is_ended_once_it_has_waited_its_bound_and_the_model_is_freed(
+        sandbox, docker_client, gateway, client, api):
+    """Tried as an attacker would: a streamed answer of 2,048 tokens, each
+    with its 20 likeliest alternatives (some 3 MB), read 4 KiB every 5 s:
+    the server lets the model go only once the stream's last chunk is taken,
+    so once the answer outgrew the buffers between them, the model, and
+    every chat of the UI, was held for as long as the reader liked (before:
+    the next chat was not answered within 300 s). Now a stream waits for
+    its reader 60 s in all, and is then cut off; the next chat is answered,
+    by the same server."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    ingress = docker_client.containers.get(f"sandbox-{result.name}-ingress").attrs
+    [port] = {int(published.split("/")[0]) for published in ingress["NetworkSettings"]["Ports"]}
+    address = ingress["NetworkSettings"]["Networks"][f"sandbox-{result.name}-ingress"]["IPAddress"]
+    reader = SlowReader(api, (address, port), {
+        "model": QUICKSTART_ALIAS, "stream": True, "max_tokens": 2048, "logprobs": True, "top_logprobs": 20,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        # No end of its answer but its length: <|endoftext|> and <|im_end|> are never chosen.
+        "logit_bias": {"0": -100, "2": -100}})
+    with small_tcp_buffers(docker_client, [f"sandbox-{result.name}-ingress", f"sandbox-{result.name}-backend"]):
+        reader.start()
+        assert reader.started_reading.wait(120), "the stream never began"
+        messages = [{"role": "user", "content": "Say a word."}]
+        # A bound on the wait, not on speed: held, the model would not be free for an hour.
+        answer = client.with_options(timeout=300).chat.completions.create(model=QUICKSTART_ALIAS,
+                                                                           messages=messages, max_tokens=2)
+    assert answer.choices, answer
+    assert any("reader took its chunks too slowly" in line for line in backend_said(gateway, result)), \
+        "the model was freed without the stream's being cut off: its answer ended first, so nothing was tried"
     assert backend_started_at(docker_client, result) == before
 
 

@@ -259,6 +259,26 @@ def test_max_tokens_is_bounded(ingress, route, sent, gets):
     assert json.loads(ingress.backend.seen[0]["body"]).get("max_tokens") == gets
 
 
+@pytest.mark.parametrize("route, sent, gets", [
+    # Tried as an attacker would: the backend takes any count; 49,152 alternatives a token (the quick-start
+    # model's vocabulary) took 124 MB of its memory in 20 tokens, kept until the answer is whole.
+    ("completions", {"logprobs": 49152}, {"logprobs": 20}),
+    ("completions", {"logprobs": "49152"}, {"logprobs": 20}),  # the backend reads the string as a number
+    ("completions", {"logprobs": 1e300}, {"logprobs": 20}),
+    ("completions", {"logprobs": 5}, {"logprobs": 5}),
+    ("completions", {"logprobs": None}, {"logprobs": None}),
+    ("completions", {}, {}),
+    ("chat/completions", {"logprobs": True, "top_logprobs": 49152}, {"logprobs": True, "top_logprobs": 20}),
+    ("chat/completions", {"logprobs": True, "top_logprobs": 20}, {"logprobs": True, "top_logprobs": 20}),
+    ("chat/completions", {"logprobs": False}, {"logprobs": False}),
+])
+def test_the_logprobs_asked_for_are_bounded(ingress, route, sent, gets):
+    status, _, _ = chat(ingress, {"model": "tiny", "prompt": "hi", **sent}, path=f"/v1/{route}")
+    assert status == 200
+    seen = json.loads(ingress.backend.seen[0]["body"])
+    assert {key: seen[key] for key in ("logprobs", "top_logprobs") if key in seen} == gets
+
+
 def test_a_call_that_names_no_model_is_given_the_policys_alias(ingress):
     """Else the backend answers with its default model's file path."""
     chat(ingress, {"messages": []})

@@ -8,6 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
 spec = importlib.util.spec_from_file_location(
@@ -198,6 +199,36 @@ def test_a_calls_cpu_is_summed_over_its_steps_on_any_thread_less_the_models_deco
     assert call.used() == 9
 
 
+def test_a_calls_work_before_its_first_chunk_counts_and_a_step_within_a_step_counts_once():
+    """The chat template runs in the wrapped method before any chunk (a
+    1 MiB body of empty messages took it 16 s); the completion's own
+    generator runs within the chat format's, a step within a step."""
+    clocks, steps = Clocks(), backend.Steps()
+    call = backend.CallCpu(read=clocks.read, clock_of=lambda: clocks.current)
+
+    def completion():
+        clocks.run(1)
+        yield "a"
+        clocks.run(2)
+        yield "b"
+
+    def chat(stream: bool):
+        clocks.run(16)  # the template
+        chunks = steps.stepped(steps.current(), completion())
+        return chunks if stream else list(chunks)
+    with steps.of(call):
+        answer = chat(stream=False)
+    assert answer == ["a", "b"] and call.used() == 19 and steps.calls() == []
+
+    call = backend.CallCpu(read=clocks.read, clock_of=lambda: clocks.current)
+    with steps.of(call):
+        chunks = chat(stream=True)
+    assert call.used() == 16
+    clocks.run(1000)  # the server's, between chunks
+    assert list(steps.stepped(call, chunks)) == ["a", "b"]
+    assert call.used() == 19 and steps.calls() == []
+
+
 
 @pytest.mark.parametrize("schema, refused", [
     # Tried as an attacker would: each within the bound, 60,000 of them became a grammar of some 600 MB as it was
@@ -216,3 +247,47 @@ def test_a_schema_asking_for_too_much_in_all_is_refused(schema, refused):
 def test_a_schema_at_the_bounds_in_all_passes():
     assert backend.schema_problem({"type": "string", "pattern": "^" + ".{0,1000}" * 10 + "$"}) is None
     assert backend.schema_problem({"type": "object", "properties": {f"p{i}": {} for i in range(1000)}}) is None
+
+
+class Reader:
+    """The stream to a stream's reader: takes each chunk at once, or never."""
+
+    def __init__(self, takes: bool):
+        self.takes, self.taken = takes, []
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return None
+
+    async def send(self, item):
+        if not self.takes:
+            await anyio.sleep_forever()
+        self.taken.append(item)
+
+
+def sent(reader: Reader, chunks: int, seconds: float) -> str:
+    async def sending():
+        async with backend.ReaderWaited(reader, seconds) as stream:
+            try:
+                for chunk in range(chunks):
+                    await stream.send(chunk)
+            except anyio.get_cancelled_exc_class():
+                return "ended"
+        return "sent"
+    return anyio.run(sending)
+
+
+def test_a_stream_whose_reader_takes_nothing_is_ended_once_it_has_waited_its_bound():
+    """Tried as an attacker would: a client that read a few bytes of a long
+    stream now and then held the model, and every chat of the UI, for as
+    long as it liked (the server lets the model go only once the stream's
+    last chunk is taken). The wait is bounded in all; a reader that never
+    takes anything is the case held here."""
+    assert sent(Reader(takes=False), chunks=3, seconds=0.5) == "ended"
+
+
+def test_a_stream_whose_reader_takes_its_chunks_is_sent_whole():
+    reader = Reader(takes=True)
+    assert sent(reader, chunks=1000, seconds=60) == "sent" and reader.taken == list(range(1000))
