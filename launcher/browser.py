@@ -33,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,18 @@ PROXY_ENV = "SANDBOX_OPEN_PROXY"
 # The discard port, which Chromium refuses to connect to (an unsafe port):
 # where the addresses of its own services that no switch turns off go.
 UNSAFE = "127.0.0.1:9"
+# The programs a browser starts to hand an address to the desktop: for a
+# page's `mailto:` (and `news:`, `snews:`) Chromium runs xdg-email or
+# xdg-open, found on PATH, with no question and no click, and the whole
+# address, whatever the page put in it, on their command lines (readable by
+# every local user), on to the user's usual browser or mail program, which
+# reached the internet. The window's PATH starts with stand-ins of these,
+# which start nothing and note only their own name (never the address) in
+# the profile's HANDED_OFF file; Firefox is told to hand nothing off too.
+HANDOFF_PROGRAMS = ("xdg-open", "xdg-email", "xdg-settings", "xdg-mime", "gio", "gvfs-open", "gnome-open",
+                    "kde-open", "kde-open5", "kfmclient", "exo-open", "x-www-browser", "www-browser",
+                    "sensible-browser")
+HANDED_OFF = "handed-off"
 # The browsers that can be locked so, by the names they go by.
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 FIREFOX_NAMES = ("firefox", "firefox-esr")
@@ -148,6 +161,21 @@ def prepare_profile(profile: Path) -> Path:
     return profile
 
 
+def window_environment(profile: Path) -> dict:
+    """The environment the window's browser runs in: this one, with PATH
+    led by the profile's stand-ins for the hand-off programs, and no
+    BROWSER (which xdg-open would run)."""
+    stand_ins = private_directory(profile / "no-handoff")
+    noted = shlex.quote(str(profile / HANDED_OFF))
+    for name in HANDOFF_PROGRAMS:
+        write_private(stand_ins / name, f"#!/bin/sh\n# The locked window hands no address to another program "
+                                        f"(sandbox, launcher/browser.py).\necho {name} >> {noted}\nexit 1\n")
+        os.chmod(stand_ins / name, 0o700)
+    environment = {name: value for name, value in os.environ.items() if name != "BROWSER"}
+    environment["PATH"] = os.pathsep.join([str(stand_ins), environment.get("PATH") or os.defpath])
+    return environment
+
+
 def proxy_address(origin: str) -> str:
     """The window's proxy: the sandbox's own origin (http://127.0.0.1:PORT), as host:port."""
     return os.environ.get(PROXY_ENV) or origin.removeprefix("http://").rstrip("/")
@@ -164,7 +192,7 @@ def start(browser: Browser, profile: Path, origin: str, page: Path) -> None:
         command = [browser.path, *chromium_flags(profile, origin, proxy_address(origin), headless=False), page.as_uri()]
     try:
         subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+                         stderr=subprocess.DEVNULL, start_new_session=True, env=window_environment(profile))
     except OSError as e:
         raise SandboxError(f"{browser.path} could not be started ({e.strerror}); "
                            f"`sandbox open --system-browser` or `--print`") from None
@@ -243,7 +271,8 @@ def run_driven(browser: Browser, profile: Path, origin: str, page: Path, hold, h
             [browser.path, *chromium_flags(profile, origin, proxy_address(origin), headless=headless),
              *([] if headless else ["--remote-debugging-pipe"]), page.as_uri()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write))
+            pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write),
+            env=window_environment(profile))
     except OSError as e:
         raise SandboxError(f"{browser.path} could not be started ({e.strerror})") from None
     finally:
@@ -303,6 +332,12 @@ def wait_until_loaded(devtools: DevTools, origin: str) -> Window | None:
 # owner-only page that leads on to the access link; a headless one is known
 # to have got to the sandbox by the ingress's log of the access link's use
 # (launcher/commands/open.py), and is ended when its time is up.
+
+# The schemes Firefox, as shipped, hands to the desktop by name (besides any
+# other, which `external-default` covers).
+EXTERNAL_SCHEMES = ("mailto", "news", "snews", "nntp", "irc", "ircs", "webcal", "tel", "sms", "callto", "sip",
+                    "magnet")
+
 
 def firefox_preferences(origin: str, proxy: str) -> dict:
     """The profile's user.js, which Firefox reads at every start over what
@@ -407,6 +442,19 @@ def firefox_preferences(origin: str, proxy: str) -> dict:
         "startup.homepage_welcome_url.additional": "", "datareporting.policy.firstRunURL": "",
         "browser.startup.page": 0, "browser.startup.homepage": "about:blank",
         "browser.shell.checkDefaultBrowser": False, "browser.sessionstore.resume_from_crash": False,
+        # No address handed to another program: a scheme Firefox does not
+        # serve itself (`mailto:` first) goes to the desktop's handler, the
+        # address and whatever the page put in it on its command line,
+        # without a question where one is set up (as on most desktops).
+        "network.protocol-handler.external-default": False,
+        **{f"network.protocol-handler.external.{scheme}": False for scheme in EXTERNAL_SCHEMES},
+        "network.protocol-handler.warn-external-default": True,
+        # Firefox counts every start as a crash until it has run a while, and
+        # the launcher's own closing ends some early: past three, it started
+        # itself again, with the profile named in its environment only,
+        # where the closing did not look (it does now), asking about
+        # Troubleshoot Mode. It never asks, nor starts itself again.
+        "toolkit.startup.max_resumed_crashes": -1,
     }
 
 
@@ -436,7 +484,8 @@ def run_firefox_headless(found: Browser, profile: Path, origin: str, page: Path,
     prepare_firefox_profile(profile, origin, proxy_address(origin))
     try:
         process = subprocess.Popen(firefox_command(found, profile, page, headless=True), stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env=window_environment(profile))
     except OSError as e:
         raise SandboxError(f"{found.path} could not be started ({e.strerror})") from None
     try:
@@ -466,13 +515,19 @@ CLOSE_SECONDS = 10
 
 
 def window_processes(profile: Path) -> list[int]:
-    """This user's browser processes started on `profile` (Chromium's
-    --user-data-dir, Firefox's --profile), from /proc."""
+    """This user's browser processes on `profile`, from /proc: started on it
+    (Chromium's --user-data-dir, Firefox's --profile, in any spelling of
+    its path), or with it in their environment (XRE_PROFILE_PATH: a Firefox
+    that started itself again drops --profile from its command line)."""
     found = []
     try:
         entries = os.listdir("/proc")
     except OSError:
         return found
+    names = {str(profile), os.path.realpath(profile)}
+
+    def names_it(path: str) -> bool:
+        return path in names or os.path.realpath(path) in names
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -481,11 +536,16 @@ def window_processes(profile: Path) -> list[int]:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 arguments = f.read().decode("utf-8", "replace").split("\0")
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environment = f.read().decode("utf-8", "replace").split("\0")
         except OSError:  # ended meanwhile
             continue
-        if f"--user-data-dir={profile}" in arguments or any(
-                argument == "--profile" and following == str(profile)
-                for argument, following in zip(arguments, arguments[1:])):
+        started_on = [argument.removeprefix("--user-data-dir=") for argument in arguments
+                      if argument.startswith("--user-data-dir=")]
+        started_on += [following for argument, following in zip(arguments, arguments[1:]) if argument == "--profile"]
+        started_on += [variable.removeprefix("XRE_PROFILE_PATH=") for variable in environment
+                       if variable.startswith("XRE_PROFILE_PATH=")]
+        if any(names_it(path) for path in started_on):
             found.append(int(entry))
     return found
 

@@ -211,7 +211,8 @@ def locked_window(found, profile, origin: str, page, hold, trace: Path | None = 
         return browser.run_driven(found, profile, origin, page, hold, headless)
     from tests.support.marionette import Marionette
     browser.prepare_firefox_profile(profile, origin, browser.proxy_address(origin))
-    window = Marionette(traced(browser.firefox_command(found, profile, page, headless=headless), trace), profile)
+    window = Marionette(traced(browser.firefox_command(found, profile, page, headless=headless), trace), profile,
+                        env=browser.window_environment(profile))
     try:
         poll(lambda: window.evaluate(f"location.origin === {json.dumps(origin.rstrip('/'))} "
                                      "&& document.readyState === 'complete'"), what="the sandbox's page")
@@ -413,6 +414,90 @@ def test_the_windows_proxy_is_the_sandboxs_own_ingress_which_refuses_and_logs_ea
     finally:
         discard.close()
     assert discard.lines == [] and canary.reached() == set(), (discard.lines, canary.reached())
+
+
+def mail_program(directory: Path, monkeypatch) -> None:
+    """The user's mail program, set up as a desktop sets one up: on PATH as
+    xdg-email and xdg-open (which Chromium runs), and as the handler of
+    `mailto:` in the XDG settings (which Firefox reads). It asks for the
+    address that the mail's body names, as a mail with the page's secret
+    in it would leave the machine."""
+    program = directory / "mail-program"
+    program.write_text(f"#!{sys.executable}\nimport sys, urllib.parse, urllib.request\n"
+                       "body = urllib.parse.parse_qs(urllib.parse.urlsplit(sys.argv[-1]).query)['body'][0]\n"
+                       "urllib.request.build_opener(urllib.request.ProxyHandler({})).open(body, timeout=10)\n")
+    program.chmod(0o755)
+    (directory / "bin").mkdir()
+    for name in ("xdg-email", "xdg-open"):
+        (directory / "bin" / name).symlink_to(program)
+    monkeypatch.setenv("PATH", f"{directory / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    (directory / "data" / "applications").mkdir(parents=True)
+    (directory / "data" / "applications" / "mail-program.desktop").write_text(
+        f"[Desktop Entry]\nType=Application\nName=Mail\nExec={program} %u\nMimeType=x-scheme-handler/mailto;\n")
+    (directory / "config").mkdir()
+    (directory / "config" / "mimeapps.list").write_text(
+        "[Default Applications]\nx-scheme-handler/mailto=mail-program.desktop\n")
+    monkeypatch.setenv("XDG_DATA_HOME", str(directory / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(directory / "config"))
+
+
+def without_the_handoff_locks(monkeypatch) -> None:
+    """The locked window as it was before it handed nothing off: the
+    browser's own environment, Firefox's handler preferences its own."""
+    monkeypatch.setattr(browser, "window_environment", lambda profile: dict(os.environ))
+    preferences = browser.firefox_preferences
+    monkeypatch.setattr(browser, "firefox_preferences", lambda origin, proxy: {
+        name: value for name, value in preferences(origin, proxy).items()
+        if not name.startswith("network.protocol-handler.")})
+
+
+@pytest.mark.parametrize("locked", [True, False], ids=["locked", "control-without-the-locks"])
+@pytest.mark.parametrize("found", BROWSERS)
+def test_a_pages_mailto_starts_no_other_program(found, locked, hostile, canary, proxy, monkeypatch, tmp_path):
+    """Tried as an attacker would: the page set `location.href` to a
+    `mailto:` address carrying what the user typed. Chromium ran xdg-email,
+    xdg-open and then the user's usual browser (which looked mail.google.com,
+    its mail handler, up at the host's resolver), each with the address on
+    its command line, readable by every local user, with no question and no
+    click; Firefox ran the desktop's mail program. Here a mail program of
+    the test's, set up as a desktop does, asks for the address the mail
+    names: in the locked window it is never started (Chromium runs the
+    launcher's stand-in, which starts nothing). Control: the same window
+    without those locks starts it, and the secret arrives."""
+    mail_program(tmp_path, monkeypatch)
+    if not locked:
+        without_the_handoff_locks(monkeypatch)
+    # A profile of its own: Firefox keeps the locked preferences it was last
+    # given (prefs.js), which would still hold in the control.
+    origin, profile = hostile.url.rstrip("/"), tmp_path / "profile"
+
+    def handed_off() -> list[str]:
+        try:
+            return (profile / browser.HANDED_OFF).read_text().split()
+        except FileNotFoundError:
+            return []
+
+    def hold(window):
+        load_anew(window, origin)
+        # The page's own function, on an object of its own (in Firefox, not
+        # from Marionette's script sandbox, whose navigation to another
+        # program's scheme Firefox does not hand off at all).
+        page = "(window.wrappedJSObject || window)"
+        window.evaluate(f"{page}.tryWay('mailto', {page}.JSON.parse({json.dumps(json.dumps(canary.for_the_page()))}))",
+                        gesture=True)
+        if not locked:
+            poll(lambda: "mailto" in canary.reached(), what="the mail program, given the page's address")
+        elif found.kind == "chromium":
+            poll(lambda: "xdg-email" in handed_off(), what="Chromium's hand-off, to the launcher's stand-in")
+        else:
+            # Firefox, told to hand nothing off, starts nothing: no sign to
+            # await. The mail program asked within a second without the lock.
+            time.sleep(5)
+    assert locked_window(found, profile, origin, access.write_open_page(hostile.name, hostile.access_link), hold)
+    if locked:
+        assert canary.reached() == set() and canary.tcp.lines == [], canary.tcp.lines
+    else:
+        assert all(canary.secret in line for line in canary.tcp.lines if line), canary.tcp.lines
 
 
 @pytest.mark.parametrize("found", BROWSERS)

@@ -17,7 +17,8 @@ from launcher.errors import SandboxError
 
 
 class Marionette:
-    def __init__(self, command: list[str], profile: Path, limit: float = 90, awaits: bool = True):
+    def __init__(self, command: list[str], profile: Path, limit: float = 90, awaits: bool = True,
+                 env: dict | None = None):
         # With `awaits` False, what a click runs is not awaited (a plain
         # profile's WebRTC gathering never ends against a STUN server that
         # never answers): the test looks for what it sent where it arrives.
@@ -29,7 +30,8 @@ class Marionette:
         # Its own process group: closing ends every process of it, Firefox's
         # under a tracer too (which, told to end, leaves its tracee running).
         self.process = subprocess.Popen([*command[:-1], "--marionette", command[-1]], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                        env=env)
         deadline = time.monotonic() + limit
         port_file = profile / "MarionetteActivePort"
         while not (port_file.exists() and port_file.read_text().strip()):

@@ -1,5 +1,6 @@
 """A stand-in for the user's browser, for `sandbox open` to start through
-$BROWSER: it records its command line as every local user can read it
+$BROWSER: it records its command line as every local user can read it, its
+PATH and $BROWSER
 (/proc/PID/cmdline) and, when asked to open a file, that file's text and
 mode, in the JSON file $RECORD names."""
 from __future__ import annotations
@@ -10,7 +11,8 @@ from pathlib import Path
 
 SCRIPT = """#!PYTHON
 import json, os, stat, sys, urllib.parse
-record = {"cmdline": open("/proc/self/cmdline", "rb").read().decode().rstrip("\\0").split("\\0")}
+record = {"cmdline": open("/proc/self/cmdline", "rb").read().decode().rstrip("\\0").split("\\0"),
+          "path": os.environ.get("PATH", ""), "browser": os.environ.get("BROWSER")}
 url = sys.argv[-1]
 if url.startswith("file://"):
     path = urllib.parse.unquote(urllib.parse.urlsplit(url).path)

@@ -5,6 +5,7 @@ stop a hostile page is tested in real Chromium (tests/integration/test_window.py
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import time
@@ -59,6 +60,39 @@ def test_firefoxs_user_js_sends_all_but_the_sandbox_to_the_dead_proxy_and_turns_
            "security.remote_settings.crlite_filters.enabled": False, "browser.aboutwelcome.enabled": False,
            "browser.startup.homepage_override.mstone": "ignore", "network.trr.mode": 5}
     assert {k: prefs.get(k) for k in off} == off
+
+
+def test_firefox_hands_no_address_to_another_program_and_never_starts_itself_again():
+    """Tried as an attacker would: the page's `mailto:` ran the desktop's
+    mail program with the address on its command line; a Firefox whose
+    starts the launcher ended early started itself again, without --profile
+    on its command line, which the closing did not find."""
+    prefs = browser.firefox_preferences("http://127.0.0.1:8080/", "127.0.0.1:9")
+    assert prefs["network.protocol-handler.external-default"] is False
+    assert all(prefs[f"network.protocol-handler.external.{scheme}"] is False
+               for scheme in ("mailto", "news", "snews", "tel", "webcal", "magnet"))
+    assert prefs["toolkit.startup.max_resumed_crashes"] == -1
+
+
+def test_the_windows_hand_off_programs_are_stand_ins_that_start_nothing_and_note_no_address(tmp_path, monkeypatch):
+    """Chromium runs xdg-email for a page's `mailto:` (xdg-open for `news:`),
+    found on PATH, with the address on its command line."""
+    import subprocess
+    monkeypatch.setenv("BROWSER", "/usr/bin/the-usual-browser")
+    profile = tmp_path / "browser"
+    environment = browser.window_environment(profile)
+    assert "BROWSER" not in environment
+    assert environment["PATH"].split(":")[1:] == os.environ["PATH"].split(":")
+    for name in ("xdg-email", "xdg-open", "x-www-browser", "sensible-browser", "gio"):
+        found = shutil.which(name, path=environment["PATH"])
+        assert found == str(profile / "no-handoff" / name)
+        assert stat.S_IMODE(os.stat(found).st_mode) == 0o700
+        run = subprocess.run([found, "mailto:x@example.invalid?body=SECRET"], capture_output=True, text=True,
+                             env=environment, timeout=30)
+        assert run.returncode == 1 and run.stdout == run.stderr == ""
+    noted = (profile / browser.HANDED_OFF).read_text()
+    assert noted.split() == ["xdg-email", "xdg-open", "x-www-browser", "sensible-browser", "gio"]
+    assert "SECRET" not in noted
 
 
 def test_firefoxs_profile_is_owner_only_and_its_user_js_written_anew(tmp_path):
@@ -161,6 +195,8 @@ def test_open_starts_a_locked_chromium_with_no_token_on_its_command_line(open_de
     # After the stand-in's python and script: the locked flags, then the page.
     assert seen["cmdline"][2:-1] == browser.chromium_flags(profile, "http://127.0.0.1:8080", "127.0.0.1:8080", False)
     assert seen["cmdline"][-1] == access.open_page("demo").as_uri() and seen["mode"] == 0o600
+    # Started with the launcher's stand-ins for the desktop's hand-off programs first on its PATH.
+    assert seen["path"].split(":")[0] == str(profile / "no-handoff") and seen["browser"] is None
     assert profile.parent == access.token_file("demo").parent and stat.S_IMODE(profile.stat().st_mode) == 0o700
     # `down --volumes` forgets the profile (its cookie is the token) with the token.
     access.forget_token("demo")
@@ -174,6 +210,7 @@ def test_open_starts_a_locked_firefox_when_asked_with_no_token_on_its_command_li
                                    "--new-instance", access.open_page("demo").as_uri()]
     assert seen["mode"] == 0o600 and token in seen["page"]
     assert 'user_pref("network.proxy.no_proxies_on", "127.0.0.1:8080");' in (profile / "user.js").read_text()
+    assert seen["path"].split(":")[0] == str(profile / "no-handoff") and seen["browser"] is None
 
 
 def test_the_access_links_use_since_the_window_started_is_what_counts(monkeypatch):
@@ -321,19 +358,28 @@ def test_the_headless_firefox_window_that_never_got_there_is_a_failure(tmp_path,
     assert loaded is False
 
 
-@pytest.mark.parametrize("arguments", [["--user-data-dir={profile}"], ["--profile", "{profile}"]],
-                         ids=["chromium", "firefox"])
+@pytest.mark.parametrize("arguments", [["--user-data-dir={profile}"], ["--profile", "{profile}"],
+                                       ["--profile", "{linked}"], ["XRE_PROFILE_PATH={profile}"]],
+                         ids=["chromium", "firefox", "firefox-through-a-link", "firefox-started-again"])
 def test_closing_the_window_ends_the_processes_on_its_profile_and_no_other(tmp_path, monkeypatch, arguments):
     """Each stands in for a browser (the locked window's own arguments), one
-    deaf to being told to end; another profile's window is left alone."""
+    deaf to being told to end; another profile's window is left alone.
+    Tried as an attacker would: a Firefox whose starts were ended early
+    started itself again with the profile in its environment only
+    (XRE_PROFILE_PATH, no --profile), and `up` and `down` left it open."""
     import subprocess
     monkeypatch.setattr(browser, "CLOSE_SECONDS", 1)  # how long the deaf one is given before it is killed
     import sys
     profile, other = tmp_path / "browser", tmp_path / "other" / "browser"
     deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
 
+    (tmp_path / "linked").symlink_to(tmp_path, target_is_directory=True)
+
     def started(code, where):
-        return subprocess.Popen([sys.executable, "-c", code, *(a.format(profile=where) for a in arguments)])
+        given = [a.format(profile=where, linked=tmp_path / "linked" / where.relative_to(tmp_path)) for a in arguments]
+        environment = dict(os.environ, **dict(a.split("=", 1) for a in given if a.startswith("XRE_")))
+        return subprocess.Popen([sys.executable, "-c", code, *(a for a in given if not a.startswith("XRE_"))],
+                                env=environment)
     windows = [started("import time; time.sleep(120)", profile), started(deaf, profile)]
     elsewhere = started("import time; time.sleep(120)", other)
     try:
