@@ -155,9 +155,14 @@ def by_hand_frontend_env(recipe: str, policy_env: dict, embedding_alias: str | N
     switches that keep the UI offline (for Open WebUI, those its
     documentation lists for an offline install; without them it reaches for
     the internet as it starts, which could only slow the baseline), the
-    recipe's defaults, its session key and the embedding server."""
+    recipe's defaults, its session key and the embedding server; not the
+    recipe's sign-in by the ingress's headers."""
     found = FRONTEND_RECIPES[recipe]
-    env = {**found.default_env, **policy_env, **found.locked_env}
+    # Not the sign-in by the ingress's headers: by hand there is no ingress to
+    # send them, and Open WebUI would refuse every sign-in without them.
+    locked = {name: value for name, value in found.locked_env.items()
+              if not name.startswith("WEBUI_AUTH_TRUSTED_")}
+    env = {**found.default_env, **policy_env, **locked}
     if found.session_key_env:
         env[found.session_key_env] = BY_HAND_SESSION_KEY
     if found.embeddings_env:

@@ -45,6 +45,10 @@ class FrontendRecipe:
     # tightest its UI was seen to work under (docs/security.md, "The page's
     # scripts"); a UI the user brings gets GENERIC_CSP.
     csp: tuple[tuple[str, str], ...] = ()
+    # Who the owner is to a UI that takes its user from headers the ingress
+    # sets on every request (X-Sandbox-User, X-Sandbox-Role, in place of any
+    # the client sent): an address-like name and a role. None: neither is sent.
+    signed_in_as: tuple[str, str] | None = None
 
     @property
     def locked_names(self) -> frozenset[str]:
@@ -195,6 +199,18 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             "STORAGE_PROVIDER": "local",
             # OpenTelemetry would export traces, metrics and logs to a collector.
             "ENABLE_OTEL": "false",
+            # The owner is signed in by the ingress's headers (signed_in_as),
+            # as a user, not an admin: Open WebUI makes its first account an
+            # admin, and shows an admin every control whatever the switches
+            # above say (Attach Webpage, dictation), and its settings pages,
+            # which can switch a feature back on. The role header makes that
+            # account a user at each sign-in; a client's own headers never
+            # reach the UI.
+            "WEBUI_AUTH_TRUSTED_EMAIL_HEADER": "X-Sandbox-User",
+            "WEBUI_AUTH_TRUSTED_ROLE_HEADER": "X-Sandbox-Role",
+            # A user sees the models only where access to each is granted,
+            # which only an admin can grant: every model of the policy is theirs.
+            "BYPASS_MODEL_ACCESS_CONTROL": "true",
         },
         default_env={
             # With a document attached, Open WebUI first asks the chat model
@@ -207,14 +223,16 @@ FRONTEND_RECIPES: dict[str, FrontendRecipe] = {
             "ENABLE_RETRIEVAL_QUERY_GENERATION": "false",
             # "Attach Webpage" has the server fetch a URL, which cannot work
             # here; USER_PERMISSIONS_CHAT_WEB_UPLOAD (locked) only greys it
-            # out for users, this takes it out of their + menu. Open WebUI
-            # 0.12.4 shows every control to an admin whatever this says
-            # (isControlVisible in its page), so the one user of a sandbox
-            # with WEBUI_AUTH off still sees it (docs/frontends.md). A
-            # default, not a lock: a policy may hide other controls with it.
+            # out for users, this takes it out of their + menu (Open WebUI
+            # 0.12.4 shows every control to an admin whatever this says, and
+            # the owner is a user: signed_in_as). A default, not a lock: a
+            # policy may hide other controls with it.
             "UI_VISIBILITY": '{"chat.attach_webpage": false}',
         },
         session_key_env="WEBUI_SECRET_KEY",
+        # admin@localhost: the account Open WebUI makes for the one user when
+        # WEBUI_AUTH is off, so that a sandbox started before keeps its chats.
+        signed_in_as=("admin@localhost", "user"),
         csp=(
             ("default-src", "'self'"),
             # No 'unsafe-inline', no 'unsafe-eval': its page, a chat and a

@@ -362,6 +362,7 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
     embedding_model = policy.embedding_model
     # `frontend: none`: no front-end; the ingress serves the API alone.
     frontend = _frontend(policy, images, secrets, internal, dns, frontend_mounts) if f else None
+    signed_in_as = FRONTEND_RECIPES[f.recipe].signed_in_as if f and f.recipe else None
     ingress = ContainerSpec(
         part="ingress", name=resource_name(name, "ingress"), image=images.ingress.tag, user=NOBODY,
         networks=(Attachment(ingress_net.name, ()), Attachment(internal.name, ("ingress",))),
@@ -395,6 +396,10 @@ def build_spec(policy: Policy, images: PartImages, secrets: Secrets,
              (CSP_ENV, content_security_policy(
                  (FRONTEND_RECIPES[f.recipe] if f.recipe else CUSTOM_FRONTEND) if f else None,
                  policy.ingress_port)),
+             # Who the owner is, to a UI whose recipe takes its user from the
+             # ingress's headers (launcher/recipes.py, signed_in_as).
+             *((("SANDBOX_UI_USER", signed_in_as[0]), ("SANDBOX_UI_ROLE", signed_in_as[1]))
+               if signed_in_as else ()),
              (TOKEN_ENV, secrets.access_token),
              # In the spec hash where the token is not: a new token recreates the ingress.
              ("SANDBOX_ACCESS_TOKEN_ID", token_id(secrets.access_token))),

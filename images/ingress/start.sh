@@ -44,6 +44,14 @@ done
 # bounded repetition, and {1,4000} runs it out of the container's memory.)
 valid "^[A-Za-z0-9 ':;/.*+=_-]+\$" "${SANDBOX_CSP:-}" && [ "${#SANDBOX_CSP}" -le 4000 ] \
   || fail "SANDBOX_CSP is missing or not a policy"
+# Who the owner is to a UI that takes its user from headers (a recipe's,
+# launcher/recipes.py): an address-like name and a role, sent on every
+# request to it in place of any the client sent; empty for other UIs, which
+# then get neither header at all.
+export SANDBOX_UI_USER="${SANDBOX_UI_USER:-}" SANDBOX_UI_ROLE="${SANDBOX_UI_ROLE:-}"
+[ -z "$SANDBOX_UI_USER" ] || valid '^[a-z0-9._-]{1,64}@[a-z0-9.-]{1,64}$' "$SANDBOX_UI_USER" \
+  || fail "SANDBOX_UI_USER is not a user's address"
+[ -z "$SANDBOX_UI_ROLE" ] || valid '^[a-z]{1,16}$' "$SANDBOX_UI_ROLE" || fail "SANDBOX_UI_ROLE is not a role"
 mkdir -p /tmp/nginx
 # The door is for the host only: nginx listens on this container's addresses
 # outside the sandbox's own network, none on it, so that no part can reach the
@@ -75,8 +83,8 @@ export SANDBOX_LAUNCHER_MARK
 # The token and the backend's key are read from the environment, never put on
 # a command line: every local user of the host can read the command lines of a
 # container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL CSP LAUNCHER_MARK", names, " ") }
-     { for (i = 1; i <= 14; i++) { value = ENVIRON["SANDBOX_" names[i]]
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL CSP LAUNCHER_MARK UI_USER UI_ROLE", names, " ") }
+     { for (i = 1; i <= 16; i++) { value = ENVIRON["SANDBOX_" names[i]]
                                    gsub(/&/, "\\\\&", value)  # a literal & (a health path may have one), not the match
                                    gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@", value) }
        print }' \

@@ -44,7 +44,7 @@ class Recorder(ThreadingHTTPServer):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 seen = {"method": self.command, "path": self.path, "headers": dict(self.headers.items()),
-                        "body": body}
+                        "header_list": list(self.headers.items()), "body": body}
                 self.server.seen.append(seen)
                 status, headers, payload = self.server.answer(seen)
                 self.send_response(status)
@@ -87,7 +87,8 @@ class RealIngress:
     `backend` and `ui` as its upstreams; `log()` is its refusal log."""
 
     def __init__(self, directory: Path, name: str, token: str, api_key: str, embeddings: bool = True,
-                 ui: bool = True, one_log: bool = False, csp: str = "default-src 'self'", ui_answer=ui_answer):
+                 ui: bool = True, one_log: bool = False, csp: str = "default-src 'self'", ui_answer=ui_answer,
+                 signed_in_as: tuple[str, str] | None = None):
         """`embeddings`: the policy has an embedding model, whose server is
         `self.embeddings` (else None, and the ingress has no such upstream).
         `ui` False: an API-only sandbox's ingress (`frontend: none`), with no
@@ -95,7 +96,8 @@ class RealIngress:
         nothing reaches it). `one_log`: the API calls go into the refusal
         log, as in the image, where both are the container's log. `csp`:
         the UI's Content-Security-Policy, as the launcher gives it;
-        `ui_answer`: what the stand-in UI answers."""
+        `ui_answer`: what the stand-in UI answers. `signed_in_as`: who the
+        owner is to the UI (a recipe's user and role), as the launcher gives it."""
         self.name, self.token, self.api_key = name, token, api_key
         self.directory = directory
         self.backend, self.ui = Recorder(backend_answer), Recorder(ui_answer)
@@ -112,7 +114,8 @@ class RealIngress:
                   "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else "",
                   "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health",
                   "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else "", "CSP": csp,
-                  "LAUNCHER_MARK": launcher_mark(token, api_key)}
+                  "LAUNCHER_MARK": launcher_mark(token, api_key),
+                  "UI_USER": signed_in_as[0] if signed_in_as else "", "UI_ROLE": signed_in_as[1] if signed_in_as else ""}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():
             text = text.replace(f"@{key}@", value)

@@ -390,6 +390,36 @@ def test_the_bearer_on_the_uis_routes_is_bounded_with_the_api(ingress):
     assert ask(ingress, "GET", "/v1/models", OWNER)[0] == 200
 
 
+@pytest.mark.parametrize("signed_in_as", [("admin@localhost", "user"), None], ids=["recipe", "none"])
+def test_the_ui_learns_who_the_owner_is_from_the_ingress_alone(tmp_path, signed_in_as):
+    """A UI that takes its user from headers (Open WebUI's recipe) gets the
+    ingress's: the client's own, in any case, never reach it, and a UI that
+    takes none gets none. Were they passed on, a client could sign in as the
+    admin the recipe keeps the owner from being."""
+    claims = {"X-Sandbox-User": "someone@else", "x-sandbox-role": "admin", "X-SANDBOX-ROLE": "admin"}
+    with RealIngress(tmp_path / "ingress", "demo", TOKEN, API_KEY, signed_in_as=signed_in_as) as door:
+        for credential in ({"Cookie": f"sandbox-demo={TOKEN}"}, OWNER):
+            assert ask(door, "GET", "/", {**credential, **claims})[0] == 200
+        assert ask(door, "GET", "/v1/models", {**OWNER, **claims})[0] == 200
+    expected = [("x-sandbox-user", signed_in_as[0]), ("x-sandbox-role", signed_in_as[1])] if signed_in_as else []
+    for seen in door.ui.seen:
+        assert [(k.lower(), v) for k, v in seen["header_list"] if k.lower().startswith("x-sandbox-")] == expected
+    # The backend's API is no UI: it gets none.
+    assert not [k for k, _ in door.backend.seen[0]["header_list"] if k.lower().startswith("x-sandbox-")]
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"SANDBOX_UI_USER": 'a@b"; proxy_pass http://x; "'}, "SANDBOX_UI_USER is not a user's address"),
+    ({"SANDBOX_UI_USER": "a@b\nX: 1"}, "SANDBOX_UI_USER is not a user's address"),
+    ({"SANDBOX_UI_USER": "admin"}, "SANDBOX_UI_USER is not a user's address"),
+    ({"SANDBOX_UI_ROLE": "user; add_header X 1"}, "SANDBOX_UI_ROLE is not a role"),
+])
+def test_the_ingress_refuses_a_user_or_role_that_would_change_its_configuration(env, says):
+    from tests.unit.test_health import start_sh
+    run = start_sh(SANDBOX_HEALTH_PORT="8081", SANDBOX_CSP="default-src 'self'", **env)
+    assert run.returncode == 2 and says in run.stderr, run.stderr
+
+
 def test_the_bearers_requests_on_the_uis_routes_are_counted_as_calls_the_cookies_and_the_launchers_are_not(ingress):
     launcher = {**OWNER, "User-Agent": LAUNCHER_AGENT, LAUNCHER_HEADER: launcher_mark(TOKEN, API_KEY)}
     ask(ingress, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}", "User-Agent": "Mozilla/5.0"})  # the browser's

@@ -40,7 +40,9 @@ def test_the_by_hand_open_webui_is_told_what_a_sandboxs_is():
     """--policy policies/open-webui.yaml: the backend serves the embedding
     model on its second server as a sandbox's does, and Open WebUI is given
     the same offline switches, policy variables and embedding server; only
-    the sandbox's own variables and the session key's value differ."""
+    the sandbox's own variables, its sign-in by the ingress's headers (by
+    hand there is no ingress to send them) and the session key's value
+    differ."""
     tiny = Model("tiny", Path("/models/tiny.gguf"), "0" * 64, 2048, None)
     policy = make_policy(models=(tiny, replace(tiny, alias="tiny-embed", role="embeddings")),
                          frontend=replace(make_policy().frontend, recipe="open-webui", user=1000, memory="2g",
@@ -55,7 +57,7 @@ def test_the_by_hand_open_webui_is_told_what_a_sandboxs_is():
     assert sorted(services["backend"]["volumes"]) == sorted(f"{m.source}:{m.target}:ro" for m in backend.mounts)
     theirs = dict(frontend.env)
     ours = services["frontend"]["environment"]
-    sandbox_only = {name for name in theirs if name.startswith("SANDBOX_")} | {"HOME"}
+    sandbox_only = {name for name in theirs if name.startswith(("SANDBOX_", "WEBUI_AUTH_TRUSTED_"))} | {"HOME"}
     assert set(ours) == set(theirs) - sandbox_only
     assert {k: v for k, v in ours.items() if k != "WEBUI_SECRET_KEY"} == {
         k: v for k, v in theirs.items() if k in ours and k != "WEBUI_SECRET_KEY"}

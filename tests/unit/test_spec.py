@@ -137,6 +137,20 @@ def test_open_webui_recipe_locks_its_offline_switches():
     assert f.env_value("ENABLE_PERSISTENT_CONFIG") == "False"
 
 
+def test_open_webuis_owner_is_a_user_signed_in_by_the_ingress_and_no_other_ui_is_told_who():
+    """Open WebUI makes its first account an admin, to whom it shows Attach
+    Webpage and dictation whatever its switches say: the owner is a user,
+    named by the ingress's headers, which a policy cannot point elsewhere."""
+    policy = make_policy(frontend=replace(make_policy().frontend, recipe="open-webui", env=(
+        ("WEBUI_AUTH_TRUSTED_EMAIL_HEADER", "X-Forwarded-User"), ("WEBUI_AUTH_TRUSTED_ROLE_HEADER", ""))))
+    spec = make_spec(policy)
+    f, ingress = spec.container("frontend"), spec.container("ingress")
+    assert f.env_value("WEBUI_AUTH_TRUSTED_EMAIL_HEADER") == "X-Sandbox-User"
+    assert f.env_value("WEBUI_AUTH_TRUSTED_ROLE_HEADER") == "X-Sandbox-Role"
+    assert (ingress.env_value("SANDBOX_UI_USER"), ingress.env_value("SANDBOX_UI_ROLE")) == ("admin@localhost", "user")
+    assert make_spec().container("ingress").env_value("SANDBOX_UI_USER") is None
+
+
 def test_gpus_go_to_the_backend_only():
     spec = make_spec(gpus=("0", "2"))
     backend = spec.container("backend")
