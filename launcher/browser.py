@@ -18,6 +18,9 @@ on a profile of the sandbox's own, under its state directory, owner-only:
   preference did), prediction (prefetch and preconnect), safe browsing,
   suggestions and metrics; the flags turn off extensions, sync, component
   update and background networking;
+- what is no request: an address handed to the desktop (`mailto:`) finds
+  no program to start (HANDOFF_PROGRAMS), downloads are saved in the
+  profile, and printing is off, with no print service to ask;
 - a page's WebTransport (HTTP/3 over UDP) to the sandbox's own host and port,
   which the proxy exception lets by whatever the scheme, finds nothing
   there: the sandbox holds that UDP port itself (launcher/spec.py), and
@@ -33,7 +36,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -64,13 +66,16 @@ UNSAFE = "127.0.0.1:9"
 # xdg-open, found on PATH, with no question and no click, and the whole
 # address, whatever the page put in it, on their command lines (readable by
 # every local user), on to the user's usual browser or mail program, which
-# reached the internet. The window's PATH starts with stand-ins of these,
-# which start nothing and note only their own name (never the address) in
-# the profile's HANDED_OFF file; Firefox is told to hand nothing off too.
+# reached the internet. The window's PATH starts with a directory where
+# each of these names is a link to itself: the search for the program ends
+# there (execvp gives up on ELOOP, where it would go on past a name that is
+# missing or not executable), and no process is started, so the address is
+# on no command line, not even for a moment (a review read it from a
+# stand-in script's in the milliseconds it ran). Firefox is told to hand
+# nothing off (firefox_preferences).
 HANDOFF_PROGRAMS = ("xdg-open", "xdg-email", "xdg-settings", "xdg-mime", "gio", "gvfs-open", "gnome-open",
                     "kde-open", "kde-open5", "kfmclient", "exo-open", "x-www-browser", "www-browser",
                     "sensible-browser")
-HANDED_OFF = "handed-off"
 # The browsers that can be locked so, by the names they go by.
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 FIREFOX_NAMES = ("firefox", "firefox-esr")
@@ -110,6 +115,7 @@ PREFERENCES = {
     "signin": {"allowed": False},
     "credentials_enable_service": False,
     "browser": {"check_default_browser": False},
+    "printing": {"enabled": False},  # a page's print() opens nothing (and asks no print service)
 }
 # The browser's own state (Local State): no usage statistics or crash reports.
 LOCAL_STATE = {"user_experience_metrics": {"reporting_enabled": False}}
@@ -156,24 +162,39 @@ def prepare_profile(profile: Path) -> Path:
     """The profile directory, owner-only, with the locked preferences written
     over whatever the browser last kept there."""
     private_directory(profile)
-    write_private(private_directory(profile / "Default") / "Preferences", json.dumps(PREFERENCES))
+    saved = str(downloads(profile))
+    preferences = {**PREFERENCES, "download": {"default_directory": saved, "prompt_for_download": False,
+                                               "directory_upgrade": True},
+                   "savefile": {"default_directory": saved}}
+    write_private(private_directory(profile / "Default") / "Preferences", json.dumps(preferences))
     write_private(profile / "Local State", json.dumps(LOCAL_STATE))
     return profile
 
 
 def window_environment(profile: Path) -> dict:
     """The environment the window's browser runs in: this one, with PATH
-    led by the profile's stand-ins for the hand-off programs, and no
-    BROWSER (which xdg-open would run)."""
-    stand_ins = private_directory(profile / "no-handoff")
-    noted = shlex.quote(str(profile / HANDED_OFF))
+    led by the profile's dead ends for the hand-off programs, no BROWSER
+    (which xdg-open would run), and no print service: a page's print()
+    had the browser ask the machine's (CUPS, on 127.0.0.1:631) for its
+    printers; CUPS_SERVER names a socket in the profile that is not there."""
+    dead_ends = private_directory(profile / "no-handoff")
     for name in HANDOFF_PROGRAMS:
-        write_private(stand_ins / name, f"#!/bin/sh\n# The locked window hands no address to another program "
-                                        f"(sandbox, launcher/browser.py).\necho {name} >> {noted}\nexit 1\n")
-        os.chmod(stand_ins / name, 0o700)
+        link = dead_ends / name
+        if not (link.is_symlink() and os.readlink(link) == name):
+            link.unlink(missing_ok=True)
+            link.symlink_to(name)
     environment = {name: value for name, value in os.environ.items() if name != "BROWSER"}
-    environment["PATH"] = os.pathsep.join([str(stand_ins), environment.get("PATH") or os.defpath])
+    environment["PATH"] = os.pathsep.join([str(dead_ends), environment.get("PATH") or os.defpath])
+    environment["CUPS_SERVER"] = str(profile / "no-printing")
     return environment
+
+
+def downloads(profile: Path) -> Path:
+    """Where the window saves what a page downloads: in the profile
+    (owner-only), not the user's Downloads, which other users of the
+    machine may read (a page saved files holding what was typed there,
+    with no click)."""
+    return private_directory(profile / "downloads")
 
 
 def proxy_address(origin: str) -> str:
@@ -455,6 +476,8 @@ def firefox_preferences(origin: str, proxy: str) -> dict:
         # where the closing did not look (it does now), asking about
         # Troubleshoot Mode. It never asks, nor starts itself again.
         "toolkit.startup.max_resumed_crashes": -1,
+        # A page's print() opens nothing, and asks no print service.
+        "print.enabled": False,
     }
 
 
@@ -465,7 +488,9 @@ def user_js(preferences: dict) -> str:
 def prepare_firefox_profile(profile: Path, origin: str, proxy: str) -> Path:
     """The profile directory, owner-only, with user.js written anew."""
     private_directory(profile)
-    write_private(profile / "user.js", user_js(firefox_preferences(origin, proxy)))
+    saved = {"browser.download.dir": str(downloads(profile)), "browser.download.folderList": 2,
+             "browser.download.useDownloadDir": True, "browser.download.start_downloads_in_tmp_dir": False}
+    write_private(profile / "user.js", user_js({**firefox_preferences(origin, proxy), **saved}))
     return profile
 
 

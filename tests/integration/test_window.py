@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -461,8 +462,8 @@ def test_a_pages_mailto_starts_no_other_program(found, locked, hostile, canary, 
     its command line, readable by every local user, with no question and no
     click; Firefox ran the desktop's mail program. Here a mail program of
     the test's, set up as a desktop does, asks for the address the mail
-    names: in the locked window it is never started (Chromium runs the
-    launcher's stand-in, which starts nothing). Control: the same window
+    names: in the locked window it is never started (Chromium's search for
+    xdg-email ends at the launcher's dead end: no process is started). Control: the same window
     without those locks starts it, and the secret arrives."""
     mail_program(tmp_path, monkeypatch)
     if not locked:
@@ -471,33 +472,79 @@ def test_a_pages_mailto_starts_no_other_program(found, locked, hostile, canary, 
     # given (prefs.js), which would still hold in the control.
     origin, profile = hostile.url.rstrip("/"), tmp_path / "profile"
 
-    def handed_off() -> list[str]:
-        try:
-            return (profile / browser.HANDED_OFF).read_text().split()
-        except FileNotFoundError:
-            return []
-
     def hold(window):
         load_anew(window, origin)
-        # The page's own function, on an object of its own (in Firefox, not
-        # from Marionette's script sandbox, whose navigation to another
-        # program's scheme Firefox does not hand off at all).
-        page = "(window.wrappedJSObject || window)"
-        window.evaluate(f"{page}.tryWay('mailto', {page}.JSON.parse({json.dumps(json.dumps(canary.for_the_page()))}))",
-                        gesture=True)
+        evaluated_in_the_page(window, "mailto", canary)
         if not locked:
             poll(lambda: "mailto" in canary.reached(), what="the mail program, given the page's address")
-        elif found.kind == "chromium":
-            poll(lambda: "xdg-email" in handed_off(), what="Chromium's hand-off, to the launcher's stand-in")
         else:
-            # Firefox, told to hand nothing off, starts nothing: no sign to
-            # await. The mail program asked within a second without the lock.
+            # Locked, nothing starts: no sign to await. Without the locks the
+            # mail program asked within a second or two.
             time.sleep(5)
     assert locked_window(found, profile, origin, access.write_open_page(hostile.name, hostile.access_link), hold)
     if locked:
         assert canary.reached() == set() and canary.tcp.lines == [], canary.tcp.lines
     else:
         assert all(canary.secret in line for line in canary.tcp.lines if line), canary.tcp.lines
+
+
+def evaluated_in_the_page(window, way: str, canary: Canary):
+    """The page's own tryWay, on an object of its own (in Firefox, not from
+    Marionette's script sandbox, whose requests Firefox treats as its own)."""
+    page = "(window.wrappedJSObject || window)"
+    return window.evaluate(f"{page}.tryWay({json.dumps(way)}, "
+                           f"{page}.JSON.parse({json.dumps(json.dumps(canary.for_the_page()))}))", gesture=True)
+
+
+@pytest.mark.parametrize("found", BROWSERS)
+def test_a_pages_download_lands_in_the_windows_profile_not_the_users_home(found, hostile, canary, proxy,
+                                                                          monkeypatch, tmp_path):
+    """Tried as an attacker would: the page saved a file holding what was
+    typed to ~/Downloads (0644), in both browsers, with no click; where the
+    home directory is 0755, as on many machines, another user read it. Now
+    the window saves downloads in its profile (0700)."""
+    home = tmp_path / "home"
+    (home / "Downloads").mkdir(parents=True)
+    home.chmod(0o755)
+    monkeypatch.setenv("HOME", str(home))
+    origin, profile = hostile.url.rstrip("/"), tmp_path / "profile"
+
+    def saved() -> list[Path]:
+        folder = profile / "downloads"
+        return [f for f in folder.iterdir() if f.read_bytes() == canary.secret.encode()] if folder.is_dir() else []
+
+    def hold(window):
+        load_anew(window, origin)
+        evaluated_in_the_page(window, "download", canary)
+        poll(saved, what="the page's download, in the window's profile")
+    assert locked_window(found, profile, origin, access.write_open_page(hostile.name, hostile.access_link), hold)
+    assert list((home / "Downloads").iterdir()) == []
+    # Nor anywhere else in the home (the browsers keep files of their own there: crash reports' settings).
+    assert [f for f in home.rglob("*") if f.is_file() and canary.secret.encode() in f.read_bytes()] == []
+    assert stat.S_IMODE((profile / "downloads").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("found", BROWSERS)
+def test_a_pages_print_asks_no_print_service(found, hostile, canary, proxy, display, monkeypatch, tmp_path):
+    """Tried as an attacker would: the page's `window.print()`, with no
+    click, had the window connect to the machine's print service (CUPS,
+    127.0.0.1:631) for its printers, in both browsers, headed: outside the
+    sandbox's origin. Now printing is off in the window, and its print
+    service is a socket that is not there."""
+    service = Recorder(port=631)  # where CUPS listens (the tests run as root, who may bind it)
+    monkeypatch.setenv("DISPLAY", display)
+    origin = hostile.url.rstrip("/")
+
+    def hold(window):
+        load_anew(window, origin)
+        evaluated_in_the_page(window, "print", canary)
+        time.sleep(5)  # no sign to await: nothing is asked; unlocked, the window asked within a second
+    try:
+        assert locked_window(found, tmp_path / "profile", origin,
+                             access.write_open_page(hostile.name, hostile.access_link), hold, headless=False)
+    finally:
+        service.close()
+    assert service.lines == [], service.lines
 
 
 @pytest.mark.parametrize("found", BROWSERS)

@@ -74,25 +74,52 @@ def test_firefox_hands_no_address_to_another_program_and_never_starts_itself_aga
     assert prefs["toolkit.startup.max_resumed_crashes"] == -1
 
 
-def test_the_windows_hand_off_programs_are_stand_ins_that_start_nothing_and_note_no_address(tmp_path, monkeypatch):
+def test_the_windows_hand_off_programs_are_dead_ends_that_start_no_process(tmp_path, monkeypatch):
     """Chromium runs xdg-email for a page's `mailto:` (xdg-open for `news:`),
-    found on PATH, with the address on its command line."""
+    found on PATH, with the address on its command line. Tried as an
+    attacker would: a stand-in script in their place still showed the
+    address, on its own command line, for the milliseconds it ran. Each
+    name is now a link to itself: execvp (here as env(1) runs a program)
+    gives up there with ELOOP, never going on to the desktop's program
+    later on PATH, and no process is started."""
     import subprocess
     monkeypatch.setenv("BROWSER", "/usr/bin/the-usual-browser")
+    desktop = tmp_path / "desktop"
+    desktop.mkdir()
+    ran = tmp_path / "ran"
+    for name in browser.HANDOFF_PROGRAMS:  # the desktop's own, after the dead ends on PATH
+        (desktop / name).write_text(f"#!/bin/sh\necho \"$0 $*\" >> {ran}\n")
+        (desktop / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{desktop}:{os.environ['PATH']}")
     profile = tmp_path / "browser"
     environment = browser.window_environment(profile)
-    assert "BROWSER" not in environment
+    assert "BROWSER" not in environment and environment["CUPS_SERVER"] == str(profile / "no-printing")
+    assert environment["PATH"].split(":")[0] == str(profile / "no-handoff")
     assert environment["PATH"].split(":")[1:] == os.environ["PATH"].split(":")
-    for name in ("xdg-email", "xdg-open", "x-www-browser", "sensible-browser", "gio"):
-        found = shutil.which(name, path=environment["PATH"])
-        assert found == str(profile / "no-handoff" / name)
-        assert stat.S_IMODE(os.stat(found).st_mode) == 0o700
-        run = subprocess.run([found, "mailto:x@example.invalid?body=SECRET"], capture_output=True, text=True,
-                             env=environment, timeout=30)
-        assert run.returncode == 1 and run.stdout == run.stderr == ""
-    noted = (profile / browser.HANDED_OFF).read_text()
-    assert noted.split() == ["xdg-email", "xdg-open", "x-www-browser", "sensible-browser", "gio"]
-    assert "SECRET" not in noted
+    for name in browser.HANDOFF_PROGRAMS:
+        run = subprocess.run(["/usr/bin/env", name, "mailto:x@example.invalid?body=SECRET"], capture_output=True,
+                             text=True, env=environment, timeout=30)
+        assert run.returncode != 0 and "Too many levels of symbolic links" in run.stderr, (name, run)
+    assert not ran.exists(), ran.read_text()
+    assert browser.window_environment(profile) == environment  # again, over what is there
+
+
+def test_a_pages_downloads_land_in_the_profile_in_either_browser(tmp_path):
+    """Tried as an attacker would: a page saved files holding what was typed
+    to ~/Downloads (0644), with no click, which other users read where the
+    home directory is 0755."""
+    profile = tmp_path / "browser"
+    browser.prepare_profile(profile)
+    chromium = json.loads((profile / "Default" / "Preferences").read_text())
+    assert chromium["download"]["default_directory"] == str(profile / "downloads")
+    assert chromium["download"]["prompt_for_download"] is False
+    assert chromium["savefile"]["default_directory"] == str(profile / "downloads")
+    assert chromium["printing"] == {"enabled": False}
+    assert stat.S_IMODE((profile / "downloads").stat().st_mode) == 0o700
+    browser.prepare_firefox_profile(tmp_path / "firefox", "http://127.0.0.1:8080", "127.0.0.1:8080")
+    lines = (tmp_path / "firefox" / "user.js").read_text().splitlines()
+    assert f'user_pref("browser.download.dir", {json.dumps(str(tmp_path / "firefox" / "downloads"))});' in lines
+    assert 'user_pref("browser.download.folderList", 2);' in lines and 'user_pref("print.enabled", false);' in lines
 
 
 def test_firefoxs_profile_is_owner_only_and_its_user_js_written_anew(tmp_path):
