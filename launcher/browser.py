@@ -171,12 +171,13 @@ def prepare_profile(profile: Path) -> Path:
     return profile
 
 
-def window_environment(profile: Path) -> dict:
+def window_environment(profile: Path, kind: str) -> dict:
     """The environment the window's browser runs in: this one, with PATH
     led by the profile's dead ends for the hand-off programs, no BROWSER
-    (which xdg-open would run), and no print service: a page's print()
-    had the browser ask the machine's (CUPS, on 127.0.0.1:631) for its
-    printers; CUPS_SERVER names a socket in the profile that is not there."""
+    (which xdg-open would run), no print service (a page's print() had the
+    browser ask the machine's, CUPS on 127.0.0.1:631, for its printers;
+    CUPS_SERVER names a socket in the profile that is not there), and, for
+    Firefox (`kind`), no session bus."""
     dead_ends = private_directory(profile / "no-handoff")
     for name in HANDOFF_PROGRAMS:
         link = dead_ends / name
@@ -186,6 +187,11 @@ def window_environment(profile: Path) -> dict:
     environment = {name: value for name, value in os.environ.items() if name != "BROWSER"}
     environment["PATH"] = os.pathsep.join([str(dead_ends), environment.get("PATH") or os.defpath])
     environment["CUPS_SERVER"] = str(profile / "no-printing")
+    if kind == "firefox":
+        # No session bus: on one, Firefox offers its windows to other programs
+        # (org.mozilla.firefox.<profile>, whose OpenURL took any address and
+        # loaded it with the cookie, --no-remote and MOZ_NO_REMOTE=1 or not).
+        environment["DBUS_SESSION_BUS_ADDRESS"] = "disabled:"
     return environment
 
 
@@ -213,7 +219,8 @@ def start(browser: Browser, profile: Path, origin: str, page: Path) -> None:
         command = [browser.path, *chromium_flags(profile, origin, proxy_address(origin), headless=False), page.as_uri()]
     try:
         subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True, env=window_environment(profile))
+                         stderr=subprocess.DEVNULL, start_new_session=True,
+                         env=window_environment(profile, browser.kind))
     except OSError as e:
         raise SandboxError(f"{browser.path} could not be started ({e.strerror}); "
                            f"`sandbox open --system-browser` or `--print`") from None
@@ -293,7 +300,7 @@ def run_driven(browser: Browser, profile: Path, origin: str, page: Path, hold, h
              *([] if headless else ["--remote-debugging-pipe"]), page.as_uri()],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(3, 4), preexec_fn=lambda: pipe_ends_at_3_and_4(to_read, to_write),
-            env=window_environment(profile))
+            env=window_environment(profile, browser.kind))
     except OSError as e:
         raise SandboxError(f"{browser.path} could not be started ({e.strerror})") from None
     finally:
@@ -510,7 +517,7 @@ def run_firefox_headless(found: Browser, profile: Path, origin: str, page: Path,
     try:
         process = subprocess.Popen(firefox_command(found, profile, page, headless=True), stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   env=window_environment(profile))
+                                   env=window_environment(profile, found.kind))
     except OSError as e:
         raise SandboxError(f"{found.path} could not be started ({e.strerror})") from None
     try:

@@ -213,7 +213,7 @@ def locked_window(found, profile, origin: str, page, hold, trace: Path | None = 
     from tests.support.marionette import Marionette
     browser.prepare_firefox_profile(profile, origin, browser.proxy_address(origin))
     window = Marionette(traced(browser.firefox_command(found, profile, page, headless=headless), trace), profile,
-                        env=browser.window_environment(profile))
+                        env=browser.window_environment(profile, found.kind))
     try:
         poll(lambda: window.evaluate(f"location.origin === {json.dumps(origin.rstrip('/'))} "
                                      "&& document.readyState === 'complete'"), what="the sandbox's page")
@@ -445,7 +445,7 @@ def mail_program(directory: Path, monkeypatch) -> None:
 def without_the_handoff_locks(monkeypatch) -> None:
     """The locked window as it was before it handed nothing off: the
     browser's own environment, Firefox's handler preferences its own."""
-    monkeypatch.setattr(browser, "window_environment", lambda profile: dict(os.environ))
+    monkeypatch.setattr(browser, "window_environment", lambda profile, kind: dict(os.environ))
     preferences = browser.firefox_preferences
     monkeypatch.setattr(browser, "firefox_preferences", lambda origin, proxy: {
         name: value for name, value in preferences(origin, proxy).items()

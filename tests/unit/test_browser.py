@@ -92,8 +92,11 @@ def test_the_windows_hand_off_programs_are_dead_ends_that_start_no_process(tmp_p
         (desktop / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{desktop}:{os.environ['PATH']}")
     profile = tmp_path / "browser"
-    environment = browser.window_environment(profile)
+    environment = browser.window_environment(profile, "firefox")
     assert "BROWSER" not in environment and environment["CUPS_SERVER"] == str(profile / "no-printing")
+    # Tried as an attacker would: on the session bus, Firefox's remote service
+    # (org.mozilla.firefox.<profile>) loaded any address another program gave it, with the cookie.
+    assert environment["DBUS_SESSION_BUS_ADDRESS"] == "disabled:"
     assert environment["PATH"].split(":")[0] == str(profile / "no-handoff")
     assert environment["PATH"].split(":")[1:] == os.environ["PATH"].split(":")
     for name in browser.HANDOFF_PROGRAMS:
@@ -101,7 +104,8 @@ def test_the_windows_hand_off_programs_are_dead_ends_that_start_no_process(tmp_p
                              text=True, env=environment, timeout=30)
         assert run.returncode != 0 and "Too many levels of symbolic links" in run.stderr, (name, run)
     assert not ran.exists(), ran.read_text()
-    assert browser.window_environment(profile) == environment  # again, over what is there
+    assert browser.window_environment(profile, "firefox") == environment  # again, over what is there
+    assert "DBUS_SESSION_BUS_ADDRESS" not in browser.window_environment(profile, "chromium")
 
 
 def test_a_pages_downloads_land_in_the_profile_in_either_browser(tmp_path):
