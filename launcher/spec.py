@@ -507,6 +507,12 @@ def _backend(policy: Policy, images: PartImages, secrets: Secrets, gpus, interna
             "sha256": m.sha256,
             "model_alias": m.alias,
             "n_ctx": m.context_length,
+            # Not the logits of every position of the context (the server's
+            # default), only the last: kept, they are the context times the
+            # vocabulary (2,048 x 49,152 floats for the quick-start model),
+            # and a call that asked for logprobs over a long prompt had the
+            # backend killed for its memory. Logprobs are not served (backend.py).
+            "logits_all": False,
             "n_gpu_layers": b.gpu_layers if gpus else 0,
             "n_threads": threads,
             **({"chat_format": m.chat_format} if m.chat_format else {}),

@@ -273,16 +273,10 @@ function modelLogged(model) {
 // UI allows: one client's answer may not hold the backend for long.
 const MAX_TOKENS = 2048;
 
-// The most alternatives a token's logprobs may list (OpenAI's own bound on
-// `top_logprobs`): the backend has none, and every token's alternatives are
-// kept in its memory until the answer is whole: 20 tokens with 49,152 each
-// (the quick-start model's vocabulary) took 124 MB, a long answer gigabytes.
-const MAX_LOGPROBS = 20;
-
 // The body the backend gets for an API request: the client's, parsed here
 // and written out again, so the backend reads exactly what was checked, with
 // `max_tokens` (and `max_completion_tokens`, where sent) at most MAX_TOKENS,
-// the logprobs asked for at most MAX_LOGPROBS, and no `grammar`. Absent, null, not a number, or under 1 (which the backend reads as "up to
+// and no `grammar` or `logit_bias_type`. Absent, null, not a number, or under 1 (which the backend reads as "up to
 // the context's end"), it is MAX_TOKENS too, but for /v1/completions, whose
 // absent value is the backend's own small default. A body that is no JSON
 // object is passed on empty, which the backend refuses. The body is at most
@@ -316,20 +310,18 @@ function apiBody(r) {
     // ends the backend's server process (llama-cpp-python 0.3), so one call
     // could keep the UI's chat down; `response_format` still constrains answers.
     delete body.grammar;
+    // llama-cpp-python's `logit_bias_type: "tokens"` (no OpenAI client sends
+    // it either) has its server turn each key's text into tokens on its
+    // event loop, before the call's budget: one key of 1 MiB of special
+    // tokens froze the whole server for over a minute. Without it the keys
+    // are token ids, as OpenAI has them.
+    delete body.logit_bias_type;
     const bounded = (value) => typeof value === 'number' && value >= 1 && value <= MAX_TOKENS;
     if (!bounded(body.max_tokens) && !(r.variables.api_route === 'completions' && !('max_tokens' in body))) {
         body.max_tokens = MAX_TOKENS;
     }
     if ('max_completion_tokens' in body && !bounded(body.max_completion_tokens)) {
         body.max_completion_tokens = MAX_TOKENS;
-    }
-    // A count: `logprobs` of /v1/completions, `top_logprobs` of a chat (whose
-    // `logprobs` says yes or no). Anything else the backend would read as a
-    // count (a string of digits) is the most too.
-    const count = r.variables.api_route === 'completions' ? 'logprobs' : 'top_logprobs';
-    const fewEnough = (value) => typeof value === 'boolean' || (typeof value === 'number' && value <= MAX_LOGPROBS);
-    if (body[count] !== undefined && body[count] !== null && !fewEnough(body[count])) {
-        body[count] = MAX_LOGPROBS;
     }
     return JSON.stringify(body);
 }

@@ -401,12 +401,50 @@ class StopsRefused(ValueError):
         super().__init__(f"{self.PREFIX}{count} stop strings, at most {MAX_STOP_STRINGS}")
 
 
+class LogprobsRefused(ValueError):
+    """Logprobs need the logits of every position of the context, which the
+    server does not keep (logits_all off: kept, they cost the context times
+    the vocabulary in memory, and a long prompt's had the server killed)."""
+    # Told apart from the others by the server's error handler, which answers
+    # by the first pattern that matches a message: no prefix of another's.
+    PREFIX = "logprobs are not served"
+
+    def __init__(self):
+        super().__init__(f"{self.PREFIX} by this backend")
+
+
+class LogitBiasRefused(ValueError):
+    """`logit_bias` maps token ids (OpenAI's form) to a bias. Text keys
+    (llama-cpp-python's `logit_bias_type: tokens`) are turned into tokens
+    on the server's event loop, before the call's budget: one key of 1 MiB
+    of special tokens froze the whole server for over a minute."""
+    PREFIX = "logit_bias keys must be token ids"
+
+    def __init__(self):
+        super().__init__(self.PREFIX)
+
+
 class CallOverBudget(RuntimeError):
     PREFIX = "ended: the call used its "
 
     def __init__(self):
         super().__init__(f"{self.PREFIX}{CALL_CPU_SECONDS} s of CPU outside the model (its chat template, "
                          f"following its grammar, its logprobs, checking its stop strings)")
+
+
+def refusal_of(kwargs: dict) -> ValueError | None:
+    """Why a completion call (the keywords the server's routes give) is
+    refused before any work, or None."""
+    # The client's own stop strings (a chat format adds its own later).
+    stop = kwargs.get("stop")
+    if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+        return StopsRefused(len(stop))
+    # A completion's count (0 included), or a chat's yes (its top_logprobs is the count).
+    if kwargs.get("logprobs") is not None and kwargs.get("logprobs") is not False:
+        return LogprobsRefused()
+    if any(not str(key).isdecimal() for key in kwargs.get("logit_bias") or {}):
+        return LogitBiasRefused()
+    return None
 
 
 def thread_cpu_clock() -> int:
@@ -506,8 +544,9 @@ class Steps:
 
 def budget_calls() -> None:
     """Every completion call is given CALL_CPU_SECONDS of CPU outside the
-    model's decode, and at most MAX_STOP_STRINGS stop strings; past either
-    it is answered 400 through the server's error handler (a stream, already
+    model's decode, and at most MAX_STOP_STRINGS stop strings, no logprobs
+    and `logit_bias` by token id only; past any of these it is answered 400
+    through the server's error handler (a stream, already
     answered 200, ends with the error as its last event) and the server goes
     on. A call that passes its budget inside one token by
     TOKEN_OVERRUN_CPU_SECONDS ends this process (exit 70), said on stderr."""
@@ -554,7 +593,8 @@ def budget_calls() -> None:
 
     # 400, not 429 or 5xx: the openai SDK retries those by itself, and each
     # retry would hold the model as long again.
-    errors = {StopsRefused: ("stop", "too_many_stop_strings"), CallOverBudget: (None, "call_cpu_budget")}
+    errors = {StopsRefused: ("stop", "too_many_stop_strings"), CallOverBudget: (None, "call_cpu_budget"),
+              LogprobsRefused: ("logprobs", "logprobs_not_served"), LogitBiasRefused: ("logit_bias", "logit_bias")}
 
     def error_of(message: str, kind: type) -> ErrorResponse:
         param, code = errors[kind]
@@ -577,12 +617,10 @@ def budget_calls() -> None:
 
     def refused_or_answered(method):
         def answered(self, *args, **kwargs):
-            # The client's own stop strings (a chat format adds its own later).
-            stop = kwargs.get("stop")
-            if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+            if refusal := refusal_of(kwargs):
                 if kwargs.get("stream"):
-                    return with_error_event(raised(StopsRefused(len(stop))))
-                raise StopsRefused(len(stop))
+                    return with_error_event(raised(refusal))
+                raise refusal
             call = steps.current() or CallCpu()
             with steps.of(call):  # the chat template, counted before the first token
                 answer = method(self, *args, **kwargs)
@@ -637,6 +675,18 @@ class ReaderWaited:
             raise anyio.get_cancelled_exc_class()()
 
 
+def refuse_text_logit_bias() -> None:
+    """A request with `logit_bias_type: tokens` is refused before its keys
+    are turned into tokens, which the server does on its event loop (the
+    ingress takes the type out of API calls; this covers the UI's routes)."""
+    from llama_cpp.server import app
+
+    def refused(llama, logit_bias):
+        raise LogitBiasRefused()
+    # Looked up by name by the routes' preparation, at each call.
+    app._logit_bias_tokens_to_input_ids = refused
+
+
 def bound_reader_waits() -> None:
     """Every streamed call's chunks go to its reader through ReaderWaited.
     The server's routes look its publisher up by name at each call."""
@@ -654,6 +704,7 @@ def server(config_path: str) -> None:
     guard_grammars()
     budget_calls()
     bound_reader_waits()
+    refuse_text_logit_bias()
     from llama_cpp.server.__main__ import main
     sys.argv = ["llama_cpp.server", "--config_file", config_path]
     main()

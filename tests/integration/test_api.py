@@ -306,15 +306,26 @@ class SlowReader(threading.Thread):
                         f"Authorization: Bearer {api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\n"
                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
         self.address, self.started_reading = address, threading.Event()
+        self.sock = socket.socket()
 
     def run(self):
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-            sock.connect(self.address)
-            sock.sendall(self.request)
-            while sock.recv(4096):
-                self.started_reading.set()
-                time.sleep(5)
+        with self.sock:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            self.sock.connect(self.address)
+            self.sock.sendall(self.request)
+            try:
+                while self.sock.recv(4096):
+                    self.started_reading.set()
+                    time.sleep(5)
+            except OSError:  # closed by close()
+                pass
+
+    def close(self):
+        """Gone, as a client that gives up: a failed test leaves no stream holding the model."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 SMALL_TCP_BUFFERS = {"net.ipv4.tcp_rmem": "4096 8192 16384", "net.ipv4.tcp_wmem": "4096 8192 16384"}
@@ -342,8 +353,8 @@ def small_tcp_buffers(docker_client, containers: list[str]):
 
 def test_a_stream_read_slowly_is_ended_once_it_has_waited_its_bound_and_the_model_is_freed(
         sandbox, docker_client, gateway, client, api):
-    """Tried as an attacker would: a streamed answer of 2,048 tokens, each
-    with its 20 likeliest alternatives (some 3 MB), read 4 KiB every 5 s:
+    """Tried as an attacker would: a streamed answer of 2,048 tokens (some
+    400 KB), read 4 KiB every 5 s:
     the server lets the model go only once the stream's last chunk is taken,
     so once the answer outgrew the buffers between them, the model, and
     every chat of the UI, was held for as long as the reader liked (before:
@@ -356,20 +367,51 @@ def test_a_stream_read_slowly_is_ended_once_it_has_waited_its_bound_and_the_mode
     [port] = {int(published.split("/")[0]) for published in ingress["NetworkSettings"]["Ports"]}
     address = ingress["NetworkSettings"]["Networks"][f"sandbox-{result.name}-ingress"]["IPAddress"]
     reader = SlowReader(api, (address, port), {
-        "model": QUICKSTART_ALIAS, "stream": True, "max_tokens": 2048, "logprobs": True, "top_logprobs": 20,
+        "model": QUICKSTART_ALIAS, "stream": True, "max_tokens": 2048,
         "messages": [{"role": "user", "content": "Tell a long story."}],
         # No end of its answer but its length: <|endoftext|> and <|im_end|> are never chosen.
         "logit_bias": {"0": -100, "2": -100}})
-    with small_tcp_buffers(docker_client, [f"sandbox-{result.name}-ingress", f"sandbox-{result.name}-backend"]):
-        reader.start()
-        assert reader.started_reading.wait(120), "the stream never began"
-        messages = [{"role": "user", "content": "Say a word."}]
-        # A bound on the wait, not on speed: held, the model would not be free for an hour.
-        answer = client.with_options(timeout=300).chat.completions.create(model=QUICKSTART_ALIAS,
-                                                                           messages=messages, max_tokens=2)
-    assert answer.choices, answer
-    assert any("reader took its chunks too slowly" in line for line in backend_said(gateway, result)), \
-        "the model was freed without the stream's being cut off: its answer ended first, so nothing was tried"
+    try:
+        with small_tcp_buffers(docker_client, [f"sandbox-{result.name}-ingress", f"sandbox-{result.name}-backend"]):
+            reader.start()
+            assert reader.started_reading.wait(120), "the stream never began"
+            # Held at the point under test: the stream waits on its reader once
+            # the answer fills the buffers, however fast the model writes it.
+            # A bound on the wait, not on speed: held, the stream would go on
+            # for an hour or more.
+            poll(lambda: any("reader took its chunks too slowly" in line for line in backend_said(gateway, result)),
+                 "the stream, cut off once it has waited for its reader 60 s in all", 900)
+    finally:
+        reader.close()
+    answered_after(client, [{"role": "user", "content": "Say a word."}])
+    assert backend_started_at(docker_client, result) == before
+
+
+@pytest.mark.parametrize("call", ["completion", "chat", "chat-stream"])
+def test_logprobs_are_refused_before_any_work_and_the_backend_goes_on(sandbox, docker_client, client, call):
+    """Tried as an attacker would: `{"prompt": "hello " * 1950, "max_tokens":
+    50, "logprobs": 1}` on /v1/completions (or a chat's `logprobs` with
+    `top_logprobs` 1): the server kept the logits of every position of the
+    context (the context times the vocabulary, some 400 MB) and worked out
+    logprobs over all of them; the backend was killed for its memory (502,
+    restarted), and in a loop every UI chat got 502. Now the server keeps
+    the last position's only, and logprobs are refused (400) before any
+    work; the same server answers the next chat."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    with pytest.raises(openai.APIError) as refused:
+        if call == "completion":
+            client.completions.create(model=QUICKSTART_ALIAS, prompt="hello " * 1950, max_tokens=50, logprobs=1)
+        else:
+            answer = client.chat.completions.create(
+                model=QUICKSTART_ALIAS, messages=[{"role": "user", "content": "hello " * 1900}], max_tokens=50,
+                logprobs=True, top_logprobs=1, stream=call == "chat-stream")
+            for _ in answer if call == "chat-stream" else ():
+                pass
+        pytest.fail("answered")
+    assert isinstance(refused.value, openai.APIError if call == "chat-stream" else openai.BadRequestError)
+    assert refused.value.body["code"] == "logprobs_not_served", refused.value.body
+    answered_after(client, [{"role": "user", "content": "Say a word."}])
     assert backend_started_at(docker_client, result) == before
 
 

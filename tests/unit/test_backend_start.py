@@ -291,3 +291,33 @@ def test_a_stream_whose_reader_takes_nothing_is_ended_once_it_has_waited_its_bou
 def test_a_stream_whose_reader_takes_its_chunks_is_sent_whole():
     reader = Reader(takes=True)
     assert sent(reader, chunks=1000, seconds=60) == "sent" and reader.taken == list(range(1000))
+
+
+@pytest.mark.parametrize("kwargs, refused", [
+    ({"stop": ["ac"] * 65}, "too_many_stop_strings"),
+    ({"stop": ["ac"] * 64}, None),
+    ({"logprobs": 1}, "logprobs"),
+    ({"logprobs": 0}, "logprobs"),  # a completion's 0 still asks for the chosen token's
+    ({"logprobs": True, "top_logprobs": 1}, "logprobs"),
+    ({"logprobs": False, "top_logprobs": 5}, None),
+    ({"logprobs": None}, None),
+    ({"logit_bias": {"50256": -100, "7": 5}}, None),
+    ({"logit_bias": {"a<|im_end|>" * 10: 1}}, "logit_bias"),
+    ({"logit_bias": {"-1": 1}}, "logit_bias"),
+    ({}, None),
+])
+def test_a_call_asking_for_what_the_backend_does_not_serve_is_refused_before_any_work(kwargs, refused):
+    found = backend.refusal_of(kwargs)
+    kinds = {backend.StopsRefused: "too_many_stop_strings", backend.LogprobsRefused: "logprobs",
+             backend.LogitBiasRefused: "logit_bias"}
+    assert (kinds[type(found)] if found else None) == refused
+
+
+def test_each_refusal_is_told_apart_by_its_own_pattern():
+    """The server's error handler answers by the first pattern that matches
+    a message: a review got `too_many_stop_strings` for a logprobs refusal,
+    whose message began as the stop strings' did."""
+    refusals = [backend.StopsRefused(65), backend.LogprobsRefused(), backend.LogitBiasRefused(),
+                backend.CallOverBudget(), backend.GrammarRefused("x")]
+    for refusal in refusals:
+        assert [type(other) for other in refusals if str(refusal).startswith(other.PREFIX)] == [type(refusal)]

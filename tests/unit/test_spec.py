@@ -105,6 +105,15 @@ def test_weights_are_mounted_read_only_and_only_into_the_backend():
     assert spec.container("ingress").mounts == ()
 
 
+def test_the_backend_keeps_no_logits_of_the_whole_context():
+    """Kept (the server's default), they are the context times the
+    vocabulary; a call with logprobs over a long prompt had the backend
+    killed for its memory."""
+    config = json.loads(make_spec(with_embeddings()).container("backend").env_value("SANDBOX_BACKEND_CONFIG"))
+    assert [m["logits_all"] for m in config["models"]] == [False, False]
+    assert config["embeddings"]["model"]["logits_all"] is False
+
+
 def test_backend_config_serves_every_model():
     config = json.loads(make_spec().container("backend").env_value("SANDBOX_BACKEND_CONFIG"))
     assert [(m["model_alias"], m["n_ctx"], m["n_gpu_layers"]) for m in config["models"]] == [
