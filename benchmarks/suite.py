@@ -102,8 +102,9 @@ def by_hand_compose(*, backend_image: str, frontend_image: str, model: Path, ali
     None of the sandbox around them: no DNS sink, no ingress, no internal
     network, no hardening."""
     def served(name: str) -> dict:
+        # logits_all as in a sandbox: the last position's logits only.
         return {"model": f"/models/{name}.gguf", "sha256": sha256, "model_alias": name,
-                "n_ctx": context_length, "n_gpu_layers": 0, "n_threads": max(1, int(cpus))}
+                "n_ctx": context_length, "logits_all": False, "n_gpu_layers": 0, "n_threads": max(1, int(cpus))}
     config = {
         "host": "0.0.0.0", "port": BACKEND_PORT,
         # As in a sandbox: a streamed answer is not cut short when the
