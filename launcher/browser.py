@@ -177,7 +177,8 @@ def window_environment(profile: Path, kind: str) -> dict:
     (which xdg-open would run), no print service (a page's print() had the
     browser ask the machine's, CUPS on 127.0.0.1:631, for its printers;
     CUPS_SERVER names a socket in the profile that is not there), and, for
-    Firefox (`kind`), no session bus."""
+    Firefox (`kind`), no session bus; Chromium's crash reports in the
+    profile."""
     dead_ends = private_directory(profile / "no-handoff")
     for name in HANDOFF_PROGRAMS:
         link = dead_ends / name
@@ -192,6 +193,12 @@ def window_environment(profile: Path, kind: str) -> dict:
         # (org.mozilla.firefox.<profile>, whose OpenURL took any address and
         # loaded it with the cookie, --no-remote and MOZ_NO_REMOTE=1 or not).
         environment["DBUS_SESSION_BUS_ADDRESS"] = "disabled:"
+    else:
+        # Chromium's crash handler keeps its database (and rewrites its
+        # settings) under the user's config directory whatever the profile
+        # is; CHROME_CONFIG_HOME moves that into the profile, so nothing the
+        # window makes lands in the user's home.
+        environment["CHROME_CONFIG_HOME"] = str(private_directory(profile / "config"))
     return environment
 
 

@@ -105,7 +105,11 @@ def test_the_windows_hand_off_programs_are_dead_ends_that_start_no_process(tmp_p
         assert run.returncode != 0 and "Too many levels of symbolic links" in run.stderr, (name, run)
     assert not ran.exists(), ran.read_text()
     assert browser.window_environment(profile, "firefox") == environment  # again, over what is there
-    assert "DBUS_SESSION_BUS_ADDRESS" not in browser.window_environment(profile, "chromium")
+    chromium = browser.window_environment(profile, "chromium")
+    assert "DBUS_SESSION_BUS_ADDRESS" not in chromium
+    # Its crash handler's database was ~/.config/chromium/Crash Reports, whatever the profile.
+    assert chromium["CHROME_CONFIG_HOME"] == str(profile / "config")
+    assert "CHROME_CONFIG_HOME" not in environment
 
 
 def test_a_pages_downloads_land_in_the_profile_in_either_browser(tmp_path):
