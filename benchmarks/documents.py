@@ -263,17 +263,22 @@ def one_round(webui: WebUI, i: int, size: int, timeout: float, say) -> dict:
     return out
 
 
-FIGURES = (("1 MB plain text, upload until processed (s)", "text_s"),
+FIGURES = (("{size} plain text, upload until processed (s)", "text_s"),
            (f"{PAGES}-page PDF, upload until processed (s)", "pdf_s"),
            ("time to first token, document attached (s)", "ttft_with_s"),
            ("time to first token, no document (s)", "ttft_without_s"))
 
 
-def summary(rounds: list[dict]) -> list[dict]:
+def size_named(size: int) -> str:
+    """A document's size as the figures name it: "1 MB", "50 KB"."""
+    return f"{size / 1e6:g} MB" if size >= 1_000_000 else f"{size / 1e3:g} KB"
+
+
+def summary(rounds: list[dict], size: int = 1_000_000) -> list[dict]:
     rows = []
     for label, key in FIGURES:
         values = [r[key] for r in rounds]
-        rows.append({"figure": label, "key": key, "median": statistics.median(values), "min": min(values),
+        rows.append({"figure": label.format(size=size_named(size)), "key": key, "median": statistics.median(values), "min": min(values),
                      "max": max(values), "rounds": len(values)})
     ratios = [r["ttft_with_s"] / r["ttft_without_s"] for r in rounds]
     rows.append({"figure": "time to first token, with / without (ratio, per round)", "key": "ttft_ratio",
@@ -320,7 +325,7 @@ def main() -> None:
         finally:
             if not args.keep:
                 down(gateway, NAME, volumes=True)
-    rows = summary(rounds)
+    rows = summary(rounds, args.size)
     checks = {"pdf_page_read": all(r["pdf_page_read"] for r in rounds),
               "pdf_page_retrieved": [r["pdf_page_retrieved"] for r in rounds],
               "answer_with_has_code": [r["answer_with_has_code"] for r in rounds]}

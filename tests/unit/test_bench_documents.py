@@ -66,3 +66,10 @@ def test_the_text_document_holds_the_code_word_and_differs_by_round():
     one, two = documents.text_document(200_000, "a"), documents.text_document(200_000, "b")
     assert len(one) >= 200_000 and one != two
     assert one.count(documents.CODE_WORD.encode()) == 2
+
+
+def test_the_figures_name_the_size_of_the_text_measured():
+    """A run with `--size 50000` once printed "1 MB" in its figures' names."""
+    one = {"text_s": 1.0, "pdf_s": 2.0, "ttft_with_s": 3.0, "ttft_without_s": 1.5}
+    assert documents.summary([one], 50_000)[0]["figure"] == "50 KB plain text, upload until processed (s)"
+    assert documents.summary([one])[0]["figure"] == "1 MB plain text, upload until processed (s)"
