@@ -106,16 +106,22 @@ class Applier:
                            key=lambda part_name: order.get(part_name[0], 3))
             first = [cname for part, cname in parts if part == "ingress"]
             rest = [cname for part, cname in parts if part != "ingress"]
-            for group in (first, rest):
-                for cname in group:
-                    say(f"removing container {cname}")
-                at_once(lambda cname: remove_container(self.api, cname), group)
-                removed.extend(f"container {cname}" for cname in group)
+            # A network none of the rest is on (the ingress's own, with the
+            # published port) goes while they do: the engine removes
+            # networks one after the other, each taking as long as a container.
             networks = [n["Name"] for n in self.api.networks(filters={"label": label})]
-            for network in networks:
-                say(f"removing network {network}")
-            at_once(lambda network: remove_network(self.api, network), networks)
-            removed.extend(f"network {network}" for network in networks)
+            kept_on = {network for c in containers if c["Labels"].get(LABEL_PART) != "ingress"
+                       for network in ((c.get("NetworkSettings") or {}).get("Networks") or {})}
+            groups = ([("container", cname) for cname in first],
+                      [("container", cname) for cname in rest]
+                      + [("network", network) for network in networks if network not in kept_on],
+                      [("network", network) for network in networks if network in kept_on])
+            removers = {"container": remove_container, "network": remove_network}
+            for group in groups:
+                for kind, item in group:
+                    say(f"removing {kind} {item}")
+                at_once(lambda kind_item: removers[kind_item[0]](self.api, kind_item[1]), group)
+                removed.extend(f"{kind} {item}" for kind, item in group)
             if volumes:
                 for v in self.api.volumes(filters={"label": label})["Volumes"] or []:
                     say(f"removing volume {v['Name']}")

@@ -227,7 +227,9 @@ class FakeApi:
         self.logs_held.pop(container, None)  # its files stay: those a test reads are on its volumes
 
     def containers(self, all=False, filters=None):
-        return [{"Names": [c["Name"]], "Labels": c["Config"]["Labels"], "State": c["State"]["Status"]}
+        # The engine's listing says which networks each container is on, as here.
+        return [{"Names": [c["Name"]], "Labels": c["Config"]["Labels"], "State": c["State"]["Status"],
+                 "NetworkSettings": {"Networks": dict(c["NetworkSettings"]["Networks"])}}
                 for c in self.containers_held.values()
                 if _matches(c["Config"]["Labels"], filters) and (all or c["State"]["Status"] == "running")]
 

@@ -26,7 +26,8 @@ from tests.unit.helpers import quickstart_policy
 runner = CliRunner()
 CONTAINERS = ["sandbox-minimal-ingress", "sandbox-minimal-frontend", "sandbox-minimal-backend",
               "sandbox-minimal-dns"]
-NETWORKS = ["sandbox-minimal-internal", "sandbox-minimal-ingress"]
+# In the order `down` removes them: the ingress's own with the other parts, the one they are on after them.
+NETWORKS = ["sandbox-minimal-ingress", "sandbox-minimal-internal"]
 VOLUMES = ["sandbox-minimal-audit", "sandbox-minimal-data"]
 SINK = "sandbox-minimal-dns"
 
@@ -75,9 +76,14 @@ def cli_engine(sandbox, monkeypatch) -> Sandbox:
 
 def test_down_removes_the_sandboxs_containers_and_networks_ingress_first_and_keeps_its_volumes(sandbox):
     said = []
+    before = len(sandbox.api.calls)
     result = down(sandbox.gateway(), "minimal", say=said.append)
     assert result == {"name": "minimal",
                       "removed": [f"container {c}" for c in CONTAINERS] + [f"network {n}" for n in NETWORKS]}
+    removals = [(name, args[0]) for name, args, _ in sandbox.api.calls[before:] if name.startswith("remove_")]
+    assert removals[0] == ("remove_container", "sandbox-minimal-ingress")
+    # The network the others are on, once they are gone (the engine would refuse it before).
+    assert removals[-1] == ("remove_network", "sandbox-minimal-internal")
     assert sandbox.api.containers_held == {} and sandbox.api.networks_held == {}
     assert sorted(sandbox.api.volumes_held) == VOLUMES  # the chat history and the audit records stay
     assert access.saved_token("minimal") == sandbox.first.token  # and the key to them
