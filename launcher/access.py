@@ -2,7 +2,8 @@
 
 The ingress answers only requests that carry the token, as the cookie it sets
 when the access link (`URL?sandbox_token=TOKEN`) is opened, or as
-`Authorization: Bearer TOKEN` from scripts (docs/threats.md, "The front door").
+`Authorization: Bearer TOKEN` from scripts (docs/threats.md, "The front door");
+its API (/v1/) also takes the API token made of it (api_token).
 The token is kept in a file only its owner can read, so it outlives `down`
 and `up`; `down --volumes` forgets it and `up --new-token` replaces it."""
 from __future__ import annotations
@@ -51,6 +52,15 @@ def launcher_mark(token: str, api_key: str) -> str:
     holds the token, the front-end the key: neither can make it
     (images/ingress/start.sh makes the same)."""
     return hashlib.sha256(f"sandbox-launcher:{api_key}:{token}".encode()).hexdigest()[:32]
+
+
+def api_token(token: str) -> str:
+    """The API token: what `sandbox env` gives scripts and editors as their
+    key. Made of the access token (images/ingress/start.sh makes the same),
+    it opens the API (/v1/) only: its holder cannot make the access token of
+    it, so can neither trade it for the cookie, pass for the browser, nor
+    use the UI's routes, where the API's bound on calls does not hold."""
+    return hashlib.sha256(f"sandbox-api-token:{token}".encode()).hexdigest()
 
 
 def access_link(url: str, token: str) -> str:

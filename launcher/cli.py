@@ -240,8 +240,9 @@ def env(target: Optional[str] = TARGET, as_json: bool = JSON):
     """Print OPENAI_BASE_URL and OPENAI_API_KEY for the sandbox's OpenAI-compatible API (/v1/), as
     `export` lines: `eval "$(sandbox env)"`, then run a script or an editor that uses the openai SDK.
 
-    The API key printed is the sandbox's access token: printing it is what this command is for, so
-    keep its output out of shared terminals, logs and files others can read."""
+    The API key printed is the sandbox's API token, made of its access token: it opens the API only
+    (not the UI), but uses the model as you, so keep its output out of shared terminals, logs and
+    files others can read."""
     from launcher.commands.env import api_env
     render_env(api_env(_gateway(), target), as_json)
 

@@ -1,6 +1,7 @@
 # Everything nginx writes (its error lines, and the refusal and API-call
 # lines it logs to stdout) passes through here on its way to the
-# container's log, which the token must never reach: nginx's own error lines
+# container's log, which the tokens (the access token, and the API token
+# made of it) must never reach: nginx's own error lines
 # quote the request line and Host of the request at fault (a body too
 # large, a UI that is down), and only the access lines' fields go through
 # sandbox.js. A line that carries the token percent-encoded (a Host or
@@ -10,7 +11,8 @@
 # nginx's one worker waits on this filter to take its output: every step
 # costs time in proportion to a line's length, never its square (mawk copies
 # the whole string at each `s = s x`, so no string is built a piece at a time).
-BEGIN { token = ENVIRON["SANDBOX_ACCESS_TOKEN"]
+BEGIN { split("SANDBOX_ACCESS_TOKEN SANDBOX_API_TOKEN", names, " ")
+        for (i = 1; i <= 2; i++) if (ENVIRON[names[i]] != "") tokens[++count] = ENVIRON[names[i]]
         for (i = 1; i < 256; i++) byte[sprintf("%02x", i)] = sprintf("%c", i) }
 
 # parts[from..to] joined, halves first: each byte is copied once per level
@@ -54,13 +56,14 @@ match($0, /^[0-9\/]+ [0-9:]+ \[[a-z]+\] [0-9]+#[0-9]+: (\*[0-9]+ )?/) {
 }
 
 { line = $0
-  # The token is letters, digits, "_" and "-" (start.sh checks it): all
-  # literal in a regular expression.
-  gsub(token, "...", line)
+  # Each token is letters, digits, "_" and "-" (start.sh checks the access
+  # token and makes the API token in hex): all literal in a regular expression.
+  for (t = 1; t <= count; t++) gsub(tokens[t], "...", line)
   # Four rounds at most: a token encoded twice or more is found too, and a
   # line that unwraps one layer per round (%252525...41) costs four rounds.
   plain = line
   for (round = 0; round < 4 && index(plain, "%") > 0; round++) {
     again = decoded(plain); if (again == plain) break; plain = again }
-  if (index(plain, token) > 0) line = "ingress: a line of nginx's log left out: it carries the access token"
+  for (t = 1; t <= count; t++)
+    if (index(plain, tokens[t]) > 0) line = "ingress: a line of nginx's log left out: it carries the access token"
   print line; fflush() }

@@ -131,10 +131,16 @@ function login(r) {
     return reads && given.length === 1 && token === r.variables.access_token ? 'good' : 'bad';
 }
 
-// The token is ASCII: without a "%", the text as it came says it all.
+// The sandbox's tokens: the access token, and the API token made of it
+// (start.sh), which opens the API only. Neither is passed on or logged.
+function tokens(r) {
+    return [r.variables.access_token, r.variables.api_token];
+}
+
+// Either token is ASCII: without a "%", the text as it came says it all.
 function carriesToken(r, text) {
-    const token = r.variables.access_token;
-    return text.includes(token) || (text.includes('%') && percentDecoded(latin1(text)).includes(token));
+    const plain = text.includes('%') ? percentDecoded(latin1(text)) : text;
+    return tokens(r).some((token) => text.includes(token) || plain.includes(token));
 }
 
 // Every header but the two that carry the token by right (the cookie, which
@@ -163,12 +169,11 @@ function upstreamAuthorization(r) {
     return carriesToken(r, value) ? '' : value;
 }
 
-// A value for the log in which the token, literal or percent-encoded, does
-// not appear; one that still carries it once decoded is left out whole.
+// A value for the log in which neither token, literal or percent-encoded,
+// appears; one that still carries one once decoded is left out whole.
 function withoutToken(r, value) {
-    const token = r.variables.access_token;
-    const kept = value.split(token).join('...');
-    return percentDecoded(latin1(kept)).includes(token) ? '(left out: it carries the access token)' : kept;
+    const kept = tokens(r).reduce((text, token) => text.split(token).join('...'), value);
+    return carriesToken(r, kept) ? '(left out: it carries the access token)' : kept;
 }
 
 // Every field of a log line that a client controls (the request line, Host,

@@ -80,11 +80,19 @@ export SANDBOX_LISTEN="$LISTEN"
 # or front-end (the key) holds both of.
 SANDBOX_LAUNCHER_MARK=$(printf 'sandbox-launcher:%s:%s' "$SANDBOX_API_KEY" "$SANDBOX_ACCESS_TOKEN" | sha256sum | cut -c1-32)
 export SANDBOX_LAUNCHER_MARK
-# The token and the backend's key are read from the environment, never put on
+# The API token (launcher/access.py, api_token), which `sandbox env` gives
+# scripts and editors: made of the access token, so that the launcher need
+# keep no second secret, and opening the API (/v1/) only. Its holder cannot
+# make the access token of it, so cannot pass for the browser (the cookie)
+# or open the UI's routes, where the API's bound on calls in progress does
+# not hold.
+SANDBOX_API_TOKEN=$(printf 'sandbox-api-token:%s' "$SANDBOX_ACCESS_TOKEN" | sha256sum | cut -c1-64)
+export SANDBOX_API_TOKEN
+# The tokens and the backend's key are read from the environment, never put on
 # a command line: every local user of the host can read the command lines of a
 # container's processes.
-awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL CSP LAUNCHER_MARK UI_USER UI_ROLE", names, " ") }
-     { for (i = 1; i <= 16; i++) { value = ENVIRON["SANDBOX_" names[i]]
+awk 'BEGIN { split("NAME ACCESS_TOKEN PUBLIC_PORT LISTEN UPSTREAM API_UPSTREAM API_KEY EMBEDDINGS_UPSTREAM HEALTH_PORT UPSTREAM_HEALTH_PATH CHAT_MODEL EMBEDDING_MODEL CSP LAUNCHER_MARK UI_USER UI_ROLE API_TOKEN", names, " ") }
+     { for (i = 1; i <= 17; i++) { value = ENVIRON["SANDBOX_" names[i]]
                                    gsub(/&/, "\\\\&", value)  # a literal & (a health path may have one), not the match
                                    gsub("@" (names[i] == "ACCESS_TOKEN" ? "TOKEN" : names[i]) "@", value) }
        print }' \

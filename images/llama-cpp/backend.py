@@ -25,6 +25,7 @@ interrupt_requests on, it used to cut that answer short).
 """
 import contextlib
 import ctypes
+import gc
 import hashlib
 import json
 import logging
@@ -419,6 +420,8 @@ class LogitBiasRefused(ValueError):
     on the server's event loop, before the call's budget: one key of 1 MiB
     of special tokens froze the whole server for over a minute."""
     PREFIX = "logit_bias keys must be token ids"
+    # (A key of 5,000 digits passed for an id, and Python's int() refused
+    # it inside the call: 500.)
 
     def __init__(self):
         super().__init__(self.PREFIX)
@@ -432,9 +435,10 @@ class CallOverBudget(RuntimeError):
                          f"following its grammar, its logprobs, checking its stop strings)")
 
 
-def refusal_of(kwargs: dict) -> ValueError | None:
+def refusal_of(kwargs: dict, vocabulary: int | None = None) -> ValueError | None:
     """Why a completion call (the keywords the server's routes give) is
-    refused before any work, or None."""
+    refused before any work, or None. `vocabulary`: the model's number of
+    tokens, where known (a `logit_bias` key past it names no token)."""
     # The client's own stop strings (a chat format adds its own later).
     stop = kwargs.get("stop")
     if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
@@ -442,8 +446,11 @@ def refusal_of(kwargs: dict) -> ValueError | None:
     # A completion's count (0 included), or a chat's yes (its top_logprobs is the count).
     if kwargs.get("logprobs") is not None and kwargs.get("logprobs") is not False:
         return LogprobsRefused()
-    if any(not str(key).isdecimal() for key in kwargs.get("logit_bias") or {}):
-        return LogitBiasRefused()
+    for key in kwargs.get("logit_bias") or {}:
+        key = str(key)
+        if not (key.isascii() and key.isdecimal() and len(key) <= 10) \
+                or (vocabulary is not None and int(key) >= vocabulary):
+            return LogitBiasRefused()
     return None
 
 
@@ -542,6 +549,37 @@ class Steps:
             chunks.close()
 
 
+class Collector:
+    """Each completion call's garbage collected once the call has ended, on
+    a thread of its own (off the answer's path). Tried as an attacker would:
+    calls of 30,000 empty messages (each refused for the context's length)
+    left some 32 MiB each in reference cycles that Python's collector, which
+    counts objects and not their bytes, seldom got to: the server's memory
+    grew with every call until it was killed for it, in a loop. Collected
+    after each call, it stays where the first calls leave it."""
+
+    def __init__(self, collect=gc.collect):
+        self.ended = threading.Event()
+        self.collect = collect
+        threading.Thread(target=self._run, name="call-garbage", daemon=True).start()
+
+    def call_ended(self) -> None:
+        self.ended.set()
+
+    def _run(self) -> None:
+        while True:
+            self.ended.wait()
+            self.ended.clear()
+            self.collect()
+
+    def after(self, chunks):
+        """The chunks of a stream, the call ended when they are."""
+        try:
+            return (yield from chunks)
+        finally:
+            self.call_ended()
+
+
 def budget_calls() -> None:
     """Every completion call is given CALL_CPU_SECONDS of CPU outside the
     model's decode, and at most MAX_STOP_STRINGS stop strings, no logprobs
@@ -556,6 +594,7 @@ def budget_calls() -> None:
     # The server runs one call at a time per model, but a streamed call's
     # steps move between its threads.
     steps = Steps()
+    collector = Collector()
 
     create = Llama._create_completion
 
@@ -617,14 +656,21 @@ def budget_calls() -> None:
 
     def refused_or_answered(method):
         def answered(self, *args, **kwargs):
-            if refusal := refusal_of(kwargs):
+            if refusal := refusal_of(kwargs, self.n_vocab()):
                 if kwargs.get("stream"):
                     return with_error_event(raised(refusal))
                 raise refusal
             call = steps.current() or CallCpu()
-            with steps.of(call):  # the chat template, counted before the first token
-                answer = method(self, *args, **kwargs)
-            return answer if isinstance(answer, dict) else with_error_event(steps.stepped(call, answer))
+            try:
+                with steps.of(call):  # the chat template, counted before the first token
+                    answer = method(self, *args, **kwargs)
+            except BaseException:
+                collector.call_ended()
+                raise
+            if isinstance(answer, dict):
+                collector.call_ended()
+                return answer
+            return collector.after(with_error_event(steps.stepped(call, answer)))
         return answered
     # What the server's routes call, with keywords, looked up on the class at
     # each call (not create_completion: the chat formats read its chunks).

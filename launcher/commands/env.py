@@ -1,11 +1,13 @@
 """`sandbox env`: what a script or an editor on this machine needs to use a
 running sandbox's model through its front door's OpenAI-compatible API
-(/v1/): the base URL and the access token as the API key, under the names
-the openai SDK and the tools built on it read."""
+(/v1/): the base URL and the API token (made of the access token, opening
+the API only) as the API key, under the names the openai SDK and the tools
+built on it read."""
 from __future__ import annotations
 
 import json
 
+from launcher.access import api_token
 from launcher.commands.open import front_door
 from launcher.engine import DockerGateway
 from launcher.spec import BACKEND_CONFIG_ENV
@@ -20,13 +22,13 @@ EMBEDDING_MODEL_ENV = "SANDBOX_EMBEDDING_MODEL"
 def api_env(gateway: DockerGateway, target: str | None) -> dict:
     """The sandbox's name, the models its API serves (the policy's aliases),
     its embedding model's alias (None: it has none) and the variables:
-    {"OPENAI_BASE_URL": ..., "OPENAI_API_KEY": TOKEN}, and
+    {"OPENAI_BASE_URL": ..., "OPENAI_API_KEY": API_TOKEN}, and
     SANDBOX_EMBEDDING_MODEL where it has one."""
     name, address, token = front_door(gateway, target, "env")
     config = _backend_config(gateway, name)
     embedding_model = _embedding_model(config)
     return {"name": name, "models": served_models(config), "embedding_model": embedding_model,
-            "env": {BASE_URL_ENV: f"http://{address}/v1", API_KEY_ENV: token,
+            "env": {BASE_URL_ENV: f"http://{address}/v1", API_KEY_ENV: api_token(token),
                     **({EMBEDDING_MODEL_ENV: embedding_model} if embedding_model else {})}}
 
 

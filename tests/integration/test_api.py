@@ -110,7 +110,7 @@ def test_no_token_is_refused(api):
 
 def test_the_browsers_cookie_alone_is_refused(sandbox, api):
     result, _ = sandbox
-    cookie = f"Cookie: sandbox-{result.name}={api['OPENAI_API_KEY']}"
+    cookie = f"Cookie: sandbox-{result.name}={result.token}"
     status, headers, _ = curl("-H", cookie, api["OPENAI_BASE_URL"] + "/models")
     assert (status, headers.get("x-sandbox-refused")) == (401, "no-token")
     status, headers, _ = curl("-H", cookie, "-H", f"Origin: {result.url.rstrip('/')}", "-H",
@@ -132,11 +132,40 @@ def test_a_foreign_host_is_refused_even_with_the_token(api):
 
 
 @pytest.mark.parametrize("query", ["sandbox_token", "api_key", "key"])
-def test_the_token_in_the_address_is_refused(api, query):
-    token = api["OPENAI_API_KEY"]
-    for extra in ((), ("-H", f"Authorization: Bearer {token}")):
-        status, headers, _ = curl(*extra, f"{api['OPENAI_BASE_URL']}/models?{query}={token}")
-        assert (status, headers.get("x-sandbox-refused")) == (401, "token-elsewhere")
+def test_the_token_in_the_address_is_refused(sandbox, api, query):
+    result, _ = sandbox
+    for token in (api["OPENAI_API_KEY"], result.token):
+        for extra in ((), ("-H", f"Authorization: Bearer {token}")):
+            status, headers, _ = curl(*extra, f"{api['OPENAI_BASE_URL']}/models?{query}={token}")
+            assert (status, headers.get("x-sandbox-refused")) == (401, "token-elsewhere")
+    owner_reaches_the_backend(api)
+
+
+def test_the_api_token_opens_the_api_only_and_never_passes_for_the_browser(sandbox, api):
+    """Tried as an attacker would: a client given the key for the API (then
+    the access token itself) sent it as the browser's cookie, with the UI's
+    Origin, to the chat UI's own chat route, where the API's bound of 4
+    calls in progress does not hold (the browser's requests are not
+    bounded): 12 to 30 such chats at once held the model, and the UI's own
+    chat timed out. The key `sandbox env` gives is now the API token, made
+    of the access token: it opens /v1/ and nothing else."""
+    result, _ = sandbox
+    key, origin = api["OPENAI_API_KEY"], result.url.rstrip("/")
+    assert key != result.token and result.token not in key
+    chat = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    as_the_browser = ("-H", f"Origin: {origin}", "-H", "Sec-Fetch-Site: same-origin",
+                      "-H", "Content-Type: application/json", "-d", chat, result.url + "api/chat")
+    status, headers, _ = curl("-H", f"Cookie: sandbox-{result.name}={key}", *as_the_browser)
+    assert (status, headers.get("x-sandbox-refused")) == (401, "no-token")
+    # Nor the UI's routes with the key as the bearer (there, the owner's chats are read) ...
+    status, headers, _ = curl("-H", f"Authorization: Bearer {key}", result.url + "api/history")
+    assert (status, headers.get("x-sandbox-refused")) == (401, "no-token")
+    # ... nor the access link: no cookie is traded for it.
+    status, headers, _ = curl(f"{result.url}?sandbox_token={key}")
+    assert (status, headers.get("x-sandbox-refused"), headers.get("set-cookie")) == (401, "bad-token", None)
+    # Control: the access token as the cookie is the browser, and chats; the key opens the API.
+    status, _, body = curl("-H", f"Cookie: sandbox-{result.name}={result.token}", *as_the_browser)
+    assert status == 200, body
     owner_reaches_the_backend(api)
 
 
@@ -415,6 +444,50 @@ def test_logprobs_are_refused_before_any_work_and_the_backend_goes_on(sandbox, d
     assert backend_started_at(docker_client, result) == before
 
 
+def test_calls_refused_for_their_length_leave_no_memory_behind(sandbox, gateway, docker_client, client):
+    """Tried as an attacker would: calls of 30,000 empty messages (within
+    the 1 MiB body; each refused for the context's length after its chat
+    template) grew the backend's memory by some 32 MiB a call, never given
+    back, until it was killed for it (twice in 8 minutes). Now each call's
+    garbage is collected once it has ended: after the first calls, 4 more
+    leave the memory where it was (before: some 128 MiB more)."""
+    result, _ = sandbox
+    before_start = backend_started_at(docker_client, result)
+    empty = [{"role": "user", "content": ""}] * 30000
+
+    def calls(count: int) -> None:
+        for _ in range(count):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(model=QUICKSTART_ALIAS, messages=empty, max_tokens=8)
+            assert refused.value.body["code"] == "context_length_exceeded", refused.value.body
+        answered_after(client, [{"role": "user", "content": "Say a word."}])  # a call's end: the last one's garbage goes
+
+    def used() -> int:
+        return gateway.state.memory_usage(resource_name(result.name, "backend"))
+    calls(2)  # what the first such calls leave (the server's own caches) is not the point
+    before = used()
+    calls(4)
+    grown = used() - before
+    assert grown < 64 * 2**20, f"the backend grew {grown / 2**20:.0f} MiB over 4 calls"
+    assert backend_started_at(docker_client, result) == before_start
+
+
+@pytest.mark.parametrize("key", ["1" * 5000, "49152"], ids=["5000-digits", "past-the-vocabulary"])
+def test_a_logit_bias_key_that_is_no_token_of_the_model_is_refused(client, key):
+    """Tried as an attacker would: a key of 5,000 digits passed the check
+    that keys are token ids, and Python's int() refused it inside the call
+    (500). Now it is refused 400 `logit_bias` before any work, as is a key
+    past the model's vocabulary (49,152 tokens), which names no token (it
+    was taken and did nothing)."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=QUICKSTART_ALIAS, messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=2, logit_bias={key: 1})
+    assert refused.value.body["code"] == "logit_bias", refused.value.body
+    # Control: a key within the vocabulary is taken.
+    client.chat.completions.create(model=QUICKSTART_ALIAS, messages=[{"role": "user", "content": "Hi"}],
+                                   max_tokens=2, logit_bias={"49151": 1})
+
+
 def test_a_body_over_one_mib_is_refused(api, tmp_path):
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"model": QUICKSTART_ALIAS, "input": "x" * (1024 * 1024)}))
@@ -499,9 +572,9 @@ def test_the_bearer_on_the_uis_routes_is_counted_as_a_call_and_the_browsers_cook
         return next((c for c in shown["api_calls"] if (c["client"], c["model"]) == ("python", "-")), {"calls": 0})
     before = scripts()["calls"]
     agent = "User-Agent: python-requests/2.32"
-    assert curl("-H", agent, "-H", f"Cookie: sandbox-{result.name}={api['OPENAI_API_KEY']}",
+    assert curl("-H", agent, "-H", f"Cookie: sandbox-{result.name}={result.token}",
                 result.url + "api/history")[0] == 200  # the browser's: logged before the next, never counted
-    bearer = f"Authorization: Bearer {api['OPENAI_API_KEY']}"
+    bearer = f"Authorization: Bearer {result.token}"  # the access token's: the API token opens no UI route
     assert curl("-H", agent, "-H", bearer, result.url + "api/history")[0] == 200
     poll(lambda: scripts()["calls"] >= before + 1, lambda: f"the bearer's UI call counted: {scripts()}")
     assert scripts()["calls"] == before + 1

@@ -15,7 +15,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from launcher.access import launcher_mark
+from launcher.access import api_token, launcher_mark
 
 INGRESS = Path(__file__).resolve().parents[2] / "images" / "ingress"
 NGINX = "/usr/sbin/nginx"
@@ -114,7 +114,7 @@ class RealIngress:
                   "EMBEDDINGS_UPSTREAM": self.embeddings.address if self.embeddings else "",
                   "HEALTH_PORT": str(self.health_port), "UPSTREAM_HEALTH_PATH": "/health",
                   "CHAT_MODEL": "tiny", "EMBEDDING_MODEL": "embed" if self.embeddings else "", "CSP": csp,
-                  "LAUNCHER_MARK": launcher_mark(token, api_key),
+                  "LAUNCHER_MARK": launcher_mark(token, api_key), "API_TOKEN": api_token(token),
                   "UI_USER": signed_in_as[0] if signed_in_as else "", "UI_ROLE": signed_in_as[1] if signed_in_as else ""}
         text = (INGRESS / "nginx.conf.template").read_text()
         for key, value in values.items():

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from launcher.access import LAUNCHER_AGENT, LAUNCHER_HEADER, launcher_mark
+from launcher.access import LAUNCHER_AGENT, LAUNCHER_HEADER, api_token, launcher_mark
 from tests.unit.real_ingress import INGRESS, RealIngress, nginx_with_njs
 
 TOKEN = "t" * 43
@@ -47,6 +47,9 @@ def ask(ingress, method: str, path: str, headers: dict | None = None, body: byte
 
 
 OWNER = {"Authorization": f"Bearer {TOKEN}"}
+# `sandbox env`'s key: the API token, made of the access token.
+API_TOKEN = api_token(TOKEN)
+SCRIPT = {"Authorization": f"Bearer {API_TOKEN}"}
 JSON = {"Content-Type": "application/json"}
 
 
@@ -329,8 +332,9 @@ def test_requests_in_progress_on_the_api_are_bounded_and_the_ui_still_answers(in
         return answer(seen)
     ingress.backend.answer = held
     results = []
-    threads = [threading.Thread(target=lambda: results.append(chat(ingress, {"messages": [], "hold": 1})[0]))
-               for _ in range(4)]
+    # The access token's calls and the API token's share the bound.
+    threads = [threading.Thread(target=lambda i=i: results.append(
+        chat(ingress, {"messages": [], "hold": 1}, SCRIPT if i % 2 else None)[0])) for i in range(4)]
     for thread in threads:
         thread.start()
     try:
@@ -338,8 +342,9 @@ def test_requests_in_progress_on_the_api_are_bounded_and_the_ui_still_answers(in
         while len(ingress.backend.seen) < 4 and deadline:
             threading.Event().wait(0.05)
             deadline -= 1
-        status, _, _ = chat(ingress, {"messages": []})
-        assert status == 429
+        for credential in (OWNER, SCRIPT):
+            status, _, _ = chat(ingress, {"messages": []}, credential)
+            assert status == 429
         assert "status=429 reason=too-many" in ingress.log(waiting_for="status=429")
         # The bearer on the UI's routes is bounded with the API: a script
         # cannot go round the bound through the UI's own chat.
@@ -444,6 +449,49 @@ def test_a_client_posing_as_the_launcher_is_still_counted(ingress, posing):
     lines = ingress.api_log(waiting_for="route=ui").splitlines()
     assert lines == ["ingress: api call route=models client=other model=- status=200",
                      "ingress: api call route=ui client=other model=- status=200"]
+
+
+def test_the_api_token_opens_the_api_and_nothing_else(ingress):
+    """Tried as an attacker would: a client given the key for the API (the
+    access token, then) sent it as the browser's cookie with the UI's
+    Origin to the UI's chat route, where the API's bound on calls in
+    progress does not hold, and held the model from the UI. The API token
+    `sandbox env` gives now opens /v1/ only: not as the cookie, not as the
+    bearer on the UI's routes (where the owner's chats are read), not as
+    the access link; it never reaches the UI or the backend, nor the log."""
+    origin = f"http://127.0.0.1:{ingress.port}"
+    status, _, _ = ask(ingress, "GET", "/v1/models", SCRIPT)
+    assert status == 200 and ingress.backend.seen[0]["headers"]["Authorization"] == f"Bearer {API_KEY}"
+    as_the_browser = {"Origin": origin, "Sec-Fetch-Site": "same-origin", **JSON}
+    refused = [ask(ingress, "POST", "/api/chat", {"Cookie": f"sandbox-demo={API_TOKEN}", **as_the_browser}, b"{}"),
+               ask(ingress, "POST", "/api/chat", {**SCRIPT, **as_the_browser}, b"{}"),
+               ask(ingress, "GET", "/api/history", SCRIPT),
+               ask(ingress, "GET", f"/?sandbox_token={API_TOKEN}"),
+               # Next to the owner's own credentials, in the address or a header, it is not passed on either.
+               ask(ingress, "GET", f"/?q={API_TOKEN}", {"Cookie": f"sandbox-demo={TOKEN}"}),
+               ask(ingress, "GET", "/", {"Cookie": f"sandbox-demo={TOKEN}", "X-Other": API_TOKEN}),
+               ask(ingress, "GET", f"/v1/models?key={API_TOKEN}", SCRIPT),
+               ask(ingress, "GET", "/v1/models", {**SCRIPT, "X-Api-Key": API_TOKEN})]
+    assert [(status, headers.get("x-sandbox-refused"), "set-cookie" in headers)
+            for status, headers, _ in refused] == [(401, "no-token", False)] * 3 + [(401, "bad-token", False)] * 3 \
+        + [(401, "token-elsewhere", False)] * 2
+    assert ingress.ui.seen == [] and len(ingress.backend.seen) == 1
+    # The control: the access token as the browser's cookie is the owner's, and the UI gets the chat.
+    assert ask(ingress, "POST", "/api/chat", {"Cookie": f"sandbox-demo={TOKEN}", **as_the_browser}, b"{}")[0] == 200
+    assert len(ingress.ui.seen) == 1 and API_TOKEN not in json.dumps(ingress.ui.seen[0]["headers"])
+    log = ingress.log(waiting_for='request="GET /v1/models HTTP/1.1"')  # the last one's line
+    assert log.count("ingress: refused") >= 8 and API_TOKEN not in log and TOKEN not in log
+
+
+def test_the_ingress_makes_the_api_token_as_the_launcher_does():
+    """start.sh makes the API token with sh and sha256sum, the launcher
+    (`sandbox env`) in Python: the same, or the key `sandbox env` gives
+    would be refused."""
+    line = next(line for line in (INGRESS / "start.sh").read_text().splitlines()
+                if line.startswith("SANDBOX_API_TOKEN="))
+    made = subprocess.run(["sh", "-c", f'{line}; printf %s "$SANDBOX_API_TOKEN"'], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], "SANDBOX_ACCESS_TOKEN": TOKEN}, check=True).stdout
+    assert made == API_TOKEN and len(made) == 64 and TOKEN not in made
 
 
 def test_the_ingress_makes_the_launchers_mark_as_the_launcher_does():

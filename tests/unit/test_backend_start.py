@@ -301,13 +301,17 @@ def test_a_stream_whose_reader_takes_its_chunks_is_sent_whole():
     ({"logprobs": True, "top_logprobs": 1}, "logprobs"),
     ({"logprobs": False, "top_logprobs": 5}, None),
     ({"logprobs": None}, None),
-    ({"logit_bias": {"50256": -100, "7": 5}}, None),
+    ({"logit_bias": {"1024": -100, "7": 5}}, None),
     ({"logit_bias": {"a<|im_end|>" * 10: 1}}, "logit_bias"),
     ({"logit_bias": {"-1": 1}}, "logit_bias"),
+    ({"logit_bias": {"1" * 5000: 1}}, "logit_bias"),  # int() refused it inside the call: 500
+    ({"logit_bias": {"\u0661": 1}}, "logit_bias"),  # a decimal digit that is not ASCII
+    ({"logit_bias": {"49151": 1}}, None),
+    ({"logit_bias": {"49152": 1}}, "logit_bias"),  # past the vocabulary: names no token
     ({}, None),
 ])
 def test_a_call_asking_for_what_the_backend_does_not_serve_is_refused_before_any_work(kwargs, refused):
-    found = backend.refusal_of(kwargs)
+    found = backend.refusal_of(kwargs, vocabulary=49152)
     kinds = {backend.StopsRefused: "too_many_stop_strings", backend.LogprobsRefused: "logprobs",
              backend.LogitBiasRefused: "logit_bias"}
     assert (kinds[type(found)] if found else None) == refused
@@ -321,3 +325,29 @@ def test_each_refusal_is_told_apart_by_its_own_pattern():
                 backend.CallOverBudget(), backend.GrammarRefused("x")]
     for refusal in refusals:
         assert [type(other) for other in refusals if str(refusal).startswith(other.PREFIX)] == [type(refusal)]
+
+
+def test_each_calls_garbage_is_collected_once_it_has_ended():
+    """Tried as an attacker would: calls of 30,000 empty messages left some
+    32 MiB each in reference cycles Python's collector seldom got to, and
+    the server grew until it was killed for its memory. A call's end (an
+    answer, an error, a stream's last chunk or its reader gone) has its
+    garbage collected, on the collector's own thread."""
+    import threading
+    collected = threading.Semaphore(0)
+    collector = backend.Collector(collect=collected.release)
+    collector.call_ended()
+    assert collected.acquire(timeout=10)
+
+    def chunks():
+        yield 1
+        yield 2
+        return "done"
+    stream = collector.after(chunks())
+    assert next(stream) == 1 and not collected.acquire(timeout=0.2)  # not while the stream goes on
+    assert list(stream) == [2]
+    assert collected.acquire(timeout=10)
+    left = collector.after(chunks())
+    next(left)
+    left.close()  # the reader went away
+    assert collected.acquire(timeout=10)

@@ -23,13 +23,16 @@ runner = CliRunner()
 
 @pytest.fixture
 def running(tmp_path, monkeypatch):
-    """(engine, port, token) of quick-start sandbox `minimal`, up; the command
+    """(engine, port, key) of quick-start sandbox `minimal`, up, the key its
+    API token (made of its access token, opening the API only); the command
     line talks to that engine."""
     api = FakeApi()
     policy, port = quickstart_policy(tmp_path, monkeypatch, api)
     result = up(DockerGateway(client=FakeClient(api)), policy, timeout=5)
     monkeypatch.setattr("launcher.cli._gateway", lambda: DockerGateway(client=FakeClient(api)))
-    return api, port, result.token
+    key = access.api_token(result.token)
+    assert key != result.token and result.token not in key
+    return api, port, key
 
 
 def test_env_gives_the_api_address_the_token_and_the_policys_model_names(running):
@@ -105,4 +108,4 @@ def test_env_errors_are_one_line(running):
 
 def test_env_says_the_token_is_printed_in_its_help():
     shown = runner.invoke(app, ["env", "--help"])
-    assert "access token" in shown.stdout and "OPENAI_API_KEY" in shown.stdout
+    assert "API token" in shown.stdout and "OPENAI_API_KEY" in shown.stdout

@@ -15,6 +15,7 @@ FILTER = Path(__file__).resolve().parents[2] / "images" / "ingress" / "log-filte
 # Letters, digits, "_" and "-", as start.sh checks it: "-" and "_" show that
 # the filter reads the token as text, not a pattern.
 TOKEN = "Ab3_-" * 9
+API_TOKEN = "0f" * 32  # made of the access token by start.sh: hex
 LEFT_OUT = "ingress: a line of nginx's log left out: it carries the access token"
 
 
@@ -22,7 +23,8 @@ def filtered(lines: list[bytes]) -> list[bytes]:
     # The image's awk is mawk; elsewhere, the system's.
     awk = shutil.which("mawk") or "awk"
     run = subprocess.run([awk, "-f", str(FILTER)], input=b"".join(line + b"\n" for line in lines),
-                         env={**os.environ, "LC_ALL": "C", "SANDBOX_ACCESS_TOKEN": TOKEN},
+                         env={**os.environ, "LC_ALL": "C", "SANDBOX_ACCESS_TOKEN": TOKEN,
+                              "SANDBOX_API_TOKEN": API_TOKEN},
                          capture_output=True, timeout=60, check=True)
     return run.stdout.split(b"\n")[:-1]
 
@@ -59,6 +61,17 @@ def test_a_long_line_that_carries_the_token_encoded_is_left_out_whole():
              noise[:6 * 680] + encoded(TOKEN) + noise, noise]  # the token from byte 4080 to 4215
     out = filtered([line.encode() for line in lines])
     assert out == [LEFT_OUT.encode()] * 4 + [noise.encode()]
+
+
+def test_the_api_token_is_never_written_either():
+    """The API token (`sandbox env`'s key) opens the API: nginx's own lines
+    quote a request line that may carry it. Literal, it is written as
+    "..."; encoded, the line is left out whole; the control: the same line
+    with neither token is kept as it came."""
+    line = f"2026/12/01 10:00:00 [error] 7#7: *1 client intended to send too large body, request: \"GET /v1/models?key="
+    out = filtered([(line + API_TOKEN + '"').encode(), (line + encoded(API_TOKEN) + '"').encode(),
+                    (line + "nothing" + '"').encode()])
+    assert out == [(line + '..."').encode(), LEFT_OUT.encode(), (line + 'nothing"').encode()]
 
 
 def test_each_kind_of_nginxs_own_lines_is_kept_for_its_first_100_then_at_each_doubling():
