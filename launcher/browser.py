@@ -140,7 +140,12 @@ def chromium_flags(profile: Path, origin: str, proxy: str, headless: bool) -> li
         "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,Translate,MediaRouter,"
         "DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,"
         "InterestFeedContentSuggestions,PreconnectToSearch,Prerender2,LensOverlay,"
-        "HappinessTrackingSurveysForDesktop",
+        "HappinessTrackingSurveysForDesktop,"
+        # On a session bus, a page that plays audio had Chromium publish its
+        # media session (title, artist: any text of the page's) as an MPRIS
+        # player, to every program of the user's and the desktop's media
+        # controls, which may pass it on to a paired phone.
+        "HardwareMediaKeyHandling",
         # Even with the switches above, Chromium 156 still asked the proxy for
         # update.googleapis.com (component updates) and accounts.google.com
         # (sign-in) on every start: their addresses are moved to the discard
@@ -176,9 +181,9 @@ def window_environment(profile: Path, kind: str) -> dict:
     led by the profile's dead ends for the hand-off programs, no BROWSER
     (which xdg-open would run), no print service (a page's print() had the
     browser ask the machine's, CUPS on 127.0.0.1:631, for its printers;
-    CUPS_SERVER names a socket in the profile that is not there), and, for
-    Firefox (`kind`), no session bus; Chromium's crash reports in the
-    profile."""
+    CUPS_SERVER names a socket in the profile that is not there), the
+    user's config, cache and data directories in the profile and, for
+    Firefox (`kind`), no session bus."""
     dead_ends = private_directory(profile / "no-handoff")
     for name in HANDOFF_PROGRAMS:
         link = dead_ends / name
@@ -188,17 +193,22 @@ def window_environment(profile: Path, kind: str) -> dict:
     environment = {name: value for name, value in os.environ.items() if name != "BROWSER"}
     environment["PATH"] = os.pathsep.join([str(dead_ends), environment.get("PATH") or os.defpath])
     environment["CUPS_SERVER"] = str(profile / "no-printing")
+    # What the browser and its libraries keep of their own goes into the
+    # profile, not the user's home, where it outlived `down --volumes`: a
+    # review found Firefox's crash helper's log, its pending pings, the
+    # desktop's record of recent files (a download's name, the page's
+    # choice), dconf's and PulseAudio's files; Chromium's crash handler kept
+    # its database in ~/.config/chromium whatever the profile
+    # (CHROME_CONFIG_HOME, where set, comes before XDG_CONFIG_HOME there).
+    homes = {"XDG_CONFIG_HOME": "config", "CHROME_CONFIG_HOME": "config", "XDG_CACHE_HOME": "cache",
+             "XDG_DATA_HOME": "data"}
+    for variable, directory in homes.items():
+        environment[variable] = str(private_directory(profile / directory))
     if kind == "firefox":
         # No session bus: on one, Firefox offers its windows to other programs
         # (org.mozilla.firefox.<profile>, whose OpenURL took any address and
         # loaded it with the cookie, --no-remote and MOZ_NO_REMOTE=1 or not).
         environment["DBUS_SESSION_BUS_ADDRESS"] = "disabled:"
-    else:
-        # Chromium's crash handler keeps its database (and rewrites its
-        # settings) under the user's config directory whatever the profile
-        # is; CHROME_CONFIG_HOME moves that into the profile, so nothing the
-        # window makes lands in the user's home.
-        environment["CHROME_CONFIG_HOME"] = str(private_directory(profile / "config"))
     return environment
 
 
@@ -502,8 +512,11 @@ def user_js(preferences: dict) -> str:
 def prepare_firefox_profile(profile: Path, origin: str, proxy: str) -> Path:
     """The profile directory, owner-only, with user.js written anew."""
     private_directory(profile)
+    # Nor is a download added to the desktop's recent files (a review found
+    # a page's file name, of its own choosing, in ~/.local/share/recently-used.xbel).
     saved = {"browser.download.dir": str(downloads(profile)), "browser.download.folderList": 2,
-             "browser.download.useDownloadDir": True, "browser.download.start_downloads_in_tmp_dir": False}
+             "browser.download.useDownloadDir": True, "browser.download.start_downloads_in_tmp_dir": False,
+             "browser.download.manager.addToRecentDocs": False}
     write_private(profile / "user.js", user_js({**firefox_preferences(origin, proxy), **saved}))
     return profile
 

@@ -107,9 +107,15 @@ def test_the_windows_hand_off_programs_are_dead_ends_that_start_no_process(tmp_p
     assert browser.window_environment(profile, "firefox") == environment  # again, over what is there
     chromium = browser.window_environment(profile, "chromium")
     assert "DBUS_SESSION_BUS_ADDRESS" not in chromium
-    # Its crash handler's database was ~/.config/chromium/Crash Reports, whatever the profile.
-    assert chromium["CHROME_CONFIG_HOME"] == str(profile / "config")
-    assert "CHROME_CONFIG_HOME" not in environment
+    # Tried as an attacker would: what the browsers keep of their own (Chromium's crash
+    # handler's database, Firefox's crash helper's log, the desktop's recent files with a
+    # download's name) landed in the user's home and outlived `down --volumes`.
+    for kind_environment in (environment, chromium):
+        assert {variable: kind_environment[variable] for variable in
+                ("XDG_CONFIG_HOME", "CHROME_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME")} == {
+            "XDG_CONFIG_HOME": str(profile / "config"), "CHROME_CONFIG_HOME": str(profile / "config"),
+            "XDG_CACHE_HOME": str(profile / "cache"), "XDG_DATA_HOME": str(profile / "data")}
+    assert all((profile / directory).stat().st_mode & 0o777 == 0o700 for directory in ("config", "cache", "data"))
 
 
 def test_a_pages_downloads_land_in_the_profile_in_either_browser(tmp_path):
@@ -128,6 +134,9 @@ def test_a_pages_downloads_land_in_the_profile_in_either_browser(tmp_path):
     lines = (tmp_path / "firefox" / "user.js").read_text().splitlines()
     assert f'user_pref("browser.download.dir", {json.dumps(str(tmp_path / "firefox" / "downloads"))});' in lines
     assert 'user_pref("browser.download.folderList", 2);' in lines and 'user_pref("print.enabled", false);' in lines
+    # Tried as an attacker would: headed Firefox added each download (its name the page's
+    # choice) to the desktop's recent files in the user's home.
+    assert 'user_pref("browser.download.manager.addToRecentDocs", false);' in lines
 
 
 def test_firefoxs_profile_is_owner_only_and_its_user_js_written_anew(tmp_path):
@@ -169,6 +178,11 @@ def test_the_flags_reach_the_sandbox_directly_and_send_everything_else_to_the_de
                 "--disable-background-networking", "--metrics-recording-only", "--no-pings"):
         assert off in flags
     assert not any("remote-debugging" in flag for flag in flags)
+    # Tried as an attacker would: a page playing audio had Chromium publish its media
+    # session (the page's text) on the session bus as an MPRIS player. One switch: Chromium
+    # reads only one --disable-features.
+    [disabled] = [flag for flag in flags if flag.startswith("--disable-features=")]
+    assert "HardwareMediaKeyHandling" in disabled.partition("=")[2].split(",")
     headless = browser.chromium_flags(tmp_path, "http://127.0.0.1:8080", "127.0.0.1:9", headless=True)
     assert "--headless" in headless and "--remote-debugging-pipe" in headless
 
