@@ -183,7 +183,8 @@ def window_environment(profile: Path, kind: str) -> dict:
     browser ask the machine's, CUPS on 127.0.0.1:631, for its printers;
     CUPS_SERVER names a socket in the profile that is not there), the
     user's config, cache and data directories in the profile and, for
-    Firefox (`kind`), no session bus."""
+    Firefox (`kind`), no session bus and its temporary files in the
+    profile."""
     dead_ends = private_directory(profile / "no-handoff")
     for name in HANDOFF_PROGRAMS:
         link = dead_ends / name
@@ -209,6 +210,12 @@ def window_environment(profile: Path, kind: str) -> dict:
         # (org.mozilla.firefox.<profile>, whose OpenURL took any address and
         # loaded it with the cookie, --no-remote and MOZ_NO_REMOTE=1 or not).
         environment["DBUS_SESSION_BUS_ADDRESS"] = "disabled:"
+        # Firefox takes a startup lock in $TMPDIR/firefox-esr (or firefox),
+        # a name anyone can make first: a review's other user made it, and
+        # the owner's Firefox used that user's directory (its mkdir refused,
+        # it opened the lock file there to write, truncating, through
+        # whatever the directory's owner put at that name).
+        environment["TMPDIR"] = str(private_directory(profile / "tmp"))
     return environment
 
 

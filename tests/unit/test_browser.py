@@ -97,6 +97,9 @@ def test_the_windows_hand_off_programs_are_dead_ends_that_start_no_process(tmp_p
     # Tried as an attacker would: on the session bus, Firefox's remote service
     # (org.mozilla.firefox.<profile>) loaded any address another program gave it, with the cookie.
     assert environment["DBUS_SESSION_BUS_ADDRESS"] == "disabled:"
+    # Tried as an attacker would: another user made /tmp/firefox-esr first, and the owner's
+    # Firefox took its startup lock in that user's directory.
+    assert environment["TMPDIR"] == str(profile / "tmp") and (profile / "tmp").stat().st_mode & 0o777 == 0o700
     assert environment["PATH"].split(":")[0] == str(profile / "no-handoff")
     assert environment["PATH"].split(":")[1:] == os.environ["PATH"].split(":")
     for name in browser.HANDOFF_PROGRAMS:
