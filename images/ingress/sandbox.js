@@ -278,27 +278,95 @@ function modelLogged(model) {
 // UI allows: one client's answer may not hold the backend for long.
 const MAX_TOKENS = 2048;
 
-// The body the backend gets for an API request: the client's, parsed here
+// The most values an API body may hold: its objects and arrays, and the
+// items and members of each (one more for each comma between them). Tried
+// as an attacker would: four bodies of 349,000 empty objects (each under
+// 1 MiB) took the one worker's JSON.parse some 30 MB each; the ingress was
+// killed for its memory, every request in flight with it, and nginx kept
+// the dead worker's API slots (limit_conn) for good: every later call 429.
+// The backend's own bound is the same (images/llama-cpp/backend.py): a
+// chat of 5,000 messages, or a thousand tools, is well within it.
+const MAX_VALUES = 16384;
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const MARKS = [0x7b, 0x5b, 0x2c];  // { [ ,
+
+function found(at) {
+    return at < 0 ? Infinity : at;
+}
+
+// Just past the closing quote of the string whose text starts at `at`; a
+// quote after an odd number of backslashes is part of its text.
+function afterString(body, at) {
+    for (;;) {
+        const quote = body.indexOf(QUOTE, at);
+        if (quote < 0) {
+            return body.length;
+        }
+        let before = quote;
+        while (body[before - 1] === BACKSLASH) {
+            before--;
+        }
+        if ((quote - before) % 2 === 0) {
+            return quote + 1;
+        }
+        at = quote + 1;
+    }
+}
+
+// How many values a JSON text (a Buffer) holds, counted without parsing it:
+// its {, [ and , outside its strings, up to `most` + 1. Each byte is looked
+// at once, by Buffer.indexOf, and the loop here runs once per value counted
+// and once per quote: some 75 ms for 1 MiB of escaped quotes, the slowest
+// body there is. (Bytes of UTF-8 past ASCII are never these characters.)
+function valuesIn(body, most) {
+    const next = [-1, -1, -1];  // where each mark is next found, from where the last look began
+    let values = 0;
+    let at = 0;
+    while (at < body.length) {
+        const quote = found(body.indexOf(QUOTE, at));
+        for (let k = 0; k < MARKS.length; k++) {
+            if (next[k] < at) {
+                next[k] = found(body.indexOf(MARKS[k], at));
+            }
+            while (next[k] < quote) {
+                if (++values > most) {
+                    return values;
+                }
+                next[k] = found(body.indexOf(MARKS[k], next[k] + 1));
+            }
+        }
+        if (quote === Infinity) {
+            break;
+        }
+        at = afterString(body, quote + 1);
+    }
+    return values;
+}
+
+// What the backend gets of an API call's body: the client's, parsed here
 // and written out again, so the backend reads exactly what was checked, with
 // `max_tokens` (and `max_completion_tokens`, where sent) at most MAX_TOKENS,
 // and no `grammar` or `logit_bias_type`. Absent, null, not a number, or under 1 (which the backend reads as "up to
 // the context's end"), it is MAX_TOKENS too, but for /v1/completions, whose
-// absent value is the backend's own small default. A body that is no JSON
-// object is passed on empty, which the backend refuses. The body is at most
+// absent value is the backend's own small default. The body is at most
 // 1 MiB (client_max_body_size) and in memory (client_body_buffer_size).
-function apiBody(r) {
-    if (r.method !== 'POST') {
-        return '';
+// {refused, message} instead for a body of more than MAX_VALUES values, or
+// one that is no JSON object (njs reads none deeper than 32 levels; the
+// backend's parser would take some that njs refuses, NaN among them).
+function apiBody(r, raw) {
+    if (valuesIn(raw, MAX_VALUES) > MAX_VALUES) {
+        return {refused: 'too-many-values', message: `the body holds more than ${MAX_VALUES} values (objects, `
+                + 'arrays and their items): this API takes at most that many'};
     }
-    const raw = r.rawVariables.request_body;
     let body;
     try {
-        body = JSON.parse(raw ? raw.toString() : '');
+        body = JSON.parse(raw.toString());
     } catch (e) {
-        return '';
+        body = null;
     }
     if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-        return '';
+        return {refused: 'not-json', message: 'the body is no JSON object (or nests deeper than 32 levels)'};
     }
     if ('model' in body) {
         r.variables.api_model = modelLogged(body.model);
@@ -309,7 +377,7 @@ function apiBody(r) {
         body.model = r.variables.api_default_model;
     }
     if (r.variables.api_route === 'embeddings') {
-        return JSON.stringify(body);
+        return {body: JSON.stringify(body)};
     }
     // llama.cpp's own `grammar` (no OpenAI client sends it): a malformed one
     // ends the backend's server process (llama-cpp-python 0.3), so one call
@@ -328,11 +396,30 @@ function apiBody(r) {
     if ('max_completion_tokens' in body && !bounded(body.max_completion_tokens)) {
         body.max_completion_tokens = MAX_TOKENS;
     }
-    return JSON.stringify(body);
+    return {body: JSON.stringify(body)};
+}
+
+// An API call that passed the door's checks (nginx.conf.template): its body
+// read and checked here (apiBody), then passed on by the @api location with
+// what the backend is to get ($api_body), or refused (400, in the API's own
+// form of error, and logged as the door's refusals are: $api_body_refused).
+function apiDoor(r) {
+    if (r.method === 'POST') {
+        const checked = apiBody(r, r.requestBuffer || Buffer.alloc(0));
+        if (checked.refused) {
+            r.variables.api_body_refused = checked.refused;
+            r.headersOut['Content-Type'] = 'application/json';
+            r.return(400, JSON.stringify({error: {message: checked.message, type: 'invalid_request_error',
+                                                  param: null, code: checked.refused}}) + '\n');
+            return;
+        }
+        r.variables.api_body = checked.body;
+    }
+    r.internalRedirect('@api');
 }
 
 export default {
-    apiBody,
+    apiDoor,
     apiTokenPlace,
     refusedNth,
     upstreamCookie,

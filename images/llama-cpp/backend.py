@@ -24,6 +24,7 @@ answer would call a busy backend unhealthy (and, with the server's
 interrupt_requests on, it used to cut that answer short).
 """
 import contextlib
+import contextvars
 import ctypes
 import gc
 import hashlib
@@ -103,6 +104,20 @@ READER_WAIT_SECONDS = 60
 # after every token, in Python (170,000 of them took 0.6 s a token). OpenAI
 # takes 4; Open WebUI passes on those its user sets, so this is generous.
 MAX_STOP_STRINGS = 64
+# The most values a request's body may hold: its objects and arrays, and
+# one more for each item after the first in each (the ingress reckons API
+# bodies the same way, before it parses them). Tried as an attacker would:
+# 60,000 messages of an unknown role (900 KB) had the server validate each
+# against every kind of message and write every failure, each with its
+# input, into one error of some 115 MB: the backend was killed for its
+# memory, in a loop as often as the call was sent. A chat of 5,000
+# messages, or a thousand tools, is well within it.
+MAX_BODY_VALUES = 16384
+# How often a call waiting for the model looks whether its client is still
+# there: one whose client has gone is dropped (see drop_calls_whose_client_left).
+CLIENT_POLL_SECONDS = 1
+# The most problems of a request's validation an answer names.
+PROBLEMS_NAMED = 3
 # How long a server is given to end on SIGTERM before it is killed.
 STOP_SECONDS = 10
 CHUNK = 4 * 1024 * 1024
@@ -693,6 +708,162 @@ def budget_calls() -> None:
     threading.Thread(target=watch, name="call-budget-watch", daemon=True).start()
 
 
+def values_in(value, most: int) -> int:
+    """How many values a parsed JSON body holds, as MAX_BODY_VALUES counts
+    them; counting stops once past `most`. Walked without recursion."""
+    count, stack = 0, [value]
+    while stack and count <= most:
+        node = stack.pop()
+        if isinstance(node, dict):
+            items = list(node.values())
+        elif isinstance(node, list):
+            items = node
+        else:
+            continue
+        count += 1 + max(len(items) - 1, 0)
+        stack.extend(item for item in items if isinstance(item, (dict, list)))
+    return count
+
+
+def brief_problems(problems: list[dict]) -> str:
+    """What a request's validation found, in a line: how many problems and
+    where the first PROBLEMS_NAMED are, never the input itself (the
+    server's own answer wrote every problem with its input: some 1.9 KB
+    for each message of an unknown role)."""
+    named = "; ".join(f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg', '')}"[:200]
+                      for problem in problems[:PROBLEMS_NAMED])
+    more = f" (and {len(problems) - PROBLEMS_NAMED} more)" if len(problems) > PROBLEMS_NAMED else ""
+    return f"the request is not one this API takes: {named}{more}"
+
+
+# The status of an answer to a client that has gone (nginx's for the same).
+CLIENT_LEFT = 499
+
+
+def said_dropped() -> None:
+    print("backend: a request whose client left before it had the model: dropped", file=sys.stderr, flush=True)
+
+
+# The request a route is serving, for a call to ask whether its client is
+# still there (set by guard_requests, read by drop_calls_whose_client_left).
+CALLER = contextvars.ContextVar("caller", default=None)
+
+
+def guard_requests() -> None:
+    """Every route of the server: a body of more than MAX_BODY_VALUES values
+    is refused before it is validated, a request whose client has gone by
+    the time its body is read is dropped, a chat's messages are checked up
+    to the first wrong one, and a body the server's types do not take is
+    answered 400 with brief_problems (the server's own handler wrote every
+    problem with its input, into an answer and its log, as a 500).
+    FastAPI's handler of a route is wrapped; routes make theirs as they are
+    made, so this runs before the server's app is imported."""
+    from typing import Annotated, List
+
+    from fastapi import routing
+    from fastapi.exceptions import RequestValidationError
+    from llama_cpp.llama_types import ChatCompletionRequestMessage
+    from pydantic import FailFast, TypeAdapter, ValidationError
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import JSONResponse, Response
+
+    # A chat's messages, up to the first that is none of the kinds of
+    # message: the server's own validation tries each message against every
+    # kind (some 10 problems a message), and goes on to the last message.
+    messages_checked = TypeAdapter(Annotated[List[ChatCompletionRequestMessage], FailFast()]).validate_python
+
+    def refusal(message: str, code: str) -> JSONResponse:
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                       "code": code}}, status_code=400)
+
+    def dropped() -> Response:
+        said_dropped()
+        return Response(status_code=CLIENT_LEFT)
+    handler_of = routing.APIRoute.get_route_handler
+
+    def get_route_handler(self):
+        handle = handler_of(self)
+        chat = self.path.endswith("/chat/completions")
+
+        async def guarded(request):
+            if request.method == "POST":
+                try:
+                    await request.body()  # before asking after the client: the answer would take a piece of it
+                except ClientDisconnect:
+                    return dropped()
+                if await request.is_disconnected():
+                    return dropped()
+                try:
+                    body = await request.json()  # kept by the request: FastAPI's parse is this one
+                except ValueError:
+                    body = None  # FastAPI says what is wrong with it, briefly (below)
+                if values_in(body, MAX_BODY_VALUES) > MAX_BODY_VALUES:
+                    return refusal(f"the body holds more than {MAX_BODY_VALUES} values (objects, arrays and "
+                                   f"their items): this API takes at most that many", "too-many-values")
+                if chat and isinstance(body, dict) and isinstance(body.get("messages"), list):
+                    try:
+                        messages_checked(body["messages"])
+                    except ValidationError as e:
+                        return refusal(brief_problems([{**problem, "loc": ("body", "messages", *problem["loc"])}
+                                                       for problem in e.errors(include_input=False)]),
+                                       "invalid_request")
+            caller = CALLER.set(request)
+            try:
+                return await handle(request)
+            except RequestValidationError as e:
+                return refusal(brief_problems(e.errors()), "invalid_request")
+            finally:
+                # A stream is sent after this returns, by tasks of its own
+                # that the server ends when the client goes.
+                CALLER.reset(caller)
+        return guarded
+    routing.APIRoute.get_route_handler = get_route_handler
+
+
+def drop_calls_whose_client_left() -> None:
+    """A completion call waits for the model behind the one answering; one
+    whose client has gone meanwhile is dropped (499), looked at every
+    CLIENT_POLL_SECONDS. Tried as an attacker would: calls sent and given up
+    at once passed the ingress's bound of 4 in progress (the ingress lets a
+    call go when its client does) and piled up in the server, each holding
+    its body, until it was killed for its memory; and for minutes after the
+    attacker stopped, the model answered calls nobody was waiting for. The
+    server itself looked only once a call had the model. Its routes look
+    the lock up by name at each call."""
+    import anyio
+    from fastapi import HTTPException
+    from llama_cpp.server import app
+
+    async def acquired(lock) -> None:
+        request = CALLER.get()
+        while True:
+            with anyio.move_on_after(CLIENT_POLL_SECONDS):
+                await lock.acquire()
+                return
+            if request is not None and await request.is_disconnected():
+                said_dropped()
+                raise HTTPException(status_code=CLIENT_LEFT, detail="the client left before its call had the model")
+
+    async def get_llama_proxy():
+        # The server's own, but for the waits: the outer lock is the queue,
+        # the inner one the model (a stream looks at the outer one to learn
+        # that a call is waiting).
+        await acquired(app.llama_outer_lock)
+        release_outer = True
+        try:
+            await acquired(app.llama_inner_lock)
+            try:
+                app.llama_outer_lock.release()
+                release_outer = False
+                yield app._llama_proxy
+            finally:
+                app.llama_inner_lock.release()
+        finally:
+            if release_outer:
+                app.llama_outer_lock.release()
+    app.get_llama_proxy = get_llama_proxy
+
+
 class ReaderWaited:
     """The stream a streamed call's chunks are sent into, on their way to
     its reader, that ends the call once it has waited READER_WAIT_SECONDS in
@@ -745,12 +916,15 @@ def bound_reader_waits() -> None:
 
 
 def server(config_path: str) -> None:
-    """llama-cpp-python's server on one config file, its grammars guarded,
-    its calls' CPU budgeted and their waits for a reader bounded."""
+    """llama-cpp-python's server on one config file, its requests' shape
+    bounded, its grammars guarded, its calls' CPU budgeted, their waits for
+    a reader bounded and those whose client left dropped."""
+    guard_requests()  # first: the server's routes are made as its app is imported
     guard_grammars()
     budget_calls()
     bound_reader_waits()
     refuse_text_logit_bias()
+    drop_calls_whose_client_left()
     from llama_cpp.server.__main__ import main
     sys.argv = ["llama_cpp.server", "--config_file", config_path]
     main()

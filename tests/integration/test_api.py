@@ -22,7 +22,7 @@ import yaml
 from launcher.commands.audit import audit
 from launcher.commands.env import api_env
 from launcher.commands.status import status
-from launcher.spec import resource_name
+from launcher.spec import BACKEND_PORT, resource_name
 from tests.integration.conftest import QUICKSTART_ALIAS, backend_server_pids, poll
 
 openai = pytest.importorskip("openai")
@@ -320,6 +320,13 @@ def test_a_stop_list_of_many_strings_is_refused_before_any_token(sandbox, docker
     assert backend_started_at(docker_client, result) == before
 
 
+# A streamed answer of 2,048 tokens, some 400 KB.
+LONG_STORY = {"model": QUICKSTART_ALIAS, "stream": True, "max_tokens": 2048,
+              "messages": [{"role": "user", "content": "Tell a long story."}],
+              # No end of its answer but its length: <|endoftext|> and <|im_end|> are never chosen.
+              "logit_bias": {"0": -100, "2": -100}}
+
+
 class SlowReader(threading.Thread):
     """A client of the API that reads its stream 4 KiB every 5 s (never idle
     for the ingress's send_timeout), through a small receive buffer, from
@@ -392,14 +399,7 @@ def test_a_stream_read_slowly_is_ended_once_it_has_waited_its_bound_and_the_mode
     by the same server."""
     result, _ = sandbox
     before = backend_started_at(docker_client, result)
-    ingress = docker_client.containers.get(f"sandbox-{result.name}-ingress").attrs
-    [port] = {int(published.split("/")[0]) for published in ingress["NetworkSettings"]["Ports"]}
-    address = ingress["NetworkSettings"]["Networks"][f"sandbox-{result.name}-ingress"]["IPAddress"]
-    reader = SlowReader(api, (address, port), {
-        "model": QUICKSTART_ALIAS, "stream": True, "max_tokens": 2048,
-        "messages": [{"role": "user", "content": "Tell a long story."}],
-        # No end of its answer but its length: <|endoftext|> and <|im_end|> are never chosen.
-        "logit_bias": {"0": -100, "2": -100}})
+    reader = SlowReader(api, ingress_address(docker_client, result), LONG_STORY)
     try:
         with small_tcp_buffers(docker_client, [f"sandbox-{result.name}-ingress", f"sandbox-{result.name}-backend"]):
             reader.start()
@@ -410,6 +410,73 @@ def test_a_stream_read_slowly_is_ended_once_it_has_waited_its_bound_and_the_mode
             # for an hour or more.
             poll(lambda: any("reader took its chunks too slowly" in line for line in backend_said(gateway, result)),
                  "the stream, cut off once it has waited for its reader 60 s in all", 900)
+    finally:
+        reader.close()
+    answered_after(client, [{"role": "user", "content": "Say a word."}])
+    assert backend_started_at(docker_client, result) == before
+
+
+def ingress_connections_at_the_backend(docker_client, result) -> list[int]:
+    """The connections the backend's server has from the ingress, open on
+    its side (established, or closed by the ingress and not yet by the
+    server), read from the kernel's table in its network namespace: the
+    bytes of each that the server has yet to read."""
+    ingress = docker_client.containers.get(f"sandbox-{result.name}-ingress").attrs["NetworkSettings"]["Networks"]
+    addresses = {socket.inet_aton(n["IPAddress"])[::-1].hex().upper() for n in ingress.values() if n["IPAddress"]}
+    table = docker_client.containers.get(f"sandbox-{result.name}-backend").exec_run(["cat", "/proc/net/tcp"])
+    unread = []
+    for line in table.output.decode().splitlines()[1:]:
+        local, remote, state, queues = line.split()[1:5]
+        if local.endswith(f":{BACKEND_PORT:04X}") and remote.split(":")[0] in addresses and state in ("01", "08"):
+            unread.append(int(queues.split(":")[1], 16))  # ESTABLISHED, CLOSE_WAIT
+    return unread
+
+
+def test_calls_whose_client_left_are_dropped_while_they_wait_for_the_model(sandbox, docker_client, gateway, client,
+                                                                            api):
+    """Tried as an attacker would: 4 callers each sending a chat of 30,000
+    messages and hanging up 1.5 s later, in a loop: the ingress let each
+    call go when its client did (so never more than 4 in progress there),
+    but the backend's server kept every call it had been given, each waiting
+    for the model with its body: 365 calls in 2 minutes, the backend killed
+    for its memory 5 times, and the model answered forgotten calls for 10
+    minutes after the attacker stopped. Now a call whose client has gone is
+    dropped while it waits. Held at the point under test: a stream read
+    slowly holds the model (see the test above), and three rounds of 3
+    calls (the API's bound, less the stream) are sent and given up; each
+    call's connection is let go by the backend while the stream still holds
+    the model (before: they stayed until the model was free)."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    address = ingress_address(docker_client, result)
+    door = api["OPENAI_BASE_URL"].removeprefix("http://").split("/")[0]
+    payload = json.dumps({"model": QUICKSTART_ALIAS, "max_tokens": 8,
+                          "messages": [{"role": "user", "content": "hello " * 20}] * 1000}).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\nAuthorization: Bearer "
+               f"{api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+               f"\r\n").encode() + payload
+    dropped_before = sum("client left before it had the model" in line for line in backend_said(gateway, result))
+    reader = SlowReader(api, address, LONG_STORY)
+    try:
+        with small_tcp_buffers(docker_client, [f"sandbox-{result.name}-ingress", f"sandbox-{result.name}-backend"]):
+            reader.start()
+            assert reader.started_reading.wait(120), "the stream never began"
+            def dropped() -> int:
+                return sum("client left before it had the model" in line
+                           for line in backend_said(gateway, result)) - dropped_before
+            for round_ in range(1, 4):
+                calls = [socket.create_connection(address, timeout=60) for _ in range(3)]
+                for call in calls:
+                    call.sendall(request)
+                # Each call whole in the server's hands (none of its bytes left unread), behind the stream.
+                poll(lambda: ingress_connections_at_the_backend(docker_client, result) == [0] * 4,
+                     lambda: f"the calls at the backend: {ingress_connections_at_the_backend(docker_client, result)}",
+                     60)
+                for call in calls:
+                    call.close()
+                poll(lambda: dropped() == 3 * round_, lambda: f"the calls dropped (seen: {dropped()})", 60)
+            assert not any("reader took its chunks too slowly" in line for line in backend_said(gateway, result)), \
+                "the stream let the model go before the calls were dropped: nothing was shown"
     finally:
         reader.close()
     answered_after(client, [{"role": "user", "content": "Say a word."}])
@@ -449,11 +516,13 @@ def test_calls_refused_for_their_length_leave_no_memory_behind(sandbox, gateway,
     the 1 MiB body; each refused for the context's length after its chat
     template) grew the backend's memory by some 32 MiB a call, never given
     back, until it was killed for it (twice in 8 minutes). Now each call's
-    garbage is collected once it has ended: after the first calls, 4 more
-    leave the memory where it was (before: some 128 MiB more)."""
+    garbage is collected once it has ended. Such a body is now over the
+    bound on a body's values; within it, 5,000 messages left some 5 MiB a
+    call: after the first calls, 8 more leave the memory where it was
+    (before: some 40 MiB more)."""
     result, _ = sandbox
     before_start = backend_started_at(docker_client, result)
-    empty = [{"role": "user", "content": ""}] * 30000
+    empty = [{"role": "user", "content": ""}] * 5000
 
     def calls(count: int) -> None:
         for _ in range(count):
@@ -466,10 +535,107 @@ def test_calls_refused_for_their_length_leave_no_memory_behind(sandbox, gateway,
         return gateway.state.memory_usage(resource_name(result.name, "backend"))
     calls(2)  # what the first such calls leave (the server's own caches) is not the point
     before = used()
-    calls(4)
+    calls(8)
     grown = used() - before
-    assert grown < 64 * 2**20, f"the backend grew {grown / 2**20:.0f} MiB over 4 calls"
+    assert grown < 16 * 2**20, f"the backend grew {grown / 2**20:.0f} MiB over 8 calls"
     assert backend_started_at(docker_client, result) == before_start
+
+
+def ingress_address(docker_client, result) -> tuple[str, int]:
+    """The ingress's own address and port, past Docker's userland proxy on
+    127.0.0.1 (see SlowReader)."""
+    ingress = docker_client.containers.get(f"sandbox-{result.name}-ingress").attrs
+    [port] = {int(published.split("/")[0]) for published in ingress["NetworkSettings"]["Ports"]}
+    return ingress["NetworkSettings"]["Networks"][f"sandbox-{result.name}-ingress"]["IPAddress"], port
+
+
+def flood_body() -> bytes:
+    """349,000 empty objects: 1 MiB less a little."""
+    return b'{"a":[' + b"{}," * 348999 + b"{}]}"
+
+
+def test_bodies_of_too_many_values_are_refused_at_the_door_and_the_api_goes_on(sandbox, docker_client, api, client):
+    """Tried as an attacker would, with the API's token: 4 bodies at once of
+    `{"a":[{},{},...]}` (349,000 empty objects, under 1 MiB): the ingress's
+    one worker parsed each into some 30 MB and was killed for its memory
+    (128 MiB), with every request in flight; nginx kept the dead worker's
+    API slots, and every later call was 429 until the sandbox was
+    restarted. Now the ingress counts a body's values before it parses it
+    and refuses more than 16,384 (400, in the API's form of error)."""
+    result, _ = sandbox
+    address, port = ingress_address(docker_client, result)
+    door = api["OPENAI_BASE_URL"].removeprefix("http://").split("/")[0]
+    ingress = docker_client.containers.get(f"sandbox-{result.name}-ingress")
+    logged_before = len(ingress.logs().splitlines())
+    body = flood_body()
+    answers = []
+
+    def send() -> None:
+        with socket.create_connection((address, port), timeout=120) as s:
+            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\nAuthorization: Bearer "
+                      f"{api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                      f"Connection: close\r\n\r\n".encode() + body)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            answers.append(answer)
+    for _ in range(2):
+        senders = [threading.Thread(target=send) for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+    assert len(answers) == 8 and all(a.startswith(b"HTTP/1.1 400 ") and b"too-many-values" in a for a in answers), \
+        [a[:200] for a in answers]
+    said = ingress.logs().decode(errors="replace").splitlines()[logged_before:]
+    assert not [line for line in said if "exited on signal" in line]
+    # The API's slots were given back: the next calls are answered.
+    for _ in range(5):
+        assert client.models.list().data
+
+
+DIRECT_CHAT = """
+import json, os, sys, urllib.error, urllib.request
+body = json.dumps({"messages": [{"role": "x"}] * int(sys.argv[1])}).encode()
+request = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % int(sys.argv[2]), data=body, headers={
+    "Authorization": "Bearer " + os.environ["SANDBOX_API_KEY"], "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=300) as answer:
+        status, text = answer.status, answer.read()
+except urllib.error.HTTPError as e:
+    status, text = e.code, e.read()
+try:
+    code = json.loads(text)["error"]["code"]
+except (ValueError, KeyError, TypeError):
+    code = None
+print(json.dumps({"status": status, "length": len(text), "code": code, "start": text[:300].decode(errors="replace")}))
+"""
+
+
+def test_messages_of_no_kind_are_answered_in_a_line_and_the_backend_goes_on(sandbox, docker_client, gateway, client):
+    """Tried as an attacker would: `{"messages": [{"role": "x"}] * 60000}`
+    (900 KB): the backend's server validated each message against every
+    kind of message and wrote each failure with its input into one answer
+    (1.9 KB a message): the backend was killed for its memory, in a loop as
+    often as the call was sent, and 4 callers of 12,000 such messages held
+    the server's event loop, and the UI's chats, for 45 s. Now the first
+    wrong message is answered, in a line (400); such a body is over the
+    bound on values at the door, and at the backend too, where the UI's
+    requests come (sent here from inside the backend's container)."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=QUICKSTART_ALIAS, messages=[{"role": "x"}] * 8000)
+    assert refused.value.body["code"] == "invalid_request" and "body.messages.0." in refused.value.body["message"]
+    assert len(json.dumps(refused.value.body)) < 1000, refused.value.body
+    backend = docker_client.containers.get(f"sandbox-{result.name}-backend")
+    for count, code in ((8000, "invalid_request"), (60000, "too-many-values")):
+        run = backend.exec_run(["/opt/venv/bin/python", "-c", DIRECT_CHAT, str(count), str(BACKEND_PORT)],
+                               user="65534")
+        said = json.loads(run.output.decode().strip().splitlines()[-1]) if run.exit_code == 0 else run.output
+        assert (said["status"], said["code"]) == (400, code) and said["length"] < 1000, said
+    answered_after(client, [{"role": "user", "content": "Say a word."}])
+    assert backend_started_at(docker_client, result) == before
 
 
 @pytest.mark.parametrize("key", ["1" * 5000, "49152"], ids=["5000-digits", "past-the-vocabulary"])

@@ -295,18 +295,88 @@ def test_max_completion_tokens_is_bounded_where_sent(ingress):
 
 
 def test_the_backend_reads_the_body_as_the_ingress_read_it(ingress):
-    """A body the ingress cannot read as a JSON object reaches the backend
-    empty (which it refuses); a key written with escapes or twice is read
-    as the backend's parser reads it, so no max_tokens slips past."""
-    for raw in (b'{"messages": [', b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b"{\"max_tokens\": NaN}"):
-        ask(ingress, "POST", "/v1/chat/completions", {**OWNER, **JSON}, raw)
-    assert [s["body"] for s in ingress.backend.seen] == [b""] * 5
+    """A body the ingress cannot read as a JSON object is refused there (the
+    backend's parser takes some that njs's does not, NaN among them); a key
+    written with escapes or twice is read as the backend's parser reads it,
+    so no max_tokens slips past."""
+    deep = b'{"messages": ' + b"[" * 40 + b"]" * 40 + b"}"  # njs reads 32 levels at most
+    for raw in (b'{"messages": [', b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b"{\"max_tokens\": NaN}", b"", deep):
+        status, headers, answer = ask(ingress, "POST", "/v1/chat/completions", {**OWNER, **JSON}, raw)
+        assert (status, headers["x-sandbox-refused"]) == (400, "not-json"), raw
+        assert json.loads(answer)["error"]["code"] == "not-json"
+    assert ingress.backend.seen == []
     for raw in (b'{"max\\u005ftokens": 99999}', b'{"max_tokens": 5, "max_tokens": 99999}'):
         ask(ingress, "POST", "/v1/chat/completions", {**OWNER, **JSON}, raw)
-    assert [json.loads(s["body"])["max_tokens"] for s in ingress.backend.seen[5:]] == [2048, 2048]
+    assert [json.loads(s["body"])["max_tokens"] for s in ingress.backend.seen] == [2048, 2048]
     # Text outside ASCII arrives as it was sent.
     chat(ingress, {"messages": [{"role": "user", "content": "café 日本 \U0001F600"}], "max_tokens": 5})
     assert json.loads(ingress.backend.seen[-1]["body"])["messages"][0]["content"] == "café 日本 \U0001F600"
+
+
+def reckoned(value) -> int:
+    """A JSON value's values as the ingress reckons them: each object and
+    array, and the commas between their items."""
+    if isinstance(value, dict):
+        return 1 + max(len(value) - 1, 0) + sum(reckoned(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + max(len(value) - 1, 0) + sum(reckoned(v) for v in value)
+    return 0
+
+
+def values(count: int) -> dict:
+    """A chat body of `count` values by the ingress's reckoning: the object
+    (1), its messages (3 for each, but 1 less for the first, with the array)
+    and a key or two to make up the rest."""
+    messages, rest = divmod(count - 1, 3)
+    body = {"messages": [{"role": "user", "content": "{[,"}] * messages, **[{}, {"s": 0}, {"n": []}][rest]}
+    assert reckoned(body) == count
+    return body
+
+
+def flood(ingress, route: str):
+    """The attacker's body: 349,000 empty objects, 1 MiB less a little."""
+    raw = b'{"a":[' + b"{}," * 348999 + b"{}]}"
+    return ask(ingress, "POST", f"/v1/{route}", {**OWNER, **JSON}, raw)
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions", "embeddings"])
+def test_a_body_of_too_many_values_is_refused_before_it_is_parsed_and_the_api_goes_on(ingress, route):
+    """Tried as an attacker would: 4 bodies at once of `{"a":[{},{},...]}`
+    (349,000 empty objects, 1 MiB) took the ingress's one worker some 30 MB
+    each to parse; it was killed for its memory (every request in flight
+    with it) and nginx kept the dead worker's API slots: every later call
+    was 429, until the sandbox was restarted. Now a body's values are
+    counted before it is parsed: over 16,384, the ingress refuses it (400,
+    in the API's form), the slots are given back, and the next call goes
+    through. Text in strings is not counted, however many brackets it holds."""
+    status, headers, answer = flood(ingress, route)
+    assert (status, headers["x-sandbox-refused"]) == (400, "too-many-values")
+    assert json.loads(answer)["error"]["code"] == "too-many-values"
+    # Just over the bound, counted exactly: values(16385) has 16,385.
+    assert chat(ingress, values(16385), path=f"/v1/{route}")[0] == 400
+    assert ingress.backend.seen == [] and ingress.embeddings.seen == []
+    threads = [threading.Thread(target=flood, args=(ingress, route)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # The control: at the bound, and brackets in text, go through, body whole.
+    for body in (values(16384), {"messages": [{"role": "user", "content": '{[,"\\' * 100000}]}):
+        status, headers, _ = chat(ingress, body, path=f"/v1/{route}")
+        assert status == 200 and "x-sandbox-refused" not in headers
+        seen = (ingress.embeddings if route == "embeddings" else ingress.backend).seen[-1]
+        assert json.loads(seen["body"])["messages"] == body["messages"]
+    assert "status=400 reason=too-many-values" in ingress.log(waiting_for="reason=too-many-values")
+
+
+def test_strings_are_told_from_what_is_outside_them_as_a_parser_tells_them(ingress):
+    """A quote after an odd number of backslashes is text; after an even
+    number it ends its string, and what follows is counted again."""
+    for body, status in (({"c": 'a"' + "{" * 20000}, 200),  # a"{{{... is one string
+                         ({"c": '\\"' + "[" * 20000}, 200),  # \\" too
+                         ({"c": "a\\", "d": [{}] * 9000}, 400)):  # a\ ends where its quote is
+        raw = json.dumps(body).encode()
+        assert ask(ingress, "POST", "/v1/chat/completions", {**OWNER, **JSON}, raw)[0] == status, raw[:12]
 
 
 def test_only_the_four_routes_reach_the_backend(ingress):

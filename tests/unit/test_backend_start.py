@@ -351,3 +351,34 @@ def test_each_calls_garbage_is_collected_once_it_has_ended():
     next(left)
     left.close()  # the reader went away
     assert collected.acquire(timeout=10)
+
+
+@pytest.mark.parametrize("body, values", [
+    ({}, 1), ([], 1), ("text", 0), (None, 0),
+    ({"a": 1, "b": [1, 2, 3]}, 1 + 1 + 1 + 2),  # the object, its comma, the array, its two commas
+    ({"messages": [{"role": "user", "content": "{[,"}] * 3}, 1 + 1 + 3 * 2 + 2),
+])
+def test_a_bodys_values_are_counted_as_the_ingress_counts_them(body, values):
+    """The ingress counts {, [ and , outside strings (images/ingress/sandbox.js)."""
+    assert backend.values_in(body, 100) == values
+    text = json.dumps(body, separators=(",", ":"))
+    outside = "".join(text.split('"')[::2])  # no escaped quotes in these
+    assert sum(outside.count(mark) for mark in "{[,") == values
+
+
+def test_counting_stops_once_past_the_bound_however_large_the_body():
+    # A container's items are counted at once, and nothing inside it once past.
+    assert backend.values_in([{}] * 349000, 16384) == 349000
+    assert backend.values_in({"a": [[{}] * 10] * 10000, "b": [[]] * 10 ** 6}, 100) in (2 + 10000, 2 + 10 ** 6)
+    deep = []
+    for _ in range(100000):  # deeper than Python's recursion would go
+        deep = [deep]
+    assert backend.values_in(deep, 10 ** 6) == 100001
+
+
+def test_a_validation_is_told_in_a_line_without_the_input():
+    problems = [{"loc": ("body", "messages", i, "role"), "msg": "Input should be 'user'", "input": {"role": "x" * 999}}
+                for i in range(60000)]
+    told = backend.brief_problems(problems)
+    assert len(told) < 1000 and "x" * 10 not in told
+    assert "body.messages.0.role: Input should be 'user'" in told and "(and 59997 more)" in told
