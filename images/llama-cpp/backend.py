@@ -828,10 +828,14 @@ def drop_calls_whose_client_left() -> None:
     call go when its client does) and piled up in the server, each holding
     its body, until it was killed for its memory; and for minutes after the
     attacker stopped, the model answered calls nobody was waiting for. The
-    server itself looked only once a call had the model. Its routes look
-    the lock up by name at each call."""
+    server itself looked only once a call had the model, and an embedding's
+    call never. The completion routes look the lock up by name at each
+    call; those that take it as a dependency (embeddings, models) were
+    given the server's own as they were made, and are given this one in
+    each app the server makes."""
     import anyio
     from fastapi import HTTPException
+    from llama_cpp.server import __main__ as main
     from llama_cpp.server import app
 
     async def acquired(lock) -> None:
@@ -861,7 +865,14 @@ def drop_calls_whose_client_left() -> None:
         finally:
             if release_outer:
                 app.llama_outer_lock.release()
+    servers, make = app.get_llama_proxy, main.create_app
+
+    def create_app(*args, **kwargs):
+        made = make(*args, **kwargs)
+        made.dependency_overrides[servers] = get_llama_proxy  # FastAPI's own way to swap a dependency
+        return made
     app.get_llama_proxy = get_llama_proxy
+    main.create_app = create_app  # looked up by name by the server's main()
 
 
 class ReaderWaited:
