@@ -797,6 +797,8 @@ def guard_requests() -> None:
                     body = await request.json()  # kept by the request: FastAPI's parse is this one
                 except ValueError:
                     body = None  # FastAPI says what is wrong with it, briefly (below)
+                except RecursionError:  # Python's parser's own bound on nesting (about 1,000)
+                    return refusal("the body nests too deep", "invalid_request")
                 if values_in(body, MAX_BODY_VALUES) > MAX_BODY_VALUES:
                     return refusal(f"the body holds more than {MAX_BODY_VALUES} values (objects, arrays and "
                                    f"their items): this API takes at most that many", "too-many-values")
