@@ -300,7 +300,8 @@ def test_the_backend_reads_the_body_as_the_ingress_read_it(ingress):
     written with escapes or twice is read as the backend's parser reads it,
     so no max_tokens slips past."""
     deep = b'{"messages": ' + b"[" * 40 + b"]" * 40 + b"}"  # njs reads 32 levels at most
-    for raw in (b'{"messages": [', b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b"{\"max_tokens\": NaN}", b"", deep):
+    not_utf8 = b'{"messages": [{"role": "user", "content": "' + b"\xff" * 1000 + b'"}]}'  # 3,000 bytes as U+FFFD
+    for raw in (b'{"messages": [', b"[1, 2]", b'"text"', b"\xef\xbb\xbf{}", b"{\"max_tokens\": NaN}", b"", deep, not_utf8):
         status, headers, answer = ask(ingress, "POST", "/v1/chat/completions", {**OWNER, **JSON}, raw)
         assert (status, headers["x-sandbox-refused"]) == (400, "not-json"), raw
         assert json.loads(answer)["error"]["code"] == "not-json"
