@@ -458,9 +458,13 @@ def test_calls_whose_client_left_are_dropped_while_they_wait_for_the_model(sandb
     request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\nAuthorization: Bearer "
                f"{api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
                f"\r\n").encode() + payload
+
+    def said(what: str) -> int:
+        return sum(what in line for line in backend_said(gateway, result))
+
     def dropped() -> int:
-        return sum("client left before it had the model" in line for line in backend_said(gateway, result))
-    dropped_before = dropped()
+        return said("client left before it had the model")
+    dropped_before, cut_off_before = dropped(), said("reader took its chunks too slowly")
     reader = SlowReader(api, address, LONG_STORY)
     try:
         with small_tcp_buffers(docker_client, [f"sandbox-{result.name}-ingress", f"sandbox-{result.name}-backend"]):
@@ -478,7 +482,7 @@ def test_calls_whose_client_left_are_dropped_while_they_wait_for_the_model(sandb
                     call.close()
                 poll(lambda: dropped() - dropped_before == 3 * round_,
                      lambda: f"the calls dropped (seen: {dropped() - dropped_before})", 60)
-            assert not any("reader took its chunks too slowly" in line for line in backend_said(gateway, result)), \
+            assert said("reader took its chunks too slowly") == cut_off_before, \
                 "the stream let the model go before the calls were dropped: nothing was shown"
     finally:
         reader.close()
