@@ -329,6 +329,15 @@ LONG_STORY = {"model": QUICKSTART_ALIAS, "stream": True, "max_tokens": 2048,
               "logit_bias": {"0": -100, "2": -100}}
 
 
+def raw_chat(api, payload: bytes) -> bytes:
+    """A chat call as the owner's client sends it at the door, whole, for a
+    socket of a test's own: Host, the API token, the body and its length."""
+    door = api["OPENAI_BASE_URL"].removeprefix("http://").split("/")[0]
+    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\nAuthorization: Bearer {api['OPENAI_API_KEY']}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+            ).encode() + payload
+
+
 class SlowReader(threading.Thread):
     """A client of the API that reads its stream 4 KiB every 5 s (never idle
     for the ingress's send_timeout), through a small receive buffer, from
@@ -338,11 +347,7 @@ class SlowReader(threading.Thread):
 
     def __init__(self, api, address: tuple[str, int], body: dict):
         super().__init__(daemon=True)
-        door = api["OPENAI_BASE_URL"].removeprefix("http://").split("/")[0]
-        payload = json.dumps(body).encode()
-        self.request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\n"
-                        f"Authorization: Bearer {api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
+        self.request = raw_chat(api, json.dumps(body).encode())
         self.address, self.started_reading = address, threading.Event()
         self.sock = socket.socket()
 
@@ -452,12 +457,8 @@ def test_calls_whose_client_left_are_dropped_while_they_wait_for_the_model(sandb
     result, _ = sandbox
     before = backend_started_at(docker_client, result)
     address = ingress_address(docker_client, result)
-    door = api["OPENAI_BASE_URL"].removeprefix("http://").split("/")[0]
-    payload = json.dumps({"model": QUICKSTART_ALIAS, "max_tokens": 8,
-                          "messages": [{"role": "user", "content": "hello " * 20}] * 200}).encode()
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\nAuthorization: Bearer "
-               f"{api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-               f"\r\n").encode() + payload
+    request = raw_chat(api, json.dumps({"model": QUICKSTART_ALIAS, "max_tokens": 8,
+                                        "messages": [{"role": "user", "content": "hello " * 20}] * 200}).encode())
 
     def said(what: str) -> int:
         return sum(what in line for line in backend_said(gateway, result))
@@ -571,17 +572,14 @@ def test_bodies_of_too_many_values_are_refused_at_the_door_and_the_api_goes_on(s
     and refuses more than 16,384 (400, in the API's form of error)."""
     result, _ = sandbox
     address, port = ingress_address(docker_client, result)
-    door = api["OPENAI_BASE_URL"].removeprefix("http://").split("/")[0]
     ingress = docker_client.containers.get(f"sandbox-{result.name}-ingress")
     logged_before = len(ingress.logs().splitlines())
-    body = flood_body()
+    request = raw_chat(api, flood_body())
     answers = []
 
     def send() -> None:
         with socket.create_connection((address, port), timeout=120) as s:
-            s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {door}\r\nAuthorization: Bearer "
-                      f"{api['OPENAI_API_KEY']}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                      f"Connection: close\r\n\r\n".encode() + body)
+            s.sendall(request)
             answer = b""
             while chunk := s.recv(65536):
                 answer += chunk
@@ -843,9 +841,7 @@ def test_half_sent_requests_with_large_headers_cannot_kill_the_ingress_under_the
     answer = socket.create_connection(("127.0.0.1", port), timeout=120)
     body = json.dumps({"model": QUICKSTART_ALIAS, "messages": [{"role": "user", "content": "Tell a story."}],
                        "max_tokens": 64, "stream": True}).encode()
-    answer.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer %s\r\n"
-                   b"Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                   % (port, api["OPENAI_API_KEY"].encode(), len(body)) + body)
+    answer.sendall(raw_chat(api, body))
     servers = backend_server_pids(backend)
     received = b""
     while b"data: " not in received:  # the answer has begun
