@@ -203,8 +203,9 @@ def window_environment(profile: Path, kind: str) -> dict:
     # (CHROME_CONFIG_HOME, where set, comes before XDG_CONFIG_HOME there).
     homes = {"XDG_CONFIG_HOME": "config", "CHROME_CONFIG_HOME": "config", "XDG_CACHE_HOME": "cache",
              "XDG_DATA_HOME": "data"}
+    made = {directory: private_directory(profile / directory) for directory in set(homes.values())}
     for variable, directory in homes.items():
-        environment[variable] = str(private_directory(profile / directory))
+        environment[variable] = str(made[directory])
     if kind == "firefox":
         # No session bus: on one, Firefox offers its windows to other programs
         # (org.mozilla.firefox.<profile>, whose OpenURL took any address and

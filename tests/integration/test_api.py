@@ -24,6 +24,7 @@ from launcher.commands.env import api_env
 from launcher.commands.status import status
 from launcher.spec import BACKEND_PORT, resource_name
 from tests.integration.conftest import QUICKSTART_ALIAS, backend_server_pids, poll
+from tests.support.api_bodies import flood_body
 
 openai = pytest.importorskip("openai")
 
@@ -555,11 +556,6 @@ def ingress_address(docker_client, result) -> tuple[str, int]:
     ingress = docker_client.containers.get(f"sandbox-{result.name}-ingress").attrs
     [port] = {int(published.split("/")[0]) for published in ingress["NetworkSettings"]["Ports"]}
     return ingress["NetworkSettings"]["Networks"][f"sandbox-{result.name}-ingress"]["IPAddress"], port
-
-
-def flood_body() -> bytes:
-    """349,000 empty objects: 1 MiB less a little."""
-    return b'{"a":[' + b"{}," * 348999 + b"{}]}"
 
 
 def test_bodies_of_too_many_values_are_refused_at_the_door_and_the_api_goes_on(sandbox, docker_client, api, client):

@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from launcher.access import LAUNCHER_AGENT, LAUNCHER_HEADER, api_token, launcher_mark
+from tests.support.api_bodies import flood_body
 from tests.unit.real_ingress import INGRESS, RealIngress, nginx_with_njs
 
 TOKEN = "t" * 43
@@ -335,9 +336,8 @@ def values(count: int) -> dict:
 
 
 def flood(ingress, route: str):
-    """The attacker's body: 349,000 empty objects, 1 MiB less a little."""
-    raw = b'{"a":[' + b"{}," * 348999 + b"{}]}"
-    return ask(ingress, "POST", f"/v1/{route}", {**OWNER, **JSON}, raw)
+    """The attacker's body of too many values, to `route`."""
+    return ask(ingress, "POST", f"/v1/{route}", {**OWNER, **JSON}, flood_body())
 
 
 @pytest.mark.parametrize("route", ["chat/completions", "completions", "embeddings"])
