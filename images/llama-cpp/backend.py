@@ -113,6 +113,12 @@ MAX_STOP_STRINGS = 64
 # memory, in a loop as often as the call was sent. A chat of 5,000
 # messages, or a thousand tools, is well within it.
 MAX_BODY_VALUES = 16384
+# The most bytes a request's body may hold. The ingress bounds the API's
+# bodies at 1 MiB; the UI reaches the server directly, and its chats may be
+# longer. Tried as an attacker would, as the UI: one request of 900 MiB of
+# spaces was read whole into memory and the backend was killed for it (its
+# 1 GiB), the model gone for the API's clients too, as often as it was sent.
+MAX_BODY_BYTES = 4 * 2**20
 # How often a call waiting for the model looks whether its client is still
 # there: one whose client has gone is dropped (see drop_calls_whose_client_left).
 CLIENT_POLL_SECONDS = 1
@@ -750,8 +756,9 @@ CALLER = contextvars.ContextVar("caller", default=None)
 
 
 def guard_requests() -> None:
-    """Every route of the server: a body of more than MAX_BODY_VALUES values
-    is refused before it is validated, a request whose client has gone by
+    """Every route of the server: a body of more than MAX_BODY_BYTES bytes
+    is refused as it is read, one of more than MAX_BODY_VALUES values before
+    it is validated, a request whose client has gone by
     the time its body is read is dropped, a chat's messages are checked up
     to the first wrong one, and a body the server's types do not take is
     answered 400 with brief_problems (the server's own handler wrote every
@@ -772,13 +779,30 @@ def guard_requests() -> None:
     # kind (some 10 problems a message), and goes on to the last message.
     messages_checked = TypeAdapter(Annotated[List[ChatCompletionRequestMessage], FailFast()]).validate_python
 
-    def refusal(message: str, code: str) -> JSONResponse:
+    def refusal(message: str, code: str, status: int = 400) -> JSONResponse:
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                       "code": code}}, status_code=400)
+                                       "code": code}}, status_code=status)
 
     def dropped() -> Response:
         said_dropped()
         return Response(status_code=CLIENT_LEFT)
+
+    async def within_bound(request) -> bool:
+        """The body read, kept by the request (FastAPI's read is this one),
+        unless it is over MAX_BODY_BYTES: then False, at its declared length
+        or, sent in chunks, at the first byte past the bound."""
+        length = request.headers.get("content-length")
+        if length is not None and not (length.isascii() and length.isdigit() and len(length) <= 12
+                                       and int(length) <= MAX_BODY_BYTES):
+            return False
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return False
+            chunks.append(chunk)
+        request._body = b"".join(chunks)  # where Starlette's body() keeps what it read
+        return True
     handler_of = routing.APIRoute.get_route_handler
 
     def get_route_handler(self):
@@ -788,7 +812,10 @@ def guard_requests() -> None:
         async def guarded(request):
             if request.method == "POST":
                 try:
-                    await request.body()  # before asking after the client: the answer would take a piece of it
+                    # Read before asking after the client: the answer would take a piece of it.
+                    if not await within_bound(request):
+                        return refusal(f"the body is over {MAX_BODY_BYTES // 2**20} MiB: this API takes at most "
+                                       f"that", "too-large", 413)
                 except ClientDisconnect:
                     return dropped()
                 if await request.is_disconnected():

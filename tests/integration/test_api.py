@@ -639,6 +639,52 @@ def test_messages_of_no_kind_are_answered_in_a_line_and_the_backend_goes_on(sand
     assert backend_started_at(docker_client, result) == before
 
 
+# A body sent to the backend's server as the UI would send it (from inside
+# the sandbox; here from inside the backend's container): argv[1] "declared"
+# gives a length of 900 MiB and sends none of it, "chunked" sends 4 MiB and
+# one byte, the bound and one past it, and no end; either way the server is
+# held waiting for the rest until it answers. The status line, or "none".
+BIG_BODY = """
+import os, socket, sys
+way, port = sys.argv[1], int(sys.argv[2])
+head = ("POST /v1/chat/completions HTTP/1.1\\r\\nHost: backend\\r\\nContent-Type: application/json\\r\\n"
+        "Authorization: Bearer " + os.environ["SANDBOX_API_KEY"] + "\\r\\n")
+connection = socket.create_connection(("127.0.0.1", port))
+if way == "declared":
+    connection.sendall((head + "Content-Length: %d\\r\\n\\r\\n" % (900 * 2**20)).encode())
+else:
+    connection.sendall((head + "Transfer-Encoding: chunked\\r\\n\\r\\n").encode())
+    for size in (2**20,) * 4 + (1,):
+        connection.sendall(b"%x\\r\\n" % size + b" " * size + b"\\r\\n")
+connection.settimeout(60)  # the server before the bound waited for the rest
+try:
+    answer = connection.recv(65536)
+except socket.timeout:
+    answer = b"none"
+print(answer.split(b"\\r\\n")[0].decode())
+"""
+
+
+@pytest.mark.parametrize("way", ["declared", "chunked"])
+def test_a_body_over_the_backends_bound_is_refused_as_it_is_read_and_the_backend_goes_on(sandbox, docker_client,
+                                                                                        client, way):
+    """Tried as an attacker would, as the UI (which reaches the backend's
+    server directly, past the ingress's 1 MiB): one request of 900 MiB of
+    spaces was read whole into memory and the backend was killed for it
+    (its 1 GiB), the model gone for the API's clients too, as often as the
+    UI sent it. Now the server refuses a body over 4 MiB (413): at its
+    declared length, before any of it is read, or, sent in chunks, at the
+    first byte past the bound."""
+    result, _ = sandbox
+    before = backend_started_at(docker_client, result)
+    backend = docker_client.containers.get(f"sandbox-{result.name}-backend")
+    run = backend.exec_run(["/opt/venv/bin/python", "-c", BIG_BODY, way, str(BACKEND_PORT)], user="65534")
+    assert run.exit_code == 0 and run.output.decode().strip().splitlines()[-1].startswith("HTTP/1.1 413 "), \
+        run.output.decode()[-500:]
+    answered_after(client, [{"role": "user", "content": "Say a word."}])
+    assert backend_started_at(docker_client, result) == before
+
+
 @pytest.mark.parametrize("key", ["1" * 5000, "49152"], ids=["5000-digits", "past-the-vocabulary"])
 def test_a_logit_bias_key_that_is_no_token_of_the_model_is_refused(client, key):
     """Tried as an attacker would: a key of 5,000 digits passed the check
